@@ -1,0 +1,4 @@
+pub mod events;
+pub mod plan;
+pub mod providers;
+pub mod resource;

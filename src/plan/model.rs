@@ -1,0 +1,183 @@
+//! The validated, expanded plan: `count` turned into pg-1..pg-3, IPs assigned,
+//! defaults merged, paths resolved. Everything downstream reads this.
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The plan file as given and its folder (relative paths resolve against it).
+    pub file: PathBuf,
+    pub dir: PathBuf,
+    pub version: u32,
+    pub project: String,
+    pub provider: ProviderConfig,
+    pub ssh: SshConfig,
+    pub network: Network,
+    pub firewall: Vec<FirewallGroup>,
+    pub hosts: Vec<Host>,
+    /// Per role settings, defaults already filled in (see `services.rs`).
+    pub services: BTreeMap<String, BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProviderConfig {
+    Yandex(YandexConfig),
+    Proxmox(ProxmoxConfig),
+    Local(LocalConfig),
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::Yandex(_) => "yandex",
+            ProviderConfig::Proxmox(_) => "proxmox",
+            ProviderConfig::Local(_) => "local",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct YandexConfig {
+    pub folder_id: String,
+    pub zone: String,
+    pub service_account_key_file: Option<PathBuf>,
+    pub endpoint: Option<String>,
+    pub platform: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxmoxConfig {
+    pub endpoint: Option<String>,
+    pub node: String,
+    pub token_id: Option<String>,
+    pub tls_fingerprint: Option<String>,
+    pub insecure: bool,
+    pub storage: String,
+    pub bridge: String,
+    pub template: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalConfig {
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SshConfig {
+    pub user: String,
+    pub private_key_file: PathBuf,
+    pub public_key_file: PathBuf,
+    pub bastion: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    pub name: String,
+    pub subnets: Vec<Subnet>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Subnet {
+    pub name: String,
+    pub cidr: Ipv4Net,
+    pub zone: Option<String>,
+    pub gateway: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Any,
+}
+
+/// Where the other end of a rule is.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    Cidrs(Vec<Ipv4Net>),
+    Group(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PortRange {
+    pub from: u16,
+    pub to: u16,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rule {
+    pub direction: Direction,
+    pub protocol: Protocol,
+    /// Empty = every port.
+    pub ports: Vec<PortRange>,
+    pub peer: Peer,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FirewallGroup {
+    pub name: String,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestKind {
+    Lxc,
+    Qemu,
+}
+
+/// One machine after `count` expansion.
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    /// `pg-2`
+    pub name: String,
+    /// `pg` (the plan's host entry) and the 1-based index inside it.
+    pub group: String,
+    pub index: u32,
+    pub roles: Vec<String>,
+    pub subnet: String,
+    pub ip: Ipv4Addr,
+    pub image: String,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub core_fraction: u32,
+    pub firewall: Vec<String>,
+    pub public_ip: bool,
+    pub vmid: Option<u32>,
+    pub guest_kind: GuestKind,
+    pub zone: Option<String>,
+}
+
+impl Plan {
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+    pub fn hosts_with_role<'a>(&'a self, role: &'a str) -> impl Iterator<Item = &'a Host> + 'a {
+        self.hosts.iter().filter(move |h| h.roles.iter().any(|r| r == role))
+    }
+    pub fn subnet(&self, name: &str) -> Option<&Subnet> {
+        self.network.subnets.iter().find(|s| s.name == name)
+    }
+    /// A service setting with its default already applied by validation.
+    pub fn setting(&self, role: &str, key: &str) -> Option<&Value> {
+        self.services.get(role).and_then(|m| m.get(key))
+    }
+}

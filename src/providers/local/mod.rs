@@ -1,0 +1,1 @@
+//! The local provider: systemd-nspawn machines on bridges (being written).

@@ -1,0 +1,40 @@
+//! The provider contract. A provider turns the plan into resource specs in its
+//! own terms, lists what exists for a project, and creates/updates/deletes one
+//! resource at a time. The core does the diffing, ordering, parallelism and state.
+
+pub mod local;
+
+use crate::events::Events;
+use crate::plan::model::Plan;
+use crate::resource::{Address, LiveResource, ResourceSpec};
+use anyhow::Result;
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+
+/// Live resources this one depends on, by address (a machine gets its subnet's id).
+pub type Deps = BTreeMap<Address, LiveResource>;
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn kind(&self) -> &'static str;
+
+    /// The resources the plan asks for, normalised as the provider's API stores
+    /// them. Pure: no network.
+    fn specs(&self, plan: &Plan) -> Result<Vec<ResourceSpec>>;
+
+    /// Everything that exists for this project (found by label/name listing,
+    /// one list call per type and page, never one GET per resource).
+    /// `known` are the resources the state remembers, so a provider that cannot
+    /// list by label can still look them up.
+    async fn refresh(&self, known: &[LiveResource], events: &Events) -> Result<Vec<LiveResource>>;
+
+    /// Create one resource. Must be safe to call again after a lost answer:
+    /// find the resource by name/label first and adopt it.
+    async fn create(&self, spec: &ResourceSpec, deps: &Deps, events: &Events) -> Result<LiveResource>;
+
+    /// Change a resource in place (only fields outside `replace_on` differ).
+    async fn update(&self, spec: &ResourceSpec, live: &LiveResource, deps: &Deps, events: &Events) -> Result<LiveResource>;
+
+    /// Delete a resource and wait until it is gone. Deleting what is already gone is Ok.
+    async fn delete(&self, live: &LiveResource, events: &Events) -> Result<()>;
+}
