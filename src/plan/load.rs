@@ -1,0 +1,985 @@
+//! Read a plan file into a validated, expanded `Plan`. Reading collects every
+//! error it finds (shape, then meaning) and returns them all at once.
+
+use super::diag::{suggestion, Diags, PlanErrors};
+use super::model::*;
+use super::services::{self, SettingType, ROLES};
+use super::size::parse_size;
+use super::yaml::{self, Node, Pos, Value as Y};
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// Load and validate a plan file. No network access.
+pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| PlanErrors {
+        file: path.to_path_buf(),
+        diagnostics: vec![super::diag::Diagnostic {
+            pos: Pos { line: 1, col: 1 },
+            message: format!("cannot read the plan file: {e} — check the path (PLAN defaults to rigger.yaml)"),
+        }],
+    })?;
+    load_str(path, &text)
+}
+
+pub fn load_str(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
+    let mut d = Diags::default();
+    let root = match yaml::parse(text) {
+        Ok(n) => n,
+        Err(e) => {
+            d.error(e.pos, e.message);
+            return Err(d.into_errors(path.to_path_buf()));
+        }
+    };
+    let dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+    let plan = Reader { d: &mut d, dir: &dir }.plan(&root, path);
+    match plan {
+        Some(p) if d.is_empty() => Ok(p),
+        _ => {
+            if d.is_empty() {
+                d.error(root.pos, "the plan is incomplete — see the documentation of the plan file in the README");
+            }
+            Err(d.into_errors(path.to_path_buf()))
+        }
+    }
+}
+
+const TOP_KEYS: &[&str] = &["version", "project", "provider", "ssh", "network", "firewall", "defaults", "hosts", "services"];
+const YANDEX_KEYS: &[&str] = &["kind", "folder_id", "zone", "service_account_key_file", "endpoint", "platform"];
+const PROXMOX_KEYS: &[&str] = &["kind", "endpoint", "node", "token_id", "tls_fingerprint", "insecure", "storage", "bridge", "template"];
+const LOCAL_KEYS: &[&str] = &["kind", "image"];
+const SSH_KEYS: &[&str] = &["user", "private_key_file", "public_key_file", "bastion"];
+const NETWORK_KEYS: &[&str] = &["name", "subnets"];
+const SUBNET_KEYS: &[&str] = &["name", "cidr", "zone", "gateway"];
+const FIREWALL_KEYS: &[&str] = &["name", "rules"];
+const RULE_KEYS: &[&str] = &["direction", "protocol", "ports", "from", "to", "from_group", "to_group", "description"];
+const DEFAULTS_KEYS: &[&str] = &["image", "cores", "memory", "disk", "core_fraction"];
+const HOST_KEYS: &[&str] = &[
+    "name", "count", "roles", "subnet", "ip", "image", "cores", "memory", "disk", "core_fraction", "firewall", "public_ip", "vmid", "kind", "zone",
+];
+
+/// A value together with where it was written.
+#[derive(Clone, Debug)]
+struct At<T> {
+    v: T,
+    pos: Pos,
+}
+
+struct RawHost {
+    name: At<String>,
+    count: Option<At<u32>>,
+    roles: Vec<At<String>>,
+    subnet: Option<At<String>>,
+    ip: Option<At<Ipv4Addr>>,
+    image: Option<String>,
+    cores: Option<At<u32>>,
+    memory: Option<u64>,
+    disk: Option<u64>,
+    core_fraction: Option<At<u32>>,
+    firewall: Vec<At<String>>,
+    public_ip: bool,
+    vmid: Option<At<u32>>,
+    kind: Option<At<GuestKind>>,
+    zone: Option<String>,
+}
+
+struct Reader<'a> {
+    d: &'a mut Diags,
+    dir: &'a Path,
+}
+
+impl Reader<'_> {
+    // ---- shape helpers -------------------------------------------------
+
+    /// A mapping whose keys are all in `allowed`; unknown keys are reported with a hint.
+    fn map<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<&'n [(Node, Node)]> {
+        let Some(entries) = node.as_map() else {
+            self.d.at(node, format!("{what} must be a mapping (key: value), found {} — write it as `key: value` lines", node.kind_name()));
+            return None;
+        };
+        for (k, _) in entries {
+            match k.as_scalar() {
+                Some(key) if allowed.contains(&key) => {}
+                Some(key) => self.d.at(k, format!("unknown key `{key}` in {what} — {}", suggestion(key, allowed))),
+                None => self.d.at(k, format!("keys in {what} must be plain words")),
+            }
+        }
+        Some(entries)
+    }
+
+    fn required<'n>(&mut self, parent: &'n Node, key: &str, what: &str, example: &str) -> Option<&'n Node> {
+        match parent.get(key) {
+            Some(n) if !n.is_null() => Some(n),
+            Some(n) => {
+                self.d.at(n, format!("`{key}` in {what} is empty — give it a value, e.g. `{key}: {example}`"));
+                None
+            }
+            None => {
+                self.d.at(parent, format!("{what} has no `{key}` — add `{key}: {example}`"));
+                None
+            }
+        }
+    }
+
+    fn optional<'n>(&mut self, parent: &'n Node, key: &str) -> Option<&'n Node> {
+        parent.get(key).filter(|n| !n.is_null())
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<At<String>> {
+        match &node.value {
+            Y::Scalar(s, _) => Some(At { v: s.clone(), pos: node.pos }),
+            _ => {
+                self.d.at(node, format!("{what} must be a single value, found {}", node.kind_name()));
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, node: &Node, what: &str, min: i64, max: i64) -> Option<At<i64>> {
+        let s = self.string(node, what)?;
+        match s.v.trim().parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(At { v: n, pos: s.pos }),
+            Ok(n) => {
+                self.d.error(s.pos, format!("{what} is {n}, outside {min}..{max} — use a value in that range"));
+                None
+            }
+            Err(_) => {
+                self.d.error(s.pos, format!("{what} must be a whole number, found `{}`", s.v));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        let s = self.string(node, what)?;
+        match s.v.as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            other => {
+                self.d.error(s.pos, format!("{what} must be true or false, found `{other}`"));
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, node: &Node, what: &str) -> Option<u64> {
+        let s = self.string(node, what)?;
+        match parse_size(&s.v) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.d.error(s.pos, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn ip(&mut self, node: &Node, what: &str) -> Option<At<Ipv4Addr>> {
+        let s = self.string(node, what)?;
+        match s.v.parse::<Ipv4Addr>() {
+            Ok(ip) => Some(At { v: ip, pos: s.pos }),
+            Err(_) => {
+                self.d.error(s.pos, format!("{what} `{}` is not an IPv4 address — write it like 10.20.0.21", s.v));
+                None
+            }
+        }
+    }
+
+    fn cidr(&mut self, node: &Node, what: &str) -> Option<At<Ipv4Net>> {
+        let s = self.string(node, what)?;
+        match s.v.parse::<Ipv4Net>() {
+            Ok(net) if net.network() != net.addr() => {
+                self.d.error(s.pos, format!("{what} `{}` has host bits set — did you mean {}?", s.v, net.trunc()));
+                None
+            }
+            Ok(net) => Some(At { v: net, pos: s.pos }),
+            Err(_) => {
+                self.d.error(s.pos, format!("{what} `{}` is not a CIDR block — write it like 10.20.0.0/24", s.v));
+                None
+            }
+        }
+    }
+
+    fn list<'n>(&mut self, node: &'n Node, what: &str) -> &'n [Node] {
+        match &node.value {
+            Y::Seq(items) => items,
+            _ => {
+                self.d.at(node, format!("{what} must be a list, found {} — write it as `[a, b]` or `- a` lines", node.kind_name()));
+                &[]
+            }
+        }
+    }
+
+    fn string_list(&mut self, node: &Node, what: &str) -> Vec<At<String>> {
+        let items = self.list(node, what);
+        items.iter().filter_map(|n| self.string(n, what)).collect()
+    }
+
+    fn name(&mut self, node: &Node, what: &str) -> Option<At<String>> {
+        let s = self.string(node, what)?;
+        if !valid_name(&s.v) {
+            self.d.error(
+                s.pos,
+                format!("{what} `{}` is not a valid name — use lower-case letters, digits and dashes, starting with a letter (at most 40)", s.v),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn path(&mut self, node: &Node, what: &str) -> Option<PathBuf> {
+        self.string(node, what).map(|s| resolve_path(self.dir, &s.v))
+    }
+
+    // ---- the plan --------------------------------------------------------
+
+    fn plan(&mut self, root: &Node, file: &Path) -> Option<Plan> {
+        if root.is_null() {
+            self.d.at(root, "the plan file is empty — start from plans/local-ha.yaml");
+            return None;
+        }
+        self.map(root, "the plan", TOP_KEYS)?;
+        let version = self.required(root, "version", "the plan", "1").and_then(|n| self.int(n, "version", 0, i64::MAX));
+        if let Some(v) = &version {
+            if v.v != 1 {
+                self.d.error(v.pos, format!("plan version {} is not supported — this rigger reads `version: 1`", v.v));
+            }
+        }
+        let project = self.required(root, "project", "the plan", "my-stack").and_then(|n| self.name(n, "project"));
+        let provider = self.required(root, "provider", "the plan", "{ kind: local }").and_then(|n| self.provider(n));
+        let network = self.required(root, "network", "the plan", "{ name: main, subnets: [...] }").and_then(|n| self.network(n, provider.as_ref()));
+        let firewall = match self.optional(root, "firewall") {
+            Some(n) => self.firewall(n),
+            None => Vec::new(),
+        };
+        let defaults = self.defaults(root.get("defaults"), provider.as_ref());
+        let raw_hosts = match self.required(root, "hosts", "the plan", "[...]") {
+            Some(n) => self.list(n, "hosts").iter().filter_map(|h| self.host(h)).collect(),
+            None => Vec::new(),
+        };
+        let ssh = self.ssh(root.get("ssh"), project.as_ref().map(|p| p.v.as_str()).unwrap_or("rigger"));
+        let project = project?;
+        let services = self.services(root.get("services"), &project.v, &raw_hosts);
+
+        let (network, firewall_groups) = (network?, firewall);
+        let provider = provider?;
+        let hosts = self.expand_hosts(&raw_hosts, &network, &firewall_groups, &defaults, &provider, root);
+        self.check_roles(&hosts, &raw_hosts, &services, &network, root);
+        let ssh = ssh?;
+        if let Some(b) = &ssh.bastion {
+            if !hosts.iter().any(|h| &h.name == b) {
+                let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+                let pos = root.get("ssh").and_then(|s| s.get("bastion")).map(|n| n.pos).unwrap_or_default();
+                self.d.error(pos, format!("ssh.bastion `{b}` is not a host of this plan — {}", suggestion(b, &names)));
+            }
+        }
+        let services = services?;
+        Some(Plan {
+            file: file.to_path_buf(),
+            dir: self.dir.to_path_buf(),
+            version: 1,
+            project: project.v,
+            provider,
+            ssh,
+            network,
+            firewall: firewall_groups,
+            hosts,
+            services,
+        })
+    }
+
+    fn provider(&mut self, node: &Node) -> Option<ProviderConfig> {
+        let kind = self.required(node, "kind", "provider", "local").and_then(|n| self.string(n, "provider.kind"))?;
+        let str_of = |r: &mut Self, key: &str| r.optional(node, key).and_then(|n| r.string(n, &format!("provider.{key}"))).map(|s| s.v);
+        match kind.v.as_str() {
+            "yandex" => {
+                self.map(node, "provider (yandex)", YANDEX_KEYS)?;
+                let folder_id = self.required(node, "folder_id", "provider", "b1gexample").and_then(|n| self.string(n, "provider.folder_id"));
+                let zone = self.required(node, "zone", "provider", "ru-central1-a").and_then(|n| self.string(n, "provider.zone"));
+                let key_file = self.optional(node, "service_account_key_file").and_then(|n| self.path(n, "provider.service_account_key_file"));
+                let endpoint = str_of(self, "endpoint");
+                if let (Some(e), Some(n)) = (&endpoint, node.get("endpoint")) {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        self.d.at(n, format!("provider.endpoint `{e}` is not a URL — write it like http://127.0.0.1:8930"));
+                    }
+                }
+                let platform = str_of(self, "platform").unwrap_or_else(|| "standard-v3".into());
+                Some(ProviderConfig::Yandex(YandexConfig {
+                    folder_id: folder_id?.v,
+                    zone: zone?.v,
+                    service_account_key_file: key_file,
+                    endpoint,
+                    platform,
+                }))
+            }
+            "proxmox" => {
+                self.map(node, "provider (proxmox)", PROXMOX_KEYS)?;
+                let endpoint = str_of(self, "endpoint");
+                if let (Some(e), Some(n)) = (&endpoint, node.get("endpoint")) {
+                    if !(e.starts_with("https://") || e.starts_with("http://")) {
+                        self.d.at(n, format!("provider.endpoint `{e}` is not a URL — write it like https://pve.example:8006"));
+                    }
+                }
+                let fingerprint = str_of(self, "tls_fingerprint");
+                if let (Some(f), Some(n)) = (&fingerprint, node.get("tls_fingerprint")) {
+                    let hex: String = f.chars().filter(|c| *c != ':').collect();
+                    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                        self.d.at(n, "provider.tls_fingerprint must be a SHA-256 fingerprint (32 bytes as AB:CD:…) — copy it from the node's certificate page");
+                    }
+                }
+                let insecure = match self.optional(node, "insecure") {
+                    Some(n) => self.boolean(n, "provider.insecure").unwrap_or(false),
+                    None => false,
+                };
+                Some(ProxmoxConfig {
+                    endpoint,
+                    node: str_of(self, "node").unwrap_or_else(|| "pve".into()),
+                    token_id: str_of(self, "token_id"),
+                    tls_fingerprint: fingerprint,
+                    insecure,
+                    storage: str_of(self, "storage").unwrap_or_else(|| "local-lvm".into()),
+                    bridge: str_of(self, "bridge").unwrap_or_else(|| "vmbr0".into()),
+                    template: str_of(self, "template").unwrap_or_else(|| "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst".into()),
+                })
+                .map(ProviderConfig::Proxmox)
+            }
+            "local" => {
+                self.map(node, "provider (local)", LOCAL_KEYS)?;
+                let image = str_of(self, "image").unwrap_or_else(|| "debian-12".into());
+                if image != "debian-12" {
+                    let pos = node.get("image").map(|n| n.pos).unwrap_or(node.pos);
+                    self.d.error(pos, format!("the local provider has no image `{image}` — use `debian-12`"));
+                }
+                Some(ProviderConfig::Local(LocalConfig { image }))
+            }
+            other => {
+                self.d.error(kind.pos, format!("unknown provider kind `{other}` — {}", suggestion(other, &["yandex", "proxmox", "local"])));
+                None
+            }
+        }
+    }
+
+    fn ssh(&mut self, node: Option<&Node>, project: &str) -> Option<SshConfig> {
+        let default_key = format!(".rigger/{project}_ed25519");
+        let Some(node) = node.filter(|n| !n.is_null()) else {
+            let private = resolve_path(self.dir, &default_key);
+            return Some(SshConfig { user: "rigger".into(), public_key_file: pub_path(&private), private_key_file: private, bastion: None });
+        };
+        self.map(node, "ssh", SSH_KEYS)?;
+        let user = match self.optional(node, "user") {
+            Some(n) => {
+                let u = self.string(n, "ssh.user")?;
+                let ok = u.v.len() <= 32
+                    && u.v.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && u.v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+                if !ok || u.v == "root" {
+                    self.d.error(u.pos, format!("ssh.user `{}` cannot be used — pick a plain lower-case user name other than root, e.g. rigger", u.v));
+                }
+                u.v
+            }
+            None => "rigger".into(),
+        };
+        let private = match self.optional(node, "private_key_file") {
+            Some(n) => self.path(n, "ssh.private_key_file")?,
+            None => resolve_path(self.dir, &default_key),
+        };
+        let public = match self.optional(node, "public_key_file") {
+            Some(n) => self.path(n, "ssh.public_key_file")?,
+            None => pub_path(&private),
+        };
+        let bastion = self.optional(node, "bastion").and_then(|n| self.string(n, "ssh.bastion")).map(|s| s.v);
+        Some(SshConfig { user, private_key_file: private, public_key_file: public, bastion })
+    }
+
+    fn network(&mut self, node: &Node, provider: Option<&ProviderConfig>) -> Option<Network> {
+        self.map(node, "network", NETWORK_KEYS)?;
+        let name = self.required(node, "name", "network", "main").and_then(|n| self.name(n, "network.name"));
+        let subnets_node = self.required(node, "subnets", "network", "[{ name: app, cidr: 10.20.0.0/24 }]")?;
+        let items = self.list(subnets_node, "network.subnets");
+        if items.is_empty() && subnets_node.as_seq().is_some() {
+            self.d.at(subnets_node, "network.subnets is empty — add at least one subnet, e.g. `- { name: app, cidr: 10.20.0.0/24 }`");
+        }
+        let default_zone = match provider {
+            Some(ProviderConfig::Yandex(y)) => Some(y.zone.clone()),
+            _ => None,
+        };
+        let mut subnets: Vec<(Subnet, Pos, Pos)> = Vec::new();
+        for item in items {
+            if self.map(item, "a subnet", SUBNET_KEYS).is_none() {
+                continue;
+            }
+            let name = self.required(item, "name", "a subnet", "app").and_then(|n| self.name(n, "subnet name"));
+            let cidr = self.required(item, "cidr", "a subnet", "10.20.0.0/24").and_then(|n| self.cidr(n, "subnet cidr"));
+            let zone = self.optional(item, "zone").and_then(|n| self.string(n, "subnet zone")).map(|s| s.v);
+            let gateway = self.optional(item, "gateway").and_then(|n| self.ip(n, "subnet gateway"));
+            let (Some(name), Some(cidr)) = (name, cidr) else { continue };
+            if let Some((first, ..)) = subnets.iter().find(|(s, ..)| s.name == name.v) {
+                self.d.error(name.pos, format!("subnet `{}` is defined twice — rename one (first: {})", name.v, first.cidr));
+                continue;
+            }
+            if cidr.v.prefix_len() > 29 {
+                self.d.error(cidr.pos, format!("subnet {} is too small for machines — use a prefix of /29 or shorter", cidr.v));
+                continue;
+            }
+            if matches!(provider, Some(ProviderConfig::Yandex(_))) && !(16..=28).contains(&cidr.v.prefix_len()) {
+                self.d.error(cidr.pos, format!("Yandex Cloud subnets must be between /16 and /28, {} is not — change the prefix length", cidr.v));
+            }
+            for (other, _, other_pos) in &subnets {
+                if other.cidr.contains(&cidr.v.network()) || cidr.v.contains(&other.cidr.network()) {
+                    self.d.error(cidr.pos, format!("subnet {} overlaps subnet `{}` ({}, line {}) — pick ranges that do not overlap", cidr.v, other.name, other.cidr, other_pos.line));
+                }
+            }
+            let gw = match gateway {
+                Some(g) => {
+                    if !cidr.v.contains(&g.v) {
+                        self.d.error(g.pos, format!("gateway {} is outside subnet {} — use an address inside it, e.g. {}", g.v, cidr.v, first_host(&cidr.v)));
+                    } else if g.v == cidr.v.network() || g.v == cidr.v.broadcast() {
+                        self.d.error(g.pos, format!("gateway {} is the network or broadcast address of {} — use e.g. {}", g.v, cidr.v, first_host(&cidr.v)));
+                    }
+                    g.v
+                }
+                None => first_host(&cidr.v),
+            };
+            let zone = zone.or_else(|| default_zone.clone());
+            subnets.push((Subnet { name: name.v, cidr: cidr.v, zone, gateway: gw }, name.pos, cidr.pos));
+        }
+        Some(Network { name: name?.v, subnets: subnets.into_iter().map(|(s, ..)| s).collect() })
+    }
+
+    fn firewall(&mut self, node: &Node) -> Vec<FirewallGroup> {
+        let mut groups: Vec<(FirewallGroup, Vec<Option<At<String>>>)> = Vec::new();
+        for item in self.list(node, "firewall") {
+            if self.map(item, "a firewall group", FIREWALL_KEYS).is_none() {
+                continue;
+            }
+            let Some(name) = self.required(item, "name", "a firewall group", "db").and_then(|n| self.name(n, "firewall group name")) else { continue };
+            if groups.iter().any(|(g, _)| g.name == name.v) {
+                self.d.error(name.pos, format!("firewall group `{}` is defined twice — merge the rules into one group", name.v));
+                continue;
+            }
+            let mut rules = Vec::new();
+            let mut refs = Vec::new();
+            if let Some(rn) = self.optional(item, "rules") {
+                for r in self.list(rn, "firewall rules") {
+                    if let Some((rule, group_ref)) = self.rule(r) {
+                        rules.push(rule);
+                        refs.push(group_ref);
+                    }
+                }
+            }
+            groups.push((FirewallGroup { name: name.v, rules }, refs));
+        }
+        // A rule may name a group; it must exist.
+        let names: Vec<String> = groups.iter().map(|(g, _)| g.name.clone()).collect();
+        let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
+        for (_, refs) in &groups {
+            for r in refs.iter().flatten() {
+                if !names.contains(&r.v) {
+                    self.d.error(r.pos, format!("firewall group `{}` does not exist — {}", r.v, suggestion(&r.v, &names_ref)));
+                }
+            }
+        }
+        groups.into_iter().map(|(g, _)| g).collect()
+    }
+
+    fn rule(&mut self, node: &Node) -> Option<(Rule, Option<At<String>>)> {
+        self.map(node, "a firewall rule", RULE_KEYS)?;
+        let dir = self.required(node, "direction", "a firewall rule", "ingress").and_then(|n| self.string(n, "direction"))?;
+        let direction = match dir.v.as_str() {
+            "ingress" => Direction::Ingress,
+            "egress" => Direction::Egress,
+            other => {
+                self.d.error(dir.pos, format!("unknown direction `{other}` — {}", suggestion(other, &["ingress", "egress"])));
+                return None;
+            }
+        };
+        let protocol = match self.optional(node, "protocol").and_then(|n| self.string(n, "protocol")) {
+            None => Protocol::Any,
+            Some(p) => match p.v.to_ascii_lowercase().as_str() {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                "icmp" => Protocol::Icmp,
+                "any" => Protocol::Any,
+                other => {
+                    self.d.error(p.pos, format!("unknown protocol `{other}` — {}", suggestion(other, &["tcp", "udp", "icmp", "any"])));
+                    return None;
+                }
+            },
+        };
+        let ports = match self.optional(node, "ports") {
+            Some(n) => {
+                let s = self.string(n, "ports")?;
+                if matches!(protocol, Protocol::Icmp | Protocol::Any) {
+                    self.d.error(s.pos, "ports only apply to tcp and udp rules — remove `ports` or set `protocol: tcp`");
+                }
+                match parse_ports(&s.v) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.d.error(s.pos, e);
+                        return None;
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        let (cidr_key, group_key) = match direction {
+            Direction::Ingress => ("from", "from_group"),
+            Direction::Egress => ("to", "to_group"),
+        };
+        let wrong: Vec<&str> = match direction {
+            Direction::Ingress => vec!["to", "to_group"],
+            Direction::Egress => vec!["from", "from_group"],
+        };
+        for w in wrong {
+            if let Some(n) = node.get(w) {
+                self.d.at(n, format!("`{w}` does not fit a {} rule — use `{cidr_key}` or `{group_key}`", if direction == Direction::Ingress { "ingress" } else { "egress" }));
+            }
+        }
+        let cidrs = self.optional(node, cidr_key);
+        let group = self.optional(node, group_key);
+        let (peer, group_ref) = match (cidrs, group) {
+            (Some(_), Some(g)) => {
+                self.d.at(g, format!("a rule takes either `{cidr_key}` or `{group_key}`, not both — split it into two rules"));
+                return None;
+            }
+            (None, Some(g)) => {
+                let name = self.string(g, group_key)?;
+                (Peer::Group(name.v.clone()), Some(name))
+            }
+            (Some(c), None) => {
+                let list: Vec<Node> = match &c.value {
+                    Y::Seq(items) => items.clone(),
+                    _ => vec![c.clone()],
+                };
+                let nets: Vec<Ipv4Net> = list.iter().filter_map(|n| self.cidr(n, cidr_key)).map(|a| a.v).collect();
+                if nets.len() != list.len() {
+                    return None;
+                }
+                (Peer::Cidrs(nets), None)
+            }
+            (None, None) => {
+                self.d.at(node, format!("the rule says neither `{cidr_key}` nor `{group_key}` — add e.g. `{cidr_key}: 10.20.0.0/24` (0.0.0.0/0 for anywhere)"));
+                return None;
+            }
+        };
+        let description = self.optional(node, "description").and_then(|n| self.string(n, "description")).map(|s| s.v);
+        Some((Rule { direction, protocol, ports, peer, description }, group_ref))
+    }
+
+    fn defaults(&mut self, node: Option<&Node>, provider: Option<&ProviderConfig>) -> HostDefaults {
+        let image = match provider {
+            Some(ProviderConfig::Yandex(_)) => "ubuntu-2204-lts",
+            Some(ProviderConfig::Proxmox(p)) => return self.defaults_from(node, HostDefaults::base(&p.template)),
+            Some(ProviderConfig::Local(l)) => return self.defaults_from(node, HostDefaults::base(&l.image)),
+            None => "debian-12",
+        };
+        self.defaults_from(node, HostDefaults::base(image))
+    }
+
+    fn defaults_from(&mut self, node: Option<&Node>, mut base: HostDefaults) -> HostDefaults {
+        let Some(node) = node.filter(|n| !n.is_null()) else { return base };
+        if self.map(node, "defaults", DEFAULTS_KEYS).is_none() {
+            return base;
+        }
+        if let Some(s) = self.optional(node, "image").and_then(|n| self.string(n, "defaults.image")) {
+            base.image = s.v;
+        }
+        if let Some(n) = self.optional(node, "cores").and_then(|n| self.int(n, "defaults.cores", 1, 256)) {
+            base.cores = n.v as u32;
+        }
+        if let Some(b) = self.optional(node, "memory").and_then(|n| self.size(n, "defaults.memory")) {
+            base.memory = b;
+        }
+        if let Some(b) = self.optional(node, "disk").and_then(|n| self.size(n, "defaults.disk")) {
+            base.disk = b;
+        }
+        if let Some(n) = self.optional(node, "core_fraction").and_then(|n| self.int(n, "defaults.core_fraction", 1, 100)) {
+            base.core_fraction = n.v as u32;
+        }
+        base
+    }
+
+    fn host(&mut self, node: &Node) -> Option<RawHost> {
+        self.map(node, "a host", HOST_KEYS)?;
+        let name = self.required(node, "name", "a host", "pg").and_then(|n| self.name(n, "host name"))?;
+        let what = |k: &str| format!("{k} of host `{}`", name.v);
+        let count = self.optional(node, "count").and_then(|n| self.int(n, &what("count"), 1, 100)).map(|a| At { v: a.v as u32, pos: a.pos });
+        let roles = match self.optional(node, "roles") {
+            Some(n) => self.string_list(n, &what("roles")),
+            None => Vec::new(),
+        };
+        for r in &roles {
+            if !ROLES.contains(&r.v.as_str()) {
+                self.d.error(r.pos, format!("unknown role `{}` — {}", r.v, suggestion(&r.v, ROLES)));
+            }
+        }
+        let subnet = self.optional(node, "subnet").and_then(|n| self.string(n, &what("subnet")));
+        let ip = self.optional(node, "ip").and_then(|n| self.ip(n, &what("ip")));
+        let image = self.optional(node, "image").and_then(|n| self.string(n, &what("image"))).map(|s| s.v);
+        let cores = self.optional(node, "cores").and_then(|n| self.int(n, &what("cores"), 1, 256)).map(|a| At { v: a.v as u32, pos: a.pos });
+        let memory = self.optional(node, "memory").and_then(|n| self.size(n, &what("memory")));
+        let disk = self.optional(node, "disk").and_then(|n| self.size(n, &what("disk")));
+        let core_fraction = self.optional(node, "core_fraction").and_then(|n| self.int(n, &what("core_fraction"), 1, 100)).map(|a| At { v: a.v as u32, pos: a.pos });
+        let firewall = match self.optional(node, "firewall") {
+            Some(n) => self.string_list(n, &what("firewall")),
+            None => Vec::new(),
+        };
+        let public_ip = match self.optional(node, "public_ip") {
+            Some(n) => self.boolean(n, &what("public_ip")).unwrap_or(false),
+            None => false,
+        };
+        let vmid = self.optional(node, "vmid").and_then(|n| self.int(n, &what("vmid"), 100, 999_999_999)).map(|a| At { v: a.v as u32, pos: a.pos });
+        let kind = match self.optional(node, "kind").and_then(|n| self.string(n, &what("kind"))) {
+            Some(k) => match k.v.as_str() {
+                "lxc" => Some(At { v: GuestKind::Lxc, pos: k.pos }),
+                "qemu" => Some(At { v: GuestKind::Qemu, pos: k.pos }),
+                other => {
+                    self.d.error(k.pos, format!("unknown kind `{other}` — {}", suggestion(other, &["lxc", "qemu"])));
+                    None
+                }
+            },
+            None => None,
+        };
+        let zone = self.optional(node, "zone").and_then(|n| self.string(n, &what("zone"))).map(|s| s.v);
+        Some(RawHost { name, count, roles, subnet, ip, image, cores, memory, disk, core_fraction, firewall, public_ip, vmid, kind, zone })
+    }
+
+    // ---- meaning ---------------------------------------------------------
+
+    fn expand_hosts(
+        &mut self,
+        raw: &[RawHost],
+        network: &Network,
+        firewall: &[FirewallGroup],
+        defaults: &HostDefaults,
+        provider: &ProviderConfig,
+        root: &Node,
+    ) -> Vec<Host> {
+        let subnet_names: Vec<&str> = network.subnets.iter().map(|s| s.name.as_str()).collect();
+        let group_names: Vec<&str> = firewall.iter().map(|g| g.name.as_str()).collect();
+        let is_proxmox = matches!(provider, ProviderConfig::Proxmox(_));
+        let is_yandex = matches!(provider, ProviderConfig::Yandex(_));
+        let mut hosts: Vec<Host> = Vec::new();
+        let mut name_pos: HashMap<String, Pos> = HashMap::new();
+        let mut ip_owner: HashMap<Ipv4Addr, (String, Pos)> = HashMap::new();
+        let mut vmid_ranges: Vec<(u32, u32, String, Pos)> = Vec::new();
+        let mut to_allocate: Vec<usize> = Vec::new();
+
+        for h in raw {
+            let subnet = match &h.subnet {
+                Some(s) => match network.subnets.iter().find(|n| n.name == s.v) {
+                    Some(sn) => Some(sn),
+                    None => {
+                        self.d.error(s.pos, format!("subnet `{}` does not exist — {}", s.v, suggestion(&s.v, &subnet_names)));
+                        None
+                    }
+                },
+                None if network.subnets.len() == 1 => network.subnets.first(),
+                None => {
+                    if !network.subnets.is_empty() {
+                        self.d.error(h.name.pos, format!("host `{}` must say which subnet it is in — add `subnet: {}`", h.name.v, subnet_names.join("|")));
+                    }
+                    None
+                }
+            };
+            for f in &h.firewall {
+                if !group_names.contains(&f.v.as_str()) {
+                    self.d.error(f.pos, format!("firewall group `{}` does not exist — {}", f.v, suggestion(&f.v, &group_names)));
+                }
+            }
+            if let (Some(v), false) = (&h.vmid, is_proxmox) {
+                self.d.error(v.pos, format!("`vmid` is only used by the proxmox provider — remove it from host `{}`", h.name.v));
+            }
+            if let (Some(k), false) = (&h.kind, is_proxmox) {
+                self.d.error(k.pos, format!("`kind` (lxc|qemu) is only used by the proxmox provider — remove it from host `{}`", h.name.v));
+            }
+            let cores = h.cores.as_ref().map(|c| c.v).unwrap_or(defaults.cores);
+            let core_fraction = h.core_fraction.as_ref().map(|c| c.v).unwrap_or(defaults.core_fraction);
+            if is_yandex {
+                if cores % 2 != 0 || cores > 80 {
+                    let pos = h.cores.as_ref().map(|c| c.pos).unwrap_or(h.name.pos);
+                    self.d.error(pos, format!("host `{}`: {cores} cores is not available on standard-v3 — use an even number from 2 to 80", h.name.v));
+                }
+                if ![20, 50, 100].contains(&core_fraction) {
+                    let pos = h.core_fraction.as_ref().map(|c| c.pos).unwrap_or(h.name.pos);
+                    self.d.error(pos, format!("host `{}`: core_fraction {core_fraction} is not available on standard-v3 — allowed: 20, 50, 100", h.name.v));
+                }
+            }
+            let count = h.count.as_ref().map(|c| c.v).unwrap_or(1);
+            if let Some(v) = &h.vmid {
+                let (lo, hi) = (v.v, v.v + count - 1);
+                for (olo, ohi, other, opos) in &vmid_ranges {
+                    if lo <= *ohi && *olo <= hi {
+                        self.d.error(v.pos, format!("VMIDs {lo}-{hi} of host `{}` overlap {olo}-{ohi} of host `{other}` (line {}) — move one range", h.name.v, opos.line));
+                    }
+                }
+                vmid_ranges.push((lo, hi, h.name.v.clone(), v.pos));
+            }
+            let Some(subnet) = subnet else { continue };
+            if let Some(ip) = &h.ip {
+                let last = u32::from(ip.v).checked_add(count - 1).map(Ipv4Addr::from);
+                if !subnet.cidr.contains(&ip.v) {
+                    self.d.error(ip.pos, format!("ip {} of host `{}` is outside its subnet `{}` ({}) — pick an address inside it", ip.v, h.name.v, subnet.name, subnet.cidr));
+                } else if last.map_or(true, |l| !subnet.cidr.contains(&l) || l == subnet.cidr.broadcast()) {
+                    self.d.error(ip.pos, format!("{count} hosts from {} run past the end of subnet `{}` ({}) — start lower or use a larger subnet", ip.v, subnet.name, subnet.cidr));
+                }
+            }
+            for i in 1..=count {
+                let name = if h.count.is_some() { format!("{}-{i}", h.name.v) } else { h.name.v.clone() };
+                if let Some(first) = name_pos.get(&name) {
+                    self.d.error(h.name.pos, format!("host name `{name}` is used twice (also from line {}) — rename one of the hosts", first.line));
+                    continue;
+                }
+                name_pos.insert(name.clone(), h.name.pos);
+                let ip = h.ip.as_ref().map(|ip| Ipv4Addr::from(u32::from(ip.v).wrapping_add(i - 1)));
+                if let (Some(addr), Some(at)) = (ip, &h.ip) {
+                    if subnet.cidr.contains(&addr) {
+                        if addr == subnet.cidr.network() || addr == subnet.cidr.broadcast() {
+                            self.d.error(at.pos, format!("ip {addr} of `{name}` is the network or broadcast address of {} — use a host address", subnet.cidr));
+                        } else if addr == subnet.gateway {
+                            self.d.error(at.pos, format!("ip {addr} of `{name}` is the gateway of subnet `{}` — pick another address", subnet.name));
+                        } else if let Some((other, _)) = ip_owner.get(&addr) {
+                            self.d.error(at.pos, format!("ip {addr} of `{name}` is already `{other}`'s — move one of the ranges"));
+                        }
+                    }
+                    ip_owner.insert(addr, (name.clone(), at.pos));
+                }
+                if ip.is_none() {
+                    to_allocate.push(hosts.len());
+                }
+                hosts.push(Host {
+                    name,
+                    group: h.name.v.clone(),
+                    index: i,
+                    roles: h.roles.iter().map(|r| r.v.clone()).collect(),
+                    subnet: subnet.name.clone(),
+                    ip: ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    image: h.image.clone().unwrap_or_else(|| defaults.image.clone()),
+                    cores,
+                    memory_bytes: h.memory.unwrap_or(defaults.memory),
+                    disk_bytes: h.disk.unwrap_or(defaults.disk),
+                    core_fraction,
+                    firewall: h.firewall.iter().map(|f| f.v.clone()).collect(),
+                    public_ip: h.public_ip,
+                    vmid: h.vmid.as_ref().map(|v| v.v + i - 1),
+                    guest_kind: h.kind.as_ref().map(|k| k.v).unwrap_or(GuestKind::Lxc),
+                    zone: h.zone.clone().or_else(|| subnet.zone.clone()),
+                });
+            }
+        }
+        // Hosts without an explicit ip get the first free address from .10 up,
+        // in plan order, so the result does not depend on anything but the plan.
+        let vip = root.get("services").and_then(|s| s.get("keepalived")).and_then(|k| k.get("vip")).and_then(|n| n.as_scalar()).and_then(|s| s.parse::<Ipv4Addr>().ok());
+        for idx in to_allocate {
+            let subnet = network.subnets.iter().find(|s| s.name == hosts[idx].subnet).expect("checked above");
+            let start = u32::from(subnet.cidr.network()) + 10.min(subnet.cidr.hosts().count() as u32 / 2);
+            let free = (start..u32::from(subnet.cidr.broadcast()))
+                .map(Ipv4Addr::from)
+                .find(|a| *a != subnet.gateway && Some(*a) != vip && !ip_owner.contains_key(a));
+            match free {
+                Some(a) => {
+                    ip_owner.insert(a, (hosts[idx].name.clone(), Pos::default()));
+                    hosts[idx].ip = a;
+                }
+                None => {
+                    let pos = name_pos.get(&hosts[idx].name).copied().unwrap_or_default();
+                    self.d.error(pos, format!("subnet `{}` has no free address left for `{}` — use a larger subnet", subnet.name, hosts[idx].name));
+                }
+            }
+        }
+        hosts
+    }
+
+    fn services(&mut self, node: Option<&Node>, project: &str, hosts: &[RawHost]) -> Option<BTreeMap<String, BTreeMap<String, Value>>> {
+        let used: BTreeSet<&str> = hosts.iter().flat_map(|h| h.roles.iter().map(|r| r.v.as_str())).collect();
+        let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+        let given = node.filter(|n| !n.is_null());
+        if let Some(n) = given {
+            self.map(n, "services", ROLES)?;
+            for (k, v) in n.as_map().unwrap_or_default() {
+                if let Some(role) = k.as_scalar().filter(|r| ROLES.contains(r)) {
+                    if !used.contains(role) {
+                        self.d.at(k, format!("services.{role} is set but no host has the role `{role}` — add the role to a host or remove these settings"));
+                    }
+                    if !v.is_null() {
+                        self.map(v, &format!("services.{role}"), &services::settings(role).iter().map(|s| s.key).collect::<Vec<_>>());
+                    }
+                }
+            }
+        }
+        for role in ROLES.iter().filter(|r| used.contains(*r)) {
+            let section = given.and_then(|n| n.get(role)).filter(|n| !n.is_null());
+            let mut values = BTreeMap::new();
+            for setting in services::settings(role) {
+                let what = format!("services.{role}.{}", setting.key);
+                let value = match section.and_then(|s| s.get(setting.key)).filter(|n| !n.is_null()) {
+                    Some(n) => self.setting_value(n, setting.ty, &what),
+                    None => {
+                        if setting.required {
+                            let pos = section.map(|s| s.pos).or(given.map(|g| g.pos)).unwrap_or_default();
+                            self.d.error(pos, format!("the role `{role}` needs {what} — add it under services: {role}: {{ {}: … }} ({})", setting.key, setting.help));
+                        }
+                        setting.default.map(|f| f(project))
+                    }
+                };
+                if let Some(v) = value {
+                    values.insert(setting.key.to_string(), v);
+                }
+            }
+            out.insert(role.to_string(), values);
+        }
+        if let Some(p) = out.get("patroni") {
+            let g = |k: &str| p.get(k).and_then(Value::as_i64).unwrap_or(0);
+            if g("loop_wait") + 2 * g("retry_timeout") > g("ttl") {
+                let pos = given.and_then(|n| n.get("patroni")).map(|n| n.pos).unwrap_or_default();
+                self.d.error(pos, format!("patroni: loop_wait + 2*retry_timeout ({}) must not exceed ttl ({}) — raise ttl or lower the others", g("loop_wait") + 2 * g("retry_timeout"), g("ttl")));
+            }
+        }
+        if let Some(h) = out.get("haproxy") {
+            let ports: Vec<i64> = ["write_port", "read_port", "stats_port"].iter().filter_map(|k| h.get(*k).and_then(Value::as_i64)).collect();
+            if ports.iter().collect::<BTreeSet<_>>().len() != ports.len() {
+                let pos = given.and_then(|n| n.get("haproxy")).map(|n| n.pos).unwrap_or_default();
+                self.d.error(pos, "haproxy write_port, read_port and stats_port must be different — change one of them");
+            }
+        }
+        Some(out)
+    }
+
+    fn setting_value(&mut self, node: &Node, ty: SettingType, what: &str) -> Option<Value> {
+        match ty {
+            SettingType::Int { min, max } => self.int(node, what, min, max).map(|a| json!(a.v)),
+            SettingType::Bool => self.boolean(node, what).map(Value::Bool),
+            SettingType::Str => self.string(node, what).map(|s| Value::String(s.v)),
+            SettingType::Ip => self.ip(node, what).map(|a| Value::String(a.v.to_string())),
+            SettingType::List => Some(Value::Array(self.string_list(node, what).into_iter().map(|s| Value::String(s.v)).collect())),
+            SettingType::Map => {
+                let entries = node.as_map();
+                if entries.is_none() {
+                    self.d.at(node, format!("{what} must be a mapping, e.g. `{{ max_connections: 200 }}`"));
+                }
+                let mut m = serde_json::Map::new();
+                for (k, v) in entries.unwrap_or_default() {
+                    if let (Some(k), Some(s)) = (k.as_scalar(), self.string(v, what)) {
+                        m.insert(k.to_string(), Value::String(s.v));
+                    }
+                }
+                Some(Value::Object(m))
+            }
+        }
+    }
+
+    fn check_roles(
+        &mut self,
+        hosts: &[Host],
+        raw: &[RawHost],
+        services: &Option<BTreeMap<String, BTreeMap<String, Value>>>,
+        network: &Network,
+        root: &Node,
+    ) {
+        let count = |role: &str| hosts.iter().filter(|h| h.roles.iter().any(|r| r == role)).count();
+        let role_pos = |role: &str| raw.iter().flat_map(|h| h.roles.iter()).find(|r| r.v == role).map(|r| r.pos).unwrap_or_default();
+        let etcd = count("etcd");
+        if etcd > 0 && (etcd < 3 || etcd % 2 == 0) {
+            self.d.error(role_pos("etcd"), format!("etcd needs an odd number of members, at least 3, for a quorum — the plan has {etcd}"));
+        }
+        if count("patroni") > 0 && etcd == 0 {
+            self.d.error(role_pos("patroni"), "patroni keeps its leader lock in etcd — add hosts with the role `etcd` (3 of them)");
+        }
+        if count("keepalived") > 0 {
+            if count("haproxy") < 2 {
+                self.d.error(role_pos("keepalived"), "keepalived moves a VIP between HAProxy hosts — it needs at least 2 hosts with the role `haproxy`");
+            }
+            for h in hosts.iter().filter(|h| h.roles.iter().any(|r| r == "keepalived") && !h.roles.iter().any(|r| r == "haproxy")) {
+                self.d.error(role_pos("keepalived"), format!("host `{}` has keepalived but not haproxy — keepalived guards HAProxy; give both roles to the same hosts", h.name));
+            }
+            let vip = services.as_ref().and_then(|s| s.get("keepalived")).and_then(|k| k.get("vip")).and_then(Value::as_str).and_then(|s| s.parse::<Ipv4Addr>().ok());
+            let vip_pos = root.get("services").and_then(|s| s.get("keepalived")).and_then(|k| k.get("vip")).map(|n| n.pos).unwrap_or_default();
+            if let Some(vip) = vip {
+                match network.subnets.iter().find(|s| s.cidr.contains(&vip)) {
+                    None => self.d.error(vip_pos, format!("the VIP {vip} is outside every subnet — a VRRP VIP must be in the subnet of the HAProxy hosts")),
+                    Some(s) if vip == s.gateway || vip == s.cidr.network() || vip == s.cidr.broadcast() => {
+                        self.d.error(vip_pos, format!("the VIP {vip} is the gateway, network or broadcast address of `{}` — pick a free address", s.name))
+                    }
+                    Some(_) => {
+                        if let Some(h) = hosts.iter().find(|h| h.ip == vip) {
+                            self.d.error(vip_pos, format!("the VIP {vip} is already the address of `{}` — pick a free address", h.name));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Image and size defaults before the plan's `defaults:` apply.
+struct HostDefaults {
+    image: String,
+    cores: u32,
+    memory: u64,
+    disk: u64,
+    core_fraction: u32,
+}
+
+impl HostDefaults {
+    fn base(image: &str) -> Self {
+        HostDefaults { image: image.to_string(), cores: 2, memory: 2 << 30, disk: 20 << 30, core_fraction: 100 }
+    }
+}
+
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 40
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn first_host(net: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) + 1)
+}
+
+fn pub_path(private: &Path) -> PathBuf {
+    let mut s = private.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+/// `~` is the user's home; relative paths are relative to the plan's folder.
+pub fn resolve_path(dir: &Path, p: &str) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return PathBuf::from(home).join(rest);
+        }
+    }
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        path
+    } else {
+        dir.join(path)
+    }
+}
+
+/// `22`, `5432,8008`, `5000-5001`, `any`.
+pub fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
+    if s.trim() == "any" {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let bad = || format!("ports `{s}` — write them like `22`, `5432,8008` or `5000-5001`");
+        let (from, to) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?),
+            None => {
+                let p = part.parse::<u16>().map_err(|_| bad())?;
+                (p, p)
+            }
+        };
+        if from == 0 || to < from {
+            return Err(format!("port range `{part}` is empty or starts at 0 — write it low-high, e.g. 5000-5001"));
+        }
+        out.push(PortRange { from, to });
+    }
+    Ok(out)
+}

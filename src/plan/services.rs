@@ -1,0 +1,119 @@
+//! The roles rigger knows and the settings each takes under `services:`,
+//! with the safe defaults used when a setting is not given.
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingType {
+    Int { min: i64, max: i64 },
+    Bool,
+    Str,
+    /// An IPv4 address.
+    Ip,
+    /// A mapping of free-form settings (e.g. PostgreSQL parameters).
+    Map,
+    /// A list of strings.
+    List,
+}
+
+pub struct Setting {
+    pub key: &'static str,
+    pub ty: SettingType,
+    /// `None`: no default (optional, or required when the role is used — see `required`).
+    pub default: Option<fn(project: &str) -> Value>,
+    pub required: bool,
+    pub help: &'static str,
+}
+
+const PORT: SettingType = SettingType::Int { min: 1, max: 65535 };
+
+macro_rules! s {
+    ($key:literal, $ty:expr, $default:expr, $help:literal) => {
+        Setting { key: $key, ty: $ty, default: Some($default), required: false, help: $help }
+    };
+}
+
+/// Every role, in the order the config phase brings them up.
+pub const ROLES: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront"];
+
+pub fn settings(role: &str) -> &'static [Setting] {
+    match role {
+        "etcd" => ETCD,
+        "patroni" => PATRONI,
+        "haproxy" => HAPROXY,
+        "keepalived" => KEEPALIVED,
+        "redis" => REDIS,
+        "nginx" => NGINX,
+        "app" => APP,
+        "saleor" => SALEOR,
+        "storefront" => STOREFRONT,
+        _ => &[],
+    }
+}
+
+static ETCD: &[Setting] = &[
+    s!("client_port", PORT, |_| json!(2379), "etcd client port"),
+    s!("peer_port", PORT, |_| json!(2380), "etcd peer port"),
+    s!("election_timeout", SettingType::Int { min: 100, max: 50000 }, |_| json!(5000), "ms"),
+    s!("heartbeat_interval", SettingType::Int { min: 10, max: 10000 }, |_| json!(1000), "ms"),
+    s!("cluster_token", SettingType::Str, |p| json!(format!("{p}-etcd")), "initial cluster token"),
+];
+
+static PATRONI: &[Setting] = &[
+    s!("scope", SettingType::Str, |p| json!(p), "cluster name in the DCS"),
+    s!("postgres_version", SettingType::Int { min: 12, max: 17 }, |_| json!(15), "PostgreSQL major version"),
+    s!("synchronous_mode", SettingType::Bool, |_| json!(false), "synchronous replication"),
+    s!("ttl", SettingType::Int { min: 10, max: 3600 }, |_| json!(30), "leader key TTL, s"),
+    s!("loop_wait", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
+    s!("retry_timeout", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
+    s!("maximum_lag_on_failover", SettingType::Int { min: 0, max: i64::MAX }, |_| json!(1048576), "bytes"),
+    s!("port", PORT, |_| json!(5432), "PostgreSQL port"),
+    s!("rest_port", PORT, |_| json!(8008), "Patroni REST port"),
+    s!("parameters", SettingType::Map, |_| json!({}), "PostgreSQL parameters"),
+    s!("databases", SettingType::List, |_| json!([]), "databases to create (owned by an app user)"),
+];
+
+static HAPROXY: &[Setting] = &[
+    s!("write_port", PORT, |_| json!(5000), "port that reaches the Patroni leader"),
+    s!("read_port", PORT, |_| json!(5001), "port that round-robins the replicas"),
+    s!("stats_port", PORT, |_| json!(8404), "stats page (password protected)"),
+    s!("max_replica_lag", SettingType::Str, |_| json!("100MB"), "replicas lagging more are taken out of the read port"),
+];
+
+static KEEPALIVED: &[Setting] = &[
+    Setting { key: "vip", ty: SettingType::Ip, default: None, required: true, help: "the virtual IP, inside a subnet" },
+    Setting { key: "virtual_router_id", ty: SettingType::Int { min: 1, max: 255 }, default: None, required: false, help: "defaults to the VIP's last octet" },
+    s!("interface", SettingType::Str, |_| json!("eth0"), "interface that carries the VIP"),
+];
+
+static REDIS: &[Setting] = &[
+    s!("port", PORT, |_| json!(6379), "Redis port"),
+    s!("maxmemory", SettingType::Str, |_| json!("256mb"), "Redis maxmemory"),
+];
+
+static NGINX: &[Setting] = &[
+    s!("port", PORT, |_| json!(80), "HTTP port"),
+    s!("max_fails", SettingType::Int { min: 0, max: 100 }, |_| json!(3), "passive health check"),
+    s!("fail_timeout", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
+];
+
+static APP: &[Setting] = &[
+    s!("path", SettingType::Str, |_| json!("examples/demo-app"), "local directory with the application"),
+    s!("port", PORT, |_| json!(9001), "port the app listens on"),
+    s!("module", SettingType::Str, |_| json!("app:app"), "ASGI module:attribute"),
+    s!("database", SettingType::Str, |_| json!("app"), "database name"),
+];
+
+static SALEOR: &[Setting] = &[
+    s!("image", SettingType::Str, |_| json!("ghcr.io/saleor/saleor:3.20"), "API image"),
+    s!("dashboard_image", SettingType::Str, |_| json!("ghcr.io/saleor/saleor-dashboard:3.20"), "dashboard image"),
+    s!("api_port", PORT, |_| json!(8000), "API port"),
+    s!("dashboard_port", PORT, |_| json!(9000), "dashboard port"),
+    s!("allowed_hosts", SettingType::List, |_| json!([]), "ALLOWED_HOSTS (the load balancer is always added)"),
+    s!("database", SettingType::Str, |_| json!("saleor"), "database name"),
+];
+
+static STOREFRONT: &[Setting] = &[
+    s!("path", SettingType::Str, |_| json!("storefront"), "local directory with the Next.js storefront"),
+    s!("port", PORT, |_| json!(3000), "port"),
+];
