@@ -2,3 +2,6 @@ pub mod events;
 pub mod plan;
 pub mod providers;
 pub mod resource;
+pub mod state;
+pub mod diff;
+pub mod graph;

@@ -1,0 +1,250 @@
+//! The state file: what rigger built, its secrets, a serial that moves on every
+//! write, and a lock so two runs never write it at once.
+//!
+//! Written atomically (temp file in the same folder, fsync, rename, fsync the
+//! folder) after every resource change, mode 0600 because it holds secrets.
+
+use crate::resource::{Address, LiveResource};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub version: u32,
+    /// Identifies one state's history: a saved plan is only valid for the lineage it was made on.
+    pub lineage: String,
+    /// Moves by one on every write.
+    pub serial: u64,
+    pub project: String,
+    pub provider: String,
+    pub resources: BTreeMap<Address, LiveResource>,
+    /// Generated once, kept here, never printed.
+    pub secrets: BTreeMap<String, String>,
+    /// Per host facts of the config phase (managed files and their checksums, …).
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Value>,
+}
+
+impl State {
+    pub fn new(project: &str, provider: &str) -> State {
+        State {
+            version: STATE_VERSION,
+            lineage: uuid::Uuid::new_v4().to_string(),
+            serial: 0,
+            project: project.to_string(),
+            provider: provider.to_string(),
+            resources: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+        }
+    }
+
+    pub fn machines(&self) -> impl Iterator<Item = &LiveResource> {
+        self.resources.values().filter(|r| r.address.kind == crate::resource::Kind::Machine)
+    }
+
+    /// The secret `name`: from env `RIGGER_SECRET_<NAME>` if set, else the one kept
+    /// in the state, else a new random one (kept from now on). Returns whether the state changed.
+    pub fn ensure_secret(&mut self, name: &str) -> bool {
+        let env_name = format!("RIGGER_SECRET_{}", name.to_ascii_uppercase());
+        let wanted = match std::env::var(&env_name) {
+            Ok(v) if !v.is_empty() => v,
+            _ => match self.secrets.get(name) {
+                Some(_) => return false,
+                None => random_secret(32),
+            },
+        };
+        if self.secrets.get(name) == Some(&wanted) {
+            return false;
+        }
+        self.secrets.insert(name.to_string(), wanted);
+        true
+    }
+}
+
+/// Letters and digits only: safe inside URLs, YAML, shell and config files unquoted.
+pub fn random_secret(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..len).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+}
+
+/// Where the state of a plan lives: `.rigger/<project>.state.json` beside the plan.
+pub fn default_path(plan_dir: &Path, project: &str) -> PathBuf {
+    plan_dir.join(".rigger").join(format!("{project}.state.json"))
+}
+
+/// An open state file with its lock held until this is dropped.
+pub struct StateStore {
+    path: PathBuf,
+    _lock: File,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LockInfo {
+    pid: u32,
+    command: String,
+    user: String,
+    host: String,
+    since: String,
+}
+
+impl StateStore {
+    /// Take the lock (failing at once, naming the holder, if another run has it).
+    pub fn open(path: &Path, command: &str) -> Result<StateStore> {
+        let dir = path.parent().context("state path has no folder")?;
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        let lock_path = lock_path(path);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
+        if !try_flock(&lock)? {
+            let holder = fs::read_to_string(&lock_path).ok().and_then(|s| serde_json::from_str::<LockInfo>(&s).ok());
+            match holder {
+                Some(h) => bail!(
+                    "the state {} is locked by `{}` (pid {}, {}@{}, since {}) — wait for it to finish; a second run would corrupt the state",
+                    path.display(),
+                    h.command,
+                    h.pid,
+                    h.user,
+                    h.host,
+                    h.since
+                ),
+                None => bail!("the state {} is locked by another rigger run — wait for it to finish", path.display()),
+            }
+        }
+        let info = LockInfo {
+            pid: std::process::id(),
+            command: command.to_string(),
+            user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+            host: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+            since: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        lock.set_len(0)?;
+        use std::io::Seek;
+        lock.seek(std::io::SeekFrom::Start(0))?;
+        lock.write_all(serde_json::to_string(&info)?.as_bytes())?;
+        // The lock lives as long as this open file: the store keeps it.
+        Ok(StateStore { path: path.to_path_buf(), _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved state, or `None` if there is none yet.
+    pub fn load(&self) -> Result<Option<State>> {
+        read_state(&self.path)
+    }
+
+    /// Write atomically, with the serial moved on. Never leaves a half-written file.
+    pub fn save(&self, state: &mut State) -> Result<()> {
+        state.serial += 1;
+        write_atomic(&self.path, &serde_json::to_vec_pretty(state)?)
+    }
+}
+
+/// Read a state without taking the lock (for read-only commands like `state list`).
+pub fn read_state(path: &Path) -> Result<Option<State>> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let state: State = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the state file {} is not valid — restore it from {}.backup or from version control", path.display(), path.display()))?;
+            if state.version != STATE_VERSION {
+                bail!("the state file {} has version {}, this rigger reads {STATE_VERSION}", path.display(), state.version);
+            }
+            Ok(Some(state))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// temp file in the same folder → fsync → rename over → fsync the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("path has no folder")?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").permissions(fs::Permissions::from_mode(0o600)).tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Non-blocking exclusive flock; released by the kernel when the file is
+/// closed, so a killed run never leaves a stale lock behind.
+fn try_flock(file: &File) -> Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { nix::libc::flock(file.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(nix::libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(err).context("cannot lock the state")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_open_fails_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".rigger/p.state.json");
+        let first = StateStore::open(&path, "rigger apply").unwrap();
+        let err = StateStore::open(&path, "rigger apply").err().unwrap().to_string();
+        assert!(err.contains("locked by `rigger apply`"), "{err}");
+        assert!(err.contains(&std::process::id().to_string()), "{err}");
+        drop(first);
+        StateStore::open(&path, "rigger plan").unwrap();
+    }
+
+    #[test]
+    fn save_is_0600_and_moves_the_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".rigger/p.state.json");
+        let store = StateStore::open(&path, "t").unwrap();
+        let mut s = State::new("p", "local");
+        s.ensure_secret("replication_password");
+        store.save(&mut s).unwrap();
+        store.save(&mut s).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let back = store.load().unwrap().unwrap();
+        assert_eq!(back.serial, 2);
+        assert_eq!(back.secrets["replication_password"].len(), 32);
+    }
+
+    #[test]
+    fn secrets_are_generated_once() {
+        let mut s = State::new("p", "local");
+        assert!(s.ensure_secret("a"));
+        let v = s.secrets["a"].clone();
+        assert!(!s.ensure_secret("a"));
+        assert_eq!(s.secrets["a"], v);
+    }
+}
