@@ -1,7 +1,45 @@
-fn main() {
-    let p = std::env::args().nth(1).unwrap();
-    match rigger::plan::load(std::path::Path::new(&p)) {
-        Ok(plan) => println!("{} hosts", plan.hosts.len()),
-        Err(e) => println!("{e}"),
+use clap::Parser;
+use rigger::cli::{Cli, Command};
+use rigger::commands;
+use rigger::plan::diag::PlanErrors;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let state = cli.state.as_deref();
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Validate(a) => commands::validate::run(a),
+            Command::Plan(a) => commands::plan::run(a, state, cli.verbose).await,
+            Command::Apply(a) => commands::apply::run(a, state, cli.verbose).await,
+            Command::Destroy(a) => commands::destroy::run(a, state, cli.verbose).await,
+            Command::Graph(a) => commands::graph::run(a),
+            Command::State(c) => commands::state::run(c, state),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            match e.downcast_ref::<PlanErrors>() {
+                Some(pe) => {
+                    eprintln!("{pe}");
+                    let n = pe.diagnostics.len();
+                    eprintln!("{n} error{} in {} — nothing was changed", if n == 1 { "" } else { "s" }, pe.file.display());
+                }
+                None => eprintln!("error: {e:#}"),
+            }
+            ExitCode::from(1)
+        }
     }
 }

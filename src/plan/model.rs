@@ -181,3 +181,10 @@ impl Plan {
         self.services.get(role).and_then(|m| m.get(key))
     }
 }
+
+impl Plan {
+    /// Every role some host has.
+    pub fn roles(&self) -> std::collections::BTreeSet<&str> {
+        self.hosts.iter().flat_map(|h| h.roles.iter().map(String::as_str)).collect()
+    }
+}

@@ -117,3 +117,21 @@ static STOREFRONT: &[Setting] = &[
     s!("path", SettingType::Str, |_| json!("storefront"), "local directory with the Next.js storefront"),
     s!("port", PORT, |_| json!(3000), "port"),
 ];
+
+/// The secrets a plan's roles need; generated once and kept in the state.
+pub fn secret_names(roles: &std::collections::BTreeSet<&str>) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if roles.contains("patroni") {
+        names.extend(["postgres_superuser_password", "replication_password", "rewind_password"]);
+    }
+    if roles.contains("haproxy") {
+        names.push("haproxy_stats_password");
+    }
+    if roles.contains("app") {
+        names.push("app_db_password");
+    }
+    if roles.contains("saleor") {
+        names.extend(["saleor_secret_key", "saleor_db_password"]);
+    }
+    names
+}

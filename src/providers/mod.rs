@@ -38,3 +38,10 @@ pub trait Provider: Send + Sync {
     /// Delete a resource and wait until it is gone. Deleting what is already gone is Ok.
     async fn delete(&self, live: &LiveResource, events: &Events) -> Result<()>;
 }
+
+/// The provider a plan asks for.
+pub fn for_plan(plan: &Plan, _rigger_dir: &std::path::Path) -> Result<std::sync::Arc<dyn Provider>> {
+    match &plan.provider {
+        other => anyhow::bail!("the {} provider is not available in this build yet", other.kind()),
+    }
+}

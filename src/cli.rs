@@ -1,0 +1,120 @@
+//! The command line. Names here are a contract (DESIGN.md): scripts rely on them.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "rigger", version, about = "One plan file to a healthy HA stack: network, machines, configs, services.")]
+pub struct Cli {
+    /// State file (default: .rigger/<project>.state.json beside the plan)
+    #[arg(long, global = true)]
+    pub state: Option<PathBuf>,
+    /// Show every step's details
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Parse and check a plan file (no network)
+    Validate(PlanArg),
+    /// Show what apply would change
+    Plan(PlanCmd),
+    /// Build or change the stack to match the plan (or a saved plan)
+    Apply(ApplyCmd),
+    /// Delete everything the state holds for this plan's project
+    Destroy(DestroyCmd),
+    /// Draw the resource and role graph
+    Graph(GraphCmd),
+    /// Read the state
+    #[command(subcommand)]
+    State(StateCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArg {
+    /// The plan file
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    /// Print the plan as JSON (stable shape, see README)
+    #[arg(long)]
+    pub json: bool,
+    /// Save the plan for `rigger apply FILE`
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Exit 2 when there are changes, 0 when there are none
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Read what exists from the provider first (default true)
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub refresh: bool,
+    /// Plan the cloud layer only (no SSH, no host facts)
+    #[arg(long)]
+    pub infra_only: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyCmd {
+    /// A plan file, or a plan saved with `rigger plan --out`
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// How many resources or hosts to work on at once
+    #[arg(long, default_value_t = 10)]
+    pub parallelism: usize,
+    /// Stop once the machines exist and answer SSH
+    #[arg(long)]
+    pub infra_only: bool,
+    /// With --infra-only: return as soon as the API reports the machines running
+    #[arg(long, requires = "infra_only")]
+    pub no_ssh_wait: bool,
+    /// Only this host (and what it needs); repeatable
+    #[arg(long = "target", value_name = "HOST")]
+    pub targets: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DestroyCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    #[arg(long)]
+    pub auto_approve: bool,
+    #[arg(long, default_value_t = 10)]
+    pub parallelism: usize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Args, Debug)]
+pub struct GraphCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    #[arg(long, value_enum, default_value = "mermaid")]
+    pub format: GraphFormat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCmd {
+    /// Every resource in the state
+    List(PlanArg),
+    /// One resource, e.g. machine.pg-1
+    Show {
+        address: String,
+        #[arg(default_value = "rigger.yaml")]
+        plan: PathBuf,
+    },
+}

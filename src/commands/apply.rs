@@ -1,0 +1,110 @@
+use crate::cli::ApplyCmd;
+use crate::engine::{self, Applier, Shared};
+use crate::plan::services::secret_names;
+use crate::project::Project;
+use crate::saved_plan::SavedPlan;
+use crate::state::{State, StateStore};
+use crate::ui::{self, printer::Printer, Paint};
+use anyhow::Result;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// How long a machine may take from "running" to answering SSH.
+const SSH_WAIT: Duration = Duration::from_secs(180);
+
+pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) -> Result<i32> {
+    let started = Instant::now();
+    let saved = SavedPlan::read_if_saved(&args.plan)?;
+    let project = match &saved {
+        Some(s) => Project::load(&s.plan_file, Some(&s.state_path))?,
+        None => Project::load(&args.plan, state_override)?,
+    };
+    let infra_only = args.infra_only || saved.as_ref().is_some_and(|s| s.infra_only);
+    project.ensure_ssh_key()?;
+    let provider = project.provider()?;
+    let store = StateStore::open(&project.state_path, "rigger apply")?;
+    let mut state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider.kind()));
+    let lineage = (state.serial > 0).then(|| state.lineage.clone());
+    let specs = engine::specs(provider.as_ref(), &project)?;
+
+    let changes = match saved {
+        Some(s) => {
+            s.check_current(lineage.as_deref(), state.serial)?;
+            print!("{}", ui::plan::render_human(&s.changes, &Paint { on: ui::color_enabled() }));
+            s.changes
+        }
+        None => {
+            let (events, printer) = Printer::start(verbose);
+            let live = engine::refresh(provider.as_ref(), &state, true, &events).await;
+            drop(events);
+            printer.finish().await;
+            let live = live?;
+            state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
+            let changes = engine::restrict_to_targets(crate::diff::compute(&specs, &live), &specs, &args.targets)?;
+            print!("{}", ui::plan::render_human(&changes, &Paint { on: ui::color_enabled() }));
+            let effective = engine::effective(&changes);
+            if !effective.is_empty() && !super::confirm("\nDo you want to perform these actions?", args.auto_approve)? {
+                println!("Apply cancelled; nothing was changed.");
+                return Ok(1);
+            }
+            effective
+        }
+    };
+
+    for name in secret_names(&project.plan.roles()) {
+        state.ensure_secret(name);
+    }
+    store.save(&mut state)?;
+    project.write_known_hosts(&state)?;
+
+    let project = Arc::new(project);
+    let shared = Arc::new(Mutex::new(Shared { store, state }));
+    let (events, printer) = Printer::start(verbose);
+    let applier = Applier { provider, project: project.clone(), shared: shared.clone(), events: events.clone(), parallelism: args.parallelism };
+    let result = applier.apply(&changes).await;
+    let result = match result {
+        Ok(()) if !(infra_only && args.no_ssh_wait) => wait_for_all_ssh(&project, &shared, &events).await,
+        other => other,
+    };
+    drop(applier);
+    drop(events);
+    printer.finish().await;
+    result?;
+
+    let summary = crate::diff::Summary::of(&changes);
+    println!(
+        "\nApply complete! Resources: {} added, {} changed, {} destroyed ({:.1}s).",
+        summary.add,
+        summary.change,
+        summary.destroy,
+        started.elapsed().as_secs_f64()
+    );
+    if !infra_only {
+        println!("Config phase: the roles (etcd, patroni, haproxy, …) are not part of this build yet — the machines are up and answer SSH; see README.");
+    }
+    Ok(0)
+}
+
+async fn wait_for_all_ssh(project: &Project, shared: &Arc<Mutex<Shared>>, events: &crate::events::Events) -> Result<()> {
+    let targets = {
+        let sh = shared.lock().await;
+        crate::remote::targets(project, &sh.state)
+    };
+    let mut set = tokio::task::JoinSet::new();
+    for t in targets {
+        let events = events.clone();
+        set.spawn(async move { crate::remote::wait_for_ssh(&t, SSH_WAIT, &events).await });
+    }
+    let mut errors = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Err(e) = r? {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{} machine(s) do not answer SSH:\n  {}", errors.len(), errors.join("\n  "));
+    }
+    Ok(())
+}

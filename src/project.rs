@@ -1,0 +1,109 @@
+//! One plan file and everything that belongs to it: its state, its known_hosts,
+//! its SSH key pair, and the provider that builds it.
+
+use crate::plan::model::{Plan, ProviderConfig};
+use crate::providers::{self, Provider};
+use crate::state::{self, State};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct Project {
+    pub plan: Plan,
+    pub state_path: PathBuf,
+}
+
+impl Project {
+    /// Load and validate the plan (errors are the plan's own, with positions).
+    pub fn load(plan_path: &Path, state_override: Option<&Path>) -> Result<Project> {
+        let plan = crate::plan::load(plan_path)?;
+        let state_path = match state_override {
+            Some(p) => p.to_path_buf(),
+            None => state::default_path(&plan.dir, &plan.project),
+        };
+        Ok(Project { plan, state_path })
+    }
+
+    pub fn rigger_dir(&self) -> PathBuf {
+        self.state_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".rigger"))
+    }
+
+    /// Host keys of the project's machines, as rigger recorded them when it
+    /// built them: ssh checks hosts against this file, strictly.
+    pub fn known_hosts_path(&self) -> PathBuf {
+        self.rigger_dir().join(format!("{}.known_hosts", self.plan.project))
+    }
+
+    pub fn provider(&self) -> Result<Arc<dyn Provider>> {
+        providers::for_plan(&self.plan, &self.rigger_dir())
+    }
+
+    /// Make sure the SSH key pair exists. The local provider may generate a
+    /// project key pair; for a cloud, a missing key is the user's to fix.
+    pub fn ensure_ssh_key(&self) -> Result<()> {
+        let ssh = &self.plan.ssh;
+        if ssh.private_key_file.exists() && ssh.public_key_file.exists() {
+            return Ok(());
+        }
+        if !matches!(self.plan.provider, ProviderConfig::Local(_)) || ssh.private_key_file.exists() {
+            bail!(
+                "{}: the SSH key {} does not exist — create it with `ssh-keygen -t ed25519 -f {}` or fix ssh.private_key_file / ssh.public_key_file",
+                self.plan.file.display(),
+                if ssh.private_key_file.exists() { ssh.public_key_file.display() } else { ssh.private_key_file.display() },
+                ssh.private_key_file.display()
+            );
+        }
+        if let Some(dir) = ssh.private_key_file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+            .arg(format!("rigger-{}", self.plan.project))
+            .arg("-f")
+            .arg(&ssh.private_key_file)
+            .output()
+            .context("cannot run ssh-keygen — install openssh-client")?;
+        if !out.status.success() {
+            bail!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        if ssh.public_key_file != with_pub(&ssh.private_key_file) {
+            std::fs::copy(with_pub(&ssh.private_key_file), &ssh.public_key_file)?;
+        }
+        Ok(())
+    }
+
+    pub fn public_key(&self) -> Result<String> {
+        let text = std::fs::read_to_string(&self.plan.ssh.public_key_file)
+            .with_context(|| format!("cannot read ssh.public_key_file {}", self.plan.ssh.public_key_file.display()))?;
+        Ok(text.trim().to_string())
+    }
+
+    /// Rewrite known_hosts from the machines in the state (the state is the truth).
+    pub fn write_known_hosts(&self, state: &State) -> Result<()> {
+        let mut lines = String::new();
+        for m in state.machines() {
+            let Some(keys) = m.outputs.get("host_keys").and_then(|v| v.as_array()) else { continue };
+            let mut names: Vec<String> = Vec::new();
+            for k in ["ssh_host", "private_ip", "public_ip"] {
+                if let Some(v) = m.output_str(k) {
+                    if !names.iter().any(|n| n == v) {
+                        names.push(v.to_string());
+                    }
+                }
+            }
+            if names.is_empty() {
+                continue;
+            }
+            for key in keys.iter().filter_map(|k| k.as_str()) {
+                lines.push_str(&format!("{} {}\n", names.join(","), key.trim()));
+            }
+        }
+        state::write_atomic(&self.known_hosts_path(), lines.as_bytes())
+    }
+}
+
+fn with_pub(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
