@@ -533,7 +533,7 @@ impl Reader<'_> {
         };
         for w in wrong {
             if let Some(n) = node.get(w) {
-                self.d.at(n, format!("`{w}` does not fit a {} rule — use `{cidr_key}` or `{group_key}`", if direction == Direction::Ingress { "ingress" } else { "egress" }));
+                self.d.at(n, format!("`{w}` does not fit an {} rule — use `{cidr_key}` or `{group_key}`", if direction == Direction::Ingress { "ingress" } else { "egress" }));
             }
         }
         let cidrs = self.optional(node, cidr_key);
@@ -717,12 +717,16 @@ impl Reader<'_> {
                 vmid_ranges.push((lo, hi, h.name.v.clone(), v.pos));
             }
             let Some(subnet) = subnet else { continue };
+            let mut range_ok = true;
             if let Some(ip) = &h.ip {
                 let last = u32::from(ip.v).checked_add(count - 1).map(Ipv4Addr::from);
+                range_ok = false;
                 if !subnet.cidr.contains(&ip.v) {
                     self.d.error(ip.pos, format!("ip {} of host `{}` is outside its subnet `{}` ({}) — pick an address inside it", ip.v, h.name.v, subnet.name, subnet.cidr));
                 } else if last.map_or(true, |l| !subnet.cidr.contains(&l) || l == subnet.cidr.broadcast()) {
                     self.d.error(ip.pos, format!("{count} hosts from {} run past the end of subnet `{}` ({}) — start lower or use a larger subnet", ip.v, subnet.name, subnet.cidr));
+                } else {
+                    range_ok = true;
                 }
             }
             for i in 1..=count {
@@ -734,7 +738,7 @@ impl Reader<'_> {
                 name_pos.insert(name.clone(), h.name.pos);
                 let ip = h.ip.as_ref().map(|ip| Ipv4Addr::from(u32::from(ip.v).wrapping_add(i - 1)));
                 if let (Some(addr), Some(at)) = (ip, &h.ip) {
-                    if subnet.cidr.contains(&addr) {
+                    if range_ok {
                         if addr == subnet.cidr.network() || addr == subnet.cidr.broadcast() {
                             self.d.error(at.pos, format!("ip {addr} of `{name}` is the network or broadcast address of {} — use a host address", subnet.cidr));
                         } else if addr == subnet.gateway {
@@ -817,7 +821,8 @@ impl Reader<'_> {
                     Some(n) => self.setting_value(n, setting.ty, &what),
                     None => {
                         if setting.required {
-                            let pos = section.map(|s| s.pos).or(given.map(|g| g.pos)).unwrap_or_default();
+                            let role_pos = hosts.iter().flat_map(|h| h.roles.iter()).find(|r| r.v == *role).map(|r| r.pos);
+                            let pos = section.map(|s| s.pos).or(given.map(|g| g.pos)).or(role_pos).unwrap_or_default();
                             self.d.error(pos, format!("the role `{role}` needs {what} — add it under services: {role}: {{ {}: … }} ({})", setting.key, setting.help));
                         }
                         setting.default.map(|f| f(project))

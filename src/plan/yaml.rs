@@ -5,10 +5,17 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// 1-based line and column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Pos {
     pub line: usize,
     pub col: usize,
+}
+
+impl Default for Pos {
+    /// The start of the file: never 0:0, which no editor can jump to.
+    fn default() -> Self {
+        Pos { line: 1, col: 1 }
+    }
 }
 
 impl Pos {
@@ -139,7 +146,9 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingEnd => {
                 if let Some(Frame::Map(p, anchor, entries, _)) = self.stack.pop() {
-                    self.push_value(Node { value: Value::Map(entries), pos: p }, anchor);
+                    // A block mapping's start marker lands after its first key: point at the key.
+                    let pos = entries.first().map_or(p, |(k, _)| k.pos.min(p));
+                    self.push_value(Node { value: Value::Map(entries), pos }, anchor);
                 }
             }
             Event::Alias(id) => {
