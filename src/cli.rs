@@ -31,6 +31,47 @@ pub enum Command {
     /// Read the state
     #[command(subcommand)]
     State(StateCmd),
+    /// Hand the hosts to Ansible, ssh and scripts
+    Inventory(InventoryCmd),
+    /// Endpoints and connection facts of the built stack
+    Output(OutputCmd),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InventoryFormat {
+    Ini,
+    Yaml,
+    Json,
+    SshConfig,
+}
+
+#[derive(Args, Debug)]
+pub struct InventoryCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    /// One format (default: all four into inventories/<project>/)
+    #[arg(long, value_enum)]
+    pub format: Option<InventoryFormat>,
+    /// Where to write (default: inventories/<project>/hosts.ini|hosts.yaml|inventory.json|ssh_config)
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Ansible dynamic inventory protocol: print all groups and hostvars as JSON
+    #[arg(long, conflicts_with_all = ["host", "format", "output"])]
+    pub list: bool,
+    /// Ansible dynamic inventory protocol: print one host's variables as JSON
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["format", "output"])]
+    pub host: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct OutputCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+    /// Print passwords instead of masking them
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 #[derive(Args, Debug)]

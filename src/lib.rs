@@ -12,3 +12,4 @@ pub mod saved_plan;
 pub mod ui;
 pub mod cli;
 pub mod commands;
+pub mod inventory;

@@ -26,6 +26,8 @@ fn main() -> ExitCode {
             Command::Destroy(a) => commands::destroy::run(a, state, cli.verbose).await,
             Command::Graph(a) => commands::graph::run(a),
             Command::State(c) => commands::state::run(c, state),
+            Command::Inventory(a) => commands::inventory::run(a, state),
+            Command::Output(a) => commands::output::run(a, state),
         }
     });
     match result {

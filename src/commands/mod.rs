@@ -3,6 +3,8 @@
 pub mod apply;
 pub mod destroy;
 pub mod graph;
+pub mod inventory;
+pub mod output;
 pub mod plan;
 pub mod state;
 pub mod validate;

@@ -1,0 +1,230 @@
+//! Hand the built hosts to other tools: Ansible (INI, YAML, dynamic JSON) and
+//! ssh_config. Built from the state (what exists), labelled by the plan (roles,
+//! groups). Never carries a secret: passwords stay in the state.
+
+use crate::plan::model::Plan;
+use crate::project::Project;
+use crate::state::State;
+use anyhow::Result;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One machine as other tools see it.
+#[derive(Debug, Clone)]
+pub struct InvHost {
+    pub name: String,
+    /// The address to dial (public when there is one and no bastion in between).
+    pub ansible_host: String,
+    pub vars: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub project: String,
+    pub hosts: Vec<InvHost>,
+    /// Group name → member host names, in plan order.
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub all_vars: BTreeMap<String, Value>,
+    pub known_hosts: PathBuf,
+    pub key_file: PathBuf,
+    pub user: String,
+    pub bastion: Option<String>,
+}
+
+/// Ansible group names may not contain dashes.
+pub fn group_name(s: &str) -> String {
+    s.replace('-', "_")
+}
+
+fn abs(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Ports and facts worth having per role, from the plan's service settings.
+fn role_vars(plan: &Plan, role: &str) -> Vec<(String, Value)> {
+    let get = |k: &str| plan.setting(role, k).cloned().unwrap_or(Value::Null);
+    match role {
+        "etcd" => vec![("etcd_client_port".into(), get("client_port")), ("etcd_peer_port".into(), get("peer_port"))],
+        "patroni" => vec![
+            ("postgres_port".into(), get("port")),
+            ("patroni_rest_port".into(), get("rest_port")),
+            ("patroni_scope".into(), get("scope")),
+        ],
+        "haproxy" => vec![
+            ("haproxy_write_port".into(), get("write_port")),
+            ("haproxy_read_port".into(), get("read_port")),
+            ("haproxy_stats_port".into(), get("stats_port")),
+        ],
+        "keepalived" => vec![("keepalived_vip".into(), get("vip"))],
+        "redis" => vec![("redis_port".into(), get("port"))],
+        "nginx" => vec![("nginx_port".into(), get("port"))],
+        "app" => vec![("app_port".into(), get("port"))],
+        "saleor" => vec![("saleor_api_port".into(), get("api_port")), ("saleor_dashboard_port".into(), get("dashboard_port"))],
+        "storefront" => vec![("storefront_port".into(), get("port"))],
+        _ => vec![],
+    }
+}
+
+pub fn build(project: &Project, state: &State) -> Inventory {
+    let plan = &project.plan;
+    let targets = crate::remote::targets(project, state);
+    let mut hosts = Vec::new();
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Plan order, then anything the state has that the plan no longer names.
+    let mut names: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
+    for m in state.machines() {
+        if !names.contains(&m.address.name) {
+            names.push(m.address.name.clone());
+        }
+    }
+    for name in names {
+        let Some(live) = state.machines().find(|m| m.address.name == name) else { continue };
+        let Some(target) = targets.iter().find(|t| t.name == name) else { continue };
+        let mut vars: BTreeMap<String, Value> = BTreeMap::new();
+        for (k, out) in [("private_ip", "private_ip"), ("public_ip", "public_ip"), ("zone", "zone"), ("node", "node"), ("vmid", "vmid")] {
+            if let Some(v) = live.outputs.get(out).filter(|v| !v.is_null()) {
+                vars.insert(k.to_string(), v.clone());
+            }
+        }
+        vars.insert("rigger_id".into(), json!(live.id));
+        if let Some(h) = plan.host(&name) {
+            vars.insert("rigger_roles".into(), json!(h.roles));
+            vars.insert("rigger_group".into(), json!(h.group));
+            vars.insert("subnet".into(), json!(h.subnet));
+            for role in &h.roles {
+                for (k, v) in role_vars(plan, role) {
+                    vars.insert(k, v);
+                }
+                groups.entry(group_name(role)).or_default().push(name.clone());
+            }
+            if h.name != h.group {
+                groups.entry(group_name(&h.group)).or_default().push(name.clone());
+            }
+        }
+        hosts.push(InvHost { name, ansible_host: target.host.clone(), vars });
+    }
+    for members in groups.values_mut() {
+        members.dedup();
+    }
+    let mut all_vars = BTreeMap::new();
+    let known_hosts = abs(&project.known_hosts_path());
+    let key_file = abs(&plan.ssh.private_key_file);
+    all_vars.insert("ansible_user".into(), json!(plan.ssh.user));
+    all_vars.insert("ansible_ssh_private_key_file".into(), json!(key_file.display().to_string()));
+    let mut common = format!("-o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes", known_hosts.display());
+    let bastion = plan.ssh.bastion.clone().filter(|b| targets.iter().any(|t| &t.name == b));
+    if let Some(jump) = targets.iter().find_map(|t| t.jump.clone()) {
+        // The jump's own ssh needs the same strict options.
+        common.push_str(&format!(
+            " -o ProxyCommand=\"ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes -i {} -W %h:%p {jump}\"",
+            known_hosts.display(),
+            key_file.display()
+        ));
+    }
+    all_vars.insert("ansible_ssh_common_args".into(), json!(common));
+    all_vars.insert("rigger_project".into(), json!(plan.project));
+    Inventory { project: plan.project.clone(), hosts, groups, all_vars, known_hosts, key_file, user: plan.ssh.user.clone(), bastion }
+}
+
+fn ini_value(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.contains(' ') || s.contains('"') => format!("'{}'", s.replace('\'', "\\'")),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Inventory {
+    /// Host vars for one host; the bastion itself is dialled directly.
+    fn host_vars(&self, h: &InvHost) -> BTreeMap<String, Value> {
+        let mut vars = h.vars.clone();
+        vars.insert("ansible_host".into(), json!(h.ansible_host));
+        if self.bastion.as_deref() == Some(h.name.as_str()) {
+            vars.insert(
+                "ansible_ssh_common_args".into(),
+                json!(format!("-o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes", self.known_hosts.display())),
+            );
+        }
+        vars
+    }
+
+    pub fn to_ini(&self) -> String {
+        let mut out = format!("# rigger inventory of project {} — generated from the state; run `rigger inventory` again after changes.\n\n", self.project);
+        out.push_str("[all]\n");
+        for h in &self.hosts {
+            let vars: Vec<String> = self.host_vars(h).iter().map(|(k, v)| format!("{k}={}", ini_value(v))).collect();
+            out.push_str(&format!("{} {}\n", h.name, vars.join(" ")));
+        }
+        out.push_str("\n[all:vars]\n");
+        for (k, v) in &self.all_vars {
+            out.push_str(&format!("{k}={}\n", ini_value(v)));
+        }
+        for (g, members) in &self.groups {
+            out.push_str(&format!("\n[{g}]\n"));
+            for m in members {
+                out.push_str(&format!("{m}\n"));
+            }
+        }
+        out
+    }
+
+    /// The YAML inventory plugin's shape: all → hosts, vars, children.
+    pub fn to_yaml_value(&self) -> Value {
+        let hosts: Map<String, Value> = self.hosts.iter().map(|h| (h.name.clone(), json!(self.host_vars(h)))).collect();
+        let children: Map<String, Value> = self
+            .groups
+            .iter()
+            .map(|(g, members)| (g.clone(), json!({ "hosts": members.iter().map(|m| (m.clone(), Value::Null)).collect::<Map<String, Value>>() })))
+            .collect();
+        json!({ "all": { "hosts": hosts, "vars": self.all_vars, "children": children } })
+    }
+
+    pub fn to_yaml(&self) -> Result<String> {
+        let header = format!("# rigger inventory of project {} — generated from the state.\n", self.project);
+        Ok(header + &serde_yaml_ng::to_string(&self.to_yaml_value())?)
+    }
+
+    /// Ansible's dynamic inventory `--list` document (with `_meta.hostvars`).
+    pub fn to_list_json(&self) -> Value {
+        let mut doc = Map::new();
+        let hostvars: Map<String, Value> = self.hosts.iter().map(|h| (h.name.clone(), json!(self.host_vars(h)))).collect();
+        doc.insert("_meta".into(), json!({ "hostvars": hostvars }));
+        let mut children: Vec<String> = self.groups.keys().cloned().collect();
+        children.push("ungrouped".into());
+        doc.insert("all".into(), json!({ "hosts": self.hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>(), "vars": self.all_vars, "children": children }));
+        for (g, members) in &self.groups {
+            doc.insert(g.clone(), json!({ "hosts": members }));
+        }
+        doc.insert("ungrouped".into(), json!({ "hosts": [] }));
+        Value::Object(doc)
+    }
+
+    /// `--host NAME`: that host's variables (all:vars merged in, as the script protocol expects them to stand alone).
+    pub fn host_json(&self, name: &str) -> Value {
+        match self.hosts.iter().find(|h| h.name == name) {
+            Some(h) => json!(self.host_vars(h)),
+            None => json!({}),
+        }
+    }
+
+    pub fn to_ssh_config(&self) -> String {
+        let mut out = format!("# rigger ssh_config of project {} — use with `ssh -F <this file> <host>`.\n", self.project);
+        for h in &self.hosts {
+            out.push_str(&format!("\nHost {}\n", h.name));
+            out.push_str(&format!("  HostName {}\n", h.ansible_host));
+            out.push_str(&format!("  User {}\n", self.user));
+            out.push_str(&format!("  IdentityFile {}\n", self.key_file.display()));
+            out.push_str("  IdentitiesOnly yes\n");
+            out.push_str(&format!("  UserKnownHostsFile {}\n", self.known_hosts.display()));
+            out.push_str("  StrictHostKeyChecking yes\n");
+            if let Some(b) = &self.bastion {
+                if b != &h.name {
+                    // An alias of this same file, so the jump gets these strict options too.
+                    out.push_str(&format!("  ProxyJump {b}\n"));
+                }
+            }
+        }
+        out
+    }
+}
