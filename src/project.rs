@@ -78,8 +78,11 @@ impl Project {
         Ok(text.trim().to_string())
     }
 
-    /// Rewrite known_hosts from the machines in the state (the state is the truth).
+    /// Rewrite known_hosts and the project ssh_config from the machines in the
+    /// state (the state is the truth).
     pub fn write_known_hosts(&self, state: &State) -> Result<()> {
+        let config = crate::inventory::build(self, state).to_ssh_config();
+        state::write_atomic(&crate::remote::ssh_config_path(self), config.as_bytes())?;
         let mut lines = String::new();
         for m in state.machines() {
             let Some(keys) = m.outputs.get("host_keys").and_then(|v| v.as_array()) else { continue };

@@ -92,10 +92,11 @@ async fn wait_for_all_ssh(project: &Project, shared: &Arc<Mutex<Shared>>, events
         let sh = shared.lock().await;
         crate::remote::targets(project, &sh.state)
     };
+    let config = crate::remote::ssh_config_path(project);
     let mut set = tokio::task::JoinSet::new();
     for t in targets {
-        let events = events.clone();
-        set.spawn(async move { crate::remote::wait_for_ssh(&t, SSH_WAIT, &events).await });
+        let (events, config) = (events.clone(), config.clone());
+        set.spawn(async move { crate::remote::wait_for_ssh(&config, &t.name, SSH_WAIT, &events).await });
     }
     let mut errors = Vec::new();
     while let Some(r) = set.join_next().await {

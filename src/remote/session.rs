@@ -1,0 +1,94 @@
+//! One multiplexed SSH master per host (the `openssh` crate drives the system
+//! ssh with ControlMaster): every later command is a cheap channel on it.
+
+use anyhow::{anyhow, bail, Context, Result};
+use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+pub struct HostSession {
+    pub name: String,
+    session: Session,
+}
+
+/// What a remote command did.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+}
+
+impl HostSession {
+    /// Open the master connection to `name` as the project ssh_config describes it.
+    pub async fn connect(config: &Path, name: &str) -> Result<HostSession> {
+        let mut b = SessionBuilder::default();
+        b.config_file(config)
+            .known_hosts_check(KnownHosts::Strict)
+            .connect_timeout(Duration::from_secs(10))
+            .server_alive_interval(Duration::from_secs(15))
+            .control_directory(std::env::temp_dir());
+        let session = b.connect_mux(name).await.map_err(|e| anyhow!("{name}: cannot open SSH: {e}"))?;
+        Ok(HostSession { name: name.to_string(), session })
+    }
+
+    /// Run a shell script as root (sudo -n), optionally feeding `stdin`.
+    pub async fn sudo(&self, script: &str, stdin: Option<&[u8]>) -> Result<RunOutput> {
+        let mut cmd = self.session.command("sudo");
+        cmd.args(["-n", "sh", "-c", script]);
+        self.run(cmd, stdin).await
+    }
+
+    /// Run a shell script as the SSH user.
+    pub async fn sh(&self, script: &str) -> Result<RunOutput> {
+        let mut cmd = self.session.command("sh");
+        cmd.args(["-c", script]);
+        self.run(cmd, None).await
+    }
+
+    async fn run(&self, mut cmd: openssh::OwningCommand<&Session>, stdin: Option<&[u8]>) -> Result<RunOutput> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = cmd.spawn().await.with_context(|| format!("{}: cannot start a remote command", self.name))?;
+        if let Some(data) = stdin {
+            let mut pipe = child.stdin().take().ok_or_else(|| anyhow!("{}: no stdin", self.name))?;
+            pipe.write_all(data).await?;
+            pipe.shutdown().await?;
+            drop(pipe);
+        }
+        let out = child.wait_with_output().await.with_context(|| format!("{}: the remote command failed to finish", self.name))?;
+        Ok(RunOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Like `sudo`, but a non-zero exit is an error carrying the remote stderr.
+    pub async fn sudo_ok(&self, what: &str, script: &str) -> Result<String> {
+        let out = self.sudo(script, None).await?;
+        if !out.ok() {
+            bail!("{}: {what} failed (exit {}): {}", self.name, out.code, out.stderr.trim());
+        }
+        Ok(out.stdout)
+    }
+
+    pub async fn close(self) {
+        let _ = self.session.close().await;
+    }
+}
+
+/// Quote a string for sh.
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
