@@ -35,7 +35,7 @@ impl HostSession {
             .connect_timeout(Duration::from_secs(10))
             .server_alive_interval(Duration::from_secs(15))
             .control_directory(std::env::temp_dir());
-        let session = b.connect_mux(name).await.map_err(|e| anyhow!("{name}: cannot open SSH: {e}"))?;
+        let session = b.connect(name).await.map_err(|e| anyhow!("{name}: cannot open SSH: {e}"))?;
         Ok(HostSession { name: name.to_string(), session })
     }
 
