@@ -13,3 +13,5 @@ pub mod ui;
 pub mod cli;
 pub mod commands;
 pub mod inventory;
+pub mod render;
+pub mod config;

@@ -127,6 +127,9 @@ pub fn secret_names(roles: &std::collections::BTreeSet<&str>) -> Vec<&'static st
     if roles.contains("haproxy") {
         names.push("haproxy_stats_password");
     }
+    if roles.contains("redis") {
+        names.push("redis_password");
+    }
     if roles.contains("app") {
         names.push("app_db_password");
     }

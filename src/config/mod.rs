@@ -1,0 +1,2 @@
+pub mod facts;
+pub mod ops;

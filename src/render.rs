@@ -1,0 +1,49 @@
+//! Config files from templates (minijinja). The templates are built into the
+//! binary; `RIGGER_TEMPLATES_DIR` points at a folder whose files take
+//! precedence (for local tweaks and tests). Undefined variables are errors.
+
+use anyhow::{anyhow, Result};
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value;
+
+/// Every template rigger ships, by file name.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("etcd.env.j2", include_str!("../templates/etcd.env.j2")),
+    ("patroni.yml.j2", include_str!("../templates/patroni.yml.j2")),
+    ("haproxy.cfg.j2", include_str!("../templates/haproxy.cfg.j2")),
+    ("keepalived.conf.j2", include_str!("../templates/keepalived.conf.j2")),
+    ("redis.conf.j2", include_str!("../templates/redis.conf.j2")),
+];
+
+pub struct Renderer {
+    env: Environment<'static>,
+}
+
+impl Renderer {
+    pub fn new() -> Result<Renderer> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        let dir = std::env::var_os("RIGGER_TEMPLATES_DIR").map(std::path::PathBuf::from);
+        for (name, builtin) in BUILTIN {
+            let text = match dir.as_ref().map(|d| d.join(name)).filter(|p| p.exists()) {
+                Some(p) => std::fs::read_to_string(&p).map_err(|e| anyhow!("cannot read {}: {e}", p.display()))?,
+                None => builtin.to_string(),
+            };
+            env.add_template_owned(name.to_string(), text).map_err(|e| template_error(name, &e))?;
+        }
+        Ok(Renderer { env })
+    }
+
+    /// Render `template` for one host; errors name the template and line.
+    pub fn render(&self, template: &str, ctx: &Value) -> Result<String> {
+        let t = self.env.get_template(template).map_err(|e| template_error(template, &e))?;
+        t.render(ctx).map_err(|e| template_error(template, &e))
+    }
+}
+
+fn template_error(name: &str, e: &minijinja::Error) -> anyhow::Error {
+    let line = e.line().map(|l| format!(" line {l}")).unwrap_or_default();
+    let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    anyhow!("templates/{name}{line}: {}{detail} — fix the template or the plan setting it reads", e.kind())
+}
