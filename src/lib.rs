@@ -15,3 +15,4 @@ pub mod commands;
 pub mod inventory;
 pub mod render;
 pub mod config;
+pub mod roles;

@@ -1,0 +1,74 @@
+//! HAProxy: the write port follows Patroni's primary (`OPTIONS /primary`), the
+//! read port round-robins healthy replicas. The config passes `haproxy -c`
+//! before it replaces the live one; changes reload without dropping traffic.
+//! Gate: the write backend has exactly one server up.
+
+use super::{file, service};
+use crate::config::ops::{HostDesired, OnChange};
+use crate::config::run::{wait_for, RoleRun};
+use crate::remote::session::HostSession;
+use crate::render::Renderer;
+use anyhow::Result;
+use serde_json::Value;
+use std::time::Duration;
+
+pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
+    Ok(HostDesired {
+        packages: vec!["haproxy".into()],
+        files: vec![file("haproxy", "/etc/haproxy/haproxy.cfg", r.render("haproxy.cfg.j2", ctx)?, 0o640, "root", "haproxy", Some("haproxy -c -q -f {}"), &["haproxy"])],
+        services: vec![service("haproxy", "haproxy", OnChange::Reload)],
+        ..Default::default()
+    })
+}
+
+/// One backend server as the stats page reports it.
+#[derive(Debug, Clone)]
+pub struct ServerStatus {
+    pub backend: String,
+    pub server: String,
+    pub status: String,
+}
+
+/// Read the stats CSV on the host (the password goes through stdin, not argv).
+pub async fn servers(s: &HostSession, stats_port: u64, password: &str) -> Result<Vec<ServerStatus>> {
+    let out = s
+        .sudo(
+            &format!("curl -s -m 3 -K - 'http://127.0.0.1:{stats_port}/stats;csv'"),
+            Some(format!("user = \"admin:{password}\"\n").as_bytes()),
+        )
+        .await?;
+    let mut list = Vec::new();
+    for line in out.stdout.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() > 17 && f[1] != "FRONTEND" && f[1] != "BACKEND" {
+            list.push(ServerStatus { backend: f[0].to_string(), server: f[1].to_string(), status: f[17].to_string() });
+        }
+    }
+    Ok(list)
+}
+
+pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
+    run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
+    gate(run).await
+}
+
+pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
+    let port = run.plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404);
+    let password = run.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
+    let replicas = run.plan.hosts_with_role("patroni").count().saturating_sub(1);
+    run.each(|h, s| {
+        let password = password.clone();
+        async move {
+            wait_for(&format!("{}: HAProxy sees the primary (and the replicas)", h.name), Duration::from_secs(90), || async {
+                let list = servers(s, port, &password).await?;
+                let up = |b: &str| list.iter().filter(|x| x.backend == b && x.status.starts_with("UP")).count();
+                match (up("primary"), up("replicas")) {
+                    (1, r) if r >= replicas => Ok(Ok(())),
+                    (p, r) => Ok(Err(format!("write backend {p} up (want 1), read backend {r} up (want {replicas})"))),
+                }
+            })
+            .await
+        }
+    })
+    .await
+}

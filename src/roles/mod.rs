@@ -1,0 +1,112 @@
+//! The roles: per host, which packages, files and services each role wants,
+//! and (in each role's module) how the role is brought up and proved healthy.
+
+pub mod etcd;
+pub mod haproxy;
+pub mod keepalived;
+pub mod patroni;
+pub mod redis;
+
+use crate::config::ops::{HostDesired, ManagedFile, ManagedService, OnChange};
+use crate::plan::model::{Host, Plan};
+use crate::render::Renderer;
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// The order the config phase brings roles up in (DESIGN.md).
+pub const ORDER: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront"];
+
+/// Roles the config phase can configure today.
+pub const IMPLEMENTED: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis"];
+
+/// PostgreSQL parameters rigger sets unless the plan says otherwise.
+pub fn pg_parameters(plan: &Plan) -> BTreeMap<String, Value> {
+    let mut p: BTreeMap<String, Value> = [
+        ("max_connections", json!("100")),
+        ("wal_level", json!("replica")),
+        ("hot_standby", json!("on")),
+        ("max_wal_senders", json!("10")),
+        ("max_replication_slots", json!("10")),
+        ("wal_log_hints", json!("on")),
+        ("wal_keep_size", json!("128MB")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(Value::Object(given)) = plan.setting("patroni", "parameters") {
+        for (k, v) in given {
+            p.insert(k.clone(), v.clone());
+        }
+    }
+    p
+}
+
+/// Everything a template may read for one host.
+pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Value {
+    let mut members: Map<String, Value> = Map::new();
+    for role in ORDER {
+        let list: Vec<Value> = plan.hosts_with_role(role).map(|h| json!({ "name": h.name, "ip": h.ip.to_string(), "index": h.index })).collect();
+        members.insert(role.to_string(), Value::Array(list));
+    }
+    let subnet = plan.subnet(&host.subnet).map(|s| {
+        json!({ "name": s.name, "cidr": s.cidr.trunc().to_string(), "gateway": s.gateway.to_string(), "prefix": s.cidr.prefix_len() })
+    });
+    let vip = plan.setting("keepalived", "vip").and_then(Value::as_str).and_then(|v| v.parse::<std::net::Ipv4Addr>().ok());
+    let vrid = plan
+        .setting("keepalived", "virtual_router_id")
+        .and_then(Value::as_u64)
+        .or_else(|| vip.map(|v| u64::from(v.octets()[3]).max(1)))
+        .unwrap_or(51);
+    let lb_position = plan.hosts_with_role("keepalived").position(|h| h.name == host.name).unwrap_or(0) as u64;
+    json!({
+        "project": plan.project,
+        "host": { "name": host.name, "ip": host.ip.to_string(), "roles": host.roles, "group": host.group, "index": host.index },
+        "members": members,
+        "svc": plan.services,
+        "secret": secrets,
+        "subnet": subnet,
+        "pg_parameters": pg_parameters(plan),
+        "vrid": vrid,
+        "priority": 200 - lb_position.min(150),
+    })
+}
+
+pub fn file(role: &'static str, path: &str, content: String, mode: u32, owner: &str, group: &str, validate: Option<&str>, notify: &[&str]) -> ManagedFile {
+    ManagedFile {
+        role,
+        path: path.to_string(),
+        content,
+        mode,
+        owner: owner.to_string(),
+        group: group.to_string(),
+        validate: validate.map(str::to_string),
+        notify: notify.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+pub fn service(role: &'static str, name: &str, on_change: OnChange) -> ManagedService {
+    ManagedService { role, name: name.to_string(), on_change }
+}
+
+/// What one host should look like, over all of its roles.
+pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, renderer: &Renderer) -> Result<HostDesired> {
+    let ctx = template_context(plan, host, secrets);
+    let mut d = HostDesired { host: host.name.clone(), ..Default::default() };
+    for role in ORDER.iter().filter(|r| host.roles.iter().any(|hr| hr == *r)) {
+        let add = match *role {
+            "etcd" => etcd::desired(renderer, &ctx),
+            "patroni" => patroni::desired(renderer, &ctx, plan),
+            "haproxy" => haproxy::desired(renderer, &ctx),
+            "keepalived" => keepalived::desired(renderer, &ctx),
+            "redis" => redis::desired(renderer, &ctx),
+            _ => continue,
+        }
+        .with_context(|| format!("host {}: role {role}", host.name))?;
+        d.packages.extend(add.packages);
+        d.files.extend(add.files);
+        d.services.extend(add.services);
+        d.stop_disable.extend(add.stop_disable);
+    }
+    Ok(d)
+}

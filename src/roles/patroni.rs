@@ -1,0 +1,297 @@
+//! Patroni/PostgreSQL: etcd3 as DCS, scram-sha-256 limited to the subnet,
+//! the distro's own cluster stopped and disabled. A fresh cluster bootstraps
+//! on one node first (stale DCS keys of a failed build are cleared when no
+//! node has data), replicas join after. PostgreSQL parameters live in the DCS:
+//! a change is PATCHed there and, when it needs a restart, rolls: replicas
+//! first, then a switchover, then the old leader.
+//! Gate: one leader, every other member streaming from it.
+
+use super::{file, service};
+use crate::config::ops::{HostDesired, OnChange};
+use crate::config::run::{start, wait_for, RoleRun};
+use crate::plan::model::{Host, Plan};
+use crate::remote::session::{sh_quote, HostSession};
+use crate::render::Renderer;
+use anyhow::{anyhow, bail, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub fn version(plan: &Plan) -> u64 {
+    plan.setting("patroni", "postgres_version").and_then(Value::as_u64).unwrap_or(15)
+}
+
+fn rest_port(plan: &Plan) -> u64 {
+    plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008)
+}
+
+fn scope(plan: &Plan) -> String {
+    plan.setting("patroni", "scope").and_then(Value::as_str).unwrap_or(&plan.project).to_string()
+}
+
+pub fn data_dir(plan: &Plan) -> String {
+    format!("/var/lib/postgresql/{}/{}", version(plan), scope(plan))
+}
+
+/// `patroni --validate-config` of Patroni 3.0 also reports its own listen
+/// ports as "already in use" while Patroni runs: that alone is not a bad config.
+const VALIDATE: &str = "sh -c 'o=$(patroni --validate-config \"$0\" 2>&1) || { echo \"$o\" | grep -v \"is already in use\" | grep -q . && { echo \"$o\"; exit 1; }; }; exit 0' {}";
+
+pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
+    let v = version(plan);
+    Ok(HostDesired {
+        packages: vec!["patroni".into(), format!("postgresql-{v}"), "python3-psycopg2".into()],
+        files: vec![file("patroni", "/etc/patroni/config.yml", r.render("patroni.yml.j2", ctx)?, 0o600, "postgres", "postgres", Some(VALIDATE), &["patroni"])],
+        services: vec![service("patroni", "patroni", OnChange::Custom)],
+        stop_disable: vec!["postgresql".into(), format!("postgresql@{v}-main")],
+        ..Default::default()
+    })
+}
+
+/// The probes the plan needs: the DCS config as Patroni serves it.
+pub fn probes(plan: &Plan) -> Vec<(String, String)> {
+    vec![("patroni_config".into(), format!("curl -s -m 3 http://127.0.0.1:{}/config", rest_port(plan)))]
+}
+
+/// Parameters whose DCS value differs from the plan's: (name, now, wanted).
+pub fn parameter_changes(plan: &Plan, live_config: &str) -> Vec<(String, Option<String>, String)> {
+    let Ok(live) = serde_json::from_str::<Value>(live_config) else { return vec![] };
+    let live_params = live.pointer("/postgresql/parameters").cloned().unwrap_or(json!({}));
+    super::pg_parameters(plan)
+        .into_iter()
+        .filter_map(|(k, want)| {
+            let want = as_text(&want);
+            let now = live_params.get(&k).map(as_text);
+            (now.as_deref() != Some(want.as_str())).then_some((k, now, want))
+        })
+        .collect()
+}
+
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+    let data = body.map(|b| format!(" -H 'Content-Type: application/json' --data-binary {}", sh_quote(&b.to_string()))).unwrap_or_default();
+    let out = s.sudo(&format!("curl -s -m 60 -o /dev/stdout -w '\\n%{{http_code}}' -X {method}{data} http://127.0.0.1:{port}{path}"), None).await?;
+    let text = out.stdout.trim_end();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text));
+    Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+}
+
+/// The cluster as Patroni reports it: member name → (role, state).
+async fn cluster(s: &HostSession, port: u64) -> Result<BTreeMap<String, (String, String)>> {
+    let (code, body) = rest(s, port, "GET", "/cluster", None).await?;
+    if code != 200 {
+        bail!("GET /cluster answered {code}");
+    }
+    let v: Value = serde_json::from_str(&body)?;
+    Ok(v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| (m["name"].as_str().unwrap_or("").to_string(), (m["role"].as_str().unwrap_or("").to_string(), m["state"].as_str().unwrap_or("").to_string())))
+        .collect())
+}
+
+pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
+    let plan = run.plan;
+    let port = rest_port(plan);
+    let needs_start = |h: &Host| run.changes_of(&h.name).start.iter().any(|s| s == "patroni");
+    let to_start: Vec<&Host> = run.hosts.iter().copied().filter(|h| needs_start(h)).collect();
+    let running: Vec<&Host> = run.hosts.iter().copied().filter(|h| !needs_start(h)).collect();
+    for h in &run.hosts {
+        for s in &run.changes_of(&h.name).enable {
+            run.session(&h.name)?.sudo_ok(&format!("enabling {s}"), &format!("systemctl enable {s} 2>&1")).await?;
+        }
+    }
+
+    if running.is_empty() && !to_start.is_empty() {
+        let mut with_data = Vec::new();
+        for h in &to_start {
+            let out = run.session(&h.name)?.sudo(&format!("test -f {}/PG_VERSION", sh_quote(&data_dir(plan))), None).await?;
+            if out.ok() {
+                with_data.push(h.name.clone());
+            }
+        }
+        if with_data.is_empty() {
+            // A brand-new cluster: no node has data, so whatever the DCS holds
+            // for this scope is left over from a failed build — clear it, or the
+            // bootstrap waits forever for a leader that never comes.
+            clear_dcs(run).await?;
+            let first = to_start[0];
+            run.events.progress(&format!("patroni {}", first.name), "bootstrapping the first node");
+            start(run.session(&first.name)?, "patroni").await?;
+            wait_for(&format!("{}: bootstrap as leader", first.name), Duration::from_secs(240), || async {
+                let (code, _) = rest(run.session(&first.name)?, port, "GET", "/primary", None).await?;
+                Ok(if code == 200 { Ok(()) } else { Err(format!("/primary answers {code}")) })
+            })
+            .await
+            .map_err(|e| anyhow!("{e:#} (see `journalctl -u patroni` on {})", first.name))?;
+            start_all(run, &to_start[1..]).await?;
+        } else {
+            // The cluster existed: start everyone and let Patroni pick the leader.
+            start_all(run, &to_start).await?;
+        }
+    } else {
+        start_all(run, &to_start).await?;
+    }
+
+    // Running members whose patroni.yml changed re-read it (SIGHUP).
+    for h in &running {
+        if run.changes_of(&h.name).custom.iter().any(|s| s == "patroni") {
+            run.session(&h.name)?.sudo_ok("reloading patroni", "systemctl reload patroni").await?;
+        }
+    }
+    gate(run).await?;
+    if sync_parameters(run).await? {
+        gate(run).await?;
+    }
+    Ok(())
+}
+
+async fn start_all(run: &RoleRun<'_>, hosts: &[&Host]) -> Result<()> {
+    let futures = hosts.iter().map(|h| async move {
+        run.events.progress(&format!("patroni {}", h.name), "starting patroni");
+        start(run.session(&h.name)?, "patroni").await
+    });
+    let errors: Vec<String> = futures::future::join_all(futures).await.into_iter().filter_map(|r| r.err().map(|e| format!("{e:#}"))).collect();
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+async fn clear_dcs(run: &RoleRun<'_>) -> Result<()> {
+    let Some(etcd) = run.plan.hosts_with_role("etcd").next() else { return Ok(()) };
+    let Ok(s) = run.session(&etcd.name) else { return Ok(()) };
+    let key = format!("/service/{}/", scope(run.plan));
+    s.sudo_ok("clearing stale Patroni keys", &format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 del --prefix {}", sh_quote(&key))).await?;
+    Ok(())
+}
+
+/// Healthy: exactly one leader, every other member running as a replica and
+/// streaming from it (checked in pg_stat_replication on the leader).
+pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
+    let port = rest_port(run.plan);
+    let names: Vec<String> = run.plan.hosts_with_role("patroni").map(|h| h.name.clone()).collect();
+    let probe = run.hosts.first().ok_or_else(|| anyhow!("no patroni host"))?;
+    wait_for("Patroni: one leader, the others streaming", Duration::from_secs(240), || async {
+        let members = cluster(run.session(&probe.name)?, port).await?;
+        let leaders: Vec<&String> = members.iter().filter(|(_, (role, _))| role == "leader").map(|(n, _)| n).collect();
+        if leaders.len() != 1 {
+            return Ok(Err(format!("{} leaders: {members:?}", leaders.len())));
+        }
+        let leader = leaders[0].clone();
+        let missing: Vec<&String> = names.iter().filter(|n| !members.contains_key(*n)).collect();
+        if !missing.is_empty() {
+            return Ok(Err(format!("not in the cluster yet: {missing:?}")));
+        }
+        let streaming = streaming_replicas(run.session(&leader)?).await?;
+        let lagging: Vec<&String> = names.iter().filter(|n| **n != leader && !streaming.contains(n)).collect();
+        if lagging.is_empty() {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!("leader {leader}; not streaming yet: {lagging:?}")))
+        }
+    })
+    .await
+}
+
+async fn streaming_replicas(leader: &HostSession) -> Result<Vec<String>> {
+    let out = leader
+        .sudo("runuser -u postgres -- psql -h /var/run/postgresql -Atc \"select application_name from pg_stat_replication where state = 'streaming'\"", None)
+        .await?;
+    Ok(out.stdout.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+}
+
+/// Bring the DCS parameters to the plan's; roll restarts when needed.
+/// Returns whether anything restarted.
+async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
+    let plan = run.plan;
+    let port = rest_port(plan);
+    let probe = run.session(&run.hosts[0].name)?;
+    let (code, body) = rest(probe, port, "GET", "/config", None).await?;
+    if code != 200 {
+        bail!("{}: GET /config answered {code}", probe.name);
+    }
+    let changes = parameter_changes(plan, &body);
+    if changes.is_empty() {
+        return Ok(false);
+    }
+    let patch: serde_json::Map<String, Value> = changes.iter().map(|(k, _, v)| (k.clone(), json!(v))).collect();
+    let subject = "patroni parameters".to_string();
+    run.events.progress(&subject, format!("setting {}", changes.iter().map(|(k, _, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")));
+    let (code, body) = rest(probe, port, "PATCH", "/config", Some(&json!({ "postgresql": { "parameters": patch } }))).await?;
+    if code != 200 {
+        bail!("PATCH /config answered {code}: {body}");
+    }
+    // Which of them only take effect after a restart?
+    let members = cluster(probe, port).await?;
+    let leader = members.iter().find(|(_, (r, _))| r == "leader").map(|(n, _)| n.clone()).ok_or_else(|| anyhow!("no leader"))?;
+    let names: Vec<String> = changes.iter().map(|(k, _, _)| format!("'{k}'")).collect();
+    let out = run
+        .session(&leader)?
+        .sudo(
+            &format!("runuser -u postgres -- psql -h /var/run/postgresql -Atc \"select name from pg_settings where context = 'postmaster' and name in ({})\"", names.join(",")),
+            None,
+        )
+        .await?;
+    if out.stdout.trim().is_empty() {
+        return Ok(false); // Patroni reloads them on its next loop.
+    }
+    let loop_wait = plan.setting("patroni", "loop_wait").and_then(Value::as_u64).unwrap_or(10);
+    // Wait until every member knows it must restart.
+    for h in &run.hosts {
+        let s = run.session(&h.name)?;
+        wait_for(&format!("{}: Patroni notices the pending restart", h.name), Duration::from_secs(loop_wait * 3 + 10), || async {
+            let (_, body) = rest(s, port, "GET", "/patroni", None).await?;
+            let v: Value = serde_json::from_str(&body).unwrap_or(json!({}));
+            Ok(if v["pending_restart"].as_bool() == Some(true) { Ok(()) } else { Err("no pending_restart yet".to_string()) })
+        })
+        .await?;
+    }
+    // Replicas first, one by one.
+    for h in run.hosts.iter().filter(|h| h.name != leader) {
+        restart_member(run, &h.name).await?;
+    }
+    // Then hand the leadership to a replica, then the old leader.
+    let candidate = run.hosts.iter().find(|h| h.name != leader).map(|h| h.name.clone()).ok_or_else(|| anyhow!("no replica to switch over to"))?;
+    run.events.progress(&subject, format!("switchover {leader} → {candidate}"));
+    let (code, body) = rest(run.session(&leader)?, port, "POST", "/switchover", Some(&json!({ "leader": leader, "candidate": candidate }))).await?;
+    if code != 200 {
+        bail!("switchover {leader} → {candidate} answered {code}: {body}");
+    }
+    wait_for(&format!("{candidate} leads"), Duration::from_secs(60), || async {
+        let m = cluster(run.session(&candidate)?, port).await?;
+        Ok(if m.get(&candidate).map(|(r, _)| r.as_str()) == Some("leader") { Ok(()) } else { Err(format!("{m:?}")) })
+    })
+    .await?;
+    let (_, body) = rest(run.session(&leader)?, port, "GET", "/patroni", None).await?;
+    let still_pending = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["pending_restart"].as_bool()).unwrap_or(false);
+    if still_pending {
+        restart_member(run, &leader).await?;
+    }
+    Ok(true)
+}
+
+async fn restart_member(run: &RoleRun<'_>, name: &str) -> Result<()> {
+    let port = rest_port(run.plan);
+    let s = run.session(name)?;
+    run.events.progress(&format!("patroni {name}"), "restarting PostgreSQL (rolling)");
+    let (code, body) = rest(s, port, "POST", "/restart", Some(&json!({ "restart_pending": true }))).await?;
+    if code != 200 && code != 503 {
+        bail!("{name}: POST /restart answered {code}: {body}");
+    }
+    wait_for(&format!("{name}: back and running after the restart"), Duration::from_secs(120), || async {
+        let m = cluster(s, port).await?;
+        Ok(match m.get(name) {
+            Some((_, state)) if state == "running" || state == "streaming" => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+    })
+    .await
+}
