@@ -154,6 +154,7 @@ async fn build(dir: &Path, mut manifest: Manifest, events: &Events) -> Result<()
     let started = Instant::now();
     events.started(&subject, "building with debootstrap (once; cached afterwards)");
     let result = async {
+        super::preflight::require_program("debootstrap")?;
         remove_stale_builds(dir).await?;
         let build_dir = dir.join(format!(".build-{}", std::process::id()));
         manifest.mirror = apt_mirror();
