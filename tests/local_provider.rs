@@ -233,6 +233,14 @@ async fn local_machines_are_created_reached_restarted_and_removed() {
         assert_eq!(ssh(&f, &known_hosts, ip, "hostname"), *host);
         assert_eq!(ssh(&f, &known_hosts, ip, "sudo -n id -u"), "0");
     }
+    // The image's role services wait for their roles; eth0 keeps the address set from the host.
+    let first_ip = created[0].output_str("ssh_host").expect("ip");
+    for unit in ["postgresql", "patroni", "etcd", "haproxy", "nginx"] {
+        assert_eq!(ssh(&f, &known_hosts, first_ip, &format!("systemctl is-enabled {unit} || true")), "disabled", "{unit}");
+    }
+    let eth0 = ssh(&f, &known_hosts, first_ip, "sleep 2; ip -4 -o addr show dev eth0");
+    assert!(eth0.contains(&format!("{first_ip}/24")), "eth0: {eth0}");
+    eprintln!("failed units: {:?}", ssh(&f, &known_hosts, first_ip, "systemctl --failed --no-legend --plain || true"));
     // The machines reach each other over the bridge.
     let other_ip = created[1].output_str("private_ip").expect("private_ip");
     ssh(&f, &known_hosts, created[0].output_str("ssh_host").expect("ip"), &format!("ping -c1 -W2 {other_ip}"));
