@@ -7,8 +7,8 @@
 //! Resources and what they are here:
 //! - `network.<name>`:  a Linux bridge (attrs: `bridge`)
 //! - `subnet.<name>`:   the gateway address on that bridge (attrs: `cidr`, `gateway`, `network`)
-//! - `firewall.<name>`: recorded only, not enforced yet (attrs: `rules`); enforcement
-//!                      with nftables inside the machines comes later
+//! - `firewall.<name>`: recorded only, not enforced yet (attrs: `rules`);
+//!   enforcement with nftables inside the machines comes later
 //! - `machine.<host>`:  a container (see `machine.rs`)
 //!
 //! Everything lives under `<root>/machines/<project>/` (root: `/var/lib/rigger`);
