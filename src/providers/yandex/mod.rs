@@ -235,8 +235,12 @@ impl YandexProvider {
             }
             Kind::Machine => {
                 let disk_id = v.pointer("/bootDisk/diskId").and_then(Value::as_str).unwrap_or_default();
-                let disk = self.client.get(Service::Compute, &format!("/compute/v1/disks/{disk_id}"), &[]).await.ok();
-                resources::live_instance(&v, disk.as_ref(), &self.naming, &names, known_metadata)
+                let disk = self
+                    .client
+                    .get(Service::Compute, &format!("/compute/v1/disks/{disk_id}"), &[])
+                    .await
+                    .with_context(|| format!("reading boot disk {disk_id} of instance {id}"))?;
+                resources::live_instance(&v, Some(&disk), &self.naming, &names, known_metadata)
             }
         };
         live.ok_or_else(|| anyhow!("{} {id} has a name outside project {}", a.what, self.naming.project))

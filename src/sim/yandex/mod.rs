@@ -112,6 +112,9 @@ pub struct Sim {
     trusted: keys::TrustedKey,
     latency: Duration,
     faults: f64,
+    /// How many faults were injected: before the work, and after it with the answer lost.
+    faults_before: std::sync::atomic::AtomicU64,
+    answers_lost: std::sync::atomic::AtomicU64,
     machines: Arc<dyn MachineBackend>,
 }
 
@@ -148,6 +151,9 @@ pub struct Inventory {
     pub disks: usize,
     /// Every creation ever made, in order.
     pub history: Vec<Created>,
+    /// Injected faults so far: refused before doing the work / work done, answer lost.
+    pub faults_before: u64,
+    pub answers_lost: u64,
 }
 
 impl Inventory {
@@ -179,6 +185,8 @@ fn prepare(opts: &YandexSimOptions, machines: Arc<dyn MachineBackend>) -> Result
         trusted,
         latency: Duration::from_millis(opts.latency_ms),
         faults: opts.faults.clamp(0.0, 1.0),
+        faults_before: Default::default(),
+        answers_lost: Default::default(),
         machines,
     };
     Ok((Arc::new(sim), key_file, path))
@@ -235,6 +243,8 @@ impl SimHandle {
             instances: w.instances.values().map(|n| n.name.clone()).collect(),
             disks: w.disks.len(),
             history: w.history.clone(),
+            faults_before: self.sim.faults_before.load(std::sync::atomic::Ordering::Relaxed),
+            answers_lost: self.sim.answers_lost.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 

@@ -76,12 +76,15 @@ impl Sim {
         if !rng.gen_bool(self.faults) {
             return Fault::None;
         }
-        match rng.gen_range(0..3) {
+        let fault = match rng.gen_range(0..3) {
             0 => Fault::Unavailable,
             1 => Fault::TooManyRequests,
             _ if mutating => Fault::LoseAnswer,
             _ => Fault::Unavailable,
-        }
+        };
+        let counter = if fault == Fault::LoseAnswer { &self.answers_lost } else { &self.faults_before };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fault
     }
 }
 
