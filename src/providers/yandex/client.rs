@@ -241,7 +241,7 @@ impl YandexClient {
                 404 => codes::NOT_FOUND,
                 409 => codes::ALREADY_EXISTS,
                 429 => codes::RESOURCE_EXHAUSTED,
-                503 | 502 | 504 => codes::UNAVAILABLE,
+                502..=504 => codes::UNAVAILABLE,
                 _ => codes::INTERNAL,
             };
             json!({"code": code, "message": snippet(&text)})

@@ -234,6 +234,12 @@ impl YandexProvider {
                 resources::live_security_group(&v, &self.naming, &names)
             }
             Kind::Machine => {
+                // The network's default group, to tell it from the groups the plan asked for.
+                let subnet_id = v.pointer("/networkInterfaces/0/subnetId").and_then(Value::as_str).unwrap_or_default();
+                let subnet = self.client.get(Service::Vpc, &format!("/vpc/v1/subnets/{subnet_id}"), &[]).await?;
+                let network_id = subnet.get("networkId").and_then(Value::as_str).unwrap_or_default();
+                let network = self.client.get(Service::Vpc, &format!("/vpc/v1/networks/{network_id}"), &[]).await?;
+                names.default_groups.extend(network.get("defaultSecurityGroupId").and_then(Value::as_str).map(str::to_string));
                 let disk_id = v.pointer("/bootDisk/diskId").and_then(Value::as_str).unwrap_or_default();
                 let disk = self
                     .client
@@ -378,6 +384,7 @@ impl Provider for YandexProvider {
         names.networks.extend(networks.iter().filter_map(id_and_name));
         names.subnets.extend(subnets.iter().filter_map(id_and_name));
         names.groups.extend(groups.iter().filter_map(id_and_name));
+        names.default_groups.extend(networks.iter().filter_map(|n| n.get("defaultSecurityGroupId")?.as_str().map(str::to_string)));
         let disks: HashMap<&str, &Value> = disks.iter().filter_map(|d| Some((d.get("id")?.as_str()?, d))).collect();
         let known_metadata: HashMap<&Address, &Value> =
             known.iter().filter(|k| k.address.kind == Kind::Machine).filter_map(|k| Some((&k.address, k.attrs.get("metadata")?))).collect();

@@ -289,6 +289,9 @@ pub struct Names {
     pub networks: HashMap<String, String>,
     pub subnets: HashMap<String, String>,
     pub groups: HashMap<String, String>,
+    /// The groups the cloud gives each network: an interface created without groups
+    /// gets its network's one, which the plan does not ask for and should not see.
+    pub default_groups: BTreeSet<String>,
 }
 
 impl Names {
@@ -425,6 +428,7 @@ pub fn live_instance(v: &Value, disk: Option<&Value>, naming: &Naming, names: &N
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
+        .filter(|id| !names.default_groups.contains(*id))
         .map(|id| Names::name(&names.groups, id))
         .collect();
     groups.sort_by_key(|g| g.to_string());

@@ -90,7 +90,7 @@ impl Default for YandexSimOptions {
 pub enum MachineEvent {
     /// The instance reached RUNNING (created or started): boot a machine at its
     /// primary address, with the `ssh-keys` user from its metadata.
-    Running(Instance),
+    Running(Box<Instance>),
     Stopped(String),
     Deleted(String),
 }

@@ -428,7 +428,7 @@ impl World {
                 if let Some(inst) = self.instances.get_mut(id) {
                     inst.status = (*status).to_string();
                     let event = match *status {
-                        "RUNNING" => Some(MachineEvent::Running(inst.clone())),
+                        "RUNNING" => Some(MachineEvent::Running(Box::new(inst.clone()))),
                         "STOPPED" => Some(MachineEvent::Stopped(inst.id.clone())),
                         _ => None,
                     };

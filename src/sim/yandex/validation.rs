@@ -89,7 +89,7 @@ pub fn resources(platform: &str, cores: i64, memory: i64, core_fraction: i64) ->
         "standard-v2" => (&[5, 20, 50, 100], 80),
         _ => (&[20, 50, 100], 80),
     };
-    if cores < 2 || cores > max_cores || cores % 2 != 0 {
+    if !(2..=max_cores).contains(&cores) || cores % 2 != 0 {
         return Err(ApiError::invalid(format!(
             "the specified number of cores is not available on platform \"{platform}\"; allowed number of cores: 2, 4, 6, ..., {max_cores}"
         )));
@@ -106,7 +106,7 @@ pub fn resources(platform: &str, cores: i64, memory: i64, core_fraction: i64) ->
         )));
     }
     let per_core = memory / cores;
-    if per_core < GIB || per_core > 16 * GIB {
+    if !(GIB..=16 * GIB).contains(&per_core) {
         return Err(ApiError::invalid(format!(
             "the specified amount of memory is not available on platform \"{platform}\"; allowed memory per core: 1 GB..16 GB, requested {} GB for {cores} cores",
             memory / GIB
