@@ -1,18 +1,21 @@
-pub mod events;
-pub mod plan;
-pub mod providers;
-pub mod resource;
-pub mod state;
-pub mod diff;
-pub mod graph;
-pub mod engine;
-pub mod project;
-pub mod remote;
-pub mod saved_plan;
-pub mod ui;
+//! rigger: one plan file to a healthy HA stack.
+
 pub mod cli;
 pub mod commands;
-pub mod inventory;
-pub mod render;
 pub mod config;
+pub mod diff;
+pub mod engine;
+pub mod events;
+pub mod graph;
+pub mod inventory;
+pub mod plan;
+pub mod project;
+pub mod providers;
+pub mod remote;
+pub mod render;
+pub mod resource;
 pub mod roles;
+pub mod saved_plan;
+pub mod sim;
+pub mod state;
+pub mod ui;

@@ -72,6 +72,32 @@ impl Project {
         Ok(())
     }
 
+    /// The local provider needs a few host tools; on a Debian host where rigger
+    /// runs as root, install the missing ones (the README's one command does it all).
+    pub fn ensure_host_tools(&self, events: &crate::events::Events) -> Result<()> {
+        if !matches!(self.plan.provider, ProviderConfig::Local(_)) {
+            return Ok(());
+        }
+        let wanted = [("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap"), ("ssh-keygen", "openssh-client"), ("ip", "iproute2")];
+        let missing: Vec<&str> = wanted.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !nix::unistd::geteuid().is_root() || !on_path("apt-get") {
+            bail!("the local provider needs {} — install them (apt-get install {}) and run rigger as root", missing.join(", "), missing.join(" "));
+        }
+        let started = std::time::Instant::now();
+        events.started("host", &format!("installing {}", missing.join(" ")));
+        for args in [vec!["update"], [vec!["install", "-y"], missing.clone()].concat()] {
+            let out = std::process::Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive").output().context("cannot run apt-get")?;
+            if !out.status.success() {
+                bail!("apt-get {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            }
+        }
+        events.finished("host", "host tools installed", started);
+        Ok(())
+    }
+
     pub fn public_key(&self) -> Result<String> {
         let text = std::fs::read_to_string(&self.plan.ssh.public_key_file)
             .with_context(|| format!("cannot read ssh.public_key_file {}", self.plan.ssh.public_key_file.display()))?;
@@ -103,6 +129,12 @@ impl Project {
         }
         state::write_atomic(&self.known_hosts_path(), lines.as_bytes())
     }
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).any(|d| d.join(cmd).is_file()))
+        .unwrap_or(false)
 }
 
 fn with_pub(p: &Path) -> PathBuf {

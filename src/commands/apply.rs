@@ -23,6 +23,13 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     };
     let infra_only = args.infra_only || saved.as_ref().is_some_and(|s| s.infra_only);
     project.ensure_ssh_key()?;
+    {
+        let (events, printer) = Printer::start(verbose);
+        let r = project.ensure_host_tools(&events);
+        drop(events);
+        printer.finish().await;
+        r?;
+    }
     let provider = project.provider()?;
     let store = StateStore::open(&project.state_path, "rigger apply")?;
     let mut state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider.kind()));

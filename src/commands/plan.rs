@@ -10,6 +10,7 @@ use std::path::Path;
 
 pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -> Result<i32> {
     let project = Project::load(&args.plan, state_override)?;
+    project.ensure_ssh_key()?;
     let provider = project.provider()?;
     let store = StateStore::open(&project.state_path, "rigger plan")?;
     let state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider.kind()));

@@ -3,6 +3,7 @@
 //! resource at a time. The core does the diffing, ordering, parallelism and state.
 
 pub mod local;
+pub mod yandex;
 
 use crate::events::Events;
 use crate::plan::model::Plan;
@@ -41,7 +42,11 @@ pub trait Provider: Send + Sync {
 
 /// The provider a plan asks for.
 pub fn for_plan(plan: &Plan, _rigger_dir: &std::path::Path) -> Result<std::sync::Arc<dyn Provider>> {
-    match &plan.provider {
+    use crate::plan::model::ProviderConfig;
+    use std::sync::Arc;
+    Ok(match &plan.provider {
+        ProviderConfig::Local(_) => Arc::new(local::LocalProvider::new(&plan.project)?),
+        ProviderConfig::Yandex(cfg) => Arc::new(yandex::YandexProvider::new(cfg, &plan.project)?),
         other => anyhow::bail!("the {} provider is not available in this build yet", other.kind()),
-    }
+    })
 }

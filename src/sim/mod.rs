@@ -1,0 +1,3 @@
+//! API simulators (`rigger sim ...`).
+
+pub mod yandex;

@@ -1,0 +1,289 @@
+//! The Yandex provider against the simulator with injected faults: create a
+//! small stack in dependency order, refresh to zero diff, update in place,
+//! delete everything, and check the simulator never made a duplicate.
+
+use rigger::events::Events;
+use rigger::plan::model::*;
+use rigger::providers::yandex::auth::{AuthorizedKey, Credentials};
+use rigger::providers::yandex::client::{PollPolicy, RetryPolicy, YandexClient};
+use rigger::providers::yandex::YandexProvider;
+use rigger::providers::{Deps, Provider};
+use rigger::resource::{Address, LiveResource, ResourceSpec};
+use rigger::sim::yandex::{SimHandle, YandexSimOptions};
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+fn plan(dir: &Path, endpoint: &str, key: &Path) -> Plan {
+    let public_key_file = dir.join("id_ed25519.pub");
+    std::fs::write(&public_key_file, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0uJ8f0Vw8l2Jm0hYb1o6I3dJp1eU4qzZ0tFZ5g9Qvq test@rigger\n").unwrap();
+    let host = |name: &str, group: &str, index: u32, ip: &str, firewall: &[&str], public_ip: bool| Host {
+        name: name.into(),
+        group: group.into(),
+        index,
+        roles: vec![],
+        subnet: "app".into(),
+        ip: ip.parse().unwrap(),
+        image: "ubuntu-2204-lts".into(),
+        cores: 2,
+        memory_bytes: 2 << 30,
+        disk_bytes: 20 << 30,
+        core_fraction: 100,
+        firewall: firewall.iter().map(|s| s.to_string()).collect(),
+        public_ip,
+        vmid: None,
+        guest_kind: GuestKind::Lxc,
+        zone: None,
+    };
+    let rule = |direction, protocol, ports: &[(u16, u16)], peer| Rule {
+        direction,
+        protocol,
+        ports: ports.iter().map(|&(from, to)| PortRange { from, to }).collect(),
+        peer,
+        description: None,
+    };
+    Plan {
+        file: dir.join("rigger.yaml"),
+        dir: dir.to_path_buf(),
+        version: 1,
+        project: "itest".into(),
+        provider: ProviderConfig::Yandex(YandexConfig {
+            folder_id: "b1gitest".into(),
+            zone: "ru-central1-a".into(),
+            service_account_key_file: Some(key.to_path_buf()),
+            endpoint: Some(endpoint.into()),
+            platform: "standard-v3".into(),
+        }),
+        ssh: SshConfig {
+            user: "rigger".into(),
+            private_key_file: dir.join("id_ed25519"),
+            public_key_file,
+            bastion: None,
+        },
+        network: Network {
+            name: "main".into(),
+            subnets: vec![Subnet { name: "app".into(), cidr: "10.20.0.0/24".parse().unwrap(), zone: None, gateway: "10.20.0.1".parse().unwrap() }],
+        },
+        firewall: vec![
+            FirewallGroup {
+                name: "lb".into(),
+                rules: vec![
+                    rule(Direction::Ingress, Protocol::Tcp, &[(22, 22), (80, 80)], Peer::Cidrs(vec!["0.0.0.0/0".parse().unwrap()])),
+                    rule(Direction::Egress, Protocol::Any, &[], Peer::Cidrs(vec!["0.0.0.0/0".parse().unwrap()])),
+                ],
+            },
+            FirewallGroup {
+                name: "db".into(),
+                rules: vec![
+                    // Group to group: only the load balancers reach PostgreSQL through HAProxy's ports.
+                    rule(Direction::Ingress, Protocol::Tcp, &[(5432, 5432), (8008, 8008)], Peer::Group("db".into())),
+                    rule(Direction::Ingress, Protocol::Tcp, &[(5000, 5001)], Peer::Group("lb".into())),
+                    rule(Direction::Ingress, Protocol::Tcp, &[(22, 22)], Peer::Cidrs(vec!["10.20.0.0/24".parse().unwrap()])),
+                    rule(Direction::Egress, Protocol::Any, &[], Peer::Cidrs(vec!["0.0.0.0/0".parse().unwrap()])),
+                ],
+            },
+        ],
+        hosts: vec![
+            host("lb-1", "lb", 1, "10.20.0.10", &["lb"], true),
+            host("pg-1", "pg", 1, "10.20.0.21", &["db"], false),
+            host("pg-2", "pg", 2, "10.20.0.22", &["db"], false),
+            // No groups: the cloud attaches the network's default group, which must not show as a change.
+            host("tool-1", "tool", 1, "10.20.0.30", &[], false),
+        ],
+        services: BTreeMap::new(),
+    }
+}
+
+fn provider(plan: &Plan, client_retries: bool) -> YandexProvider {
+    let ProviderConfig::Yandex(cfg) = &plan.provider else { unreachable!() };
+    let key = AuthorizedKey::load(cfg.service_account_key_file.as_ref().unwrap()).unwrap();
+    let mut client = YandexClient::new(Credentials::ServiceAccount(key), cfg.endpoint.clone()).unwrap();
+    // Same behaviour as in production, shorter waits.
+    let attempts = if client_retries { 12 } else { 1 };
+    client.retry = RetryPolicy { attempts, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(200) };
+    client.poll = PollPolicy { first: Duration::from_millis(5), max: Duration::from_millis(50), timeout: Duration::from_secs(60) };
+    YandexProvider::with_client(client, cfg, &plan.project)
+}
+
+/// Specs in an order where every dependency comes first.
+fn dependency_order(specs: &[ResourceSpec]) -> Vec<&ResourceSpec> {
+    let mut done: HashSet<&Address> = HashSet::new();
+    let mut order = Vec::new();
+    while order.len() < specs.len() {
+        let before = order.len();
+        for s in specs {
+            if !done.contains(&s.address) && s.depends_on.iter().all(|d| done.contains(d)) {
+                done.insert(&s.address);
+                order.push(s);
+            }
+        }
+        assert!(order.len() > before, "dependency cycle among specs");
+    }
+    order
+}
+
+fn deps_of(spec: &ResourceSpec, live: &BTreeMap<Address, LiveResource>) -> Deps {
+    spec.depends_on.iter().map(|a| (a.clone(), live[a].clone())).collect()
+}
+
+const CORE_ATTEMPTS: usize = 12;
+
+/// What the core does with a failed step: try it again.
+async fn create_like_the_core(p: &YandexProvider, spec: &ResourceSpec, deps: &Deps, events: &Events) -> LiveResource {
+    let mut last = None;
+    for _ in 0..CORE_ATTEMPTS {
+        match p.create(spec, deps, events).await {
+            Ok(l) => return l,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("create {} kept failing: {:#}", spec.address, last.unwrap());
+}
+
+async fn refresh_like_the_core(p: &YandexProvider, known: &[LiveResource]) -> BTreeMap<Address, LiveResource> {
+    for _ in 0..CORE_ATTEMPTS {
+        if let Ok(live) = p.refresh(known, &Events::silent()).await {
+            return live.into_iter().map(|l| (l.address.clone(), l)).collect();
+        }
+    }
+    panic!("refresh kept failing");
+}
+
+fn assert_no_diff(specs: &[ResourceSpec], live: &BTreeMap<Address, LiveResource>) {
+    assert_eq!(live.len(), specs.len(), "refresh found {:?}", live.keys().collect::<Vec<_>>());
+    for s in specs {
+        let l = live.get(&s.address).unwrap_or_else(|| panic!("{} not found by refresh", s.address));
+        for (k, want) in &s.attrs {
+            assert_eq!(l.attrs.get(k), Some(want), "{}: attribute {k} differs after refresh", s.address);
+        }
+        assert_eq!(l.attrs.len(), s.attrs.len(), "{}: extra attributes {:?}", s.address, l.attrs.keys().collect::<Vec<_>>());
+    }
+}
+
+/// `client_retries: false` turns the client's own retries off, so every lost answer
+/// reaches the core, whose next `create` must find and adopt what was made.
+async fn whole_lifecycle(seed: u64, client_retries: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let opts = YandexSimOptions { key_out: dir.path().join("sa-key.json"), faults: 0.1, seed, op_time_ms: 5, ..Default::default() };
+    let sim = SimHandle::start(listener, opts).await.unwrap();
+    let mut plan = plan(dir.path(), &sim.endpoint(), &sim.key_path);
+    let p = provider(&plan, client_retries);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = Events::new(tx);
+    let specs = p.specs(&plan).unwrap();
+    assert_eq!(specs.len(), 1 + 1 + 2 + 4);
+
+    // Create in dependency order.
+    let mut live: BTreeMap<Address, LiveResource> = BTreeMap::new();
+    for spec in dependency_order(&specs) {
+        let deps = deps_of(spec, &live);
+        let created = create_like_the_core(&p, spec, &deps, &events).await;
+        assert_eq!(created.address, spec.address);
+        live.insert(spec.address.clone(), created);
+    }
+    let lb = &live[&Address::parse("machine.lb-1").unwrap()];
+    assert!(lb.output_str("public_ip").unwrap().starts_with("203.0.113."));
+    assert_eq!(lb.output_str("ssh_host"), lb.output_str("public_ip"));
+    let pg = &live[&Address::parse("machine.pg-1").unwrap()];
+    assert_eq!(pg.output_str("ssh_host"), Some("10.20.0.21"));
+    assert_eq!(pg.output_str("private_ip"), Some("10.20.0.21"));
+    assert_eq!(pg.output_str("zone"), Some("ru-central1-a"));
+
+    // A re-plan right after apply shows nothing to do.
+    let known: Vec<LiveResource> = live.values().cloned().collect();
+    let refreshed = refresh_like_the_core(&p, &known).await;
+    assert_no_diff(&specs, &refreshed);
+
+    // Nothing was ever created twice, faults or not.
+    let history = sim.inventory().history;
+    let mut seen = HashSet::new();
+    for c in &history {
+        assert!(seen.insert((c.kind, c.name.clone())), "{} {} was created twice (seed {seed})", c.kind, c.name);
+    }
+    assert_eq!(history.len(), specs.len());
+    let inventory = sim.inventory();
+    assert!(inventory.faults_before + inventory.answers_lost > 0, "no fault was injected (seed {seed})");
+    if !client_retries {
+        let mut adopted = 0;
+        while let Ok(e) = rx.try_recv() {
+            if matches!(&e, rigger::events::Event::Note { message, .. } if message.contains("adopting")) {
+                adopted += 1;
+            }
+        }
+        assert!(inventory.answers_lost == 0 || adopted > 0, "answers were lost but nothing was adopted (seed {seed})");
+    }
+
+    // Update in place: more cores for pg-2 (stop, patch, start) and one more rule for lb.
+    plan.hosts[2].cores = 4;
+    plan.hosts[2].memory_bytes = 4 << 30;
+    plan.firewall[0].rules.push(Rule {
+        direction: Direction::Ingress,
+        protocol: Protocol::Tcp,
+        ports: vec![PortRange { from: 443, to: 443 }],
+        peer: Peer::Cidrs(vec!["0.0.0.0/0".parse().unwrap()]),
+        description: Some("https".into()),
+    });
+    let specs = p.specs(&plan).unwrap();
+    for spec in dependency_order(&specs) {
+        let current = &refreshed[&spec.address];
+        if spec.attrs == current.attrs {
+            continue;
+        }
+        let deps = deps_of(spec, &live);
+        let mut result = None;
+        for _ in 0..CORE_ATTEMPTS {
+            if let Ok(l) = p.update(spec, current, &deps, &Events::silent()).await {
+                result = Some(l);
+                break;
+            }
+        }
+        let updated = result.unwrap_or_else(|| panic!("update {} kept failing", spec.address));
+        assert_eq!(updated.attrs, spec.attrs, "{} after update", spec.address);
+        live.insert(spec.address.clone(), updated);
+    }
+    let known: Vec<LiveResource> = live.values().cloned().collect();
+    assert_no_diff(&specs, &refresh_like_the_core(&p, &known).await);
+
+    // Delete in reverse dependency order; a repeated delete is fine.
+    for spec in dependency_order(&specs).into_iter().rev() {
+        let l = &live[&spec.address];
+        let mut ok = false;
+        for _ in 0..CORE_ATTEMPTS {
+            if p.delete(l, &Events::silent()).await.is_ok() {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "delete {} kept failing", spec.address);
+    }
+    let inventory = sim.inventory();
+    assert!(inventory.is_empty(), "left behind: {inventory:?}");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn lifecycle_with_faults_seed_1() {
+    whole_lifecycle(1, true).await;
+}
+
+#[tokio::test]
+async fn lifecycle_with_faults_seed_7() {
+    whole_lifecycle(7, true).await;
+}
+
+#[tokio::test]
+async fn lifecycle_with_faults_seed_42() {
+    whole_lifecycle(42, true).await;
+}
+
+#[tokio::test]
+async fn lost_answers_are_adopted_seed_3() {
+    whole_lifecycle(3, false).await;
+}
+
+#[tokio::test]
+async fn lost_answers_are_adopted_seed_2024() {
+    whole_lifecycle(2024, false).await;
+}
