@@ -3,6 +3,7 @@
 //! resource at a time. The core does the diffing, ordering, parallelism and state.
 
 pub mod local;
+pub mod proxmox;
 
 use crate::events::Events;
 use crate::plan::model::Plan;
