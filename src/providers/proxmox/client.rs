@@ -65,6 +65,9 @@ pub enum ApiError {
     Status { method: String, path: String, status: u16, message: String, errors: BTreeMap<String, String> },
     #[error("Proxmox {method} {path}: {detail}")]
     Transport { method: String, path: String, detail: String },
+    /// The server's certificate was refused (wrong pinned fingerprint, untrusted): never retried.
+    #[error("Proxmox {method} {path}: TLS: {detail}")]
+    Tls { method: String, path: String, detail: String },
     #[error("Proxmox task {upid} failed: {exitstatus}{}", log_tail(.log))]
     TaskFailed { upid: String, exitstatus: String, log: Vec<String> },
     #[error("Proxmox task {upid} still running after {waited:?}")]
@@ -286,6 +289,10 @@ fn transport(method: &Method, path: &str, error: reqwest::Error) -> ApiError {
     while let Some(cause) = source {
         detail.push_str(&format!(": {cause}"));
         source = cause.source();
+    }
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("fingerprint") {
+        return ApiError::Tls { method: method.to_string(), path: path.into(), detail };
     }
     ApiError::Transport { method: method.to_string(), path: path.into(), detail }
 }
