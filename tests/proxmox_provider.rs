@@ -166,6 +166,7 @@ async fn round_trip(seed: u64) {
     let left = handle.guests();
     assert!(left.iter().all(|g| g.template), "seed {seed}: left behind {left:?}");
     assert!(refresh_with_retries(&provider).await.is_empty());
+    assert!(handle.faults_injected() > 0, "seed {seed}: the run saw no faults");
     handle.stop().await;
 }
 

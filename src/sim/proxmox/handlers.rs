@@ -286,6 +286,7 @@ fn roll_fault(sim: &Sim, method: &str, segs: &[&str]) -> Fault {
     if !state.chance(sim.opts.faults) {
         return Fault::None;
     }
+    sim.faults_injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let guest = segs.windows(2).find_map(|w| match w[0] {
         "lxc" => w[1].parse::<u32>().ok().map(|id| (GuestKind::Lxc, id)),
         "qemu" => w[1].parse::<u32>().ok().map(|id| (GuestKind::Qemu, id)),

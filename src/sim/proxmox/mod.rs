@@ -128,6 +128,8 @@ pub(crate) struct Sim {
     pub state: Mutex<State>,
     pub file_locks: Arc<FileLocks>,
     pub machines: Arc<dyn MachineBackend>,
+    /// Faults injected so far (requests and tasks).
+    pub faults_injected: std::sync::atomic::AtomicU64,
 }
 
 /// A guest as the store holds it (for tests and the CLI's summary).
@@ -179,6 +181,11 @@ impl ProxmoxSimHandle {
                 lock: g.lock().map(str::to_string),
             })
             .collect()
+    }
+
+    /// How many faults were injected (so tests can tell they ran under faults).
+    pub fn faults_injected(&self) -> u64 {
+        self.sim.faults_injected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What `rigger sim proxmox` prints at start.
@@ -234,6 +241,7 @@ async fn start_on(listener: TcpListener, mut opts: ProxmoxSimOptions, machines: 
         state: Mutex::new(State::new(StdRng::seed_from_u64(opts.seed))),
         file_locks: Arc::new(FileLocks::default()),
         machines,
+        faults_injected: Default::default(),
         opts: opts.clone(),
     });
     handlers::seed_node(&sim);

@@ -70,6 +70,9 @@ where
             let i = state.rng.gen_range(0..TASK_FAULTS.len());
             TASK_FAULTS[i].to_string()
         });
+        if fault.is_some() || invisible > 0 {
+            sim.faults_injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let upid = task.upid.clone();
         state.tasks.insert(upid.clone(), task);
         (upid, fault)
