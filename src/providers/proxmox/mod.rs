@@ -448,17 +448,13 @@ impl ProxmoxProvider {
             spec.attrs.iter().filter(|(k, v)| live.attrs.get(*k) != Some(*v)).map(|(k, _)| k.as_str()).collect();
         let mut params: Vec<(&str, String)> = Vec::new();
         let mut cloud_init_changed = false;
+        let mut lxc_net_changed = false;
         for key in &changed {
             match *key {
                 "hostname" => params.push((if kind == "lxc" { "hostname" } else { "name" }, attr_str(spec, "hostname").unwrap_or("").into())),
                 "cores" | "memory" | "onboot" => params.push((key, attr_num(spec, key).unwrap_or(0).to_string())),
                 "tags" | "features" => params.push((key, attr_str(spec, key).unwrap_or("").into())),
-                "bridge" | "gateway" if kind == "lxc" => {
-                    if !params.iter().any(|(k, _)| *k == "net0") {
-                        let net0 = lxc_net0_updated(&config, attr_str(spec, "bridge"), attr_str(spec, "gateway"));
-                        params.push(("net0", net0));
-                    }
-                }
+                "bridge" | "gateway" if kind == "lxc" => lxc_net_changed = true,
                 "bridge" => {
                     if let Some(net0) = qemu_net0_with_bridge(&config, attr_str(spec, "bridge").unwrap_or(&self.config.bridge)) {
                         params.push(("net0", net0));
@@ -478,6 +474,9 @@ impl ProxmoxProvider {
                 }
                 _ => {}
             }
+        }
+        if lxc_net_changed {
+            params.push(("net0", lxc_net0_updated(&config, attr_str(spec, "bridge"), attr_str(spec, "gateway"))));
         }
         if !params.is_empty() {
             params.push(("description", self.meta(spec).render()));

@@ -340,9 +340,9 @@ pub fn size_bytes(v: &str) -> Option<u64> {
 
 /// Bytes as Proxmox writes a volume size: whole GiB as `8G`, else `M`/`K`.
 pub fn format_size(bytes: u64) -> String {
-    if bytes % (1 << 30) == 0 {
+    if bytes.is_multiple_of(1 << 30) {
         format!("{}G", bytes >> 30)
-    } else if bytes % (1 << 20) == 0 {
+    } else if bytes.is_multiple_of(1 << 20) {
         format!("{}M", bytes >> 20)
     } else {
         format!("{}K", bytes.div_ceil(1 << 10))
