@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod yandex;
+pub mod proxmox;
 
 use crate::events::Events;
 use crate::plan::model::Plan;
@@ -47,6 +48,6 @@ pub fn for_plan(plan: &Plan, _rigger_dir: &std::path::Path) -> Result<std::sync:
     Ok(match &plan.provider {
         ProviderConfig::Local(_) => Arc::new(local::LocalProvider::new(&plan.project)?),
         ProviderConfig::Yandex(cfg) => Arc::new(yandex::YandexProvider::new(cfg, &plan.project)?),
-        other => anyhow::bail!("the {} provider is not available in this build yet", other.kind()),
+        ProviderConfig::Proxmox(_) => Arc::new(proxmox::ProxmoxProvider::from_plan(plan)?),
     })
 }

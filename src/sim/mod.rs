@@ -1,3 +1,4 @@
 //! API simulators (`rigger sim ...`).
 
+pub mod proxmox;
 pub mod yandex;

@@ -1,0 +1,463 @@
+//! Request handling: path routing under `/api2/json`, parameters from the query
+//! and the form/JSON body, authentication (API token, or ticket + CSRF on
+//! writes), injected faults, and the node/cluster/storage/task endpoints.
+//! Guest endpoints live in `guests.rs`.
+
+use super::guests;
+use super::reply::{HandlerResult, Reply};
+use super::state::{GuestKind, State, Ticket};
+use super::validation::{check, opt, Params, Ty, VMID};
+use super::{Sim, DEFAULT_LXC_TEMPLATE};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Request, Response, Uri};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+use rand::Rng;
+use serde_json::{json, Value};
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const STORAGES: &[(&str, &str, &str)] = &[
+    // (id, type, content)
+    ("local", "dir", "backup,iso,vztmpl"),
+    ("local-lvm", "lvmthin", "images,rootdir"),
+];
+
+pub const LXC_TEMPLATES: &[&str] = &[DEFAULT_LXC_TEMPLATE, "local:vztmpl/ubuntu-24.04-standard_24.04-2_amd64.tar.zst"];
+
+const TICKET_LIFETIME: Duration = Duration::from_secs(2 * 3600);
+
+pub fn lock_state(sim: &Sim) -> MutexGuard<'_, State> {
+    match sim.state.lock() {
+        Ok(state) => state,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// The node as a fresh install with one cloud-init template VM.
+pub fn seed_node(sim: &Sim) {
+    let mut state = lock_state(sim);
+    guests::insert_qemu_template(&mut state);
+}
+
+/// Who made the request.
+pub struct Caller {
+    pub user: String,
+}
+
+pub async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Response<Body> {
+    if sim.opts.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(sim.opts.latency_ms)).await;
+    }
+    let (parts, body) = request.into_parts();
+    let reply = match axum::body::to_bytes(Body::new(body), 1 << 20).await {
+        Ok(body) => match route(&sim, parts.method.as_str(), &parts.uri, &parts.headers, &body).await {
+            Ok(data) => Reply::data(data),
+            Err(reply) => reply,
+        },
+        Err(_) => Reply::error(400, "unable to read request body"),
+    };
+    reply.into_response()
+}
+
+fn not_implemented(method: &str, path: &str) -> Reply {
+    Reply::error(501, format!("Method '{method} {path}' not implemented"))
+}
+
+async fn route(sim: &Arc<Sim>, method: &str, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> HandlerResult {
+    let Some(path) = uri.path().strip_prefix("/api2/json") else {
+        return Err(not_implemented(method, uri.path()));
+    };
+    let segments: Vec<String> =
+        path.split('/').filter(|s| !s.is_empty()).map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let params = parse_params(method, uri.query(), headers, body)?;
+
+    if method == "POST" && segs == ["access", "ticket"] {
+        return login(sim, &params).await;
+    }
+    let caller = authenticate(sim, method, headers).await?;
+
+    match roll_fault(sim, method, &segs) {
+        Fault::None => dispatch(sim, method, path, &segs, &params, &caller).await,
+        Fault::Before(reply) => Err(reply),
+        Fault::AnswerLost(reply) => {
+            let _ = dispatch(sim, method, path, &segs, &params, &caller).await;
+            Err(reply)
+        }
+    }
+}
+
+async fn dispatch(sim: &Arc<Sim>, method: &str, path: &str, segs: &[&str], params: &Params, caller: &Caller) -> HandlerResult {
+    match (method, segs) {
+        ("GET", ["version"]) => {
+            check(&[], params).map_err(Reply::params)?;
+            Ok(json!({ "version": "9.1.1", "release": "9.1", "repoid": "0a1b2c3d" }))
+        }
+        ("GET", ["nodes"]) => Ok(json!([node_entry(sim, true)])),
+        ("GET", ["cluster", "nextid"]) => next_id(sim, params),
+        ("GET", ["cluster", "resources"]) => cluster_resources(sim, params),
+        ("GET", ["access", "ticket"]) => Ok(Value::Null),
+        (_, ["nodes", node, rest @ ..]) => {
+            if *node != sim.opts.node {
+                return Err(Reply::fail(format!(
+                    "hostname lookup '{node}' failed - failed to get address info for: {node}: Name or service not known"
+                )));
+            }
+            node_route(sim, method, path, rest, params, caller).await
+        }
+        _ => Err(not_implemented(method, path)),
+    }
+}
+
+async fn node_route(sim: &Arc<Sim>, method: &str, path: &str, rest: &[&str], params: &Params, caller: &Caller) -> HandlerResult {
+    let kind = |s: &str| match s {
+        "lxc" => Some(GuestKind::Lxc),
+        "qemu" => Some(GuestKind::Qemu),
+        _ => None,
+    };
+    match (method, rest) {
+        ("GET", ["status"]) => Ok(node_entry(sim, false)),
+        ("GET", ["storage"]) => Ok(storage_list(sim)),
+        ("GET", ["storage", storage, "content"]) => storage_content(sim, storage, params),
+        ("GET", ["tasks"]) => Ok(task_list(sim)),
+        ("GET", ["tasks", upid, "status"]) => task_status(sim, upid),
+        ("GET", ["tasks", upid, "log"]) => task_log(sim, upid, params),
+        ("GET", [k]) if kind(k).is_some() => Ok(guests::list(sim, kind(k).unwrap_or(GuestKind::Lxc))),
+        ("POST", ["lxc"]) => guests::lxc_create(sim, params, caller),
+        ("POST", ["qemu", vmid, "clone"]) => guests::qemu_clone(sim, vmid_of(vmid)?, params, caller),
+        (_, [k, vmid, tail @ ..]) if kind(k).is_some() => {
+            let kind = kind(k).unwrap_or(GuestKind::Lxc);
+            let vmid = vmid_of(vmid)?;
+            match (method, tail) {
+                ("DELETE", []) => guests::destroy(sim, kind, vmid, params, caller),
+                ("GET", ["config"]) => guests::get_config(sim, kind, vmid, params),
+                ("PUT", ["config"]) => guests::update_config(sim, kind, vmid, params, caller, false),
+                ("POST", ["config"]) if kind == GuestKind::Qemu => guests::update_config(sim, kind, vmid, params, caller, true),
+                ("PUT", ["resize"]) => guests::resize(sim, kind, vmid, params, caller),
+                ("GET", ["status", "current"]) => guests::status_current(sim, kind, vmid),
+                ("POST", ["status", action]) => guests::status_action(sim, kind, vmid, action, params, caller),
+                ("GET", ["interfaces"]) if kind == GuestKind::Lxc => guests::lxc_interfaces(sim, vmid),
+                ("GET", ["agent", "network-get-interfaces"]) if kind == GuestKind::Qemu => guests::agent_interfaces(sim, vmid),
+                _ => Err(not_implemented(method, path)),
+            }
+        }
+        _ => Err(not_implemented(method, path)),
+    }
+}
+
+fn vmid_of(segment: &str) -> Result<u32, Reply> {
+    let params: Params = [("vmid".to_string(), segment.to_string())].into();
+    check(&[opt("vmid", VMID)], &params).map_err(Reply::params)?;
+    segment.parse().map_err(|_| Reply::param("vmid", format!("type check ('integer') failed - got '{segment}'")))
+}
+
+/// Query parameters, plus the form or JSON body of POST/PUT.
+fn parse_params(method: &str, query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Params, Reply> {
+    let mut params = Params::new();
+    if let Some(query) = query {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query).map_err(|e| Reply::error(400, format!("unable to parse query string: {e}")))?;
+        params.extend(pairs);
+    }
+    if !(method == "POST" || method == "PUT") || body.is_empty() {
+        return Ok(params);
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with("application/json") {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| Reply::error(400, format!("unable to parse JSON body: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(Reply::error(400, "JSON body is not an object"));
+        };
+        for (key, value) in map {
+            let text = match value {
+                Value::Null => continue,
+                Value::Bool(b) => if b { "1" } else { "0" }.to_string(),
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            params.insert(key, text);
+        }
+    } else {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).map_err(|e| Reply::error(400, format!("unable to parse form body: {e}")))?;
+        params.extend(pairs);
+    }
+    Ok(params)
+}
+
+// ---- authentication --------------------------------------------------------
+
+async fn login(sim: &Sim, params: &Params) -> HandlerResult {
+    let schema = [
+        opt("username", Ty::Str { max_len: 64 }),
+        opt("password", Ty::Str { max_len: 4096 }),
+        opt("realm", Ty::Str { max_len: 32 }),
+        opt("otp", Ty::Str { max_len: 64 }),
+        opt("new-format", Ty::Bool),
+    ];
+    check(&schema, params).map_err(Reply::params)?;
+    let mut user = params.get("username").cloned().unwrap_or_default();
+    if !user.contains('@') {
+        if let Some(realm) = params.get("realm") {
+            user = format!("{user}@{realm}");
+        }
+    }
+    let password_ok = params.get("password").is_some_and(|p| *p == sim.opts.password);
+    if user != "root@pam" || !password_ok {
+        tokio::time::sleep(Duration::from_millis(sim.opts.auth_fail_delay_ms)).await;
+        return Err(Reply::error(401, "authentication failure"));
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut state = lock_state(sim);
+    let ticket = format!("PVE:{user}:{now:08X}::{}", state.random_hex(48));
+    let csrf = format!("{now:08X}:{}", state.random_hex(20));
+    state.tickets.insert(
+        ticket.clone(),
+        Ticket { user: user.clone(), csrf: csrf.clone(), expires: Instant::now() + TICKET_LIFETIME },
+    );
+    Ok(json!({
+        "ticket": ticket,
+        "CSRFPreventionToken": csrf,
+        "username": user,
+        "cap": { "vms": { "VM.Allocate": 1 }, "nodes": { "Sys.Audit": 1 } },
+    }))
+}
+
+fn cookie_ticket(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("PVEAuthCookie="))
+        .map(|t| percent_decode_str(t.trim_matches('"')).decode_utf8_lossy().into_owned())
+}
+
+async fn authenticate(sim: &Sim, method: &str, headers: &HeaderMap) -> Result<Caller, Reply> {
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let auth = auth.to_str().unwrap_or("");
+        let Some(token) = auth.strip_prefix("PVEAPIToken=") else {
+            return Err(Reply::error(401, "invalid authorization header"));
+        };
+        // USER@REALM!TOKENID=SECRET: the secret follows the last '='.
+        let valid = token
+            .rsplit_once('=')
+            .is_some_and(|(id, secret)| id == sim.opts.token_id && secret == sim.opts.token_secret);
+        if !valid {
+            tokio::time::sleep(Duration::from_millis(sim.opts.auth_fail_delay_ms)).await;
+            return Err(Reply::error(401, "invalid token value!"));
+        }
+        // Tokens are exempt from CSRF checks.
+        return Ok(Caller { user: sim.opts.token_id.clone() });
+    }
+    let Some(ticket) = cookie_ticket(headers) else {
+        return Err(Reply::error(401, "No ticket"));
+    };
+    let (user, csrf) = {
+        let state = lock_state(sim);
+        match state.tickets.get(&ticket) {
+            Some(t) if t.expires > Instant::now() => (t.user.clone(), t.csrf.clone()),
+            _ => return Err(Reply::error(401, "invalid ticket - ticket expired or not valid")),
+        }
+    };
+    if method != "GET" {
+        let sent = headers.get("CSRFPreventionToken").and_then(|v| v.to_str().ok());
+        if sent != Some(csrf.as_str()) {
+            return Err(Reply::error(401, "Permission denied - invalid csrf token"));
+        }
+    }
+    Ok(Caller { user })
+}
+
+// ---- faults ---------------------------------------------------------------
+
+enum Fault {
+    None,
+    /// Fail without doing anything.
+    Before(Reply),
+    /// Do the work, then fail as if the proxy lost the daemon's answer.
+    AnswerLost(Reply),
+}
+
+fn roll_fault(sim: &Sim, method: &str, segs: &[&str]) -> Fault {
+    let mut state = lock_state(sim);
+    if !state.chance(sim.opts.faults) {
+        return Fault::None;
+    }
+    sim.faults_injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let guest = segs.windows(2).find_map(|w| match w[0] {
+        "lxc" => w[1].parse::<u32>().ok().map(|id| (GuestKind::Lxc, id)),
+        "qemu" => w[1].parse::<u32>().ok().map(|id| (GuestKind::Qemu, id)),
+        _ => None,
+    });
+    match state.rng.gen_range(0..3) {
+        0 => Fault::Before(Reply::fail("got timeout")),
+        1 => match guest {
+            Some((kind, vmid)) => {
+                Fault::Before(Reply::fail(format!("can't lock file '{}' - got timeout", kind.lock_file(vmid))))
+            }
+            None => Fault::Before(Reply::error(503, "Service Unavailable")),
+        },
+        _ if method != "GET" => Fault::AnswerLost(Reply::fail("got timeout")),
+        _ => Fault::Before(Reply::error(596, "Connection timed out")),
+    }
+}
+
+// ---- node, cluster, storage -------------------------------------------------
+
+fn node_entry(sim: &Sim, with_fingerprint: bool) -> Value {
+    let mut entry = json!({
+        "node": sim.opts.node, "id": format!("node/{}", sim.opts.node), "type": "node",
+        "status": "online", "level": "", "maxcpu": 8, "cpu": 0.03,
+        "maxmem": 34359738368u64, "mem": 4294967296u64, "maxdisk": 100861726720u64, "disk": 4294967296u64, "uptime": 86400,
+    });
+    if with_fingerprint {
+        entry["ssl_fingerprint"] = json!(sim.fingerprint);
+    }
+    entry
+}
+
+fn next_id(sim: &Sim, params: &Params) -> HandlerResult {
+    check(&[opt("vmid", VMID)], params).map_err(Reply::params)?;
+    let state = lock_state(sim);
+    match params.get("vmid").and_then(|v| v.parse::<u32>().ok()) {
+        Some(vmid) if state.guests.contains_key(&vmid) => Err(Reply::param("vmid", format!("VM {vmid} already exists"))),
+        Some(vmid) => Ok(json!(vmid.to_string())),
+        None => Ok(json!(state.next_free_vmid().to_string())),
+    }
+}
+
+fn cluster_resources(sim: &Sim, params: &Params) -> HandlerResult {
+    check(&[opt("type", Ty::Enum(&["vm", "storage", "node", "sdn"]))], params).map_err(Reply::params)?;
+    let wanted = params.get("type").map(String::as_str);
+    let mut out = Vec::new();
+    if wanted.is_none() || wanted == Some("node") {
+        out.push(node_entry(sim, false));
+    }
+    if wanted.is_none() || wanted == Some("storage") {
+        for (id, plugin, content) in STORAGES {
+            out.push(json!({
+                "id": format!("storage/{}/{id}", sim.opts.node), "type": "storage", "storage": id,
+                "node": sim.opts.node, "status": "available", "plugintype": plugin, "content": content,
+                "shared": 0, "maxdisk": 100861726720u64, "disk": 1073741824u64,
+            }));
+        }
+    }
+    if wanted.is_none() || wanted == Some("vm") {
+        let state = lock_state(sim);
+        for guest in state.guests.values() {
+            out.push(guests::resource_entry(&sim.opts.node, guest));
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+fn storage_list(sim: &Sim) -> Value {
+    let list: Vec<Value> = STORAGES
+        .iter()
+        .map(|(id, plugin, content)| {
+            json!({ "storage": id, "type": plugin, "content": content, "active": 1, "enabled": 1, "shared": 0,
+                    "total": 100861726720u64, "used": 1073741824u64, "avail": 99787984896u64 })
+        })
+        .collect();
+    let _ = sim;
+    Value::Array(list)
+}
+
+fn storage_content(sim: &Sim, storage: &str, params: &Params) -> HandlerResult {
+    let schema = [
+        opt("content", Ty::Enum(&["images", "rootdir", "vztmpl", "iso", "backup", "snippets", "import"])),
+        opt("vmid", VMID),
+    ];
+    check(&schema, params).map_err(Reply::params)?;
+    if !STORAGES.iter().any(|(id, _, _)| *id == storage) {
+        return Err(Reply::fail(format!("storage '{storage}' does not exist")));
+    }
+    let content = params.get("content").map(String::as_str);
+    let mut out = Vec::new();
+    if storage == "local" && content.is_none_or(|c| c == "vztmpl") {
+        for volid in LXC_TEMPLATES {
+            out.push(json!({ "volid": volid, "content": "vztmpl", "format": "tzst", "size": 126_322_105u64, "ctime": 1_718_000_000u64 }));
+        }
+    }
+    if storage == "local-lvm" {
+        let state = lock_state(sim);
+        for guest in state.guests.values() {
+            for (key, volume) in &guest.config {
+                let Some(volid) = volume.split(',').next().filter(|v| v.starts_with("local-lvm:")) else { continue };
+                let is_disk = key == "rootfs" || key.starts_with("scsi") || key.starts_with("mp");
+                if !is_disk {
+                    continue;
+                }
+                let kind = if guest.kind == GuestKind::Lxc { "rootdir" } else { "images" };
+                if content.is_some_and(|c| c != kind) || params.get("vmid").is_some_and(|v| *v != guest.vmid.to_string()) {
+                    continue;
+                }
+                let size = guests::volume_size(volume).unwrap_or(0);
+                out.push(json!({ "volid": volid, "content": kind, "format": "raw", "size": size, "vmid": guest.vmid }));
+            }
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+// ---- tasks -------------------------------------------------------------------
+
+fn task_list(sim: &Sim) -> Value {
+    let state = lock_state(sim);
+    let mut tasks: Vec<Value> = state
+        .tasks
+        .values()
+        .map(|t| {
+            let mut v = json!({ "upid": t.upid, "node": sim.opts.node, "pid": t.pid, "pstart": t.pstart,
+                                "starttime": t.starttime, "type": t.worker_type, "id": t.id, "user": t.user });
+            if let Some(status) = &t.exitstatus {
+                v["status"] = json!(status);
+                v["endtime"] = json!(t.starttime);
+            }
+            v
+        })
+        .collect();
+    tasks.sort_by_key(|t| std::cmp::Reverse(t["starttime"].as_u64()));
+    Value::Array(tasks)
+}
+
+fn task_status(sim: &Sim, upid: &str) -> HandlerResult {
+    let mut state = lock_state(sim);
+    let Some(task) = state.tasks.get_mut(upid) else {
+        return Err(Reply::error(400, "no such task"));
+    };
+    if task.invisible_polls > 0 {
+        task.invisible_polls -= 1;
+        return Err(Reply::error(400, "no such task"));
+    }
+    let mut status = json!({
+        "upid": task.upid, "node": sim.opts.node, "pid": task.pid, "pstart": task.pstart,
+        "starttime": task.starttime, "type": task.worker_type, "id": task.id, "user": task.user,
+        "status": if task.exitstatus.is_some() { "stopped" } else { "running" },
+    });
+    if let Some(exit) = &task.exitstatus {
+        status["exitstatus"] = json!(exit);
+    }
+    Ok(status)
+}
+
+fn task_log(sim: &Sim, upid: &str, params: &Params) -> HandlerResult {
+    let schema = [
+        opt("start", Ty::Int { min: 0, max: i64::MAX }),
+        opt("limit", Ty::Int { min: 0, max: i64::MAX }),
+        opt("download", Ty::Bool),
+    ];
+    check(&schema, params).map_err(Reply::params)?;
+    let start: usize = params.get("start").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let limit: usize = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(50);
+    let state = lock_state(sim);
+    let Some(task) = state.tasks.get(upid) else {
+        return Err(Reply::error(400, "no such task"));
+    };
+    let lines: Vec<Value> =
+        task.log.iter().enumerate().skip(start).take(limit).map(|(i, t)| json!({ "n": i + 1, "t": t })).collect();
+    Ok(Value::Array(lines))
+}

@@ -1,0 +1,80 @@
+//! Proxmox's wire envelope: `{"data": …}` on success; on failure the message
+//! travels in the HTTP status line's reason phrase, the body is
+//! `{"data":null,"message":"…"}` (plus `errors` per field for 400s), and the
+//! server closes the connection after the response.
+
+use super::validation::FieldErrors;
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Response, StatusCode};
+use serde_json::{json, Value};
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub message: Option<String>,
+    pub body: Value,
+}
+
+pub type HandlerResult = Result<Value, Reply>;
+
+impl Reply {
+    pub fn data(data: Value) -> Reply {
+        Reply { status: StatusCode::OK, message: None, body: json!({ "data": data }) }
+    }
+
+    /// An error whose message is the reason phrase (PVE ends messages with `\n`).
+    pub fn error(status: u16, message: impl Into<String>) -> Reply {
+        let message = message.into();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({ "data": null, "message": format!("{}\n", message.trim_end()) });
+        Reply { status, message: Some(message), body }
+    }
+
+    /// 500, the status Proxmox uses for most failures.
+    pub fn fail(message: impl Into<String>) -> Reply {
+        Reply::error(500, message)
+    }
+
+    pub fn params(errors: FieldErrors) -> Reply {
+        let mut reply = Reply::error(400, "Parameter verification failed.");
+        reply.body["errors"] = json!(errors);
+        reply
+    }
+
+    pub fn param(field: &str, message: impl Into<String>) -> Reply {
+        Reply::params([(field.to_string(), message.into())].into())
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let bytes = serde_json::to_vec(&self.body).unwrap_or_default();
+        let mut response = Response::new(Body::from(bytes));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=0"));
+        headers.insert(header::SERVER, HeaderValue::from_static("pve-api-daemon/3.0"));
+        if self.status.as_u16() >= 400 {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(message) = &self.message {
+            if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(status_line_text(message).into_bytes()) {
+                response.extensions_mut().insert(reason);
+            }
+        }
+        response
+    }
+}
+
+/// A status line carries one line of visible text.
+fn status_line_text(message: &str) -> String {
+    let one_line: String = message
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { ' ' })
+        .collect();
+    if one_line.is_empty() {
+        "error".into()
+    } else {
+        one_line
+    }
+}

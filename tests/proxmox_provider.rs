@@ -1,0 +1,186 @@
+//! The Proxmox provider against the simulator with faults: create a plan's
+//! machines (retrying failed creates as the core does), refresh to a zero
+//! diff, delete everything. Several seeds.
+
+use rigger::events::Events;
+use rigger::plan::model::*;
+use rigger::providers::proxmox::client::{Auth, ClientOptions, ProxmoxClient};
+use rigger::providers::proxmox::tls::{self, TlsMode};
+use rigger::providers::proxmox::{ProviderTimeouts, ProxmoxProvider};
+use rigger::providers::{Deps, Provider};
+use rigger::resource::{LiveResource, ResourceSpec};
+use rigger::sim::proxmox::{self as sim, ProxmoxSimOptions, QEMU_TEMPLATE_NAME};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBbOT2vYcFq7uYdK0r5oQzGJmS0t2C3mA5YbQm1cJx3f test@rigger\n";
+
+fn host(name: &str, ip: Ipv4Addr, vmid: Option<u32>, kind: GuestKind) -> Host {
+    Host {
+        name: name.into(),
+        group: name.split('-').next().unwrap_or(name).into(),
+        index: 1,
+        roles: vec!["patroni".into()],
+        subnet: "app".into(),
+        ip,
+        image: QEMU_TEMPLATE_NAME.into(),
+        cores: 2,
+        memory_bytes: 2 << 30,
+        disk_bytes: 8 << 30,
+        core_fraction: 100,
+        firewall: vec![],
+        public_ip: false,
+        vmid,
+        guest_kind: kind,
+        zone: None,
+    }
+}
+
+fn plan(dir: &std::path::Path, endpoint: &str) -> Plan {
+    let key_file = dir.join("id_ed25519.pub");
+    std::fs::write(&key_file, KEY).unwrap();
+    Plan {
+        file: dir.join("rigger.yaml"),
+        dir: dir.to_path_buf(),
+        version: 1,
+        project: "PG-HA".into(),
+        provider: ProviderConfig::Proxmox(ProxmoxConfig {
+            endpoint: Some(endpoint.into()),
+            node: "pve".into(),
+            token_id: Some("root@pam!rigger".into()),
+            tls_fingerprint: None,
+            insecure: false,
+            storage: "local-lvm".into(),
+            bridge: "vmbr0".into(),
+            template: sim::DEFAULT_LXC_TEMPLATE.into(),
+        }),
+        ssh: SshConfig { user: "rigger".into(), private_key_file: PathBuf::from("/nonexistent"), public_key_file: key_file, bastion: None },
+        network: Network {
+            name: "main".into(),
+            subnets: vec![Subnet { name: "app".into(), cidr: "192.168.50.0/24".parse().unwrap(), zone: None, gateway: "192.168.50.1".parse().unwrap() }],
+        },
+        firewall: vec![],
+        hosts: vec![
+            host("pg-1", "192.168.50.21".parse().unwrap(), Some(101), GuestKind::Lxc),
+            host("pg-2", "192.168.50.22".parse().unwrap(), Some(102), GuestKind::Lxc),
+            host("pg-3", "192.168.50.23".parse().unwrap(), Some(103), GuestKind::Lxc),
+            host("etcd-1", "192.168.50.51".parse().unwrap(), Some(110), GuestKind::Lxc),
+            host("app-1", "192.168.50.61".parse().unwrap(), None, GuestKind::Qemu),
+        ],
+        services: BTreeMap::new(),
+    }
+}
+
+/// What the core does: a failed create is tried again.
+async fn create_with_retries(provider: &ProxmoxProvider, spec: &ResourceSpec) -> LiveResource {
+    let mut last = None;
+    for _ in 0..4 {
+        match provider.create(spec, &Deps::new(), &Events::silent()).await {
+            Ok(live) => return live,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("{} could not be created: {:#}", spec.address, last.unwrap());
+}
+
+async fn delete_with_retries(provider: &ProxmoxProvider, live: &LiveResource) {
+    let mut last = None;
+    for _ in 0..4 {
+        match provider.delete(live, &Events::silent()).await {
+            Ok(()) => return,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("{} could not be deleted: {:#}", live.address, last.unwrap());
+}
+
+async fn refresh_with_retries(provider: &ProxmoxProvider) -> Vec<LiveResource> {
+    for _ in 0..3 {
+        if let Ok(live) = provider.refresh(&[], &Events::silent()).await {
+            return live;
+        }
+    }
+    provider.refresh(&[], &Events::silent()).await.expect("refresh")
+}
+
+async fn round_trip(seed: u64) {
+    let mut opts = ProxmoxSimOptions::new("127.0.0.1:0".parse().unwrap());
+    opts.op_time_ms = 40;
+    opts.agent_delay_ms = 150;
+    opts.auth_fail_delay_ms = 10;
+    opts.faults = 0.12;
+    opts.seed = seed;
+    let handle = sim::start(opts).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), &handle.base_url());
+    let ProviderConfig::Proxmox(config) = &plan.provider else { unreachable!() };
+    let tls = TlsMode::Pinned(tls::parse_fingerprint(handle.fingerprint.as_deref().unwrap()).unwrap());
+    let auth = Auth::Token { id: handle.options.token_id.clone(), secret: handle.options.token_secret.clone() };
+    let client = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth, tls)).unwrap();
+    let provider = ProxmoxProvider::new(client, config.clone(), plan.project.clone()).with_timeouts(ProviderTimeouts {
+        running: Duration::from_secs(60),
+        agent: Duration::from_secs(60),
+        attempts: 6,
+    });
+
+    let specs = provider.specs(&plan).unwrap();
+    assert_eq!(specs.len(), plan.hosts.len(), "only machines: Proxmox has no VPC objects");
+    let created = futures::future::join_all(specs.iter().map(|spec| create_with_retries(&provider, spec))).await;
+    for live in &created {
+        assert!(live.output_str("ssh_host").is_some_and(|ip| ip.starts_with("192.168.50.")), "{live:?}");
+    }
+
+    // Refresh shows every machine exactly as planned.
+    let live = refresh_with_retries(&provider).await;
+    assert_eq!(live.len(), specs.len(), "seed {seed}: {live:#?}");
+    for spec in &specs {
+        let found = live.iter().find(|l| l.address == spec.address).unwrap_or_else(|| panic!("seed {seed}: {} missing", spec.address));
+        let changed: Vec<_> = spec.attrs.iter().filter(|(k, v)| found.attrs.get(*k) != Some(*v)).map(|(k, v)| (k, v, found.attrs.get(k))).collect();
+        assert!(changed.is_empty(), "seed {seed}: {} differs: {changed:?}", spec.address);
+    }
+    // No duplicates in the store.
+    let guests = handle.guests();
+    let mut names: Vec<&str> = guests.iter().map(|g| g.name.as_str()).collect();
+    names.sort();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(before, names.len(), "seed {seed}: duplicate guests {guests:?}");
+    assert_eq!(guests.len(), specs.len() + 1, "seed {seed}: {guests:?}");
+
+    // An update in place: more memory for pg-1.
+    let mut bigger = specs[0].clone();
+    bigger.attrs.insert("memory".into(), serde_json::json!(4096));
+    let pg1 = live.iter().find(|l| l.address == bigger.address).unwrap();
+    let mut updated = None;
+    for _ in 0..4 {
+        if let Ok(l) = provider.update(&bigger, pg1, &Deps::new(), &Events::silent()).await {
+            updated = Some(l);
+            break;
+        }
+    }
+    assert_eq!(updated.expect("update").attrs["memory"], serde_json::json!(4096));
+
+    futures::future::join_all(live.iter().map(|l| delete_with_retries(&provider, l))).await;
+    let left = handle.guests();
+    assert!(left.iter().all(|g| g.template), "seed {seed}: left behind {left:?}");
+    assert!(refresh_with_retries(&provider).await.is_empty());
+    assert!(handle.faults_injected() > 0, "seed {seed}: the run saw no faults");
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_refresh_delete_with_faults_seed_1() {
+    round_trip(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_refresh_delete_with_faults_seed_2() {
+    round_trip(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_refresh_delete_with_faults_seed_3() {
+    round_trip(3).await;
+}
