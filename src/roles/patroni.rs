@@ -41,7 +41,7 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let v = version(plan);
     Ok(HostDesired {
         packages: vec!["patroni".into(), format!("postgresql-{v}"), "python3-psycopg2".into()],
-        files: vec![file("patroni", "/etc/patroni/config.yml", r.render("patroni.yml.j2", ctx)?, 0o600, "postgres", "postgres", Some(VALIDATE), &["patroni"])],
+        files: vec![file("patroni", "/etc/patroni/config.yml", r.render("patroni.yml.j2", ctx)?, 0o600, "postgres", "postgres", Some(("patroni --validate-config", VALIDATE)), &["patroni"])],
         services: vec![service("patroni", "patroni", OnChange::Custom)],
         stop_disable: vec!["postgresql".into(), format!("postgresql@{v}-main")],
         ..Default::default()

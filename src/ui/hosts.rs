@@ -9,6 +9,9 @@ use similar::TextDiff;
 use std::collections::BTreeMap;
 
 const MASK: &str = "(sensitive)";
+/// A file rigger takes over from the distro can differ in hundreds of lines:
+/// show the start of the diff, not all of it.
+const MAX_DIFF_LINES: usize = 60;
 
 /// Replace every secret value in `text` by a mask.
 pub fn mask(text: &str, secrets: &BTreeMap<String, String>) -> String {
@@ -75,7 +78,13 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
                 let old = mask(hp.old_content.get(&fc.file.path).map(String::as_str).unwrap_or(""), secrets);
                 let new = mask(&fc.file.content, secrets);
                 let diff = TextDiff::from_lines(&old, &new);
-                for line in diff.unified_diff().context_radius(2).to_string().lines() {
+                let text = diff.unified_diff().context_radius(2).to_string();
+                let total = text.lines().count();
+                for (i, line) in text.lines().enumerate() {
+                    if i == MAX_DIFF_LINES && total > MAX_DIFF_LINES + 10 {
+                        out.push_str(&format!("          {}\n", paint.dim(&format!("… {} more diff lines", total - i))));
+                        break;
+                    }
                     let shown = if line.starts_with('+') {
                         paint.green(line)
                     } else if line.starts_with('-') {
