@@ -38,12 +38,14 @@ pub struct ConfigPlan {
     pub not_built: Vec<String>,
     /// PostgreSQL parameters to change in the DCS: (name, now, wanted).
     pub parameter_changes: Vec<(String, Option<String>, String)>,
+    /// Patroni members whose PostgreSQL still owes a restart.
+    pub pending_restarts: Vec<String>,
     pub sessions: BTreeMap<String, HostSession>,
 }
 
 impl ConfigPlan {
     pub fn is_empty(&self) -> bool {
-        self.hosts.values().all(|h| h.changes.is_empty()) && self.parameter_changes.is_empty() && self.not_built.is_empty()
+        self.hosts.values().all(|h| h.changes.is_empty()) && self.parameter_changes.is_empty() && self.pending_restarts.is_empty() && self.not_built.is_empty()
     }
 
     pub async fn close(self) {
@@ -133,7 +135,12 @@ pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_
         .next()
         .map(|c| roles::patroni::parameter_changes(plan, c))
         .unwrap_or_default();
-    Ok(ConfigPlan { hosts: host_plans, not_built, parameter_changes, sessions })
+    let pending_restarts = host_plans
+        .iter()
+        .filter(|(_, hp)| hp.facts.probes.get("patroni_state").is_some_and(|p| roles::patroni::restart_pending(p)))
+        .map(|(n, _)| n.clone())
+        .collect();
+    Ok(ConfigPlan { hosts: host_plans, not_built, parameter_changes, pending_restarts, sessions })
 }
 
 /// Carry the config plan out, role by role.

@@ -30,23 +30,24 @@ pub struct HostSummary {
     pub reload: usize,
     pub install: usize,
     pub parameters: usize,
+    pub pending_restarts: usize,
 }
 
 impl HostSummary {
     pub fn of(cp: &ConfigPlan) -> HostSummary {
-        let mut s = HostSummary { parameters: cp.parameter_changes.len(), ..Default::default() };
+        let mut s = HostSummary { parameters: cp.parameter_changes.len(), pending_restarts: cp.pending_restarts.len(), ..Default::default() };
         for hp in cp.hosts.values() {
             let c = &hp.changes;
             s.files += c.files.len();
             s.start += c.start.len();
-            s.restart += c.restart.len() + c.custom.len();
-            s.reload += c.reload.len();
+            s.restart += c.restart.len();
+            s.reload += c.reload.len() + c.custom.len();
             s.install += c.install.len();
         }
         s
     }
     pub fn is_empty(&self) -> bool {
-        self.files + self.start + self.restart + self.reload + self.install + self.parameters == 0
+        self.files + self.start + self.restart + self.reload + self.install + self.parameters + self.pending_restarts == 0
     }
 }
 
@@ -56,7 +57,7 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
         out.push_str(&format!("Hosts configured once their machines exist: {}\n\n", cp.not_built.join(", ")));
     }
     let changed: Vec<_> = cp.hosts.iter().filter(|(_, hp)| !hp.changes.is_empty()).collect();
-    if changed.is_empty() && cp.parameter_changes.is_empty() {
+    if changed.is_empty() && cp.parameter_changes.is_empty() && cp.pending_restarts.is_empty() {
         if !cp.hosts.is_empty() {
             out.push_str(&format!("{} Every host matches its roles.\n", paint.green("No host changes.")));
         }
@@ -96,7 +97,8 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
                 }
             }
         }
-        for (what, list) in [("start", &c.start), ("restart", &c.restart), ("reload", &c.reload), ("restart (rolling)", &c.custom)] {
+        // Custom-handled services (Patroni) re-read their file; restarts they need roll (below).
+        for (what, list) in [("start", &c.start), ("restart", &c.restart), ("reload", &c.reload), ("reload", &c.custom)] {
             for s in list {
                 out.push_str(&format!("      {} {what} {s}\n", paint.yellow("↻")));
             }
@@ -109,6 +111,12 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
             out.push_str(&format!("      {} {k} = {} -> {want:?}\n", paint.yellow("~"), now.as_deref().map(|n| format!("{n:?}")).unwrap_or("(unset)".into())));
         }
         out.push('\n');
+    }
+    if !cp.pending_restarts.is_empty() {
+        out.push_str(&format!(
+            "  PostgreSQL restarts still pending (rolled on apply: replicas, then the leader after a switchover): {}\n\n",
+            cp.pending_restarts.join(", ")
+        ));
     }
     let s = HostSummary::of(cp);
     out.push_str(&format!(
@@ -152,8 +160,8 @@ pub fn json(cp: &ConfigPlan) -> Vec<HostChangeJson> {
                 install: c.install.clone(),
                 files: c.files.iter().map(|f| FileChangeJson { path: f.file.path.clone(), reasons: f.reasons.clone() }).collect(),
                 start: c.start.clone(),
-                restart: c.restart.iter().chain(c.custom.iter()).cloned().collect(),
-                reload: c.reload.clone(),
+                restart: c.restart.clone(),
+                reload: c.reload.iter().chain(c.custom.iter()).cloned().collect(),
                 stop_disable: c.stop_disable.clone(),
             }
         })
