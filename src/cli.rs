@@ -35,6 +35,16 @@ pub enum Command {
     Inventory(InventoryCmd),
     /// Endpoints and connection facts of the built stack
     Output(OutputCmd),
+    /// Live health of the stack's services (exit 1 when unhealthy)
+    Status(StatusCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@ pub mod inventory;
 pub mod output;
 pub mod plan;
 pub mod state;
+pub mod status;
 pub mod validate;
 
 use anyhow::{bail, Result};
