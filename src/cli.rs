@@ -37,6 +37,17 @@ pub enum Command {
     Output(OutputCmd),
     /// Live health of the stack's services (exit 1 when unhealthy)
     Status(StatusCmd),
+    /// Failover drill: kill the Patroni leader's machine, measure the RTO, check no write was lost
+    Drill(DrillCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct DrillCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    /// An orderly shutdown instead of pulling the plug
+    #[arg(long)]
+    pub shutdown: bool,
 }
 
 #[derive(Args, Debug)]

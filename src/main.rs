@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             Command::Inventory(a) => commands::inventory::run(a, state),
             Command::Output(a) => commands::output::run(a, state),
             Command::Status(a) => commands::status::run(a, state).await,
+            Command::Drill(a) => commands::drill::run(a, state).await,
         }
     });
     match result {

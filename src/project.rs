@@ -78,6 +78,7 @@ impl Project {
         if !matches!(self.plan.provider, ProviderConfig::Local(_)) {
             return Ok(());
         }
+        raise_inotify_limit(events);
         let wanted = [("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap"), ("ssh-keygen", "openssh-client"), ("ip", "iproute2")];
         let missing: Vec<&str> = wanted.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
         if missing.is_empty() {
@@ -128,6 +129,19 @@ impl Project {
             }
         }
         state::write_atomic(&self.known_hosts_path(), lines.as_bytes())
+    }
+}
+
+/// Every booted systemd in a machine holds several inotify instances, all
+/// counted against root's limit (128 by default): a dozen machines exhaust it
+/// and the next one dies at boot with "Too many open files". Raise it (as LXD
+/// and Incus advise for hosts of many containers).
+fn raise_inotify_limit(events: &crate::events::Events) {
+    const PATH: &str = "/proc/sys/fs/inotify/max_user_instances";
+    const WANTED: u64 = 1024;
+    let now = std::fs::read_to_string(PATH).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(WANTED);
+    if now < WANTED && std::fs::write(PATH, WANTED.to_string()).is_ok() {
+        events.note("host", format!("raised fs.inotify.max_user_instances from {now} to {WANTED} (one systemd per machine)"));
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod destroy;
+pub mod drill;
 pub mod graph;
 pub mod inventory;
 pub mod output;

@@ -39,6 +39,22 @@ pub trait Provider: Send + Sync {
 
     /// Delete a resource and wait until it is gone. Deleting what is already gone is Ok.
     async fn delete(&self, live: &LiveResource, events: &Events) -> Result<()>;
+
+    /// Power a machine on or off (failure drills). Providers that cannot say so.
+    async fn power(&self, live: &LiveResource, action: Power, events: &Events) -> Result<LiveResource> {
+        let _ = (live, events);
+        anyhow::bail!("the {} provider cannot {action:?} a machine yet", self.kind())
+    }
+}
+
+/// What `Provider::power` does to a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    Start,
+    /// An orderly shutdown.
+    Shutdown,
+    /// Pull the plug: nothing on the machine gets to clean up.
+    Kill,
 }
 
 /// The provider a plan asks for.

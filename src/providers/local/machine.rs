@@ -244,6 +244,8 @@ pub async fn start(paths: &MachinePaths, meta: &Meta) -> Result<u32> {
     if let Some(pid) = machine_pid(&meta.name)? {
         return Ok(pid);
     }
+    // Never two systems on one root: a container whose nspawn died goes first.
+    kill_container(&meta.netns);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -339,18 +341,62 @@ fn log_tail(path: &Path) -> String {
 
 /// Orderly shutdown: nspawn turns SIGTERM into a container poweroff. Killed
 /// after the grace period.
-pub async fn stop(name: &str) -> Result<()> {
-    let Some(pid) = machine_pid(name)? else { return Ok(()) };
+pub async fn stop(name: &str, netns: &str) -> Result<()> {
+    let Some(pid) = machine_pid(name)? else {
+        // No nspawn, but maybe an orphaned container in its namespace: take it down.
+        kill_container(netns);
+        return Ok(());
+    };
     let target = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
     let _ = kill(target, Signal::SIGTERM);
-    if wait_gone(name, STOP_GRACE).await? {
+    if wait_gone(name, STOP_GRACE).await? && processes_in(netns).is_empty() {
         return Ok(());
     }
-    let _ = kill(target, Signal::SIGKILL);
-    if wait_gone(name, Duration::from_secs(10)).await? {
+    kill_now(name, netns).await
+}
+
+/// Pull the plug (a crash, for failure drills): SIGKILL to the container's
+/// init takes its whole PID namespace down at once, nothing inside gets to
+/// shut down cleanly; nspawn then exits by itself. (SIGKILL to nspawn alone
+/// would orphan the container, still running.)
+pub async fn kill_now(name: &str, netns: &str) -> Result<()> {
+    kill_container(netns);
+    if let Some(pid) = machine_pid(name)? {
+        if !wait_gone(name, Duration::from_secs(10)).await? {
+            let _ = kill(Pid::from_raw(i32::try_from(pid).context("pid out of range")?), Signal::SIGKILL);
+        }
+    }
+    if wait_gone(name, Duration::from_secs(10)).await? && processes_in(netns).is_empty() {
         return Ok(());
     }
-    bail!("machine {name} (systemd-nspawn pid {pid}) does not stop even after SIGKILL")
+    bail!("machine {name} does not stop after SIGKILL")
+}
+
+/// Processes of the container: everything in the machine's own network
+/// namespace (a process's root reads as `/` from inside its mount namespace,
+/// so the namespace is the reliable mark).
+pub fn processes_in(netns: &str) -> Vec<u32> {
+    let Ok(target) = std::fs::metadata(format!("/run/netns/{netns}")) else { return Vec::new() };
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let ns = std::fs::metadata(e.path().join("ns/net")).ok()?;
+            (ns.ino() == target.ino() && ns.dev() == target.dev()).then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILL every process of the container (killing a PID namespace's init
+/// kills the whole namespace; the rest go too).
+fn kill_container(netns: &str) {
+    for pid in processes_in(netns) {
+        if let Ok(p) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+    }
 }
 
 async fn wait_gone(name: &str, within: Duration) -> Result<bool> {
@@ -367,7 +413,7 @@ async fn wait_gone(name: &str, within: Duration) -> Result<bool> {
 /// Stops the machine and removes everything of it: process, veth, namespace,
 /// overlay mount, directory. Nothing is deleted through a mount.
 pub async fn destroy(paths: &MachinePaths, name: &str, netns: &str, veth: &str) -> Result<()> {
-    stop(name).await?;
+    stop(name, netns).await?;
     net::delete_machine_link(netns, veth).await?;
     if paths.dir.exists() {
         mounts::unmount_all_under(&paths.dir).await?;

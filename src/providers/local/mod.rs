@@ -350,7 +350,7 @@ impl LocalProvider {
         match spec.attrs.get("status").and_then(Value::as_str) {
             Some("stopped") => {
                 events.progress(&subject, "stopping");
-                machine::stop(&meta.name).await?;
+                machine::stop(&meta.name, &meta.netns).await?;
                 Ok(live_machine(&meta, None))
             }
             _ => self.run_machine(&paths, meta, events, &subject).await,
@@ -481,6 +481,26 @@ impl Provider for LocalProvider {
             }
         })
         .await
+    }
+
+    async fn power(&self, live: &LiveResource, action: crate::providers::Power, events: &Events) -> Result<LiveResource> {
+        use crate::providers::Power;
+        self.check_host().await?;
+        anyhow::ensure!(live.address.kind == Kind::Machine, "{} is not a machine", live.address);
+        let subject = live.address.to_string();
+        let paths = self.machine_paths(&live.address.name);
+        let meta = Meta::read(&paths.meta)?.ok_or_else(|| anyhow!("machine {} is gone", live.address.name))?;
+        match action {
+            Power::Kill => {
+                machine::kill_now(&meta.name, &meta.netns).await?;
+                Ok(live_machine(&meta, None))
+            }
+            Power::Shutdown => {
+                machine::stop(&meta.name, &meta.netns).await?;
+                Ok(live_machine(&meta, None))
+            }
+            Power::Start => self.run_machine(&paths, meta, events, &subject).await,
+        }
     }
 
     async fn delete(&self, live: &LiveResource, events: &Events) -> Result<()> {
