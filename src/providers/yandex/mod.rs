@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod console;
 pub mod error;
 pub mod operations;
 pub mod resources;
@@ -21,6 +22,10 @@ use resources::{Names, Naming, IMAGE_LABEL, METADATA_LABEL};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+
+/// How long an instance may take from RUNNING until cloud-init has printed its
+/// SSH host keys to the serial console.
+const HOST_KEYS_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct YandexProvider {
     client: YandexClient,
@@ -272,6 +277,42 @@ impl YandexProvider {
         }
     }
 
+    /// The host keys on the instance's serial console, if printed yet.
+    async fn console_host_keys(&self, id: &str) -> Result<Option<Vec<String>>> {
+        let path = format!("/compute/v1/instances/{id}:serialPortOutput");
+        let v = self.client.get(Service::Compute, &path, &[("port", "1".to_string())]).await?;
+        Ok(console::host_keys(v.get("contents").and_then(Value::as_str).unwrap_or("")))
+    }
+
+    /// Wait until the instance's console shows its host keys: rigger checks
+    /// hosts strictly, so a machine whose keys cannot be read is an error.
+    async fn wait_host_keys(&self, id: &str, subject: &str, events: &Events) -> Result<Vec<String>> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        events.progress(subject, "reading SSH host keys from the serial console");
+        loop {
+            if let Some(keys) = self.console_host_keys(id).await? {
+                return Ok(keys);
+            }
+            if started.elapsed() > HOST_KEYS_TIMEOUT {
+                bail!(
+                    "instance {id} shows no SSH host keys on its serial console after {}s (cloud-init prints them between \
+                     -----BEGIN SSH HOST KEY KEYS----- and -----END SSH HOST KEY KEYS-----); rigger does not trust unknown host keys",
+                    HOST_KEYS_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 3 / 2).min(self.client.poll.max);
+        }
+    }
+
+    /// A machine read back, with the host keys its console showed.
+    async fn read_machine_with_keys(&self, id: &str, deps: &Deps, known_metadata: Option<&Value>, keys: Vec<String>) -> Result<LiveResource> {
+        let mut live = self.read(Kind::Machine, id, deps, known_metadata).await?;
+        live.outputs.insert("host_keys".into(), json!(keys));
+        Ok(live)
+    }
+
     async fn instance_status(&self, id: &str) -> Result<String> {
         let v = self.client.get(Service::Compute, &format!("/compute/v1/instances/{id}"), &[]).await?;
         Ok(v.get("status").and_then(Value::as_str).unwrap_or("").to_string())
@@ -388,6 +429,10 @@ impl Provider for YandexProvider {
         let disks: HashMap<&str, &Value> = disks.iter().filter_map(|d| Some((d.get("id")?.as_str()?, d))).collect();
         let known_metadata: HashMap<&Address, &Value> =
             known.iter().filter(|k| k.address.kind == Kind::Machine).filter_map(|k| Some((&k.address, k.attrs.get("metadata")?))).collect();
+        // Host keys were read from the console when the instance was made; an
+        // instance id keeps its keys, so only instances rigger never saw cost a call.
+        let known_host_keys: HashMap<&str, &Value> =
+            known.iter().filter(|k| k.address.kind == Kind::Machine).filter_map(|k| Some((k.id.as_str(), k.outputs.get("host_keys")?))).collect();
 
         let mut out = Vec::new();
         out.extend(networks.iter().filter_map(|v| resources::live_network(v, &self.naming)));
@@ -400,7 +445,14 @@ impl Provider for YandexProvider {
             let disk = v.pointer("/bootDisk/diskId").and_then(Value::as_str).and_then(|id| disks.get(id)).copied();
             let name = v.get("name").and_then(Value::as_str).and_then(|n| self.naming.plan_name(n)).unwrap_or_default();
             let known = known_metadata.get(&Address::new(Kind::Machine, name)).copied();
-            out.extend(resources::live_instance(v, disk, &self.naming, &names, known));
+            let Some(mut live) = resources::live_instance(v, disk, &self.naming, &names, known) else { continue };
+            let keys = match known_host_keys.get(live.id.as_str()) {
+                Some(keys) => Some((*keys).clone()),
+                None if v.get("status").and_then(Value::as_str) == Some("RUNNING") => self.console_host_keys(&live.id).await?.map(|k| json!(k)),
+                None => None,
+            };
+            live.outputs.extend(keys.map(|k| ("host_keys".to_string(), k)));
+            out.push(live);
         }
         Ok(out)
     }
@@ -418,6 +470,8 @@ impl Provider for YandexProvider {
             events.note(&subject, format!("{} {cloud_name} already exists ({id}); adopting it", a.what));
             if kind == Kind::Machine {
                 self.wait_instance_settled(&id).await?;
+                let keys = self.wait_host_keys(&id, &subject, events).await?;
+                return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
             }
             return self.read(kind, &id, deps, known_metadata).await;
         }
@@ -440,6 +494,8 @@ impl Provider for YandexProvider {
         };
         if kind == Kind::Machine {
             self.wait_instance_settled(&id).await?;
+            let keys = self.wait_host_keys(&id, &subject, events).await?;
+            return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
         }
         self.read(kind, &id, deps, known_metadata).await
     }
@@ -461,7 +517,15 @@ impl Provider for YandexProvider {
                 let body = json!({"updateMask": "labels,ruleSpecs", "labels": self.labels_for(spec), "ruleSpecs": specs});
                 self.client.run(Method::PATCH, a.service, &path, Some(&body)).await.context(what.clone())?;
             }
-            Kind::Machine => self.update_machine(spec, live, deps, events).await.context(what.clone())?,
+            Kind::Machine => {
+                self.update_machine(spec, live, deps, events).await.context(what.clone())?;
+                // The same instance keeps its disk, so its host keys.
+                let keys = match live.outputs.get("host_keys").and_then(Value::as_array) {
+                    Some(keys) => keys.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+                    None => self.wait_host_keys(&live.id, &spec.address.to_string(), events).await?,
+                };
+                return self.read_machine_with_keys(&live.id, deps, spec.attrs.get("metadata"), keys).await;
+            }
         }
         self.read(kind, &live.id, deps, spec.attrs.get("metadata")).await
     }
