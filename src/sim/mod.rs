@@ -1,3 +1,4 @@
 //! API simulators (`rigger sim ...`).
 
+pub mod local_machines;
 pub mod yandex;
