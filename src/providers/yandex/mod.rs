@@ -134,17 +134,44 @@ impl YandexProvider {
         }
     }
 
-    /// Resolve every group a rule set names (deps first, then by name).
-    async fn group_ids(&self, rules: &Value, deps: &Deps) -> Result<HashMap<String, String>> {
+    /// Resolve every group a rule set names: from deps, else by name, else (a
+    /// group not made yet, when two groups name each other) an empty group made
+    /// now under its final name, which the group's own create adopts and fills.
+    async fn group_ids(&self, rules: &Value, deps: &Deps, network_id: &str) -> Result<HashMap<String, String>> {
         let mut ids = HashMap::new();
         for rule in rules.as_array().into_iter().flatten() {
-            if let Some(name) = rule.get("securityGroup").and_then(Value::as_str) {
-                if !ids.contains_key(name) {
-                    ids.insert(name.to_string(), self.dep_id(deps, Kind::Firewall, name).await?);
-                }
+            let Some(name) = rule.get("securityGroup").and_then(Value::as_str) else { continue };
+            if ids.contains_key(name) {
+                continue;
             }
+            let id = match deps.get(&Address::new(Kind::Firewall, name)) {
+                Some(d) => d.id.clone(),
+                None => self.group_id_or_placeholder(name, network_id).await?,
+            };
+            ids.insert(name.to_string(), id);
         }
         Ok(ids)
+    }
+
+    async fn group_id_or_placeholder(&self, name: &str, network_id: &str) -> Result<String> {
+        let cloud_name = self.naming.cloud_name(name);
+        let id_of = |v: &Value| v.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        if let Some(existing) = self.find_by_name(Kind::Firewall, &cloud_name).await? {
+            return Ok(id_of(&existing));
+        }
+        let body = json!({
+            "folderId": self.folder(), "name": cloud_name, "labels": self.naming.labels(), "networkId": network_id,
+            "description": "made empty by rigger for a group that names it; its own rules follow",
+        });
+        let a = api(Kind::Firewall);
+        match self.client.run(Method::POST, a.service, a.collection, Some(&body)).await {
+            Ok(op) => op.resource_id(a.id_field).ok_or_else(|| anyhow!("creating security group {cloud_name}: the operation names no {}", a.id_field)),
+            Err(e) if e.is_already_exists() => {
+                let existing = self.find_by_name(Kind::Firewall, &cloud_name).await?.ok_or_else(|| anyhow!("{e}; yet no security group {cloud_name} can be found"))?;
+                Ok(id_of(&existing))
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!("creating security group {cloud_name}"))),
+        }
     }
 
     fn labels_for(&self, spec: &ResourceSpec) -> Value {
@@ -209,7 +236,7 @@ impl YandexProvider {
             Kind::Subnet => refs.network = self.dep_id(deps, Kind::Network, str_attr(a, "network")).await?,
             Kind::Firewall => {
                 refs.network = self.dep_id(deps, Kind::Network, str_attr(a, "network")).await?;
-                refs.groups = self.group_ids(&a["rules"], deps).await?;
+                refs.groups = self.group_ids(&a["rules"], deps, &refs.network).await?;
             }
             Kind::Machine => {
                 refs.subnet = self.dep_id(deps, Kind::Subnet, str_attr(a, "subnet")).await?;
@@ -235,6 +262,22 @@ impl YandexProvider {
                 // A rule naming its own group by id (not via self_security_group) still maps back.
                 if let Some(name) = v.get("name").and_then(Value::as_str).and_then(|n| self.naming.plan_name(n)) {
                     names.groups.insert(id.to_string(), name.to_string());
+                }
+                // Groups named by rules but not handed over as deps (two groups naming each other).
+                let others: Vec<String> = v
+                    .get("rules")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.get("securityGroupId").and_then(Value::as_str))
+                    .filter(|g| !names.groups.contains_key(*g))
+                    .map(str::to_string)
+                    .collect();
+                for other in others {
+                    let g = self.client.get(a.service, &format!("{}/{other}", a.collection), &[]).await?;
+                    if let Some(name) = g.get("name").and_then(Value::as_str).and_then(|n| self.naming.plan_name(n)) {
+                        names.groups.insert(other, name.to_string());
+                    }
                 }
                 resources::live_security_group(&v, &self.naming, &names)
             }
@@ -473,7 +516,13 @@ impl Provider for YandexProvider {
                 let keys = self.wait_host_keys(&id, &subject, events).await?;
                 return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
             }
-            return self.read(kind, &id, deps, known_metadata).await;
+            let live = self.read(kind, &id, deps, known_metadata).await?;
+            // An adopted group may be the empty one made for a group naming it: give it its rules.
+            if kind == Kind::Firewall && live.attrs != spec.attrs {
+                events.progress(&subject, "setting the rules of the adopted group");
+                return self.update(spec, &live, deps, events).await;
+            }
+            return Ok(live);
         }
 
         let refs = self.create_refs(spec, deps).await?;
@@ -511,7 +560,8 @@ impl Provider for YandexProvider {
                 self.client.run(Method::PATCH, a.service, &path, Some(&body)).await.context(what.clone())?;
             }
             Kind::Firewall => {
-                let ids = self.group_ids(&spec.attrs["rules"], deps).await?;
+                let network = self.dep_id(deps, Kind::Network, str_attr(&spec.attrs, "network")).await?;
+                let ids = self.group_ids(&spec.attrs["rules"], deps, &network).await?;
                 let specs = resources::rule_specs(&spec.attrs["rules"], |g| ids.get(g).cloned().ok_or_else(|| anyhow!("unresolved group {g}")))?;
                 // Updating ruleSpecs replaces the whole rule set in one operation.
                 let body = json!({"updateMask": "labels,ruleSpecs", "labels": self.labels_for(spec), "ruleSpecs": specs});
