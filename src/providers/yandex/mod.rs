@@ -356,6 +356,17 @@ impl YandexProvider {
         Ok(live)
     }
 
+    /// Read a network, subnet or group after create or adoption. A group may be
+    /// the empty one another group's create made for it: then it gets its rules now.
+    async fn read_adopted(&self, spec: &ResourceSpec, id: &str, deps: &Deps, events: &Events) -> Result<LiveResource> {
+        let live = self.read(spec.address.kind, id, deps, None).await?;
+        if spec.address.kind == Kind::Firewall && live.attrs != spec.attrs {
+            events.progress(&spec.address.to_string(), "setting the rules of the adopted group");
+            return self.update(spec, &live, deps, events).await;
+        }
+        Ok(live)
+    }
+
     async fn instance_status(&self, id: &str) -> Result<String> {
         let v = self.client.get(Service::Compute, &format!("/compute/v1/instances/{id}"), &[]).await?;
         Ok(v.get("status").and_then(Value::as_str).unwrap_or("").to_string())
@@ -516,13 +527,7 @@ impl Provider for YandexProvider {
                 let keys = self.wait_host_keys(&id, &subject, events).await?;
                 return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
             }
-            let live = self.read(kind, &id, deps, known_metadata).await?;
-            // An adopted group may be the empty one made for a group naming it: give it its rules.
-            if kind == Kind::Firewall && live.attrs != spec.attrs {
-                events.progress(&subject, "setting the rules of the adopted group");
-                return self.update(spec, &live, deps, events).await;
-            }
-            return Ok(live);
+            return self.read_adopted(spec, &id, deps, events).await;
         }
 
         let refs = self.create_refs(spec, deps).await?;
@@ -546,7 +551,7 @@ impl Provider for YandexProvider {
             let keys = self.wait_host_keys(&id, &subject, events).await?;
             return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
         }
-        self.read(kind, &id, deps, known_metadata).await
+        self.read_adopted(spec, &id, deps, events).await
     }
 
     async fn update(&self, spec: &ResourceSpec, live: &LiveResource, deps: &Deps, events: &Events) -> Result<LiveResource> {
