@@ -58,6 +58,8 @@ pub struct LocalMachines {
     /// Per machine, a queue worked off in order by one task: a delete that
     /// arrives while the machine boots waits for the boot, never overtakes it.
     queues: Mutex<BTreeMap<String, mpsc::UnboundedSender<Op>>>,
+    /// Bridges and gateway addresses are shared by machines booting at once: one change at a time.
+    network: tokio::sync::Mutex<()>,
 }
 
 enum Op {
@@ -77,6 +79,7 @@ impl LocalMachines {
             events,
             known: Mutex::new(BTreeMap::new()),
             queues: Mutex::new(BTreeMap::new()),
+            network: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -138,6 +141,11 @@ impl LocalMachines {
             }
         }
         anyhow::ensure!(errors.is_empty(), "could not remove every machine:\n  {}", errors.join("\n  "));
+        // The workers hold this struct and it holds their queues: close the queues
+        // so the workers end (and with them the event senders the printer waits for).
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // The owner's folder goes too once empty (another simulator may still use it).
+        let _ = std::fs::remove_dir(self.root.join("machines").join(&self.owner));
         Ok(())
     }
 
@@ -186,8 +194,11 @@ impl LocalMachines {
         let bridge = names::bridge(&self.owner, &r.network);
         // The subnet's first address is its gateway, as in the cloud.
         let gateway = r.subnet.hosts().next().ok_or_else(|| anyhow!("subnet {} has no host addresses", r.subnet))?;
-        net::ensure_bridge(&bridge).await?;
-        net::ensure_subnet(&bridge, r.subnet, gateway).await?;
+        {
+            let _network = self.network.lock().await;
+            net::ensure_bridge(&bridge).await?;
+            net::ensure_subnet(&bridge, r.subnet, gateway).await?;
+        }
 
         let paths = self.paths(&r.name);
         let meta = match Meta::read(&paths.meta)? {
@@ -264,6 +275,7 @@ impl LocalMachines {
     }
 
     async fn remove_bridge(&self, bridge: &str, subnet: Option<Ipv4Net>) -> Result<()> {
+        let _network = self.network.lock().await;
         let links = net::host_links().await?;
         let mut subnets: BTreeSet<Ipv4Net> = links.ipv4.get(bridge).into_iter().flatten().map(|a| a.trunc()).collect();
         subnets.extend(subnet);
