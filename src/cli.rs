@@ -39,6 +39,9 @@ pub enum Command {
     Status(StatusCmd),
     /// Failover drill: kill the Patroni leader's machine, measure the RTO, check no write was lost
     Drill(DrillCmd),
+    /// Run a cloud API simulator to point plans at
+    #[command(subcommand)]
+    Sim(SimCmd),
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +59,54 @@ pub struct StatusCmd {
     pub plan: PathBuf,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SimCmd {
+    /// Yandex Cloud (IAM tokens, VPC, Compute, Operations) on one base URL
+    Yandex(SimYandexCmd),
+}
+
+/// What stands behind a simulated machine.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimMachines {
+    /// A real local systemd-nspawn machine at the instance's address (needs root)
+    Local,
+}
+
+/// Flags every simulator takes.
+#[derive(Args, Debug)]
+pub struct SimCommon {
+    /// Address to listen on, e.g. 127.0.0.1:8930 (port 0: any free port, printed at start)
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// Boot a real machine for every running instance
+    #[arg(long, value_enum)]
+    pub machines: Option<SimMachines>,
+    /// Added to every answer, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub latency: u64,
+    /// How long every operation runs before it is done, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub op_time: u64,
+    /// Share of requests that fail (0..1): refused, or done with the answer lost
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub faults: f64,
+    /// Seed for ids and faults (same seed, same run)
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct SimYandexCmd {
+    #[command(flatten)]
+    pub common: SimCommon,
+    /// Trust this service-account authorized key file (as written by `yc iam key create`)
+    #[arg(long, value_name = "FILE")]
+    pub sa_key: Option<PathBuf>,
+    /// Without --sa-key: write a new authorized key file here and trust it
+    #[arg(long, value_name = "FILE", default_value = "sim-sa-key.json")]
+    pub key_out: PathBuf,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

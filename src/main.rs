@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             Command::Output(a) => commands::output::run(a, state),
             Command::Status(a) => commands::status::run(a, state).await,
             Command::Drill(a) => commands::drill::run(a, state).await,
+            Command::Sim(c) => commands::sim::run(c, cli.verbose).await,
         }
     });
     match result {

@@ -7,6 +7,7 @@ pub mod graph;
 pub mod inventory;
 pub mod output;
 pub mod plan;
+pub mod sim;
 pub mod state;
 pub mod status;
 pub mod validate;

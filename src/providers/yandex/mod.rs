@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod console;
 pub mod error;
 pub mod operations;
 pub mod resources;
@@ -21,6 +22,10 @@ use resources::{Names, Naming, IMAGE_LABEL, METADATA_LABEL};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+
+/// How long an instance may take from RUNNING until cloud-init has printed its
+/// SSH host keys to the serial console.
+const HOST_KEYS_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct YandexProvider {
     client: YandexClient,
@@ -129,17 +134,44 @@ impl YandexProvider {
         }
     }
 
-    /// Resolve every group a rule set names (deps first, then by name).
-    async fn group_ids(&self, rules: &Value, deps: &Deps) -> Result<HashMap<String, String>> {
+    /// Resolve every group a rule set names: from deps, else by name, else (a
+    /// group not made yet, when two groups name each other) an empty group made
+    /// now under its final name, which the group's own create adopts and fills.
+    async fn group_ids(&self, rules: &Value, deps: &Deps, network_id: &str) -> Result<HashMap<String, String>> {
         let mut ids = HashMap::new();
         for rule in rules.as_array().into_iter().flatten() {
-            if let Some(name) = rule.get("securityGroup").and_then(Value::as_str) {
-                if !ids.contains_key(name) {
-                    ids.insert(name.to_string(), self.dep_id(deps, Kind::Firewall, name).await?);
-                }
+            let Some(name) = rule.get("securityGroup").and_then(Value::as_str) else { continue };
+            if ids.contains_key(name) {
+                continue;
             }
+            let id = match deps.get(&Address::new(Kind::Firewall, name)) {
+                Some(d) => d.id.clone(),
+                None => self.group_id_or_placeholder(name, network_id).await?,
+            };
+            ids.insert(name.to_string(), id);
         }
         Ok(ids)
+    }
+
+    async fn group_id_or_placeholder(&self, name: &str, network_id: &str) -> Result<String> {
+        let cloud_name = self.naming.cloud_name(name);
+        let id_of = |v: &Value| v.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        if let Some(existing) = self.find_by_name(Kind::Firewall, &cloud_name).await? {
+            return Ok(id_of(&existing));
+        }
+        let body = json!({
+            "folderId": self.folder(), "name": cloud_name, "labels": self.naming.labels(), "networkId": network_id,
+            "description": "made empty by rigger for a group that names it; its own rules follow",
+        });
+        let a = api(Kind::Firewall);
+        match self.client.run(Method::POST, a.service, a.collection, Some(&body)).await {
+            Ok(op) => op.resource_id(a.id_field).ok_or_else(|| anyhow!("creating security group {cloud_name}: the operation names no {}", a.id_field)),
+            Err(e) if e.is_already_exists() => {
+                let existing = self.find_by_name(Kind::Firewall, &cloud_name).await?.ok_or_else(|| anyhow!("{e}; yet no security group {cloud_name} can be found"))?;
+                Ok(id_of(&existing))
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!("creating security group {cloud_name}"))),
+        }
     }
 
     fn labels_for(&self, spec: &ResourceSpec) -> Value {
@@ -204,7 +236,7 @@ impl YandexProvider {
             Kind::Subnet => refs.network = self.dep_id(deps, Kind::Network, str_attr(a, "network")).await?,
             Kind::Firewall => {
                 refs.network = self.dep_id(deps, Kind::Network, str_attr(a, "network")).await?;
-                refs.groups = self.group_ids(&a["rules"], deps).await?;
+                refs.groups = self.group_ids(&a["rules"], deps, &refs.network).await?;
             }
             Kind::Machine => {
                 refs.subnet = self.dep_id(deps, Kind::Subnet, str_attr(a, "subnet")).await?;
@@ -230,6 +262,22 @@ impl YandexProvider {
                 // A rule naming its own group by id (not via self_security_group) still maps back.
                 if let Some(name) = v.get("name").and_then(Value::as_str).and_then(|n| self.naming.plan_name(n)) {
                     names.groups.insert(id.to_string(), name.to_string());
+                }
+                // Groups named by rules but not handed over as deps (two groups naming each other).
+                let others: Vec<String> = v
+                    .get("rules")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.get("securityGroupId").and_then(Value::as_str))
+                    .filter(|g| !names.groups.contains_key(*g))
+                    .map(str::to_string)
+                    .collect();
+                for other in others {
+                    let g = self.client.get(a.service, &format!("{}/{other}", a.collection), &[]).await?;
+                    if let Some(name) = g.get("name").and_then(Value::as_str).and_then(|n| self.naming.plan_name(n)) {
+                        names.groups.insert(other, name.to_string());
+                    }
                 }
                 resources::live_security_group(&v, &self.naming, &names)
             }
@@ -270,6 +318,53 @@ impl YandexProvider {
             tokio::time::sleep(delay).await;
             delay = (delay * 3 / 2).min(self.client.poll.max);
         }
+    }
+
+    /// The host keys on the instance's serial console, if printed yet.
+    async fn console_host_keys(&self, id: &str) -> Result<Option<Vec<String>>> {
+        let path = format!("/compute/v1/instances/{id}:serialPortOutput");
+        let v = self.client.get(Service::Compute, &path, &[("port", "1".to_string())]).await?;
+        Ok(console::host_keys(v.get("contents").and_then(Value::as_str).unwrap_or("")))
+    }
+
+    /// Wait until the instance's console shows its host keys: rigger checks
+    /// hosts strictly, so a machine whose keys cannot be read is an error.
+    async fn wait_host_keys(&self, id: &str, subject: &str, events: &Events) -> Result<Vec<String>> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        events.progress(subject, "reading SSH host keys from the serial console");
+        loop {
+            if let Some(keys) = self.console_host_keys(id).await? {
+                return Ok(keys);
+            }
+            if started.elapsed() > HOST_KEYS_TIMEOUT {
+                bail!(
+                    "instance {id} shows no SSH host keys on its serial console after {}s (cloud-init prints them between \
+                     -----BEGIN SSH HOST KEY KEYS----- and -----END SSH HOST KEY KEYS-----); rigger does not trust unknown host keys",
+                    HOST_KEYS_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 3 / 2).min(self.client.poll.max);
+        }
+    }
+
+    /// A machine read back, with the host keys its console showed.
+    async fn read_machine_with_keys(&self, id: &str, deps: &Deps, known_metadata: Option<&Value>, keys: Vec<String>) -> Result<LiveResource> {
+        let mut live = self.read(Kind::Machine, id, deps, known_metadata).await?;
+        live.outputs.insert("host_keys".into(), json!(keys));
+        Ok(live)
+    }
+
+    /// Read a network, subnet or group after create or adoption. A group may be
+    /// the empty one another group's create made for it: then it gets its rules now.
+    async fn read_adopted(&self, spec: &ResourceSpec, id: &str, deps: &Deps, events: &Events) -> Result<LiveResource> {
+        let live = self.read(spec.address.kind, id, deps, None).await?;
+        if spec.address.kind == Kind::Firewall && live.attrs != spec.attrs {
+            events.progress(&spec.address.to_string(), "setting the rules of the adopted group");
+            return self.update(spec, &live, deps, events).await;
+        }
+        Ok(live)
     }
 
     async fn instance_status(&self, id: &str) -> Result<String> {
@@ -388,6 +483,10 @@ impl Provider for YandexProvider {
         let disks: HashMap<&str, &Value> = disks.iter().filter_map(|d| Some((d.get("id")?.as_str()?, d))).collect();
         let known_metadata: HashMap<&Address, &Value> =
             known.iter().filter(|k| k.address.kind == Kind::Machine).filter_map(|k| Some((&k.address, k.attrs.get("metadata")?))).collect();
+        // Host keys were read from the console when the instance was made; an
+        // instance id keeps its keys, so only instances rigger never saw cost a call.
+        let known_host_keys: HashMap<&str, &Value> =
+            known.iter().filter(|k| k.address.kind == Kind::Machine).filter_map(|k| Some((k.id.as_str(), k.outputs.get("host_keys")?))).collect();
 
         let mut out = Vec::new();
         out.extend(networks.iter().filter_map(|v| resources::live_network(v, &self.naming)));
@@ -400,7 +499,14 @@ impl Provider for YandexProvider {
             let disk = v.pointer("/bootDisk/diskId").and_then(Value::as_str).and_then(|id| disks.get(id)).copied();
             let name = v.get("name").and_then(Value::as_str).and_then(|n| self.naming.plan_name(n)).unwrap_or_default();
             let known = known_metadata.get(&Address::new(Kind::Machine, name)).copied();
-            out.extend(resources::live_instance(v, disk, &self.naming, &names, known));
+            let Some(mut live) = resources::live_instance(v, disk, &self.naming, &names, known) else { continue };
+            let keys = match known_host_keys.get(live.id.as_str()) {
+                Some(keys) => Some((*keys).clone()),
+                None if v.get("status").and_then(Value::as_str) == Some("RUNNING") => self.console_host_keys(&live.id).await?.map(|k| json!(k)),
+                None => None,
+            };
+            live.outputs.extend(keys.map(|k| ("host_keys".to_string(), k)));
+            out.push(live);
         }
         Ok(out)
     }
@@ -418,8 +524,10 @@ impl Provider for YandexProvider {
             events.note(&subject, format!("{} {cloud_name} already exists ({id}); adopting it", a.what));
             if kind == Kind::Machine {
                 self.wait_instance_settled(&id).await?;
+                let keys = self.wait_host_keys(&id, &subject, events).await?;
+                return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
             }
-            return self.read(kind, &id, deps, known_metadata).await;
+            return self.read_adopted(spec, &id, deps, events).await;
         }
 
         let refs = self.create_refs(spec, deps).await?;
@@ -440,8 +548,10 @@ impl Provider for YandexProvider {
         };
         if kind == Kind::Machine {
             self.wait_instance_settled(&id).await?;
+            let keys = self.wait_host_keys(&id, &subject, events).await?;
+            return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
         }
-        self.read(kind, &id, deps, known_metadata).await
+        self.read_adopted(spec, &id, deps, events).await
     }
 
     async fn update(&self, spec: &ResourceSpec, live: &LiveResource, deps: &Deps, events: &Events) -> Result<LiveResource> {
@@ -455,13 +565,22 @@ impl Provider for YandexProvider {
                 self.client.run(Method::PATCH, a.service, &path, Some(&body)).await.context(what.clone())?;
             }
             Kind::Firewall => {
-                let ids = self.group_ids(&spec.attrs["rules"], deps).await?;
+                let network = self.dep_id(deps, Kind::Network, str_attr(&spec.attrs, "network")).await?;
+                let ids = self.group_ids(&spec.attrs["rules"], deps, &network).await?;
                 let specs = resources::rule_specs(&spec.attrs["rules"], |g| ids.get(g).cloned().ok_or_else(|| anyhow!("unresolved group {g}")))?;
                 // Updating ruleSpecs replaces the whole rule set in one operation.
                 let body = json!({"updateMask": "labels,ruleSpecs", "labels": self.labels_for(spec), "ruleSpecs": specs});
                 self.client.run(Method::PATCH, a.service, &path, Some(&body)).await.context(what.clone())?;
             }
-            Kind::Machine => self.update_machine(spec, live, deps, events).await.context(what.clone())?,
+            Kind::Machine => {
+                self.update_machine(spec, live, deps, events).await.context(what.clone())?;
+                // The same instance keeps its disk, so its host keys.
+                let keys = match live.outputs.get("host_keys").and_then(Value::as_array) {
+                    Some(keys) => keys.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+                    None => self.wait_host_keys(&live.id, &spec.address.to_string(), events).await?,
+                };
+                return self.read_machine_with_keys(&live.id, deps, spec.attrs.get("metadata"), keys).await;
+            }
         }
         self.read(kind, &live.id, deps, spec.attrs.get("metadata")).await
     }

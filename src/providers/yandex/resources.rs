@@ -97,15 +97,16 @@ pub fn specs(plan: &Plan, cfg: &YandexConfig) -> Result<Vec<ResourceSpec>> {
         });
     }
 
-    let group_deps = firewall_dependencies(&plan.firewall);
+    // Groups depend on the network only, even when their rules name each other:
+    // a group whose rules name another that does not exist yet makes it empty
+    // under its final name (its own create adopts it and sets its rules), so
+    // every group is made in the same step, whatever references they hold.
     for g in &plan.firewall {
         let addr = Address::new(Kind::Firewall, &g.name);
         check_cloud_name(&addr, &naming.cloud_name(&g.name))?;
-        let mut depends_on = vec![network.clone()];
-        depends_on.extend(group_deps.get(&g.name).into_iter().flatten().map(|d| Address::new(Kind::Firewall, d)));
         out.push(ResourceSpec {
             address: addr,
-            depends_on,
+            depends_on: vec![network.clone()],
             attrs: attrs([("network", json!(plan.network.name)), ("rules", json!(group_rules(g))), ("labels", labels.clone())]),
             replace_on: set(&["network"]),
             sensitive: BTreeSet::new(),
@@ -179,38 +180,6 @@ pub fn metadata_digest(metadata: &Value) -> String {
     let mut h = Sha256::new();
     h.update(metadata.to_string().as_bytes());
     hex::encode(&h.finalize()[..16])
-}
-
-/// Which groups a group must wait for: the groups its rules name. A reference
-/// that would close a cycle (two groups naming each other) is left out and
-/// resolved by name at create time instead.
-fn firewall_dependencies(groups: &[FirewallGroup]) -> HashMap<String, Vec<String>> {
-    let mut deps: HashMap<String, Vec<String>> = HashMap::new();
-    let reaches = |deps: &HashMap<String, Vec<String>>, from: &str, to: &str| {
-        let mut stack = vec![from.to_string()];
-        let mut seen = BTreeSet::new();
-        while let Some(n) = stack.pop() {
-            if n == to {
-                return true;
-            }
-            if seen.insert(n.clone()) {
-                stack.extend(deps.get(&n).into_iter().flatten().cloned());
-            }
-        }
-        false
-    };
-    for g in groups {
-        for r in &g.rules {
-            if let Peer::Group(other) = &r.peer {
-                let known = groups.iter().any(|x| &x.name == other);
-                let already = deps.get(&g.name).is_some_and(|d| d.contains(other));
-                if other != &g.name && known && !already && !reaches(&deps, other, &g.name) {
-                    deps.entry(g.name.clone()).or_default().push(other.clone());
-                }
-            }
-        }
-    }
-    deps
 }
 
 /// The group's rules as the server stores them: one rule per port range, sorted.

@@ -2,8 +2,10 @@
 //! (IAM token exchange, VPC, Compute, Operations) on one base URL, with
 //! configurable latency, operation time, faults and quotas.
 
+pub mod console;
 mod handlers;
 pub mod keys;
+pub mod local;
 pub mod state;
 mod validation;
 mod wire;
@@ -90,15 +92,29 @@ impl Default for YandexSimOptions {
 pub enum MachineEvent {
     /// The instance reached RUNNING (created or started): boot a machine at its
     /// primary address, with the `ssh-keys` user from its metadata.
-    Running(Box<Instance>),
+    Running { instance: Box<Instance>, network_id: String, subnet_cidr: ipnet::Ipv4Net },
     Stopped(String),
     Deleted(String),
+}
+
+/// What the serial console shows of an instance's host keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsoleKeys {
+    /// No real machine behind the instance: show the keys the simulator made up.
+    Simulated,
+    /// A machine is booting; cloud-init has not printed its keys yet.
+    NotYet,
+    /// The real machine's public host keys, "type base64".
+    Booted(Vec<String>),
 }
 
 /// The seam for `--machines local`. Called outside the simulator's lock, from a
 /// request task: an implementation must return at once and do slow work elsewhere.
 pub trait MachineBackend: Send + Sync {
     fn handle(&self, _event: MachineEvent) {}
+    fn console_keys(&self, _instance_id: &str) -> ConsoleKeys {
+        ConsoleKeys::Simulated
+    }
 }
 
 /// The default: instances exist only as API objects.
@@ -115,6 +131,8 @@ pub struct Sim {
     /// How many faults were injected: before the work, and after it with the answer lost.
     faults_before: std::sync::atomic::AtomicU64,
     answers_lost: std::sync::atomic::AtomicU64,
+    /// API requests answered (the `/_sim/` debug routes not counted).
+    requests: std::sync::atomic::AtomicU64,
     machines: Arc<dyn MachineBackend>,
 }
 
@@ -138,10 +156,26 @@ impl Sim {
         // A panic in one handler must not take the whole simulator down.
         self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    pub fn inventory(&self) -> Inventory {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.with_world(|w| Inventory {
+            networks: w.networks.values().map(|n| n.name.clone()).collect(),
+            subnets: w.subnets.values().map(|n| n.name.clone()).collect(),
+            security_groups: w.security_groups.values().filter(|g| !g.default_for_network).map(|g| g.name.clone()).collect(),
+            instances: w.instances.values().map(|n| n.name.clone()).collect(),
+            disks: w.disks.len(),
+            history: w.history.clone(),
+            faults_before: self.faults_before.load(Relaxed),
+            answers_lost: self.answers_lost.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+        })
+    }
 }
 
-/// A read-only summary of the store, for tests and diagnostics.
-#[derive(Clone, Debug, Default)]
+/// A read-only summary of the store, for tests and diagnostics
+/// (also served as JSON at `GET /_sim/inventory`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Inventory {
     pub networks: Vec<String>,
     pub subnets: Vec<String>,
@@ -154,6 +188,8 @@ pub struct Inventory {
     /// Injected faults so far: refused before doing the work / work done, answer lost.
     pub faults_before: u64,
     pub answers_lost: u64,
+    /// API requests answered so far, token exchanges included.
+    pub requests: u64,
 }
 
 impl Inventory {
@@ -187,6 +223,7 @@ fn prepare(opts: &YandexSimOptions, machines: Arc<dyn MachineBackend>) -> Result
         faults: opts.faults.clamp(0.0, 1.0),
         faults_before: Default::default(),
         answers_lost: Default::default(),
+        requests: Default::default(),
         machines,
     };
     Ok((Arc::new(sim), key_file, path))
@@ -236,16 +273,7 @@ impl SimHandle {
     }
 
     pub fn inventory(&self) -> Inventory {
-        self.sim.with_world(|w| Inventory {
-            networks: w.networks.values().map(|n| n.name.clone()).collect(),
-            subnets: w.subnets.values().map(|n| n.name.clone()).collect(),
-            security_groups: w.security_groups.values().filter(|g| !g.default_for_network).map(|g| g.name.clone()).collect(),
-            instances: w.instances.values().map(|n| n.name.clone()).collect(),
-            disks: w.disks.len(),
-            history: w.history.clone(),
-            faults_before: self.sim.faults_before.load(std::sync::atomic::Ordering::Relaxed),
-            answers_lost: self.sim.answers_lost.load(std::sync::atomic::Ordering::Relaxed),
-        })
+        self.sim.inventory()
     }
 
     pub async fn stop(mut self) {

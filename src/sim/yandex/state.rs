@@ -153,6 +153,10 @@ pub struct Instance {
     /// Only shown with `view=FULL` (see `Instance::to_json`).
     #[serde(skip)]
     pub metadata: Labels,
+    /// The SSH host keys its (simulated) cloud-init prints to the serial console,
+    /// "type base64"; not a field of the API's Instance.
+    #[serde(skip)]
+    pub host_keys: Vec<String>,
     pub boot_disk: AttachedDisk,
     pub network_interfaces: Vec<NetworkInterface>,
     pub fqdn: String,
@@ -280,7 +284,7 @@ impl Operation {
 }
 
 /// One creation as the store saw it (for tests: no duplicates were ever made).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Created {
     pub kind: &'static str,
     pub folder_id: String,
@@ -427,9 +431,10 @@ impl World {
             Completion::InstanceStatus { id, status, respond } => {
                 if let Some(inst) = self.instances.get_mut(id) {
                     inst.status = (*status).to_string();
+                    let inst = inst.clone();
                     let event = match *status {
-                        "RUNNING" => Some(MachineEvent::Running(Box::new(inst.clone()))),
-                        "STOPPED" => Some(MachineEvent::Stopped(inst.id.clone())),
+                        "RUNNING" => self.running_event(inst),
+                        "STOPPED" => Some(MachineEvent::Stopped(inst.id)),
                         _ => None,
                     };
                     self.machine_events.extend(event);
@@ -445,6 +450,14 @@ impl World {
                 empty
             }
         }
+    }
+
+    /// What a backend needs to boot a machine for a running instance: the
+    /// instance and where its first interface sits.
+    fn running_event(&self, instance: Instance) -> Option<MachineEvent> {
+        let subnet = self.subnets.get(&instance.network_interfaces.first()?.subnet_id)?;
+        let cidr = subnet.v4_cidr_blocks.first()?.parse().ok()?;
+        Some(MachineEvent::Running { network_id: subnet.network_id.clone(), subnet_cidr: cidr, instance: Box::new(instance) })
     }
 
     fn remove(&mut self, kind: Kind, id: &str) {

@@ -4,6 +4,7 @@ use super::vpc::common;
 use super::{ListQuery, Reply, Shared};
 use crate::sim::yandex::state::{AttachedDisk, Completion, Disk, Instance, Kind, NetworkInterface, OneToOneNat, PrimaryAddress, Resources, World};
 use crate::sim::yandex::validation as check;
+use crate::sim::yandex::{console, ConsoleKeys, Sim};
 use crate::sim::yandex::wire::{now_rfc3339, ApiError, ApiResult, Body, Code};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -83,9 +84,43 @@ pub async fn list_instances(State(sim): Shared, Query(q): Query<HashMap<String, 
     })))
 }
 
+/// `GET /compute/v1/instances/{id}` and the custom verb `…/{id}:serialPortOutput`.
 pub async fn get_instance(State(sim): Shared, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Reply {
+    if let Some((id, verb)) = id.split_once(':') {
+        return match verb {
+            "serialPortOutput" => serial_port_output(&sim, id, &q).map(Json),
+            _ => Err(ApiError::new(Code::NotFound, format!("Not Found: no method :{verb}"))),
+        };
+    }
     let full = q.get("view").is_some_and(|v| v == "FULL");
     sim.with_world(|w| w.instances.get(&id).map(|i| i.to_json(full)).ok_or_else(|| instance_not_found(&id))).map(Json)
+}
+
+/// `{"contents": …}` of serial port 1..4 (synchronous, not an Operation). Only
+/// port 1 carries the console; the host keys appear once the guest has printed them.
+fn serial_port_output(sim: &Sim, id: &str, q: &HashMap<String, String>) -> ApiResult<Value> {
+    let port = match q.get("port").map(|p| p.parse::<i64>()) {
+        None => 1,
+        Some(Ok(p)) if (1..=4).contains(&p) => p,
+        Some(_) => return Err(ApiError::field("port", "The value must be between 1 and 4")),
+    };
+    let (hostname, status, simulated_keys) = sim.with_world(|w| {
+        let inst = w.instances.get(id).ok_or_else(|| instance_not_found(id))?;
+        let hostname = inst.fqdn.split('.').next().unwrap_or_default().to_string();
+        Ok::<_, ApiError>((hostname, inst.status.clone(), inst.host_keys.clone()))
+    })?;
+    if port != 1 {
+        return Ok(json!({"contents": ""}));
+    }
+    // A guest that never ran has printed nothing; one that did keeps its console.
+    let booted = !matches!(status.as_str(), "PROVISIONING");
+    let keys = match sim.machines.console_keys(id) {
+        _ if !booted => None,
+        ConsoleKeys::Simulated => Some(simulated_keys),
+        ConsoleKeys::NotYet => None,
+        ConsoleKeys::Booted(keys) => Some(keys),
+    };
+    Ok(json!({"contents": console::serial_output(&hostname, keys.as_deref())}))
 }
 
 // ---------- instances: create ----------
@@ -284,6 +319,7 @@ pub async fn create_instance(State(sim): Shared, bytes: Bytes) -> Reply {
         }
         let id = w.id("fhm");
         let disk_id = w.id("fhm");
+        let host_keys = vec![console::generated_host_key(&mut w.rng)];
         w.disks.insert(
             disk_id.clone(),
             Disk {
@@ -316,6 +352,7 @@ pub async fn create_instance(State(sim): Shared, bytes: Bytes) -> Reply {
                 resources: Resources { memory: spec.memory, cores: spec.cores, core_fraction: spec.core_fraction },
                 status: "PROVISIONING".into(),
                 metadata: spec.metadata,
+                host_keys,
                 boot_disk: AttachedDisk { mode: "READ_WRITE".into(), device_name: disk_id.clone(), auto_delete: spec.auto_delete, disk_id },
                 network_interfaces: nics,
                 fqdn,

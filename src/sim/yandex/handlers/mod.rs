@@ -49,9 +49,15 @@ pub fn router(sim: Arc<Sim>) -> Router {
         )
         .route("/compute/v1/instances/{id}/updateMetadata", post(compute::update_metadata))
         .route("/compute/v1/instances/{id}/updateNetworkInterface", patch(compute::update_network_interface))
+        .route("/_sim/inventory", get(inventory))
         .fallback(|| async { ApiError::new(Code::NotFound, "Not Found: no such method") })
         .layer(middleware::from_fn_with_state(sim.clone(), gate))
         .with_state(sim)
+}
+
+/// Not part of the cloud's API: what the simulator holds and has done, for tests and benchmarks.
+async fn inventory(State(sim): Shared) -> Json<super::Inventory> {
+    Json(sim.inventory())
 }
 
 async fn get_operation(State(sim): Shared, Path(id): Path<String>) -> Reply {
@@ -92,6 +98,11 @@ const MAX_BODY: usize = 4 << 20;
 
 /// Latency, bearer token check, injected faults, idempotency keys, in that order.
 async fn gate(State(sim): Shared, req: Request, next: Next) -> Response {
+    // The simulator's own debug routes: no latency, no auth, no faults, not counted.
+    if req.uri().path().starts_with("/_sim/") {
+        return next.run(req).await;
+    }
+    sim.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let request_id = uuid::Uuid::new_v4().to_string();
     if !sim.latency.is_zero() {
         tokio::time::sleep(sim.latency).await;

@@ -1,0 +1,364 @@
+//! The Yandex provider end to end, with real processes: `rigger sim yandex` as
+//! a child process on loopback, and the rigger binary applying, re-planning and
+//! destroying plans against it. The simulator's `/_sim/inventory` says what
+//! exists and everything it ever created, so duplicates and leftovers show.
+//!
+//! Without `--machines local` the instances exist only as API objects and their
+//! addresses are never dialled (`--no-ssh-wait`). With it (last test, as root)
+//! the machines are real local containers in namespaces this test made.
+
+mod common;
+
+use common::{OutputText, RIGGER};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `rigger sim yandex` process; SIGTERM (then SIGKILL) by its pid when dropped.
+struct SimProcess {
+    child: Child,
+    endpoint: String,
+    key_file: PathBuf,
+}
+
+impl SimProcess {
+    fn start(dir: &Path, extra: &[&str]) -> SimProcess {
+        let key_out = dir.join("sim-sa-key.json");
+        let mut child = Command::new(RIGGER)
+            .args(["sim", "yandex", "--listen", "127.0.0.1:0", "--key-out"])
+            .arg(&key_out)
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start rigger sim yandex");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut endpoint = None;
+        let mut key_file = None;
+        while endpoint.is_none() || key_file.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!("the simulator exited before printing its endpoint and key file");
+            };
+            if let Some(e) = line.strip_prefix("endpoint: ") {
+                endpoint = Some(e.to_string());
+            } else if let Some(k) = line.strip_prefix("key file: ") {
+                key_file = Some(PathBuf::from(k));
+            }
+        }
+        // Keep draining stdout so the simulator never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        SimProcess { child, endpoint: endpoint.unwrap_or_default(), key_file: key_file.unwrap_or_default() }
+    }
+
+    /// `GET /_sim/inventory` over plain HTTP/1.1 on loopback.
+    fn inventory(&self) -> Value {
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to the simulator");
+        write!(stream, "GET /_sim/inventory HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("inventory is not JSON ({e}): {answer}"))
+    }
+
+    /// SIGTERM and wait: the simulator removes the machines it booted on the way out.
+    fn stop(&mut self) {
+        // Once reaped, the pid may belong to another process: never signal it again.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A plan in a temp folder pointing at the simulator, with its own SSH key.
+struct SimPlan {
+    dir: tempfile::TempDir,
+    path: String,
+    project: String,
+}
+
+impl SimPlan {
+    /// `hosts` and `cidr` as plan YAML. Two groups name each other, as the reference plan's do.
+    fn new(project: &str, sim: &SimProcess, dir: tempfile::TempDir, cidr: &str, net: &str, hosts: &str, bastion: Option<&str>) -> SimPlan {
+        let key = dir.path().join("id_ed25519");
+        let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().expect("ssh-keygen");
+        assert!(out.status.success(), "ssh-keygen: {}", out.stderr_text());
+        let bastion = bastion.map(|b| format!(", bastion: {b}")).unwrap_or_default();
+        let text = format!(
+            "version: 1\nproject: {project}\n\
+             provider:\n  kind: yandex\n  folder_id: b1gtest\n  zone: ru-central1-a\n  endpoint: {endpoint}\n  service_account_key_file: {key_file}\n\
+             ssh: {{ user: rigger, private_key_file: ./id_ed25519{bastion} }}\n\
+             network:\n  name: main\n  subnets:\n    - {{ name: app, cidr: {cidr}, gateway: {net}.1 }}\n\
+             firewall:\n\
+             \x20 - name: front\n    rules:\n\
+             \x20     - {{ direction: ingress, protocol: tcp, ports: 22, from: 0.0.0.0/0 }}\n\
+             \x20     - {{ direction: ingress, protocol: tcp, ports: 5000, from_group: back }}\n\
+             \x20     - {{ direction: egress, protocol: any, to: 0.0.0.0/0 }}\n\
+             \x20 - name: back\n    rules:\n\
+             \x20     - {{ direction: ingress, protocol: tcp, ports: \"22,5432\", from_group: front }}\n\
+             \x20     - {{ direction: egress, protocol: any, to: 0.0.0.0/0 }}\n\
+             defaults: {{ cores: 2, memory: 2GiB, disk: 10GiB, core_fraction: 20 }}\n\
+             hosts:\n{hosts}",
+            endpoint = sim.endpoint,
+            key_file = sim.key_file.display(),
+        );
+        let path = dir.path().join("plan.yaml");
+        std::fs::write(&path, text).expect("write plan");
+        SimPlan { path: path.display().to_string(), dir, project: project.to_string() }
+    }
+
+    fn rigger(&self, args: &[&str]) -> std::process::Output {
+        Command::new(RIGGER).args(args).arg(&self.path).env("NO_COLOR", "1").output().expect("run rigger")
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.path().join(".rigger").join(format!("{}.state.json", self.project))
+    }
+}
+
+const API_ONLY_HOSTS: &str = "  - { name: lb, ip: 10.20.0.10, public_ip: true, firewall: [front] }\n\
+                              \x20 - { name: pg, count: 3, ip: 10.20.0.21, firewall: [back] }\n";
+
+fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir")
+}
+
+/// No (kind, name) was created twice: nothing in these runs deletes before destroy.
+fn assert_no_duplicates(inventory: &Value) {
+    let mut created: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for c in inventory["history"].as_array().expect("history") {
+        let key = (c["kind"].as_str().unwrap_or_default().to_string(), c["name"].as_str().unwrap_or_default().to_string());
+        created.entry(key).or_default().push(c["id"].as_str().unwrap_or_default().to_string());
+    }
+    let twice: Vec<_> = created.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "created more than once: {twice:?}");
+    for kind in ["networks", "subnets", "security_groups", "instances"] {
+        let names: Vec<&str> = inventory[kind].as_array().expect("list").iter().filter_map(Value::as_str).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "two live {kind} share a name: {names:?}");
+    }
+}
+
+fn assert_empty(inventory: &Value) {
+    for kind in ["networks", "subnets", "security_groups", "instances"] {
+        assert_eq!(inventory[kind].as_array().map(Vec::len), Some(0), "{kind} left after destroy: {}", inventory[kind]);
+    }
+    assert_eq!(inventory["disks"], 0, "boot disks left after destroy");
+}
+
+#[test]
+fn faults_apply_replan_destroy_without_duplicates() {
+    for seed in ["1", "2", "3"] {
+        let dir = temp_dir("rigger-yc-faults-");
+        let sim = SimProcess::start(dir.path(), &["--faults", "0.1", "--seed", seed]);
+        let plan = SimPlan::new("yfaults", &sim, dir, "10.20.0.0/24", "10.20.0", API_ONLY_HOSTS, None);
+
+        let out = plan.rigger(&["apply", "--infra-only", "--no-ssh-wait", "--auto-approve"]);
+        assert!(out.status.success(), "seed {seed}: apply under faults:\n{}", out.text());
+        let out = plan.rigger(&["plan", "--infra-only", "--detailed-exitcode"]);
+        assert_eq!(out.code(), 0, "seed {seed}: re-plan must be empty:\n{}", out.text());
+
+        // Host keys came from the serial console: every machine is in known_hosts.
+        let known_hosts = std::fs::read_to_string(plan.dir.path().join(".rigger/yfaults.known_hosts")).expect("known_hosts");
+        for ip in ["10.20.0.10", "10.20.0.21", "10.20.0.22", "10.20.0.23"] {
+            assert!(known_hosts.lines().any(|l| l.split(' ').next().is_some_and(|names| names.split(',').any(|n| n == ip))), "seed {seed}: no host key for {ip}:\n{known_hosts}");
+        }
+
+        let inventory = sim.inventory();
+        assert_no_duplicates(&inventory);
+        assert!(inventory["faults_before"].as_u64().unwrap_or(0) + inventory["answers_lost"].as_u64().unwrap_or(0) > 0, "seed {seed}: no fault was injected");
+
+        let out = plan.rigger(&["destroy", "--auto-approve"]);
+        assert!(out.status.success(), "seed {seed}: destroy under faults:\n{}", out.text());
+        assert_empty(&sim.inventory());
+    }
+}
+
+#[test]
+fn apply_killed_at_random_points_converges() {
+    use rand::Rng;
+    let dir = temp_dir("rigger-yc-kill-");
+    // Operations take a while, so kills land in the middle of them.
+    let sim = SimProcess::start(dir.path(), &["--op-time", "400", "--faults", "0.05", "--seed", "7"]);
+    let plan = SimPlan::new("ykill", &sim, dir, "10.20.0.0/24", "10.20.0", API_ONLY_HOSTS, None);
+    let mut rng = rand::thread_rng();
+    for trial in 0..5 {
+        let mut apply = Command::new(RIGGER)
+            .args(["apply", "--infra-only", "--no-ssh-wait", "--auto-approve", &plan.path])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn apply");
+        std::thread::sleep(Duration::from_millis(rng.gen_range(50..1500)));
+        let _ = apply.kill(); // SIGKILL, by the pid we spawned
+        let _ = apply.wait();
+        if let Ok(text) = std::fs::read_to_string(plan.state_path()) {
+            serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("trial {trial}: the state is corrupt after a kill ({e}):\n{text}"));
+        }
+        assert_no_duplicates(&sim.inventory());
+    }
+    let out = plan.rigger(&["apply", "--infra-only", "--no-ssh-wait", "--auto-approve"]);
+    assert!(out.status.success(), "apply after the kills:\n{}", out.text());
+    let out = plan.rigger(&["plan", "--infra-only", "--detailed-exitcode"]);
+    assert_eq!(out.code(), 0, "re-plan after the kills must be empty:\n{}", out.text());
+    let inventory = sim.inventory();
+    assert_no_duplicates(&inventory);
+    assert_eq!(inventory["instances"].as_array().map(Vec::len), Some(4), "{inventory}");
+
+    let out = plan.rigger(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "destroy:\n{}", out.text());
+    assert_empty(&sim.inventory());
+}
+
+/// Removes by exact name whatever the simulator's machines left, if it could not.
+struct MachineCleanup {
+    instance_ids: Vec<String>,
+    network_ids: Vec<String>,
+}
+
+impl MachineCleanup {
+    fn record(&mut self, inventory: &Value) {
+        for c in inventory["history"].as_array().into_iter().flatten() {
+            let id = c["id"].as_str().unwrap_or_default().to_string();
+            let list = match c["kind"].as_str() {
+                Some("instance") => &mut self.instance_ids,
+                Some("network") => &mut self.network_ids,
+                _ => continue,
+            };
+            if !list.contains(&id) {
+                list.push(id);
+            }
+        }
+    }
+
+    /// What of ours still exists on the host.
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let run = |args: &[&str]| String::from_utf8_lossy(&Command::new(args[0]).args(&args[1..]).output().map(|o| o.stdout).unwrap_or_default()).into_owned();
+        let netns = run(&["ip", "netns", "list"]);
+        let running = rigger::providers::local::machine::running_machines().unwrap_or_default();
+        let links = run(&["ip", "-o", "link"]);
+        for id in &self.instance_ids {
+            let name = rigger::sim::yandex::local::machine_name(id);
+            if netns.lines().any(|l| l.split_whitespace().next() == Some(name.as_str())) {
+                found.push(format!("netns {name}"));
+            }
+            if running.contains_key(&name) {
+                found.push(format!("machine {name}"));
+            }
+            if Path::new("/var/lib/rigger/machines/ycsim").join(&name).exists() {
+                found.push(format!("folder {name}"));
+            }
+        }
+        for id in &self.network_ids {
+            let bridge = rigger::providers::local::names::bridge(rigger::sim::yandex::local::OWNER, id);
+            if links.contains(&format!(" {bridge}:")) {
+                found.push(format!("bridge {bridge}"));
+            }
+        }
+        found
+    }
+
+    fn remove_everything(&self) {
+        use rigger::providers::local::{machine, names, net};
+        let Ok(rt) = tokio::runtime::Runtime::new() else { return };
+        rt.block_on(async {
+            let owner = rigger::sim::yandex::local::OWNER;
+            for id in &self.instance_ids {
+                let name = rigger::sim::yandex::local::machine_name(id);
+                let paths = machine::MachinePaths::new(&Path::new("/var/lib/rigger/machines").join(owner), &name);
+                let _ = machine::destroy(&paths, &name, &name, &names::veth_host(owner, &name)).await;
+            }
+            for id in &self.network_ids {
+                let _ = net::delete_bridge(&names::bridge(owner, id)).await;
+            }
+        });
+    }
+}
+
+#[test]
+fn local_machines_answer_ssh_with_verified_host_keys() {
+    common::require_machines();
+    let dir = temp_dir("rigger-yc-machines-");
+    let mut cleanup = MachineCleanup { instance_ids: Vec::new(), network_ids: Vec::new() };
+    let (cidr, net) = common::free_subnet();
+    let mut sim = SimProcess::start(dir.path(), &["--machines", "local", "--seed", "11"]);
+    let hosts = format!(
+        "  - {{ name: gw, ip: {net}.11, public_ip: true, firewall: [front] }}\n\
+         \x20 - {{ name: db, ip: {net}.12, firewall: [back] }}\n"
+    );
+    let plan = SimPlan::new("ymach", &sim, dir, &cidr, &net, &hosts, Some("gw"));
+
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // With the SSH wait: rigger dials gw by its public address and db through gw,
+        // checking host keys it read from the serial console.
+        let out = plan.rigger(&["apply", "--infra-only", "--auto-approve"]);
+        cleanup.record(&sim.inventory());
+        assert!(out.status.success(), "apply with the SSH wait:\n{}", out.text());
+
+        let known_hosts = plan.dir.path().join(".rigger/ymach.known_hosts");
+        let ssh = |ip: &str| {
+            Command::new("ssh")
+                .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=5"])
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+                .arg("-i")
+                .arg(plan.dir.path().join("id_ed25519"))
+                .arg(format!("rigger@{ip}"))
+                .arg("hostname")
+                .output()
+                .expect("run ssh")
+        };
+        let out = ssh(&format!("{net}.12"));
+        assert!(out.status.success(), "ssh db: {}", out.stderr_text());
+        assert_eq!(out.stdout_text().trim(), "db");
+
+        let out = plan.rigger(&["plan", "--infra-only", "--detailed-exitcode"]);
+        assert_eq!(out.code(), 0, "re-plan must be empty:\n{}", out.text());
+
+        let out = plan.rigger(&["destroy", "--auto-approve"]);
+        assert!(out.status.success(), "destroy:\n{}", out.text());
+        assert_empty(&sim.inventory());
+        // Deleting an instance removes its machine in the background.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !cleanup.leftovers().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_eq!(cleanup.leftovers(), Vec::<String>::new(), "left behind after destroy");
+    }));
+    // Whatever happened: stop the simulator (it removes its machines), then make sure by name.
+    cleanup.record(&sim.inventory());
+    let _ = plan.rigger(&["destroy", "--auto-approve"]);
+    sim.stop();
+    cleanup.remove_everything();
+    let left = cleanup.leftovers();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
