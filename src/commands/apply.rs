@@ -72,7 +72,10 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     let applier = Applier { provider, project: project.clone(), shared: shared.clone(), events: events.clone(), parallelism: args.parallelism };
     let result = applier.apply(&changes).await;
     let result = match result {
-        Ok(()) if !(infra_only && args.no_ssh_wait) => wait_for_all_ssh(&project, &shared, &events).await,
+        Ok(()) if !(infra_only && args.no_ssh_wait) => match engine::prepare_logins(applier.provider.as_ref(), &project, &shared, &events, args.parallelism).await {
+            Ok(()) => wait_for_all_ssh(&project, &shared, &events).await,
+            Err(e) => Err(e),
+        },
         other => other,
     };
     drop(applier);
