@@ -35,6 +35,58 @@ pub enum Command {
     Inventory(InventoryCmd),
     /// Endpoints and connection facts of the built stack
     Output(OutputCmd),
+    /// Run a cloud API simulator on this host
+    Sim(SimCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct SimCmd {
+    #[command(subcommand)]
+    pub kind: SimKind,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SimKind {
+    /// A Proxmox VE node: api2/json over HTTPS, tasks, locks, faults
+    Proxmox(ProxmoxSimArgs),
+}
+
+/// What stands behind a simulated guest.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimMachines {
+    /// A real systemd-nspawn machine on this host, at the guest's IP (needs root)
+    Local,
+}
+
+#[derive(Args, Debug)]
+pub struct ProxmoxSimArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port and prints it)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Boot a real local machine for every started guest
+    #[arg(long, value_enum)]
+    pub machines: Option<SimMachines>,
+    /// Added to every request, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub latency: u64,
+    /// How long a task (create, clone, start, …) runs, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 1500)]
+    pub op_time: u64,
+    /// Probability per request and task of an injected failure (0..1)
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub faults: f64,
+    /// Seed for faults and generated values (default: random, printed)
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// API token id to accept (default root@pam!rigger)
+    #[arg(long, value_name = "ID", requires = "token_secret")]
+    pub token_id: Option<String>,
+    /// Secret of that token (default: random, printed)
+    #[arg(long, value_name = "S", requires = "token_id")]
+    pub token_secret: Option<String>,
+    /// Plain HTTP instead of HTTPS
+    #[arg(long)]
+    pub http: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

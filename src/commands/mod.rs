@@ -6,6 +6,8 @@ pub mod graph;
 pub mod inventory;
 pub mod output;
 pub mod plan;
+pub mod sim;
+pub mod sim_proxmox;
 pub mod state;
 pub mod validate;
 
