@@ -65,6 +65,8 @@ pub async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Response<Body>
 /// Not Proxmox: the simulator's own view of its store, for tests and people
 /// (same authentication as the API).
 pub const SIM_GUESTS_PATH: &str = "/_sim/guests";
+/// Not Proxmox either: how many faults were injected so far.
+pub const SIM_STATS_PATH: &str = "/_sim/stats";
 
 fn sim_guests(sim: &Sim) -> Value {
     let guests: Vec<Value> = super::summaries(sim)
@@ -85,6 +87,10 @@ async fn route(sim: &Arc<Sim>, method: &str, uri: &Uri, headers: &HeaderMap, bod
     if method == "GET" && uri.path() == SIM_GUESTS_PATH {
         authenticate(sim, method, headers).await?;
         return Ok(sim_guests(sim));
+    }
+    if method == "GET" && uri.path() == SIM_STATS_PATH {
+        authenticate(sim, method, headers).await?;
+        return Ok(json!({ "faults_injected": sim.faults_injected.load(std::sync::atomic::Ordering::Relaxed) }));
     }
     let Some(path) = uri.path().strip_prefix("/api2/json") else {
         return Err(not_implemented(method, uri.path()));
