@@ -37,6 +37,16 @@ pub enum Command {
     Output(OutputCmd),
     /// Run a cloud API simulator on this host
     Sim(SimCmd),
+    /// Live health of the stack's services (exit 1 when unhealthy)
+    Status(StatusCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             Command::State(c) => commands::state::run(c, state),
             Command::Inventory(a) => commands::inventory::run(a, state),
             Command::Output(a) => commands::output::run(a, state),
+            Command::Status(a) => commands::status::run(a, state).await,
             Command::Sim(c) => commands::sim::run(c, cli.verbose).await,
         }
     });

@@ -24,6 +24,9 @@ impl Renderer {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
+        // Config files are not HTML or JSON documents: no auto-escaping by
+        // extension (minijinja would JSON-quote every value in a .yml).
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         let dir = std::env::var_os("RIGGER_TEMPLATES_DIR").map(std::path::PathBuf::from);
         for (name, builtin) in BUILTIN {
             let text = match dir.as_ref().map(|d| d.join(name)).filter(|p| p.exists()) {

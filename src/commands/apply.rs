@@ -1,10 +1,11 @@
 use crate::cli::ApplyCmd;
+use crate::config::phase::{self, ConfigPlan};
 use crate::engine::{self, Applier, Shared};
 use crate::plan::services::secret_names;
 use crate::project::Project;
 use crate::saved_plan::SavedPlan;
 use crate::state::{State, StateStore};
-use crate::ui::{self, printer::Printer, Paint};
+use crate::ui::{self, hosts::HostSummary, printer::Printer, Paint};
 use anyhow::Result;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,35 +35,58 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     let store = StateStore::open(&project.state_path, "rigger apply")?;
     let mut state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider.kind()));
     let lineage = (state.serial > 0).then(|| state.lineage.clone());
+    let serial = state.serial;
+    for name in secret_names(&project.plan.roles()) {
+        state.ensure_secret(name);
+    }
     let specs = engine::specs(provider.as_ref(), &project)?;
+    let paint = Paint { on: ui::color_enabled() };
 
+    // What to do: the cloud changes, and (for machines that exist) the host changes.
+    let mut config_plan: Option<ConfigPlan> = None;
     let changes = match saved {
         Some(s) => {
-            s.check_current(lineage.as_deref(), state.serial)?;
-            print!("{}", ui::plan::render_human(&s.changes, &Paint { on: ui::color_enabled() }));
+            s.check_current(lineage.as_deref(), serial)?;
+            print!("{}", ui::plan::render_human(&s.changes, &paint));
             s.changes
         }
         None => {
             let (events, printer) = Printer::start(verbose);
             let live = engine::refresh(provider.as_ref(), &state, true, &events).await;
+            let mut prepared = None;
+            if let Ok(live) = &live {
+                state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
+                project.write_known_hosts(&state)?;
+                if !infra_only && state.machines().next().is_some() {
+                    prepared = Some(phase::prepare(&project, &state, args.parallelism, true, &events).await);
+                }
+            }
             drop(events);
             printer.finish().await;
             let live = live?;
-            state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
+            let config_plan_ok = prepared.transpose()?;
             let changes = engine::restrict_to_targets(crate::diff::compute(&specs, &live), &specs, &args.targets)?;
-            print!("{}", ui::plan::render_human(&changes, &Paint { on: ui::color_enabled() }));
+            print!("{}", ui::plan::render_human(&changes, &paint));
+            if let Some(cp) = &config_plan_ok {
+                let text = ui::hosts::render_human(cp, &state.secrets, &paint);
+                if !text.is_empty() {
+                    print!("\n{text}");
+                }
+            }
             let effective = engine::effective(&changes);
-            if !effective.is_empty() && !super::confirm("\nDo you want to perform these actions?", args.auto_approve)? {
+            let host_work = config_plan_ok.as_ref().map_or(!infra_only, |cp| !HostSummary::of(cp).is_empty() || !cp.not_built.is_empty());
+            if (!effective.is_empty() || host_work) && !super::confirm("\nDo you want to perform these actions?", args.auto_approve)? {
                 println!("Apply cancelled; nothing was changed.");
+                if let Some(cp) = config_plan_ok {
+                    cp.close().await;
+                }
                 return Ok(1);
             }
+            config_plan = config_plan_ok;
             effective
         }
     };
 
-    for name in secret_names(&project.plan.roles()) {
-        state.ensure_secret(name);
-    }
     store.save(&mut state)?;
     project.write_known_hosts(&state)?;
 
@@ -70,14 +94,37 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     let shared = Arc::new(Mutex::new(Shared { store, state }));
     let (events, printer) = Printer::start(verbose);
     let applier = Applier { provider, project: project.clone(), shared: shared.clone(), events: events.clone(), parallelism: args.parallelism };
-    let result = applier.apply(&changes).await;
-    let result = match result {
-        Ok(()) if !(infra_only && args.no_ssh_wait) => match engine::prepare_logins(applier.provider.as_ref(), &project, &shared, &events, args.parallelism).await {
-            Ok(()) => wait_for_all_ssh(&project, &shared, &events).await,
-            Err(e) => Err(e),
-        },
-        other => other,
-    };
+    let mut result = applier.apply(&changes).await;
+    // Every apply that may dial the machines: Proxmox LXC guests get the plan's
+    // user and verified host keys here (cheap once done).
+    if result.is_ok() && !(infra_only && args.no_ssh_wait) {
+        result = engine::prepare_logins(applier.provider.as_ref(), &project, &shared, &events, args.parallelism).await;
+    }
+    if result.is_ok() && !changes.is_empty() && !(infra_only && args.no_ssh_wait) {
+        result = wait_for_all_ssh(&project, &shared, &events).await;
+    }
+    if result.is_ok() && !infra_only {
+        // After cloud changes the hosts are new or different: look at them again.
+        if !changes.is_empty() || config_plan.is_none() {
+            if let Some(old) = config_plan.take() {
+                old.close().await;
+            }
+            let state = shared.lock().await.state.clone();
+            config_plan = match phase::prepare(&project, &state, args.parallelism, false, &events).await {
+                Ok(cp) => Some(cp),
+                Err(e) => {
+                    result = Err(e);
+                    None
+                }
+            };
+        }
+        if let Some(cp) = &config_plan {
+            result = phase::apply(&project, cp, &shared, &events).await;
+        }
+    }
+    if let Some(cp) = config_plan {
+        cp.close().await;
+    }
     drop(applier);
     drop(events);
     printer.finish().await;
@@ -91,9 +138,6 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         summary.destroy,
         started.elapsed().as_secs_f64()
     );
-    if !infra_only {
-        println!("Config phase: the roles (etcd, patroni, haproxy, …) are not part of this build yet — the machines are up and answer SSH; see README.");
-    }
     Ok(0)
 }
 

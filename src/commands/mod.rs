@@ -9,6 +9,7 @@ pub mod plan;
 pub mod sim;
 pub mod sim_proxmox;
 pub mod state;
+pub mod status;
 pub mod validate;
 
 use anyhow::{bail, Result};

@@ -1,10 +1,11 @@
 use crate::cli::PlanCmd;
 use crate::diff::Summary;
 use crate::engine;
+use crate::plan::services::secret_names;
 use crate::project::Project;
 use crate::saved_plan::{self, SavedPlan};
 use crate::state::{State, StateStore};
-use crate::ui::{self, plan::StateRef, Paint};
+use crate::ui::{self, hosts::HostSummary, plan::StateRef, Paint};
 use anyhow::Result;
 use std::path::Path;
 
@@ -13,20 +14,45 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     project.ensure_ssh_key()?;
     let provider = project.provider()?;
     let store = StateStore::open(&project.state_path, "rigger plan")?;
-    let state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider.kind()));
+    let mut state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider.kind()));
+    let lineage = (state.serial > 0).then(|| state.lineage.clone());
+    let serial = state.serial;
+    // In memory only: templates need them; a plan never writes the state.
+    for name in secret_names(&project.plan.roles()) {
+        state.ensure_secret(name);
+    }
     let specs = engine::specs(provider.as_ref(), &project)?;
     let (events, printer) = ui::printer::Printer::start(verbose);
     let live = engine::refresh(provider.as_ref(), &state, args.refresh, &events).await;
+    let config_plan = match (&live, args.infra_only) {
+        (Ok(live), false) => {
+            state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
+            project.write_known_hosts(&state)?;
+            Some(crate::config::phase::prepare(&project, &state, 10, true, &events).await)
+        }
+        _ => None,
+    };
     drop(events);
     printer.finish().await;
     let changes = crate::diff::compute(&specs, &live?);
-    let lineage = (state.serial > 0).then(|| state.lineage.clone());
+    let config_plan = config_plan.transpose()?;
 
+    let paint = Paint { on: ui::color_enabled() };
     if args.json {
-        let doc = ui::plan::json_document(&project.plan.project, provider.kind(), StateRef { lineage: lineage.clone(), serial: state.serial }, &changes);
+        let mut doc = serde_json::to_value(ui::plan::json_document(&project.plan.project, provider.kind(), StateRef { lineage: lineage.clone(), serial }, &changes))?;
+        if let Some(cp) = &config_plan {
+            doc["host_changes"] = serde_json::to_value(ui::hosts::json(cp))?;
+            doc["parameter_changes"] = serde_json::to_value(&cp.parameter_changes)?;
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        print!("{}", ui::plan::render_human(&changes, &Paint { on: ui::color_enabled() }));
+        print!("{}", ui::plan::render_human(&changes, &paint));
+        if let Some(cp) = &config_plan {
+            let text = ui::hosts::render_human(cp, &state.secrets, &paint);
+            if !text.is_empty() {
+                print!("\n{text}");
+            }
+        }
     }
     if let Some(out) = &args.out {
         let saved = SavedPlan {
@@ -35,7 +61,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
             plan_sha256: saved_plan::file_sha256(&args.plan)?,
             state_path: std::path::absolute(&project.state_path)?,
             state_lineage: lineage,
-            state_serial: state.serial,
+            state_serial: serial,
             infra_only: args.infra_only,
             changes: engine::effective(&changes),
         };
@@ -44,6 +70,10 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
             println!("\nSaved the plan to {} — apply it exactly with `rigger apply {}`.", out.display(), out.display());
         }
     }
+    let host_changes = config_plan.as_ref().is_some_and(|cp| !HostSummary::of(cp).is_empty());
+    if let Some(cp) = config_plan {
+        cp.close().await;
+    }
     let summary = Summary::of(&changes);
-    Ok(if args.detailed_exitcode && !summary.is_empty() { 2 } else { 0 })
+    Ok(if args.detailed_exitcode && (!summary.is_empty() || host_changes) { 2 } else { 0 })
 }

@@ -1,3 +1,4 @@
 pub mod facts;
 pub mod ops;
 pub mod run;
+pub mod phase;

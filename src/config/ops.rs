@@ -23,11 +23,18 @@ pub struct ManagedFile {
     pub mode: u32,
     pub owner: String,
     pub group: String,
-    /// The daemon's own checker, `{}` standing for the candidate file. Run on
-    /// the host before the live file is replaced.
-    pub validate: Option<String>,
+    /// The daemon's own checker, run on the host before the live file is replaced.
+    pub validate: Option<Checker>,
     /// Services whose behaviour depends on this file.
     pub notify: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Checker {
+    /// What the user knows it as, e.g. `haproxy -c`.
+    pub name: String,
+    /// The shell command, `{}` standing for the candidate file.
+    pub command: String,
 }
 
 #[derive(Debug, Clone)]
@@ -183,7 +190,7 @@ pub fn compute(desired: &HostDesired, facts: &HostFacts, pending: &BTreeSet<Stri
 pub async fn upload(session: &HostSession, f: &ManagedFile) -> Result<()> {
     let path = sh_quote(&f.path);
     let check = match &f.validate {
-        Some(v) => format!("if ! out=$({} 2>&1); then echo \"$out\" >&2; rm -f \"$t\"; exit 42; fi\n", v.replace("{}", "\"$t\"")),
+        Some(v) => format!("if ! out=$({} 2>&1); then echo \"$out\" >&2; rm -f \"$t\"; exit 42; fi\n", v.command.replace("{}", "\"$t\"")),
         None => String::new(),
     };
     let script = format!(
@@ -199,7 +206,7 @@ pub async fn upload(session: &HostSession, f: &ManagedFile) -> Result<()> {
             "{}: {} was rejected by `{}` — the running service keeps its old config:\n{}",
             session.name,
             f.path,
-            f.validate.as_deref().unwrap_or_default().replace(" {}", ""),
+            f.validate.as_ref().map(|v| v.name.as_str()).unwrap_or_default(),
             indent(out.stderr.trim())
         ),
         code => bail!("{}: writing {} failed (exit {code}): {}", session.name, f.path, out.stderr.trim()),
@@ -226,7 +233,7 @@ mod tests {
                 mode: 0o640,
                 owner: "root".into(),
                 group: "haproxy".into(),
-                validate: Some("haproxy -c -f {}".into()),
+                validate: Some(Checker { name: "haproxy -c".into(), command: "haproxy -c -f {}".into() }),
                 notify: vec!["haproxy".into()],
             }],
             services: vec![ManagedService { role: "haproxy", name: "haproxy".into(), on_change: OnChange::Reload }],

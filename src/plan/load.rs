@@ -33,7 +33,9 @@ pub fn load_str(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
             return Err(d.into_errors(path.to_path_buf()));
         }
     };
+    // Absolute, so every path in the plan means the same whatever the working folder.
     let dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
     let plan = Reader { d: &mut d, dir: &dir }.plan(&root, path);
     match plan {
         Some(p) if d.is_empty() => Ok(p),

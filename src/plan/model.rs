@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
-    /// The plan file as given and its folder (relative paths resolve against it).
+    /// The plan file as given and its folder, absolute. Every path in the plan
+    /// (keys, app folders) is already resolved against it.
     pub file: PathBuf,
     pub dir: PathBuf,
     pub version: u32,

@@ -20,7 +20,7 @@ pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
             0o640,
             "root",
             "root",
-            Some("keepalived -t -f {}"),
+            Some(("keepalived -t", "keepalived -t -f {}")),
             &["keepalived"],
         )],
         services: vec![service("keepalived", "keepalived", OnChange::Restart)],

@@ -7,7 +7,7 @@ pub mod keepalived;
 pub mod patroni;
 pub mod redis;
 
-use crate::config::ops::{HostDesired, ManagedFile, ManagedService, OnChange};
+use crate::config::ops::{Checker, HostDesired, ManagedFile, ManagedService, OnChange};
 use crate::plan::model::{Host, Plan};
 use crate::render::Renderer;
 use anyhow::{Context, Result};
@@ -72,7 +72,8 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
     })
 }
 
-pub fn file(role: &'static str, path: &str, content: String, mode: u32, owner: &str, group: &str, validate: Option<&str>, notify: &[&str]) -> ManagedFile {
+/// `validate`: (the checker's name as users know it, the command with `{}` for the file).
+pub fn file(role: &'static str, path: &str, content: String, mode: u32, owner: &str, group: &str, validate: Option<(&str, &str)>, notify: &[&str]) -> ManagedFile {
     ManagedFile {
         role,
         path: path.to_string(),
@@ -80,7 +81,7 @@ pub fn file(role: &'static str, path: &str, content: String, mode: u32, owner: &
         mode,
         owner: owner.to_string(),
         group: group.to_string(),
-        validate: validate.map(str::to_string),
+        validate: validate.map(|(name, command)| Checker { name: name.to_string(), command: command.to_string() }),
         notify: notify.iter().map(|s| s.to_string()).collect(),
     }
 }

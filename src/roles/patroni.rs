@@ -41,7 +41,7 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let v = version(plan);
     Ok(HostDesired {
         packages: vec!["patroni".into(), format!("postgresql-{v}"), "python3-psycopg2".into()],
-        files: vec![file("patroni", "/etc/patroni/config.yml", r.render("patroni.yml.j2", ctx)?, 0o600, "postgres", "postgres", Some(VALIDATE), &["patroni"])],
+        files: vec![file("patroni", "/etc/patroni/config.yml", r.render("patroni.yml.j2", ctx)?, 0o600, "postgres", "postgres", Some(("patroni --validate-config", VALIDATE)), &["patroni"])],
         services: vec![service("patroni", "patroni", OnChange::Custom)],
         stop_disable: vec!["postgresql".into(), format!("postgresql@{v}-main")],
         ..Default::default()
@@ -50,7 +50,10 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
 
 /// The probes the plan needs: the DCS config as Patroni serves it.
 pub fn probes(plan: &Plan) -> Vec<(String, String)> {
-    vec![("patroni_config".into(), format!("curl -s -m 3 http://127.0.0.1:{}/config", rest_port(plan)))]
+    vec![
+        ("patroni_config".into(), format!("curl -s -m 3 http://127.0.0.1:{}/config", rest_port(plan))),
+        ("patroni_state".into(), format!("curl -s -m 3 http://127.0.0.1:{}/patroni", rest_port(plan))),
+    ]
 }
 
 /// Parameters whose DCS value differs from the plan's: (name, now, wanted).
@@ -65,6 +68,11 @@ pub fn parameter_changes(plan: &Plan, live_config: &str) -> Vec<(String, Option<
             (now.as_deref() != Some(want.as_str())).then_some((k, now, want))
         })
         .collect()
+}
+
+/// Whether this member's PostgreSQL waits for a restart to take a setting.
+pub fn restart_pending(state_probe: &str) -> bool {
+    serde_json::from_str::<Value>(state_probe).ok().and_then(|v| v["pending_restart"].as_bool()).unwrap_or(false)
 }
 
 fn as_text(v: &Value) -> String {
@@ -220,7 +228,7 @@ async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
     }
     let changes = parameter_changes(plan, &body);
     if changes.is_empty() {
-        return Ok(false);
+        return finish_pending_restarts(run).await;
     }
     let patch: serde_json::Map<String, Value> = changes.iter().map(|(k, _, v)| (k.clone(), json!(v))).collect();
     let subject = "patroni parameters".to_string();
@@ -254,22 +262,22 @@ async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
         })
         .await?;
     }
+    if lowers_a_replica_limit(&changes) {
+        // A replica refuses to run with less of these than its primary has:
+        // the primary restarts first (a short write pause), then the replicas.
+        restart_member(run, &leader).await?;
+        for h in run.hosts.iter().filter(|h| h.name != leader) {
+            restart_member(run, &h.name).await?;
+        }
+        return Ok(true);
+    }
     // Replicas first, one by one.
     for h in run.hosts.iter().filter(|h| h.name != leader) {
         restart_member(run, &h.name).await?;
     }
     // Then hand the leadership to a replica, then the old leader.
     let candidate = run.hosts.iter().find(|h| h.name != leader).map(|h| h.name.clone()).ok_or_else(|| anyhow!("no replica to switch over to"))?;
-    run.events.progress(&subject, format!("switchover {leader} → {candidate}"));
-    let (code, body) = rest(run.session(&leader)?, port, "POST", "/switchover", Some(&json!({ "leader": leader, "candidate": candidate }))).await?;
-    if code != 200 {
-        bail!("switchover {leader} → {candidate} answered {code}: {body}");
-    }
-    wait_for(&format!("{candidate} leads"), Duration::from_secs(60), || async {
-        let m = cluster(run.session(&candidate)?, port).await?;
-        Ok(if m.get(&candidate).map(|(r, _)| r.as_str()) == Some("leader") { Ok(()) } else { Err(format!("{m:?}")) })
-    })
-    .await?;
+    switchover(run, &leader, &candidate).await?;
     let (_, body) = rest(run.session(&leader)?, port, "GET", "/patroni", None).await?;
     let still_pending = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["pending_restart"].as_bool()).unwrap_or(false);
     if still_pending {
@@ -278,20 +286,77 @@ async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
     Ok(true)
 }
 
+/// Members that still owe a restart (an interrupted run, or a change made by
+/// hand): replicas first, then the leader after a switchover.
+async fn finish_pending_restarts(run: &RoleRun<'_>) -> Result<bool> {
+    let pending = pending_members(run).await?;
+    if pending.is_empty() {
+        return Ok(false);
+    }
+    let port = rest_port(run.plan);
+    let members = cluster(run.session(&run.hosts[0].name)?, port).await?;
+    let leader = members.iter().find(|(_, (r, _))| r == "leader").map(|(n, _)| n.clone()).ok_or_else(|| anyhow!("no leader"))?;
+    for name in pending.iter().filter(|n| **n != leader) {
+        restart_member(run, name).await?;
+    }
+    if pending.contains(&leader) {
+        let candidate = members.keys().find(|n| **n != leader).cloned().ok_or_else(|| anyhow!("no replica to switch over to"))?;
+        switchover(run, &leader, &candidate).await?;
+        restart_member(run, &leader).await?;
+    }
+    Ok(true)
+}
+
+async fn pending_members(run: &RoleRun<'_>) -> Result<Vec<String>> {
+    let port = rest_port(run.plan);
+    let mut out = Vec::new();
+    for h in &run.hosts {
+        let (_, body) = rest(run.session(&h.name)?, port, "GET", "/patroni", None).await?;
+        if serde_json::from_str::<Value>(&body).ok().and_then(|v| v["pending_restart"].as_bool()) == Some(true) {
+            out.push(h.name.clone());
+        }
+    }
+    Ok(out)
+}
+
+async fn switchover(run: &RoleRun<'_>, leader: &str, candidate: &str) -> Result<()> {
+    let port = rest_port(run.plan);
+    run.events.progress("patroni parameters", format!("switchover {leader} → {candidate}"));
+    let (code, body) = rest(run.session(leader)?, port, "POST", "/switchover", Some(&json!({ "leader": leader, "candidate": candidate }))).await?;
+    if code != 200 {
+        bail!("switchover {leader} → {candidate} answered {code}: {body}");
+    }
+    wait_for(&format!("{candidate} leads"), Duration::from_secs(60), || async {
+        let m = cluster(run.session(candidate)?, port).await?;
+        Ok(if m.get(candidate).map(|(r, _)| r.as_str()) == Some("leader") { Ok(()) } else { Err(format!("{m:?}")) })
+    })
+    .await
+}
+
+/// Settings a hot standby must have at least as high as its primary.
+const REPLICA_LIMITS: &[&str] = &["max_connections", "max_worker_processes", "max_wal_senders", "max_prepared_transactions", "max_locks_per_transaction"];
+
+fn lowers_a_replica_limit(changes: &[(String, Option<String>, String)]) -> bool {
+    changes.iter().any(|(k, now, want)| {
+        let (Some(now), Ok(want)) = (now.as_deref().and_then(|n| n.parse::<i64>().ok()), want.parse::<i64>()) else { return false };
+        REPLICA_LIMITS.contains(&k.as_str()) && want < now
+    })
+}
+
 async fn restart_member(run: &RoleRun<'_>, name: &str) -> Result<()> {
     let port = rest_port(run.plan);
     let s = run.session(name)?;
     run.events.progress(&format!("patroni {name}"), "restarting PostgreSQL (rolling)");
-    let (code, body) = rest(s, port, "POST", "/restart", Some(&json!({ "restart_pending": true }))).await?;
-    if code != 200 && code != 503 {
+    let (code, body) = rest(s, port, "POST", "/restart", Some(&json!({}))).await?;
+    if code != 200 {
         bail!("{name}: POST /restart answered {code}: {body}");
     }
     wait_for(&format!("{name}: back and running after the restart"), Duration::from_secs(120), || async {
-        let m = cluster(s, port).await?;
-        Ok(match m.get(name) {
-            Some((_, state)) if state == "running" || state == "streaming" => Ok(()),
-            other => Err(format!("{other:?}")),
-        })
+        let (_, body) = rest(s, port, "GET", "/patroni", None).await?;
+        let v: Value = serde_json::from_str(&body).unwrap_or(json!({}));
+        let state = v["state"].as_str().unwrap_or("");
+        let pending = v["pending_restart"].as_bool().unwrap_or(false);
+        Ok(if (state == "running" || state == "streaming") && !pending { Ok(()) } else { Err(format!("state {state:?}, pending_restart {pending}")) })
     })
     .await
 }

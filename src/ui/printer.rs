@@ -36,6 +36,9 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Event>, fancy: bool, verbose: bool)
     let start = Instant::now();
     let multi = MultiProgress::new();
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    // A step may contain steps of the same subject (the engine's "creating"
+    // around the provider's own): only the outermost start and end are shown.
+    let mut depth: HashMap<String, usize> = HashMap::new();
     let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {elapsed:.dim}").unwrap_or_else(|_| ProgressStyle::default_spinner());
     let line = |s: String| {
         if fancy {
@@ -47,6 +50,14 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Event>, fancy: bool, verbose: bool)
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Started { subject, what } => {
+                let d = depth.entry(subject.clone()).or_insert(0);
+                *d += 1;
+                if *d > 1 {
+                    if let Some(bar) = bars.get(&subject) {
+                        bar.set_message(what);
+                    }
+                    continue;
+                }
                 if fancy {
                     let bar = multi.add(ProgressBar::new_spinner());
                     bar.set_style(style.clone());
@@ -70,16 +81,30 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Event>, fancy: bool, verbose: bool)
                 }
             }
             Event::Finished { subject, what, elapsed_ms } => {
+                let d = depth.entry(subject.clone()).or_insert(1);
+                *d = d.saturating_sub(1);
+                if *d > 0 {
+                    continue;
+                }
                 if let Some(bar) = bars.remove(&subject) {
                     bar.finish_and_clear();
                 }
                 line(format!("{subject}: {what} ({})", secs(elapsed_ms)));
             }
             Event::Failed { subject, what, error } => {
+                let d = depth.entry(subject.clone()).or_insert(1);
+                *d = d.saturating_sub(1);
+                if *d > 0 {
+                    continue;
+                }
                 if let Some(bar) = bars.remove(&subject) {
                     bar.finish_and_clear();
                 }
-                line(format!("{subject}: {what} FAILED: {error}"));
+                // The full error ends the run; here, its first line is enough.
+                let first = error.lines().next().unwrap_or_default();
+                let short: String = first.chars().take(160).collect();
+                let more = if short.len() < error.len() { " …" } else { "" };
+                line(format!("{subject}: {what} FAILED: {short}{more}"));
             }
             Event::Note { subject, message } => {
                 if verbose {

@@ -267,6 +267,9 @@ pub async fn start(paths: &MachinePaths, meta: &Meta) -> Result<u32> {
         "--quiet",
         "--link-journal=no",
         "--console=read-only",
+        // The machine owns its network namespace: let it manage its addresses
+        // (keepalived moves a VIP, like on a real VM).
+        "--capability=CAP_NET_ADMIN",
         directory.as_str(),
         machine.as_str(),
         netns.as_str(),

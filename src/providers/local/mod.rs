@@ -34,7 +34,7 @@ use machine::{MachinePaths, Meta, Seed};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use tokio::sync::OnceCell;
 
@@ -93,7 +93,8 @@ fn attrs(value: Value) -> Attrs {
 
 /// The first key line of the plan's public key file.
 fn read_public_key(plan: &Plan) -> Result<String> {
-    let path = resolve(&plan.dir, &plan.ssh.public_key_file);
+    // Plan paths are already resolved against the plan's folder by the loader.
+    let path = plan.ssh.public_key_file.clone();
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading ssh.public_key_file {}: create it with ssh-keygen or point the plan at an existing key", path.display()))?;
     text.lines()
@@ -101,19 +102,6 @@ fn read_public_key(plan: &Plan) -> Result<String> {
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string)
         .ok_or_else(|| anyhow!("ssh.public_key_file {} holds no key", path.display()))
-}
-
-fn resolve(dir: &Path, path: &Path) -> PathBuf {
-    if let Ok(rest) = path.strip_prefix("~") {
-        if let Some(home) = std::env::var_os("HOME") {
-            return PathBuf::from(home).join(rest);
-        }
-    }
-    if path.is_relative() {
-        dir.join(path)
-    } else {
-        path.to_path_buf()
-    }
 }
 
 impl LocalProvider {

@@ -1,0 +1,261 @@
+//! The config phase: connect to every host, gather facts (one round trip per
+//! host), compute what differs from the roles' wishes, then — role by role in
+//! DESIGN order — install, upload what changed (checked by the daemon first),
+//! and bring the role up to its health gate. A no-change run uploads nothing
+//! and restarts nothing.
+
+use super::facts::{self, HostFacts};
+use super::ops::{self, HostChanges, HostDesired};
+use super::run::RoleRun;
+use crate::engine::Shared;
+use crate::events::Events;
+use crate::plan::model::{Host, Plan};
+use crate::project::Project;
+use crate::remote::session::HostSession;
+use crate::render::Renderer;
+use crate::roles;
+use crate::state::State;
+use anyhow::{anyhow, bail, Result};
+use futures::stream::{self, StreamExt};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Mutex;
+
+/// One host's part of the config plan.
+pub struct HostPlan {
+    pub desired: HostDesired,
+    pub facts: HostFacts,
+    pub changes: HostChanges,
+    /// Old content of changed files (only gathered for showing a plan).
+    pub old_content: BTreeMap<String, String>,
+}
+
+pub struct ConfigPlan {
+    pub hosts: BTreeMap<String, HostPlan>,
+    /// Hosts of the plan whose machines do not exist yet.
+    pub not_built: Vec<String>,
+    /// PostgreSQL parameters to change in the DCS: (name, now, wanted).
+    pub parameter_changes: Vec<(String, Option<String>, String)>,
+    /// Patroni members whose PostgreSQL still owes a restart.
+    pub pending_restarts: Vec<String>,
+    pub sessions: BTreeMap<String, HostSession>,
+}
+
+impl ConfigPlan {
+    pub fn is_empty(&self) -> bool {
+        self.hosts.values().all(|h| h.changes.is_empty()) && self.parameter_changes.is_empty() && self.pending_restarts.is_empty() && self.not_built.is_empty()
+    }
+
+    pub async fn close(self) {
+        for (_, s) in self.sessions {
+            s.close().await;
+        }
+    }
+}
+
+/// Hosts that have at least one role rigger configures.
+fn configured_hosts(plan: &Plan) -> Vec<&Host> {
+    plan.hosts.iter().filter(|h| h.roles.iter().any(|r| roles::IMPLEMENTED.contains(&r.as_str()))).collect()
+}
+
+fn pending(state: &State, host: &str) -> BTreeSet<String> {
+    state.hosts.get(host).and_then(|h| h.get("pending")).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
+}
+
+/// Connect, gather facts and compute every host's changes.
+pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_old_content: bool, events: &Events) -> Result<ConfigPlan> {
+    let plan = &project.plan;
+    let renderer = Renderer::new()?;
+    let built: BTreeSet<&str> = state.machines().map(|m| m.address.name.as_str()).collect();
+    let hosts = configured_hosts(plan);
+    let not_built: Vec<String> = hosts.iter().filter(|h| !built.contains(h.name.as_str())).map(|h| h.name.clone()).collect();
+    let hosts: Vec<&Host> = hosts.into_iter().filter(|h| built.contains(h.name.as_str())).collect();
+
+    // Render first: a template error needs no network to be found.
+    let mut desired: BTreeMap<String, HostDesired> = BTreeMap::new();
+    for h in &hosts {
+        desired.insert(h.name.clone(), roles::desired(plan, h, &state.secrets, &renderer)?);
+    }
+
+    let config = crate::remote::ssh_config_path(project);
+    let started = Instant::now();
+    events.started("facts", &format!("connecting to {} hosts", hosts.len()));
+    let results: Vec<Result<(String, HostSession, HostFacts)>> = stream::iter(hosts.iter().map(|h| {
+        let (config, d) = (config.clone(), &desired[&h.name]);
+        let probes = if h.roles.iter().any(|r| r == "patroni") { roles::patroni::probes(plan) } else { vec![] };
+        async move {
+            let session = HostSession::connect(&config, &h.name).await?;
+            let f = facts::gather(&session, &d.query(probes)).await?;
+            Ok((h.name.clone(), session, f))
+        }
+    }))
+    .buffer_unordered(parallelism.max(1))
+    .collect()
+    .await;
+    let mut sessions = BTreeMap::new();
+    let mut all_facts = BTreeMap::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok((name, s, f)) => {
+                sessions.insert(name.clone(), s);
+                all_facts.insert(name, f);
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        for (_, s) in sessions {
+            s.close().await;
+        }
+        events.failed("facts", "gathering facts", &errors.join("; "));
+        bail!("cannot reach every host:\n  {}", errors.join("\n  "));
+    }
+    events.finished("facts", "facts gathered", started);
+
+    let mut host_plans = BTreeMap::new();
+    for (name, d) in desired {
+        let f = all_facts.remove(&name).unwrap_or_default();
+        let changes = ops::compute(&d, &f, &pending(state, &name));
+        let mut old_content = BTreeMap::new();
+        if with_old_content {
+            for fc in changes.files.iter().filter(|c| c.content_changed) {
+                if let Ok(out) = sessions[&name].sudo(&format!("cat {} 2>/dev/null", crate::remote::session::sh_quote(&fc.file.path)), None).await {
+                    old_content.insert(fc.file.path.clone(), out.stdout);
+                }
+            }
+        }
+        host_plans.insert(name, HostPlan { desired: d, facts: f, changes, old_content });
+    }
+    let parameter_changes = host_plans
+        .values()
+        .filter_map(|hp| hp.facts.probes.get("patroni_config").filter(|c| !c.trim().is_empty()))
+        .next()
+        .map(|c| roles::patroni::parameter_changes(plan, c))
+        .unwrap_or_default();
+    let pending_restarts = host_plans
+        .iter()
+        .filter(|(_, hp)| hp.facts.probes.get("patroni_state").is_some_and(|p| roles::patroni::restart_pending(p)))
+        .map(|(n, _)| n.clone())
+        .collect();
+    Ok(ConfigPlan { hosts: host_plans, not_built, parameter_changes, pending_restarts, sessions })
+}
+
+/// Carry the config plan out, role by role.
+pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared>>, events: &Events) -> Result<()> {
+    let plan = &project.plan;
+    if !cp.not_built.is_empty() {
+        bail!("these hosts have no machine yet: {} — run apply without --target, or build them first", cp.not_built.join(", "));
+    }
+    let secrets = shared.lock().await.state.secrets.clone();
+    let facts: BTreeMap<String, HostFacts> = cp.hosts.iter().map(|(n, hp)| (n.clone(), hp.facts.clone())).collect();
+    let present: BTreeSet<&str> = plan.roles();
+    for role in roles::ORDER.iter().copied().filter(|r| roles::IMPLEMENTED.contains(r) && present.contains(r)) {
+        let role_hosts: Vec<&Host> = plan.hosts_with_role(role).filter(|h| cp.hosts.contains_key(&h.name)).collect();
+        let subject = format!("role {role}");
+        let started = Instant::now();
+        events.started(&subject, &format!("{} host(s)", role_hosts.len()));
+        let changes: BTreeMap<String, HostChanges> = role_hosts.iter().map(|h| (h.name.clone(), cp.hosts[&h.name].changes.for_role(&cp.hosts[&h.name].desired, role))).collect();
+
+        // Stage 1: packages, services to retire, files — every host at once.
+        let staged = futures::future::join_all(role_hosts.iter().map(|h| {
+            let ch = &changes[&h.name];
+            let session = &cp.sessions[&h.name];
+            async move { (h.name.clone(), stage(session, ch, events).await) }
+        }))
+        .await;
+        let mut rejected = Vec::new();
+        let mut ok_hosts = Vec::new();
+        for (name, result) in staged {
+            match result {
+                Ok(touched) => {
+                    if !touched.is_empty() {
+                        mark_pending(shared, &name, &touched, true).await?;
+                    }
+                    ok_hosts.push(*role_hosts.iter().find(|h| h.name == name).expect("host of the role"));
+                }
+                Err(e) => rejected.push(format!("{e:#}")),
+            }
+        }
+
+        // Stage 2: bring the role up on the hosts whose files are in place.
+        let run = RoleRun { role, plan, secrets: &secrets, hosts: ok_hosts.clone(), sessions: &cp.sessions, changes: changes.clone(), facts: &facts, events };
+        let converged = if ok_hosts.is_empty() { Ok(()) } else { converge(role, &run).await };
+        if converged.is_ok() {
+            for h in &ok_hosts {
+                let services: BTreeSet<String> = cp.hosts[&h.name].desired.services.iter().filter(|s| s.role == role).map(|s| s.name.clone()).collect();
+                mark_pending(shared, &h.name, &services, false).await?;
+            }
+        }
+        match (converged, rejected.is_empty()) {
+            (Ok(()), true) => events.finished(&subject, "healthy", started),
+            (Ok(()), false) => {
+                events.failed(&subject, "config", &rejected.join("; "));
+                bail!("role {role}: {}", rejected.join("\n"));
+            }
+            (Err(e), _) => {
+                events.failed(&subject, "bring-up", &format!("{e:#}"));
+                let mut all = rejected;
+                all.push(format!("{e:#}"));
+                bail!("role {role}: {}", all.join("\n"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn converge(role: &str, run: &RoleRun<'_>) -> Result<()> {
+    match role {
+        "etcd" => roles::etcd::converge(run).await,
+        "patroni" => roles::patroni::converge(run).await,
+        "haproxy" => roles::haproxy::converge(run).await,
+        "keepalived" => roles::keepalived::converge(run).await,
+        "redis" => roles::redis::converge(run).await,
+        other => Err(anyhow!("role {other} has no bring-up")),
+    }
+}
+
+/// Install, retire, upload. Returns the services whose files changed.
+async fn stage(session: &HostSession, ch: &HostChanges, events: &Events) -> Result<BTreeSet<String>> {
+    let subject = format!("host {}", session.name);
+    if !ch.install.is_empty() {
+        events.progress(&subject, format!("installing {}", ch.install.join(" ")));
+        session
+            .sudo_ok("installing packages", &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y {} 2>&1", ch.install.join(" ")))
+            .await?;
+    }
+    for s in &ch.stop_disable {
+        session.sudo_ok(&format!("stopping {s}"), &format!("systemctl disable --now {s} 2>&1")).await?;
+    }
+    let mut touched = BTreeSet::new();
+    for fc in &ch.files {
+        events.progress(&subject, format!("writing {}", fc.file.path));
+        ops::upload(session, &fc.file).await?;
+        if fc.content_changed {
+            touched.extend(fc.file.notify.iter().cloned());
+        }
+    }
+    Ok(touched)
+}
+
+/// Remember (or forget) that a host's services still owe a restart, so an
+/// interrupted run restarts them next time even though the files now match.
+async fn mark_pending(shared: &Arc<Mutex<Shared>>, host: &str, services: &BTreeSet<String>, add: bool) -> Result<()> {
+    let mut sh = shared.lock().await;
+    let entry = sh.state.hosts.entry(host.to_string()).or_insert_with(|| json!({}));
+    let mut now: BTreeSet<String> = entry.get("pending").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let before = now.clone();
+    if add {
+        now.extend(services.iter().cloned());
+    } else {
+        now.retain(|s| !services.contains(s));
+    }
+    if now == before {
+        return Ok(());
+    }
+    entry["pending"] = json!(now);
+    let Shared { store, state } = &mut *sh;
+    store.save(state)
+}

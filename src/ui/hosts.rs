@@ -1,0 +1,169 @@
+//! Showing the host side of a plan: per host, which files would change (a
+//! unified diff, secrets masked) and which services would start, restart or
+//! reload — like `ansible --check --diff`, beside the cloud changes.
+
+use super::Paint;
+use crate::config::phase::ConfigPlan;
+use serde::Serialize;
+use similar::TextDiff;
+use std::collections::BTreeMap;
+
+const MASK: &str = "(sensitive)";
+/// A file rigger takes over from the distro can differ in hundreds of lines:
+/// show the start of the diff, not all of it.
+const MAX_DIFF_LINES: usize = 60;
+
+/// Replace every secret value in `text` by a mask.
+pub fn mask(text: &str, secrets: &BTreeMap<String, String>) -> String {
+    let mut out = text.to_string();
+    for v in secrets.values().filter(|v| v.len() >= 6) {
+        out = out.replace(v.as_str(), MASK);
+    }
+    out
+}
+
+#[derive(Serialize, Default)]
+pub struct HostSummary {
+    pub files: usize,
+    pub start: usize,
+    pub restart: usize,
+    pub reload: usize,
+    pub install: usize,
+    pub parameters: usize,
+    pub pending_restarts: usize,
+}
+
+impl HostSummary {
+    pub fn of(cp: &ConfigPlan) -> HostSummary {
+        let mut s = HostSummary { parameters: cp.parameter_changes.len(), pending_restarts: cp.pending_restarts.len(), ..Default::default() };
+        for hp in cp.hosts.values() {
+            let c = &hp.changes;
+            s.files += c.files.len();
+            s.start += c.start.len();
+            s.restart += c.restart.len();
+            s.reload += c.reload.len() + c.custom.len();
+            s.install += c.install.len();
+        }
+        s
+    }
+    pub fn is_empty(&self) -> bool {
+        self.files + self.start + self.restart + self.reload + self.install + self.parameters + self.pending_restarts == 0
+    }
+}
+
+pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: &Paint) -> String {
+    let mut out = String::new();
+    if !cp.not_built.is_empty() {
+        out.push_str(&format!("Hosts configured once their machines exist: {}\n\n", cp.not_built.join(", ")));
+    }
+    let changed: Vec<_> = cp.hosts.iter().filter(|(_, hp)| !hp.changes.is_empty()).collect();
+    if changed.is_empty() && cp.parameter_changes.is_empty() && cp.pending_restarts.is_empty() {
+        if !cp.hosts.is_empty() {
+            out.push_str(&format!("{} Every host matches its roles.\n", paint.green("No host changes.")));
+        }
+        return out;
+    }
+    out.push_str("Host changes:\n\n");
+    for (name, hp) in changed {
+        let c = &hp.changes;
+        out.push_str(&format!("  {} host {}\n", paint.yellow("~"), paint.bold(name)));
+        if !c.install.is_empty() {
+            out.push_str(&format!("      {} install {}\n", paint.green("+"), c.install.join(" ")));
+        }
+        for s in &c.stop_disable {
+            out.push_str(&format!("      {} stop and disable {s}\n", paint.red("-")));
+        }
+        for fc in &c.files {
+            out.push_str(&format!("      {} {} ({})\n", paint.yellow("~"), fc.file.path, fc.reasons.join(", ")));
+            if fc.content_changed {
+                let old = mask(hp.old_content.get(&fc.file.path).map(String::as_str).unwrap_or(""), secrets);
+                let new = mask(&fc.file.content, secrets);
+                let diff = TextDiff::from_lines(&old, &new);
+                let text = diff.unified_diff().context_radius(2).to_string();
+                let total = text.lines().count();
+                for (i, line) in text.lines().enumerate() {
+                    if i == MAX_DIFF_LINES && total > MAX_DIFF_LINES + 10 {
+                        out.push_str(&format!("          {}\n", paint.dim(&format!("… {} more diff lines", total - i))));
+                        break;
+                    }
+                    let shown = if line.starts_with('+') {
+                        paint.green(line)
+                    } else if line.starts_with('-') {
+                        paint.red(line)
+                    } else {
+                        paint.dim(line)
+                    };
+                    out.push_str(&format!("          {shown}\n"));
+                }
+            }
+        }
+        // Custom-handled services (Patroni) re-read their file; restarts they need roll (below).
+        for (what, list) in [("start", &c.start), ("restart", &c.restart), ("reload", &c.reload), ("reload", &c.custom)] {
+            for s in list {
+                out.push_str(&format!("      {} {what} {s}\n", paint.yellow("↻")));
+            }
+        }
+        out.push('\n');
+    }
+    if !cp.parameter_changes.is_empty() {
+        out.push_str("  PostgreSQL parameters (in the DCS; a restart, when one is needed, rolls: replicas, switchover, old leader):\n");
+        for (k, now, want) in &cp.parameter_changes {
+            out.push_str(&format!("      {} {k} = {} -> {want:?}\n", paint.yellow("~"), now.as_deref().map(|n| format!("{n:?}")).unwrap_or("(unset)".into())));
+        }
+        out.push('\n');
+    }
+    if !cp.pending_restarts.is_empty() {
+        out.push_str(&format!(
+            "  PostgreSQL restarts still pending (rolled on apply: replicas, then the leader after a switchover): {}\n\n",
+            cp.pending_restarts.join(", ")
+        ));
+    }
+    let s = HostSummary::of(cp);
+    out.push_str(&format!(
+        "{} {} files to change, {} services to start, {} to restart, {} to reload, {} parameters.\n",
+        paint.bold("Hosts:"),
+        s.files,
+        s.start,
+        s.restart,
+        s.reload,
+        s.parameters
+    ));
+    out
+}
+
+/// The host part of `plan --json`.
+#[derive(Serialize)]
+pub struct HostChangeJson {
+    pub host: String,
+    pub install: Vec<String>,
+    pub files: Vec<FileChangeJson>,
+    pub start: Vec<String>,
+    pub restart: Vec<String>,
+    pub reload: Vec<String>,
+    pub stop_disable: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct FileChangeJson {
+    pub path: String,
+    pub reasons: Vec<&'static str>,
+}
+
+pub fn json(cp: &ConfigPlan) -> Vec<HostChangeJson> {
+    cp.hosts
+        .iter()
+        .filter(|(_, hp)| !hp.changes.is_empty())
+        .map(|(name, hp)| {
+            let c = &hp.changes;
+            HostChangeJson {
+                host: name.clone(),
+                install: c.install.clone(),
+                files: c.files.iter().map(|f| FileChangeJson { path: f.file.path.clone(), reasons: f.reasons.clone() }).collect(),
+                start: c.start.clone(),
+                restart: c.restart.clone(),
+                reload: c.reload.iter().chain(c.custom.iter()).cloned().collect(),
+                stop_disable: c.stop_disable.clone(),
+            }
+        })
+        .collect()
+}
