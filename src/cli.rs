@@ -65,6 +65,8 @@ pub struct StatusCmd {
 pub enum SimCmd {
     /// Yandex Cloud (IAM tokens, VPC, Compute, Operations) on one base URL
     Yandex(SimYandexCmd),
+    /// A Proxmox VE node: api2/json over HTTPS, tasks, locks, faults
+    Proxmox(ProxmoxSimArgs),
 }
 
 /// What stands behind a simulated machine.
@@ -107,6 +109,37 @@ pub struct SimYandexCmd {
     /// Without --sa-key: write a new authorized key file here and trust it
     #[arg(long, value_name = "FILE", default_value = "sim-sa-key.json")]
     pub key_out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ProxmoxSimArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port and prints it)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Boot a real local machine for every started guest
+    #[arg(long, value_enum)]
+    pub machines: Option<SimMachines>,
+    /// Added to every request, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub latency: u64,
+    /// How long a task (create, clone, start, …) runs, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 1500)]
+    pub op_time: u64,
+    /// Probability per request and task of an injected failure (0..1)
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub faults: f64,
+    /// Seed for faults and generated values (default: random, printed)
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// API token id to accept (default root@pam!rigger)
+    #[arg(long, value_name = "ID", requires = "token_secret")]
+    pub token_id: Option<String>,
+    /// Secret of that token (default: random, printed)
+    #[arg(long, value_name = "S", requires = "token_id")]
+    pub token_secret: Option<String>,
+    /// Plain HTTP instead of HTTPS
+    #[arg(long)]
+    pub http: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

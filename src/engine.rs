@@ -213,6 +213,34 @@ impl Applier {
     }
 }
 
+/// Before the first SSH wait: let the provider make each machine reachable as
+/// the plan's user and learn its host keys (`Provider::prepare_login`); what
+/// it learns is saved, and known_hosts rewritten, machine by machine.
+pub async fn prepare_logins(provider: &dyn Provider, project: &Project, shared: &Arc<Mutex<Shared>>, events: &Events, parallelism: usize) -> Result<()> {
+    use futures::StreamExt;
+    let machines: Vec<LiveResource> = shared.lock().await.state.machines().cloned().collect();
+    let plan = &project.plan;
+    let results: Vec<Result<()>> = futures::stream::iter(machines)
+        .map(|machine| async move {
+            let Some(ready) = provider.prepare_login(&machine, plan, events).await.map_err(|e| anyhow!("{}: {e:#}", machine.address))? else {
+                return Ok(());
+            };
+            let mut sh = shared.lock().await;
+            sh.state.resources.insert(ready.address.clone(), ready);
+            let Shared { store, state } = &mut *sh;
+            store.save(state)?;
+            project.write_known_hosts(state)
+        })
+        .buffer_unordered(parallelism.max(1))
+        .collect()
+        .await;
+    let failures: Vec<String> = results.into_iter().filter_map(|r| r.err()).map(|e| format!("{e:#}")).collect();
+    if !failures.is_empty() {
+        bail!("{} machine(s) could not be prepared for login:\n  {}", failures.len(), failures.join("\n  "));
+    }
+    Ok(())
+}
+
 /// Changes that actually do something.
 pub fn effective(changes: &[Change]) -> Vec<Change> {
     changes.iter().filter(|c| c.action != Action::NoOp).cloned().collect()

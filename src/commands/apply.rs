@@ -95,6 +95,11 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     let (events, printer) = Printer::start(verbose);
     let applier = Applier { provider, project: project.clone(), shared: shared.clone(), events: events.clone(), parallelism: args.parallelism };
     let mut result = applier.apply(&changes).await;
+    // Every apply that may dial the machines: Proxmox LXC guests get the plan's
+    // user and verified host keys here (cheap once done).
+    if result.is_ok() && !(infra_only && args.no_ssh_wait) {
+        result = engine::prepare_logins(applier.provider.as_ref(), &project, &shared, &events, args.parallelism).await;
+    }
     if result.is_ok() && !changes.is_empty() && !(infra_only && args.no_ssh_wait) {
         result = wait_for_all_ssh(&project, &shared, &events).await;
     }

@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod output;
 pub mod plan;
 pub mod sim;
+pub mod sim_proxmox;
 pub mod state;
 pub mod status;
 pub mod validate;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 pub async fn run(cmd: &SimCmd, verbose: bool) -> Result<i32> {
     match cmd {
         SimCmd::Yandex(args) => run_yandex(args, verbose).await,
+        SimCmd::Proxmox(args) => super::sim_proxmox::run(args, verbose).await,
     }
 }
 
@@ -89,4 +90,9 @@ async fn wait_for_stop_signal() -> Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// Until SIGINT or SIGTERM (every simulator runs in the foreground).
+pub async fn until_stopped() -> Result<()> {
+    wait_for_stop_signal().await
 }

@@ -45,6 +45,16 @@ pub trait Provider: Send + Sync {
         let _ = (live, events);
         anyhow::bail!("the {} provider cannot {action:?} a machine yet", self.kind())
     }
+
+    /// Before rigger first logs in to a machine as the plan's `ssh.user`: do
+    /// what the platform could not do at creation (Proxmox LXC installs keys
+    /// for root only) and learn what the API alone cannot tell (host keys).
+    /// Runs only when rigger can reach the machines (never with
+    /// `--no-ssh-wait`); must be cheap when there is nothing left to do.
+    /// Returns the machine with its new outputs, or `None` if nothing changed.
+    async fn prepare_login(&self, _machine: &LiveResource, _plan: &Plan, _events: &Events) -> Result<Option<LiveResource>> {
+        Ok(None)
+    }
 }
 
 /// What `Provider::power` does to a machine.

@@ -176,3 +176,204 @@ impl Drop for LocalPlan {
         }
     }
 }
+
+/// A `rigger sim proxmox` process on a free loopback port. Dropping it sends
+/// SIGTERM to that pid (the simulator then removes the machines it booted) and
+/// waits; SIGKILL only if it does not end.
+pub struct ProxmoxSim {
+    child: std::process::Child,
+    pub endpoint: String,
+    pub port: u16,
+    pub fingerprint: String,
+    pub token_id: String,
+    pub secret: String,
+    pub banner: String,
+}
+
+impl ProxmoxSim {
+    pub fn start(extra: &[&str]) -> ProxmoxSim {
+        use std::io::BufRead;
+        let mut child = Command::new(RIGGER)
+            .args(["sim", "proxmox", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start rigger sim proxmox");
+        let stdout = child.stdout.take().expect("sim stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut banner = String::new();
+        let field = |banner: &str, key: &str| banner.lines().find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().trim_matches('"').to_string()));
+        loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    banner.push_str(&line);
+                    banner.push('\n');
+                    if line.starts_with("export PROXMOX_TOKEN_SECRET=") {
+                        break;
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("rigger sim proxmox ended before printing its banner:\n{banner}");
+                }
+            }
+        }
+        // Keep reading (and dropping) stdout so the simulator never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let endpoint = field(&banner, "endpoint:").expect("endpoint in the banner");
+        let port = field(&banner, "listen:").and_then(|l| l.rsplit(':').next().and_then(|p| p.parse().ok())).expect("listen address in the banner");
+        ProxmoxSim {
+            endpoint,
+            port,
+            fingerprint: field(&banner, "tls_fingerprint:").expect("tls_fingerprint in the banner"),
+            token_id: field(&banner, "token_id:").expect("token_id in the banner"),
+            secret: field(&banner, "export PROXMOX_TOKEN_SECRET=").expect("secret in the banner"),
+            banner,
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The plan's `provider:` block for this simulator.
+    pub fn provider_block(&self) -> String {
+        format!(
+            "provider:\n  kind: proxmox\n  endpoint: {}\n  node: pve\n  token_id: \"{}\"\n  tls_fingerprint: \"{}\"\n",
+            self.endpoint, self.token_id, self.fingerprint
+        )
+    }
+
+    /// `GET <endpoint><path>` (the simulator's own `/_sim/…` views), TLS pinned to the printed fingerprint.
+    pub fn debug_get(&self, path: &str) -> serde_json::Value {
+        use rigger::providers::proxmox::tls::{self, TlsMode};
+        let fingerprint = tls::parse_fingerprint(&self.fingerprint).expect("fingerprint");
+        let config = tls::client_config(&TlsMode::Pinned(fingerprint)).expect("tls config").expect("a TLS config");
+        let url = format!("{}{path}", self.endpoint);
+        let auth = format!("PVEAPIToken={}={}", self.token_id, self.secret);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let client = reqwest::Client::builder().use_preconfigured_tls(config).build().expect("http client");
+            let response = client.get(&url).header("Authorization", auth).send().await.expect("GET the simulator");
+            assert!(response.status().is_success(), "GET {url}: {}", response.status());
+            let body: serde_json::Value = response.json().await.expect("JSON");
+            body["data"].clone()
+        })
+    }
+
+    /// The simulator's store: (vmid, type, name, template, machine).
+    pub fn guests(&self) -> Vec<SimGuest> {
+        self.debug_get("/_sim/guests")
+            .as_array()
+            .expect("a list of guests")
+            .iter()
+            .map(|g| SimGuest {
+                vmid: g["vmid"].as_u64().expect("vmid"),
+                kind: g["type"].as_str().unwrap_or_default().to_string(),
+                name: g["name"].as_str().unwrap_or_default().to_string(),
+                template: g["template"].as_bool().unwrap_or(false),
+                machine: g["machine"].as_str().map(str::to_string),
+            })
+            .collect()
+    }
+
+    pub fn faults_injected(&self) -> u64 {
+        self.debug_get("/_sim/stats")["faults_injected"].as_u64().unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait for the process to end (it removes its machines first).
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProxmoxSim {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimGuest {
+    pub vmid: u64,
+    pub kind: String,
+    pub name: String,
+    pub template: bool,
+    pub machine: Option<String>,
+}
+
+/// What a `--machines local` simulator on `port` left on this host, by exact
+/// name: its machines' processes, namespaces, mounts and folder, its bridge.
+pub fn sim_leftovers(port: u16, net_prefix: &str) -> Vec<String> {
+    let machine_prefix = format!("pvesim-{port}-");
+    let folder = Path::new("/var/lib/rigger/machines").join(format!("pvesim-{port}"));
+    let mut found = Vec::new();
+    let run = |args: &[&str]| String::from_utf8_lossy(&Command::new(args[0]).args(&args[1..]).output().map(|o| o.stdout).unwrap_or_default()).into_owned();
+    for line in run(&["ip", "netns", "list"]).lines() {
+        if line.starts_with(&machine_prefix) {
+            found.push(format!("netns {line}"));
+        }
+    }
+    for line in run(&["ps", "-eo", "pid,args"]).lines() {
+        if line.contains("systemd-nspawn") && line.contains(&format!("--machine={machine_prefix}")) {
+            found.push(format!("process {line}"));
+        }
+    }
+    for line in run(&["cat", "/proc/mounts"]).lines() {
+        if line.contains(&format!("{}/", folder.display())) {
+            found.push(format!("mount {line}"));
+        }
+    }
+    for line in run(&["ip", "-4", "-o", "addr"]).lines() {
+        if line.contains(&format!(" {net_prefix}.")) {
+            found.push(format!("address {line}"));
+        }
+    }
+    if folder.exists() {
+        found.push(format!("folder {}", folder.display()));
+    }
+    let bridge = format!("pve{port}vmbr0");
+    if Path::new("/sys/class/net").join(&bridge).exists() {
+        found.push(format!("bridge {bridge}"));
+    }
+    found
+}
+
+/// Runs `args` up to `tries` times while it exits 1 (an error, e.g. a fault
+/// the retries did not absorb): a user runs apply/destroy again, and so does this.
+pub fn rigger_until_not_error(tries: usize, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut last = None;
+    for _ in 0..tries {
+        let out = Command::new(RIGGER).args(args).envs(envs.iter().copied()).env("NO_COLOR", "1").output().expect("run rigger");
+        if out.code() != 1 {
+            return out;
+        }
+        last = Some(out);
+    }
+    last.expect("at least one try")
+}
+
+/// An ed25519 key pair at `dir/id_ed25519{,.pub}`.
+pub fn key_pair(dir: &Path) {
+    let key = dir.join("id_ed25519");
+    let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "rigger-test", "-f"]).arg(&key).output().expect("ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {}", out.stderr_text());
+}

@@ -199,6 +199,11 @@ async fn ensure_host_keys(rootfs: &Path, hostname: &str) -> Result<Vec<String>> 
     Ok(public_keys)
 }
 
+/// The public host keys already in a machine's root ("type base64").
+pub fn host_keys(rootfs: &Path) -> Result<Vec<String>> {
+    HOST_KEY_TYPES.iter().map(|t| read_public_key(&rootfs.join(format!("etc/ssh/ssh_host_{t}_key.pub")))).collect()
+}
+
 /// "type base64" of a .pub file (the comment dropped).
 fn read_public_key(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

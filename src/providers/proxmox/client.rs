@@ -104,6 +104,8 @@ const PERMANENT: &[&str] = &[
     "not supported",
     "template",
     "unable to modify",
+    // A file the guest agent was asked to read (agent/file-read).
+    "no such file or directory",
 ];
 
 impl ApiError {

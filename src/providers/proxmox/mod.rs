@@ -12,8 +12,16 @@
 //! the guests so tagged. A create adopts an existing guest with the same VMID
 //! (or, without one, the same name), the same kind and the project's tags, and
 //! refuses a VMID that belongs to anything else.
+//!
+//! First login (`prepare_login`, before rigger waits for SSH as `ssh.user`):
+//! LXC containers get the plan's user from root over SSH (`first_login.rs`);
+//! host keys come from the API — verified fingerprints for LXC, whole keys
+//! through the guest agent for QEMU (`host_keys.rs`). Both are kept as outputs
+//! across refreshes, since the API cannot report them again.
 
 pub mod client;
+pub mod first_login;
+pub mod host_keys;
 pub mod resources;
 pub mod tasks;
 pub mod tls;
@@ -21,13 +29,14 @@ pub mod tls;
 use crate::events::Events;
 use crate::plan::model::{Plan, ProviderConfig, ProxmoxConfig};
 use crate::providers::{Deps, Provider};
-use crate::resource::{LiveResource, ResourceSpec};
+use crate::resource::{Kind, LiveResource, ResourceSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use client::{as_u64, backoff, ApiError, Auth, ClientOptions, ProxmoxClient};
 use reqwest::Method;
 use resources::{encode_sshkeys, live_machine, owned_by, parse_size, Meta};
-use serde_json::Value;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsMode;
@@ -494,7 +503,93 @@ impl ProxmoxProvider {
             self.ensure_running(kind, vmid, subject, events).await?;
             self.wait_agent_ip(vmid, attr_str(spec, "ip").unwrap_or(""), subject, events).await?;
         }
-        self.read_live(kind, vmid).await
+        let mut fresh = self.read_live(kind, vmid).await?;
+        carry_login_outputs(live, &mut fresh);
+        Ok(fresh)
+    }
+
+    /// Fingerprints of the host keys `pct create` generated, from the newest
+    /// successful creation task's log.
+    async fn creation_fingerprints(&self, vmid: u64) -> Result<Vec<String>> {
+        let params = [("vmid", vmid.to_string()), ("typefilter", "vzcreate".to_string()), ("limit", "500".to_string())];
+        let tasks = self.client.get(&format!("/nodes/{}/tasks", self.node()), &params).await?;
+        let upid = host_keys::newest_successful_creation(&tasks, vmid)
+            .ok_or_else(|| anyhow!("no successful creation task of CT {vmid} in the node's task list: cannot verify its SSH host keys"))?;
+        let log = self.client.get(&format!("/nodes/{}/tasks/{upid}/log", self.node()), &[("start", "0".into()), ("limit", "10000".into())]).await?;
+        let lines: Vec<String> = log.as_array().into_iter().flatten().filter_map(|l| l.get("t").and_then(Value::as_str)).map(str::to_string).collect();
+        let fingerprints = host_keys::fingerprints_in_creation_log(&lines);
+        if fingerprints.is_empty() {
+            bail!("the creation log of CT {vmid} ({upid}) lists no SSH host key fingerprints: cannot verify its host keys");
+        }
+        Ok(fingerprints)
+    }
+
+    /// LXC: verify the container's host keys against its creation log, then
+    /// create the plan's user as root. Returns the verified public host keys.
+    async fn lxc_first_login(&self, machine: &LiveResource, vmid: u64, plan: &Plan, events: &Events) -> Result<Vec<String>> {
+        let subject = machine.address.to_string();
+        if plan.ssh.bastion.as_deref().is_some_and(|b| b != machine.address.name) {
+            bail!("{subject}: the first login to a Proxmox container dials it directly as root; plans with ssh.bastion are not supported for LXC guests yet");
+        }
+        let ip = machine.output_str("ssh_host").ok_or_else(|| anyhow!("{subject}: no address to log in to (net0 has no static ip)"))?.to_string();
+        let expected = self.creation_fingerprints(vmid).await?;
+        events.progress(&subject, "verifying the SSH host key against the creation log");
+        let deadline = Instant::now() + host_keys::SSHD_WAIT;
+        let keys = loop {
+            if let Some(keys) = host_keys::scan_verified(&ip, &expected).await? {
+                break keys;
+            }
+            if Instant::now() > deadline {
+                bail!("{subject}: sshd on {ip}:22 did not answer within {}s", host_keys::SSHD_WAIT.as_secs());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let dir = tempfile::tempdir().context("temporary folder for a one-off known_hosts")?;
+        let known_hosts = dir.path().join("known_hosts");
+        host_keys::write_known_hosts(&known_hosts, &ip, &keys).context("writing a one-off known_hosts")?;
+        let public_keys = std::fs::read_to_string(&plan.ssh.public_key_file)
+            .with_context(|| format!("reading ssh.public_key_file {}", plan.ssh.public_key_file.display()))?;
+        events.progress(&subject, format!("creating user {} as root", plan.ssh.user));
+        let mut attempt = 1;
+        loop {
+            match first_login::create_user(&ip, &known_hosts, &plan.ssh.private_key_file, &plan.ssh.user, &public_keys).await {
+                Ok(()) => return Ok(keys),
+                // A container still booting may refuse the first session.
+                Err(e) if attempt < 5 => {
+                    events.note(&subject, format!("first login attempt {attempt} failed, retrying: {e:#}"));
+                    tokio::time::sleep(backoff(attempt + 1)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// QEMU: the public host keys, read through the guest agent.
+    async fn qemu_host_keys(&self, vmid: u64, subject: &str, events: &Events) -> Result<Vec<String>> {
+        let path = format!("{}/agent/file-read", self.guest_path("qemu", vmid));
+        let deadline = Instant::now() + self.timeouts.agent;
+        events.progress(subject, "reading SSH host keys through the guest agent");
+        loop {
+            let mut keys = Vec::new();
+            let mut agent_down = false;
+            for key_type in host_keys::KEY_TYPES {
+                let file = format!("/etc/ssh/ssh_host_{key_type}_key.pub");
+                match self.client.get(&path, &[("file", file)]).await {
+                    Ok(data) => keys.extend(data.get("content").and_then(Value::as_str).and_then(host_keys::key_without_comment)),
+                    Err(e) if e.mentions("no such file") => {}
+                    Err(e) if e.mentions("guest agent is not running") || e.is_retryable() => agent_down = true,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !keys.is_empty() {
+                return Ok(keys);
+            }
+            if Instant::now() > deadline {
+                bail!("VM {vmid}: the guest agent reported no SSH host keys under /etc/ssh{}", if agent_down { " (the agent is not running)" } else { "" });
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Retry `op` on transient failures, with backoff and a note per retry.
@@ -522,6 +617,21 @@ impl ProxmoxProvider {
                     return Err(e);
                 }
             }
+        }
+    }
+}
+
+/// Outputs learned at first login, which the API cannot report again: kept
+/// across refreshes and updates of the same guest (same VMID).
+const LOGIN_OUTPUTS: &[&str] = &["host_keys", "login_user"];
+
+fn carry_login_outputs(from: &LiveResource, to: &mut LiveResource) {
+    if from.id != to.id {
+        return;
+    }
+    for key in LOGIN_OUTPUTS {
+        if let Some(value) = from.outputs.get(*key) {
+            to.outputs.entry(key.to_string()).or_insert_with(|| value.clone());
         }
     }
 }
@@ -583,7 +693,7 @@ impl Provider for ProxmoxProvider {
         plan.hosts.iter().map(|host| resources::machine_spec(plan, &self.config, host, &keys)).collect()
     }
 
-    async fn refresh(&self, _known: &[LiveResource], events: &Events) -> Result<Vec<LiveResource>> {
+    async fn refresh(&self, known: &[LiveResource], events: &Events) -> Result<Vec<LiveResource>> {
         events.progress("proxmox", "listing guests");
         let ours: Vec<(String, u64, String)> = self
             .guests()
@@ -605,9 +715,14 @@ impl Provider for ProxmoxProvider {
                 Err(e) => Err(e),
             }
         });
+        let remembered: BTreeMap<_, _> = known.iter().map(|k| (&k.address, k)).collect();
         let mut live = Vec::new();
         for result in futures::future::join_all(reads).await {
-            live.extend(result?);
+            let Some(mut guest) = result? else { continue };
+            if let Some(before) = remembered.get(&guest.address) {
+                carry_login_outputs(before, &mut guest);
+            }
+            live.push(guest);
         }
         Ok(live)
     }
@@ -631,5 +746,40 @@ impl Provider for ProxmoxProvider {
         let kind = live.attrs.get("kind").and_then(Value::as_str).unwrap_or("lxc").to_string();
         let vmid: u64 = live.id.parse().with_context(|| format!("{subject}: live id {:?} is not a VMID", live.id))?;
         self.with_attempts(&subject, "delete", events, || self.delete_once(live, &kind, vmid)).await
+    }
+
+    async fn prepare_login(&self, machine: &LiveResource, plan: &Plan, events: &Events) -> Result<Option<LiveResource>> {
+        if machine.address.kind != Kind::Machine {
+            return Ok(None);
+        }
+        let kind = machine.attrs.get("kind").and_then(Value::as_str).unwrap_or("lxc");
+        let user = match kind {
+            "qemu" => machine.attrs.get("ciuser").and_then(Value::as_str).unwrap_or("root").to_string(),
+            _ => plan.ssh.user.clone(),
+        };
+        let has_keys = machine.outputs.get("host_keys").and_then(Value::as_array).is_some_and(|k| !k.is_empty());
+        if has_keys && machine.outputs.get("login_user").and_then(Value::as_str) == Some(user.as_str()) {
+            return Ok(None);
+        }
+        let subject = machine.address.to_string();
+        let vmid: u64 = machine.id.parse().with_context(|| format!("{subject}: live id {:?} is not a VMID", machine.id))?;
+        let started = Instant::now();
+        events.started(&subject, "first login");
+        let keys = match kind {
+            "qemu" => self.qemu_host_keys(vmid, &subject, events).await,
+            _ => self.lxc_first_login(machine, vmid, plan, events).await,
+        };
+        let keys = match keys {
+            Ok(keys) => keys,
+            Err(e) => {
+                events.failed(&subject, "first login", &format!("{e:#}"));
+                return Err(e);
+            }
+        };
+        events.finished(&subject, &format!("ready for {user}"), started);
+        let mut ready = machine.clone();
+        ready.outputs.insert("host_keys".into(), json!(keys));
+        ready.outputs.insert("login_user".into(), json!(user));
+        Ok(Some(ready))
     }
 }

@@ -329,6 +329,7 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
             running: false,
             started_at: None,
             ssh_public_keys: params.get("ssh-public-keys").cloned().unwrap_or_default(),
+            host_keys: Vec::new(),
         },
     );
     drop(state);
@@ -346,10 +347,31 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
             .map_err(|fault| format!("unable to create CT {vmid} - {fault}"))?;
             ctx.log("Total bytes read: 524288000 (500MiB, 213MiB/s)");
             ctx.log("Detected container architecture: amd64");
-            ctx.log("Creating SSH host key 'ssh_host_ed25519_key' - this may take some time ...");
+            let boot = {
+                let state = lock_state(&sim);
+                let guest = state.guests.get(&vmid).ok_or_else(|| format!("CT {vmid} vanished during creation"))?;
+                boot_of(guest)
+            };
+            let host_keys = match sim.machines.create_container(&boot).await {
+                Ok(keys) => keys,
+                Err(error) => {
+                    let _ = sim.machines.destroy(vmid).await;
+                    lock_state(&sim).guests.remove(&vmid);
+                    return Err(format!("unable to create CT {vmid} - {error}"));
+                }
+            };
+            // As pve-container's rewrite_ssh_host_keys prints them.
+            let short_host = boot.hostname.split('.').next().unwrap_or(&boot.hostname).to_string();
+            for key in &host_keys {
+                ctx.log(format!("Creating SSH host key '{}' - this may take some time ...", host_key_file(key)));
+                if let Some(fingerprint) = crate::providers::proxmox::host_keys::fingerprint(key) {
+                    ctx.log(format!("done: {fingerprint} root@{short_host}"));
+                }
+            }
             {
                 let mut state = lock_state(&sim);
                 let guest = state.guests.get_mut(&vmid).ok_or_else(|| format!("CT {vmid} vanished during creation"))?;
+                guest.host_keys = host_keys;
                 guest.config.remove("lock");
             }
             if start_after {
@@ -363,6 +385,46 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
         .boxed()
     });
     Ok(json!(upid))
+}
+
+/// What the machine backend needs to create or boot the guest.
+fn boot_of(guest: &Guest) -> GuestBoot {
+    let keys = match guest.kind {
+        GuestKind::Lxc => guest.ssh_public_keys.clone(),
+        GuestKind::Qemu => guest
+            .config
+            .get("sshkeys")
+            .map(|k| percent_encoding::percent_decode_str(k).decode_utf8_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    GuestBoot {
+        vmid: guest.vmid,
+        kind: guest.kind,
+        hostname: guest.name(),
+        bridge: guest.bridge().unwrap_or_else(|| "vmbr0".into()),
+        ip_cidr: guest.ipv4_cidr(),
+        gateway: guest.gateway(),
+        ssh_public_keys: keys,
+        // Containers: Proxmox installs the keys for root only.
+        user: match guest.kind {
+            GuestKind::Lxc => "root".into(),
+            GuestKind::Qemu => guest.config.get("ciuser").cloned().unwrap_or_else(|| "root".into()),
+        },
+    }
+}
+
+/// `ssh_host_ed25519_key` for an `ssh-ed25519 …` key.
+fn host_key_file(key: &str) -> String {
+    format!("ssh_host_{}_key", host_key_type(key))
+}
+
+fn host_key_type(key: &str) -> &'static str {
+    match key.split_whitespace().next().unwrap_or("") {
+        "ssh-ed25519" => "ed25519",
+        "ssh-rsa" => "rsa",
+        "ssh-dss" => "dsa",
+        _ => "ecdsa",
+    }
 }
 
 // ---- QEMU template and clone ----------------------------------------------------
@@ -391,7 +453,7 @@ pub fn insert_qemu_template(state: &mut State) {
     .collect();
     state.guests.insert(
         QEMU_TEMPLATE_VMID,
-        Guest { vmid: QEMU_TEMPLATE_VMID, kind: GuestKind::Qemu, config, running: false, started_at: None, ssh_public_keys: String::new() },
+        Guest { vmid: QEMU_TEMPLATE_VMID, kind: GuestKind::Qemu, config, running: false, started_at: None, ssh_public_keys: String::new(), host_keys: Vec::new() },
     );
 }
 
@@ -443,7 +505,7 @@ pub fn qemu_clone(sim: &Arc<Sim>, source: u32, params: &Params, caller: &Caller)
                 let placeholder: BTreeMap<String, String> = [("lock".to_string(), "clone".to_string())].into();
                 state.guests.insert(
                     newid,
-                    Guest { vmid: newid, kind: GuestKind::Qemu, config: placeholder, running: false, started_at: None, ssh_public_keys: String::new() },
+                    Guest { vmid: newid, kind: GuestKind::Qemu, config: placeholder, running: false, started_at: None, ssh_public_keys: String::new(), host_keys: Vec::new() },
                 );
             }
             ctx.log(format!("create full clone of drive scsi0 (local-lvm:base-{source}-disk-0)"));
@@ -633,27 +695,15 @@ fn start(sim: &Arc<Sim>, kind: GuestKind, vmid: u32, user: &str) -> Result<Strin
                 if guest.running {
                     return Err(format!("{} {vmid} already running", kind.noun()));
                 }
-                let keys = match kind {
-                    GuestKind::Lxc => guest.ssh_public_keys.clone(),
-                    GuestKind::Qemu => guest
-                        .config
-                        .get("sshkeys")
-                        .map(|k| percent_encoding::percent_decode_str(k).decode_utf8_lossy().into_owned())
-                        .unwrap_or_default(),
-                };
-                GuestBoot {
-                    vmid,
-                    kind,
-                    hostname: guest.name(),
-                    ip_cidr: guest.ipv4_cidr(),
-                    gateway: guest.gateway(),
-                    ssh_public_keys: keys,
-                    user: guest.config.get("ciuser").cloned().unwrap_or_else(|| "root".into()),
-                }
+                boot_of(guest)
             };
-            ctx.sim.machines.start(&boot).await?;
+            let host_keys = ctx.sim.machines.start(&boot).await?;
             let mut state = lock_state(&ctx.sim);
             let guest = state.guests.get_mut(&vmid).ok_or_else(|| format!("{} {vmid} vanished", kind.noun()))?;
+            // Host keys are made once (at creation, or a VM's first boot).
+            if guest.host_keys.is_empty() {
+                guest.host_keys = host_keys;
+            }
             guest.running = true;
             guest.started_at = Some(Instant::now());
             Ok(())
@@ -756,11 +806,10 @@ pub fn lxc_interfaces(sim: &Sim, vmid: u32) -> HandlerResult {
     Ok(Value::Array(interfaces))
 }
 
-pub fn agent_interfaces(sim: &Sim, vmid: u32) -> HandlerResult {
-    let mut state = lock_state(sim);
-    let guest = guest_mut(sim, &mut state, GuestKind::Qemu, vmid)?;
+/// The guest agent answers only in a running VM that has it enabled, a while after boot.
+fn check_agent(sim: &Sim, guest: &Guest) -> Result<(), Reply> {
     if !guest.running {
-        return Err(Reply::fail(format!("VM {vmid} is not running")));
+        return Err(Reply::fail(format!("VM {} is not running", guest.vmid)));
     }
     let agent_enabled = guest.config.get("agent").is_some_and(|a| a.starts_with('1') || a.contains("enabled=1"));
     if !agent_enabled {
@@ -770,6 +819,33 @@ pub fn agent_interfaces(sim: &Sim, vmid: u32) -> HandlerResult {
     if !agent_up {
         return Err(Reply::fail("QEMU guest agent is not running"));
     }
+    Ok(())
+}
+
+/// `GET …/agent/file-read?file=…`: the simulated guest's files are its SSH
+/// host public keys; anything else does not exist.
+pub fn agent_file_read(sim: &Sim, vmid: u32, params: &Params) -> HandlerResult {
+    check(&[req("file", Ty::Str { max_len: 4096 })], params).map_err(Reply::params)?;
+    let file = &params["file"];
+    let mut state = lock_state(sim);
+    let guest = guest_mut(sim, &mut state, GuestKind::Qemu, vmid)?;
+    check_agent(sim, guest)?;
+    let short_host = guest.name().split('.').next().unwrap_or_default().to_string();
+    let content = guest
+        .host_keys
+        .iter()
+        .find(|key| *file == format!("/etc/ssh/{}.pub", host_key_file(key)))
+        .map(|key| format!("{key} root@{short_host}\n"));
+    match content {
+        Some(content) => Ok(json!({ "content": content })),
+        None => Err(Reply::fail(format!("Agent error: Failed to open file '{file}': No such file or directory"))),
+    }
+}
+
+pub fn agent_interfaces(sim: &Sim, vmid: u32) -> HandlerResult {
+    let mut state = lock_state(sim);
+    let guest = guest_mut(sim, &mut state, GuestKind::Qemu, vmid)?;
+    check_agent(sim, guest)?;
     let mut result = vec![json!({
         "name": "lo", "hardware-address": "00:00:00:00:00:00",
         "ip-addresses": [{ "ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8 }],

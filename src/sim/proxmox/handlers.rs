@@ -7,6 +7,8 @@ use super::guests;
 use super::reply::{HandlerResult, Reply};
 use super::state::{GuestKind, State, Ticket};
 use super::validation::{check, opt, Params, Ty, VMID};
+
+const TEXT_FILTER: Ty = Ty::Str { max_len: 256 };
 use super::{Sim, DEFAULT_LXC_TEMPLATE};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, Response, Uri};
@@ -60,11 +62,36 @@ pub async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Response<Body>
     reply.into_response()
 }
 
+/// Not Proxmox: the simulator's own view of its store, for tests and people
+/// (same authentication as the API).
+pub const SIM_GUESTS_PATH: &str = "/_sim/guests";
+/// Not Proxmox either: how many faults were injected so far.
+pub const SIM_STATS_PATH: &str = "/_sim/stats";
+
+fn sim_guests(sim: &Sim) -> Value {
+    let guests: Vec<Value> = super::summaries(sim)
+        .into_iter()
+        .map(|g| {
+            json!({ "vmid": g.vmid, "type": g.kind.as_str(), "name": g.name, "running": g.running,
+                    "template": g.template, "lock": g.lock, "machine": g.machine })
+        })
+        .collect();
+    Value::Array(guests)
+}
+
 fn not_implemented(method: &str, path: &str) -> Reply {
     Reply::error(501, format!("Method '{method} {path}' not implemented"))
 }
 
 async fn route(sim: &Arc<Sim>, method: &str, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> HandlerResult {
+    if method == "GET" && uri.path() == SIM_GUESTS_PATH {
+        authenticate(sim, method, headers).await?;
+        return Ok(sim_guests(sim));
+    }
+    if method == "GET" && uri.path() == SIM_STATS_PATH {
+        authenticate(sim, method, headers).await?;
+        return Ok(json!({ "faults_injected": sim.faults_injected.load(std::sync::atomic::Ordering::Relaxed) }));
+    }
     let Some(path) = uri.path().strip_prefix("/api2/json") else {
         return Err(not_implemented(method, uri.path()));
     };
@@ -120,7 +147,7 @@ async fn node_route(sim: &Arc<Sim>, method: &str, path: &str, rest: &[&str], par
         ("GET", ["status"]) => Ok(node_entry(sim, false)),
         ("GET", ["storage"]) => Ok(storage_list(sim)),
         ("GET", ["storage", storage, "content"]) => storage_content(sim, storage, params),
-        ("GET", ["tasks"]) => Ok(task_list(sim)),
+        ("GET", ["tasks"]) => task_list(sim, params),
         ("GET", ["tasks", upid, "status"]) => task_status(sim, upid),
         ("GET", ["tasks", upid, "log"]) => task_log(sim, upid, params),
         ("GET", [k]) if kind(k).is_some() => Ok(guests::list(sim, kind(k).unwrap_or(GuestKind::Lxc))),
@@ -139,6 +166,7 @@ async fn node_route(sim: &Arc<Sim>, method: &str, path: &str, rest: &[&str], par
                 ("POST", ["status", action]) => guests::status_action(sim, kind, vmid, action, params, caller),
                 ("GET", ["interfaces"]) if kind == GuestKind::Lxc => guests::lxc_interfaces(sim, vmid),
                 ("GET", ["agent", "network-get-interfaces"]) if kind == GuestKind::Qemu => guests::agent_interfaces(sim, vmid),
+                ("GET", ["agent", "file-read"]) if kind == GuestKind::Qemu => guests::agent_file_read(sim, vmid, params),
                 _ => Err(not_implemented(method, path)),
             }
         }
@@ -405,11 +433,39 @@ fn storage_content(sim: &Sim, storage: &str, params: &Params) -> HandlerResult {
 
 // ---- tasks -------------------------------------------------------------------
 
-fn task_list(sim: &Sim) -> Value {
+/// `GET /nodes/{node}/tasks`: finished tasks by default (`source=archive`),
+/// newest first, filtered by guest, worker type, user and errors.
+fn task_list(sim: &Sim, params: &Params) -> HandlerResult {
+    let schema = [
+        opt("vmid", VMID),
+        opt("typefilter", Ty::Str { max_len: 64 }),
+        opt("userfilter", Ty::Str { max_len: 128 }),
+        opt("source", Ty::Enum(&["archive", "active", "all"])),
+        opt("errors", Ty::Bool),
+        opt("start", Ty::Int { min: 0, max: i64::MAX }),
+        opt("limit", Ty::Int { min: 0, max: i64::MAX }),
+        opt("statusfilter", TEXT_FILTER),
+        opt("since", Ty::Int { min: 0, max: i64::MAX }),
+        opt("until", Ty::Int { min: 0, max: i64::MAX }),
+    ];
+    check(&schema, params).map_err(Reply::params)?;
+    let source = params.get("source").map(String::as_str).unwrap_or("archive");
+    let errors_only = params.get("errors").is_some_and(|e| e == "1");
+    let start: usize = params.get("start").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let limit: usize = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(50);
     let state = lock_state(sim);
     let mut tasks: Vec<Value> = state
         .tasks
         .values()
+        .filter(|t| match source {
+            "active" => t.exitstatus.is_none(),
+            "all" => true,
+            _ => t.exitstatus.is_some(),
+        })
+        .filter(|t| params.get("vmid").is_none_or(|v| *v == t.id))
+        .filter(|t| params.get("typefilter").is_none_or(|f| *f == t.worker_type))
+        .filter(|t| params.get("userfilter").is_none_or(|u| t.user.contains(u.as_str())))
+        .filter(|t| !errors_only || t.exitstatus.as_deref().is_some_and(|e| e != "OK" && !e.starts_with("WARNINGS")))
         .map(|t| {
             let mut v = json!({ "upid": t.upid, "node": sim.opts.node, "pid": t.pid, "pstart": t.pstart,
                                 "starttime": t.starttime, "type": t.worker_type, "id": t.id, "user": t.user });
@@ -420,8 +476,8 @@ fn task_list(sim: &Sim) -> Value {
             v
         })
         .collect();
-    tasks.sort_by_key(|t| std::cmp::Reverse(t["starttime"].as_u64()));
-    Value::Array(tasks)
+    tasks.sort_by_key(|t| std::cmp::Reverse((t["starttime"].as_u64(), t["pid"].as_u64())));
+    Ok(Value::Array(tasks.into_iter().skip(start).take(limit).collect()))
 }
 
 fn task_status(sim: &Sim, upid: &str) -> HandlerResult {

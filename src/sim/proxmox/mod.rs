@@ -6,6 +6,7 @@
 
 mod guests;
 mod handlers;
+pub mod local_machines;
 mod reply;
 mod server;
 mod state;
@@ -87,6 +88,8 @@ pub struct GuestBoot {
     pub vmid: u32,
     pub kind: GuestKind,
     pub hostname: String,
+    /// The Proxmox bridge of `net0` (`vmbr0`).
+    pub bridge: String,
     /// `192.168.50.21/24`
     pub ip_cidr: Option<String>,
     pub gateway: Option<String>,
@@ -96,22 +99,38 @@ pub struct GuestBoot {
     pub user: String,
 }
 
-/// The seam for `--machines local`: each started guest may boot a real machine
-/// at its IP. The default does nothing; errors fail the start task.
+/// The seam for `--machines local`: guests may be real machines. Errors fail
+/// the task that asked (creation, start, stop, destroy).
 #[async_trait]
 pub trait MachineBackend: Send + Sync {
-    async fn start(&self, guest: &GuestBoot) -> std::result::Result<(), String>;
+    /// `pct create`: lay down the container's root filesystem with root's
+    /// `ssh-public-keys` and fresh SSH host keys; returns the public host keys
+    /// ("type base64"), whose fingerprints the creation task logs.
+    async fn create_container(&self, guest: &GuestBoot) -> std::result::Result<Vec<String>, String>;
+    /// Boot the guest. A VM's boot runs cloud-init (`ciuser`, `sshkeys`, host
+    /// keys on the first boot); returns the public host keys the guest has.
+    async fn start(&self, guest: &GuestBoot) -> std::result::Result<Vec<String>, String>;
     async fn stop(&self, vmid: u32) -> std::result::Result<(), String>;
     async fn destroy(&self, vmid: u32) -> std::result::Result<(), String>;
+    /// The simulator ends: stop and remove every machine it booted.
+    async fn shutdown(&self) {}
+    /// The host-side name of the guest's machine, if it has one.
+    fn machine_name(&self, _vmid: u32) -> Option<String> {
+        None
+    }
 }
 
-/// Guests exist only as API state.
+/// Guests exist only as API state; their host keys are made up (well-formed
+/// public keys without a private half: nothing ever connects to them).
 pub struct NoMachines;
 
 #[async_trait]
 impl MachineBackend for NoMachines {
-    async fn start(&self, _guest: &GuestBoot) -> std::result::Result<(), String> {
-        Ok(())
+    async fn create_container(&self, _guest: &GuestBoot) -> std::result::Result<Vec<String>, String> {
+        Ok(vec![made_up_host_key()])
+    }
+    async fn start(&self, _guest: &GuestBoot) -> std::result::Result<Vec<String>, String> {
+        Ok(vec![made_up_host_key()])
     }
     async fn stop(&self, _vmid: u32) -> std::result::Result<(), String> {
         Ok(())
@@ -119,6 +138,17 @@ impl MachineBackend for NoMachines {
     async fn destroy(&self, _vmid: u32) -> std::result::Result<(), String> {
         Ok(())
     }
+}
+
+/// `ssh-ed25519 <base64>` with random key bytes, in the SSH wire format.
+fn made_up_host_key() -> String {
+    use base64::Engine;
+    let mut blob = Vec::with_capacity(51);
+    for part in [b"ssh-ed25519".as_slice(), &rand::thread_rng().gen::<[u8; 32]>()] {
+        blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        blob.extend_from_slice(part);
+    }
+    format!("ssh-ed25519 {}", base64::engine::general_purpose::STANDARD.encode(blob))
 }
 
 /// The simulated node, shared by every connection and task.
@@ -141,6 +171,29 @@ pub struct GuestSummary {
     pub running: bool,
     pub template: bool,
     pub lock: Option<String>,
+    /// The local machine behind it (`--machines local`).
+    pub machine: Option<String>,
+}
+
+/// The guests in the store, by VMID.
+pub(crate) fn summaries(sim: &Sim) -> Vec<GuestSummary> {
+    let state = match sim.state.lock() {
+        Ok(state) => state,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    state
+        .guests
+        .values()
+        .map(|g| GuestSummary {
+            vmid: g.vmid,
+            kind: g.kind,
+            name: g.name(),
+            running: g.running,
+            template: g.is_template(),
+            lock: g.lock().map(str::to_string),
+            machine: sim.machines.machine_name(g.vmid),
+        })
+        .collect()
 }
 
 /// A running simulator; dropping it (or `stop`) shuts the server down.
@@ -165,22 +218,7 @@ impl ProxmoxSimHandle {
 
     /// The guests in the store, by VMID.
     pub fn guests(&self) -> Vec<GuestSummary> {
-        let state = match self.sim.state.lock() {
-            Ok(state) => state,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        state
-            .guests
-            .values()
-            .map(|g| GuestSummary {
-                vmid: g.vmid,
-                kind: g.kind,
-                name: g.name(),
-                running: g.running,
-                template: g.is_template(),
-                lock: g.lock().map(str::to_string),
-            })
-            .collect()
+        summaries(&self.sim)
     }
 
     /// How many faults were injected (so tests can tell they ran under faults).
@@ -188,30 +226,46 @@ impl ProxmoxSimHandle {
         self.sim.faults_injected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// What `rigger sim proxmox` prints at start.
+    /// What `rigger sim proxmox` prints at start: where it listens, the
+    /// credentials, the fingerprint to pin, and a plan `provider:` block.
     pub fn banner(&self) -> String {
+        let o = &self.options;
         let mut out = format!(
-            "Proxmox VE simulator (node '{}') listening on {}/api2/json\n  token:    PVEAPIToken={}={}\n  export PROXMOX_TOKEN_SECRET={}\n  login:    root@pam / {}\n",
-            self.options.node,
+            "Proxmox VE simulator (node '{}') listening on {}/api2/json\n  listen: {}\n  token_id: {}\n  token_secret: {}\n  login: root@pam / {}\n",
+            o.node,
             self.base_url(),
-            self.options.token_id,
-            self.options.token_secret,
-            self.options.token_secret,
-            self.options.password,
+            self.addr,
+            o.token_id,
+            o.token_secret,
+            o.password,
         );
         if let Some(fp) = &self.fingerprint {
-            out.push_str(&format!("  tls_fingerprint: \"{fp}\"\n"));
+            out.push_str(&format!("  tls_fingerprint: {fp}\n"));
         }
         out.push_str(&format!(
-            "  op-time {} ms, latency {} ms, faults {}, seed {}\n",
-            self.options.op_time_ms, self.options.latency_ms, self.options.faults, self.options.seed
+            "  op-time {} ms, latency {} ms, faults {}, seed {}\n  store: GET {}{} (same token)\n\n",
+            o.op_time_ms,
+            o.latency_ms,
+            o.faults,
+            o.seed,
+            self.base_url(),
+            handlers::SIM_GUESTS_PATH
         ));
+        out.push_str("Paste into the plan:\n\nprovider:\n  kind: proxmox\n");
+        out.push_str(&format!("  endpoint: {}\n  node: {}\n  token_id: \"{}\"\n", self.base_url(), o.node, o.token_id));
+        match &self.fingerprint {
+            Some(fp) => out.push_str(&format!("  tls_fingerprint: \"{fp}\"\n")),
+            None => out.push_str("  # plain HTTP (--http): no fingerprint to pin\n"),
+        }
+        out.push_str(&format!("\nand in the shell:\n\nexport PROXMOX_TOKEN_SECRET={}\n", o.token_secret));
         out
     }
 
+    /// Stop serving, then take down every machine the guests booted.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.server).await;
+        self.sim.machines.shutdown().await;
     }
 }
 
@@ -258,15 +312,7 @@ async fn start_on(listener: TcpListener, mut opts: ProxmoxSimOptions, machines: 
     })
 }
 
-/// `rigger sim proxmox`: serve on `listener` until the process ends, after
-/// printing the banner (token, password, fingerprint).
-pub async fn serve(listener: TcpListener, opts: ProxmoxSimOptions) -> Result<()> {
-    serve_with_machines(listener, opts, Arc::new(NoMachines)).await
-}
-
-pub async fn serve_with_machines(listener: TcpListener, opts: ProxmoxSimOptions, machines: Arc<dyn MachineBackend>) -> Result<()> {
-    let mut handle = start_on(listener, opts, machines).await?;
-    println!("{}", handle.banner());
-    (&mut handle.server).await.context("simulator server task")?;
-    Ok(())
+/// Start on an already bound listener (the CLI binds first to report the address).
+pub async fn start_on_listener(listener: TcpListener, opts: ProxmoxSimOptions, machines: Arc<dyn MachineBackend>) -> Result<ProxmoxSimHandle> {
+    start_on(listener, opts, machines).await
 }

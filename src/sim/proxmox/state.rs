@@ -53,6 +53,9 @@ pub struct Guest {
     pub started_at: Option<Instant>,
     /// LXC `ssh-public-keys` are written into the container at creation, not kept in its config.
     pub ssh_public_keys: String,
+    /// Public SSH host keys inside the guest ("type base64"): made by `pct
+    /// create` for a container, by cloud-init on a VM's first boot.
+    pub host_keys: Vec<String>,
 }
 
 impl Guest {
@@ -89,6 +92,11 @@ impl Guest {
         let key = if self.kind == GuestKind::Lxc { "net0" } else { "ipconfig0" };
         let kv = property_string(self.config.get(key)?, None).ok()?;
         kv.into_iter().find(|(k, _)| k == "gw").map(|(_, v)| v)
+    }
+    /// The bridge `net0` is on.
+    pub fn bridge(&self) -> Option<String> {
+        let kv = property_string(self.config.get("net0")?, None).ok()?;
+        kv.into_iter().find(|(k, _)| k == "bridge").map(|(_, v)| v)
     }
     pub fn hwaddr(&self) -> Option<String> {
         let kv = property_string(self.config.get("net0")?, None).ok()?;
