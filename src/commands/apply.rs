@@ -64,7 +64,16 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             drop(events);
             printer.finish().await;
             let live = live?;
-            let config_plan_ok = prepared.transpose()?;
+            // The preview of host changes is best effort: machines may not be
+            // reachable as the plan's user yet (e.g. Proxmox containers before
+            // their login is prepared). The real facts are gathered after the cloud step.
+            let config_plan_ok = match prepared.transpose() {
+                Ok(cp) => cp,
+                Err(e) => {
+                    println!("Host changes cannot be previewed yet ({e:#}); they are computed after the machines are ready.\n");
+                    None
+                }
+            };
             let changes = engine::restrict_to_targets(crate::diff::compute(&specs, &live), &specs, &args.targets)?;
             print!("{}", ui::plan::render_human(&changes, &paint));
             if let Some(cp) = &config_plan_ok {
@@ -75,6 +84,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             }
             let effective = engine::effective(&changes);
             let host_work = config_plan_ok.as_ref().map_or(!infra_only, |cp| !HostSummary::of(cp).is_empty() || !cp.not_built.is_empty());
+            let config_plan_ok = config_plan_ok;
             if (!effective.is_empty() || host_work) && !super::confirm("\nDo you want to perform these actions?", args.auto_approve)? {
                 println!("Apply cancelled; nothing was changed.");
                 if let Some(cp) = config_plan_ok {
