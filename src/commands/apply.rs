@@ -84,7 +84,6 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             }
             let effective = engine::effective(&changes);
             let host_work = config_plan_ok.as_ref().map_or(!infra_only, |cp| !HostSummary::of(cp).is_empty() || !cp.not_built.is_empty());
-            let config_plan_ok = config_plan_ok;
             if (!effective.is_empty() || host_work) && !super::confirm("\nDo you want to perform these actions?", args.auto_approve)? {
                 println!("Apply cancelled; nothing was changed.");
                 if let Some(cp) = config_plan_ok {
