@@ -377,3 +377,12 @@ pub fn key_pair(dir: &Path) {
     let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "rigger-test", "-f"]).arg(&key).output().expect("ssh-keygen");
     assert!(out.status.success(), "ssh-keygen: {}", out.stderr_text());
 }
+
+pub fn rigger_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(RIGGER);
+    c.args(args).env("NO_COLOR", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run rigger")
+}

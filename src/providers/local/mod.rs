@@ -529,12 +529,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resolves_plan_relative_and_home_paths() {
-        assert_eq!(resolve(Path::new("/plans"), Path::new("keys/id.pub")), PathBuf::from("/plans/keys/id.pub"));
-        assert_eq!(resolve(Path::new("/plans"), Path::new("/abs/id.pub")), PathBuf::from("/abs/id.pub"));
-    }
-
-    #[test]
     fn attr_str_wants_a_string() {
         let a = attrs(json!({"ip": 5}));
         assert!(attr_str(&a, "ip").is_err());
