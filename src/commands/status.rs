@@ -137,12 +137,21 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         };
         for m in members {
             let name = m["name"].as_str().unwrap_or("").to_string();
+            // /cluster carries what members last wrote to the DCS (up to a
+            // loop_wait old); ask the member itself whether it owes a restart.
+            let pending_restart = match sessions.get(&name) {
+                Some(ms) => {
+                    let live = ms.sudo(&format!("curl -s -m 3 http://127.0.0.1:{rest}/patroni"), None).await?;
+                    crate::roles::patroni::restart_pending(&live.stdout)
+                }
+                None => m["pending_restart"].as_bool().unwrap_or(false),
+            };
             status.patroni.push(PatroniMember {
                 streaming: streaming.contains(&name),
                 role: m["role"].as_str().unwrap_or("").to_string(),
                 state: m["state"].as_str().unwrap_or("").to_string(),
                 lag: m.get("lag").cloned().unwrap_or(Value::Null),
-                pending_restart: m["pending_restart"].as_bool().unwrap_or(false),
+                pending_restart,
                 name,
             });
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
         packages: vec!["haproxy".into()],
-        files: vec![file("haproxy", "/etc/haproxy/haproxy.cfg", r.render("haproxy.cfg.j2", ctx)?, 0o640, "root", "haproxy", Some(("haproxy -c", "haproxy -c -q -f {}")), &["haproxy"])],
+        files: vec![file("haproxy", "/etc/haproxy/haproxy.cfg", r.render("haproxy.cfg.j2", ctx)?, 0o640, "root", "haproxy", Some(("haproxy -c", "haproxy -c -f {}")), &["haproxy"])],
         services: vec![service("haproxy", "haproxy", OnChange::Reload)],
         ..Default::default()
     })

@@ -330,6 +330,13 @@ async fn switchover(run: &RoleRun<'_>, leader: &str, candidate: &str) -> Result<
         let m = cluster(run.session(candidate)?, port).await?;
         Ok(if m.get(candidate).map(|(r, _)| r.as_str()) == Some("leader") { Ok(()) } else { Err(format!("{m:?}")) })
     })
+    .await?;
+    // The old leader is demoted and restarted as a replica: wait until it runs again.
+    wait_for(&format!("{leader} back as a replica"), Duration::from_secs(120), || async {
+        let (_, body) = rest(run.session(leader)?, port, "GET", "/patroni", None).await?;
+        let v: Value = serde_json::from_str(&body).unwrap_or(json!({}));
+        Ok(if v["role"] == "replica" && v["state"] == "running" { Ok(()) } else { Err(format!("role {}, state {}", v["role"], v["state"])) })
+    })
     .await
 }
 
@@ -347,10 +354,16 @@ async fn restart_member(run: &RoleRun<'_>, name: &str) -> Result<()> {
     let port = rest_port(run.plan);
     let s = run.session(name)?;
     run.events.progress(&format!("patroni {name}"), "restarting PostgreSQL (rolling)");
-    let (code, body) = rest(s, port, "POST", "/restart", Some(&json!({}))).await?;
-    if code != 200 {
-        bail!("{name}: POST /restart answered {code}: {body}");
-    }
+    // 503 while Patroni is busy (a demotion or a restart still running): ask again.
+    wait_for(&format!("{name}: Patroni accepts the restart"), Duration::from_secs(90), || async {
+        let (code, body) = rest(s, port, "POST", "/restart", Some(&json!({}))).await?;
+        match code {
+            200 => Ok(Ok(())),
+            503 => Ok(Err(format!("busy: {body}"))),
+            other => Err(anyhow!("{name}: POST /restart answered {other}: {body}")),
+        }
+    })
+    .await?;
     wait_for(&format!("{name}: back and running after the restart"), Duration::from_secs(120), || async {
         let (_, body) = rest(s, port, "GET", "/patroni", None).await?;
         let v: Value = serde_json::from_str(&body).unwrap_or(json!({}));
