@@ -228,3 +228,71 @@ impl Inventory {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{Address, Kind, LiveResource};
+    use crate::state::State;
+
+    fn project_with(bastion: bool) -> Project {
+        let mut text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/plans/local-ha.yaml")).unwrap();
+        if bastion {
+            text = text.replace("ssh:\n  user: rigger\n", "ssh:\n  user: rigger\n  bastion: lb-1\n");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.yaml");
+        std::fs::write(&path, text).unwrap();
+        let p = Project::load(&path, None).unwrap();
+        std::mem::forget(dir);
+        p
+    }
+
+    fn machine(name: &str, ip: &str) -> LiveResource {
+        LiveResource {
+            address: Address::new(Kind::Machine, name),
+            id: format!("m-{name}"),
+            attrs: Default::default(),
+            outputs: serde_json::from_value(json!({ "ssh_host": ip, "private_ip": ip })).unwrap(),
+        }
+    }
+
+    fn state(machines: &[(&str, &str)]) -> State {
+        let mut s = State::new("local-ha", "local");
+        for (n, ip) in machines {
+            let m = machine(n, ip);
+            s.resources.insert(m.address.clone(), m);
+        }
+        s.secrets.insert("postgres_superuser_password".into(), "s3cretvalue".into());
+        s
+    }
+
+    #[test]
+    fn only_hosts_that_exist_are_listed() {
+        let p = project_with(false);
+        let inv = build(&p, &state(&[("pg-1", "10.20.0.21"), ("etcd-1", "10.20.0.51")]));
+        let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, vec!["etcd-1", "pg-1"]);
+        assert_eq!(inv.groups["patroni"], vec!["pg-1"]);
+        assert_eq!(inv.groups["pg"], vec!["pg-1"]);
+        assert!(!inv.groups.contains_key("haproxy"), "no group for roles of hosts that do not exist");
+        let list = inv.to_list_json();
+        assert_eq!(list["_meta"]["hostvars"]["pg-1"]["ansible_host"], "10.20.0.21");
+        assert!(!inv.to_ini().contains("s3cretvalue"));
+    }
+
+    #[test]
+    fn a_bastion_is_the_jump_for_everyone_else() {
+        let p = project_with(true);
+        let inv = build(&p, &state(&[("lb-1", "203.0.113.5"), ("pg-1", "10.20.0.21")]));
+        let cfg = inv.to_ssh_config();
+        let pg = cfg.split("\nHost ").find(|b| b.starts_with("pg-1")).unwrap();
+        assert!(pg.contains("ProxyJump lb-1") && pg.contains("StrictHostKeyChecking yes"), "{pg}");
+        let lb = cfg.split("\nHost ").find(|b| b.starts_with("lb-1")).unwrap();
+        assert!(!lb.contains("ProxyJump"), "the bastion is dialled directly: {lb}");
+        let vars = inv.host_json("pg-1");
+        let args = vars["ansible_ssh_common_args"].as_str().unwrap_or_else(|| inv.all_vars["ansible_ssh_common_args"].as_str().unwrap());
+        assert!(args.contains("ProxyCommand") && args.contains("rigger@203.0.113.5"), "{args}");
+        assert!(inv.host_json("lb-1")["ansible_ssh_common_args"].as_str().is_some_and(|a| !a.contains("ProxyCommand")));
+    }
+}
