@@ -1,10 +1,8 @@
 use crate::cli::ApplyCmd;
 use crate::config::phase::{self, ConfigPlan};
 use crate::engine::{self, Applier, Shared};
-use crate::plan::services::secret_names;
 use crate::project::Project;
 use crate::saved_plan::SavedPlan;
-use crate::state::{State, StateStore};
 use crate::ui::{self, hosts::HostSummary, printer::Printer, Paint};
 use anyhow::Result;
 use std::path::Path;
@@ -32,13 +30,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         r?;
     }
     let provider = project.provider()?;
-    let store = StateStore::open(&project.state_path, "rigger apply")?;
-    let mut state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider.kind()));
-    let lineage = (state.serial > 0).then(|| state.lineage.clone());
-    let serial = state.serial;
-    for name in secret_names(&project.plan.roles()) {
-        state.ensure_secret(name);
-    }
+    let super::LoadedState { store, mut state, lineage, serial } = super::load_state(&project, provider.kind(), "rigger apply")?;
     let specs = engine::specs(provider.as_ref(), &project)?;
     let paint = Paint { on: ui::color_enabled() };
 

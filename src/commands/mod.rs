@@ -13,6 +13,9 @@ pub mod state;
 pub mod status;
 pub mod validate;
 
+use crate::plan::services::secret_names;
+use crate::project::Project;
+use crate::state::{State, StateStore};
 use anyhow::{bail, Result};
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -30,4 +33,25 @@ pub fn confirm(question: &str, auto_approve: bool) -> Result<bool> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim() == "yes")
+}
+
+/// A project's state as a planning command needs it: locked, loaded (or new),
+/// remembering which serial it was read at, with the secrets the roles need
+/// filled in memory (templates render with them; only apply saves them).
+pub struct LoadedState {
+    pub store: StateStore,
+    pub state: State,
+    pub lineage: Option<String>,
+    pub serial: u64,
+}
+
+pub fn load_state(project: &Project, provider_kind: &str, command: &str) -> Result<LoadedState> {
+    let store = StateStore::open(&project.state_path, command)?;
+    let mut state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider_kind));
+    let lineage = (state.serial > 0).then(|| state.lineage.clone());
+    let serial = state.serial;
+    for name in secret_names(&project.plan.roles()) {
+        state.ensure_secret(name);
+    }
+    Ok(LoadedState { store, state, lineage, serial })
 }

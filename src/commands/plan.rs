@@ -1,10 +1,8 @@
 use crate::cli::PlanCmd;
 use crate::diff::Summary;
 use crate::engine;
-use crate::plan::services::secret_names;
 use crate::project::Project;
 use crate::saved_plan::{self, SavedPlan};
-use crate::state::{State, StateStore};
 use crate::ui::{self, hosts::HostSummary, plan::StateRef, Paint};
 use anyhow::Result;
 use std::path::Path;
@@ -13,14 +11,8 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let project = Project::load(&args.plan, state_override)?;
     project.ensure_ssh_key()?;
     let provider = project.provider()?;
-    let store = StateStore::open(&project.state_path, "rigger plan")?;
-    let mut state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider.kind()));
-    let lineage = (state.serial > 0).then(|| state.lineage.clone());
-    let serial = state.serial;
-    // In memory only: templates need them; a plan never writes the state.
-    for name in secret_names(&project.plan.roles()) {
-        state.ensure_secret(name);
-    }
+    // A plan never writes the state; the lock is held while it reads.
+    let super::LoadedState { store: _lock, mut state, lineage, serial } = super::load_state(&project, provider.kind(), "rigger plan")?;
     let specs = engine::specs(provider.as_ref(), &project)?;
     let (events, printer) = ui::printer::Printer::start(verbose);
     let live = engine::refresh(provider.as_ref(), &state, args.refresh, &events).await;
