@@ -102,6 +102,8 @@ static APP: &[Setting] = &[
     s!("port", PORT, |_| json!(9001), "port the app listens on"),
     s!("module", SettingType::Str, |_| json!("app:app"), "ASGI module:attribute"),
     s!("database", SettingType::Str, |_| json!("app"), "database name"),
+    s!("name", SettingType::Str, |_| json!("app"), "names the service, its user and /opt/<name>"),
+    s!("packages", SettingType::List, |_| json!([]), "distro packages the app needs (e.g. python3-fastapi)"),
 ];
 
 static SALEOR: &[Setting] = &[

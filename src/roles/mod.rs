@@ -1,11 +1,16 @@
 //! The roles: per host, which packages, files and services each role wants,
 //! and (in each role's module) how the role is brought up and proved healthy.
 
+pub mod app;
+pub mod database;
+pub mod endpoints;
 pub mod etcd;
 pub mod haproxy;
 pub mod keepalived;
+pub mod nginx;
 pub mod patroni;
 pub mod redis;
+pub mod source_dir;
 
 use crate::config::ops::{Checker, HostDesired, ManagedFile, ManagedService, OnChange};
 use crate::plan::model::{Host, Plan};
@@ -18,7 +23,7 @@ use std::collections::BTreeMap;
 pub const ORDER: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront"];
 
 /// Roles the config phase can configure today.
-pub const IMPLEMENTED: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis"];
+pub const IMPLEMENTED: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "nginx"];
 
 /// PostgreSQL parameters rigger sets unless the plan says otherwise.
 pub fn pg_parameters(plan: &Plan) -> BTreeMap<String, Value> {
@@ -101,6 +106,8 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
             "haproxy" => haproxy::desired(renderer, &ctx),
             "keepalived" => keepalived::desired(renderer, &ctx),
             "redis" => redis::desired(renderer, &ctx),
+            "app" => app::desired(renderer, &ctx, plan),
+            "nginx" => nginx::desired(renderer, &ctx),
             _ => continue,
         }
         .with_context(|| format!("host {}: role {role}", host.name))?;
