@@ -61,7 +61,7 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     files.push(file("app", &format!("/etc/systemd/system/{name}.service"), r.render("app.service.j2", &ctx)?, 0o644, "root", "root", None, &[&name]));
     let mut packages = vec!["python3-venv".to_string()];
     packages.extend(plan.setting("app", "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
-    Ok(HostDesired { packages, files, services: vec![service("app", &name, OnChange::Custom)], ..Default::default() })
+    Ok(HostDesired { packages, files, services: vec![service("app", &name, OnChange::Restart)], ..Default::default() })
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
@@ -70,8 +70,24 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     let password = run.secrets.get("app_db_password").cloned().unwrap_or_default();
     database::ensure(run, &db, &db, &password).await?;
     // One host at a time: the others keep serving behind the load balancer.
+    // nginx's passive check may have marked a restarted host failed; it only
+    // tries it again after fail_timeout, so the next host waits that long —
+    // otherwise the last restart could find every server marked failed.
+    let pause = plan
+        .hosts_with_role("nginx")
+        .next()
+        .map(|_| Duration::from_secs(plan.setting("nginx", "fail_timeout").and_then(Value::as_u64).unwrap_or(10) + 1));
+    let mut previous_restarted = false;
     for h in &run.hosts {
+        let ch = run.changes_of(&h.name);
+        // A host that is down already (start) costs nothing to bring up at once.
+        let going_down = ch.restart.contains(&name(plan));
+        if let (true, true, Some(pause)) = (previous_restarted, going_down, pause) {
+            run.events.progress(&format!("app {}", h.name), format!("waiting {}s for nginx to take the previous host back (fail_timeout)", pause.as_secs()));
+            tokio::time::sleep(pause).await;
+        }
         roll(run, h, run.session(&h.name)?).await?;
+        previous_restarted = going_down || ch.start.contains(&name(plan));
     }
     gate(run).await
 }
@@ -82,7 +98,7 @@ async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
     let (name, dir) = (name(plan), home(plan));
     let ch = run.changes_of(&h.name);
     let starting = ch.start.contains(&name);
-    let changed = ch.custom.contains(&name);
+    let changed = ch.restart.contains(&name);
     if !starting && !changed && ch.enable.is_empty() {
         return Ok(());
     }
