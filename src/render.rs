@@ -16,6 +16,11 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("app.env.j2", include_str!("../templates/app.env.j2")),
     ("app.service.j2", include_str!("../templates/app.service.j2")),
     ("nginx.conf.j2", include_str!("../templates/nginx.conf.j2")),
+    ("saleor.env.j2", include_str!("../templates/saleor.env.j2")),
+    ("saleor-dashboard.env.j2", include_str!("../templates/saleor-dashboard.env.j2")),
+    ("saleor.service.j2", include_str!("../templates/saleor.service.j2")),
+    ("storefront.env.j2", include_str!("../templates/storefront.env.j2")),
+    ("storefront.service.j2", include_str!("../templates/storefront.service.j2")),
 ];
 
 pub struct Renderer {

@@ -215,6 +215,8 @@ async fn converge(role: &str, run: &RoleRun<'_>) -> Result<()> {
         "redis" => roles::redis::converge(run).await,
         "app" => roles::app::converge(run).await,
         "nginx" => roles::nginx::converge(run).await,
+        "saleor" => roles::saleor::converge(run).await,
+        "storefront" => roles::storefront::converge(run).await,
         other => Err(anyhow!("role {other} has no bring-up")),
     }
 }

@@ -10,7 +10,9 @@ pub mod keepalived;
 pub mod nginx;
 pub mod patroni;
 pub mod redis;
+pub mod saleor;
 pub mod source_dir;
+pub mod storefront;
 
 use crate::config::ops::{Checker, HostDesired, ManagedFile, ManagedService, OnChange};
 use crate::plan::model::{Host, Plan};
@@ -23,7 +25,7 @@ use std::collections::BTreeMap;
 pub const ORDER: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront"];
 
 /// Roles the config phase can configure today.
-pub const IMPLEMENTED: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "nginx"];
+pub const IMPLEMENTED: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "nginx", "saleor", "storefront"];
 
 /// PostgreSQL parameters rigger sets unless the plan says otherwise.
 pub fn pg_parameters(plan: &Plan) -> BTreeMap<String, Value> {
@@ -74,6 +76,7 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "pg_parameters": pg_parameters(plan),
         "vrid": vrid,
         "priority": 200 - lb_position.min(150),
+        "lb_address": endpoints::lb_address(plan),
     })
 }
 
@@ -108,6 +111,8 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
             "redis" => redis::desired(renderer, &ctx),
             "app" => app::desired(renderer, &ctx, plan),
             "nginx" => nginx::desired(renderer, &ctx),
+            "saleor" => saleor::desired(renderer, &ctx, plan),
+            "storefront" => storefront::desired(renderer, &ctx, plan),
             _ => continue,
         }
         .with_context(|| format!("host {}: role {role}", host.name))?;
