@@ -160,3 +160,47 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     let port = port(run.plan);
     run.each(|_, s| async move { healthy(s, port).await }).await
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::render::Renderer;
+    use std::collections::BTreeMap;
+
+    fn plan(dir: &std::path::Path) -> crate::plan::model::Plan {
+        let text = format!(
+            "version: 1\nproject: t\nprovider: {{ kind: local }}\nnetwork:\n  name: main\n  subnets:\n    - {{ name: app, cidr: 10.9.0.0/24 }}\n\
+             hosts:\n  - {{ name: pg, count: 3, roles: [etcd, patroni], ip: 10.9.0.21 }}\n  - {{ name: lb, count: 2, roles: [haproxy, keepalived], ip: 10.9.0.11 }}\n\
+             \x20 - {{ name: redis, roles: [redis], ip: 10.9.0.31 }}\n  - {{ name: app, count: 3, roles: [app], ip: 10.9.0.41 }}\n  - {{ name: web, roles: [nginx], ip: 10.9.0.5 }}\n\
+             services:\n  keepalived: {{ vip: 10.9.0.10 }}\n  app: {{ path: {} }}\n",
+            dir.display()
+        );
+        crate::plan::load_str(&dir.join("plan.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn env_goes_through_the_vip_ports_with_secrets_only_in_the_0600_env_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("app.py"), "app = None\n").unwrap();
+        let p = plan(d.path());
+        let secrets: BTreeMap<String, String> = [("app_db_password", "dbpass123"), ("redis_password", "redispass9")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let r = Renderer::new().unwrap();
+        let d = crate::roles::desired(&p, p.host("app-1").unwrap(), &secrets, &r).unwrap();
+        let env = d.files.iter().find(|f| f.path == "/etc/app/app.env").unwrap();
+        assert_eq!((env.mode, env.owner.as_str()), (0o600, "root"));
+        assert!(env.content.contains("DATABASE_URL=postgresql://app:dbpass123@10.9.0.10:5000/app\n"), "{}", env.content);
+        assert!(env.content.contains("DATABASE_READ_URL=postgresql://app:dbpass123@10.9.0.10:5001/app\n"), "{}", env.content);
+        assert!(env.content.contains("REDIS_URL=redis://:redispass9@10.9.0.31:6379/0\n"), "{}", env.content);
+        let unit = d.files.iter().find(|f| f.path == "/etc/systemd/system/app.service").unwrap();
+        assert!(!unit.content.contains("dbpass123") && !unit.content.contains("redispass9"));
+        assert!(unit.content.contains("User=app") && unit.content.contains("EnvironmentFile=/etc/app/app.env"));
+        assert!(d.files.iter().any(|f| f.path == "/opt/app/src/app.py" && f.notify == vec!["app".to_string()]));
+
+        let web = crate::roles::desired(&p, p.host("web").unwrap(), &secrets, &r).unwrap();
+        let conf = &web.files[0];
+        assert_eq!(conf.validate.as_ref().unwrap().command, "nginx -t -q -c {}");
+        assert!(conf.content.contains("least_conn;"));
+        for ip in ["10.9.0.41", "10.9.0.42", "10.9.0.43"] {
+            assert!(conf.content.contains(&format!("server {ip}:9001 max_fails=3 fail_timeout=10s;")), "{}", conf.content);
+        }
+    }
+}

@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
-    if ctx["members"]["app"].as_array().map_or(true, Vec::is_empty) {
+    if ctx["members"]["app"].as_array().is_none_or(Vec::is_empty) {
         bail!("nginx balances the app hosts — give the role `app` to some hosts");
     }
     Ok(HostDesired {
