@@ -13,6 +13,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("haproxy.cfg.j2", include_str!("../templates/haproxy.cfg.j2")),
     ("keepalived.conf.j2", include_str!("../templates/keepalived.conf.j2")),
     ("redis.conf.j2", include_str!("../templates/redis.conf.j2")),
+    ("app.env.j2", include_str!("../templates/app.env.j2")),
+    ("app.service.j2", include_str!("../templates/app.service.j2")),
+    ("nginx.conf.j2", include_str!("../templates/nginx.conf.j2")),
+    ("saleor.env.j2", include_str!("../templates/saleor.env.j2")),
+    ("saleor-dashboard.env.j2", include_str!("../templates/saleor-dashboard.env.j2")),
+    ("saleor.service.j2", include_str!("../templates/saleor.service.j2")),
+    ("storefront.env.j2", include_str!("../templates/storefront.env.j2")),
+    ("storefront.service.j2", include_str!("../templates/storefront.service.j2")),
 ];
 
 pub struct Renderer {

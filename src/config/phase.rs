@@ -213,6 +213,10 @@ async fn converge(role: &str, run: &RoleRun<'_>) -> Result<()> {
         "haproxy" => roles::haproxy::converge(run).await,
         "keepalived" => roles::keepalived::converge(run).await,
         "redis" => roles::redis::converge(run).await,
+        "app" => roles::app::converge(run).await,
+        "nginx" => roles::nginx::converge(run).await,
+        "saleor" => roles::saleor::converge(run).await,
+        "storefront" => roles::storefront::converge(run).await,
         other => Err(anyhow!("role {other} has no bring-up")),
     }
 }

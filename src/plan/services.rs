@@ -77,6 +77,7 @@ static HAPROXY: &[Setting] = &[
     s!("write_port", PORT, |_| json!(5000), "port that reaches the Patroni leader"),
     s!("read_port", PORT, |_| json!(5001), "port that round-robins the replicas"),
     s!("stats_port", PORT, |_| json!(8404), "stats page (password protected)"),
+    s!("http_port", PORT, |_| json!(80), "HTTP frontend for Saleor and the Storefront (when the plan has them)"),
     s!("max_replica_lag", SettingType::Str, |_| json!("100MB"), "replicas lagging more are taken out of the read port"),
 ];
 
@@ -102,6 +103,8 @@ static APP: &[Setting] = &[
     s!("port", PORT, |_| json!(9001), "port the app listens on"),
     s!("module", SettingType::Str, |_| json!("app:app"), "ASGI module:attribute"),
     s!("database", SettingType::Str, |_| json!("app"), "database name"),
+    s!("name", SettingType::Str, |_| json!("app"), "names the service, its user and /opt/<name>"),
+    s!("packages", SettingType::List, |_| json!([]), "distro packages the app needs (e.g. python3-fastapi)"),
 ];
 
 static SALEOR: &[Setting] = &[
@@ -111,11 +114,16 @@ static SALEOR: &[Setting] = &[
     s!("dashboard_port", PORT, |_| json!(9000), "dashboard port"),
     s!("allowed_hosts", SettingType::List, |_| json!([]), "ALLOWED_HOSTS (the load balancer is always added)"),
     s!("database", SettingType::Str, |_| json!("saleor"), "database name"),
+    Setting { key: "public_url", ty: SettingType::Str, default: None, required: false, help: "the shop's public base URL, e.g. http://shop.example.com (default: http://<load balancer>)" },
+    s!("allowed_client_hosts", SettingType::List, |_| json!([]), "ALLOWED_CLIENT_HOSTS besides the public URL"),
+    s!("default_from_email", SettingType::Str, |_| json!("noreply@example.com"), "DEFAULT_FROM_EMAIL"),
 ];
 
 static STOREFRONT: &[Setting] = &[
     s!("path", SettingType::Str, |_| json!("storefront"), "local directory with the Next.js storefront"),
     s!("port", PORT, |_| json!(3000), "port"),
+    s!("packages", SettingType::List, |_| json!(["nodejs", "npm"]), "distro packages for Node.js (the Storefront wants Node >= 20)"),
+    s!("build_command", SettingType::Str, |_| json!("corepack pnpm install --frozen-lockfile && corepack pnpm build"), "run in the build folder as the storefront user, with the env file loaded"),
 ];
 
 /// The secrets a plan's roles need; generated once and kept in the state.

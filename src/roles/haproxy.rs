@@ -55,7 +55,12 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     let port = run.plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404);
     let password = run.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
-    let replicas = run.plan.hosts_with_role("patroni").count().saturating_sub(1);
+    let members = run.plan.hosts_with_role("patroni").count();
+    if members == 0 {
+        // Only HTTP frontends (Saleor, Storefront): their backends come up in later roles.
+        return Ok(());
+    }
+    let replicas = members.saturating_sub(1);
     run.each(|h, s| {
         let password = password.clone();
         async move {

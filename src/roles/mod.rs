@@ -1,11 +1,18 @@
 //! The roles: per host, which packages, files and services each role wants,
 //! and (in each role's module) how the role is brought up and proved healthy.
 
+pub mod app;
+pub mod database;
+pub mod endpoints;
 pub mod etcd;
 pub mod haproxy;
 pub mod keepalived;
+pub mod nginx;
 pub mod patroni;
 pub mod redis;
+pub mod saleor;
+pub mod source_dir;
+pub mod storefront;
 
 use crate::config::ops::{Checker, HostDesired, ManagedFile, ManagedService, OnChange};
 use crate::plan::model::{Host, Plan};
@@ -18,7 +25,7 @@ use std::collections::BTreeMap;
 pub const ORDER: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront"];
 
 /// Roles the config phase can configure today.
-pub const IMPLEMENTED: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis"];
+pub const IMPLEMENTED: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "nginx", "saleor", "storefront"];
 
 /// PostgreSQL parameters rigger sets unless the plan says otherwise.
 pub fn pg_parameters(plan: &Plan) -> BTreeMap<String, Value> {
@@ -69,6 +76,7 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "pg_parameters": pg_parameters(plan),
         "vrid": vrid,
         "priority": 200 - lb_position.min(150),
+        "lb_address": endpoints::lb_address(plan),
     })
 }
 
@@ -101,6 +109,10 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
             "haproxy" => haproxy::desired(renderer, &ctx),
             "keepalived" => keepalived::desired(renderer, &ctx),
             "redis" => redis::desired(renderer, &ctx),
+            "app" => app::desired(renderer, &ctx, plan),
+            "nginx" => nginx::desired(renderer, &ctx),
+            "saleor" => saleor::desired(renderer, &ctx, plan),
+            "storefront" => storefront::desired(renderer, &ctx, plan),
             _ => continue,
         }
         .with_context(|| format!("host {}: role {role}", host.name))?;

@@ -88,6 +88,17 @@ impl LocalPlan {
         LocalPlan { project, net_prefix: net, path: path.display().to_string(), dir, n }
     }
 
+    /// A plan of the test's own: `text(project, cidr, net_prefix)` returns the YAML.
+    pub fn from_text(prefix: &str, text: impl Fn(&str, &str, &str) -> String) -> LocalPlan {
+        require_machines();
+        let project = format!("{prefix}-{:04x}", random_u32() & 0xffff);
+        let (cidr, net) = free_subnet();
+        let dir = tempfile::Builder::new().prefix(&format!("rigger-{project}-")).tempdir().expect("temp dir");
+        let path = dir.path().join("plan.yaml");
+        std::fs::write(&path, text(&project, &cidr, &net)).expect("write plan");
+        LocalPlan { project, net_prefix: net, path: path.display().to_string(), dir, n: 0 }
+    }
+
     pub fn path(&self) -> &str {
         &self.path
     }

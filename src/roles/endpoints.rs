@@ -1,0 +1,53 @@
+//! Where the application roles find the shared services: the HAProxy write
+//! and read ports (on the VIP when keepalived holds one), Redis, and the
+//! public address of the load balancer. Computed once so every app, Saleor
+//! and the Storefront agree.
+
+use crate::plan::model::Plan;
+use serde_json::Value;
+
+/// The address clients use for HAProxy: the keepalived VIP, else the first HAProxy host.
+pub fn lb_address(plan: &Plan) -> Option<String> {
+    if plan.hosts_with_role("keepalived").next().is_some() {
+        if let Some(vip) = plan.setting("keepalived", "vip").and_then(Value::as_str) {
+            return Some(vip.to_string());
+        }
+    }
+    plan.hosts_with_role("haproxy").next().map(|h| h.ip.to_string())
+}
+
+fn port(plan: &Plan, role: &str, key: &str, default: u64) -> u64 {
+    plan.setting(role, key).and_then(Value::as_u64).unwrap_or(default)
+}
+
+/// Percent-encode for the user-info part of a URL (generated secrets are
+/// letters and digits; a password given through the environment may not be).
+pub fn userinfo(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// `postgresql://user:pass@LB:PORT/db` through the write (or read) port.
+pub fn database_url(plan: &Plan, user: &str, password: &str, database: &str, read: bool) -> Option<String> {
+    let lb = lb_address(plan)?;
+    let p = if read { port(plan, "haproxy", "read_port", 5001) } else { port(plan, "haproxy", "write_port", 5000) };
+    Some(format!("postgresql://{}:{}@{lb}:{p}/{database}", userinfo(user), userinfo(password)))
+}
+
+/// `redis://:pass@REDIS:6379/DB` on the first Redis host.
+pub fn redis_url(plan: &Plan, password: &str, db: u32) -> Option<String> {
+    let h = plan.hosts_with_role("redis").next()?;
+    Some(format!("redis://:{}@{}:{}/{db}", userinfo(password), h.ip, port(plan, "redis", "port", 6379)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_escaped_in_urls() {
+        assert_eq!(userinfo("abc123"), "abc123");
+        assert_eq!(userinfo("a@b:c/d"), "a%40b%3Ac%2Fd");
+    }
+}
