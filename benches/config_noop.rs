@@ -4,7 +4,7 @@
 //!
 //! The bench builds its OWN project — a copy of plans/local-ha.yaml with another
 //! `project:` name and a free subnet, in a temp folder — applies it once (full
-//! config), then measures, interleaved, each `RIGGER_BENCH_REPS` times (default 3)
+//! config), then measures, interleaved, each `RIGGER_BENCH_REPS` times (default 5)
 //! and reports medians:
 //!
 //! - rigger: `rigger apply <plan> --auto-approve` with nothing to change (refresh,
@@ -236,8 +236,17 @@ fn version(exe: &Path) -> String {
     Command::new(exe).arg("--version").output().map(|o| text(&o.stdout).lines().next().unwrap_or_default().trim().to_string()).unwrap_or_default()
 }
 
-/// A no-change `rigger apply`: wall time, after checking it changed nothing.
-fn rigger_noop(stack: &Stack) -> Result<f64> {
+/// Where a no-op apply's time went, from rigger's own step lines on stderr
+/// ("facts: facts gathered (1.1s)", "role etcd: healthy (0.2s)"): (facts, gates).
+fn rigger_steps(stderr: &str) -> (f64, f64) {
+    let secs = |l: &str| l.rsplit_once('(').and_then(|(_, r)| r.strip_suffix("s)")).and_then(|n| n.parse::<f64>().ok()).unwrap_or(0.0);
+    let facts = stderr.lines().filter(|l| l.contains("] facts: facts gathered (")).map(secs).sum();
+    let gates = stderr.lines().filter(|l| l.contains("] role ") && l.contains(": healthy (")).map(secs).sum();
+    (facts, gates)
+}
+
+/// A no-change `rigger apply`: wall time and where it went, after checking it changed nothing.
+fn rigger_noop(stack: &Stack) -> Result<(f64, String)> {
     let (out, secs) = timed(&mut stack.rigger(&["apply", &stack.plan_arg(), "--auto-approve"]))?;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     if !out.status.success() {
@@ -247,7 +256,9 @@ fn rigger_noop(stack: &Stack) -> Result<f64> {
     if !noop {
         bail!("rigger apply was not a no-op — the comparison would be wrong:\n{}\n{}", tail(&stdout, 15), tail(&stderr, 15));
     }
-    Ok(secs)
+    let (facts, gates) = rigger_steps(&stderr);
+    let note = format!("(connect + facts {facts:.2} s, health gates {gates:.2} s, the rest {:.2} s)", (secs - facts - gates).max(0.0));
+    Ok((secs, note))
 }
 
 /// `ssh HOST true` to every host at once, fresh connections.
@@ -398,7 +409,7 @@ fn main() -> Result<()> {
         bail!("config_noop boots systemd-nspawn machines and must run as root");
     }
     catch_signals();
-    let reps: usize = std::env::var("RIGGER_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let reps: usize = std::env::var("RIGGER_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5).max(1);
     println!("config_noop: a no-change config apply on 13 local machines against the SSH floor, Ansible and pyinfra");
     println!("machine: {}; load {} at start; {} systemd-nspawn machines already running", machine(), load(), machines_running());
 
@@ -467,7 +478,13 @@ fn main() -> Result<()> {
     let (mut r, mut f13, mut f9, mut a, mut p) = (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
     for rep in 1..=reps {
         println!("round {rep}/{reps} (load {})", load());
-        r.record("rigger apply (no-op)", rigger_noop(&stack));
+        match rigger_noop(&stack) {
+            Ok((t, note)) => {
+                r.record("rigger apply (no-op)", Ok(t));
+                println!("  {:<24} {note}", "");
+            }
+            Err(e) => r.record("rigger apply (no-op)", Err(e)),
+        }
         check_interrupted()?;
         f13.record(&format!("ssh floor, {} hosts", all_hosts.len()), floor(&ssh_config, &all_hosts));
         check_interrupted()?;
