@@ -215,8 +215,9 @@ pub struct ApplyCmd {
     /// Do not ask for confirmation
     #[arg(long)]
     pub auto_approve: bool,
-    /// How many resources or hosts to work on at once
-    #[arg(long, default_value_t = 10)]
+    /// How many resources or hosts to work on at once (15: Yandex Cloud's
+    /// default limit of active operations per folder)
+    #[arg(long, default_value_t = 15)]
     pub parallelism: usize,
     /// Stop once the machines exist and answer SSH
     #[arg(long)]
@@ -235,7 +236,7 @@ pub struct DestroyCmd {
     pub plan: PathBuf,
     #[arg(long)]
     pub auto_approve: bool,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 15)]
     pub parallelism: usize,
 }
 

@@ -7,6 +7,9 @@ use crate::ui::{self, hosts::HostSummary, plan::StateRef, Paint};
 use anyhow::Result;
 use std::path::Path;
 
+/// Hosts asked for facts at once (plan has no --parallelism; the same default as apply).
+const PLAN_PARALLELISM: usize = 15;
+
 pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -> Result<i32> {
     let project = Project::load(&args.plan, state_override)?;
     project.ensure_ssh_key()?;
@@ -20,7 +23,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
         (Ok(live), false) => {
             state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
             project.write_known_hosts(&state)?;
-            Some(crate::config::phase::prepare(&project, &state, 10, true, &events).await)
+            Some(crate::config::phase::prepare(&project, &state, PLAN_PARALLELISM, true, &events).await)
         }
         _ => None,
     };

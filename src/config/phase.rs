@@ -152,55 +152,85 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
     let secrets = shared.lock().await.state.secrets.clone();
     let facts: BTreeMap<String, HostFacts> = cp.hosts.iter().map(|(n, hp)| (n.clone(), hp.facts.clone())).collect();
     let present: BTreeSet<&str> = plan.roles();
-    for role in roles::ORDER.iter().copied().filter(|r| roles::IMPLEMENTED.contains(r) && present.contains(r)) {
-        let role_hosts: Vec<&Host> = plan.hosts_with_role(role).filter(|h| cp.hosts.contains_key(&h.name)).collect();
-        let subject = format!("role {role}");
-        let started = Instant::now();
-        events.started(&subject, &format!("{} host(s)", role_hosts.len()));
-        let changes: BTreeMap<String, HostChanges> = role_hosts.iter().map(|h| (h.name.clone(), cp.hosts[&h.name].changes.for_role(&cp.hosts[&h.name].desired, role))).collect();
+    let roles: Vec<&'static str> = roles::ORDER.iter().copied().filter(|r| roles::IMPLEMENTED.contains(r) && present.contains(r)).collect();
+    let ctx = RoleContext { project, cp, shared, events, secrets: &secrets, facts: &facts };
+    if cp.is_empty() {
+        // Nothing to change anywhere: no role waits for another, so every
+        // role's health gate runs at once (a no-change apply near the SSH floor).
+        let results = futures::future::join_all(roles.iter().map(|role| apply_role(&ctx, role))).await;
+        let errors: Vec<String> = results.into_iter().filter_map(|r| r.err().map(|e| format!("{e:#}"))).collect();
+        if !errors.is_empty() {
+            bail!("{}", errors.join("\n"));
+        }
+        return Ok(());
+    }
+    for role in roles {
+        apply_role(&ctx, role).await?;
+    }
+    Ok(())
+}
 
-        // Stage 1: packages, services to retire, files — every host at once.
-        let staged = futures::future::join_all(role_hosts.iter().map(|h| {
-            let ch = &changes[&h.name];
-            let session = &cp.sessions[&h.name];
-            async move { (h.name.clone(), stage(session, ch, events).await) }
-        }))
-        .await;
-        let mut rejected = Vec::new();
-        let mut ok_hosts = Vec::new();
-        for (name, result) in staged {
-            match result {
-                Ok(touched) => {
-                    if !touched.is_empty() {
-                        mark_pending(shared, &name, &touched, true).await?;
-                    }
-                    ok_hosts.push(*role_hosts.iter().find(|h| h.name == name).expect("host of the role"));
+/// What every role's bring-up shares.
+struct RoleContext<'a> {
+    project: &'a Project,
+    cp: &'a ConfigPlan,
+    shared: &'a Arc<Mutex<Shared>>,
+    events: &'a Events,
+    secrets: &'a BTreeMap<String, String>,
+    facts: &'a BTreeMap<String, HostFacts>,
+}
+
+/// One role: stage its files on all of its hosts, then bring it up to its gate.
+async fn apply_role(ctx: &RoleContext<'_>, role: &'static str) -> Result<()> {
+    let RoleContext { project, cp, shared, events, secrets, facts } = *ctx;
+    let plan = &project.plan;
+    let role_hosts: Vec<&Host> = plan.hosts_with_role(role).filter(|h| cp.hosts.contains_key(&h.name)).collect();
+    let subject = format!("role {role}");
+    let started = Instant::now();
+    events.started(&subject, &format!("{} host(s)", role_hosts.len()));
+    let changes: BTreeMap<String, HostChanges> = role_hosts.iter().map(|h| (h.name.clone(), cp.hosts[&h.name].changes.for_role(&cp.hosts[&h.name].desired, role))).collect();
+
+    // Stage 1: packages, services to retire, files — every host at once.
+    let staged = futures::future::join_all(role_hosts.iter().map(|h| {
+        let ch = &changes[&h.name];
+        let session = &cp.sessions[&h.name];
+        async move { (h.name.clone(), stage(session, ch, events).await) }
+    }))
+    .await;
+    let mut rejected = Vec::new();
+    let mut ok_hosts = Vec::new();
+    for (name, result) in staged {
+        match result {
+            Ok(touched) => {
+                if !touched.is_empty() {
+                    mark_pending(shared, &name, &touched, true).await?;
                 }
-                Err(e) => rejected.push(format!("{e:#}")),
+                ok_hosts.push(*role_hosts.iter().find(|h| h.name == name).expect("host of the role"));
             }
+            Err(e) => rejected.push(format!("{e:#}")),
         }
+    }
 
-        // Stage 2: bring the role up on the hosts whose files are in place.
-        let run = RoleRun { role, plan, secrets: &secrets, hosts: ok_hosts.clone(), sessions: &cp.sessions, changes: changes.clone(), facts: &facts, events };
-        let converged = if ok_hosts.is_empty() { Ok(()) } else { converge(role, &run).await };
-        if converged.is_ok() {
-            for h in &ok_hosts {
-                let services: BTreeSet<String> = cp.hosts[&h.name].desired.services.iter().filter(|s| s.role == role).map(|s| s.name.clone()).collect();
-                mark_pending(shared, &h.name, &services, false).await?;
-            }
+    // Stage 2: bring the role up on the hosts whose files are in place.
+    let run = RoleRun { role, plan, secrets, hosts: ok_hosts.clone(), sessions: &cp.sessions, changes: changes.clone(), facts, events };
+    let converged = if ok_hosts.is_empty() { Ok(()) } else { converge(role, &run).await };
+    if converged.is_ok() {
+        for h in &ok_hosts {
+            let services: BTreeSet<String> = cp.hosts[&h.name].desired.services.iter().filter(|s| s.role == role).map(|s| s.name.clone()).collect();
+            mark_pending(shared, &h.name, &services, false).await?;
         }
-        match (converged, rejected.is_empty()) {
-            (Ok(()), true) => events.finished(&subject, "healthy", started),
-            (Ok(()), false) => {
-                events.failed(&subject, "config", &rejected.join("; "));
-                bail!("role {role}: {}", rejected.join("\n"));
-            }
-            (Err(e), _) => {
-                events.failed(&subject, "bring-up", &format!("{e:#}"));
-                let mut all = rejected;
-                all.push(format!("{e:#}"));
-                bail!("role {role}: {}", all.join("\n"));
-            }
+    }
+    match (converged, rejected.is_empty()) {
+        (Ok(()), true) => events.finished(&subject, "healthy", started),
+        (Ok(()), false) => {
+            events.failed(&subject, "config", &rejected.join("; "));
+            bail!("role {role}: {}", rejected.join("\n"));
+        }
+        (Err(e), _) => {
+            events.failed(&subject, "bring-up", &format!("{e:#}"));
+            let mut all = rejected;
+            all.push(format!("{e:#}"));
+            bail!("role {role}: {}", all.join("\n"));
         }
     }
     Ok(())
