@@ -67,6 +67,10 @@ pub async fn wait_for_ssh(config: &Path, name: &str, limit: Duration, events: &E
             return Ok(());
         }
         last_error = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if last_error.is_empty() {
+            // ssh said nothing: at least say how it ended.
+            last_error = format!("ssh exited with {} and printed nothing", out.status);
+        }
         if last_error.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
             events.failed(&subject, "ssh", &last_error);
             bail!("{name}: the host key does not match the one rigger recorded when it built the machine — refusing to connect ({last_error})");
