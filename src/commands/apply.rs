@@ -102,7 +102,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         result = engine::prepare_logins(applier.provider.as_ref(), &project, &shared, &events, args.parallelism).await;
     }
     if result.is_ok() && !changes.is_empty() && !(infra_only && args.no_ssh_wait) {
-        result = wait_for_all_ssh(&project, &shared, &events).await;
+        result = wait_for_all_ssh(applier.provider.as_ref(), &project, &shared, &events).await;
     }
     if result.is_ok() && !infra_only {
         // After cloud changes the hosts are new or different: look at them again.
@@ -142,10 +142,10 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     Ok(0)
 }
 
-async fn wait_for_all_ssh(project: &Project, shared: &Arc<Mutex<Shared>>, events: &crate::events::Events) -> Result<()> {
-    let targets = {
+async fn wait_for_all_ssh(provider: &dyn crate::providers::Provider, project: &Project, shared: &Arc<Mutex<Shared>>, events: &crate::events::Events) -> Result<()> {
+    let (targets, machines) = {
         let sh = shared.lock().await;
-        crate::remote::targets(project, &sh.state)
+        (crate::remote::targets(project, &sh.state), sh.state.machines().cloned().collect::<Vec<_>>())
     };
     let config = crate::remote::ssh_config_path(project);
     let mut set = tokio::task::JoinSet::new();
@@ -157,6 +157,13 @@ async fn wait_for_all_ssh(project: &Project, shared: &Arc<Mutex<Shared>>, events
     while let Some(r) = set.join_next().await {
         if let Err(e) = r? {
             errors.push(format!("{e:#}"));
+        }
+    }
+    // A machine that never answers: what did it print while booting?
+    let silent: Vec<_> = machines.iter().filter(|m| errors.iter().any(|e| e.starts_with(&format!("{}:", m.address.name)))).collect();
+    for m in silent {
+        if let Some(tail) = provider.console_tail(m, 15).await {
+            errors.push(format!("{} console, last lines:\n    {}", m.address.name, tail.replace('\n', "\n    ")));
         }
     }
     if !errors.is_empty() {

@@ -40,6 +40,13 @@ pub trait Provider: Send + Sync {
     /// Delete a resource and wait until it is gone. Deleting what is already gone is Ok.
     async fn delete(&self, live: &LiveResource, events: &Events) -> Result<()>;
 
+    /// The last lines a machine printed on its console (boot messages), to
+    /// explain a machine that never answers SSH. `None` where there is no console.
+    async fn console_tail(&self, machine: &LiveResource, lines: usize) -> Option<String> {
+        let _ = (machine, lines);
+        None
+    }
+
     /// Power a machine on or off (failure drills). Providers that cannot say so.
     async fn power(&self, live: &LiveResource, action: Power, events: &Events) -> Result<LiveResource> {
         let _ = (live, events);

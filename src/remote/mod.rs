@@ -78,6 +78,14 @@ pub async fn wait_for_ssh(config: &Path, name: &str, limit: Duration, events: &E
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
     }
+    // ssh's quiet mode hides why a session closes: ask once more, verbosely.
+    let mut verbose = ssh_command(config, name, "true");
+    verbose.args(["-o", "LogLevel=VERBOSE"]);
+    if let Ok(out) = verbose.output().await {
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        last_error.push_str(&format!("\n  ssh -v says:\n    {}", lines[lines.len().saturating_sub(6)..].join("\n    ")));
+    }
     events.failed(&subject, "ssh", &last_error);
     bail!("{name}: no SSH after {}s — last error: {last_error}", limit.as_secs())
 }

@@ -483,6 +483,13 @@ impl Provider for LocalProvider {
         .await
     }
 
+    async fn console_tail(&self, machine: &LiveResource, lines: usize) -> Option<String> {
+        let log = self.machine_paths(&machine.address.name).log;
+        let text = std::fs::read_to_string(log).ok()?;
+        let all: Vec<&str> = text.lines().collect();
+        Some(all[all.len().saturating_sub(lines)..].join("\n"))
+    }
+
     async fn power(&self, live: &LiveResource, action: crate::providers::Power, events: &Events) -> Result<LiveResource> {
         use crate::providers::Power;
         self.check_host().await?;
