@@ -115,8 +115,8 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
 
     for h in plan.hosts_with_role("etcd") {
         let Some(s) = sessions.get(&h.name) else { continue };
-        let out = s.sudo(&format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{} --command-timeout=3s endpoint health 2>&1", setting("etcd", "client_port", 2379)), None).await?;
-        status.etcd.push(EtcdMember { host: h.name.clone(), healthy: out.ok() && out.stdout.contains("is healthy"), detail: out.stdout.trim().to_string() });
+        let (healthy, detail) = crate::roles::etcd::member_health(s, setting("etcd", "client_port", 2379)).await?;
+        status.etcd.push(EtcdMember { host: h.name.clone(), healthy, detail });
     }
 
     let rest = setting("patroni", "rest_port", 8008);
@@ -126,13 +126,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         let members: Vec<Value> = cluster["members"].as_array().cloned().unwrap_or_default();
         let leader = members.iter().find(|m| m["role"] == "leader").and_then(|m| m["name"].as_str()).map(str::to_string);
         let streaming: Vec<String> = match leader.as_ref().and_then(|l| sessions.get(l)) {
-            Some(ls) => ls
-                .sudo("runuser -u postgres -- psql -h /var/run/postgresql -Atc \"select application_name from pg_stat_replication where state = 'streaming'\"", None)
-                .await?
-                .stdout
-                .lines()
-                .map(str::to_string)
-                .collect(),
+            Some(ls) => crate::roles::patroni::streaming_replicas(ls).await?,
             None => vec![],
         };
         for m in members {
@@ -169,7 +163,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         let mut holders = Vec::new();
         for h in plan.hosts_with_role("keepalived") {
             let Some(s) = sessions.get(&h.name) else { continue };
-            if s.sh("ip -4 -o addr show").await?.stdout.contains(&format!(" {vip}/")) {
+            if crate::roles::keepalived::holds_vip(s, vip).await? {
                 holders.push(h.name.clone());
             }
         }
@@ -180,8 +174,8 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
     let redis_password = state.secrets.get("redis_password").cloned().unwrap_or_default();
     for h in plan.hosts_with_role("redis") {
         let Some(s) = sessions.get(&h.name) else { continue };
-        let out = s.sudo(&format!("read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli -p {redis_port} ping"), Some(format!("{redis_password}\n").as_bytes())).await?;
-        status.redis.push(RedisView { host: h.name.clone(), ok: out.stdout.trim() == "PONG" });
+        let ok = crate::roles::redis::ping(s, redis_port, &redis_password).await? == "PONG";
+        status.redis.push(RedisView { host: h.name.clone(), ok });
     }
     for (_, s) in sessions {
         s.close().await;

@@ -61,7 +61,12 @@ fn configured_hosts(plan: &Plan) -> Vec<&Host> {
 }
 
 fn pending(state: &State, host: &str) -> BTreeSet<String> {
-    state.hosts.get(host).and_then(|h| h.get("pending")).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
+    pending_in(state.hosts.get(host))
+}
+
+/// The services a host's state entry says still owe a restart.
+fn pending_in(host_entry: Option<&Value>) -> BTreeSet<String> {
+    host_entry.and_then(|h| h.get("pending")).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
 }
 
 /// Connect, gather facts and compute every host's changes.
@@ -279,7 +284,7 @@ async fn stage(session: &HostSession, ch: &HostChanges, events: &Events) -> Resu
 async fn mark_pending(shared: &Arc<Mutex<Shared>>, host: &str, services: &BTreeSet<String>, add: bool) -> Result<()> {
     let mut sh = shared.lock().await;
     let entry = sh.state.hosts.entry(host.to_string()).or_insert_with(|| json!({}));
-    let mut now: BTreeSet<String> = entry.get("pending").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let mut now = pending_in(Some(entry));
     let before = now.clone();
     if add {
         now.extend(services.iter().cloned());

@@ -5,6 +5,7 @@
 use super::{file, service};
 use crate::config::ops::{HostDesired, OnChange};
 use crate::config::run::{start, wait_for, RoleRun};
+use crate::remote::session::HostSession;
 use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
@@ -51,15 +52,21 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     Ok(())
 }
 
+/// `etcdctl endpoint health` on this member: healthy, and what it said.
+pub async fn member_health(s: &HostSession, port: u64) -> Result<(bool, String)> {
+    let out = s.sudo(&format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{port} --command-timeout=3s endpoint health 2>&1"), None).await?;
+    Ok((out.ok() && out.stdout.contains("is healthy"), out.stdout.trim().to_string()))
+}
+
 /// Every member answers healthy and the cluster has all members.
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     let port = client_port(run);
     let expected = run.plan.hosts_with_role("etcd").count();
     run.each(|h, s| async move {
         wait_for(&format!("{}: etcd healthy with {expected} members", h.name), Duration::from_secs(120), || async {
-            let health = s.sudo(&format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{port} --command-timeout=3s endpoint health 2>&1"), None).await?;
-            if !health.ok() || !health.stdout.contains("is healthy") {
-                return Ok(Err(health.stdout.trim().to_string()));
+            let (healthy, said) = member_health(s, port).await?;
+            if !healthy {
+                return Ok(Err(said));
             }
             let members = s.sudo(&format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{port} member list 2>&1"), None).await?;
             let started = members.stdout.lines().filter(|l| l.contains(", started,")).count();

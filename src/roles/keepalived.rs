@@ -4,10 +4,10 @@
 use super::{file, service};
 use crate::config::ops::{HostDesired, OnChange};
 use crate::config::run::{wait_for, RoleRun};
+use crate::remote::session::HostSession;
 use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
@@ -33,23 +33,22 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     gate(run).await
 }
 
+/// Whether this host has the VIP on one of its interfaces.
+pub async fn holds_vip(s: &HostSession, vip: &str) -> Result<bool> {
+    Ok(s.sh("ip -4 -o addr show").await?.stdout.contains(&format!(" {vip}/")))
+}
+
 /// Who holds the VIP now.
 pub async fn holders(run: &RoleRun<'_>, vip: &str) -> Result<Vec<String>> {
-    let count = AtomicUsize::new(0);
-    let names = std::sync::Mutex::new(Vec::new());
-    run.each(|h, s| {
-        let (count, names) = (&count, &names);
-        async move {
-            let out = s.sh("ip -4 -o addr show").await?;
-            if out.stdout.contains(&format!(" {vip}/")) {
-                count.fetch_add(1, Ordering::SeqCst);
-                names.lock().expect("not poisoned").push(h.name.clone());
-            }
-            Ok(())
+    let checks = run.hosts.iter().map(|h| async move { Ok::<_, anyhow::Error>((h.name.clone(), holds_vip(run.session(&h.name)?, vip).await?)) });
+    let mut names = Vec::new();
+    for r in futures::future::join_all(checks).await {
+        let (name, holds) = r?;
+        if holds {
+            names.push(name);
         }
-    })
-    .await?;
-    Ok(names.into_inner().unwrap_or_default())
+    }
+    Ok(names)
 }
 
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {

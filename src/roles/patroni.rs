@@ -209,7 +209,8 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     .await
 }
 
-async fn streaming_replicas(leader: &HostSession) -> Result<Vec<String>> {
+/// Members the leader sees streaming (pg_stat_replication), by name.
+pub async fn streaming_replicas(leader: &HostSession) -> Result<Vec<String>> {
     let out = leader
         .sudo("runuser -u postgres -- psql -h /var/run/postgresql -Atc \"select application_name from pg_stat_replication where state = 'streaming'\"", None)
         .await?;

@@ -4,6 +4,7 @@
 use super::{file, service};
 use crate::config::ops::{HostDesired, OnChange};
 use crate::config::run::{wait_for, RoleRun};
+use crate::remote::session::HostSession;
 use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
@@ -18,6 +19,12 @@ pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     })
 }
 
+/// `PING` with the password (on stdin, never on a command line): what Redis answered.
+pub async fn ping(s: &HostSession, port: u64, password: &str) -> Result<String> {
+    let out = s.sudo(&format!("read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli -p {port} ping"), Some(format!("{password}\n").as_bytes())).await?;
+    Ok(format!("{}{}", out.stdout.trim(), out.stderr.trim()))
+}
+
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
     let port = run.plan.setting("redis", "port").and_then(Value::as_u64).unwrap_or(6379);
@@ -26,13 +33,8 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
         let password = password.clone();
         async move {
             wait_for(&format!("{}: redis answers PING", h.name), Duration::from_secs(30), || async {
-                // The password travels on stdin, never on a command line.
-                let out = s.sudo(&format!("read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli -p {port} ping"), Some(format!("{password}\n").as_bytes())).await?;
-                if out.stdout.trim() == "PONG" {
-                    Ok(Ok(()))
-                } else {
-                    Ok(Err(format!("{}{}", out.stdout.trim(), out.stderr.trim())))
-                }
+                let answer = ping(s, port, &password).await?;
+                Ok(if answer == "PONG" { Ok(()) } else { Err(answer) })
             })
             .await
         }

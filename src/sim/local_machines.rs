@@ -231,14 +231,7 @@ impl LocalMachines {
                 meta
             }
         };
-        net::ensure_machine_link(&net::MachineLink {
-            netns: &meta.netns,
-            veth_host: &meta.veth,
-            bridge: &meta.bridge,
-            address: meta.address()?,
-            gateway: meta.gateway,
-        })
-        .await?;
+        net::ensure_machine_link(&meta.link()?).await?;
         if let Some(public) = r.public_ip {
             // One-to-one NAT, the short way: the machine also owns its public address,
             // and the host routes that one address onto the bridge.

@@ -84,6 +84,11 @@ impl Meta {
         Ipv4Net::new(self.ip, self.prefix).with_context(|| format!("bad prefix /{} for {}", self.prefix, self.ip))
     }
 
+    /// The machine's veth into its namespace, as its record describes it.
+    pub fn link(&self) -> Result<net::MachineLink<'_>> {
+        Ok(net::MachineLink { netns: &self.netns, veth_host: &self.veth, bridge: &self.bridge, address: self.address()?, gateway: self.gateway })
+    }
+
     pub fn read(path: &Path) -> Result<Option<Meta>> {
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?)),

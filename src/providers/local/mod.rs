@@ -315,15 +315,7 @@ impl LocalProvider {
 
     /// Makes sure the machine's network, overlay and container are up and sshd answers.
     async fn run_machine(&self, paths: &MachinePaths, mut meta: Meta, events: &Events, subject: &str) -> Result<LiveResource> {
-        let address = meta.address()?;
-        net::ensure_machine_link(&net::MachineLink {
-            netns: &meta.netns,
-            veth_host: &meta.veth,
-            bridge: &meta.bridge,
-            address,
-            gateway: meta.gateway,
-        })
-        .await?;
+        net::ensure_machine_link(&meta.link()?).await?;
         machine::ensure_overlay(paths, &meta.lower).await?;
         events.progress(subject, "booting");
         let pid = machine::start(paths, &meta).await?;

@@ -144,14 +144,7 @@ impl LocalMachines {
         if let Ok(mut networks) = self.networks.lock() {
             networks.insert((meta.bridge.clone(), cidr, meta.gateway));
         }
-        net::ensure_machine_link(&net::MachineLink {
-            netns: &meta.netns,
-            veth_host: &meta.veth,
-            bridge: &meta.bridge,
-            address: meta.address()?,
-            gateway: meta.gateway,
-        })
-        .await?;
+        net::ensure_machine_link(&meta.link()?).await?;
         let pid = machine::start(&paths, &meta).await?;
         Meta { pid: Some(pid), host_keys: host_keys.clone(), ..meta }.write(&paths.meta)?;
         Ok(host_keys)
