@@ -140,6 +140,15 @@ pub async fn seed(rootfs: &Path, seed: &Seed<'_>) -> Result<Vec<String>> {
         let sudoers = rootfs.join(format!("etc/sudoers.d/90-rigger-{}", seed.ssh_user));
         write_file(&sudoers, &format!("{} ALL=(ALL) NOPASSWD:ALL\n", seed.ssh_user), 0o440)?;
     }
+    // systemd-user-sessions removes /run/nologin at the end of boot; until it
+    // has, sshd refuses every user but root. Under heavy load it was seen to
+    // fail once and never run again, locking the plan's user out for good:
+    // let it try again (Restart= is allowed for oneshot units since systemd 244).
+    write_file(
+        &rootfs.join("etc/systemd/system/systemd-user-sessions.service.d/rigger-retry.conf"),
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nRestart=on-failure\nRestartSec=2\n",
+        0o644,
+    )?;
     ensure_host_keys(rootfs, seed.hostname).await
 }
 
