@@ -26,6 +26,8 @@ pub const PACKAGES: &[&str] = &[
     "ca-certificates", "curl", "python3", "nftables", "postgresql-15", "postgresql", "patroni",
     "python3-psycopg2", "etcd-server", "etcd-client", "haproxy", "keepalived", "redis-server", "nginx",
     "python3-fastapi", "uvicorn", "python3-redis", "python3-venv", "less",
+    // Backups (pgBackRest repository and archiving on every Patroni member).
+    "pgbackrest",
 ];
 
 /// Services the packages enable by default; roles start them when configured.
