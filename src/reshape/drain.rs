@@ -207,7 +207,9 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
             let members = super::etcd_members::list(&s, etcd_client_port(plan)).await;
             s.close().await;
             let members = members?;
-            let etcd_leaving: Vec<String> = members.iter().filter(|m| leaving.contains(&m.name)).map(|m| m.name.clone()).collect();
+            // By name, so the order shown is the order run (etcd lists members by id).
+            let mut etcd_leaving: Vec<String> = members.iter().filter(|m| leaving.contains(&m.name)).map(|m| m.name.clone()).collect();
+            etcd_leaving.sort();
             if !etcd_leaving.is_empty() {
                 super::safety::etcd_removal(plan, members.len(), &etcd_leaving)?;
             }

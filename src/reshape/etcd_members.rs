@@ -14,6 +14,8 @@ use std::time::Duration;
 pub const JOIN_FILE: &str = "/etc/default/etcd-join";
 /// How long a joining member may take to start and report healthy.
 const JOIN_WAIT: Duration = Duration::from_secs(90);
+/// How long etcd may refuse a member add while the last change settles.
+const ADD_WAIT: Duration = Duration::from_secs(45);
 /// How long the cluster may take to settle after a member leaves.
 const LEAVE_WAIT: Duration = Duration::from_secs(60);
 
@@ -85,7 +87,18 @@ pub async fn join(existing: &HostSession, j: &HostSession, joiner: &str, joiner_
         // A leftover half-join of someone else must be cleared before adding:
         // two unstarted members would leave the quorum at the mercy of both.
         initial_cluster(&members, joiner, &peer)?;
-        existing.sudo_ok(&format!("etcdctl member add {joiner}"), &etcdctl(client_port, &format!("member add {} --peer-urls={}", sh_quote(joiner), sh_quote(&peer)))).await?;
+        // etcd refuses a reconfiguration ("unhealthy cluster") until every
+        // member has been connected for a few seconds — e.g. right after the
+        // previous join: ask again until it accepts, bounded.
+        let add = etcdctl(client_port, &format!("member add {} --peer-urls={}", sh_quote(joiner), sh_quote(&peer)));
+        wait_for(&format!("etcd accepting {joiner} as a new member"), ADD_WAIT, || async {
+            if list(existing, client_port).await?.iter().any(|m| m.peer_url == peer) {
+                return Ok(Ok(()));
+            }
+            let out = existing.sudo(&add, None).await?;
+            Ok(if out.ok() { Ok(()) } else { Err(format!("etcdctl member add: {}", out.stdout.trim())) })
+        })
+        .await?;
     }
     let members = list(existing, client_port).await?;
     let cluster = initial_cluster(&members, joiner, &peer)?;
@@ -140,7 +153,15 @@ pub async fn remove(remaining: &HostSession, leaving: Option<&HostSession>, name
         bail!("etcd members are unhealthy, not removing {name}: {}", sick.join("; "));
     }
     if let Some(m) = members.iter().find(|m| m.name == name) {
-        remaining.sudo_ok(&format!("etcdctl member remove {name}"), &etcdctl(client_port, &format!("member remove {}", m.id))).await?;
+        let remove = etcdctl(client_port, &format!("member remove {}", m.id));
+        wait_for(&format!("etcd accepting the removal of {name}"), ADD_WAIT, || async {
+            if !list(remaining, client_port).await?.iter().any(|x| x.id == m.id) {
+                return Ok(Ok(()));
+            }
+            let out = remaining.sudo(&remove, None).await?;
+            Ok(if out.ok() { Ok(()) } else { Err(format!("etcdctl member remove: {}", out.stdout.trim())) })
+        })
+        .await?;
     }
     if let Some(l) = leaving {
         // A removed member stops by itself; make sure nothing starts it again.
