@@ -259,6 +259,9 @@ fn reshape_under_load_etcd_patroni_apps() {
     let drained = progress.find("drain ").unwrap_or_else(|| panic!("no drain steps in the apply:\n{progress}"));
     let deleted = progress.find("machine.pgx").unwrap_or_else(|| panic!("pgx not deleted:\n{progress}"));
     assert!(drained < deleted, "the machine was deleted before the drain:\n{progress}");
+    for line in progress.lines().filter(|l| l.contains("drain ") || l.contains(" deleted") || l.contains("healthy (")) {
+        println!("shrink: {line}");
+    }
 
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);

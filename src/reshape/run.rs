@@ -148,7 +148,9 @@ async fn switchover(plan: &Plan, sessions: &mut Sessions, remaining: &[String], 
     // The candidate: a remaining member that streams, least lag first.
     let mut candidates: Vec<(u64, String)> = members
         .iter()
-        .filter(|m| m["state"] == "streaming" && m["name"].as_str().is_some_and(|n| remaining.iter().any(|r| r == n)))
+        // Patroni 3.0 reports a healthy replica as `running`, later versions as `streaming`.
+        .filter(|m| (m["role"] == "replica" || m["role"] == "sync_standby") && (m["state"] == "streaming" || m["state"] == "running"))
+        .filter(|m| m["name"].as_str().is_some_and(|n| remaining.iter().any(|r| r == n)))
         .map(|m| (m["lag"].as_u64().unwrap_or(u64::MAX), m["name"].as_str().unwrap_or_default().to_string()))
         .collect();
     candidates.sort();
