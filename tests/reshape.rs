@@ -19,13 +19,15 @@ use std::time::{Duration, Instant};
 
 /// The shape at one stage: extra etcd hosts, the extra Patroni host, app count.
 struct Shape {
+    /// Hosts with etcd and Patroni (pg-1..).
+    pg: u32,
     etcd_extra: bool,
     patroni_extra: bool,
     apps: u32,
 }
 
 fn plan_text(project: &str, cidr: &str, net: &str, app_dir: &Path, shape: &Shape) -> String {
-    let mut hosts = format!("  # etcd and Patroni share three hosts; growing etcd adds etcd-only hosts, growing Patroni a Patroni-only one.\n  - {{ name: pg, count: 3, roles: [etcd, patroni], ip: {net}.21, firewall: [inside] }}\n");
+    let mut hosts = format!("  # etcd and Patroni share three hosts; growing etcd adds etcd-only hosts, growing Patroni a Patroni-only one.\n  - {{ name: pg, count: {}, roles: [etcd, patroni], ip: {net}.21, firewall: [inside] }}\n", shape.pg);
     if shape.patroni_extra {
         hosts.push_str(&format!("  - {{ name: pgx, roles: [patroni], ip: {net}.24, firewall: [inside] }}\n"));
     }
@@ -158,7 +160,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     let app_src = tempfile::tempdir().expect("temp dir");
     let app_dir = app_src.path().join("demo-app");
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-app"), &app_dir);
-    let base = Shape { etcd_extra: false, patroni_extra: false, apps: 3 };
+    let base = Shape { pg: 3, etcd_extra: false, patroni_extra: false, apps: 3 };
     let plan = LocalPlan::from_text("t-rs", |project, cidr, net| plan_text(project, cidr, net, &app_dir, &base));
     let net = plan.net_prefix.clone();
     let cidr = format!("{net}.0/24");
@@ -203,7 +205,9 @@ fn reshape_under_load_etcd_patroni_apps() {
 
     // Grow: etcd 3 → 5, Patroni 3 → 4, apps 3 → 4.
     let pids_before = etcd_pids(&plan, &net);
-    let grown = Shape { etcd_extra: true, patroni_extra: true, apps: 4 };
+    let leader_of = |ip: &str| patroni_cluster(&plan, ip).into_iter().find(|(_, r)| r == "leader").map(|(n, _)| n);
+    let leader_before = leader_of(&pg1);
+    let grown = Shape { pg: 3, etcd_extra: true, patroni_extra: true, apps: 4 };
     write_shape(&grown);
     let grow_start = Instant::now();
     let out = rigger(&["apply", plan.path(), "--auto-approve"]);
@@ -213,6 +217,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     assert_eq!(members.len(), 5, "{members:?}");
     assert!(members.iter().all(|(_, started)| *started), "{members:?}");
     assert_eq!(etcd_pids(&plan, &net), pids_before, "growing etcd restarted a running member");
+    assert_eq!(leader_of(&pg1), leader_before, "the Patroni leader changed while etcd grew");
     for ip in [format!("{net}.51"), format!("{net}.52")] {
         let join = plan.ssh(&ip, "test -e /etc/default/etcd-join && echo left || echo gone");
         assert_eq!(join.trim(), "gone", "{ip}: the join settings stayed behind");
@@ -220,6 +225,20 @@ fn reshape_under_load_etcd_patroni_apps() {
     assert_eq!(patroni_cluster(&plan, &pg1).len(), 4);
     let out = rigger(&["plan", plan.path(), "--detailed-exitcode"]);
     assert_eq!(out.code(), 0, "re-plan after the grow must be empty:\n{}", out.text());
+
+    // Unsafe: 3 of the 4 Patroni members in one apply (etcd stays 3 + 2 → odd, valid).
+    // Refused by plan and by apply at the host entry, nothing changed.
+    write_shape(&Shape { pg: 1, etcd_extra: true, patroni_extra: false, apps: 4 });
+    for args in [vec!["plan", plan.path()], vec!["apply", plan.path(), "--auto-approve"]] {
+        let out = rigger(&args);
+        assert_eq!(out.code(), 1, "{args:?} must refuse removing a Patroni majority:\n{}", out.text());
+        let said = out.stderr_text();
+        assert!(said.contains(&format!("{}:", plan.path())) && said.contains("would remove 3 of the 4 Patroni members (pg-2, pg-3, pgx)"), "{said}");
+        assert!(said.contains("remove at most 2 per apply"), "{said}");
+    }
+    assert_eq!(patroni_cluster(&plan, &pg1).len(), 4, "a refused apply changed the cluster");
+    assert_eq!(etcd_members(&plan, &pg1).len(), 5, "a refused apply changed etcd");
+    write_shape(&grown);
 
     // The member that will leave leads: switch over to it (as an operator would have).
     let leader = patroni_cluster(&plan, &pg1).into_iter().find(|(_, r)| r == "leader").expect("a leader").0;
@@ -239,7 +258,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     let switch_end = Instant::now();
 
     // Shrink: etcd 5 → 3, Patroni 4 → 3 (the leader leaves), apps 4 → 2.
-    let shrunk = Shape { etcd_extra: false, patroni_extra: false, apps: 2 };
+    let shrunk = Shape { pg: 3, etcd_extra: false, patroni_extra: false, apps: 2 };
     write_shape(&shrunk);
     let out = rigger(&["plan", plan.path()]);
     assert!(out.status.success(), "{}", out.text());

@@ -5,7 +5,8 @@ use super::Paint;
 use crate::reshape::{describe, drain::DrainPlan};
 
 pub fn render_human(d: &DrainPlan, paint: &Paint) -> String {
-    if d.leaving.is_empty() {
+    if d.steps.is_empty() && d.notes.is_empty() {
+        // Nothing runs on the leaving machines (no role that needs draining).
         return String::new();
     }
     let mut out = format!("{}\n", paint.bold(&format!("Before the machines {} are deleted (in this order):", d.leaving.join(", "))));
