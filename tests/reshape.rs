@@ -82,7 +82,8 @@ fn http_status(url: &str) -> u16 {
 struct WriteLog {
     /// Acknowledged row ids, with when.
     committed: Vec<(i64, Instant)>,
-    failures: usize,
+    /// When an attempt failed (retried on a new connection 100 ms later).
+    failures: Vec<Instant>,
 }
 
 /// Insert a numbered row through the VIP's write port every 100 ms until `stop`.
@@ -103,12 +104,12 @@ fn writer(conninfo: String, password: String, log: Arc<Mutex<WriteLog>>, stop: A
                     match r {
                         Ok(Ok(_)) => log.lock().unwrap().committed.push((id, Instant::now())),
                         _ => {
-                            log.lock().unwrap().failures += 1;
+                            log.lock().unwrap().failures.push(Instant::now());
                             client = None;
                         }
                     }
                 } else {
-                    log.lock().unwrap().failures += 1;
+                    log.lock().unwrap().failures.push(Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(100).saturating_sub(tick.elapsed())).await;
             }
@@ -317,9 +318,16 @@ fn reshape_under_load_etcd_patroni_apps() {
         "reshape under load: {} rows acknowledged, {} lost, {} write attempts failed; HTTP through nginx {} ok, {} failed",
         acknowledged.len(),
         lost.len(),
-        log.failures,
+        log.failures.len(),
         http_ok.load(Ordering::SeqCst),
         failed.len()
+    );
+    let failed_in = |from: Instant, to: Instant| log.failures.iter().filter(|t| **t >= from && **t <= to).count();
+    println!(
+        "failed write attempts: grow {}, the test's switchover {}, shrink {}",
+        failed_in(grow_start, grow_end),
+        failed_in(switch_start, switch_end),
+        failed_in(shrink_start, shrink_end)
     );
     println!("longest write gap: grow (etcd 3→5, Patroni 3→4, apps 3→4) {:.1}s in {:.1}s", longest_gap(&log, grow_start, grow_end).as_secs_f64(), (grow_end - grow_start).as_secs_f64());
     println!("longest write gap: the test's own switchover to pgx {:.1}s", longest_gap(&log, switch_start, switch_end).as_secs_f64());

@@ -181,12 +181,18 @@ async fn reload(plan: &Plan, state: &State, sessions: &mut Sessions, role: &str,
         let host = plan.host(name).ok_or_else(|| anyhow!("{name}: not in the plan"))?;
         let desired = crate::roles::desired(plan, host, &state.secrets, &renderer)?;
         let s = sessions.must(name).await?;
+        let mut changed = Vec::new();
         for f in desired.files.iter().filter(|f| f.role == role) {
             let have = s.sudo(&format!("sha256sum {} 2>/dev/null | cut -d' ' -f1", sh_quote(&f.path)), None).await?.stdout.trim().to_string();
-            if have == crate::config::ops::sha256_hex(f.content.as_bytes()) {
-                continue;
+            if have != crate::config::ops::sha256_hex(f.content.as_bytes()) {
+                crate::config::ops::upload(s, f).await?;
+                changed.push(f.path.clone());
             }
-            crate::config::ops::upload(s, f).await?;
+        }
+        if changed.iter().any(|p| p.starts_with("/etc/systemd/")) {
+            s.sudo_ok("reloading systemd units", "systemctl daemon-reload").await?;
+        }
+        if !changed.is_empty() {
             for svc in desired.services.iter().filter(|x| x.role == role) {
                 s.sudo_ok(&format!("reloading {}", svc.name), &format!("systemctl reload {}", svc.name)).await?;
             }
