@@ -6,6 +6,7 @@ pub mod config;
 pub mod diff;
 pub mod engine;
 pub mod events;
+pub mod flows;
 pub mod graph;
 pub mod inventory;
 pub mod plan;

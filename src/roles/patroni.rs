@@ -1,4 +1,4 @@
-//! Patroni/PostgreSQL: etcd3 as DCS, scram-sha-256 limited to the subnet,
+//! Patroni/PostgreSQL: etcd3 as DCS, scram-sha-256 for exactly the hosts that connect (src/flows.rs),
 //! the distro's own cluster stopped and disabled. A fresh cluster bootstraps
 //! on one node first (stale DCS keys of a failed build are cleared when no
 //! node has data), replicas join after. PostgreSQL parameters live in the DCS:
