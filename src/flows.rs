@@ -251,6 +251,17 @@ fn side_allows(plan: &Plan, host: &Host, direction: &Direction, flow: &Flow, pee
     groups.iter().any(|g| rule_allows(g, direction, flow, peer.ip, &peer.firewall))
 }
 
+/// Which of the owner's groups should get the rule: one that already has a rule
+/// for this port in this direction (from other peers), else the last one listed
+/// (role groups tend to follow shared ones like `ssh`).
+fn group_for(plan: &Plan, owner: &Host, direction: &Direction, flow: &Flow) -> String {
+    let groups: Vec<&FirewallGroup> = owner.firewall.iter().filter_map(|g| plan.firewall.iter().find(|x| &x.name == g)).collect();
+    let for_port = groups.iter().find(|g| {
+        g.rules.iter().any(|r| &r.direction == direction && flow.port.is_some_and(|p| r.ports.iter().any(|range| (range.from..=range.to).contains(&p))))
+    });
+    for_port.or(groups.last()).map(|g| g.name.clone()).unwrap_or_default()
+}
+
 /// The flows the plan's firewall rules block, gathered per (group, direction,
 /// peer, transport) so one rule to add covers each.
 pub fn check_firewall(plan: &Plan, flows: &[Flow]) -> Vec<Blocked> {
@@ -261,8 +272,9 @@ pub fn check_firewall(plan: &Plan, flows: &[Flow]) -> Vec<Blocked> {
             if side_allows(plan, owner, &direction, f, peer) {
                 continue;
             }
-            let group = owner.firewall.first().cloned().unwrap_or_default();
-            let rule_peer = match peer.firewall.first() {
+            let group = group_for(plan, owner, &direction, f);
+            // Role groups tend to follow the shared ones (`[ssh, db]`): name the peer by its last.
+            let rule_peer = match peer.firewall.last() {
                 Some(g) => RulePeer::Group(g.clone()),
                 None => RulePeer::Address(peer.ip),
             };

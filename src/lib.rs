@@ -1,6 +1,7 @@
 //! rigger: one plan file to a healthy HA stack.
 
 pub mod cli;
+pub mod client_path;
 pub mod commands;
 pub mod config;
 pub mod diff;
