@@ -136,7 +136,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         let members: Vec<Value> = cluster["members"].as_array().cloned().unwrap_or_default();
         let leader = members.iter().find(|m| m["role"] == "leader").and_then(|m| m["name"].as_str()).map(str::to_string);
         let streaming: Vec<String> = match leader.as_ref().and_then(|l| sessions.get(l)) {
-            Some(ls) => crate::roles::patroni::streaming_replicas(ls).await?,
+            Some(ls) => crate::roles::patroni::streaming_replicas(ls, setting("patroni", "port", 5432)).await?,
             None => vec![],
         };
         for m in members {
