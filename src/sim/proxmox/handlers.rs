@@ -480,14 +480,21 @@ fn task_list(sim: &Sim, params: &Params) -> HandlerResult {
     Ok(Value::Array(tasks.into_iter().skip(start).take(limit).collect()))
 }
 
+/// pve-manager PVE/API2/Tasks.pm (read_task_status, read_task_log): a UPID
+/// whose task file is not (yet) there is a parameter exception,
+/// `raise_param_exc({ upid => "no such task" })`.
+fn no_such_task() -> Reply {
+    Reply::param("upid", "no such task")
+}
+
 fn task_status(sim: &Sim, upid: &str) -> HandlerResult {
     let mut state = lock_state(sim);
     let Some(task) = state.tasks.get_mut(upid) else {
-        return Err(Reply::error(400, "no such task"));
+        return Err(no_such_task());
     };
     if task.invisible_polls > 0 {
         task.invisible_polls -= 1;
-        return Err(Reply::error(400, "no such task"));
+        return Err(no_such_task());
     }
     let mut status = json!({
         "upid": task.upid, "node": sim.opts.node, "pid": task.pid, "pstart": task.pstart,
@@ -511,7 +518,7 @@ fn task_log(sim: &Sim, upid: &str, params: &Params) -> HandlerResult {
     let limit: usize = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(50);
     let state = lock_state(sim);
     let Some(task) = state.tasks.get(upid) else {
-        return Err(Reply::error(400, "no such task"));
+        return Err(no_such_task());
     };
     let lines: Vec<Value> =
         task.log.iter().enumerate().skip(start).take(limit).map(|(i, t)| json!({ "n": i + 1, "t": t })).collect();
