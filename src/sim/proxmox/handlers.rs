@@ -68,6 +68,38 @@ pub const SIM_GUESTS_PATH: &str = "/_sim/guests";
 /// Not Proxmox either: how many faults were injected so far.
 pub const SIM_STATS_PATH: &str = "/_sim/stats";
 
+/// Not Proxmox: `POST /_sim/guests/{vmid}/lock?lock=create` leaves a stopped
+/// guest locked as a worker killed mid-creation does (no task holds the lock);
+/// `DELETE` lifts it as `pct unlock` / `qm unlock` on the node would.
+fn sim_guest_lock(sim: &Sim, method: &str, path: &str, query: Option<&str>) -> Option<HandlerResult> {
+    let vmid: u32 = path.strip_prefix("/_sim/guests/")?.strip_suffix("/lock")?.parse().ok()?;
+    let mut state = lock_state(sim);
+    let Some(guest) = state.guests.get_mut(&vmid) else {
+        return Some(Err(Reply::fail(format!("no guest {vmid}"))));
+    };
+    Some(match method {
+        "POST" => {
+            let lock = query
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .find_map(|kv| kv.strip_prefix("lock="))
+                .unwrap_or("create")
+                .to_string();
+            if guest.running {
+                Err(Reply::fail(format!("guest {vmid} is running: stop it first (an interrupted creation leaves it stopped)")))
+            } else {
+                guest.config.insert("lock".into(), lock);
+                Ok(Value::Null)
+            }
+        }
+        "DELETE" => {
+            guest.config.remove("lock");
+            Ok(Value::Null)
+        }
+        _ => Err(not_implemented(method, path)),
+    })
+}
+
 fn sim_guests(sim: &Sim) -> Value {
     let guests: Vec<Value> = super::summaries(sim)
         .into_iter()
@@ -91,6 +123,12 @@ async fn route(sim: &Arc<Sim>, method: &str, uri: &Uri, headers: &HeaderMap, bod
     if method == "GET" && uri.path() == SIM_STATS_PATH {
         authenticate(sim, method, headers).await?;
         return Ok(json!({ "faults_injected": sim.faults_injected.load(std::sync::atomic::Ordering::Relaxed) }));
+    }
+    if uri.path().starts_with("/_sim/guests/") {
+        authenticate(sim, method, headers).await?;
+        if let Some(result) = sim_guest_lock(sim, method, uri.path(), uri.query()) {
+            return result;
+        }
     }
     let Some(path) = uri.path().strip_prefix("/api2/json") else {
         return Err(not_implemented(method, uri.path()));
