@@ -140,6 +140,9 @@ pub struct ProxmoxSimArgs {
     /// Plain HTTP instead of HTTPS
     #[arg(long)]
     pub http: bool,
+    /// Verify every request against this Proxmox VE API schema (pve-docs' apidata.js; default: env RIGGER_PROXMOX_APIDATA, else ../shared/reference/api/proxmox/apidata.js beside the source checkout)
+    #[arg(long, value_name = "FILE")]
+    pub api_definitions: Option<std::path::PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,8 @@
 use super::guests;
 use super::reply::{HandlerResult, Reply};
 use super::state::{GuestKind, State, Ticket};
-use super::validation::{check, opt, Params, Ty, VMID};
+use super::definitions::Verdict;
+use super::validation::{check, opt, Params, Ty, VERIFIED_BY_DEFINITIONS, VMID};
 
 const TEXT_FILTER: Ty = Ty::Str { max_len: 256 };
 use super::{Sim, DEFAULT_LXC_TEMPLATE};
@@ -143,11 +144,40 @@ async fn route(sim: &Arc<Sim>, method: &str, uri: &Uri, headers: &HeaderMap, bod
     }
     let caller = authenticate(sim, method, headers).await?;
 
-    match roll_fault(sim, method, &segs) {
-        Fault::None => dispatch(sim, method, path, &segs, &params, &caller).await,
+    let result = verified_route(sim, method, path, &segs, &params, &caller).await;
+    if sim.opts.record_requests {
+        let (status, answer) = match &result {
+            Ok(data) => (200, data.clone()),
+            Err(reply) => (reply.status.as_u16(), reply.body.get("errors").cloned().unwrap_or(Value::Null)),
+        };
+        if let Ok(mut recorded) = sim.recorded.lock() {
+            recorded.push(super::RecordedRequest { method: method.into(), path: path.into(), params: params.clone(), status, answer });
+        }
+    }
+    result
+}
+
+/// pve-common's PVE/RESTHandler.pm `handle` verifies the parameters against
+/// the method's schema before its code runs; with the published definitions
+/// loaded, they decide (a path they lack is 501 as pve-http-server answers it).
+async fn verified_route(sim: &Arc<Sim>, method: &str, path: &str, segs: &[&str], params: &Params, caller: &Caller) -> HandlerResult {
+    let Some(definitions) = &sim.definitions else {
+        return faulty_dispatch(sim, method, path, segs, params, caller).await;
+    };
+    match definitions.verify(method, path, params) {
+        Verdict::Ok => {}
+        Verdict::Refused(errors) => return Err(Reply::params(errors)),
+        Verdict::NoSuchPath | Verdict::NoSuchMethod => return Err(not_implemented(method, path)),
+    }
+    VERIFIED_BY_DEFINITIONS.scope(true, faulty_dispatch(sim, method, path, segs, params, caller)).await
+}
+
+async fn faulty_dispatch(sim: &Arc<Sim>, method: &str, path: &str, segs: &[&str], params: &Params, caller: &Caller) -> HandlerResult {
+    match roll_fault(sim, method, segs) {
+        Fault::None => dispatch(sim, method, path, segs, params, caller).await,
         Fault::Before(reply) => Err(reply),
         Fault::AnswerLost(reply) => {
-            let _ = dispatch(sim, method, path, &segs, &params, &caller).await;
+            let _ = dispatch(sim, method, path, segs, params, caller).await;
             Err(reply)
         }
     }
@@ -358,8 +388,18 @@ fn roll_fault(sim: &Sim, method: &str, segs: &[&str]) -> Fault {
         "qemu" => w[1].parse::<u32>().ok().map(|id| (GuestKind::Qemu, id)),
         _ => None,
     });
-    match state.rng.gen_range(0..3) {
+    // The transient answers of a busy PVE node: pve-common's PVE/Tools.pm
+    // `lock_file_full` dies "can't lock file '…' - got timeout" (10 s flock,
+    // or 1 s for the source of a clone), PVE/AbstractConfig.pm `check_lock`
+    // dies "CT is locked (backup)" while another task (here: a vzdump) holds
+    // the guest, pveproxy answers 596 when pvedaemon does not; each is a plain
+    // `die`, so 500 with the text in the status line.
+    match state.rng.gen_range(0..4) {
         0 => Fault::Before(Reply::fail("got timeout")),
+        3 if method != "GET" => match guest {
+            Some((kind, _)) => Fault::Before(Reply::fail(format!("{} is locked (backup)", kind.noun()))),
+            None => Fault::Before(Reply::fail("got timeout")),
+        },
         1 => match guest {
             Some((kind, vmid)) => {
                 Fault::Before(Reply::fail(format!("can't lock file '{}' - got timeout", kind.lock_file(vmid))))
