@@ -55,6 +55,67 @@ impl Default for Quotas {
     }
 }
 
+impl Quotas {
+    /// The names `--quota NAME=N` takes: the cloud's quota metric names (as
+    /// its QuotaFailure details and the console's quota page name them), plus
+    /// `operations.active` for the folder's concurrent-operation limit.
+    pub const NAMES: &'static [&'static str] = &[
+        "vpc.networks.count",
+        "vpc.subnets.count",
+        "vpc.securityGroups.count",
+        "vpc.securityGroupRules.count",
+        "compute.instances.count",
+        "compute.instanceCores.count",
+        "compute.instanceMemory.size",
+        "operations.active",
+    ];
+
+    /// Set one quota from `NAME=N` (`compute.instanceMemory.size` also takes
+    /// `512GiB`-style sizes); an unknown name lists the known ones.
+    pub fn set(&mut self, assignment: &str) -> Result<()> {
+        let (name, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--quota {assignment:?}: expected NAME=N, e.g. compute.instances.count=300"))?;
+        let (name, value) = (name.trim(), value.trim());
+        let number = || -> Result<u64> {
+            if name == "compute.instanceMemory.size" {
+                if let Some(bytes) = parse_bytes(value) {
+                    return Ok(bytes);
+                }
+            }
+            value.parse::<u64>().map_err(|_| anyhow::anyhow!("--quota {name}={value}: {value:?} is not a whole number"))
+        };
+        let slot = match name {
+            "vpc.networks.count" => &mut self.networks,
+            "vpc.subnets.count" => &mut self.subnets,
+            "vpc.securityGroups.count" => &mut self.security_groups,
+            "vpc.securityGroupRules.count" => &mut self.rules_per_security_group,
+            "compute.instances.count" => &mut self.instances,
+            "compute.instanceCores.count" => &mut self.cores,
+            "compute.instanceMemory.size" => &mut self.memory_bytes,
+            "operations.active" => &mut self.active_operations,
+            other => anyhow::bail!("--quota {other}: unknown quota; known: {}", Quotas::NAMES.join(", ")),
+        };
+        *slot = number()?;
+        Ok(())
+    }
+}
+
+/// `512GiB`, `64G`, or bytes.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let number: u64 = text[..digits_end].parse().ok()?;
+    let unit = match &text[digits_end..] {
+        "" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(unit)
+}
+
 #[derive(Clone, Debug)]
 pub struct YandexSimOptions {
     /// Where the CLI binds (`serve` itself takes a bound listener).
@@ -291,5 +352,23 @@ impl Drop for SimHandle {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::Quotas;
+
+    #[test]
+    fn quotas_are_set_by_their_metric_names_and_defaults_stay() {
+        let mut q = Quotas::default();
+        q.set("compute.instances.count=300").unwrap();
+        q.set("compute.instanceMemory.size=2TiB").unwrap();
+        q.set("operations.active = 30").unwrap();
+        assert_eq!((q.instances, q.memory_bytes, q.active_operations), (300, 2 << 40, 30));
+        assert_eq!(q.subnets, Quotas::default().subnets);
+        assert!(q.set("compute.gpus.count=1").unwrap_err().to_string().contains("known: vpc.networks.count"));
+        assert!(q.set("compute.instances.count=many").is_err());
+        assert!(q.set("compute.instances.count").is_err());
     }
 }
