@@ -3,6 +3,7 @@
 //! configurable latency, operation time, faults and quotas.
 
 pub mod console;
+pub mod definitions;
 mod handlers;
 pub mod keys;
 pub mod local;
@@ -131,6 +132,20 @@ pub struct YandexSimOptions {
     pub faults: f64,
     pub seed: u64,
     pub quotas: Quotas,
+    /// Keep every API request and its answer (for the definition tests).
+    pub record_requests: bool,
+}
+
+/// One API request the simulator answered (`record_requests`).
+#[derive(Clone, Debug)]
+pub struct RecordedCall {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// The JSON body (Null when there was none).
+    pub body: serde_json::Value,
+    pub status: u16,
+    pub answer: serde_json::Value,
 }
 
 impl Default for YandexSimOptions {
@@ -144,6 +159,7 @@ impl Default for YandexSimOptions {
             faults: 0.0,
             seed: 1,
             quotas: Quotas::default(),
+            record_requests: false,
         }
     }
 }
@@ -195,6 +211,7 @@ pub struct Sim {
     /// API requests answered (the `/_sim/` debug routes not counted).
     requests: std::sync::atomic::AtomicU64,
     machines: Arc<dyn MachineBackend>,
+    recorded: Option<Mutex<Vec<RecordedCall>>>,
 }
 
 impl Sim {
@@ -286,6 +303,7 @@ fn prepare(opts: &YandexSimOptions, machines: Arc<dyn MachineBackend>) -> Result
         answers_lost: Default::default(),
         requests: Default::default(),
         machines,
+        recorded: opts.record_requests.then(|| Mutex::new(Vec::new())),
     };
     Ok((Arc::new(sim), key_file, path))
 }
@@ -335,6 +353,11 @@ impl SimHandle {
 
     pub fn inventory(&self) -> Inventory {
         self.sim.inventory()
+    }
+
+    /// Every API request answered so far (with `record_requests`).
+    pub fn recorded(&self) -> Vec<RecordedCall> {
+        self.sim.recorded.as_ref().and_then(|r| r.lock().ok().map(|r| r.clone())).unwrap_or_default()
     }
 
     pub async fn stop(mut self) {
