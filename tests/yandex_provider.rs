@@ -278,6 +278,7 @@ fn assert_fits_the_published_protos(sim: &SimHandle, seed: u64) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/api/yandex-cloudapi");
     assert!(root.is_dir(), "{} is missing: the definition checks need shared/ beside the checkout", root.display());
     let defs = Definitions::load(&root).expect("the protos read");
+    assert!(sim.verifies_against_definitions(), "the simulator verifies requests against the protos");
     let calls = sim.recorded();
     assert!(calls.len() > 20, "seed {seed}: only {} calls recorded", calls.len());
     let mut rpcs = std::collections::BTreeSet::new();

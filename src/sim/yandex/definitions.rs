@@ -649,12 +649,64 @@ fn resolve(raw: Raw) -> Definitions {
     defs
 }
 
+/// Loaded once per process and folder.
+pub fn shared(root: &Path) -> Result<std::sync::Arc<Definitions>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<BTreeMap<PathBuf, Arc<Definitions>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(d) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(root) {
+        return Ok(Arc::clone(d));
+    }
+    let defs = Arc::new(Definitions::load(root)?);
+    cache.lock().unwrap_or_else(|p| p.into_inner()).insert(root.to_path_buf(), Arc::clone(&defs));
+    Ok(defs)
+}
+
+impl Definitions {
+    /// A REST request as the RPC's input message sees it: the path variables,
+    /// then the body (bound with `*`) or the query parameters. `None` when no
+    /// RPC is bound to the path and method.
+    pub fn verify_rest(&self, method: &str, path: &str, query: Option<&str>, body: &[u8]) -> Option<Vec<String>> {
+        let (rpc, vars) = self.route(method, path)?;
+        let input = self.message(&rpc.input)?;
+        let mut request = serde_json::Map::new();
+        for (var, value) in vars {
+            request.insert(json_name(&var), Value::String(value));
+        }
+        if rpc.body == "*" {
+            match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Object(fields)) => request.extend(fields),
+                _ if body.is_empty() => {}
+                _ => return Some(vec!["the body is not a JSON object".into()]),
+            }
+        } else {
+            for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+                let value = percent_encoding::percent_decode_str(&raw.replace('+', " ")).decode_utf8_lossy().into_owned();
+                let ty = input.fields.iter().find(|f| f.json_name == key || f.name == key).map(|f| f.ty.as_str());
+                let value = match ty {
+                    Some("int32" | "uint32" | "double" | "float") => value.parse::<f64>().map(|n| serde_json::json!(n)).unwrap_or(Value::String(value)),
+                    Some("bool") => Value::Bool(value == "true"),
+                    _ => Value::String(value),
+                };
+                request.insert(key.to_string(), value);
+            }
+        }
+        Some(self.check(&rpc.input, &Value::Object(request), Side::Gateway))
+    }
+}
+
 // ---- checking JSON ----------------------------------------------------------------
 
 /// Requests are held to the validation rules; answers only to names and types.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Side {
+    /// What a client sends: canonical proto3 JSON (lowerCamelCase names,
+    /// 64-bit integers as strings) meeting the validation rules.
     Request,
+    /// What the REST gateway accepts: the rules, but also the proto field
+    /// names and 64-bit integers as JSON numbers (protojson takes both).
+    Gateway,
     Answer,
 }
 
@@ -685,15 +737,21 @@ impl Definitions {
             let here = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
             match def.fields.iter().find(|f| f.json_name == *key) {
                 Some(field) => self.check_field(&here, field, v, side, problems),
-                None if def.fields.iter().any(|f| f.name == *key) => {
-                    problems.push(format!("{here}: not the proto3 JSON name (lowerCamelCase) of {message}'s field"))
-                }
+                None if def.fields.iter().any(|f| f.name == *key) => match side {
+                    Side::Gateway => {
+                        let field = def.fields.iter().find(|f| f.name == *key).cloned();
+                        if let Some(field) = field {
+                            self.check_field(&here, &field, v, side, problems);
+                        }
+                    }
+                    _ => problems.push(format!("{here}: not the proto3 JSON name (lowerCamelCase) of {message}'s field")),
+                },
                 None => problems.push(format!("{here}: {message} has no such field")),
             }
         }
-        if side == Side::Request {
+        if side != Side::Answer {
             for field in def.fields.iter().filter(|f| f.rules.required) {
-                if object.get(&field.json_name).is_none_or(is_default) {
+                if object.get(&field.json_name).or_else(|| object.get(&field.name)).is_none_or(is_default) {
                     let here = if at.is_empty() { field.json_name.clone() } else { format!("{at}.{}", field.json_name) };
                     problems.push(format!("{here}: required by {message}"));
                 }
@@ -708,7 +766,7 @@ impl Definitions {
                 problems.push(format!("{at}: a map must be a JSON object"));
                 return;
             };
-            if side == Side::Request {
+            if side != Side::Answer {
                 check_count(at, object.len(), rules, problems);
                 for (k, v) in object {
                     if let Some(p) = rules.map_key_pattern.as_deref().filter(|p| !full_match(p, k)) {
@@ -731,7 +789,7 @@ impl Definitions {
                 problems.push(format!("{at}: a repeated field must be a JSON array"));
                 return;
             };
-            if side == Side::Request {
+            if side != Side::Answer {
                 check_count(at, items.len(), rules, problems);
             }
             for (i, item) in items.iter().enumerate() {
@@ -746,7 +804,7 @@ impl Definitions {
         if value.is_null() {
             return;
         }
-        let request = side == Side::Request;
+        let request = side != Side::Answer;
         match ty {
             "string" | "bytes" => match value.as_str() {
                 None => problems.push(format!("{at}: {value} is not a string")),
@@ -761,8 +819,9 @@ impl Definitions {
                 }
                 Some(_) => {}
             },
-            "int64" | "uint64" | "sint64" | "fixed64" | "sfixed64" => match value.as_str().map(|s| s.parse::<f64>()) {
-                Some(Ok(n)) => check_value_range(at, n, rules, request, problems),
+            "int64" | "uint64" | "sint64" | "fixed64" | "sfixed64" => match (value.as_str().map(|s| s.parse::<f64>()), value.as_f64()) {
+                (Some(Ok(n)), _) => check_value_range(at, n, rules, request, problems),
+                (None, Some(n)) if side == Side::Gateway => check_value_range(at, n, rules, request, problems),
                 _ => problems.push(format!("{at}: {value} — 64-bit integers travel as JSON strings in proto3 JSON")),
             },
             "int32" | "uint32" | "sint32" | "fixed32" | "sfixed32" | "double" | "float" => match value.as_f64() {

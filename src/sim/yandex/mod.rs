@@ -134,6 +134,9 @@ pub struct YandexSimOptions {
     pub quotas: Quotas,
     /// Keep every API request and its answer (for the definition tests).
     pub record_requests: bool,
+    /// The published protos every request is verified against (the cloudapi
+    /// folder); without them only the simulator's own checks apply.
+    pub api_definitions: Option<PathBuf>,
 }
 
 /// One API request the simulator answered (`record_requests`).
@@ -160,6 +163,7 @@ impl Default for YandexSimOptions {
             seed: 1,
             quotas: Quotas::default(),
             record_requests: false,
+            api_definitions: definitions::default_root(),
         }
     }
 }
@@ -212,6 +216,7 @@ pub struct Sim {
     requests: std::sync::atomic::AtomicU64,
     machines: Arc<dyn MachineBackend>,
     recorded: Option<Mutex<Vec<RecordedCall>>>,
+    definitions: Option<Arc<definitions::Definitions>>,
 }
 
 impl Sim {
@@ -304,6 +309,10 @@ fn prepare(opts: &YandexSimOptions, machines: Arc<dyn MachineBackend>) -> Result
         requests: Default::default(),
         machines,
         recorded: opts.record_requests.then(|| Mutex::new(Vec::new())),
+        definitions: match &opts.api_definitions {
+            Some(root) => Some(definitions::shared(root)?),
+            None => None,
+        },
     };
     Ok((Arc::new(sim), key_file, path))
 }
@@ -353,6 +362,11 @@ impl SimHandle {
 
     pub fn inventory(&self) -> Inventory {
         self.sim.inventory()
+    }
+
+    /// Whether requests are verified against the published protos.
+    pub fn verifies_against_definitions(&self) -> bool {
+        self.sim.definitions.is_some()
     }
 
     /// Every API request answered so far (with `record_requests`).

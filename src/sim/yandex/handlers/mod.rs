@@ -165,6 +165,17 @@ async fn gate_inner(sim: &Arc<Sim>, req: Request, next: Next, request_id: &str) 
     };
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, MAX_BODY).await.map_err(|e| ApiError::invalid(format!("cannot read request body: {e}")))?;
+    // The REST gateway checks a request against the RPC's input message (its
+    // names, types and the validation options) before the service sees it:
+    // INVALID_ARGUMENT naming the field (Yandex Cloud API docs, "Errors").
+    if let Some(definitions) = &sim.definitions {
+        if let Some(problems) = definitions.verify_rest(parts.method.as_str(), parts.uri.path(), parts.uri.query(), &bytes) {
+            if let Some(first) = problems.first() {
+                let (field, description) = first.split_once(": ").unwrap_or(("request", first.as_str()));
+                return Err(ApiError::field(field, description));
+            }
+        }
+    }
     let fingerprint = {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (parts.method.as_str(), parts.uri.path(), bytes.as_ref()).hash(&mut h);
