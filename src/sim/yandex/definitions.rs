@@ -936,7 +936,7 @@ mod tests {
         let request = "yandex.cloud.demo.v1.CreateThingRequest";
         let good = serde_json::json!({ "folderId": "b1g", "name": "web-1", "size": "3", "labels": { "a": "1" }, "kind": "BIG", "inner": { "tags": ["x"] } });
         assert_eq!(defs.check(request, &good, Side::Request), Vec::<String>::new());
-        let bad = serde_json::json!({ "folder_id": "b1g", "name": "Web", "size": 3, "labels": { "a": "1", "b": "2", "c": "3" }, "kind": "HUGE", "colour": "red" });
+        let bad = serde_json::json!({ "folder_id": "", "name": "Web", "size": 3, "labels": { "a": "1", "b": "2", "c": "3" }, "kind": "HUGE", "colour": "red" });
         let problems = defs.check(request, &bad, Side::Request);
         for expected in ["folder_id: not the proto3 JSON name", "name: \"Web\" does not match", "size: 3 — 64-bit integers", "labels: 3 elements", "kind: \"HUGE\"", "colour: ", "folderId: required"] {
             assert!(problems.iter().any(|p| p.contains(expected)), "no {expected:?} in {problems:#?}");
