@@ -53,6 +53,9 @@ pub async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Response<Body>
         tokio::time::sleep(Duration::from_millis(sim.opts.latency_ms)).await;
     }
     let (parts, body) = request.into_parts();
+    if parts.uri.path().starts_with("/api2/json") {
+        sim.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let reply = match axum::body::to_bytes(Body::new(body), 1 << 20).await {
         Ok(body) => match route(&sim, parts.method.as_str(), &parts.uri, &parts.headers, &body).await {
             Ok(data) => Reply::data(data),
@@ -123,7 +126,10 @@ async fn route(sim: &Arc<Sim>, method: &str, uri: &Uri, headers: &HeaderMap, bod
     }
     if method == "GET" && uri.path() == SIM_STATS_PATH {
         authenticate(sim, method, headers).await?;
-        return Ok(json!({ "faults_injected": sim.faults_injected.load(std::sync::atomic::Ordering::Relaxed) }));
+        return Ok(json!({
+            "faults_injected": sim.faults_injected.load(std::sync::atomic::Ordering::Relaxed),
+            "requests": sim.requests.load(std::sync::atomic::Ordering::Relaxed),
+        }));
     }
     if uri.path().starts_with("/_sim/guests/") {
         authenticate(sim, method, headers).await?;

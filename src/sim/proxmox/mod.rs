@@ -180,6 +180,8 @@ pub(crate) struct Sim {
     pub machines: Arc<dyn MachineBackend>,
     /// Faults injected so far (requests and tasks).
     pub faults_injected: std::sync::atomic::AtomicU64,
+    /// api2/json requests answered (the `/_sim/` views not counted).
+    pub requests: std::sync::atomic::AtomicU64,
     pub definitions: Option<Arc<definitions::ApiSchema>>,
     pub recorded: Mutex<Vec<RecordedRequest>>,
 }
@@ -341,6 +343,7 @@ async fn start_on(listener: TcpListener, mut opts: ProxmoxSimOptions, machines: 
         file_locks: Arc::new(FileLocks::default()),
         machines,
         faults_injected: Default::default(),
+        requests: Default::default(),
         opts: opts.clone(),
     });
     handlers::seed_node(&sim);
