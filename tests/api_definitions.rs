@@ -168,7 +168,10 @@ async fn every_proxmox_client_request_and_simulator_answer_fits_the_published_sc
             covered.insert(format!("{} {template}", request.method));
             // The simulator side: nothing rigger sends is refused as malformed,
             // and every answer fits the method's `returns`.
-            assert!(!matches!(request.status, 400 | 501), "{at}: answered {} {}", request.status, request.answer);
+            // (Except PVE's own answer for a task forked a moment ago, which
+            // the faults inject: 400 with `errors.upid = "no such task"`.)
+            let just_forked = request.status == 400 && request.answer == serde_json::json!({ "upid": "no such task" });
+            assert!(just_forked || !matches!(request.status, 400 | 501), "{at}: answered {} {}", request.status, request.answer);
             if request.status == 200 {
                 let returns = &schema.method(template, &request.method).unwrap().returns;
                 let problems = check_answer(returns, &request.answer);
