@@ -265,3 +265,171 @@ pub fn require_repo(plan: &Plan) -> Result<&Host> {
         )
     })
 }
+
+/// What `rigger status` shows of backups: the newest backup and its age,
+/// and the leader's WAL archiving (segments waiting, a failing archive_command).
+#[derive(Debug, Clone, serde::Serialize, Default)]
+pub struct BackupStatus {
+    pub repo_host: String,
+    pub backups: usize,
+    pub newest_label: Option<String>,
+    pub newest_type: Option<String>,
+    /// Seconds since the newest backup ended.
+    pub newest_age_secs: Option<i64>,
+    pub archive: Option<ArchiveStatus>,
+    /// Why the repository or the leader could not be asked.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, Default, PartialEq)]
+pub struct ArchiveStatus {
+    pub leader: String,
+    pub last_archived_wal: String,
+    /// Seconds since the last successful archive (-1: never).
+    pub last_archived_age_secs: i64,
+    pub last_failed_wal: String,
+    /// The last attempt failed: archive_command is failing now.
+    pub failing: bool,
+    /// WAL segments written but not archived yet (the archive lag).
+    pub waiting_segments: i64,
+}
+
+impl BackupStatus {
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.backups > 0 && self.archive.as_ref().is_some_and(|a| !a.failing)
+    }
+}
+
+/// The leader's pg_stat_archiver and archive_status, as one psql line.
+const ARCHIVE_QUERY: &str = "select coalesce(last_archived_wal, ''), coalesce(extract(epoch from now() - last_archived_time)::bigint, -1), \
+     coalesce(last_failed_wal, ''), (last_failed_time is not null and (last_archived_time is null or last_failed_time > last_archived_time)), \
+     (select count(*) from pg_ls_archive_statusdir() where name like '%.ready') from pg_stat_archiver";
+
+pub fn parse_archive_line(leader: &str, line: &str) -> Option<ArchiveStatus> {
+    let f: Vec<&str> = line.trim().split('|').collect();
+    if f.len() != 5 {
+        return None;
+    }
+    Some(ArchiveStatus {
+        leader: leader.to_string(),
+        last_archived_wal: f[0].to_string(),
+        last_archived_age_secs: f[1].parse().ok()?,
+        last_failed_wal: f[2].to_string(),
+        failing: f[3] == "t",
+        waiting_segments: f[4].parse().ok()?,
+    })
+}
+
+/// Gather the backup lines of `status` (nothing when the plan has no backup host).
+pub async fn status(plan: &Plan, sessions: &std::collections::BTreeMap<String, HostSession>, leader: Option<&str>) -> Option<BackupStatus> {
+    let repo = repo_host(plan)?;
+    let mut st = BackupStatus { repo_host: repo.name.clone(), ..Default::default() };
+    let mut errors = Vec::new();
+    match sessions.get(&repo.name) {
+        Some(rs) => match pgbackrest::info(rs, &stanza(plan)).await {
+            Ok(info) => {
+                st.backups = info.backups.len();
+                if let Some(b) = info.newest() {
+                    st.newest_label = Some(b.label.clone());
+                    st.newest_type = Some(b.kind.clone());
+                    st.newest_age_secs = Some(chrono::Utc::now().timestamp() - b.stop);
+                }
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        },
+        None => errors.push(format!("{} unreachable", repo.name)),
+    }
+    match leader.and_then(|l| sessions.get(l).map(|s| (l, s))) {
+        Some((l, s)) => {
+            let cmd = format!("cd /tmp && runuser -u postgres -- psql -h /var/run/postgresql -XAtqc \"{ARCHIVE_QUERY}\"");
+            match s.sudo(&cmd, None).await {
+                Ok(out) => match parse_archive_line(l, &out.stdout) {
+                    Some(a) => st.archive = Some(a),
+                    None => errors.push(format!("{l}: pg_stat_archiver unreadable: {}", out.stderr.trim())),
+                },
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        None => errors.push("no Patroni leader to read pg_stat_archiver from".into()),
+    }
+    if !errors.is_empty() {
+        st.error = Some(errors.join("; "));
+    }
+    Some(st)
+}
+
+/// "3h 12m", "45s".
+pub fn age(secs: i64) -> String {
+    match secs {
+        s if s < 0 => "never".into(),
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_archive_command_is_not_ok() {
+        let a = parse_archive_line("pg-1", "000000010000000000000007|420|000000010000000000000008|t|3\n").unwrap();
+        assert!(a.failing);
+        assert_eq!(a.waiting_segments, 3);
+        let st = BackupStatus { backups: 1, archive: Some(a), ..Default::default() };
+        assert!(!st.ok());
+    }
+
+    #[test]
+    fn archiving_and_a_backup_are_ok() {
+        let a = parse_archive_line("pg-1", "000000010000000000000007|5||f|0").unwrap();
+        assert!(!a.failing && a.last_failed_wal.is_empty());
+        assert!(BackupStatus { backups: 1, archive: Some(a.clone()), ..Default::default() }.ok());
+        assert!(!BackupStatus { backups: 0, archive: Some(a), ..Default::default() }.ok(), "no backup at all is not ok");
+    }
+
+    #[test]
+    fn ages_read_like_people_say_them() {
+        assert_eq!(age(45), "45s");
+        assert_eq!(age(3 * 3600 + 12 * 60), "3h 12m");
+        assert_eq!(age(-1), "never");
+    }
+}
+
+/// The status lines: the repository's newest backup, then the leader's archiving.
+pub fn render_status(b: &BackupStatus, backup_mark: &str, archive_mark: &str) -> String {
+    let mut out = match (&b.newest_label, b.newest_age_secs) {
+        (Some(label), Some(age_s)) => format!(
+            "{backup_mark} backup {}: newest {label} ({}) {} ago, {} backup(s)\n",
+            b.repo_host,
+            b.newest_type.as_deref().unwrap_or("?"),
+            age(age_s),
+            b.backups
+        ),
+        _ => format!("{backup_mark} backup {}: no backup in the repository\n", b.repo_host),
+    };
+    match &b.archive {
+        Some(a) if a.failing => out.push_str(&format!(
+            "{archive_mark} wal archive on {}: archive_command FAILING at {} ({} segment(s) waiting; last success {} ago, {})\n",
+            a.leader,
+            a.last_failed_wal,
+            a.waiting_segments,
+            age(a.last_archived_age_secs),
+            if a.last_archived_wal.is_empty() { "none" } else { &a.last_archived_wal }
+        )),
+        Some(a) => out.push_str(&format!(
+            "{archive_mark} wal archive on {}: {} segment(s) waiting, last archived {} {} ago\n",
+            a.leader,
+            a.waiting_segments,
+            if a.last_archived_wal.is_empty() { "none" } else { &a.last_archived_wal },
+            age(a.last_archived_age_secs)
+        )),
+        None => {}
+    }
+    if let Some(e) = &b.error {
+        out.push_str(&format!("       {e}\n"));
+    }
+    out
+}
