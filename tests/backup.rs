@@ -96,13 +96,20 @@ fn backups_archiving_and_point_in_time_restore_on_real_machines() {
     on(&p, &l, "cd /tmp && sudo -u postgres /usr/lib/postgresql/15/bin/pgbench -i -s 15 -q postgres 2>&1 | tail -1");
 
     // An interrupted backup, then a good one.
-    let mut running = Command::new(common::RIGGER).args(["backup", p.path(), "--type", "full"]).env("NO_COLOR", "1").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    eventually("the backup runs on bk", Duration::from_secs(60), || {
-        let state = on(&p, "bk", "systemctl is-active pgbackrest-backup@full.service || true");
-        (state.trim() == "active", state)
-    });
+    // The killer waits on bk itself (0.1 s polling) for the backup to run (a oneshot
+    // unit is "activating" while it runs), then kills it 2 s in.
+    let config = p.dir().join(".rigger").join(format!("{}.ssh_config", p.project));
+    let killer = Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", "bk", "sudo timeout 120 sh -c 'until [ \"$(systemctl show -p ActiveState --value pgbackrest-backup@full.service)\" = activating ]; do sleep 0.1; done; sleep 2; systemctl kill -s KILL pgbackrest-backup@full.service && echo KILLED'"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    on(&p, "bk", "sudo systemctl kill -s KILL pgbackrest-backup@full.service");
+    let running = Command::new(common::RIGGER).args(["backup", p.path(), "--type", "full"]).env("NO_COLOR", "1").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let killed = killer.wait_with_output().unwrap();
+    assert!(killed.stdout_text().contains("KILLED"), "the backup was not caught running: {}", killed.text());
     let interrupted = running.wait_with_output().unwrap();
     assert_ne!(interrupted.code(), 0, "the killed backup must be reported as failed:\n{}", interrupted.text());
     assert!(interrupted.stderr_text().contains("the full backup failed"), "{}", interrupted.text());
