@@ -270,19 +270,19 @@ async fn carry_out(
     let ls = session(leader)?;
     let data = patroni::data_dir(plan);
     let version = patroni::version(plan);
-    let subject = "restore".to_string();
+    let mut steps = Steps { events, current: None };
 
     // 1. Whatever the leader wrote so far goes to the archive first: a target
     //    near "now" must find its WAL there, and --latest means "all of it".
     if leader_running {
-        events.progress(&subject, format!("{leader}: switching WAL and waiting until it is archived"));
+        steps.next(format!("{leader}: switching WAL and waiting until it is archived"));
         flush_archive(ls).await.context("the current WAL does not reach the archive, so a restore would lose it — fix archiving first (`rigger status`); nothing was changed")?;
     }
 
     // 2. Stop Patroni everywhere, replicas first.
     let started = Instant::now();
     for m in replicas.iter().map(String::as_str).chain(std::iter::once(leader)) {
-        events.progress(&subject, format!("{m}: stopping Patroni"));
+        steps.next(format!("{m}: stopping Patroni"));
         let s = session(m)?;
         s.sudo_ok("stopping patroni", "systemctl stop patroni").await?;
         crate::config::run::wait_for(&format!("{m}: PostgreSQL stopped"), Duration::from_secs(120), || async {
@@ -295,6 +295,7 @@ async fn carry_out(
     // 3. The cluster's keys out of the DCS, so the restored member starts a new history.
     let etcd = plan.hosts_with_role("etcd").next().ok_or_else(|| anyhow!("the plan has no etcd host"))?;
     let key = format!("/service/{}/", patroni_scope(plan));
+    steps.next(format!("{}: removing the cluster's DCS keys {key}", etcd.name));
     session(&etcd.name)?
         .sudo_ok("clearing the cluster's DCS keys", &format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{} del --prefix {}", plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379), sh_quote(&key)))
         .await?;
@@ -305,7 +306,7 @@ async fn carry_out(
         Target::Backup(l) => format!("--delta --set={l} --type=immediate --target-action=promote restore"),
         Target::Latest => "--delta restore".to_string(),
     };
-    events.progress(&subject, format!("{leader}: pgbackrest restore from {}", chosen.label));
+    steps.next(format!("{leader}: pgbackrest restore from {}", chosen.label));
     let t0 = Instant::now();
     pgbackrest::run(ls, stanza, &args, 6 * 3600).await?;
     let restore_secs = t0.elapsed().as_secs_f64();
@@ -313,7 +314,7 @@ async fn carry_out(
 
     // 5. Recovery to the target and promotion, under pg_ctl (Patroni would
     //    start it as a standby and never reach the target).
-    events.progress(&subject, format!("{leader}: replaying WAL to the target"));
+    steps.next(format!("{leader}: replaying WAL to the target"));
     let t1 = Instant::now();
     let pg_ctl = format!("/usr/lib/postgresql/{version}/bin/pg_ctl -D {}", sh_quote(&data));
     let log = "/var/log/postgresql/rigger-restore.log";
@@ -351,7 +352,7 @@ async fn carry_out(
     let recovery_secs = t1.elapsed().as_secs_f64();
 
     // 6. Patroni on the restored member: it finds no cluster in the DCS and takes it over with its data.
-    events.progress(&subject, format!("{leader}: starting Patroni"));
+    steps.next(format!("{leader}: starting Patroni"));
     crate::config::run::start(ls, "patroni").await?;
     let port = plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008);
     crate::config::run::wait_for(&format!("{leader}: Patroni leads the restored cluster"), Duration::from_secs(300), || async {
@@ -369,9 +370,12 @@ async fn carry_out(
         let s = session(r)?;
         let n: u64 = s.sudo(&format!("wc -l < {restore_log} 2>/dev/null || echo 0"), None).await?.stdout.trim().parse().unwrap_or(0);
         log_lines.insert(r.clone(), n);
-        events.progress(&subject, format!("{r}: removing the old data directory, Patroni rebuilds it"));
+        steps.next(format!("{r}: removing the old data directory, Patroni rebuilds it"));
         s.sudo_ok("removing the old data directory", &format!("rm -rf {}", sh_quote(&data))).await?;
         crate::config::run::start(s, "patroni").await?;
+    }
+    if !replicas.is_empty() {
+        steps.next(format!("{}: rebuilt from the repository and streaming", replicas.join(", ")));
     }
     for r in replicas {
         let s = session(r)?;
@@ -382,6 +386,7 @@ async fn carry_out(
         })
         .await?;
     }
+    steps.finish();
     let mut rebuilt = BTreeMap::new();
     for r in replicas {
         let s = session(r)?;
@@ -400,6 +405,26 @@ async fn carry_out(
         data_bytes,
         started,
     })
+}
+
+/// The restore's steps as the printer's lines: each one shown with its time.
+struct Steps<'a> {
+    events: &'a Events,
+    current: Option<(String, Instant)>,
+}
+
+impl Steps<'_> {
+    fn next(&mut self, what: String) {
+        self.finish();
+        self.events.started("restore", &what);
+        self.current = Some((what, Instant::now()));
+    }
+
+    fn finish(&mut self) {
+        if let Some((what, at)) = self.current.take() {
+            self.events.finished("restore", &what, at);
+        }
+    }
 }
 
 /// Close the current WAL segment and wait until the archiver has it.
