@@ -6,8 +6,9 @@
 //! a repository host), fills the leader with `pgbench -i -s RIGGER_BENCH_SCALE`
 //! (default 150, about 2.2 GiB), then measures once each:
 //! - `rigger backup --type full` (lz4, aes-256-cbc, process-max 2, over SSH to the repository host);
-//! - `pg_basebackup -X stream -c fast` of the same leader, run on the repository
-//!   host into its own disk (plain format: no compression, no encryption);
+//! - `pg_basebackup -X stream -c fast` of the same leader, run on the replica
+//!   pg-2 into its own disk (plain format: no compression, no encryption; the
+//!   flow model's pg_hba grants replication to the members only);
 //! - the restore inside `rigger drill restore` (pgBackRest restore of the
 //!   leader's data directory; then the whole drill's RTO).
 //! Prints; never fails on timing. The project is destroyed at the end.
@@ -63,13 +64,13 @@ fn main() {
     let t = Instant::now();
     on(
         &p,
-        "bk",
+        "pg-2",
         &format!("sudo rm -rf /var/tmp/bench-bb && cd /tmp && sudo -u postgres env PGPASSWORD={replication_password} pg_basebackup -h {leader_ip} -U replicator -D /var/tmp/bench-bb -X stream -c fast 2>&1 | tail -2"),
     );
     let bb_secs = t.elapsed().as_secs_f64();
-    let bb_bytes: f64 = on(&p, "bk", "sudo du -sb /var/tmp/bench-bb | cut -f1").trim().parse().unwrap();
-    on(&p, "bk", "sudo rm -rf /var/tmp/bench-bb");
-    println!("pg_basebackup (plain, same data, to the repository host): {bb_secs:.1}s, {} ({:.2} GiB written)", mib_s(bb_bytes, bb_secs), bb_bytes / 1073741824.0);
+    let bb_bytes: f64 = on(&p, "pg-2", "sudo du -sb /var/tmp/bench-bb | cut -f1").trim().parse().unwrap();
+    on(&p, "pg-2", "sudo rm -rf /var/tmp/bench-bb");
+    println!("pg_basebackup (plain, same data, from the leader to the replica pg-2's disk): {bb_secs:.1}s, {} ({:.2} GiB written)", mib_s(bb_bytes, bb_secs), bb_bytes / 1073741824.0);
 
     let drill = rigger(&["drill", "restore", p.path()]);
     let out = drill.stdout_text();

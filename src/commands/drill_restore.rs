@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
-use tokio_postgres::NoTls;
+use crate::remote::session::HostSession;
 
 /// Rows written before T, rows written after it, rows of the table dropped after it.
 const BEFORE: i64 = 1000;
@@ -30,38 +30,45 @@ pub async fn run(args: &PlanArg, state_override: Option<&Path>) -> Result<i32> {
     if !status.healthy() {
         bail!("the stack is not healthy before the drill — see `rigger status`; a restore drill needs a healthy cluster to mean anything");
     }
-    let password = state.secrets.get("postgres_superuser_password").cloned().ok_or_else(|| anyhow!("no superuser password in the state"))?;
     let leader = status.patroni.iter().find(|m| m.role == "leader").map(|m| m.name.clone()).ok_or_else(|| anyhow!("no Patroni leader"))?;
-    let db = connect(plan, &leader, &password).await.context("cannot connect to the leader")?;
+    let config = crate::remote::ssh_config_path(&project);
+    let port = plan.setting("patroni", "port").and_then(Value::as_u64).unwrap_or(5432);
+    let db = HostSession::connect(&config, &leader).await.context("cannot reach the leader")?;
     println!("drill restore: writing on the leader {leader}");
-    db.batch_execute(
-        "DROP TABLE IF EXISTS rigger_pitr_rows, rigger_pitr_kept;
-         CREATE TABLE rigger_pitr_rows (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());
-         CREATE TABLE rigger_pitr_kept (id int PRIMARY KEY);",
+    sql(
+        &db,
+        port,
+        &format!(
+            "DROP TABLE IF EXISTS rigger_pitr_rows, rigger_pitr_kept;
+             CREATE TABLE rigger_pitr_rows (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());
+             CREATE TABLE rigger_pitr_kept (id int PRIMARY KEY);
+             INSERT INTO rigger_pitr_kept SELECT generate_series(1, {KEPT});"
+        ),
     )
     .await?;
-    db.execute("INSERT INTO rigger_pitr_kept SELECT generate_series(1, $1::int)", &[&(KEPT as i32)]).await?;
-    write_rows(&db, 1, BEFORE).await?;
-    let t: String = db.query_one("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')", &[]).await?.get(0);
+    write_rows(&db, port, 1, BEFORE).await?;
+    let t = sql(&db, port, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')").await?;
     let t = restore::parse_time(&t)?;
     println!("drill restore: {BEFORE} rows and a table of {KEPT} written; T = {}", t.format("%Y-%m-%d %H:%M:%S%.6f UTC"));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    write_rows(&db, BEFORE + 1, BEFORE + AFTER).await?;
-    db.batch_execute("DROP TABLE rigger_pitr_kept").await?;
+    write_rows(&db, port, BEFORE + 1, BEFORE + AFTER).await?;
+    sql(&db, port, "DROP TABLE rigger_pitr_kept").await?;
     println!("drill restore: after T, {AFTER} more rows written and rigger_pitr_kept dropped; restoring to T");
-    drop(db);
+    db.close().await;
 
     let report = restore::restore(&project, &Target::Time(t), true, false).await?.ok_or_else(|| anyhow!("the restore was not carried out"))?;
     restore::print_report(&report);
 
-    let db = connect(plan, &report.leader, &password).await.context("cannot connect to the restored leader")?;
-    let row = db.query_one("SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM rigger_pitr_rows", &[]).await?;
-    let (count, min, max): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    let kept: Option<i64> = match db.query_one("SELECT count(*) FROM rigger_pitr_kept", &[]).await {
-        Ok(r) => Some(r.get(0)),
-        Err(_) => None,
+    let db = HostSession::connect(&config, &report.leader).await.context("cannot reach the restored leader")?;
+    let row = sql(&db, port, "SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM rigger_pitr_rows").await?;
+    let n: Vec<i64> = row.split('|').filter_map(|x| x.trim().parse().ok()).collect();
+    let (count, min, max) = match n[..] {
+        [c, lo, hi] => (c, lo, hi),
+        _ => bail!("unexpected answer counting the rows: {row:?}"),
     };
-    db.batch_execute("DROP TABLE IF EXISTS rigger_pitr_rows, rigger_pitr_kept").await.ok();
+    let kept: Option<i64> = sql(&db, port, "SELECT count(*) FROM rigger_pitr_kept").await.ok().and_then(|v| v.trim().parse().ok());
+    sql(&db, port, "DROP TABLE IF EXISTS rigger_pitr_rows, rigger_pitr_kept").await.ok();
+    db.close().await;
 
     let rows_ok = count == BEFORE && min == 1 && max == BEFORE;
     let kept_ok = kept == Some(KEPT);
@@ -87,25 +94,24 @@ pub async fn run(args: &PlanArg, state_override: Option<&Path>) -> Result<i32> {
     Ok(if rows_ok && kept_ok && replicas_ok { 0 } else { 1 })
 }
 
-async fn connect(plan: &crate::plan::model::Plan, member: &str, password: &str) -> Result<tokio_postgres::Client> {
-    let host = plan.hosts.iter().find(|h| h.name == member).ok_or_else(|| anyhow!("{member} is not in the plan"))?;
-    let port = plan.setting("patroni", "port").and_then(Value::as_u64).unwrap_or(5432);
-    let mut config: tokio_postgres::Config = format!("host={} port={port} user=postgres dbname=postgres connect_timeout=5", host.ip).parse()?;
-    config.password(password);
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+/// SQL on a member as postgres over the local socket (peer authentication:
+/// no password, whatever pg_hba grants the network), statements on stdin.
+async fn sql(s: &HostSession, port: u64, statements: &str) -> Result<String> {
+    let out = s.sudo(&format!("cd /tmp && runuser -u postgres -- psql -h /var/run/postgresql -p {port} -XAtq -v ON_ERROR_STOP=1"), Some(statements.as_bytes())).await?;
+    if !out.ok() {
+        bail!("{}: psql failed: {}", s.name, out.stderr.trim());
+    }
+    Ok(out.stdout.trim().to_string())
 }
 
 /// Rows `from..=to`, 100 per committed transaction.
-async fn write_rows(db: &tokio_postgres::Client, from: i64, to: i64) -> Result<()> {
+async fn write_rows(s: &HostSession, port: u64, from: i64, to: i64) -> Result<()> {
     let mut start = from;
+    let mut script = String::new();
     while start <= to {
         let end = (start + 99).min(to);
-        db.execute("INSERT INTO rigger_pitr_rows (id) SELECT generate_series($1::bigint, $2::bigint)", &[&start, &end]).await?;
+        script.push_str(&format!("INSERT INTO rigger_pitr_rows (id) SELECT generate_series({start}, {end});\n"));
         start = end + 1;
     }
-    Ok(())
+    sql(s, port, &script).await.map(|_| ())
 }
