@@ -38,19 +38,90 @@ pub enum Command {
     /// Live health of the stack's services (exit 1 when unhealthy)
     Status(StatusCmd),
     /// Failover drill: kill the Patroni leader's machine, measure the RTO, check no write was lost
+    /// (`drill restore`: a point-in-time restore drill)
     Drill(DrillCmd),
+    /// Take one pgBackRest backup now (the backup role's repository)
+    Backup(BackupCmd),
+    /// The repository's backups: times, sizes, WAL range
+    Backups(BackupsCmd),
+    /// Restore the whole cluster from the repository to a time, the latest state, or a backup
+    Restore(RestoreCmd),
     /// Run a cloud API simulator to point plans at
     #[command(subcommand)]
     Sim(SimCmd),
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DrillCmd {
+    /// Another kind of drill
+    #[command(subcommand)]
+    pub kind: Option<DrillKind>,
     #[arg(default_value = "rigger.yaml")]
     pub plan: PathBuf,
     /// An orderly shutdown instead of pulling the plug
     #[arg(long)]
     pub shutdown: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DrillKind {
+    /// Point-in-time restore drill: rows, a time T, more rows and a dropped
+    /// table, a restore to T; checks exactly the rows before T are back
+    Restore(PlanArg),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupType {
+    Full,
+    Diff,
+    Incr,
+}
+
+impl BackupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Diff => "diff",
+            BackupType::Incr => "incr",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct BackupCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    /// full, diff (changes since the last full) or incr (since the last backup)
+    #[arg(long = "type", value_enum, default_value = "full")]
+    pub kind: BackupType,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupsCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "latest", "backup"])))]
+pub struct RestoreCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    /// Point in time, e.g. "2026-11-28 20:15:00+00" or 2026-11-28T20:15:00Z (no zone: UTC)
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+    /// Everything the archive holds
+    #[arg(long)]
+    pub latest: bool,
+    /// The consistent state at the end of this backup (a label from `rigger backups`)
+    #[arg(long, value_name = "LABEL")]
+    pub backup: Option<String>,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub auto_approve: bool,
 }
 
 #[derive(Args, Debug)]

@@ -29,7 +29,13 @@ fn main() -> ExitCode {
             Command::Inventory(a) => commands::inventory::run(a, state),
             Command::Output(a) => commands::output::run(a, state),
             Command::Status(a) => commands::status::run(a, state).await,
-            Command::Drill(a) => commands::drill::run(a, state).await,
+            Command::Drill(a) => match &a.kind {
+                Some(rigger::cli::DrillKind::Restore(p)) => commands::drill_restore::run(p, state).await,
+                None => commands::drill::run(a, state).await,
+            },
+            Command::Backup(a) => commands::backup::run_backup(a, state, cli.verbose).await,
+            Command::Backups(a) => commands::backup::run_backups(a, state).await,
+            Command::Restore(a) => commands::restore::run(a, state, cli.verbose).await,
             Command::Sim(c) => commands::sim::run(c, cli.verbose).await,
         }
     });

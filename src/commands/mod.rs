@@ -1,12 +1,15 @@
 //! One module per subcommand. Each returns the process exit code.
 
 pub mod apply;
+pub mod backup;
 pub mod destroy;
 pub mod drill;
+pub mod drill_restore;
 pub mod graph;
 pub mod inventory;
 pub mod output;
 pub mod plan;
+pub mod restore;
 pub mod sim;
 pub mod sim_proxmox;
 pub mod state;
@@ -53,5 +56,6 @@ pub fn load_state(project: &Project, provider_kind: &str, command: &str) -> Resu
     for name in secret_names(&project.plan.roles()) {
         state.ensure_secret(name);
     }
+    crate::roles::backup::ensure_key_pairs(&mut state, &project.plan)?;
     Ok(LoadedState { store, state, lineage, serial })
 }

@@ -19,6 +19,8 @@ pub struct Status {
     pub haproxy: Vec<HaproxyView>,
     pub vip: Option<VipView>,
     pub redis: Vec<RedisView>,
+    /// The backup role: newest backup, WAL archiving (None without a backup host).
+    pub backup: Option<crate::roles::backup::BackupStatus>,
     /// The client's paths: logins through every HAProxy port and the VIP, HTTP through nginx to every app.
     pub paths: Vec<PathView>,
     /// Hosts that could not be reached, with why.
@@ -81,6 +83,7 @@ impl Status {
             && self.haproxy.iter().all(|h| h.servers.iter().filter(|(b, _, s)| b == "primary" && s.starts_with("UP")).count() == 1)
             && self.vip.as_ref().is_none_or(|v| v.holders.len() == 1)
             && self.redis.iter().all(|r| r.ok)
+            && self.backup.as_ref().is_none_or(|b| b.ok())
             && self.paths.iter().all(|p| p.ok)
     }
 }
@@ -187,6 +190,8 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         let ok = crate::roles::redis::ping(s, redis_port, &redis_password).await? == "PONG";
         status.redis.push(RedisView { host: h.name.clone(), ok });
     }
+    let leader = status.patroni.iter().find(|m| m.role == "leader").map(|m| m.name.clone());
+    status.backup = crate::roles::backup::status(plan, &sessions, leader.as_deref()).await;
     status.paths = client_paths(plan, state, &sessions).await?;
     for (_, s) in sessions {
         s.close().await;
@@ -266,6 +271,9 @@ pub fn render(s: &Status, paint: &Paint) -> String {
     }
     for r in &s.redis {
         out.push_str(&format!("{} redis {}\n", mark(r.ok, paint), r.host));
+    }
+    if let Some(b) = &s.backup {
+        out.push_str(&crate::roles::backup::render_status(b, &mark(b.backups > 0 && b.error.is_none(), paint), &mark(b.archive.as_ref().is_some_and(|a| !a.failing), paint)));
     }
     for p in &s.paths {
         let detail = if p.ok { String::new() } else { format!(": {}", p.detail) };

@@ -252,6 +252,7 @@ async fn converge(role: &str, run: &RoleRun<'_>) -> Result<()> {
         "nginx" => roles::nginx::converge(run).await,
         "saleor" => roles::saleor::converge(run).await,
         "storefront" => roles::storefront::converge(run).await,
+        "backup" => roles::backup::converge(run).await,
         other => Err(anyhow!("role {other} has no bring-up")),
     }
 }

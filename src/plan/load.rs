@@ -942,6 +942,7 @@ impl Reader<'_> {
         if count("patroni") > 0 && etcd == 0 {
             self.d.error(role_pos("patroni"), "patroni keeps its leader lock in etcd — add hosts with the role `etcd` (3 of them)");
         }
+        self.check_backup_role(hosts, &role_pos, services, root);
         if count("keepalived") > 0 {
             if count("haproxy") < 2 {
                 self.d.error(role_pos("keepalived"), "keepalived moves a VIP between HAProxy hosts — it needs at least 2 hosts with the role `haproxy`");
@@ -963,6 +964,45 @@ impl Reader<'_> {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Reader<'_> {
+    /// The backup role: one repository host of its own, a Patroni cluster to
+    /// back up, a schedule systemd can read the keys of.
+    fn check_backup_role(&mut self, hosts: &[Host], role_pos: &dyn Fn(&str) -> Pos, services: &Option<BTreeMap<String, BTreeMap<String, Value>>>, root: &Node) {
+        let backup: Vec<&Host> = hosts.iter().filter(|h| h.roles.iter().any(|r| r == "backup")).collect();
+        if backup.is_empty() {
+            return;
+        }
+        let pos = role_pos("backup");
+        for h in backup.iter().filter(|h| h.roles.iter().any(|r| r == "patroni")) {
+            self.d.error(pos, format!("host `{}` is both the backup repository and a Patroni member — losing that machine would lose the database and its backups together; give `backup` to a host of its own", h.name));
+        }
+        if backup.len() > 1 {
+            self.d.error(pos, format!("{} hosts have the role `backup` — pgBackRest keeps one repository; give the role to one host (count 1)", backup.len()));
+        }
+        if !hosts.iter().any(|h| h.roles.iter().any(|r| r == "patroni")) {
+            self.d.error(pos, "the role `backup` backs up the Patroni cluster — add hosts with the role `patroni`");
+        }
+        let schedule = services.as_ref().and_then(|s| s.get("backup")).and_then(|b| b.get("schedule")).and_then(Value::as_object);
+        let schedule_pos = root.get("services").and_then(|s| s.get("backup")).and_then(|b| b.get("schedule")).map(|n| n.pos).unwrap_or(pos);
+        for key in schedule.into_iter().flat_map(|m| m.keys()) {
+            if !["full", "diff", "incr"].contains(&key.as_str()) {
+                self.d.error(schedule_pos, format!("services.backup.schedule: unknown backup type `{key}` — {}", suggestion(key, &["full", "diff", "incr"])));
+            }
+        }
+        if let Some(s3) = services.as_ref().and_then(|s| s.get("backup")).and_then(|b| b.get("s3")).and_then(Value::as_object) {
+            let s3_pos = root.get("services").and_then(|s| s.get("backup")).and_then(|b| b.get("s3")).map(|n| n.pos).unwrap_or(pos);
+            for key in ["bucket", "endpoint", "region"] {
+                if !s3.contains_key(key) {
+                    self.d.error(s3_pos, format!("services.backup.s3 needs `{key}` — e.g. s3: {{ bucket: my-backups, endpoint: storage.yandexcloud.net, region: ru-central1 }}"));
+                }
+            }
+            for key in s3.keys().filter(|k| !["bucket", "endpoint", "region"].contains(&k.as_str())) {
+                self.d.error(s3_pos, format!("services.backup.s3: unknown key `{key}` — {} (the keys come from the environment: RIGGER_S3_KEY, RIGGER_S3_KEY_SECRET)", suggestion(key, &["bucket", "endpoint", "region"])));
             }
         }
     }

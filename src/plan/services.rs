@@ -34,7 +34,7 @@ macro_rules! s {
 }
 
 /// Every role, in the order the config phase brings them up.
-pub const ROLES: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront"];
+pub const ROLES: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront", "backup"];
 
 pub fn settings(role: &str) -> &'static [Setting] {
     match role {
@@ -47,6 +47,7 @@ pub fn settings(role: &str) -> &'static [Setting] {
         "app" => APP,
         "saleor" => SALEOR,
         "storefront" => STOREFRONT,
+        "backup" => BACKUP,
         _ => &[],
     }
 }
@@ -126,6 +127,16 @@ static STOREFRONT: &[Setting] = &[
     s!("build_command", SettingType::Str, |_| json!("corepack pnpm install --frozen-lockfile && corepack pnpm build"), "run in the build folder as the storefront user, with the env file loaded"),
 ];
 
+static BACKUP: &[Setting] = &[
+    s!("schedule", SettingType::Map, |_| json!({ "full": "Sun *-*-* 01:00:00", "diff": "Mon..Sat *-*-* 01:00:00" }), "systemd OnCalendar per backup type (full, diff, incr)"),
+    s!("retention_full", SettingType::Int { min: 1, max: 100 }, |_| json!(2), "full backups kept (older ones and their WAL are expired)"),
+    s!("retention_diff", SettingType::Int { min: 1, max: 1000 }, |_| json!(7), "differential backups kept"),
+    s!("compress", SettingType::Str, |_| json!("lz4"), "pgBackRest compress-type: lz4, zst, gz, bz2 or none"),
+    s!("process_max", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "parallel processes for backup and restore"),
+    s!("archive_timeout", SettingType::Int { min: 10, max: 3600 }, |_| json!(60), "s: PostgreSQL switches WAL at least this often (bounds the data a lost leader takes with it)"),
+    Setting { key: "s3", ty: SettingType::Map, default: None, required: false, help: "an S3 repository instead of the backup host's disk: { bucket, endpoint, region }" },
+];
+
 /// The secrets a plan's roles need; generated once and kept in the state.
 pub fn secret_names(roles: &std::collections::BTreeSet<&str>) -> Vec<&'static str> {
     let mut names = Vec::new();
@@ -143,6 +154,9 @@ pub fn secret_names(roles: &std::collections::BTreeSet<&str>) -> Vec<&'static st
     }
     if roles.contains("saleor") {
         names.extend(["saleor_secret_key", "saleor_db_password"]);
+    }
+    if roles.contains("backup") {
+        names.push("backup_cipher_pass");
     }
     names
 }

@@ -2,6 +2,8 @@
 //! and (in each role's module) how the role is brought up and proved healthy.
 
 pub mod app;
+pub mod backup;
+pub mod pgbackrest;
 pub mod database;
 pub mod endpoints;
 pub mod etcd;
@@ -22,10 +24,10 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 /// The order the config phase brings roles up in (DESIGN.md).
-pub const ORDER: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront"];
+pub const ORDER: &[&str] = &["etcd", "patroni", "backup", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront"];
 
 /// Roles the config phase can configure today.
-pub const IMPLEMENTED: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "nginx", "saleor", "storefront"];
+pub const IMPLEMENTED: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "nginx", "saleor", "storefront", "backup"];
 
 /// PostgreSQL parameters rigger sets unless the plan says otherwise.
 pub fn pg_parameters(plan: &Plan) -> BTreeMap<String, Value> {
@@ -41,6 +43,9 @@ pub fn pg_parameters(plan: &Plan) -> BTreeMap<String, Value> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    // WAL archiving into the backup role's repository (every member, so a
+    // promoted replica keeps archiving).
+    p.extend(backup::archive_parameters(plan));
     if let Some(Value::Object(given)) = plan.setting("patroni", "parameters") {
         for (k, v) in given {
             p.insert(k.clone(), v.clone());
@@ -115,6 +120,7 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
             "nginx" => nginx::desired(renderer, &ctx),
             "saleor" => saleor::desired(renderer, &ctx, plan),
             "storefront" => storefront::desired(renderer, &ctx, plan),
+            "backup" => backup::desired(renderer, &ctx, plan),
             _ => continue,
         }
         .with_context(|| format!("host {}: role {role}", host.name))?;
@@ -122,6 +128,12 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
         d.files.extend(add.files);
         d.services.extend(add.services);
         d.stop_disable.extend(add.stop_disable);
+    }
+    if host.roles.iter().any(|r| r == "patroni") {
+        // A Patroni member of a plan with a backup host archives into it.
+        let add = backup::member_desired(renderer, &ctx, plan).with_context(|| format!("host {}: pgBackRest on a Patroni member", host.name))?;
+        d.packages.extend(add.packages);
+        d.files.extend(add.files);
     }
     Ok(d)
 }
