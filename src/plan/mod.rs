@@ -4,4 +4,5 @@ pub mod diag;
 pub mod size;
 pub mod services;
 pub mod load;
+pub mod security;
 pub use load::{load, load_str};

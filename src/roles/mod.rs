@@ -5,6 +5,7 @@ pub mod app;
 pub mod database;
 pub mod endpoints;
 pub mod etcd;
+pub mod firewall;
 pub mod haproxy;
 pub mod keepalived;
 pub mod nginx;
@@ -80,6 +81,15 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
     })
 }
 
+/// The hosts a role runs on; the host firewall is not a plan role but runs on
+/// every host it applies to, before any role.
+pub fn hosts_for<'a>(plan: &'a Plan, role: &'a str) -> Vec<&'a Host> {
+    match role {
+        "firewall" => plan.hosts.iter().filter(|h| firewall::applies_to(h)).collect(),
+        _ => plan.hosts_with_role(role).collect(),
+    }
+}
+
 /// `validate`: (the checker's name as users know it, the command with `{}` for the file).
 pub fn file(role: &'static str, path: &str, content: String, mode: u32, owner: &str, group: &str, validate: Option<(&str, &str)>, notify: &[&str]) -> ManagedFile {
     ManagedFile {
@@ -102,6 +112,13 @@ pub fn service(role: &'static str, name: &str, on_change: OnChange) -> ManagedSe
 pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, renderer: &Renderer) -> Result<HostDesired> {
     let ctx = template_context(plan, host, secrets);
     let mut d = HostDesired { host: host.name.clone(), ..Default::default() };
+    // The host firewall comes first: every role after it runs behind it.
+    if firewall::applies_to(host) {
+        let fw = firewall::desired(plan, host);
+        d.packages.extend(fw.packages);
+        d.files.extend(fw.files);
+        d.services.extend(fw.services);
+    }
     for role in ORDER.iter().filter(|r| host.roles.iter().any(|hr| hr == *r)) {
         let add = match *role {
             "etcd" => etcd::desired(renderer, &ctx),
