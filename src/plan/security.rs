@@ -122,3 +122,24 @@ pub fn check_ssh_path(plan: &Plan, root: &Node, d: &mut Diags) {
         d.error(pos, why);
     }
 }
+
+/// What `plan` and `apply` warn about: protections the plan turned off, and
+/// hosts the firewall leaves open because they are in no group.
+pub fn warnings(plan: &Plan) -> Vec<String> {
+    let mut w = Vec::new();
+    for part in plan.security.turned_off() {
+        let what = match part {
+            "firewall" => "no host firewall: every port of every host is open to anyone who can reach it",
+            "rest_auth" => "Patroni's REST API takes restarts, switchovers and config changes from anyone who reaches its port",
+            _ => "",
+        };
+        w.push(format!("security.{part} is false in this plan — {what}"));
+    }
+    if plan.security.firewall {
+        let open: Vec<&str> = plan.hosts.iter().filter(|h| h.firewall.is_empty()).map(|h| h.name.as_str()).collect();
+        if !open.is_empty() {
+            w.push(format!("hosts in no firewall group get no host firewall: {} — add `firewall: [group]` to close them", open.join(", ")));
+        }
+    }
+    w
+}

@@ -11,6 +11,7 @@ pub mod keepalived;
 pub mod nginx;
 pub mod patroni;
 pub mod redis;
+pub mod rest_auth;
 pub mod saleor;
 pub mod source_dir;
 pub mod storefront;
@@ -78,6 +79,8 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "vrid": vrid,
         "priority": 200 - lb_position.min(150),
         "lb_address": endpoints::lb_address(plan),
+        "security": plan.security,
+        "patroni_rest_auth": rest_auth::patroni_yaml(plan, secrets),
     })
 }
 
@@ -137,6 +140,9 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
         d.files.extend(add.files);
         d.services.extend(add.services);
         d.stop_disable.extend(add.stop_disable);
+    }
+    if host.roles.iter().any(|r| r == "patroni") {
+        d.files.push(rest_auth::curlrc(secrets)?);
     }
     Ok(d)
 }
