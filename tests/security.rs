@@ -33,7 +33,7 @@ firewall:
       - {{ direction: ingress, protocol: tcp, ports: 22, from: {cidr} }}
   - name: db
     rules:
-      - {{ direction: ingress, protocol: tcp, ports: \"2379-2380,5432,8008\", from_group: db, description: etcd peers and clients, replication, Patroni's leader race }}
+      - {{ direction: ingress, protocol: tcp, ports: \"2379-2380,5432,8008\", from_group: db, description: \"etcd peers and clients, replication, the leader race\" }}
       - {{ direction: ingress, protocol: tcp, ports: \"5432,8008\", from_group: lb, description: HAProxy passthrough and health checks }}
   - name: lb
     rules:
