@@ -8,6 +8,7 @@ pub mod engine;
 pub mod events;
 pub mod graph;
 pub mod inventory;
+pub mod pki;
 pub mod plan;
 pub mod project;
 pub mod providers;

@@ -53,5 +53,6 @@ pub fn load_state(project: &Project, provider_kind: &str, command: &str) -> Resu
     for name in secret_names(&project.plan.roles()) {
         state.ensure_secret(name);
     }
+    crate::pki::ensure(&mut state, &project.plan)?;
     Ok(LoadedState { store, state, lineage, serial })
 }

@@ -199,11 +199,13 @@ pub struct Security {
     pub firewall: bool,
     /// HTTP basic auth on Patroni's unsafe REST endpoints.
     pub rest_auth: bool,
+    /// The project CA, host certificates, and TLS on PostgreSQL.
+    pub tls: bool,
 }
 
 impl Default for Security {
     fn default() -> Self {
-        Security { firewall: true, rest_auth: true }
+        Security { firewall: true, rest_auth: true, tls: true }
     }
 }
 
@@ -216,6 +218,9 @@ impl Security {
         }
         if !self.rest_auth {
             off.push("rest_auth");
+        }
+        if !self.tls {
+            off.push("tls");
         }
         off
     }

@@ -6,7 +6,7 @@ use super::model::{Direction, Host, Peer, Plan, Protocol, ProviderConfig, Rule, 
 use super::yaml::Node;
 use std::net::Ipv4Addr;
 
-const SECURITY_KEYS: &[&str] = &["firewall", "rest_auth"];
+const SECURITY_KEYS: &[&str] = &["firewall", "rest_auth", "tls"];
 
 /// `security: { firewall: false, … }` — typed switches, unknown keys refused.
 pub fn read(node: Option<&Node>, d: &mut Diags) -> Security {
@@ -24,6 +24,7 @@ pub fn read(node: Option<&Node>, d: &mut Diags) -> Security {
         let slot = match key {
             "firewall" => &mut s.firewall,
             "rest_auth" => &mut s.rest_auth,
+            "tls" => &mut s.tls,
             other => {
                 d.at(k, format!("unknown key `{other}` in security — {}", suggestion(other, SECURITY_KEYS)));
                 continue;
@@ -131,6 +132,7 @@ pub fn warnings(plan: &Plan) -> Vec<String> {
         let what = match part {
             "firewall" => "no host firewall: every port of every host is open to anyone who can reach it",
             "rest_auth" => "Patroni's REST API takes restarts, switchovers and config changes from anyone who reaches its port",
+            "tls" => "PostgreSQL takes plaintext connections across the network",
             _ => "",
         };
         w.push(format!("security.{part} is false in this plan — {what}"));

@@ -15,6 +15,7 @@ pub mod rest_auth;
 pub mod saleor;
 pub mod source_dir;
 pub mod storefront;
+pub mod tls;
 
 use crate::config::ops::{Checker, HostDesired, ManagedFile, ManagedService, OnChange};
 use crate::plan::model::{Host, Plan};
@@ -81,6 +82,7 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "lb_address": endpoints::lb_address(plan),
         "security": plan.security,
         "patroni_rest_auth": rest_auth::patroni_yaml(plan, secrets),
+        "etcd_scheme": tls::etcd_scheme(plan),
     })
 }
 
@@ -144,5 +146,6 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
     if host.roles.iter().any(|r| r == "patroni") {
         d.files.push(rest_auth::curlrc(secrets)?);
     }
+    d.files.extend(tls::files(plan, host, secrets)?);
     Ok(d)
 }
