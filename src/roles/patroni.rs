@@ -153,6 +153,8 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     for h in &running {
         if run.changes_of(&h.name).custom.iter().any(|s| s == "patroni") {
             run.session(&h.name)?.sudo_ok("reloading patroni", "systemctl reload patroni").await?;
+            // A renewed certificate keeps its path: PostgreSQL re-reads it on a reload only.
+            run.session(&h.name)?.sudo("runuser -u postgres -- psql -h /var/run/postgresql -Atqc 'select pg_reload_conf()'", None).await?;
         }
     }
     gate(run).await?;
@@ -178,7 +180,7 @@ async fn clear_dcs(run: &RoleRun<'_>) -> Result<()> {
     let Some(etcd) = run.plan.hosts_with_role("etcd").next() else { return Ok(()) };
     let Ok(s) = run.session(&etcd.name) else { return Ok(()) };
     let key = format!("/service/{}/", scope(run.plan));
-    s.sudo_ok("clearing stale Patroni keys", &format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 del --prefix {}", sh_quote(&key))).await?;
+    s.sudo_ok("clearing stale Patroni keys", &super::tls::etcdctl(2379, &format!("del --prefix {}", sh_quote(&key)))).await?;
     Ok(())
 }
 
