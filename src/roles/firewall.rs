@@ -100,13 +100,35 @@ pub fn desired(plan: &Plan, host: &Host) -> HostDesired {
     HostDesired {
         packages: vec!["nftables".into()],
         files: vec![file("firewall", CONFIG, ruleset(plan, host), 0o644, "root", "root", Some(("nft -c", "nft -c -f {}")), &["nftables"])],
-        services: vec![service("firewall", "nftables", OnChange::Reload)],
+        services: vec![service("firewall", "nftables", OnChange::Custom)],
         ..Default::default()
     }
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
+    // A changed ruleset is loaded with nft itself (what `systemctl reload nftables`
+    // runs), so a failure reports nft's own words; one failed load under heavy
+    // load was seen here without them, so it is tried again before giving up.
+    run.each(|h, s| async move {
+        if !run.changes_of(&h.name).custom.iter().any(|x| x == "nftables") {
+            return Ok(());
+        }
+        run.events.progress(&format!("firewall {}", h.name), "loading the nftables ruleset");
+        let mut last = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let out = s.sudo(&format!("nft -f {CONFIG} 2>&1"), None).await?;
+            if out.ok() {
+                return Ok(());
+            }
+            last = out.stdout.trim().to_string();
+        }
+        anyhow::bail!("{}: nft -f {CONFIG} failed three times, the previous ruleset stays: {last}", h.name)
+    })
+    .await?;
     run.each(|h, s| async move {
         let want_table = firewalled(run.plan, h);
         wait_for(&format!("{}: the live nftables ruleset is rigger's", h.name), Duration::from_secs(10), || async {
