@@ -6,3 +6,4 @@ pub mod services;
 pub mod load;
 pub mod security;
 pub use load::{load, load_str};
+pub mod generate;

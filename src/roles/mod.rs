@@ -83,6 +83,8 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "security": plan.security,
         "patroni_rest_auth": rest_auth::patroni_yaml(plan, secrets),
         "etcd_scheme": tls::etcd_scheme(plan),
+        // Access grants, rendered from the flow model (src/flows.rs).
+        "access": { "pg_hba": crate::flows::pg_hba(&crate::flows::flows(plan), host) },
     })
 }
 
