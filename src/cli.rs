@@ -249,6 +249,8 @@ pub struct InventoryCmd {
 pub struct OutputCmd {
     #[arg(default_value = "rigger.yaml")]
     pub plan: PathBuf,
+    /// `ca`: write the project CA certificate for clients and print its path
+    pub what: Option<String>,
     #[arg(long)]
     pub json: bool,
     /// Print passwords instead of masking them

@@ -10,6 +10,7 @@ pub mod events;
 pub mod flows;
 pub mod graph;
 pub mod inventory;
+pub mod pki;
 pub mod plan;
 pub mod project;
 pub mod providers;

@@ -31,6 +31,9 @@ pub struct State {
     /// Per host facts of the config phase (managed files and their checksums, …).
     #[serde(default)]
     pub hosts: BTreeMap<String, Value>,
+    /// The project CA and the hosts' certificates (their keys are among the secrets).
+    #[serde(default, skip_serializing_if = "crate::pki::Pki::is_empty")]
+    pub pki: crate::pki::Pki,
 }
 
 impl State {
@@ -44,6 +47,7 @@ impl State {
             resources: BTreeMap::new(),
             secrets: BTreeMap::new(),
             hosts: BTreeMap::new(),
+            pki: Default::default(),
         }
     }
 

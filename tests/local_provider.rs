@@ -93,6 +93,7 @@ impl Fixture {
             }],
             hosts,
             services: BTreeMap::new(),
+            security: Default::default(),
         }
     }
 }

@@ -70,6 +70,7 @@ fn plan(dir: &std::path::Path, endpoint: &str) -> Plan {
             host("app-1", "192.168.50.61".parse().unwrap(), None, GuestKind::Qemu),
         ],
         services: BTreeMap::new(),
+        security: Default::default(),
     }
 }
 

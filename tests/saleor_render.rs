@@ -99,8 +99,9 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
     }
     assert_eq!(env["DEBUG"], "False");
     assert_eq!(env["SECRET_KEY"], ysecrets["saleor_secret_key"]);
-    assert_eq!(env["DATABASE_URL"], format!("postgresql://saleor:{}@{lb_ip}:5000/saleor", ysecrets["saleor_db_password"]));
-    assert_eq!(env["DATABASE_URL_REPLICA"], format!("postgresql://saleor:{}@{lb_ip}:5001/saleor", ysecrets["saleor_db_password"]));
+    let tls = "?sslmode=verify-full&sslrootcert=/etc/rigger/ca.crt";
+    assert_eq!(env["DATABASE_URL"], format!("postgresql://saleor:{}@{lb_ip}:5000/saleor{tls}", ysecrets["saleor_db_password"]));
+    assert_eq!(env["DATABASE_URL_REPLICA"], format!("postgresql://saleor:{}@{lb_ip}:5001/saleor{tls}", ysecrets["saleor_db_password"]));
     assert_eq!(env["CACHE_URL"], format!("redis://:{}@10.20.0.30:6379/0", ysecrets["redis_password"]));
     assert_eq!(env["CELERY_BROKER_URL"], format!("redis://:{}@10.20.0.30:6379/1", ysecrets["redis_password"]));
     assert!(env["ALLOWED_HOSTS"].split(',').any(|h| h == lb_ip), "{}", env["ALLOWED_HOSTS"]);

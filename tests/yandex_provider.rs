@@ -92,6 +92,7 @@ fn plan(dir: &Path, endpoint: &str, key: &Path) -> Plan {
             host("tool-1", "tool", 1, "10.20.0.30", &[], false),
         ],
         services: BTreeMap::new(),
+        security: Default::default(),
     }
 }
 

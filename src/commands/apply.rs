@@ -97,6 +97,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                     print!("\n{text}");
                 }
             }
+            crate::ui::print_security_warnings(&project.plan, &paint);
             let effective = engine::effective(&changes);
             let host_work = config_plan_ok.as_ref().map_or(!infra_only, |cp| !HostSummary::of(cp).is_empty() || !cp.not_built.is_empty());
             if (!effective.is_empty() || host_work) && !super::confirm("\nDo you want to perform these actions?", args.auto_approve)? {

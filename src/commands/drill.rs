@@ -13,6 +13,11 @@ use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// TLS to PostgreSQL, verified against the project CA, when the plan has TLS on
+/// (pg_hba then refuses plaintext across the network).
+static PG_TLS: std::sync::OnceLock<Option<MakeRustlsConnect>> = std::sync::OnceLock::new();
 
 /// What the architecture documents expect for a PostgreSQL failover.
 const EXPECTED_RTO: (f64, f64) = (30.0, 60.0);
@@ -45,7 +50,13 @@ pub async fn run(args: &DrillCmd, state_override: Option<&Path>) -> Result<i32> 
         .ok_or_else(|| anyhow!("the plan has no HAProxy host to write through"))?;
     let port = plan.setting("haproxy", "write_port").and_then(Value::as_u64).unwrap_or(5000);
     let password = state.secrets.get("postgres_superuser_password").cloned().ok_or_else(|| anyhow!("no superuser password in the state"))?;
-    let conninfo = format!("host={front} port={port} user=postgres dbname=postgres connect_timeout=2");
+    let tls = match state.secrets.get(crate::pki::CA_CERT).filter(|_| plan.security.tls) {
+        Some(ca) => Some(MakeRustlsConnect::new(crate::pki::client_config(ca)?)),
+        None => None,
+    };
+    let sslmode = if tls.is_some() { "require" } else { "disable" };
+    let _ = PG_TLS.set(tls);
+    let conninfo = format!("host={front} port={port} user=postgres dbname=postgres connect_timeout=2 sslmode={sslmode}");
     println!("drill: writing through {front}:{port}; the leader is {leader}");
 
     let setup = connect(&conninfo, &password).await.context("cannot connect through the write port")?;
@@ -122,6 +133,14 @@ fn verdict(secs: f64) -> &'static str {
 async fn connect(conninfo: &str, password: &str) -> Result<tokio_postgres::Client> {
     let mut config: tokio_postgres::Config = conninfo.parse()?;
     config.password(password);
+    if let Some(Some(tls)) = PG_TLS.get() {
+        // sslmode=require with a connector that verifies the CA and the host name: verify-full.
+        let (client, connection) = config.connect(tls.clone()).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        return Ok(client);
+    }
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;

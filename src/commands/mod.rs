@@ -57,5 +57,6 @@ pub fn load_state(project: &Project, provider_kind: &str, command: &str) -> Resu
         state.ensure_secret(name);
     }
     crate::roles::backup::ensure_key_pairs(&mut state, &project.plan)?;
+    crate::pki::ensure(&mut state, &project.plan)?;
     Ok(LoadedState { store, state, lineage, serial })
 }

@@ -10,10 +10,28 @@ use std::path::Path;
 const MASK: &str = "(sensitive — rigger output --show-secrets)";
 
 pub fn run(args: &OutputCmd, state_override: Option<&Path>) -> Result<i32> {
-    let project = Project::load(&args.plan, state_override)?;
-    let Some(state) = crate::state::read_state(&project.state_path)? else {
-        bail!("nothing was applied for project {} yet — run `rigger apply {}` first", project.plan.project, args.plan.display());
+    // `rigger output ca` means the default plan, unless a plan file is called `ca`.
+    let (plan_path, what) = match (&args.what, args.plan.to_str()) {
+        (None, Some("ca")) if !args.plan.exists() => (Path::new("rigger.yaml"), Some("ca")),
+        (w, _) => (args.plan.as_path(), w.as_deref()),
     };
+    let project = Project::load(plan_path, state_override)?;
+    let Some(state) = crate::state::read_state(&project.state_path)? else {
+        bail!("nothing was applied for project {} yet — run `rigger apply {}` first", project.plan.project, plan_path.display());
+    };
+    match what {
+        None => {}
+        Some("ca") => {
+            let Some(ca) = state.secrets.get(crate::pki::CA_CERT) else {
+                bail!("project {} has no CA — TLS is off in the plan (security.tls: false) or nothing was applied with it yet", project.plan.project);
+            };
+            let path = crate::pki::ca_file(&project);
+            crate::pki::write_public(&path, ca)?;
+            println!("{}", path.display());
+            return Ok(0);
+        }
+        Some(other) => bail!("`rigger output {other}`: unknown output — the one named output is `ca` (the project CA certificate)"),
+    }
     let outputs = collect(&project, &state, args.show_secrets);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&Value::Object(outputs))?);

@@ -60,6 +60,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
             }
         }
     }
+    ui::print_security_warnings(&project.plan, &paint);
     if let Some(out) = &args.out {
         let saved = SavedPlan {
             format: saved_plan::FORMAT.into(),

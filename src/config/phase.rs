@@ -57,7 +57,7 @@ impl ConfigPlan {
 
 /// Hosts that have at least one role rigger configures.
 fn configured_hosts(plan: &Plan) -> Vec<&Host> {
-    plan.hosts.iter().filter(|h| h.roles.iter().any(|r| roles::IMPLEMENTED.contains(&r.as_str()))).collect()
+    plan.hosts.iter().filter(|h| h.roles.iter().any(|r| roles::IMPLEMENTED.contains(&r.as_str())) || roles::firewall::applies_to(h)).collect()
 }
 
 fn pending(state: &State, host: &str) -> BTreeSet<String> {
@@ -157,7 +157,8 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
     let secrets = shared.lock().await.state.secrets.clone();
     let facts: BTreeMap<String, HostFacts> = cp.hosts.iter().map(|(n, hp)| (n.clone(), hp.facts.clone())).collect();
     let present: BTreeSet<&str> = plan.roles();
-    let roles: Vec<&'static str> = roles::ORDER.iter().copied().filter(|r| roles::IMPLEMENTED.contains(r) && present.contains(r)).collect();
+    let mut roles: Vec<&'static str> = roles::ORDER.iter().copied().filter(|r| roles::IMPLEMENTED.contains(r) && present.contains(r)).collect();
+    roles.insert(0, "firewall");
     let ctx = RoleContext { project, cp, shared, events, secrets: &secrets, facts: &facts };
     if cp.is_empty() {
         // Nothing to change anywhere: no role waits for another, so every
@@ -189,7 +190,7 @@ struct RoleContext<'a> {
 async fn apply_role(ctx: &RoleContext<'_>, role: &'static str) -> Result<()> {
     let RoleContext { project, cp, shared, events, secrets, facts } = *ctx;
     let plan = &project.plan;
-    let role_hosts: Vec<&Host> = plan.hosts_with_role(role).filter(|h| cp.hosts.contains_key(&h.name)).collect();
+    let role_hosts: Vec<&Host> = roles::hosts_for(plan, role).into_iter().filter(|h| cp.hosts.contains_key(&h.name)).collect();
     let subject = format!("role {role}");
     let started = Instant::now();
     events.started(&subject, &format!("{} host(s)", role_hosts.len()));
@@ -243,6 +244,7 @@ async fn apply_role(ctx: &RoleContext<'_>, role: &'static str) -> Result<()> {
 
 async fn converge(role: &str, run: &RoleRun<'_>) -> Result<()> {
     match role {
+        "firewall" => roles::firewall::converge(run).await,
         "etcd" => roles::etcd::converge(run).await,
         "patroni" => roles::patroni::converge(run).await,
         "haproxy" => roles::haproxy::converge(run).await,

@@ -48,7 +48,7 @@ pub fn load_str(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
     }
 }
 
-const TOP_KEYS: &[&str] = &["version", "project", "provider", "ssh", "network", "firewall", "defaults", "hosts", "services"];
+const TOP_KEYS: &[&str] = &["version", "project", "provider", "ssh", "network", "firewall", "defaults", "hosts", "services", "security"];
 const YANDEX_KEYS: &[&str] = &["kind", "folder_id", "zone", "service_account_key_file", "endpoint", "platform"];
 const PROXMOX_KEYS: &[&str] = &["kind", "endpoint", "node", "token_id", "tls_fingerprint", "insecure", "storage", "bridge", "template"];
 const LOCAL_KEYS: &[&str] = &["kind", "image"];
@@ -277,6 +277,7 @@ impl Reader<'_> {
             }
         }
         let services = services?;
+        let security = super::security::read(root.get("security"), self.d);
         let plan = Plan {
             file: file.to_path_buf(),
             dir: self.dir.to_path_buf(),
@@ -288,7 +289,9 @@ impl Reader<'_> {
             firewall: firewall_groups,
             hosts,
             services,
+            security,
         };
+        super::security::check_ssh_path(&plan, root, self.d);
         if self.d.is_empty() {
             self.check_flows(&plan, root);
         }

@@ -4,5 +4,6 @@ pub mod diag;
 pub mod size;
 pub mod services;
 pub mod load;
+pub mod security;
 pub use load::{load, load_str};
 pub mod generate;

@@ -23,6 +23,8 @@ pub struct Plan {
     pub hosts: Vec<Host>,
     /// Per role settings, defaults already filled in (see `services.rs`).
     pub services: BTreeMap<String, BTreeMap<String, Value>>,
+    /// `security:` — which protections are on (all by default).
+    pub security: Security,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,5 +189,39 @@ impl Plan {
     /// Every role some host has.
     pub fn roles(&self) -> std::collections::BTreeSet<&str> {
         self.hosts.iter().flat_map(|h| h.roles.iter().map(String::as_str)).collect()
+    }
+}
+
+/// The plan's `security:` switches: every part is on unless the plan turns it off.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Security {
+    /// nftables on every host that has firewall groups (ingress default drop).
+    pub firewall: bool,
+    /// HTTP basic auth on Patroni's unsafe REST endpoints.
+    pub rest_auth: bool,
+    /// The project CA, host certificates, and TLS on PostgreSQL.
+    pub tls: bool,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security { firewall: true, rest_auth: true, tls: true }
+    }
+}
+
+impl Security {
+    /// The parts a plan turned off, for `plan`'s warning.
+    pub fn turned_off(&self) -> Vec<&'static str> {
+        let mut off = Vec::new();
+        if !self.firewall {
+            off.push("firewall");
+        }
+        if !self.rest_auth {
+            off.push("rest_auth");
+        }
+        if !self.tls {
+            off.push("tls");
+        }
+        off
     }
 }

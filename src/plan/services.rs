@@ -141,7 +141,7 @@ static BACKUP: &[Setting] = &[
 pub fn secret_names(roles: &std::collections::BTreeSet<&str>) -> Vec<&'static str> {
     let mut names = Vec::new();
     if roles.contains("patroni") {
-        names.extend(["postgres_superuser_password", "replication_password", "rewind_password"]);
+        names.extend(["postgres_superuser_password", "replication_password", "rewind_password", "patroni_rest_password"]);
     }
     if roles.contains("haproxy") {
         names.push("haproxy_stats_password");

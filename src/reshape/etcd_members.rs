@@ -30,7 +30,8 @@ pub struct Member {
 }
 
 fn etcdctl(port: u64, args: &str) -> String {
-    format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{port} --command-timeout=5s {args} 2>&1")
+    // TLS-aware (security.tls): the member's live config decides the scheme and certificate.
+    format!("{} 2>&1", crate::roles::tls::etcdctl(port, &format!("--command-timeout=5s {args}")))
 }
 
 /// Parse `etcdctl member list` (simple format: `id, status, name, peers, clients, learner`).
@@ -81,8 +82,10 @@ pub fn initial_cluster(members: &[Member], joiner: &str, joiner_peer: &str) -> R
 /// running member of, start it with `existing`, wait until it is healthy and
 /// started, then remove the join file (it is only read at bootstrap).
 pub async fn join(existing: &HostSession, j: &HostSession, joiner: &str, joiner_ip: &str, client_port: u64, peer_port: u64) -> Result<()> {
-    let peer = format!("http://{joiner_ip}:{peer_port}");
     let members = list(existing, client_port).await?;
+    // The cluster's own scheme: https when it runs with TLS (security.tls).
+    let scheme = if members.iter().any(|m| m.peer_url.starts_with("https://")) { "https" } else { "http" };
+    let peer = format!("{scheme}://{joiner_ip}:{peer_port}");
     if !members.iter().any(|m| m.peer_url == peer) {
         // A leftover half-join of someone else must be cleared before adding:
         // two unstarted members would leave the quorum at the mercy of both.

@@ -87,6 +87,7 @@ mod tests {
             firewall: vec![],
             hosts: vec![],
             services: Default::default(),
+            security: Default::default(),
         }
     }
 

@@ -182,13 +182,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("app.py"), "app = None\n").unwrap();
         let p = plan(d.path());
-        let secrets: BTreeMap<String, String> = [("app_db_password", "dbpass123"), ("redis_password", "redispass9")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let secrets: BTreeMap<String, String> = [("app_db_password", "dbpass123"), ("redis_password", "redispass9"), ("tls_ca_cert", "the CA")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let r = Renderer::new().unwrap();
         let d = crate::roles::desired(&p, p.host("app-1").unwrap(), &secrets, &r).unwrap();
         let env = d.files.iter().find(|f| f.path == "/etc/app/app.env").unwrap();
         assert_eq!((env.mode, env.owner.as_str()), (0o600, "root"));
-        assert!(env.content.contains("DATABASE_URL=postgresql://app:dbpass123@10.9.0.10:5000/app\n"), "{}", env.content);
-        assert!(env.content.contains("DATABASE_READ_URL=postgresql://app:dbpass123@10.9.0.10:5001/app\n"), "{}", env.content);
+        let tls = "?sslmode=verify-full&sslrootcert=/etc/rigger/ca.crt";
+        assert!(env.content.contains(&format!("DATABASE_URL=postgresql://app:dbpass123@10.9.0.10:5000/app{tls}\n")), "{}", env.content);
+        assert!(env.content.contains(&format!("DATABASE_READ_URL=postgresql://app:dbpass123@10.9.0.10:5001/app{tls}\n")), "{}", env.content);
         assert!(env.content.contains("REDIS_URL=redis://:redispass9@10.9.0.31:6379/0\n"), "{}", env.content);
         let unit = d.files.iter().find(|f| f.path == "/etc/systemd/system/app.service").unwrap();
         assert!(!unit.content.contains("dbpass123") && !unit.content.contains("redispass9"));
@@ -196,7 +197,7 @@ mod tests {
         assert!(d.files.iter().any(|f| f.path == "/opt/app/src/app.py" && f.notify == vec!["app".to_string()]));
 
         let web = crate::roles::desired(&p, p.host("web").unwrap(), &secrets, &r).unwrap();
-        let conf = &web.files[0];
+        let conf = web.files.iter().find(|f| f.role == "nginx").unwrap();
         assert_eq!(conf.validate.as_ref().unwrap().command, "nginx -t -q -c {}");
         assert!(conf.content.contains("least_conn;"));
         for ip in ["10.9.0.41", "10.9.0.42", "10.9.0.43"] {

@@ -32,7 +32,10 @@ pub fn userinfo(s: &str) -> String {
 pub fn database_url(plan: &Plan, user: &str, password: &str, database: &str, read: bool) -> Option<String> {
     let lb = lb_address(plan)?;
     let p = if read { port(plan, "haproxy", "read_port", 5001) } else { port(plan, "haproxy", "write_port", 5000) };
-    Some(format!("postgresql://{}:{}@{lb}:{p}/{database}", userinfo(user), userinfo(password)))
+    // With TLS on, clients verify the server against the project CA and its
+    // name (the VIP or HAProxy address is in every PostgreSQL certificate).
+    let tls = if plan.security.tls { format!("?sslmode=verify-full&sslrootcert={}", super::tls::CLIENT_CA) } else { String::new() };
+    Some(format!("postgresql://{}:{}@{lb}:{p}/{database}{tls}", userinfo(user), userinfo(password)))
 }
 
 /// `redis://:pass@REDIS:6379/DB` on the first Redis host.

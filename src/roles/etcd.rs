@@ -98,7 +98,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 
 /// `etcdctl endpoint health` on this member: healthy, and what it said.
 pub async fn member_health(s: &HostSession, port: u64) -> Result<(bool, String)> {
-    let out = s.sudo(&format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{port} --command-timeout=3s endpoint health 2>&1"), None).await?;
+    let out = s.sudo(&format!("{} 2>&1", super::tls::etcdctl(port, "--command-timeout=3s endpoint health")), None).await?;
     Ok((out.ok() && out.stdout.contains("is healthy"), out.stdout.trim().to_string()))
 }
 
@@ -112,7 +112,7 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
             if !healthy {
                 return Ok(Err(said));
             }
-            let members = s.sudo(&format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{port} member list 2>&1"), None).await?;
+            let members = s.sudo(&format!("{} 2>&1", super::tls::etcdctl(port, "member list")), None).await?;
             let started = members.stdout.lines().filter(|l| l.contains(", started,")).count();
             if started == expected {
                 Ok(Ok(()))

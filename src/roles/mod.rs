@@ -7,14 +7,17 @@ pub mod pgbackrest;
 pub mod database;
 pub mod endpoints;
 pub mod etcd;
+pub mod firewall;
 pub mod haproxy;
 pub mod keepalived;
 pub mod nginx;
 pub mod patroni;
 pub mod redis;
+pub mod rest_auth;
 pub mod saleor;
 pub mod source_dir;
 pub mod storefront;
+pub mod tls;
 
 use crate::config::ops::{Checker, HostDesired, ManagedFile, ManagedService, OnChange};
 use crate::plan::model::{Host, Plan};
@@ -82,9 +85,21 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "vrid": vrid,
         "priority": 200 - lb_position.min(150),
         "lb_address": endpoints::lb_address(plan),
+        "security": plan.security,
+        "patroni_rest_auth": rest_auth::patroni_yaml(plan, secrets),
+        "etcd_scheme": tls::etcd_scheme(plan),
         // Access grants, rendered from the flow model (src/flows.rs).
         "access": { "pg_hba": crate::flows::pg_hba(&crate::flows::flows(plan), host) },
     })
+}
+
+/// The hosts a role runs on; the host firewall is not a plan role but runs on
+/// every host it applies to, before any role.
+pub fn hosts_for<'a>(plan: &'a Plan, role: &'a str) -> Vec<&'a Host> {
+    match role {
+        "firewall" => plan.hosts.iter().filter(|h| firewall::applies_to(h)).collect(),
+        _ => plan.hosts_with_role(role).collect(),
+    }
 }
 
 /// `validate`: (the checker's name as users know it, the command with `{}` for the file).
@@ -109,6 +124,13 @@ pub fn service(role: &'static str, name: &str, on_change: OnChange) -> ManagedSe
 pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, renderer: &Renderer) -> Result<HostDesired> {
     let ctx = template_context(plan, host, secrets);
     let mut d = HostDesired { host: host.name.clone(), ..Default::default() };
+    // The host firewall comes first: every role after it runs behind it.
+    if firewall::applies_to(host) {
+        let fw = firewall::desired(plan, host);
+        d.packages.extend(fw.packages);
+        d.files.extend(fw.files);
+        d.services.extend(fw.services);
+    }
     for role in ORDER.iter().filter(|r| host.roles.iter().any(|hr| hr == *r)) {
         let add = match *role {
             "etcd" => etcd::desired(renderer, &ctx),
@@ -134,6 +156,8 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
         let add = backup::member_desired(renderer, &ctx, plan).with_context(|| format!("host {}: pgBackRest on a Patroni member", host.name))?;
         d.packages.extend(add.packages);
         d.files.extend(add.files);
+        d.files.push(rest_auth::curlrc(secrets)?);
     }
+    d.files.extend(tls::files(plan, host, secrets)?);
     Ok(d)
 }

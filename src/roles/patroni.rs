@@ -89,7 +89,8 @@ fn as_text(v: &Value) -> String {
 
 async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
     let data = body.map(|b| format!(" -H 'Content-Type: application/json' --data-binary {}", sh_quote(&b.to_string()))).unwrap_or_default();
-    let out = s.sudo(&format!("curl -s -m 60 -o /dev/stdout -w '\\n%{{http_code}}' -X {method}{data} http://127.0.0.1:{port}{path}"), None).await?;
+    let auth = super::rest_auth::curl_args();
+    let out = s.sudo(&format!("curl -s -m 60 {auth} -o /dev/stdout -w '\\n%{{http_code}}' -X {method}{data} http://127.0.0.1:{port}{path}"), None).await?;
     let text = out.stdout.trim_end();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", text));
     Ok((code.trim().parse().unwrap_or(0), body.to_string()))
@@ -157,6 +158,8 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     for h in &running {
         if run.changes_of(&h.name).custom.iter().any(|s| s == "patroni") {
             run.session(&h.name)?.sudo_ok("reloading patroni", "systemctl reload patroni").await?;
+            // A renewed certificate keeps its path: PostgreSQL re-reads it on a reload only.
+            run.session(&h.name)?.sudo("runuser -u postgres -- psql -h /var/run/postgresql -Atqc 'select pg_reload_conf()'", None).await?;
         }
     }
     gate(run).await?;
@@ -184,7 +187,7 @@ async fn clear_dcs(run: &RoleRun<'_>) -> Result<()> {
     let key = format!("/service/{}/", scope(run.plan));
     // The plan's client port, not etcd's default (a generated plan with 12379 found this).
     let port = run.plan.setting("etcd", "client_port").and_then(serde_json::Value::as_u64).unwrap_or(2379);
-    s.sudo_ok("clearing stale Patroni keys", &format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{port} del --prefix {}", sh_quote(&key))).await?;
+    s.sudo_ok("clearing stale Patroni keys", &super::tls::etcdctl(port, &format!("del --prefix {}", sh_quote(&key)))).await?;
     Ok(())
 }
 

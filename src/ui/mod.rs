@@ -40,3 +40,10 @@ impl Paint {
         self.wrap("2", s)
     }
 }
+
+/// The plan's turned-off protections, on stderr (so `--json` stays a document).
+pub fn print_security_warnings(plan: &crate::plan::model::Plan, paint: &Paint) {
+    for w in crate::plan::security::warnings(plan) {
+        eprintln!("{} {w}", paint.yellow("Warning:"));
+    }
+}

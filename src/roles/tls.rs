@@ -1,0 +1,58 @@
+//! TLS files on the hosts, from the project CA in the state: the CA for
+//! clients on every host (`/etc/rigger/ca.crt`), and on PostgreSQL hosts the
+//! server certificate and key PostgreSQL serves (`ssl = on`, see patroni.yml).
+
+use super::file;
+use crate::config::ops::ManagedFile;
+use crate::pki::{host_cert_name, host_key_name, CA_CERT};
+use crate::plan::model::{Host, Plan};
+use anyhow::{anyhow, Result};
+use std::collections::BTreeMap;
+
+/// The project CA on every host, for clients that verify servers with it.
+pub const CLIENT_CA: &str = "/etc/rigger/ca.crt";
+pub const PG_DIR: &str = "/etc/patroni/tls";
+pub const ETCD_DIR: &str = "/etc/etcd/tls";
+
+/// `http` or `https` for etcd's client and peer URLs.
+pub fn etcd_scheme(plan: &Plan) -> &'static str {
+    if plan.security.tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// A shell command running `etcdctl ARGS` against the local member (as root).
+/// Whether it speaks TLS is read from the member's live config, so the command
+/// is right before, during and after TLS is turned on: with TLS it presents
+/// the member's own certificate as client certificate.
+pub fn etcdctl(port: u64, args: &str) -> String {
+    format!(
+        "if grep -qs '^ETCD_CLIENT_CERT_AUTH=\"true\"' /etc/default/etcd; then export ETCDCTL_CACERT={ETCD_DIR}/ca.crt ETCDCTL_CERT={ETCD_DIR}/server.crt ETCDCTL_KEY={ETCD_DIR}/server.key; s=https; else s=http; fi; ETCDCTL_API=3 etcdctl --endpoints=$s://127.0.0.1:{port} {args}"
+    )
+}
+
+pub fn files(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Result<Vec<ManagedFile>> {
+    if !plan.security.tls {
+        return Ok(vec![]);
+    }
+    let get = |name: &str| secrets.get(name).cloned().ok_or_else(|| anyhow!("the state has no {name} — run `rigger apply` to issue it"));
+    let ca = get(CA_CERT)?;
+    let role = host.roles.first().map(String::as_str).unwrap_or("firewall");
+    let role: &'static str = super::ORDER.iter().copied().find(|r| *r == role).unwrap_or("firewall");
+    let mut out = vec![file(role, CLIENT_CA, ca.clone(), 0o644, "root", "root", None, &[])];
+    if host.roles.iter().any(|r| r == "etcd") {
+        let (cert, key) = (get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?);
+        out.push(file("etcd", &format!("{ETCD_DIR}/ca.crt"), ca.clone(), 0o644, "etcd", "etcd", None, &["etcd"]));
+        out.push(file("etcd", &format!("{ETCD_DIR}/server.crt"), cert, 0o644, "etcd", "etcd", None, &["etcd"]));
+        out.push(file("etcd", &format!("{ETCD_DIR}/server.key"), key, 0o600, "etcd", "etcd", None, &["etcd"]));
+    }
+    if host.roles.iter().any(|r| r == "patroni") {
+        let (cert, key) = (get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?);
+        out.push(file("patroni", &format!("{PG_DIR}/ca.crt"), ca, 0o644, "postgres", "postgres", None, &["patroni"]));
+        out.push(file("patroni", &format!("{PG_DIR}/server.crt"), cert, 0o644, "postgres", "postgres", None, &["patroni"]));
+        out.push(file("patroni", &format!("{PG_DIR}/server.key"), key, 0o600, "postgres", "postgres", None, &["patroni"]));
+    }
+    Ok(out)
+}
