@@ -43,6 +43,9 @@ pub enum Service {
     SaleorDashboard,
     Storefront,
     Vrrp,
+    /// pgBackRest over SSH: members push WAL to the repository host, the
+    /// repository host backs the members up.
+    PgBackRestSsh,
 }
 
 impl Service {
@@ -62,6 +65,7 @@ impl Service {
             Service::SaleorDashboard => "Saleor dashboard",
             Service::Storefront => "Storefront",
             Service::Vrrp => "VRRP",
+            Service::PgBackRestSsh => "pgBackRest over SSH",
         }
     }
 }
@@ -89,6 +93,7 @@ pub fn flows(plan: &Plan) -> Vec<Flow> {
     let with = |role: &str| plan.hosts.iter().filter(|h| h.roles.iter().any(|r| r == role)).collect::<Vec<&Host>>();
     let (etcd, patroni, haproxy, keepalived) = (with("etcd"), with("patroni"), with("haproxy"), with("keepalived"));
     let (redis, app, nginx, saleor, storefront) = (with("redis"), with("app"), with("nginx"), with("saleor"), with("storefront"));
+    let backup = with("backup");
     let mut out: BTreeSet<Flow> = BTreeSet::new();
     let mut add = |from: &[&Host], to: &[&Host], transport: Transport, port: Option<u16>, service: Service| {
         for f in from {
@@ -139,6 +144,10 @@ pub fn flows(plan: &Plan) -> Vec<Flow> {
         add(&storefront, &haproxy, tcp, Some(port(plan, "haproxy", "http_port", 80)), Service::HaproxyHttp);
     }
     add(&keepalived, &keepalived, Transport::Vrrp, None, Service::Vrrp);
+    // pgBackRest reaches the other side over SSH (roles/backup.rs): archive-push
+    // from every member, backups and restores from the repository host.
+    add(&patroni, &backup, tcp, Some(22), Service::PgBackRestSsh);
+    add(&backup, &patroni, tcp, Some(22), Service::PgBackRestSsh);
     out.into_iter().collect()
 }
 
