@@ -77,8 +77,13 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
         .hosts_with_role("nginx")
         .next()
         .map(|_| Duration::from_secs(plan.setting("nginx", "fail_timeout").and_then(Value::as_u64).unwrap_or(10) + 1));
-    let mut previous_restarted = false;
-    for h in &run.hosts {
+    // Hosts whose app is not running serve nothing yet: they come up all at once.
+    let app_name = name(plan);
+    let is_down = |h: &Host| run.changes_of(&h.name).start.contains(&app_name);
+    run.each(|h, s| async move { if is_down(h) { roll(run, h, s).await } else { Ok(()) } }).await?;
+    // (nginx may have marked them failed while they were down.)
+    let mut previous_restarted = run.hosts.iter().any(|h| is_down(h));
+    for h in run.hosts.iter().filter(|h| !is_down(h)) {
         let ch = run.changes_of(&h.name);
         // A host that is down already (start) costs nothing to bring up at once.
         let going_down = ch.restart.contains(&name(plan));

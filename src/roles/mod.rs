@@ -7,6 +7,7 @@ pub mod endpoints;
 pub mod etcd;
 pub mod haproxy;
 pub mod keepalived;
+pub mod needs;
 pub mod nginx;
 pub mod patroni;
 pub mod redis;
