@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             Command::Status(a) => commands::status::run(a, state).await,
             Command::Drill(a) => commands::drill::run(a, state).await,
             Command::Sim(c) => commands::sim::run(c, cli.verbose).await,
+            Command::Switchover(a) => commands::switchover::run(a, state).await,
         }
     });
     match result {

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod destroy;
 pub mod drill;
+pub mod drill_rounds;
 pub mod graph;
 pub mod inventory;
 pub mod output;
@@ -11,6 +12,7 @@ pub mod sim;
 pub mod sim_proxmox;
 pub mod state;
 pub mod status;
+pub mod switchover;
 pub mod validate;
 
 use crate::plan::services::secret_names;

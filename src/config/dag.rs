@@ -21,6 +21,14 @@ pub enum Step {
     Up(&'static str),
 }
 
+impl Step {
+    pub fn role(&self) -> &'static str {
+        match self {
+            Step::Stage(r) | Step::Up(r) => r,
+        }
+    }
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -98,12 +106,17 @@ where
     .await;
 
     let mut errors = Vec::new();
+    // (A role whose own staging failed has said why already.)
+    let staging_failed: Vec<&'static str> = outcomes.iter().filter_map(|(st, o)| matches!((st, o), (Step::Stage(_), Outcome::Failed(_))).then_some(st.role())).collect();
     for (step, outcome) in outcomes {
         match outcome {
             Outcome::Done => {}
             Outcome::Failed(e) => errors.push(format!("{e:#}")),
             Outcome::Skipped => {
                 if let Step::Up(role) = step {
+                    if staging_failed.contains(&role) {
+                        continue;
+                    }
                     let needed = roles::needs::needs(role, roles).join(", ");
                     events.failed(&format!("role {role}"), "skipped", &format!("not started: a role it needs ({needed}) failed"));
                     errors.push(format!("role {role}: not started — a role it needs ({needed}) failed"));

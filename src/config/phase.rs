@@ -138,7 +138,7 @@ pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_
         .values()
         .filter_map(|hp| hp.facts.probes.get("patroni_config").filter(|c| !c.trim().is_empty()))
         .next()
-        .map(|c| roles::patroni::parameter_changes(plan, c))
+        .map(|c| [crate::plan::rto::dcs_changes(plan, c), roles::patroni::parameter_changes(plan, c)].concat())
         .unwrap_or_default();
     let pending_restarts = host_plans
         .iter()
@@ -225,7 +225,22 @@ pub(super) async fn stage_role<'a>(ctx: &RoleContext<'a>, role: &'static str) ->
         }
     }
 
+    // Work a role does before its start that needs no other role (e.g. the app's virtualenv).
+    if !ok_hosts.is_empty() {
+        let run = RoleRun { role, plan, secrets: ctx.secrets, hosts: ok_hosts.clone(), sessions: &cp.sessions, changes: changes.clone(), facts: ctx.facts, events };
+        prepare_role(role, &run).await.map_err(|e| {
+            events.failed(&format!("role {role}"), "preparing", &format!("{e:#}"));
+            anyhow!("role {role}: {e:#}")
+        })?;
+    }
     Ok(StagedRole { role, started, changes, ok_hosts, rejected })
+}
+
+async fn prepare_role(role: &str, run: &RoleRun<'_>) -> Result<()> {
+    match role {
+        "app" => roles::app::prepare(run).await,
+        _ => Ok(()),
+    }
 }
 
 /// Bring a staged role up to its gate on the hosts whose files are in place.

@@ -3,5 +3,6 @@ pub mod yaml;
 pub mod diag;
 pub mod size;
 pub mod services;
+pub mod rto;
 pub mod load;
 pub use load::{load, load_str};

@@ -97,14 +97,18 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     gate(run).await
 }
 
-/// Bring one host to its new code/config and wait until it answers /health.
-async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
+/// Before the database is up (config::dag runs it with the staging): the
+/// app's user, its virtualenv and requirements on every host that will
+/// (re)start — the slow part of an app's first start.
+pub async fn prepare(run: &RoleRun<'_>) -> Result<()> {
+    run.each(|h, s| async move { prepare_host(run, h, s).await }).await
+}
+
+async fn prepare_host(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
     let plan = run.plan;
     let (name, dir) = (name(plan), home(plan));
     let ch = run.changes_of(&h.name);
-    let starting = ch.start.contains(&name);
-    let changed = ch.restart.contains(&name);
-    if !starting && !changed && ch.enable.is_empty() {
+    if !ch.start.contains(&name) && !ch.restart.contains(&name) && ch.enable.is_empty() {
         return Ok(());
     }
     let subject = format!("app {}", h.name);
@@ -134,6 +138,21 @@ async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Bring one host to its new code/config and wait until it answers /health.
+async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
+    let plan = run.plan;
+    let (name, dir) = (name(plan), home(plan));
+    let ch = run.changes_of(&h.name);
+    let starting = ch.start.contains(&name);
+    let changed = ch.restart.contains(&name);
+    if !starting && !changed && ch.enable.is_empty() {
+        return Ok(());
+    }
+    let subject = format!("app {}", h.name);
+    let touched = |suffix: &str| ch.files.iter().any(|f| f.file.path.ends_with(suffix));
     if touched(&format!("/src/{}", source_dir::MANIFEST)) {
         s.sudo_ok("removing files deleted from the app's folder", &source_dir::prune_script(&format!("{dir}/src"))).await?;
     }

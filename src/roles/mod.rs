@@ -5,6 +5,7 @@ pub mod app;
 pub mod database;
 pub mod endpoints;
 pub mod etcd;
+pub mod failover;
 pub mod haproxy;
 pub mod keepalived;
 pub mod needs;
@@ -78,6 +79,7 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "vrid": vrid,
         "priority": 200 - lb_position.min(150),
         "lb_address": endpoints::lb_address(plan),
+        "failover": crate::plan::rto::template_values(plan),
     })
 }
 

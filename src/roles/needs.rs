@@ -10,9 +10,10 @@ pub const NEEDS: &[(&str, &[&str])] = &[
     ("haproxy", &["patroni"]),
     ("keepalived", &["haproxy"]),
     ("redis", &[]),
-    // The write port: HAProxy, reached through keepalived's VIP when there is one.
-    ("app", &["haproxy", "keepalived", "redis"]),
-    ("saleor", &["haproxy", "keepalived", "redis"]),
+    // The write port (HAProxy). When apps reach it through keepalived's VIP,
+    // their own health gate waits for the VIP: they start meanwhile.
+    ("app", &["haproxy", "redis"]),
+    ("saleor", &["haproxy", "redis"]),
     ("nginx", &["app", "saleor"]),
     ("storefront", &["saleor"]),
 ];
