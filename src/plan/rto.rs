@@ -3,7 +3,9 @@
 //! and read ports together, so the two agree on how fast a dead primary is
 //! noticed. A crashed leader's key expires `ttl - (time since its last
 //! update)` after the crash, i.e. between ttl - loop_wait and ttl; HAProxy then
-//! needs `rise` good checks `inter` apart to send writes to the new leader.
+//! needs `rise` good checks `downinter` apart to send writes to the new
+//! leader — which is also the write gap of a planned switchover, so every
+//! preset checks a server that is down often (`downinter`).
 //! Explicit ttl/loop_wait/retry_timeout in the plan win over the preset.
 
 use serde_json::{json, Value};
@@ -29,8 +31,8 @@ pub const PRESETS: &[Preset] = &[
         ttl: 20,
         loop_wait: 5,
         retry_timeout: 5,
-        primary_checks: "inter 1s fastinter 500ms downinter 1s fall 2 rise 2",
-        replica_checks: "inter 1s fastinter 500ms downinter 1s fall 2 rise 2",
+        primary_checks: "inter 1s fastinter 500ms downinter 500ms fall 2 rise 2",
+        replica_checks: "inter 1s fastinter 500ms downinter 500ms fall 2 rise 2",
         help: "Patroni's lowest ttl: for good networks (a slow DCS can demote a healthy leader)",
     },
     Preset {
@@ -38,8 +40,8 @@ pub const PRESETS: &[Preset] = &[
         ttl: 30,
         loop_wait: 10,
         retry_timeout: 10,
-        primary_checks: "inter 3s fastinter 1s fall 3 rise 4",
-        replica_checks: "inter 3s fastinter 1s fall 3 rise 2",
+        primary_checks: "inter 3s fastinter 1s downinter 1s fall 3 rise 2",
+        replica_checks: "inter 3s fastinter 1s downinter 1s fall 3 rise 2",
         help: "Patroni's defaults",
     },
     Preset {
@@ -47,8 +49,8 @@ pub const PRESETS: &[Preset] = &[
         ttl: 60,
         loop_wait: 10,
         retry_timeout: 20,
-        primary_checks: "inter 5s fastinter 2s fall 3 rise 4",
-        replica_checks: "inter 5s fastinter 2s fall 3 rise 2",
+        primary_checks: "inter 5s fastinter 2s downinter 2s fall 3 rise 3",
+        replica_checks: "inter 5s fastinter 2s downinter 2s fall 3 rise 2",
         help: "rides out DCS or network hiccups of up to 20 s without a failover",
     },
 ];
