@@ -6,3 +6,4 @@ pub mod services;
 pub mod rto;
 pub mod load;
 pub use load::{load, load_str};
+pub mod generate;

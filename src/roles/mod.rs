@@ -80,6 +80,8 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "priority": 200 - lb_position.min(150),
         "lb_address": endpoints::lb_address(plan),
         "failover": crate::plan::rto::template_values(plan),
+        // Access grants, rendered from the flow model (src/flows.rs).
+        "access": { "pg_hba": crate::flows::pg_hba(&crate::flows::flows(plan), host) },
     })
 }
 
