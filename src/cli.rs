@@ -123,6 +123,9 @@ pub struct SimYandexCmd {
     /// Without --sa-key: write a new authorized key file here and trust it
     #[arg(long, value_name = "FILE", default_value = "sim-sa-key.json")]
     pub key_out: PathBuf,
+    /// Raise or lower a quota, e.g. compute.instances.count=300 (repeatable; the cloud's defaults otherwise)
+    #[arg(long = "quota", value_name = "NAME=N")]
+    pub quotas: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +157,9 @@ pub struct ProxmoxSimArgs {
     /// Plain HTTP instead of HTTPS
     #[arg(long)]
     pub http: bool,
+    /// Verify every request against this Proxmox VE API schema (pve-docs' apidata.js; default: env RIGGER_PROXMOX_APIDATA, else ../shared/reference/api/proxmox/apidata.js beside the source checkout)
+    #[arg(long, value_name = "FILE")]
+    pub api_definitions: Option<std::path::PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

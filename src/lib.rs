@@ -15,6 +15,7 @@ pub mod project;
 pub mod providers;
 pub mod remote;
 pub mod render;
+pub mod reshape;
 pub mod resource;
 pub mod roles;
 pub mod saved_plan;

@@ -9,6 +9,7 @@ use serde_json::Value;
 /// Every template rigger ships, by file name.
 pub const BUILTIN: &[(&str, &str)] = &[
     ("etcd.env.j2", include_str!("../templates/etcd.env.j2")),
+    ("etcd-bootstrap.env.j2", include_str!("../templates/etcd-bootstrap.env.j2")),
     ("patroni.yml.j2", include_str!("../templates/patroni.yml.j2")),
     ("haproxy.cfg.j2", include_str!("../templates/haproxy.cfg.j2")),
     ("keepalived.conf.j2", include_str!("../templates/keepalived.conf.j2")),

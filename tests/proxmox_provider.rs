@@ -123,6 +123,7 @@ async fn round_trip(seed: u64) {
         running: Duration::from_secs(60),
         agent: Duration::from_secs(60),
         attempts: 6,
+        lock: Duration::from_secs(60),
     });
 
     let specs = provider.specs(&plan).unwrap();
@@ -183,4 +184,86 @@ async fn create_refresh_delete_with_faults_seed_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_refresh_delete_with_faults_seed_3() {
     round_trip(3).await;
+}
+
+/// What the GUI would show, the plan shows: a stopped guest is started in
+/// place; a guest an interrupted creation left locked is planned as a
+/// replacement with the lock as the reason, and deleting it ends at once with
+/// an error naming the guest, the lock and `pct unlock`; after the unlock,
+/// re-apply converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_sees_status_and_interrupted_creations() {
+    use rigger::diff::{self, Action};
+    let mut opts = ProxmoxSimOptions::new("127.0.0.1:0".parse().unwrap());
+    opts.op_time_ms = 20;
+    opts.auth_fail_delay_ms = 10;
+    let handle = sim::start(opts).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan(dir.path(), &handle.base_url());
+    plan.hosts.truncate(2);
+    let ProviderConfig::Proxmox(config) = &plan.provider else { unreachable!() };
+    let tls = TlsMode::Pinned(tls::parse_fingerprint(handle.fingerprint.as_deref().unwrap()).unwrap());
+    let token = (handle.options.token_id.clone(), handle.options.token_secret.clone());
+    let auth = Auth::Token { id: token.0.clone(), secret: token.1.clone() };
+    let client = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth.clone(), tls.clone())).unwrap();
+    // A long lock wait: the interrupted creation must not be waited for at all.
+    let provider = ProxmoxProvider::new(client, config.clone(), plan.project.clone()).with_timeouts(ProviderTimeouts {
+        running: Duration::from_secs(60),
+        agent: Duration::from_secs(60),
+        attempts: 3,
+        lock: Duration::from_secs(600),
+    });
+    let api = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth, tls.clone())).unwrap();
+    let specs = provider.specs(&plan).unwrap();
+    for spec in &specs {
+        create_with_retries(&provider, spec).await;
+    }
+    let render = |changes: &[diff::Change]| rigger::ui::plan::render_human(changes, &rigger::ui::Paint { on: false });
+    let refresh = || async { provider.refresh(&[], &Events::silent()).await.expect("refresh") };
+    assert!(diff::compute(&specs, &refresh().await).iter().all(|c| c.action == Action::NoOp));
+
+    // pg-1 stopped (as from the GUI): an in-place start.
+    api.run_task(reqwest::Method::POST, "/nodes/pve/lxc/101/status/stop", &[]).await.unwrap();
+    let changes = diff::compute(&specs, &refresh().await);
+    let pg1 = changes.iter().find(|c| c.address.name == "pg-1").unwrap();
+    assert_eq!((pg1.action, pg1.changed.clone()), (Action::Update, vec!["status".to_string()]));
+    let text = render(&changes);
+    assert!(text.contains(r#"status = "stopped" -> "running""#), "{text}");
+    provider.update(&specs[0], pg1.live.as_ref().unwrap(), &Deps::new(), &Events::silent()).await.expect("start in place");
+    assert!(diff::compute(&specs, &refresh().await).iter().all(|c| c.action == Action::NoOp));
+
+    // pg-2 left `lock: create` by a creation that died (no task holds it).
+    api.run_task(reqwest::Method::POST, "/nodes/pve/lxc/102/status/stop", &[]).await.unwrap();
+    let http = reqwest::Client::builder().use_preconfigured_tls(tls::client_config(&tls).unwrap().unwrap()).build().unwrap();
+    let sim_lock = |method: reqwest::Method| {
+        http.request(method, format!("{}/_sim/guests/102/lock?lock=create", handle.base_url()))
+            .header("Authorization", format!("PVEAPIToken={}={}", token.0, token.1))
+            .send()
+    };
+    assert!(sim_lock(reqwest::Method::POST).await.unwrap().status().is_success());
+    let changes = diff::compute(&specs, &refresh().await);
+    let pg2 = changes.iter().find(|c| c.address.name == "pg-2").unwrap().clone();
+    assert_eq!(pg2.action, Action::Replace, "{pg2:?}");
+    assert_eq!(pg2.replace_because, vec!["lock".to_string()]);
+    let text = render(&changes);
+    assert!(text.contains("machine.pg-2 must be replaced (lock forces replacement)"), "{text}");
+    assert!(text.contains(r#"lock   = "create" -> null  # forces replacement"#), "{text}");
+    // The replacement's delete ends (a hang guard, not a timing) with what to do.
+    let deleted = tokio::time::timeout(Duration::from_secs(120), provider.delete(pg2.live.as_ref().unwrap(), &Events::silent()))
+        .await
+        .expect("delete of a guest locked by an interrupted creation must end, not wait for the lock");
+    let message = format!("{:#}", deleted.unwrap_err());
+    assert!(message.contains("CT 102 ('pg-2') is locked (create)"), "{message}");
+    assert!(message.contains("`pct unlock 102`"), "{message}");
+    // Destroy-style delete of the same guest gives the same answer; the guest is untouched.
+    assert!(handle.guests().iter().any(|g| g.vmid == 102 && g.lock.as_deref() == Some("create")));
+
+    // `pct unlock 102` on the node: the next plan starts it, and re-apply converges.
+    assert!(sim_lock(reqwest::Method::DELETE).await.unwrap().status().is_success());
+    let changes = diff::compute(&specs, &refresh().await);
+    let pg2 = changes.iter().find(|c| c.address.name == "pg-2").unwrap();
+    assert_eq!((pg2.action, pg2.changed.clone()), (Action::Update, vec!["status".to_string()]));
+    provider.update(&specs[1], pg2.live.as_ref().unwrap(), &Deps::new(), &Events::silent()).await.expect("start in place");
+    assert!(diff::compute(&specs, &refresh().await).iter().all(|c| c.action == Action::NoOp));
+    handle.stop().await;
 }

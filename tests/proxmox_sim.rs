@@ -184,8 +184,26 @@ async fn errors_travel_in_the_status_line() {
     assert_eq!(response.status(), 500);
     let reason = response.extensions().get::<hyper::ext::ReasonPhrase>().map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
     assert_eq!(reason.as_deref(), Some("Configuration file 'nodes/pve/lxc/777.conf' does not exist"));
+    // PVE's json formatter puts no message in the body: `{"data":null}` only.
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["data"], Value::Null);
+    assert_eq!(body, serde_json::json!({ "data": null }));
+
+    // A task the index does not list: PVE's parameter exception, exactly.
+    let upid = "UPID:pve:0000FFFF:0000FFFF:00000000:vzcreate:999:root@pam:";
+    let response = http
+        .get(format!("{}/api2/json/nodes/pve/tasks/{upid}/status", handle.base_url()))
+        .header("Authorization", format!("PVEAPIToken={}={}", handle.options.token_id, handle.options.token_secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let reason = response.extensions().get::<hyper::ext::ReasonPhrase>().map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
+    assert_eq!(reason.as_deref(), Some("Parameter verification failed."));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({ "data": null, "errors": { "upid": "no such task" } }));
+    // rigger's client reads it as a task not listed yet.
+    let err = token_client(&handle, pinned(&handle)).get(&format!("/nodes/pve/tasks/{upid}/status"), &[]).await.unwrap_err();
+    assert!(err.is_unknown_task(), "{err}");
     handle.stop().await;
 }
 

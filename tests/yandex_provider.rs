@@ -166,7 +166,7 @@ fn assert_no_diff(specs: &[ResourceSpec], live: &BTreeMap<Address, LiveResource>
 async fn whole_lifecycle(seed: u64, client_retries: bool) {
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let opts = YandexSimOptions { key_out: dir.path().join("sa-key.json"), faults: 0.1, seed, op_time_ms: 5, ..Default::default() };
+    let opts = YandexSimOptions { key_out: dir.path().join("sa-key.json"), faults: 0.1, seed, op_time_ms: 5, record_requests: true, ..Default::default() };
     let sim = SimHandle::start(listener, opts).await.unwrap();
     let mut plan = plan(dir.path(), &sim.endpoint(), &sim.key_path);
     let p = provider(&plan, client_retries);
@@ -260,7 +260,87 @@ async fn whole_lifecycle(seed: u64, client_retries: bool) {
     }
     let inventory = sim.inventory();
     assert!(inventory.is_empty(), "left behind: {inventory:?}");
+    assert_fits_the_published_protos(&sim, seed);
     sim.stop().await;
+}
+
+/// Both sides of the wire against Yandex Cloud's published protos
+/// (`../shared/reference/api/yandex-cloudapi`, beside the checkout): every
+/// request the client made is bound to an RPC by its `google.api.http` path
+/// and method, its body and query use the request message's proto3 JSON
+/// names and types (64-bit integers as strings, enums by name) and meet the
+/// validation rules; every answer the simulator gave fits the RPC's output
+/// message (an Operation's `response`/`metadata` by their `@type`), and every
+/// refusal is a google.rpc.Status.
+fn assert_fits_the_published_protos(sim: &SimHandle, seed: u64) {
+    use rigger::sim::yandex::definitions::{json_name, Definitions, Side};
+    use serde_json::Value;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/api/yandex-cloudapi");
+    assert!(root.is_dir(), "{} is missing: the definition checks need shared/ beside the checkout", root.display());
+    let defs = Definitions::load(&root).expect("the protos read");
+    assert!(sim.verifies_against_definitions(), "the simulator verifies requests against the protos");
+    let calls = sim.recorded();
+    assert!(calls.len() > 20, "seed {seed}: only {} calls recorded", calls.len());
+    let mut rpcs = std::collections::BTreeSet::new();
+    for call in &calls {
+        let at = format!("seed {seed}: {} {}{}", call.method, call.path, call.query.as_deref().map(|q| format!("?{q}")).unwrap_or_default());
+        let (rpc, vars) = defs.route(&call.method, &call.path).unwrap_or_else(|| panic!("{at}: no RPC is bound to this path and method"));
+        rpcs.insert(format!("{}.{}", rpc.service, rpc.name));
+        let input = defs.message(&rpc.input).unwrap_or_else(|| panic!("{at}: no message {}", rpc.input));
+        // The request: path variables, then the body (`*`) or the query.
+        let mut request = serde_json::Map::new();
+        for (var, value) in &vars {
+            request.insert(json_name(var), Value::String(value.clone()));
+        }
+        if rpc.body == "*" {
+            let body = call.body.as_object().unwrap_or_else(|| panic!("{at}: the body is not a JSON object: {}", call.body));
+            request.extend(body.clone());
+        } else {
+            assert!(call.body.is_null(), "{at}: a body on a call bound without one: {}", call.body);
+            for pair in call.query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let field = input.fields.iter().find(|f| f.json_name == key);
+                let field = field.unwrap_or_else(|| panic!("{at}: query parameter {key} is not a field (proto3 JSON name) of {}", rpc.input));
+                let decoded = percent_encoding::percent_decode_str(value).decode_utf8_lossy().replace('+', " ");
+                let value = match field.ty.as_str() {
+                    "int32" | "uint32" | "double" | "float" => serde_json::json!(decoded.parse::<f64>().unwrap_or(f64::NAN)),
+                    "bool" => serde_json::json!(decoded == "true"),
+                    _ => Value::String(decoded),
+                };
+                request.insert(key.to_string(), value);
+            }
+        }
+        let problems = defs.check(&rpc.input, &Value::Object(request), Side::Request);
+        assert!(problems.is_empty(), "{at}: the request does not fit {}: {problems:#?}", rpc.input);
+        // The answer.
+        if call.status != 200 {
+            let status = call.answer.as_object().unwrap_or_else(|| panic!("{at}: refusal {} is not JSON", call.status));
+            assert!(status.keys().all(|k| ["code", "message", "details"].contains(&k.as_str())), "{at}: not a google.rpc.Status: {}", call.answer);
+            assert!(status.get("code").is_some_and(Value::is_i64) && status.get("message").is_some_and(Value::is_string), "{at}: {}", call.answer);
+            continue;
+        }
+        let mut problems = defs.check(&rpc.output, &call.answer, Side::Answer);
+        for part in ["response", "metadata"] {
+            if let Some(any) = call.answer.get(part) {
+                let ty = any["@type"].as_str().unwrap_or("").trim_start_matches("type.googleapis.com/");
+                let mut inner = any.clone();
+                inner.as_object_mut().map(|o| o.remove("@type"));
+                problems.extend(defs.check(ty, &inner, Side::Answer).into_iter().map(|p| format!("{part}: {p}")));
+            }
+        }
+        assert!(problems.is_empty(), "{at}: the answer does not fit {}: {problems:#?}\n{}", rpc.output, call.answer);
+    }
+    // The check can fail: a create with memory as a JSON number and no folder is refused.
+    let create = calls.iter().find(|c| c.method == "POST" && c.path == "/compute/v1/instances").expect("an instance create");
+    let mut broken = create.body.clone();
+    broken["resourcesSpec"]["memory"] = serde_json::json!(2u64 << 30);
+    broken.as_object_mut().unwrap().remove("folderId");
+    let problems = defs.check("yandex.cloud.compute.v1.CreateInstanceRequest", &broken, Side::Request);
+    assert!(problems.iter().any(|p| p.contains("resourcesSpec.memory") && p.contains("strings")), "{problems:#?}");
+    assert!(problems.iter().any(|p| p.contains("folderId: required")), "{problems:#?}");
+    for expected in ["IamTokenService.Create", "NetworkService.Create", "SubnetService.Create", "SecurityGroupService.Create", "InstanceService.Create", "InstanceService.List", "OperationService.Get", "InstanceService.Delete"] {
+        assert!(rpcs.contains(expected), "seed {seed}: the round trip never called {expected}: {rpcs:?}");
+    }
 }
 
 #[tokio::test]

@@ -110,6 +110,13 @@ async fn validation_errors_like_the_real_api() {
     let e = c.run(Method::POST, Service::Vpc, "/vpc/v1/subnets", Some(&subnet("c", "10.2.0.0/29"))).await.unwrap_err();
     assert_eq!(api_code(&e), 3, "{e}");
 
+    // The published protos' rules, which the simulator's own checks do not
+    // repeat: a network description longer than 256 characters.
+    let long = json!({ "folderId": FOLDER, "name": "described", "description": "x".repeat(257) });
+    let e = c.run(Method::POST, Service::Vpc, "/vpc/v1/networks", Some(&long)).await.unwrap_err();
+    assert_eq!(api_code(&e), 3, "{e}");
+    assert!(e.to_string().contains("description"), "{e}");
+
     // A core fraction standard-v3 does not offer; int64 given as a number is accepted.
     let instance = json!({
         "folderId": FOLDER, "name": "vm", "zoneId": "ru-central1-a", "platformId": "standard-v3",

@@ -36,10 +36,17 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
 
     // What to do: the cloud changes, and (for machines that exist) the host changes.
     let mut config_plan: Option<ConfigPlan> = None;
+    // Host-side steps that make a machine's deletion safe; they run before the cloud step.
+    let mut drain: Option<crate::reshape::drain::DrainPlan> = None;
     let changes = match saved {
         Some(s) => {
             s.check_current(lineage.as_deref(), serial)?;
             print!("{}", ui::plan::render_human(&s.changes, &paint));
+            if !infra_only {
+                let d = crate::reshape::drain::compute(&project, &state, &s.changes, &crate::events::Events::silent()).await?;
+                print!("{}", ui::drain::render_human(&d, &paint));
+                drain = Some(d);
+            }
             s.changes
         }
         None => {
@@ -68,6 +75,22 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             };
             let changes = engine::restrict_to_targets(crate::diff::compute(&specs, &live), &specs, &args.targets)?;
             print!("{}", ui::plan::render_human(&changes, &paint));
+            if !infra_only {
+                let d = match crate::reshape::drain::compute(&project, &state, &changes, &crate::events::Events::silent()).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        if let Some(cp) = config_plan_ok {
+                            cp.close().await;
+                        }
+                        return Err(e);
+                    }
+                };
+                let text = ui::drain::render_human(&d, &paint);
+                if !text.is_empty() {
+                    print!("\n{text}");
+                }
+                drain = Some(d);
+            }
             if let Some(cp) = &config_plan_ok {
                 let text = ui::hosts::render_human(cp, &state.secrets, &paint);
                 if !text.is_empty() {
@@ -95,7 +118,17 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     let shared = Arc::new(Mutex::new(Shared { store, state }));
     let (events, printer) = Printer::start(verbose);
     let applier = Applier { provider, project: project.clone(), shared: shared.clone(), events: events.clone(), parallelism: args.parallelism };
-    let mut result = applier.apply(&changes).await;
+    // Drain before destroy: the host-side steps run before the cloud deletes anything.
+    let mut result = match drain.as_ref().filter(|d| !d.is_empty()) {
+        Some(d) => {
+            let state = shared.lock().await.state.clone();
+            crate::reshape::run::execute(&project, &state, d, &events).await
+        }
+        None => Ok(()),
+    };
+    if result.is_ok() {
+        result = applier.apply(&changes).await;
+    }
     // Every apply that may dial the machines: Proxmox LXC guests get the plan's
     // user and verified host keys here (cheap once done).
     if result.is_ok() && !(infra_only && args.no_ssh_wait) {

@@ -31,6 +31,8 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     printer.finish().await;
     let changes = crate::diff::compute(&specs, &live?);
     let config_plan = config_plan.transpose()?;
+    // Host-side steps before machines are deleted (drain before destroy); refused here when unsafe.
+    let drain = if args.infra_only { None } else { Some(crate::reshape::drain::compute(&project, &state, &changes, &crate::events::Events::silent()).await?) };
 
     let paint = Paint { on: ui::color_enabled() };
     if args.json {
@@ -39,9 +41,18 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
             doc["host_changes"] = serde_json::to_value(ui::hosts::json(cp))?;
             doc["parameter_changes"] = serde_json::to_value(&cp.parameter_changes)?;
         }
+        if let Some(d) = drain.as_ref().filter(|d| !d.leaving.is_empty()) {
+            doc["drain"] = serde_json::to_value(d)?;
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", ui::plan::render_human(&changes, &paint));
+        if let Some(d) = &drain {
+            let text = ui::drain::render_human(d, &paint);
+            if !text.is_empty() {
+                print!("\n{text}");
+            }
+        }
         if let Some(cp) = &config_plan {
             let text = ui::hosts::render_human(cp, &state.secrets, &paint);
             if !text.is_empty() {

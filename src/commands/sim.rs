@@ -29,7 +29,12 @@ async fn run_yandex(args: &SimYandexCmd, verbose: bool) -> Result<i32> {
         Some(machines) => Arc::new(yandex::local::LocalBackend::new(machines.clone())),
         None => Arc::new(NoMachines),
     };
+    let mut quotas = yandex::Quotas::default();
+    for assignment in &args.quotas {
+        quotas.set(assignment)?;
+    }
     let opts = YandexSimOptions {
+        quotas,
         listen: c.listen,
         sa_key: args.sa_key.clone(),
         key_out: args.key_out.clone(),

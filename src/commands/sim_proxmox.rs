@@ -22,6 +22,9 @@ pub async fn run(args: &ProxmoxSimArgs, verbose: bool) -> Result<i32> {
     opts.op_time_ms = args.op_time;
     opts.faults = args.faults;
     opts.http = args.http;
+    if let Some(path) = &args.api_definitions {
+        opts.api_definitions = Some(path.clone());
+    }
     if let Some(seed) = args.seed {
         opts.seed = seed;
     }

@@ -1,11 +1,15 @@
 //! etcd: three (or five…) members on the v3 API, started together; a changed
 //! config restarts one member at a time so the quorum holds; the gate is
-//! `etcdctl endpoint health` on every member.
+//! `etcdctl endpoint health` on every member. A member that is new to a
+//! running cluster joins it (`member add`, `existing`), one at a time
+//! (`reshape::etcd_members`). The initial-cluster settings live in their own
+//! file that notifies nothing: etcd reads them only at bootstrap.
 
 use super::{file, service};
 use crate::config::ops::{HostDesired, OnChange};
 use crate::config::run::{start, wait_for, RoleRun};
 use crate::remote::session::HostSession;
+use crate::reshape::etcd_members;
 use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
@@ -14,10 +18,25 @@ use std::time::Duration;
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
         packages: vec!["etcd-server".into(), "etcd-client".into()],
-        files: vec![file("etcd", "/etc/default/etcd", r.render("etcd.env.j2", ctx)?, 0o644, "root", "root", None, &["etcd"])],
+        files: vec![
+            file("etcd", "/etc/default/etcd", r.render("etcd.env.j2", ctx)?, 0o644, "root", "root", None, &["etcd"]),
+            file("etcd", BOOTSTRAP_FILE, r.render("etcd-bootstrap.env.j2", ctx)?, 0o644, "root", "root", None, &[]),
+            file("etcd", DROP_IN, DROP_IN_TEXT.to_string(), 0o644, "root", "root", None, &[]),
+        ],
         services: vec![service("etcd", "etcd", OnChange::Custom)],
         ..Default::default()
     })
+}
+
+/// Bootstrap-only settings (templates/etcd-bootstrap.env.j2).
+const BOOTSTRAP_FILE: &str = "/etc/default/etcd-bootstrap";
+/// Makes Debian's etcd.service read the bootstrap file and, on a joining
+/// member, the join file after /etc/default/etcd (later files win).
+const DROP_IN: &str = "/etc/systemd/system/etcd.service.d/rigger-bootstrap.conf";
+const DROP_IN_TEXT: &str = "# Managed by rigger: settings etcd reads only when it bootstraps its data directory.\n[Service]\nEnvironmentFile=-/etc/default/etcd-bootstrap\nEnvironmentFile=-/etc/default/etcd-join\n";
+
+fn peer_port(run: &RoleRun) -> u64 {
+    run.plan.setting("etcd", "peer_port").and_then(Value::as_u64).unwrap_or(2380)
 }
 
 fn client_port(run: &RoleRun) -> u64 {
@@ -25,19 +44,44 @@ fn client_port(run: &RoleRun) -> u64 {
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
-    // Members that are down start together (a lone member waits for its peers).
-    run.each(|h, s| async move {
-        let ch = run.changes_of(&h.name);
-        for svc in &ch.enable {
-            s.sudo_ok("enabling etcd", &format!("systemctl enable {svc} 2>&1")).await?;
+    let down: Vec<String> = run.hosts.iter().filter(|h| run.changes_of(&h.name).start.iter().any(|x| x == "etcd")).map(|h| h.name.clone()).collect();
+    let running: Vec<String> = run.hosts.iter().map(|h| h.name.clone()).filter(|n| !down.contains(n)).collect();
+    // A member without data in a cluster that runs is new to it: it joins, one at a time.
+    let mut joiners = Vec::new();
+    if !running.is_empty() {
+        for name in &down {
+            if !etcd_members::has_data(run.session(name)?).await? {
+                joiners.push(name.clone());
+            }
         }
-        if ch.start.iter().any(|x| x == "etcd") {
-            run.events.progress(&format!("etcd {}", h.name), "starting etcd");
-            s.sudo_ok("starting etcd", "systemctl start --no-block etcd").await?;
+    }
+    // Members that are down (and not joining) start together (a lone member waits for its peers).
+    run.each(|h, s| {
+        let joining = joiners.contains(&h.name);
+        async move {
+            let ch = run.changes_of(&h.name);
+            if ch.files.iter().any(|f| f.file.path == DROP_IN) {
+                s.sudo_ok("reloading systemd units", "systemctl daemon-reload").await?;
+            }
+            for svc in &ch.enable {
+                s.sudo_ok("enabling etcd", &format!("systemctl enable {svc} 2>&1")).await?;
+            }
+            if ch.start.iter().any(|x| x == "etcd") && !joining {
+                run.events.progress(&format!("etcd {}", h.name), "starting etcd");
+                s.sudo_ok("starting etcd", "systemctl start --no-block etcd").await?;
+            }
+            Ok(())
         }
-        Ok(())
     })
     .await?;
+    if let Some(existing) = running.first() {
+        let existing = run.session(existing)?;
+        for name in &joiners {
+            let host = run.plan.host(name).ok_or_else(|| anyhow::anyhow!("{name}: not in the plan"))?;
+            run.events.progress(&format!("etcd {name}"), "joining the running cluster (member add, then start with `existing`)");
+            etcd_members::join(existing, run.session(name)?, name, &host.ip.to_string(), client_port(run), peer_port(run)).await?;
+        }
+    }
     gate(run).await?;
     // Running members whose config changed: one at a time, healthy in between.
     for h in &run.hosts {

@@ -1,5 +1,6 @@
 //! Everything rigger shows a person. Workers send `Event`s; one printer shows them.
 
+pub mod drain;
 pub mod hosts;
 pub mod plan;
 pub mod printer;

@@ -118,8 +118,32 @@ impl ApiError {
         }
     }
 
+    /// The message or any per-parameter error mentions `needle`. PVE reports a
+    /// parameter exception (pve-common `raise_param_exc`) as 400 `Parameter
+    /// verification failed.` with the detail only in the `errors` map.
     pub fn mentions(&self, needle: &str) -> bool {
-        self.message().to_ascii_lowercase().contains(&needle.to_ascii_lowercase())
+        let needle = needle.to_ascii_lowercase();
+        let in_errors = match self {
+            ApiError::Status { errors, .. } => errors.values().any(|e| e.to_ascii_lowercase().contains(&needle)),
+            _ => false,
+        };
+        in_errors || self.message().to_ascii_lowercase().contains(&needle)
+    }
+
+    /// The task index does not list this UPID (yet). pve-manager's
+    /// PVE/API2/Tasks.pm answers a status/log query for a task whose file is
+    /// not there with `raise_param_exc({ upid => "no such task" })`: HTTP 400,
+    /// reason `Parameter verification failed.`, body
+    /// `{"data":null,"errors":{"upid":"no such task"}}`. Older stand-ins (and
+    /// this project's simulator before it followed PVE) put the text in the
+    /// status line instead; both forms are accepted.
+    pub fn is_unknown_task(&self) -> bool {
+        match self {
+            ApiError::Status { status: 400, message, errors, .. } => {
+                errors.get("upid").is_some_and(|e| e.contains("no such task")) || message.contains("no such task")
+            }
+            _ => false,
+        }
     }
 
     pub fn status(&self) -> Option<u16> {
@@ -362,5 +386,22 @@ mod tests {
         assert!(!status(400, "Parameter verification failed.").is_retryable());
         assert!(!status(500, "CT 100 already running").is_retryable());
         assert!(!status(501, "Method 'GET /x' not implemented").is_retryable());
+    }
+
+    #[test]
+    fn unknown_task_in_both_forms() {
+        let pve = ApiError::Status {
+            method: "GET".into(),
+            path: "/nodes/pve/tasks/UPID:x/status".into(),
+            status: 400,
+            message: "Parameter verification failed.".into(),
+            errors: [("upid".to_string(), "no such task".to_string())].into(),
+        };
+        assert!(pve.is_unknown_task());
+        assert!(pve.mentions("no such task"));
+        assert!(!pve.is_retryable());
+        assert!(status(400, "no such task").is_unknown_task());
+        assert!(!status(400, "Parameter verification failed.").is_unknown_task());
+        assert!(!status(500, "no such task").is_unknown_task());
     }
 }

@@ -22,6 +22,7 @@
 pub mod client;
 pub mod first_login;
 pub mod host_keys;
+pub mod locks;
 pub mod resources;
 pub mod tasks;
 pub mod tls;
@@ -52,12 +53,22 @@ pub struct ProviderTimeouts {
     pub agent: Duration,
     /// Create/delete attempts on transient failures (the core may retry again).
     pub attempts: u32,
+    /// Until a config lock held by a running task is released.
+    pub lock: Duration,
 }
 
 impl Default for ProviderTimeouts {
     fn default() -> Self {
-        ProviderTimeouts { running: Duration::from_secs(300), agent: Duration::from_secs(600), attempts: 5 }
+        ProviderTimeouts { running: Duration::from_secs(300), agent: Duration::from_secs(600), attempts: 5, lock: Duration::from_secs(120) }
     }
+}
+
+/// A guest's lock after a bounded wait.
+enum Settled {
+    Gone,
+    Unlocked(Value),
+    /// `create`/`clone` with no task holding it: it will never be released.
+    Stale { name: String, lock: String },
 }
 
 pub struct ProxmoxProvider {
@@ -167,19 +178,45 @@ impl ProxmoxProvider {
     }
 
     /// Poll `status/current` until the guest has no config lock. `None` = gone.
+    /// Bounded: a `create`/`clone` lock no task holds (seen twice, a moment
+    /// apart, so a task just forked is not mistaken) fails at once, any other
+    /// lock after `timeouts.lock`; both errors say what to do.
     async fn wait_unlocked(&self, kind: &str, vmid: u64) -> Result<Option<Value>> {
-        let deadline = Instant::now() + self.timeouts.running;
+        match self.settle_lock(kind, vmid).await? {
+            Settled::Gone => Ok(None),
+            Settled::Unlocked(status) => Ok(Some(status)),
+            Settled::Stale { name, lock } => Err(locks::stale(kind, vmid, &name, &lock, self.node())),
+        }
+    }
+
+    /// Wait (bounded) while a running task holds the guest's lock; report a
+    /// lock left by an interrupted creation instead of waiting for it.
+    async fn settle_lock(&self, kind: &str, vmid: u64) -> Result<Settled> {
+        let started = Instant::now();
+        let mut unheld = 0;
         loop {
             let status = match self.client.get(&format!("{}/status/current", self.guest_path(kind, vmid)), &[]).await {
                 Ok(status) => status,
-                Err(e) if e.is_missing_guest() => return Ok(None),
+                Err(e) if e.is_missing_guest() => return Ok(Settled::Gone),
                 Err(e) => return Err(e.into()),
             };
-            match status.get("lock").and_then(Value::as_str) {
-                None => return Ok(Some(status)),
-                Some(lock) if Instant::now() > deadline => bail!("{kind} {vmid} stayed locked ({lock})"),
-                Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            let Some(lock) = status.get("lock").and_then(Value::as_str).map(str::to_string) else {
+                return Ok(Settled::Unlocked(status));
+            };
+            let name = status.get("name").and_then(Value::as_str).unwrap_or("?").to_string();
+            let holder = locks::holder(&self.client, self.node(), vmid, &lock).await?;
+            if holder.is_none() && locks::set_by_creation(&lock) {
+                unheld += 1;
+                if unheld >= 2 {
+                    return Ok(Settled::Stale { name, lock });
+                }
+            } else {
+                unheld = 0;
             }
+            if started.elapsed() > self.timeouts.lock {
+                return Err(locks::still_held(kind, vmid, &name, &lock, holder.as_deref(), started.elapsed().as_secs()));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
@@ -235,7 +272,7 @@ impl ProxmoxProvider {
         let config = self.client.get(&format!("{base}/config"), &[]).await?;
         let status = self.client.get(&format!("{base}/status/current"), &[]).await?;
         let state = status.get("status").and_then(Value::as_str).unwrap_or("unknown");
-        live_machine(kind, vmid, self.node(), state, &config).ok_or_else(|| anyhow!("{kind} {vmid} has no name in its config"))
+        live_machine(kind, vmid, self.node(), state, None, &config).ok_or_else(|| anyhow!("{kind} {vmid} has no name in its config"))
     }
 
     fn meta(&self, spec: &ResourceSpec) -> Meta {
@@ -299,7 +336,8 @@ impl ProxmoxProvider {
             .filter_map(|g| g.get("vmid").and_then(as_u64))
             .collect();
         for vmid in cloning {
-            self.wait_unlocked("qemu", vmid).await?;
+            // A clone interrupted long ago (anyone's) is no reason to wait.
+            self.settle_lock("qemu", vmid).await?;
         }
         Ok(())
     }
@@ -481,6 +519,8 @@ impl ProxmoxProvider {
                     cloud_init_changed = true;
                     params.push(("sshkeys", encode_sshkeys(attr_str(spec, "ssh_public_keys").unwrap_or(""))));
                 }
+                // A stopped guest is started below.
+                "status" => {}
                 _ => {}
             }
         }
@@ -497,11 +537,16 @@ impl ProxmoxProvider {
         }
         // Cloud-init applies at boot: restart a running VM.
         let status = self.client.get(&format!("{base}/status/current"), &[]).await?;
-        if cloud_init_changed && status.get("status").and_then(Value::as_str) == Some("running") {
+        let running = status.get("status").and_then(Value::as_str) == Some("running");
+        if cloud_init_changed && running {
             events.progress(subject, "restarting for cloud-init");
             self.client.run_task(Method::POST, &format!("{base}/status/shutdown"), &[("timeout", "120".into()), ("forceStop", "1".into())]).await?;
+        }
+        if (cloud_init_changed && running) || (!running && attr_str(spec, "status") == Some("running")) {
             self.ensure_running(kind, vmid, subject, events).await?;
-            self.wait_agent_ip(vmid, attr_str(spec, "ip").unwrap_or(""), subject, events).await?;
+            if kind == "qemu" {
+                self.wait_agent_ip(vmid, attr_str(spec, "ip").unwrap_or(""), subject, events).await?;
+            }
         }
         let mut fresh = self.read_live(kind, vmid).await?;
         carry_login_outputs(live, &mut fresh);
@@ -695,7 +740,7 @@ impl Provider for ProxmoxProvider {
 
     async fn refresh(&self, known: &[LiveResource], events: &Events) -> Result<Vec<LiveResource>> {
         events.progress("proxmox", "listing guests");
-        let ours: Vec<(String, u64, String)> = self
+        let ours: Vec<(String, u64, String, Option<String>)> = self
             .guests()
             .await?
             .iter()
@@ -704,15 +749,27 @@ impl Provider for ProxmoxProvider {
             .filter_map(|g| {
                 let kind = g.get("type").and_then(Value::as_str)?.to_string();
                 let status = g.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string();
-                Some((kind, g.get("vmid").and_then(as_u64)?, status))
+                let lock = g.get("lock").and_then(Value::as_str).map(str::to_string);
+                Some((kind, g.get("vmid").and_then(as_u64)?, status, lock))
             })
             .collect();
-        let reads = ours.iter().map(|(kind, vmid, status)| async move {
+        let reads = ours.iter().map(|(kind, vmid, status, lock)| async move {
+            // What the GUI shows: a guest still being created is waited for
+            // (bounded); one whose creation was interrupted keeps its lock in
+            // the live attributes, so the plan replaces it and says why.
+            let (status, stale) = match lock.as_deref().filter(|l| locks::set_by_creation(l)) {
+                None => (status.clone(), None),
+                Some(_) => match self.settle_lock(kind, *vmid).await? {
+                    Settled::Gone => return Ok(None),
+                    Settled::Unlocked(now) => (now.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string(), None),
+                    Settled::Stale { lock, .. } => (status.clone(), Some(lock)),
+                },
+            };
             match self.client.get(&format!("{}/config", self.guest_path(kind, *vmid)), &[]).await {
-                Ok(config) => Ok(live_machine(kind, *vmid, self.node(), status, &config)),
+                Ok(config) => Ok(live_machine(kind, *vmid, self.node(), &status, stale.as_deref(), &config)),
                 // Deleted between the list and the read.
                 Err(e) if e.is_missing_guest() => Ok(None),
-                Err(e) => Err(e),
+                Err(e) => Err(anyhow::Error::from(e)),
             }
         });
         let remembered: BTreeMap<_, _> = known.iter().map(|k| (&k.address, k)).collect();

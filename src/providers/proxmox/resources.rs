@@ -167,7 +167,12 @@ pub fn machine_spec(plan: &Plan, cfg: &ProxmoxConfig, host: &Host, ssh_keys: &st
     attrs.insert("tags".into(), json!(project_tags(&plan.project)));
     attrs.insert("onboot".into(), json!(1));
     attrs.insert("ssh_public_keys".into(), json!(normalise_keys(ssh_keys)));
-    let mut replace_on: BTreeSet<String> = ["kind", "vmid", "storage", "ip"].into_iter().map(String::from).collect();
+    // What the GUI shows: a stopped guest is started in place; a guest whose
+    // creation was interrupted (its `create`/`clone` lock held by no task) is
+    // replaced, and the plan shows that lock as the reason.
+    attrs.insert("status".into(), json!("running"));
+    attrs.insert("lock".into(), Value::Null);
+    let mut replace_on: BTreeSet<String> = ["kind", "vmid", "storage", "ip", "lock"].into_iter().map(String::from).collect();
     match host.guest_kind {
         GuestKind::Lxc => {
             attrs.insert("template".into(), json!(cfg.template));
@@ -204,8 +209,9 @@ fn config_u64(config: &Value, key: &str) -> Option<u64> {
     config_str(config, key).and_then(|s| s.split(',').next().and_then(|n| n.trim().parse().ok()))
 }
 
-/// A guest's config (from `GET …/config`) as attributes and outputs.
-pub fn live_machine(kind: &str, vmid: u64, node: &str, status: &str, config: &Value) -> Option<LiveResource> {
+/// A guest's config (from `GET …/config`) as attributes and outputs;
+/// `stale_lock` is a lock an interrupted creation left (see `locks.rs`).
+pub fn live_machine(kind: &str, vmid: u64, node: &str, status: &str, stale_lock: Option<&str>, config: &Value) -> Option<LiveResource> {
     let name_key = if kind == "lxc" { "hostname" } else { "name" };
     let hostname = config_str(config, name_key)?;
     let meta = Meta::parse(&config_str(config, "description").unwrap_or_default());
@@ -239,6 +245,8 @@ pub fn live_machine(kind: &str, vmid: u64, node: &str, status: &str, config: &Va
     }
     attrs.insert("tags".into(), json!(normalise_tags(&config_str(config, "tags").unwrap_or_default())));
     attrs.insert("onboot".into(), json!(config_u64(config, "onboot").unwrap_or(0)));
+    attrs.insert("status".into(), json!(status));
+    attrs.insert("lock".into(), stale_lock.map_or(Value::Null, |l| json!(l)));
     if let Some(template) = &meta.template {
         attrs.insert("template".into(), json!(template));
     }
@@ -289,7 +297,7 @@ mod tests {
             "net0": "name=eth0,bridge=vmbr0,gw=192.168.50.1,hwaddr=BC:24:11:00:00:01,ip=192.168.50.21/24,type=veth",
             "description": meta.render(),
         });
-        let live = live_machine("lxc", 101, "pve", "running", &config).unwrap();
+        let live = live_machine("lxc", 101, "pve", "running", None, &config).unwrap();
         assert_eq!(live.attrs["ip"], json!("192.168.50.21/24"));
         assert_eq!(live.attrs["gateway"], json!("192.168.50.1"));
         assert_eq!(live.attrs["disk"], json!("8G"));

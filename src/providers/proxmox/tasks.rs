@@ -57,8 +57,9 @@ impl ProxmoxClient {
                         return Err(ApiError::TaskFailed { upid: upid.to_string(), exitstatus: exit, log });
                     }
                 }
-                // The task index may not list a task forked a moment ago.
-                Err(e) if e.mentions("no such task") && unknown < UNKNOWN_TASK_TOLERANCE => unknown += 1,
+                // The task index may not list a task forked a moment ago
+                // (PVE answers 400 with `errors.upid = "no such task"`).
+                Err(e) if e.is_unknown_task() && unknown < UNKNOWN_TASK_TOLERANCE => unknown += 1,
                 Err(e) => return Err(e),
             }
             if started.elapsed() > self.options().task_timeout {

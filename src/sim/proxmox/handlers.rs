@@ -6,7 +6,8 @@
 use super::guests;
 use super::reply::{HandlerResult, Reply};
 use super::state::{GuestKind, State, Ticket};
-use super::validation::{check, opt, Params, Ty, VMID};
+use super::definitions::Verdict;
+use super::validation::{check, opt, Params, Ty, VERIFIED_BY_DEFINITIONS, VMID};
 
 const TEXT_FILTER: Ty = Ty::Str { max_len: 256 };
 use super::{Sim, DEFAULT_LXC_TEMPLATE};
@@ -52,6 +53,9 @@ pub async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Response<Body>
         tokio::time::sleep(Duration::from_millis(sim.opts.latency_ms)).await;
     }
     let (parts, body) = request.into_parts();
+    if parts.uri.path().starts_with("/api2/json") {
+        sim.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let reply = match axum::body::to_bytes(Body::new(body), 1 << 20).await {
         Ok(body) => match route(&sim, parts.method.as_str(), &parts.uri, &parts.headers, &body).await {
             Ok(data) => Reply::data(data),
@@ -67,6 +71,38 @@ pub async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Response<Body>
 pub const SIM_GUESTS_PATH: &str = "/_sim/guests";
 /// Not Proxmox either: how many faults were injected so far.
 pub const SIM_STATS_PATH: &str = "/_sim/stats";
+
+/// Not Proxmox: `POST /_sim/guests/{vmid}/lock?lock=create` leaves a stopped
+/// guest locked as a worker killed mid-creation does (no task holds the lock);
+/// `DELETE` lifts it as `pct unlock` / `qm unlock` on the node would.
+fn sim_guest_lock(sim: &Sim, method: &str, path: &str, query: Option<&str>) -> Option<HandlerResult> {
+    let vmid: u32 = path.strip_prefix("/_sim/guests/")?.strip_suffix("/lock")?.parse().ok()?;
+    let mut state = lock_state(sim);
+    let Some(guest) = state.guests.get_mut(&vmid) else {
+        return Some(Err(Reply::fail(format!("no guest {vmid}"))));
+    };
+    Some(match method {
+        "POST" => {
+            let lock = query
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .find_map(|kv| kv.strip_prefix("lock="))
+                .unwrap_or("create")
+                .to_string();
+            if guest.running {
+                Err(Reply::fail(format!("guest {vmid} is running: stop it first (an interrupted creation leaves it stopped)")))
+            } else {
+                guest.config.insert("lock".into(), lock);
+                Ok(Value::Null)
+            }
+        }
+        "DELETE" => {
+            guest.config.remove("lock");
+            Ok(Value::Null)
+        }
+        _ => Err(not_implemented(method, path)),
+    })
+}
 
 fn sim_guests(sim: &Sim) -> Value {
     let guests: Vec<Value> = super::summaries(sim)
@@ -90,7 +126,16 @@ async fn route(sim: &Arc<Sim>, method: &str, uri: &Uri, headers: &HeaderMap, bod
     }
     if method == "GET" && uri.path() == SIM_STATS_PATH {
         authenticate(sim, method, headers).await?;
-        return Ok(json!({ "faults_injected": sim.faults_injected.load(std::sync::atomic::Ordering::Relaxed) }));
+        return Ok(json!({
+            "faults_injected": sim.faults_injected.load(std::sync::atomic::Ordering::Relaxed),
+            "requests": sim.requests.load(std::sync::atomic::Ordering::Relaxed),
+        }));
+    }
+    if uri.path().starts_with("/_sim/guests/") {
+        authenticate(sim, method, headers).await?;
+        if let Some(result) = sim_guest_lock(sim, method, uri.path(), uri.query()) {
+            return result;
+        }
     }
     let Some(path) = uri.path().strip_prefix("/api2/json") else {
         return Err(not_implemented(method, uri.path()));
@@ -105,11 +150,40 @@ async fn route(sim: &Arc<Sim>, method: &str, uri: &Uri, headers: &HeaderMap, bod
     }
     let caller = authenticate(sim, method, headers).await?;
 
-    match roll_fault(sim, method, &segs) {
-        Fault::None => dispatch(sim, method, path, &segs, &params, &caller).await,
+    let result = verified_route(sim, method, path, &segs, &params, &caller).await;
+    if sim.opts.record_requests {
+        let (status, answer) = match &result {
+            Ok(data) => (200, data.clone()),
+            Err(reply) => (reply.status.as_u16(), reply.body.get("errors").cloned().unwrap_or(Value::Null)),
+        };
+        if let Ok(mut recorded) = sim.recorded.lock() {
+            recorded.push(super::RecordedRequest { method: method.into(), path: path.into(), params: params.clone(), status, answer });
+        }
+    }
+    result
+}
+
+/// pve-common's PVE/RESTHandler.pm `handle` verifies the parameters against
+/// the method's schema before its code runs; with the published definitions
+/// loaded, they decide (a path they lack is 501 as pve-http-server answers it).
+async fn verified_route(sim: &Arc<Sim>, method: &str, path: &str, segs: &[&str], params: &Params, caller: &Caller) -> HandlerResult {
+    let Some(definitions) = &sim.definitions else {
+        return faulty_dispatch(sim, method, path, segs, params, caller).await;
+    };
+    match definitions.verify(method, path, params) {
+        Verdict::Ok => {}
+        Verdict::Refused(errors) => return Err(Reply::params(errors)),
+        Verdict::NoSuchPath | Verdict::NoSuchMethod => return Err(not_implemented(method, path)),
+    }
+    VERIFIED_BY_DEFINITIONS.scope(true, faulty_dispatch(sim, method, path, segs, params, caller)).await
+}
+
+async fn faulty_dispatch(sim: &Arc<Sim>, method: &str, path: &str, segs: &[&str], params: &Params, caller: &Caller) -> HandlerResult {
+    match roll_fault(sim, method, segs) {
+        Fault::None => dispatch(sim, method, path, segs, params, caller).await,
         Fault::Before(reply) => Err(reply),
         Fault::AnswerLost(reply) => {
-            let _ = dispatch(sim, method, path, &segs, &params, &caller).await;
+            let _ = dispatch(sim, method, path, segs, params, caller).await;
             Err(reply)
         }
     }
@@ -320,8 +394,18 @@ fn roll_fault(sim: &Sim, method: &str, segs: &[&str]) -> Fault {
         "qemu" => w[1].parse::<u32>().ok().map(|id| (GuestKind::Qemu, id)),
         _ => None,
     });
-    match state.rng.gen_range(0..3) {
+    // The transient answers of a busy PVE node: pve-common's PVE/Tools.pm
+    // `lock_file_full` dies "can't lock file '…' - got timeout" (10 s flock,
+    // or 1 s for the source of a clone), PVE/AbstractConfig.pm `check_lock`
+    // dies "CT is locked (backup)" while another task (here: a vzdump) holds
+    // the guest, pveproxy answers 596 when pvedaemon does not; each is a plain
+    // `die`, so 500 with the text in the status line.
+    match state.rng.gen_range(0..4) {
         0 => Fault::Before(Reply::fail("got timeout")),
+        3 if method != "GET" => match guest {
+            Some((kind, _)) => Fault::Before(Reply::fail(format!("{} is locked (backup)", kind.noun()))),
+            None => Fault::Before(Reply::fail("got timeout")),
+        },
         1 => match guest {
             Some((kind, vmid)) => {
                 Fault::Before(Reply::fail(format!("can't lock file '{}' - got timeout", kind.lock_file(vmid))))
@@ -480,14 +564,21 @@ fn task_list(sim: &Sim, params: &Params) -> HandlerResult {
     Ok(Value::Array(tasks.into_iter().skip(start).take(limit).collect()))
 }
 
+/// pve-manager PVE/API2/Tasks.pm (read_task_status, read_task_log): a UPID
+/// whose task file is not (yet) there is a parameter exception,
+/// `raise_param_exc({ upid => "no such task" })`.
+fn no_such_task() -> Reply {
+    Reply::param("upid", "no such task")
+}
+
 fn task_status(sim: &Sim, upid: &str) -> HandlerResult {
     let mut state = lock_state(sim);
     let Some(task) = state.tasks.get_mut(upid) else {
-        return Err(Reply::error(400, "no such task"));
+        return Err(no_such_task());
     };
     if task.invisible_polls > 0 {
         task.invisible_polls -= 1;
-        return Err(Reply::error(400, "no such task"));
+        return Err(no_such_task());
     }
     let mut status = json!({
         "upid": task.upid, "node": sim.opts.node, "pid": task.pid, "pstart": task.pstart,
@@ -511,7 +602,7 @@ fn task_log(sim: &Sim, upid: &str, params: &Params) -> HandlerResult {
     let limit: usize = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(50);
     let state = lock_state(sim);
     let Some(task) = state.tasks.get(upid) else {
-        return Err(Reply::error(400, "no such task"));
+        return Err(no_such_task());
     };
     let lines: Vec<Value> =
         task.log.iter().enumerate().skip(start).take(limit).map(|(i, t)| json!({ "n": i + 1, "t": t })).collect();

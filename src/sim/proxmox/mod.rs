@@ -4,6 +4,7 @@
 //! config locks, parameter verification, normalised stored config, tickets +
 //! CSRF and API tokens, seeded faults.
 
+pub mod definitions;
 mod guests;
 mod handlers;
 pub mod local_machines;
@@ -58,6 +59,23 @@ pub struct ProxmoxSimOptions {
     pub agent_delay_ms: u64,
     /// Idle keep-alive connections are closed after this long.
     pub keepalive_timeout: Duration,
+    /// The published API schema (`apidata.js`) every request is verified
+    /// against; without it the simulator's built-in tables verify.
+    pub api_definitions: Option<std::path::PathBuf>,
+    /// Keep every request and its answer (for the definition tests).
+    pub record_requests: bool,
+}
+
+/// One request the simulator answered (`record_requests`).
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Under `/api2/json`.
+    pub path: String,
+    pub params: validation::Params,
+    pub status: u16,
+    /// The envelope's `data` (success) or the `errors` map (400).
+    pub answer: serde_json::Value,
 }
 
 impl ProxmoxSimOptions {
@@ -78,6 +96,8 @@ impl ProxmoxSimOptions {
             auth_fail_delay_ms: 3000,
             agent_delay_ms: 3000,
             keepalive_timeout: Duration::from_secs(5),
+            api_definitions: definitions::default_path(),
+            record_requests: false,
         }
     }
 }
@@ -160,6 +180,10 @@ pub(crate) struct Sim {
     pub machines: Arc<dyn MachineBackend>,
     /// Faults injected so far (requests and tasks).
     pub faults_injected: std::sync::atomic::AtomicU64,
+    /// api2/json requests answered (the `/_sim/` views not counted).
+    pub requests: std::sync::atomic::AtomicU64,
+    pub definitions: Option<Arc<definitions::ApiSchema>>,
+    pub recorded: Mutex<Vec<RecordedRequest>>,
 }
 
 /// A guest as the store holds it (for tests and the CLI's summary).
@@ -216,6 +240,16 @@ impl ProxmoxSimHandle {
         format!("{scheme}://{}", self.addr)
     }
 
+    /// Every request answered so far (with `record_requests`).
+    pub fn recorded(&self) -> Vec<RecordedRequest> {
+        self.sim.recorded.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Whether requests are verified against the published schema, and which.
+    pub fn definitions(&self) -> Option<&std::path::Path> {
+        self.sim.definitions.as_ref().and(self.options.api_definitions.as_deref())
+    }
+
     /// The guests in the store, by VMID.
     pub fn guests(&self) -> Vec<GuestSummary> {
         summaries(&self.sim)
@@ -239,6 +273,13 @@ impl ProxmoxSimHandle {
             o.token_secret,
             o.password,
         );
+        match self.definitions() {
+            Some(path) => out.push_str(&format!("  parameters verified against: {}\n", path.display())),
+            None => out.push_str(&format!(
+                "  parameters verified by the built-in tables (no apidata.js found: --api-definitions FILE or {})\n",
+                definitions::ENV_APIDATA
+            )),
+        }
         if let Some(fp) = &self.fingerprint {
             out.push_str(&format!("  tls_fingerprint: {fp}\n"));
         }
@@ -290,12 +331,19 @@ async fn start_on(listener: TcpListener, mut opts: ProxmoxSimOptions, machines: 
     opts.listen = addr;
     let cert = tls::generate(&opts.node)?;
     let tls_config = if opts.http { None } else { Some(tls::server_config(&cert)?) };
+    let definitions = match &opts.api_definitions {
+        Some(path) => Some(definitions::shared(path)?),
+        None => None,
+    };
     let sim = Arc::new(Sim {
+        definitions,
+        recorded: Mutex::new(Vec::new()),
         fingerprint: cert.fingerprint.clone(),
         state: Mutex::new(State::new(StdRng::seed_from_u64(opts.seed))),
         file_locks: Arc::new(FileLocks::default()),
         machines,
         faults_injected: Default::default(),
+        requests: Default::default(),
         opts: opts.clone(),
     });
     handlers::seed_node(&sim);

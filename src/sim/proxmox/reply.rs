@@ -1,7 +1,16 @@
 //! Proxmox's wire envelope: `{"data": …}` on success; on failure the message
-//! travels in the HTTP status line's reason phrase, the body is
-//! `{"data":null,"message":"…"}` (plus `errors` per field for 400s), and the
-//! server closes the connection after the response.
+//! travels only in the HTTP status line's reason phrase and the body is
+//! `{"data":null}`, plus an `errors` map (parameter → message) for parameter
+//! exceptions; the server closes the connection after the response.
+//!
+//! Source: pve-http-server, PVE/APIServer/Formatter/Standard.pm
+//! `prepare_response_data` builds `{ data => …, errors => … }` and adds
+//! `message`/`success` only for the `extjs`/`htmljs` formats, never for
+//! `json`; PVE/APIServer/AnyEvent.pm makes the response with
+//! `HTTP::Response->new($res->{status}, $res->{message})`. pve-common's
+//! PVE/Exception.pm `raise_param_exc` raises code 400 with the message
+//! `Parameter verification failed.` and the per-parameter `errors`; any other
+//! `die` in a handler becomes 500 with its text as the message.
 
 use super::validation::FieldErrors;
 use axum::body::Body;
@@ -22,12 +31,11 @@ impl Reply {
         Reply { status: StatusCode::OK, message: None, body: json!({ "data": data }) }
     }
 
-    /// An error whose message is the reason phrase (PVE ends messages with `\n`).
+    /// An error whose message is the reason phrase; the body carries no text.
     pub fn error(status: u16, message: impl Into<String>) -> Reply {
         let message = message.into();
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = json!({ "data": null, "message": format!("{}\n", message.trim_end()) });
-        Reply { status, message: Some(message), body }
+        Reply { status, message: Some(message), body: json!({ "data": null }) }
     }
 
     /// 500, the status Proxmox uses for most failures.

@@ -3,6 +3,7 @@
 //! configurable latency, operation time, faults and quotas.
 
 pub mod console;
+pub mod definitions;
 mod handlers;
 pub mod keys;
 pub mod local;
@@ -55,6 +56,67 @@ impl Default for Quotas {
     }
 }
 
+impl Quotas {
+    /// The names `--quota NAME=N` takes: the cloud's quota metric names (as
+    /// its QuotaFailure details and the console's quota page name them), plus
+    /// `operations.active` for the folder's concurrent-operation limit.
+    pub const NAMES: &'static [&'static str] = &[
+        "vpc.networks.count",
+        "vpc.subnets.count",
+        "vpc.securityGroups.count",
+        "vpc.securityGroupRules.count",
+        "compute.instances.count",
+        "compute.instanceCores.count",
+        "compute.instanceMemory.size",
+        "operations.active",
+    ];
+
+    /// Set one quota from `NAME=N` (`compute.instanceMemory.size` also takes
+    /// `512GiB`-style sizes); an unknown name lists the known ones.
+    pub fn set(&mut self, assignment: &str) -> Result<()> {
+        let (name, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--quota {assignment:?}: expected NAME=N, e.g. compute.instances.count=300"))?;
+        let (name, value) = (name.trim(), value.trim());
+        let number = || -> Result<u64> {
+            if name == "compute.instanceMemory.size" {
+                if let Some(bytes) = parse_bytes(value) {
+                    return Ok(bytes);
+                }
+            }
+            value.parse::<u64>().map_err(|_| anyhow::anyhow!("--quota {name}={value}: {value:?} is not a whole number"))
+        };
+        let slot = match name {
+            "vpc.networks.count" => &mut self.networks,
+            "vpc.subnets.count" => &mut self.subnets,
+            "vpc.securityGroups.count" => &mut self.security_groups,
+            "vpc.securityGroupRules.count" => &mut self.rules_per_security_group,
+            "compute.instances.count" => &mut self.instances,
+            "compute.instanceCores.count" => &mut self.cores,
+            "compute.instanceMemory.size" => &mut self.memory_bytes,
+            "operations.active" => &mut self.active_operations,
+            other => anyhow::bail!("--quota {other}: unknown quota; known: {}", Quotas::NAMES.join(", ")),
+        };
+        *slot = number()?;
+        Ok(())
+    }
+}
+
+/// `512GiB`, `64G`, or bytes.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let number: u64 = text[..digits_end].parse().ok()?;
+    let unit = match &text[digits_end..] {
+        "" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(unit)
+}
+
 #[derive(Clone, Debug)]
 pub struct YandexSimOptions {
     /// Where the CLI binds (`serve` itself takes a bound listener).
@@ -70,6 +132,23 @@ pub struct YandexSimOptions {
     pub faults: f64,
     pub seed: u64,
     pub quotas: Quotas,
+    /// Keep every API request and its answer (for the definition tests).
+    pub record_requests: bool,
+    /// The published protos every request is verified against (the cloudapi
+    /// folder); without them only the simulator's own checks apply.
+    pub api_definitions: Option<PathBuf>,
+}
+
+/// One API request the simulator answered (`record_requests`).
+#[derive(Clone, Debug)]
+pub struct RecordedCall {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// The JSON body (Null when there was none).
+    pub body: serde_json::Value,
+    pub status: u16,
+    pub answer: serde_json::Value,
 }
 
 impl Default for YandexSimOptions {
@@ -83,6 +162,8 @@ impl Default for YandexSimOptions {
             faults: 0.0,
             seed: 1,
             quotas: Quotas::default(),
+            record_requests: false,
+            api_definitions: definitions::default_root(),
         }
     }
 }
@@ -134,6 +215,8 @@ pub struct Sim {
     /// API requests answered (the `/_sim/` debug routes not counted).
     requests: std::sync::atomic::AtomicU64,
     machines: Arc<dyn MachineBackend>,
+    recorded: Option<Mutex<Vec<RecordedCall>>>,
+    definitions: Option<Arc<definitions::Definitions>>,
 }
 
 impl Sim {
@@ -225,6 +308,11 @@ fn prepare(opts: &YandexSimOptions, machines: Arc<dyn MachineBackend>) -> Result
         answers_lost: Default::default(),
         requests: Default::default(),
         machines,
+        recorded: opts.record_requests.then(|| Mutex::new(Vec::new())),
+        definitions: match &opts.api_definitions {
+            Some(root) => Some(definitions::shared(root)?),
+            None => None,
+        },
     };
     Ok((Arc::new(sim), key_file, path))
 }
@@ -276,6 +364,16 @@ impl SimHandle {
         self.sim.inventory()
     }
 
+    /// Whether requests are verified against the published protos.
+    pub fn verifies_against_definitions(&self) -> bool {
+        self.sim.definitions.is_some()
+    }
+
+    /// Every API request answered so far (with `record_requests`).
+    pub fn recorded(&self) -> Vec<RecordedCall> {
+        self.sim.recorded.as_ref().and_then(|r| r.lock().ok().map(|r| r.clone())).unwrap_or_default()
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -291,5 +389,23 @@ impl Drop for SimHandle {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::Quotas;
+
+    #[test]
+    fn quotas_are_set_by_their_metric_names_and_defaults_stay() {
+        let mut q = Quotas::default();
+        q.set("compute.instances.count=300").unwrap();
+        q.set("compute.instanceMemory.size=2TiB").unwrap();
+        q.set("operations.active = 30").unwrap();
+        assert_eq!((q.instances, q.memory_bytes, q.active_operations), (300, 2 << 40, 30));
+        assert_eq!(q.subnets, Quotas::default().subnets);
+        assert!(q.set("compute.gpus.count=1").unwrap_err().to_string().contains("known: vpc.networks.count"));
+        assert!(q.set("compute.instances.count=many").is_err());
+        assert!(q.set("compute.instances.count").is_err());
     }
 }

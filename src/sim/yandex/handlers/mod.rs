@@ -107,8 +107,39 @@ async fn gate(State(sim): Shared, req: Request, next: Next) -> Response {
     if !sim.latency.is_zero() {
         tokio::time::sleep(sim.latency).await;
     }
+    if let Some(recorded) = &sim.recorded {
+        return record(&sim, recorded, req, next, &request_id).await;
+    }
     let mut response = gate_inner(&sim, req, next, &request_id).await.unwrap_or_else(|e| e.into_response_with(&request_id));
     if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+/// The same, keeping the request and its answer.
+async fn record(sim: &Arc<Sim>, recorded: &std::sync::Mutex<Vec<super::RecordedCall>>, req: Request, next: Next, request_id: &str) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = to_bytes(body, MAX_BODY).await.unwrap_or_default();
+    let mut call = super::RecordedCall {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        status: 0,
+        answer: Value::Null,
+    };
+    let req = Request::from_parts(parts, Body::from(bytes));
+    let response = gate_inner(sim, req, next, request_id).await.unwrap_or_else(|e| e.into_response_with(request_id));
+    let (parts, body) = response.into_parts();
+    let bytes = to_bytes(body, MAX_BODY).await.unwrap_or_default();
+    call.status = parts.status.as_u16();
+    call.answer = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if let Ok(mut list) = recorded.lock() {
+        list.push(call);
+    }
+    let mut response = Response::from_parts(parts, Body::from(bytes));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
@@ -134,6 +165,17 @@ async fn gate_inner(sim: &Arc<Sim>, req: Request, next: Next, request_id: &str) 
     };
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, MAX_BODY).await.map_err(|e| ApiError::invalid(format!("cannot read request body: {e}")))?;
+    // The REST gateway checks a request against the RPC's input message (its
+    // names, types and the validation options) before the service sees it:
+    // INVALID_ARGUMENT naming the field (Yandex Cloud API docs, "Errors").
+    if let Some(definitions) = &sim.definitions {
+        if let Some(problems) = definitions.verify_rest(parts.method.as_str(), parts.uri.path(), parts.uri.query(), &bytes) {
+            if let Some(first) = problems.first() {
+                let (field, description) = first.split_once(": ").unwrap_or(("request", first.as_str()));
+                return Err(ApiError::field(field, description));
+            }
+        }
+    }
     let fingerprint = {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (parts.method.as_str(), parts.uri.path(), bytes.as_ref()).hash(&mut h);
