@@ -246,8 +246,13 @@ fn rigger_steps(stderr: &str) -> (f64, f64) {
 }
 
 /// A no-change `rigger apply`: wall time and where it went, after checking it changed nothing.
-fn rigger_noop(stack: &Stack) -> Result<(f64, String)> {
-    let (out, secs) = timed(&mut stack.rigger(&["apply", &stack.plan_arg(), "--auto-approve"]))?;
+/// `persist`: with RIGGER_SSH_PERSIST (the masters of the previous run reused).
+fn rigger_noop(stack: &Stack, persist: bool) -> Result<(f64, String)> {
+    let mut cmd = stack.rigger(&["apply", &stack.plan_arg(), "--auto-approve"]);
+    if persist {
+        cmd.env(rigger::remote::persist::ENV, "60");
+    }
+    let (out, secs) = timed(&mut cmd)?;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     if !out.status.success() {
         bail!("rigger apply failed:\n{}\n{}", tail(&stdout, 15), tail(&stderr, 15));
@@ -421,6 +426,9 @@ fn main() -> Result<()> {
         bail!("the first apply failed:\n{}\n{}", tail(&text(&out.stdout), 20), tail(&text(&out.stderr), 20));
     }
     println!("first apply (13 machines + config): {:.1} s", started.elapsed().as_secs_f64());
+    for l in text(&out.stderr).lines().filter(|l| l.contains("] roles: critical path") || l.contains("] facts: facts gathered")) {
+        println!("  {l}");
+    }
 
     let work = stack.dir.path().to_path_buf();
     let inv_dir = work.join("inventories");
@@ -476,14 +484,25 @@ fn main() -> Result<()> {
     }
 
     let (mut r, mut f13, mut f9, mut a, mut p) = (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
+    let mut rp = Series::default();
+    // Untimed: leaves the SSH masters running for the persistent row's first round.
+    let _ = rigger_noop(&stack, true);
     for rep in 1..=reps {
         println!("round {rep}/{reps} (load {})", load());
-        match rigger_noop(&stack) {
+        match rigger_noop(&stack, false) {
             Ok((t, note)) => {
                 r.record("rigger apply (no-op)", Ok(t));
                 println!("  {:<24} {note}", "");
             }
             Err(e) => r.record("rigger apply (no-op)", Err(e)),
+        }
+        check_interrupted()?;
+        match rigger_noop(&stack, true) {
+            Ok((t, note)) => {
+                rp.record("rigger, masters kept", Ok(t));
+                println!("  {:<24} {note}", "");
+            }
+            Err(e) => rp.record("rigger, masters kept", Err(e)),
         }
         check_interrupted()?;
         f13.record(&format!("ssh floor, {} hosts", all_hosts.len()), floor(&ssh_config, &all_hosts));
@@ -509,12 +528,16 @@ fn main() -> Result<()> {
         (None, _) => println!("  {label:<40} not measured: {}", why.or(s.error.as_ref()).map(String::as_str).unwrap_or("no successful run")),
     };
     row("rigger apply (refresh+facts+gates)", &r, None);
+    row("rigger, RIGGER_SSH_PERSIST (masters kept)", &rp, None);
     row(&format!("floor: parallel ssh true, {} hosts", all_hosts.len()), &f13, None);
     row(&format!("floor: parallel ssh true, {} hosts", manifest.hosts.len()), &f9, None);
     row("ansible-playbook (template+systemd)", &a, ansible.as_ref().err());
     row("pyinfra (files.template+systemd)", &p, pyinfra.as_ref().err());
     if let (Some(rm), Some(fm)) = (rigger_median, median(&f13.times)) {
         println!("  rigger / floor ({} hosts): {:.2}x", all_hosts.len(), rm / fm);
+    }
+    if let (Some(rm), Some(fm)) = (median(&rp.times), median(&f13.times)) {
+        println!("  rigger with SSH masters kept / floor ({} hosts): {:.2}x", all_hosts.len(), rm / fm);
     }
     if let (Some(rm), Some(fm)) = (rigger_median, median(&f9.times)) {
         println!("  rigger / floor ({} hosts rigger dials): {:.2}x", manifest.hosts.len(), rm / fm);

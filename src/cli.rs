@@ -49,6 +49,17 @@ pub enum Command {
     /// Run a cloud API simulator to point plans at
     #[command(subcommand)]
     Sim(SimCmd),
+    /// Planned Patroni leader change (Patroni's API), gated on the stack healthy again
+    Switchover(SwitchoverCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct SwitchoverCmd {
+    #[arg(default_value = "rigger.yaml")]
+    pub plan: PathBuf,
+    /// The replica to hand the leadership to (default: the first streaming replica)
+    #[arg(long)]
+    pub to: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -62,6 +73,9 @@ pub struct DrillCmd {
     /// An orderly shutdown instead of pulling the plug
     #[arg(long)]
     pub shutdown: bool,
+    /// Crash rounds (median and worst RTO), then a planned switchover's write gap
+    #[arg(long)]
+    pub rounds: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::future::Future;
-use tokio::task::JoinSet;
+use futures::stream::{FuturesUnordered, StreamExt};
 
 #[derive(Debug, Clone)]
 pub struct Graph<N: Ord + Clone> {
@@ -115,7 +115,8 @@ pub enum Outcome<E> {
 
 /// Run `work` for every node, at most `parallelism` at once, each as soon as
 /// all of its dependencies are `Done`. A failure skips the nodes that depend on
-/// it (transitively) and lets everything else go on.
+/// it (transitively) and lets everything else go on. Each node runs as its own
+/// tokio task.
 pub async fn walk<N, E, F, Fut>(graph: &Graph<N>, parallelism: usize, work: F) -> BTreeMap<N, Outcome<E>>
 where
     N: Ord + Clone + Display + Send + 'static,
@@ -123,9 +124,25 @@ where
     F: Fn(N) -> Fut,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
 {
+    walk_borrowed(graph, parallelism, |n| {
+        let task = tokio::spawn(work(n));
+        async move { task.await.unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic())) }
+    })
+    .await
+}
+
+/// The same walk, polled in place: the work may borrow from the caller (the
+/// config phase's roles borrow its sessions and plan), at the price of running
+/// on the caller's task — fine for work that mostly waits on the network.
+pub async fn walk_borrowed<N, E, F, Fut>(graph: &Graph<N>, parallelism: usize, work: F) -> BTreeMap<N, Outcome<E>>
+where
+    N: Ord + Clone + Display,
+    F: Fn(N) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
     let parallelism = parallelism.max(1);
     let mut outcomes: BTreeMap<N, Outcome<E>> = BTreeMap::new();
-    let mut running: JoinSet<(N, Result<(), E>)> = JoinSet::new();
+    let mut running = FuturesUnordered::new();
     let mut started: BTreeSet<N> = BTreeSet::new();
     loop {
         // Skip what can never run; start what is ready, up to the limit.
@@ -154,14 +171,13 @@ where
                 started.insert(n.clone());
                 let fut = work(n.clone());
                 let node = n.clone();
-                running.spawn(async move { (node, fut.await) });
+                running.push(async move { (node, fut.await) });
             }
         }
-        match running.join_next().await {
-            Some(Ok((n, result))) => {
+        match running.next().await {
+            Some((n, result)) => {
                 outcomes.insert(n, result.map_or_else(Outcome::Failed, |_| Outcome::Done));
             }
-            Some(Err(join_error)) => std::panic::resume_unwind(join_error.into_panic()),
             None => break,
         }
     }

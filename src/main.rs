@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             Command::Backups(a) => commands::backup::run_backups(a, state).await,
             Command::Restore(a) => commands::restore::run(a, state, cli.verbose).await,
             Command::Sim(c) => commands::sim::run(c, cli.verbose).await,
+            Command::Switchover(a) => commands::switchover::run(a, state).await,
         }
     });
     match result {

@@ -35,87 +35,259 @@ pub async fn run(args: &DrillCmd, state_override: Option<&Path>) -> Result<i32> 
     let plan = &project.plan;
     let provider = project.provider()?;
     let store = StateStore::open(&project.state_path, "rigger drill")?;
-    let mut state = store.load()?.ok_or_else(|| anyhow!("nothing was applied for project {} yet", plan.project))?;
-
-    let status = super::status::gather(&project, &state).await?;
-    if !status.healthy() {
-        bail!("the stack is not healthy before the drill — see `rigger status`; a drill needs a healthy cluster to mean anything");
+    let mut state = store
+        .load()?
+        .ok_or_else(|| anyhow!("nothing was applied for project {} yet", plan.project))?;
+    if let Some(n) = args.rounds {
+        return super::drill_rounds::run(
+            &project,
+            provider.as_ref(),
+            &store,
+            &mut state,
+            args.shutdown,
+            n.max(1),
+        )
+        .await;
     }
-    let leader = status.patroni.iter().find(|m| m.role == "leader").map(|m| m.name.clone()).ok_or_else(|| anyhow!("no Patroni leader"))?;
+    let r = crash_round(
+        &project,
+        provider.as_ref(),
+        &store,
+        &mut state,
+        args.shutdown,
+    )
+    .await?;
+    let rto = r.rto?;
+    println!();
+    println!("RTO (write port unavailable): {:.1}s — the architecture documents expect {:.0}–{:.0}s ({})", rto.as_secs_f64(), EXPECTED_RTO.0, EXPECTED_RTO.1, verdict(rto.as_secs_f64()));
+    println!(
+        "acknowledged writes: {}, lost: {}",
+        r.committed,
+        r.lost.len()
+    );
+    match &r.rejoined {
+        Ok(secs) => println!(
+            "old leader {}: back as a streaming replica {secs:.1}s after power-on",
+            r.leader
+        ),
+        Err(e) => println!("old leader {}: did NOT rejoin: {e:#}", r.leader),
+    }
+    if !r.lost.is_empty() {
+        println!("lost rows {:?}: asynchronous replication lost acknowledged commits — set services.patroni.synchronous_mode: true to trade latency for none", r.lost);
+        return Ok(1);
+    }
+    r.rejoined?;
+    Ok(0)
+}
+
+/// One crash of the leader's machine, measured.
+pub struct CrashRound {
+    pub leader: String,
+    /// From the kill to the first acknowledged write after writes failed.
+    pub rto: Result<Duration>,
+    pub committed: usize,
+    pub lost: Vec<i64>,
+    /// Seconds from power-on until the old leader streams as a replica.
+    pub rejoined: Result<f64>,
+}
+
+/// Where the drill writes: the VIP (or the first HAProxy) and the write port.
+pub fn write_target(project: &Project, state: &crate::state::State) -> Result<(String, String)> {
+    let plan = &project.plan;
     let front = plan
         .setting("keepalived", "vip")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .or_else(|| plan.hosts_with_role("haproxy").next().map(|h| h.ip.to_string()))
+        .or_else(|| {
+            plan.hosts_with_role("haproxy")
+                .next()
+                .map(|h| h.ip.to_string())
+        })
         .ok_or_else(|| anyhow!("the plan has no HAProxy host to write through"))?;
-    let port = plan.setting("haproxy", "write_port").and_then(Value::as_u64).unwrap_or(5000);
-    let password = state.secrets.get("postgres_superuser_password").cloned().ok_or_else(|| anyhow!("no superuser password in the state"))?;
+    let port = plan
+        .setting("haproxy", "write_port")
+        .and_then(Value::as_u64)
+        .unwrap_or(5000);
+    let password = state
+        .secrets
+        .get("postgres_superuser_password")
+        .cloned()
+        .ok_or_else(|| anyhow!("no superuser password in the state"))?;
     let tls = match state.secrets.get(crate::pki::CA_CERT).filter(|_| plan.security.tls) {
         Some(ca) => Some(MakeRustlsConnect::new(crate::pki::client_config(ca)?)),
         None => None,
     };
     let sslmode = if tls.is_some() { "require" } else { "disable" };
     let _ = PG_TLS.set(tls);
-    let conninfo = format!("host={front} port={port} user=postgres dbname=postgres connect_timeout=2 sslmode={sslmode}");
-    println!("drill: writing through {front}:{port}; the leader is {leader}");
+    Ok((
+        format!("host={front} port={port} user=postgres dbname=postgres connect_timeout=2 sslmode={sslmode}"),
+        password,
+    ))
+}
 
-    let setup = connect(&conninfo, &password).await.context("cannot connect through the write port")?;
-    setup.batch_execute("CREATE TABLE IF NOT EXISTS rigger_drill (id bigint PRIMARY KEY, at timestamptz DEFAULT now()); TRUNCATE rigger_drill;").await?;
-    drop(setup);
+/// A numbered row through the write port every 100 ms, until finished.
+pub struct Writer {
+    conninfo: String,
+    password: String,
+    log: Arc<Mutex<WriterLog>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
 
-    let log = Arc::new(Mutex::new(WriterLog::default()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = tokio::spawn(write_loop(conninfo.clone(), password.clone(), log.clone(), stop.clone()));
-    wait_until(Duration::from_secs(30), || log.lock().map(|l| l.committed.len() >= 10).unwrap_or(false)).await.context("writes do not succeed before the drill")?;
+impl Writer {
+    pub async fn start(conninfo: &str, password: &str) -> Result<Writer> {
+        let setup = connect(conninfo, password)
+            .await
+            .context("cannot connect through the write port")?;
+        setup.batch_execute("CREATE TABLE IF NOT EXISTS rigger_drill (id bigint PRIMARY KEY, at timestamptz DEFAULT now()); TRUNCATE rigger_drill;").await?;
+        drop(setup);
+        let log = Arc::new(Mutex::new(WriterLog::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn(write_loop(
+            conninfo.to_string(),
+            password.to_string(),
+            log.clone(),
+            stop.clone(),
+        ));
+        let w = Writer {
+            conninfo: conninfo.to_string(),
+            password: password.to_string(),
+            log,
+            stop,
+            task,
+        };
+        wait_until(Duration::from_secs(30), || w.committed() >= 10)
+            .await
+            .context("writes do not succeed before the drill")?;
+        Ok(w)
+    }
+
+    pub fn committed(&self) -> usize {
+        self.log.lock().map(|l| l.committed.len()).unwrap_or(0)
+    }
+
+    /// A few more writes, then stop; returns (acknowledged, lost row ids).
+    pub async fn finish(self) -> Result<(usize, Vec<i64>)> {
+        let target = self.committed() + 5;
+        let _ = wait_until(Duration::from_secs(30), || self.committed() >= target).await;
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.task.await;
+        let check = connect(&self.conninfo, &self.password)
+            .await
+            .context("cannot connect to count the rows")?;
+        let rows = check.query("SELECT id FROM rigger_drill", &[]).await?;
+        let present: std::collections::BTreeSet<i64> =
+            rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+        check
+            .batch_execute("DROP TABLE IF EXISTS rigger_drill")
+            .await
+            .ok();
+        let l = self
+            .log
+            .lock()
+            .map_err(|_| anyhow!("writer log poisoned"))?;
+        Ok((
+            l.committed.len(),
+            l.committed
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !present.contains(id))
+                .collect(),
+        ))
+    }
+
+    /// The longest time between two acknowledged writes after `since`.
+    pub fn longest_gap_since(&self, since: Instant) -> Duration {
+        let l = match self.log.lock() {
+            Ok(l) => l,
+            Err(_) => return Duration::ZERO,
+        };
+        let times: Vec<Instant> = l.committed.iter().map(|(_, t)| *t).collect();
+        times
+            .windows(2)
+            .filter(|w| w[1] > since)
+            .map(|w| w[1].duration_since(w[0].max(since)))
+            .max()
+            .unwrap_or_default()
+    }
+
+    pub async fn recovery_after(&self, kill_at: Instant, limit: Duration) -> Result<Duration> {
+        wait_for_recovery(&self.log, kill_at, limit).await
+    }
+}
+
+/// Kill (or shut down) the leader's machine while writing; measure; power it on again.
+pub async fn crash_round(
+    project: &Project,
+    provider: &dyn crate::providers::Provider,
+    store: &StateStore,
+    state: &mut crate::state::State,
+    shutdown: bool,
+) -> Result<CrashRound> {
+    let status = super::status::gather(project, state).await?;
+    if !status.healthy() {
+        bail!("the stack is not healthy before the drill — see `rigger status`; a drill needs a healthy cluster to mean anything");
+    }
+    let leader = status
+        .patroni
+        .iter()
+        .find(|m| m.role == "leader")
+        .map(|m| m.name.clone())
+        .ok_or_else(|| anyhow!("no Patroni leader"))?;
+    let (conninfo, password) = write_target(project, state)?;
+    println!("drill: writing through the write port; the leader is {leader}");
+    let writer = Writer::start(&conninfo, &password).await?;
 
     // Pull the plug on the leader.
-    let live = state.resources.values().find(|r| r.address.kind == crate::resource::Kind::Machine && r.address.name == leader).cloned().ok_or_else(|| anyhow!("{leader} is not in the state"))?;
+    let live = state
+        .resources
+        .values()
+        .find(|r| r.address.kind == crate::resource::Kind::Machine && r.address.name == leader)
+        .cloned()
+        .ok_or_else(|| anyhow!("{leader} is not in the state"))?;
     let events = crate::events::Events::silent();
     let kill_at = Instant::now();
-    let killed = provider.power(&live, if args.shutdown { Power::Shutdown } else { Power::Kill }, &events).await?;
-    println!("drill: {} {leader} ({:.1}s)", if args.shutdown { "shut down" } else { "killed" }, kill_at.elapsed().as_secs_f64());
+    let killed = provider
+        .power(
+            &live,
+            if shutdown {
+                Power::Shutdown
+            } else {
+                Power::Kill
+            },
+            &events,
+        )
+        .await?;
+    println!(
+        "drill: {} {leader} ({:.1}s)",
+        if shutdown { "shut down" } else { "killed" },
+        kill_at.elapsed().as_secs_f64()
+    );
     state.resources.insert(killed.address.clone(), killed);
-    store.save(&mut state)?;
+    store.save(state)?;
 
-    // RTO: from the kill to the first acknowledged write after writes started failing.
-    let rto = wait_for_recovery(&log, kill_at, Duration::from_secs(180)).await;
-    // A few more writes on the new leader, then stop writing.
-    let target = log.lock().map(|l| l.committed.len()).unwrap_or(0) + 5;
-    let _ = wait_until(Duration::from_secs(30), || log.lock().map(|l| l.committed.len() >= target).unwrap_or(false)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = writer.await;
-
-    // Every acknowledged row must be there.
-    let check = connect(&conninfo, &password).await.context("cannot connect to count the rows")?;
-    let rows = check.query("SELECT id FROM rigger_drill", &[]).await?;
-    let present: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
-    let (committed, lost): (usize, Vec<i64>) = {
-        let l = log.lock().map_err(|_| anyhow!("writer log poisoned"))?;
-        (l.committed.len(), l.committed.iter().map(|(id, _)| *id).filter(|id| !present.contains(id)).collect())
-    };
+    let rto = writer
+        .recovery_after(kill_at, Duration::from_secs(180))
+        .await;
+    let (committed, lost) = writer.finish().await?;
 
     // Power the old leader back on; it must come back as a streaming replica.
     let rejoin_at = Instant::now();
-    let back = provider.power(&state.resources[&live.address], Power::Start, &events).await?;
+    let back = provider
+        .power(&state.resources[&live.address], Power::Start, &events)
+        .await?;
     state.resources.insert(back.address.clone(), back);
-    store.save(&mut state)?;
-    let rejoined = wait_rejoined(&project, &state, &leader, Duration::from_secs(240)).await;
-    check.batch_execute("DROP TABLE IF EXISTS rigger_drill").await.ok();
-
-    let rto = rto?;
-    println!();
-    println!("RTO (write port unavailable): {:.1}s — the architecture documents expect {:.0}–{:.0}s ({})", rto.as_secs_f64(), EXPECTED_RTO.0, EXPECTED_RTO.1, verdict(rto.as_secs_f64()));
-    println!("acknowledged writes: {committed}, lost: {}", lost.len());
-    match &rejoined {
-        Ok(()) => println!("old leader {leader}: back as a streaming replica {:.1}s after power-on", rejoin_at.elapsed().as_secs_f64()),
-        Err(e) => println!("old leader {leader}: did NOT rejoin: {e:#}"),
-    }
-    if !lost.is_empty() {
-        println!("lost rows {lost:?}: asynchronous replication lost acknowledged commits — set services.patroni.synchronous_mode: true to trade latency for none");
-        return Ok(1);
-    }
-    rejoined?;
-    Ok(0)
+    store.save(state)?;
+    let rejoined = wait_rejoined(project, state, &leader, Duration::from_secs(240))
+        .await
+        .map(|_| rejoin_at.elapsed().as_secs_f64());
+    Ok(CrashRound {
+        leader,
+        rto,
+        committed,
+        lost,
+        rejoined,
+    })
 }
 
 use std::path::Path;

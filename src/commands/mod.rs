@@ -5,6 +5,7 @@ pub mod backup;
 pub mod destroy;
 pub mod drill;
 pub mod drill_restore;
+pub mod drill_rounds;
 pub mod graph;
 pub mod inventory;
 pub mod output;
@@ -14,6 +15,7 @@ pub mod sim;
 pub mod sim_proxmox;
 pub mod state;
 pub mod status;
+pub mod switchover;
 pub mod validate;
 
 use crate::plan::services::secret_names;

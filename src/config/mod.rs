@@ -2,3 +2,4 @@ pub mod facts;
 pub mod ops;
 pub mod run;
 pub mod phase;
+pub mod dag;

@@ -138,7 +138,7 @@ pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_
         .values()
         .filter_map(|hp| hp.facts.probes.get("patroni_config").filter(|c| !c.trim().is_empty()))
         .next()
-        .map(|c| roles::patroni::parameter_changes(plan, c))
+        .map(|c| [crate::plan::rto::dcs_changes(plan, c), roles::patroni::parameter_changes(plan, c)].concat())
         .unwrap_or_default();
     let pending_restarts = host_plans
         .iter()
@@ -163,21 +163,19 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
     if cp.is_empty() {
         // Nothing to change anywhere: no role waits for another, so every
         // role's health gate runs at once (a no-change apply near the SSH floor).
-        let results = futures::future::join_all(roles.iter().map(|role| apply_role(&ctx, role))).await;
+        let results = futures::future::join_all(roles.iter().map(|role| async { bring_up_role(&ctx, stage_role(&ctx, role).await?).await })).await;
         let errors: Vec<String> = results.into_iter().filter_map(|r| r.err().map(|e| format!("{e:#}"))).collect();
         if !errors.is_empty() {
             bail!("{}", errors.join("\n"));
         }
         return Ok(());
     }
-    for role in roles {
-        apply_role(&ctx, role).await?;
-    }
-    Ok(())
+    // Roles walk their needs graph: independent roles together, staging early.
+    super::dag::apply_roles(&roles, events, |role| stage_role(&ctx, role), |staged| bring_up_role(&ctx, staged)).await
 }
 
 /// What every role's bring-up shares.
-struct RoleContext<'a> {
+pub(super) struct RoleContext<'a> {
     project: &'a Project,
     cp: &'a ConfigPlan,
     shared: &'a Arc<Mutex<Shared>>,
@@ -186,9 +184,20 @@ struct RoleContext<'a> {
     facts: &'a BTreeMap<String, HostFacts>,
 }
 
-/// One role: stage its files on all of its hosts, then bring it up to its gate.
-async fn apply_role(ctx: &RoleContext<'_>, role: &'static str) -> Result<()> {
-    let RoleContext { project, cp, shared, events, secrets, facts } = *ctx;
+/// A role whose files are in place: what its bring-up starts from.
+pub(super) struct StagedRole<'a> {
+    role: &'static str,
+    started: Instant,
+    changes: BTreeMap<String, HostChanges>,
+    ok_hosts: Vec<&'a Host>,
+    /// Hosts whose config was rejected (their service is left untouched).
+    rejected: Vec<String>,
+}
+
+/// Stage one role on all of its hosts at once: packages, services to retire,
+/// files. Needs nothing else to be up, so it may run before the role's needs.
+pub(super) async fn stage_role<'a>(ctx: &RoleContext<'a>, role: &'static str) -> Result<StagedRole<'a>> {
+    let RoleContext { project, cp, shared, events, .. } = *ctx;
     let plan = &project.plan;
     let role_hosts: Vec<&Host> = roles::hosts_for(plan, role).into_iter().filter(|h| cp.hosts.contains_key(&h.name)).collect();
     let subject = format!("role {role}");
@@ -217,7 +226,30 @@ async fn apply_role(ctx: &RoleContext<'_>, role: &'static str) -> Result<()> {
         }
     }
 
-    // Stage 2: bring the role up on the hosts whose files are in place.
+    // Work a role does before its start that needs no other role (e.g. the app's virtualenv).
+    if !ok_hosts.is_empty() {
+        let run = RoleRun { role, plan, secrets: ctx.secrets, hosts: ok_hosts.clone(), sessions: &cp.sessions, changes: changes.clone(), facts: ctx.facts, events };
+        prepare_role(role, &run).await.map_err(|e| {
+            events.failed(&format!("role {role}"), "preparing", &format!("{e:#}"));
+            anyhow!("role {role}: {e:#}")
+        })?;
+    }
+    Ok(StagedRole { role, started, changes, ok_hosts, rejected })
+}
+
+async fn prepare_role(role: &str, run: &RoleRun<'_>) -> Result<()> {
+    match role {
+        "app" => roles::app::prepare(run).await,
+        _ => Ok(()),
+    }
+}
+
+/// Bring a staged role up to its gate on the hosts whose files are in place.
+pub(super) async fn bring_up_role(ctx: &RoleContext<'_>, staged: StagedRole<'_>) -> Result<()> {
+    let RoleContext { project, cp, shared, events, secrets, facts } = *ctx;
+    let plan = &project.plan;
+    let StagedRole { role, started, changes, ok_hosts, rejected } = staged;
+    let subject = format!("role {role}");
     let run = RoleRun { role, plan, secrets, hosts: ok_hosts.clone(), sessions: &cp.sessions, changes: changes.clone(), facts, events };
     let converged = if ok_hosts.is_empty() { Ok(()) } else { converge(role, &run).await };
     if converged.is_ok() {
@@ -265,7 +297,7 @@ async fn stage(session: &HostSession, ch: &HostChanges, events: &Events) -> Resu
     if !ch.install.is_empty() {
         events.progress(&subject, format!("installing {}", ch.install.join(" ")));
         session
-            .sudo_ok("installing packages", &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y {} 2>&1", ch.install.join(" ")))
+            .sudo_ok("installing packages", &format!("DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y {} 2>&1", ch.install.join(" ")))
             .await?;
     }
     for s in &ch.stop_disable {

@@ -888,6 +888,10 @@ impl Reader<'_> {
             }
             out.insert(role.to_string(), values);
         }
+        if let Some(p) = out.get_mut("patroni") {
+            let section = given.and_then(|n| n.get("patroni")).filter(|n| !n.is_null());
+            super::rto::apply_preset(self.d, section, p);
+        }
         if let Some(p) = out.get("patroni") {
             let g = |k: &str| p.get(k).and_then(Value::as_i64).unwrap_or(0);
             if g("loop_wait") + 2 * g("retry_timeout") > g("ttl") {

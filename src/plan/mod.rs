@@ -3,6 +3,7 @@ pub mod yaml;
 pub mod diag;
 pub mod size;
 pub mod services;
+pub mod rto;
 pub mod load;
 pub mod security;
 pub use load::{load, load_str};

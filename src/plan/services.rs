@@ -64,6 +64,7 @@ static PATRONI: &[Setting] = &[
     s!("scope", SettingType::Str, |p| json!(p), "cluster name in the DCS"),
     s!("postgres_version", SettingType::Int { min: 12, max: 17 }, |_| json!(15), "PostgreSQL major version"),
     s!("synchronous_mode", SettingType::Bool, |_| json!(false), "synchronous replication"),
+    s!("rto", SettingType::Str, |_| json!("normal"), "failover preset: fast | normal | safe (sets ttl, loop_wait, retry_timeout and HAProxy's checks)"),
     s!("ttl", SettingType::Int { min: 10, max: 3600 }, |_| json!(30), "leader key TTL, s"),
     s!("loop_wait", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
     s!("retry_timeout", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),

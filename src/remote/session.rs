@@ -10,6 +10,9 @@ use tokio::io::AsyncWriteExt;
 pub struct HostSession {
     pub name: String,
     session: Session,
+    /// With RIGGER_SSH_PERSIST: where to note the master's control socket so
+    /// the next run reuses it instead of connecting again.
+    keep_as: Option<std::path::PathBuf>,
 }
 
 /// What a remote command did.
@@ -29,14 +32,24 @@ impl RunOutput {
 impl HostSession {
     /// Open the master connection to `name` as the project ssh_config describes it.
     pub async fn connect(config: &Path, name: &str) -> Result<HostSession> {
+        let persist = super::persist::idle_seconds();
+        let keep_as = persist.map(|_| super::persist::record_path(config, name));
+        if let Some(record) = &keep_as {
+            if let Some(session) = super::persist::resume(record).await {
+                return Ok(HostSession { name: name.to_string(), session, keep_as });
+            }
+        }
         let mut b = SessionBuilder::default();
         b.config_file(config)
             .known_hosts_check(KnownHosts::Strict)
             .connect_timeout(Duration::from_secs(10))
             .server_alive_interval(Duration::from_secs(15))
             .control_directory(std::env::temp_dir());
+        if let Some(idle) = persist {
+            b.control_persist(openssh::ControlPersist::IdleFor(idle));
+        }
         let session = b.connect(name).await.map_err(|e| anyhow!("{name}: cannot open SSH: {e}"))?;
-        Ok(HostSession { name: name.to_string(), session })
+        Ok(HostSession { name: name.to_string(), session, keep_as })
     }
 
     /// Run a shell script as root (sudo -n), optionally feeding `stdin`.
@@ -81,7 +94,12 @@ impl HostSession {
     }
 
     pub async fn close(self) {
-        let _ = self.session.close().await;
+        match &self.keep_as {
+            Some(record) => super::persist::keep(self.session, record),
+            None => {
+                let _ = self.session.close().await;
+            }
+        }
     }
 }
 

@@ -77,8 +77,13 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
         .hosts_with_role("nginx")
         .next()
         .map(|_| Duration::from_secs(plan.setting("nginx", "fail_timeout").and_then(Value::as_u64).unwrap_or(10) + 1));
-    let mut previous_restarted = false;
-    for h in &run.hosts {
+    // Hosts whose app is not running serve nothing yet: they come up all at once.
+    let app_name = name(plan);
+    let is_down = |h: &Host| run.changes_of(&h.name).start.contains(&app_name);
+    run.each(|h, s| async move { if is_down(h) { roll(run, h, s).await } else { Ok(()) } }).await?;
+    // (nginx may have marked them failed while they were down.)
+    let mut previous_restarted = run.hosts.iter().any(|h| is_down(h));
+    for h in run.hosts.iter().filter(|h| !is_down(h)) {
         let ch = run.changes_of(&h.name);
         // A host that is down already (start) costs nothing to bring up at once.
         let going_down = ch.restart.contains(&name(plan));
@@ -92,14 +97,18 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     gate(run).await
 }
 
-/// Bring one host to its new code/config and wait until it answers /health.
-async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
+/// Before the database is up (config::dag runs it with the staging): the
+/// app's user, its virtualenv and requirements on every host that will
+/// (re)start — the slow part of an app's first start.
+pub async fn prepare(run: &RoleRun<'_>) -> Result<()> {
+    run.each(|h, s| async move { prepare_host(run, h, s).await }).await
+}
+
+async fn prepare_host(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
     let plan = run.plan;
     let (name, dir) = (name(plan), home(plan));
     let ch = run.changes_of(&h.name);
-    let starting = ch.start.contains(&name);
-    let changed = ch.restart.contains(&name);
-    if !starting && !changed && ch.enable.is_empty() {
+    if !ch.start.contains(&name) && !ch.restart.contains(&name) && ch.enable.is_empty() {
         return Ok(());
     }
     let subject = format!("app {}", h.name);
@@ -129,6 +138,21 @@ async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Bring one host to its new code/config and wait until it answers /health.
+async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
+    let plan = run.plan;
+    let (name, dir) = (name(plan), home(plan));
+    let ch = run.changes_of(&h.name);
+    let starting = ch.start.contains(&name);
+    let changed = ch.restart.contains(&name);
+    if !starting && !changed && ch.enable.is_empty() {
+        return Ok(());
+    }
+    let subject = format!("app {}", h.name);
+    let touched = |suffix: &str| ch.files.iter().any(|f| f.file.path.ends_with(suffix));
     if touched(&format!("/src/{}", source_dir::MANIFEST)) {
         s.sudo_ok("removing files deleted from the app's folder", &source_dir::prune_script(&format!("{dir}/src"))).await?;
     }

@@ -8,8 +8,10 @@ pub mod database;
 pub mod endpoints;
 pub mod etcd;
 pub mod firewall;
+pub mod failover;
 pub mod haproxy;
 pub mod keepalived;
+pub mod needs;
 pub mod nginx;
 pub mod patroni;
 pub mod redis;
@@ -88,6 +90,7 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "security": plan.security,
         "patroni_rest_auth": rest_auth::patroni_yaml(plan, secrets),
         "etcd_scheme": tls::etcd_scheme(plan),
+        "failover": crate::plan::rto::template_values(plan),
         // Access grants, rendered from the flow model (src/flows.rs).
         "access": { "pg_hba": crate::flows::pg_hba(&crate::flows::flows(plan), host) },
     })

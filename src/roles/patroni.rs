@@ -26,7 +26,7 @@ pub fn pg_port(plan: &Plan) -> u64 {
     plan.setting("patroni", "port").and_then(serde_json::Value::as_u64).unwrap_or(5432)
 }
 
-fn rest_port(plan: &Plan) -> u64 {
+pub(crate) fn rest_port(plan: &Plan) -> u64 {
     plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008)
 }
 
@@ -40,7 +40,9 @@ pub fn data_dir(plan: &Plan) -> String {
 
 /// `patroni --validate-config` of Patroni 3.0 also reports its own listen
 /// ports as "already in use" while Patroni runs: that alone is not a bad config.
-const VALIDATE: &str = "sh -c 'o=$(patroni --validate-config \"$0\" 2>&1) || { echo \"$o\" | grep -v \"is already in use\" | grep -q . && { echo \"$o\"; exit 1; }; }; exit 0' {}";
+/// Nor is an etcd that is not up yet: the file is staged while etcd starts,
+/// and Patroni starts only after etcd's gate (config::dag).
+const VALIDATE: &str = "sh -c 'o=$(patroni --validate-config \"$0\" 2>&1) || { echo \"$o\" | grep -v -e \"is already in use\" -e \"is not reachable\" | grep -q . && { echo \"$o\"; exit 1; }; }; exit 0' {}";
 
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let v = version(plan);
@@ -87,7 +89,8 @@ fn as_text(v: &Value) -> String {
     }
 }
 
-async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+/// Every call to Patroni's REST API goes through here (one place for its credentials).
+pub(crate) async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
     let data = body.map(|b| format!(" -H 'Content-Type: application/json' --data-binary {}", sh_quote(&b.to_string()))).unwrap_or_default();
     let auth = super::rest_auth::curl_args();
     let out = s.sudo(&format!("curl -s -m 60 {auth} -o /dev/stdout -w '\\n%{{http_code}}' -X {method}{data} http://127.0.0.1:{port}{path}"), None).await?;
@@ -97,7 +100,7 @@ async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option
 }
 
 /// The cluster as Patroni reports it: member name → (role, state).
-async fn cluster(s: &HostSession, port: u64) -> Result<BTreeMap<String, (String, String)>> {
+pub(crate) async fn cluster(s: &HostSession, port: u64) -> Result<BTreeMap<String, (String, String)>> {
     let (code, body) = rest(s, port, "GET", "/cluster", None).await?;
     if code != 200 {
         bail!("GET /cluster answered {code}");
@@ -238,6 +241,7 @@ async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
     if code != 200 {
         bail!("{}: GET /config answered {code}", probe.name);
     }
+    super::failover::sync_dcs_timing(run, probe, port, &body).await?;
     let changes = parameter_changes(plan, &body);
     if changes.is_empty() {
         return finish_pending_restarts(run).await;

@@ -1,0 +1,66 @@
+//! Optional SSH masters that outlive a run (off by default). With
+//! `RIGGER_SSH_PERSIST=<seconds>`, each host's ControlMaster stays up that long
+//! after its last use (ssh's ControlPersist) and the next run reuses it: no
+//! new handshake, so a no-change apply costs about one round trip per host.
+//! The masters were opened with the project's verified host keys; their
+//! sockets sit in private (0700) temp folders, noted in
+//! `.rigger/<project>.ssh_config.masters/<host>` (0600). A master that is gone
+//! or broken is simply replaced by a new connection.
+
+use openssh::Session;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+pub const ENV: &str = "RIGGER_SSH_PERSIST";
+
+/// How long an idle master stays up, when persisting is asked for.
+pub fn idle_seconds() -> Option<NonZeroUsize> {
+    std::env::var(ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()).and_then(NonZeroUsize::new)
+}
+
+/// Where the control socket of `host`'s master is noted.
+pub fn record_path(ssh_config: &Path, host: &str) -> PathBuf {
+    let mut dir = ssh_config.as_os_str().to_owned();
+    dir.push(".masters");
+    PathBuf::from(dir).join(host)
+}
+
+/// The master noted for this host, if it still answers.
+pub async fn resume(record: &Path) -> Option<Session> {
+    let ctl = std::fs::read_to_string(record).ok()?;
+    let ctl = Path::new(ctl.trim());
+    if !ctl.exists() {
+        return None;
+    }
+    let session = Session::resume(ctl.into(), None);
+    match session.check().await {
+        Ok(()) => Some(session),
+        Err(_) => {
+            let _ = std::fs::remove_file(record);
+            None
+        }
+    }
+}
+
+/// Leave the master running and note where its socket is.
+pub fn keep(session: Session, record: &Path) {
+    let (ctl, _log) = session.detach();
+    if let Some(dir) = record.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(record).and_then(|mut f| f.write_all(ctl.to_string_lossy().as_bytes()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_record_sits_beside_the_ssh_config() {
+        let p = super::record_path(std::path::Path::new("/p/.rigger/x.ssh_config"), "pg-1");
+        assert_eq!(p, std::path::PathBuf::from("/p/.rigger/x.ssh_config.masters/pg-1"));
+    }
+}
