@@ -446,6 +446,21 @@ pub async fn worker_gate(s: &HostSession, src: &Source) -> Result<()> {
     .await
 }
 
+/// Set `server`'s state in the `saleor_api` backend on every HAProxy host
+/// through the admin socket: `drain` before its API restarts (no new requests
+/// go there, running ones finish), `ready` once it answers again.
+async fn lb_server_state(run: &RoleRun<'_>, server: &str, state: &str) -> Result<()> {
+    let command = format!("set server saleor_api/{server} state {state}");
+    let py = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock'); s.sendall(sys.argv[1].encode() + b'\\n'); print(s.recv(4096).decode().strip())";
+    for lb in run.plan.hosts_with_role("haproxy") {
+        let out = run.session(&lb.name)?.sudo(&format!("python3 -c {} {}", sh_quote(py), sh_quote(&command)), None).await?;
+        if !out.ok() || !out.stdout.trim().is_empty() {
+            bail!("{}: HAProxy refused `{command}`: {}{}", lb.name, out.stdout.trim(), out.stderr.trim());
+        }
+    }
+    Ok(())
+}
+
 /// The HAProxy backend `saleor_api` reports `server` UP on every HAProxy host.
 async fn lb_sees(run: &RoleRun<'_>, server: &str) -> Result<()> {
     let port = run.plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404);
@@ -517,11 +532,19 @@ pub async fn converge(run: &RoleRun<'_>, src: &Source) -> Result<()> {
             s.sudo_ok("systemctl daemon-reload", "systemctl daemon-reload").await?;
         }
         let bounced = ch.restart.iter().chain(&ch.start).any(|u| u == "saleor-api");
+        // A running API leaves HAProxy's rotation before it restarts, so no request meets it going down.
+        let drain = several && ch.restart.iter().any(|u| u == "saleor-api");
         if bounced {
             run.events.progress(&format!("saleor {}", h.name), format!("{} release {} (one host at a time)", if ch.start.is_empty() { "restarting into" } else { "starting" }, src.release));
         }
+        if drain {
+            lb_server_state(run, &h.name, "drain").await?;
+        }
         run.plain_service_changes(h, s).await?;
         api_gate(s, port, Duration::from_secs(180)).await.map_err(|e| anyhow!("{e:#} (see `journalctl -u saleor-api` on {})", h.name))?;
+        if drain {
+            lb_server_state(run, &h.name, "ready").await?;
+        }
         if bounced && several {
             lb_sees(run, &h.name).await?;
         }
