@@ -21,6 +21,8 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("saleor.service.j2", include_str!("../templates/saleor.service.j2")),
     ("saleor-source.service.j2", include_str!("../templates/saleor-source.service.j2")),
     ("saleor-rsa.env.j2", include_str!("../templates/saleor-rsa.env.j2")),
+    ("saleor-dashboard-nginx.conf.j2", include_str!("../templates/saleor-dashboard-nginx.conf.j2")),
+    ("saleor-dashboard.service.j2", include_str!("../templates/saleor-dashboard.service.j2")),
     ("storefront.env.j2", include_str!("../templates/storefront.env.j2")),
     ("storefront.service.j2", include_str!("../templates/storefront.service.j2")),
 ];

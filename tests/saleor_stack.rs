@@ -101,7 +101,7 @@ fn saleor_from_source_offline_behind_haproxy() {
     assert!(text.contains("manage.py migrate for release") && text.contains("migrated"), "the real migration ran:\n{text}");
     for ip in [&api1, &api2] {
         // No network on the hosts: the release came from rigger, the venv from its wheelhouse.
-        let venv = plan.ssh(ip, "ls -d /opt/saleor/releases/*/venv && test -f /var/lib/rigger/wheels/$(ls /var/lib/rigger/wheels | grep -m1 '^Django-') && echo wheels-here");
+        let venv = plan.ssh(ip, "ls -d /opt/saleor/releases/*/venv && test -f /var/lib/rigger/wheels/$(ls /var/lib/rigger/wheels | grep -im1 '^django-') && echo wheels-here");
         assert!(venv.contains("wheels-here"), "{ip}: {venv}");
         assert_eq!(plan.ssh(ip, "sudo stat -c '%a %U' /etc/saleor/saleor.env /etc/saleor/rsa.env").trim(), "600 root\n600 root");
         // Each API host answers the shop query itself.

@@ -119,6 +119,7 @@ static SALEOR: &[Setting] = &[
     s!("default_from_email", SettingType::Str, |_| json!("noreply@example.com"), "DEFAULT_FROM_EMAIL"),
     Setting { key: "source", ty: SettingType::Str, default: None, required: false, help: "source mode: Saleor's source (a .tar.gz or a folder) built into a wheelhouse on the control host and installed without network on the hosts (instead of `image`)" },
     Setting { key: "requirements", ty: SettingType::Str, default: None, required: false, help: "source mode: the pinned requirements (default: <source without .tar.gz>-requirements.txt beside it)" },
+    Setting { key: "dashboard_source", ty: SettingType::Str, default: None, required: false, help: "source mode: the saleor-dashboard source tarball, built on the control host (npm ci + vite build) and served as static files on dashboard_port" },
     s!("workers", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "source mode: uvicorn worker processes per API host"),
 ];
 

@@ -11,6 +11,7 @@ pub mod nginx;
 pub mod patroni;
 pub mod redis;
 pub mod saleor;
+pub mod saleor_dashboard;
 pub mod saleor_source;
 pub mod source_dir;
 pub mod storefront;

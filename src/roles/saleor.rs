@@ -158,6 +158,15 @@ fn source_desired(r: &Renderer, mut ctx: Value, plan: &Plan, src: &Source, mut f
         ctx["unit"] = json!({ "name": name, "description": description, "command": command, "dir": src.dir(), "release": src.release });
         files.push(file("saleor", &format!("/etc/systemd/system/{name}.service"), r.render("saleor-source.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
     }
+    let mut services: Vec<_> = SOURCE_UNITS.iter().map(|u| service("saleor", u, OnChange::Restart)).collect();
+    if let Some(d) = super::saleor_dashboard::dashboard(plan, &saleor_source::api_url(plan))? {
+        ctx["dashboard"] = json!({ "build": d.build, "api_url": d.api_url, "root": d.root(), "port": num(plan, "dashboard_port", 9000) });
+        let conf = r.render("saleor-dashboard-nginx.conf.j2", &ctx)?;
+        files.push(file("saleor", super::saleor_dashboard::NGINX_CONF, conf, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["saleor-dashboard"]));
+        let unit = r.render("saleor-dashboard.service.j2", &ctx)?;
+        files.push(file("saleor", "/etc/systemd/system/saleor-dashboard.service", unit, 0o644, "root", "root", None, &["saleor-dashboard"]));
+        services.push(service("saleor", "saleor-dashboard", OnChange::Restart));
+    }
     Ok(HostDesired {
         packages: if saleor_source::mirrored(plan) {
             ["python3-venv"].iter().chain(saleor_source::HOST_LIBRARIES).map(|p| p.to_string()).collect()
@@ -165,7 +174,7 @@ fn source_desired(r: &Renderer, mut ctx: Value, plan: &Plan, src: &Source, mut f
             vec!["python3-venv".into()]
         },
         files,
-        services: SOURCE_UNITS.iter().map(|u| service("saleor", u, OnChange::Restart)).collect(),
+        services,
         ..Default::default()
     })
 }

@@ -74,7 +74,7 @@ pub fn source(plan: &Plan) -> Result<Option<Source>> {
         );
     }
     let mut h = Sha256::new();
-    h.update(content_hash(&path)?.as_bytes());
+    h.update(file_hash(&path)?.as_bytes());
     h.update(hex::encode(Sha256::digest(std::fs::read(&requirements)?)).as_bytes());
     Ok(Some(Source { path, requirements, release: hex::encode(h.finalize())[..12].to_string() }))
 }
@@ -91,7 +91,7 @@ const SKIP: &[&str] = &[".git", "__pycache__", ".venv", "venv", "node_modules", 
 
 /// The hash of a file, or of a folder's paths and contents. Remembered per
 /// (path, size, mtime): the roles render once per host.
-fn content_hash(path: &Path) -> Result<String> {
+pub fn file_hash(path: &Path) -> Result<String> {
     static SEEN: Mutex<BTreeMap<(PathBuf, u64, i64), String>> = Mutex::new(BTreeMap::new());
     let meta = std::fs::metadata(path)?;
     let key = (path.to_path_buf(), meta.len(), std::os::unix::fs::MetadataExt::mtime(&meta));
@@ -521,6 +521,21 @@ pub async fn converge(run: &RoleRun<'_>, src: &Source) -> Result<()> {
             bail!("{}", errors.join("\n"));
         }
     }
+    let dashboard = super::saleor_dashboard::dashboard(plan, &api_url(plan))?;
+    if let Some(d) = &dashboard {
+        let mut missing = Vec::new();
+        for h in &run.hosts {
+            if !run.session(&h.name)?.sudo(&format!("test -f {}/index.html", d.root()), None).await?.ok() {
+                missing.push(*h);
+            }
+        }
+        if !missing.is_empty() {
+            let built = super::saleor_dashboard::build(d, run.events).await?;
+            for h in missing {
+                super::saleor_dashboard::push(run.session(&h.name)?, d, &built, run.events).await?;
+            }
+        }
+    }
     migrate_once(run.session(&first.name)?, src, run.events).await?;
     // One host at a time, each answering (and back in HAProxy) before the next goes.
     let port = api_port(plan);
@@ -566,7 +581,16 @@ pub async fn gate(run: &RoleRun<'_>, src: &Source) -> Result<()> {
         })
         .await?;
     }
-    worker_gate(first, src).await
+    worker_gate(first, src).await?;
+    if let Some(d) = super::saleor_dashboard::dashboard(run.plan, &api_url(run.plan))? {
+        super::saleor_dashboard::gate(run, first, &d).await?;
+    }
+    Ok(())
+}
+
+/// The API's public URL, as browsers (the dashboard, the Storefront) reach it.
+pub fn api_url(plan: &Plan) -> String {
+    format!("{}/graphql/", super::saleor::public_url(plan).unwrap_or_default())
 }
 
 #[cfg(test)]
