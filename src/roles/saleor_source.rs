@@ -603,6 +603,69 @@ mod tests {
         assert_eq!(default_requirements(Path::new("/x/saleor")), PathBuf::from("/x/saleor-requirements.txt"));
     }
 
+    fn plan(dir: &Path, extra: &str) -> Plan {
+        std::fs::write(dir.join("saleor-1.0.tar.gz"), b"not really a tarball").unwrap();
+        std::fs::write(dir.join("saleor-1.0-requirements.txt"), "django==5.2\n").unwrap();
+        let text = format!(
+            "version: 1\nproject: t\nprovider: {{ kind: local }}\nnetwork:\n  name: main\n  subnets:\n    - {{ name: app, cidr: 10.9.0.0/24 }}\n\
+             hosts:\n  - {{ name: pg, count: 3, roles: [etcd, patroni], ip: 10.9.0.21 }}\n  - {{ name: lb, roles: [haproxy, redis], ip: 10.9.0.11 }}\n\
+             \x20 - {{ name: saleor, count: 2, roles: [saleor], ip: 10.9.0.31 }}\nservices:\n  saleor: {{ source: saleor-1.0.tar.gz{extra} }}\n"
+        );
+        crate::plan::load_str(&dir.join("plan.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn source_mode_units_name_the_release_and_beat_runs_once() {
+        let d = tempfile::tempdir().unwrap();
+        let p = plan(d.path(), "");
+        let src = source(&p).unwrap().expect("source mode");
+        assert_eq!(src.requirements, d.path().join("saleor-1.0-requirements.txt"));
+        let secrets: BTreeMap<String, String> =
+            [("saleor_secret_key", "sk123456"), ("saleor_db_password", "db123456"), ("redis_password", "rp123456"), ("saleor_rsa_private_key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let r = crate::render::Renderer::new().unwrap();
+        let one = crate::roles::desired(&p, p.host("saleor-1").unwrap(), &secrets, &r).unwrap();
+        let two = crate::roles::desired(&p, p.host("saleor-2").unwrap(), &secrets, &r).unwrap();
+        let get = |d: &crate::config::ops::HostDesired, path: &str| d.files.iter().find(|f| f.path == path).unwrap_or_else(|| panic!("no {path}")).clone();
+        let api = get(&one, "/etc/systemd/system/saleor-api.service").content;
+        assert!(api.contains(&format!("ExecStart={}/venv/bin/uvicorn saleor.asgi:application", src.dir())), "{api}");
+        assert!(api.contains(&format!("WorkingDirectory={}/src", src.dir())) && api.contains("User=saleor"), "{api}");
+        assert!(get(&one, "/etc/systemd/system/saleor-worker.service").content.contains("--beat"));
+        assert!(!get(&two, "/etc/systemd/system/saleor-worker.service").content.contains("--beat"));
+        let rsa = get(&one, RSA_ENV);
+        assert_eq!(rsa.mode, 0o600);
+        assert!(rsa.content.contains("RSA_PRIVATE_KEY=\"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n\""), "{}", rsa.content);
+        let env = get(&one, ENV).content;
+        assert!(env.contains("PLAYGROUND_ENABLED=False\n") && env.contains("CELERY_RESULT_BACKEND=redis://:rp123456@10.9.0.11:6379/2\n"), "{env}");
+        assert!(!api.contains("sk123456") && !api.contains("AAAA"));
+        // Local machines have no mirror: libmagic comes as .debs, not from apt.
+        assert_eq!(one.packages, vec!["python3-venv".to_string()]);
+        assert!(one.services.iter().all(|s| s.name != "saleor-dashboard"));
+
+        // A dashboard source adds its nginx (checked by nginx -t) and unit.
+        std::fs::write(d.path().join("dashboard.tar.gz"), b"x").unwrap();
+        let p = plan(d.path(), ", dashboard_source: dashboard.tar.gz");
+        let one = crate::roles::desired(&p, p.host("saleor-1").unwrap(), &secrets, &r).unwrap();
+        let conf = get(&one, super::super::saleor_dashboard::NGINX_CONF);
+        assert_eq!(conf.validate.as_ref().unwrap().command, "nginx -t -q -c {}");
+        assert!(conf.content.contains("listen 9000;") && conf.content.contains("root /opt/saleor/dashboard/"), "{}", conf.content);
+        assert!(one.services.iter().any(|s| s.name == "saleor-dashboard"));
+    }
+
+    #[test]
+    fn a_missing_source_says_which_setting() {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = plan(d.path(), "");
+        std::fs::remove_file(d.path().join("saleor-1.0-requirements.txt")).unwrap();
+        let e = source(&p).unwrap_err().to_string();
+        assert!(e.contains("services.saleor.requirements"), "{e}");
+        p.dir = PathBuf::from("/nonexistent");
+        let e = source(&p).unwrap_err().to_string();
+        assert!(e.contains("services.saleor.source") && e.contains("does not exist"), "{e}");
+    }
+
     #[test]
     fn shop_answers_are_recognised() {
         assert!(shop_answered("{\"data\":{\"shop\":{\"name\":\"Saleor e-commerce\"}}}\n200").is_ok());
