@@ -140,6 +140,11 @@ fn saleor_from_source_offline_behind_haproxy() {
         None,
     );
     let token = v["data"]["tokenCreate"]["token"].as_str().unwrap_or_else(|| panic!("tokenCreate: {code} {v}")).to_string();
+    // Access tokens live 5 minutes: later reads log in again.
+    let fresh_token = || -> Result<String, String> {
+        let (code, v) = graphql(&through_lb, "mutation($e: String!, $p: String!) { tokenCreate(email: $e, password: $p) { token } }", json!({ "e": "staff@example.com", "p": password }), None);
+        v["data"]["tokenCreate"]["token"].as_str().map(str::to_string).ok_or_else(|| format!("tokenCreate: {code} {v}"))
+    };
     let (_, v) = graphql(
         &through_lb,
         "mutation { productTypeCreate(input: { name: \"Mugs\", hasVariants: false }) { productType { id } errors { field message } } }",
@@ -155,7 +160,7 @@ fn saleor_from_source_offline_behind_haproxy() {
     );
     let product = v["data"]["productCreate"]["product"]["id"].as_str().unwrap_or_else(|| panic!("productCreate: {v}")).to_string();
     let read_product = |url: &str| -> Result<String, String> {
-        match graphql(url, "query($id: ID!) { product(id: $id) { name } }", json!({ "id": product }), Some(&token)) {
+        match graphql(url, "query($id: ID!) { product(id: $id) { name } }", json!({ "id": product }), Some(&fresh_token()?)) {
             (200, v) if v["data"]["product"]["name"].is_string() => Ok(v["data"]["product"]["name"].as_str().unwrap_or_default().to_string()),
             other => Err(format!("{other:?}")),
         }
