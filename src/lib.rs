@@ -1,11 +1,13 @@
 //! rigger: one plan file to a healthy HA stack.
 
 pub mod cli;
+pub mod client_path;
 pub mod commands;
 pub mod config;
 pub mod diff;
 pub mod engine;
 pub mod events;
+pub mod flows;
 pub mod graph;
 pub mod inventory;
 pub mod plan;

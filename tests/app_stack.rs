@@ -85,6 +85,13 @@ fn nginx_apps_haproxy_patroni_redis_end_to_end() {
     let out = rigger(&["apply", plan.path(), "--auto-approve"]);
     assert!(out.status.success(), "apply failed:\n{}", out.text());
 
+    // status proves the client paths too: the HAProxy ports and HTTP through nginx to every app.
+    let status = rigger(&["status", plan.path()]);
+    assert_eq!(status.code(), 0, "status:\n{}", status.text());
+    for path in ["path lb write port", "path lb read port", "path HTTP through nginx web to every app"] {
+        assert!(status.stdout_text().lines().any(|l| l.starts_with("ok") && l.contains(path)), "status shows `{path}` ok:\n{}", status.text());
+    }
+
     // nginx spreads requests over all three app servers.
     let mut seen = BTreeSet::new();
     for _ in 0..6 {

@@ -19,6 +19,8 @@ pub struct Status {
     pub haproxy: Vec<HaproxyView>,
     pub vip: Option<VipView>,
     pub redis: Vec<RedisView>,
+    /// The client's paths: logins through every HAProxy port and the VIP, HTTP through nginx to every app.
+    pub paths: Vec<PathView>,
     /// Hosts that could not be reached, with why.
     pub unreachable: BTreeMap<String, String>,
 }
@@ -55,6 +57,13 @@ pub struct VipView {
 }
 
 #[derive(Serialize)]
+pub struct PathView {
+    pub path: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Serialize)]
 pub struct RedisView {
     pub host: String,
     pub ok: bool,
@@ -72,6 +81,7 @@ impl Status {
             && self.haproxy.iter().all(|h| h.servers.iter().filter(|(b, _, s)| b == "primary" && s.starts_with("UP")).count() == 1)
             && self.vip.as_ref().is_none_or(|v| v.holders.len() == 1)
             && self.redis.iter().all(|r| r.ok)
+            && self.paths.iter().all(|p| p.ok)
     }
 }
 
@@ -126,7 +136,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         let members: Vec<Value> = cluster["members"].as_array().cloned().unwrap_or_default();
         let leader = members.iter().find(|m| m["role"] == "leader").and_then(|m| m["name"].as_str()).map(str::to_string);
         let streaming: Vec<String> = match leader.as_ref().and_then(|l| sessions.get(l)) {
-            Some(ls) => crate::roles::patroni::streaming_replicas(ls).await?,
+            Some(ls) => crate::roles::patroni::streaming_replicas(ls, setting("patroni", "port", 5432)).await?,
             None => vec![],
         };
         for m in members {
@@ -177,10 +187,45 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         let ok = crate::roles::redis::ping(s, redis_port, &redis_password).await? == "PONG";
         status.redis.push(RedisView { host: h.name.clone(), ok });
     }
+    status.paths = client_paths(plan, state, &sessions).await?;
     for (_, s) in sessions {
         s.close().await;
     }
     Ok(status)
+}
+
+/// The same client paths the gates prove (src/client_path.rs), one attempt each.
+async fn client_paths(plan: &crate::plan::model::Plan, state: &crate::state::State, sessions: &BTreeMap<String, HostSession>) -> Result<Vec<PathView>> {
+    use crate::client_path as cp;
+    let superuser = state.secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
+    let mut jobs: Vec<(&HostSession, cp::PgPath)> = Vec::new();
+    for h in plan.hosts_with_role("haproxy") {
+        if let Some(s) = sessions.get(&h.name) {
+            jobs.extend(cp::haproxy_paths(plan, &[h]).into_iter().map(|p| (s, p)));
+        }
+    }
+    if let Some(s) = plan.hosts_with_role("keepalived").find_map(|h| sessions.get(&h.name)) {
+        jobs.extend(cp::vip_paths(plan).into_iter().map(|p| (s, p)));
+    }
+    let probes = jobs.iter().map(|(s, p)| {
+        let superuser = &superuser;
+        async move { (format!("{} ({}:{})", p.label, p.addr, p.port), cp::probe(s, p, superuser).await) }
+    });
+    let mut out = Vec::new();
+    for (path, r) in futures::future::join_all(probes).await {
+        let r = r?;
+        out.push(PathView { path, ok: r.is_ok(), detail: r.err().unwrap_or_default() });
+    }
+    let apps = cp::app_upstreams(plan);
+    let nginx_port = plan.setting("nginx", "port").and_then(Value::as_u64).unwrap_or(80);
+    for h in plan.hosts_with_role("nginx") {
+        let Some(s) = sessions.get(&h.name) else { continue };
+        let seen = cp::nginx_upstreams(s, nginx_port, apps.len() * 3).await?;
+        let missing: Vec<&str> = apps.iter().filter(|(u, _)| !seen.contains(*u)).map(|(_, n)| n.as_str()).collect();
+        let detail = if missing.is_empty() { String::new() } else { format!("no 200 from {} through nginx", missing.join(", ")) };
+        out.push(PathView { path: format!("HTTP through nginx {} to every app", h.name), ok: missing.is_empty(), detail });
+    }
+    Ok(out)
 }
 
 fn mark(ok: bool, paint: &Paint) -> String {
@@ -221,6 +266,10 @@ pub fn render(s: &Status, paint: &Paint) -> String {
     }
     for r in &s.redis {
         out.push_str(&format!("{} redis {}\n", mark(r.ok, paint), r.host));
+    }
+    for p in &s.paths {
+        let detail = if p.ok { String::new() } else { format!(": {}", p.detail) };
+        out.push_str(&format!("{} path {}{detail}\n", mark(p.ok, paint), p.path));
     }
     for (h, why) in &s.unreachable {
         out.push_str(&format!("{} {h}: unreachable: {why}\n", mark(false, paint)));

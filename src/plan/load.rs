@@ -277,7 +277,7 @@ impl Reader<'_> {
             }
         }
         let services = services?;
-        Some(Plan {
+        let plan = Plan {
             file: file.to_path_buf(),
             dir: self.dir.to_path_buf(),
             version: 1,
@@ -288,7 +288,49 @@ impl Reader<'_> {
             firewall: firewall_groups,
             hosts,
             services,
-        })
+        };
+        if self.d.is_empty() {
+            self.check_flows(&plan, root);
+        }
+        Some(plan)
+    }
+
+    /// The plan's firewall rules must let through every flow its roles need
+    /// (src/flows.rs). Only on an otherwise valid plan: the model needs it whole.
+    fn check_flows(&mut self, plan: &Plan, root: &Node) {
+        let flows = crate::flows::flows(plan);
+        for blocked in crate::flows::check_firewall(plan, &flows) {
+            let pos = root
+                .get("firewall")
+                .and_then(|f| f.as_seq())
+                .and_then(|groups| groups.iter().find(|g| g.get("name").and_then(|n| n.as_scalar()) == Some(blocked.group.as_str())))
+                .map(|g| g.get("name").map(|n| n.pos).unwrap_or(g.pos))
+                .unwrap_or_default();
+            self.d.error(pos, crate::flows::describe(&blocked));
+        }
+        // Two roles of one host wanting one port: once per host entry.
+        let mut seen: BTreeSet<(String, u16)> = BTreeSet::new();
+        for host in &plan.hosts {
+            for (a, b) in crate::flows::port_clashes(plan, host) {
+                if !seen.insert((host.group.clone(), b.port)) {
+                    continue;
+                }
+                let entry = root
+                    .get("hosts")
+                    .and_then(|h| h.as_seq())
+                    .and_then(|list| list.iter().find(|e| e.get("name").and_then(|n| n.as_scalar()) == Some(host.group.as_str())));
+                let role_node = entry.and_then(|e| e.get("roles")).and_then(|r| r.as_seq()).and_then(|rs| rs.iter().find(|r| r.as_scalar() == Some(b.role)));
+                let pos = role_node.or(entry).map(|n| n.pos).unwrap_or_default();
+                let side = |l: &crate::flows::Listener| if l.role == "ssh" { "sshd (every machine)".to_string() } else { format!("`{}` ({})", l.role, l.setting) };
+                let fix = if b.role == "ssh" || a.role == "ssh" {
+                    let l = if a.role == "ssh" { &b } else { &a };
+                    format!("set {} to another port (22 is SSH's)", l.setting)
+                } else {
+                    format!("set {} (or {}) to a free port, or put the roles on different hosts", b.setting, a.setting)
+                };
+                self.d.error(pos, format!("host `{}`: {} and {} both listen on port {} — {fix}", host.group, side(&a), side(&b), b.port));
+            }
+        }
     }
 
     fn provider(&mut self, node: &Node) -> Option<ProviderConfig> {
@@ -668,7 +710,14 @@ impl Reader<'_> {
         let mut vmid_ranges: Vec<(u32, u32, String, Pos)> = Vec::new();
         let mut to_allocate: Vec<usize> = Vec::new();
 
+        let mut entry_pos: HashMap<&str, Pos> = HashMap::new();
         for h in raw {
+            // Two entries with one name would share machine names, state and inventory groups.
+            if let Some(first) = entry_pos.get(h.name.v.as_str()) {
+                self.d.error(h.name.pos, format!("host entry `{}` is defined twice (also on line {}) — rename one, or merge them into one entry with `count`", h.name.v, first.line));
+            } else {
+                entry_pos.insert(h.name.v.as_str(), h.name.pos);
+            }
             let subnet = match &h.subnet {
                 Some(s) => match network.subnets.iter().find(|n| n.name == s.v) {
                     Some(sn) => Some(sn),

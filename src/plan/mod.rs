@@ -5,3 +5,4 @@ pub mod size;
 pub mod services;
 pub mod load;
 pub use load::{load, load_str};
+pub mod generate;

@@ -75,5 +75,12 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
             .await
         }
     })
+    .await?;
+    // The daemon's opinion is not the client's path: log in through each host's ports.
+    let superuser = run.secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
+    run.each(|h, s| {
+        let superuser = superuser.clone();
+        async move { crate::client_path::gate(s, &crate::client_path::haproxy_paths(run.plan, &[h]), &superuser, Duration::from_secs(30)).await }
+    })
     .await
 }

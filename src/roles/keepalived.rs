@@ -61,5 +61,12 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
             Ok(Err(format!("held by {h:?}")))
         }
     })
-    .await
+    .await?;
+    // Clients use the VIP: log in through its write and read ports.
+    let superuser = run.secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
+    let paths = crate::client_path::vip_paths(run.plan);
+    match run.hosts.first() {
+        Some(h) if !paths.is_empty() => crate::client_path::gate(run.session(&h.name)?, &paths, &superuser, Duration::from_secs(30)).await,
+        _ => Ok(()),
+    }
 }

@@ -79,6 +79,8 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "vrid": vrid,
         "priority": 200 - lb_position.min(150),
         "lb_address": endpoints::lb_address(plan),
+        // Access grants, rendered from the flow model (src/flows.rs).
+        "access": { "pg_hba": crate::flows::pg_hba(&crate::flows::flows(plan), host) },
     })
 }
 

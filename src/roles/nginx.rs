@@ -37,7 +37,9 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
             let out = s.sudo(&format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None).await?;
             Ok(if out.stdout.trim() == "200" { Ok(()) } else { Err(format!("/health answered {}", out.stdout.trim())) })
         })
-        .await
+        .await?;
+        // Least-conn may keep answering from one server: prove each app is reached.
+        crate::client_path::nginx_gate(run.plan, s, Duration::from_secs(60)).await
     })
     .await
 }

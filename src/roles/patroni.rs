@@ -1,4 +1,4 @@
-//! Patroni/PostgreSQL: etcd3 as DCS, scram-sha-256 limited to the subnet,
+//! Patroni/PostgreSQL: etcd3 as DCS, scram-sha-256 for exactly the hosts that connect (src/flows.rs),
 //! the distro's own cluster stopped and disabled. A fresh cluster bootstraps
 //! on one node first (stale DCS keys of a failed build are cleared when no
 //! node has data), replicas join after. PostgreSQL parameters live in the DCS:
@@ -19,6 +19,11 @@ use std::time::Duration;
 
 pub fn version(plan: &Plan) -> u64 {
     plan.setting("patroni", "postgres_version").and_then(Value::as_u64).unwrap_or(15)
+}
+
+/// PostgreSQL's port (its socket's name too).
+pub fn pg_port(plan: &Plan) -> u64 {
+    plan.setting("patroni", "port").and_then(serde_json::Value::as_u64).unwrap_or(5432)
 }
 
 fn rest_port(plan: &Plan) -> u64 {
@@ -177,7 +182,9 @@ async fn clear_dcs(run: &RoleRun<'_>) -> Result<()> {
     let Some(etcd) = run.plan.hosts_with_role("etcd").next() else { return Ok(()) };
     let Ok(s) = run.session(&etcd.name) else { return Ok(()) };
     let key = format!("/service/{}/", scope(run.plan));
-    s.sudo_ok("clearing stale Patroni keys", &format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 del --prefix {}", sh_quote(&key))).await?;
+    // The plan's client port, not etcd's default (a generated plan with 12379 found this).
+    let port = run.plan.setting("etcd", "client_port").and_then(serde_json::Value::as_u64).unwrap_or(2379);
+    s.sudo_ok("clearing stale Patroni keys", &format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{port} del --prefix {}", sh_quote(&key))).await?;
     Ok(())
 }
 
@@ -198,7 +205,7 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
         if !missing.is_empty() {
             return Ok(Err(format!("not in the cluster yet: {missing:?}")));
         }
-        let streaming = streaming_replicas(run.session(&leader)?).await?;
+        let streaming = streaming_replicas(run.session(&leader)?, pg_port(run.plan)).await?;
         let lagging: Vec<&String> = names.iter().filter(|n| **n != leader && !streaming.contains(n)).collect();
         if lagging.is_empty() {
             Ok(Ok(()))
@@ -210,9 +217,10 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
 }
 
 /// Members the leader sees streaming (pg_stat_replication), by name.
-pub async fn streaming_replicas(leader: &HostSession) -> Result<Vec<String>> {
+/// `pg_port` names the socket (`services.patroni.port`).
+pub async fn streaming_replicas(leader: &HostSession, pg_port: u64) -> Result<Vec<String>> {
     let out = leader
-        .sudo("runuser -u postgres -- psql -h /var/run/postgresql -Atc \"select application_name from pg_stat_replication where state = 'streaming'\"", None)
+        .sudo(&format!("runuser -u postgres -- psql -h /var/run/postgresql -p {pg_port} -Atc \"select application_name from pg_stat_replication where state = 'streaming'\""), None)
         .await?;
     Ok(out.stdout.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
 }
@@ -245,7 +253,7 @@ async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
     let out = run
         .session(&leader)?
         .sudo(
-            &format!("runuser -u postgres -- psql -h /var/run/postgresql -Atc \"select name from pg_settings where context = 'postmaster' and name in ({})\"", names.join(",")),
+            &format!("runuser -u postgres -- psql -h /var/run/postgresql -p {} -Atc \"select name from pg_settings where context = 'postmaster' and name in ({})\"", pg_port(plan), names.join(",")),
             None,
         )
         .await?;

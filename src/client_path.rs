@@ -1,0 +1,153 @@
+//! The client's path, proved the way a client walks it: a real PostgreSQL
+//! client (psql, run over SSH on an HAProxy host — where the stack's clients
+//! sit) logs in through the write and the read port of every HAProxy host and
+//! of the VIP and asks `pg_is_in_recovery()` (write → false, read → true);
+//! HTTP through nginx must reach every app. The daemons' own opinion (HAProxy's
+//! backends UP, Patroni's /cluster) says nothing about pg_hba or a firewall on
+//! the way; this does. Used by the haproxy/keepalived/nginx gates and `status`.
+
+use crate::config::run::wait_for;
+use crate::plan::model::{Host, Plan};
+use crate::remote::session::{sh_quote, HostSession};
+use anyhow::{anyhow, Result};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// One way in: `addr:port`, expected to reach the primary (write) or a replica (read).
+#[derive(Debug, Clone, Serialize)]
+pub struct PgPath {
+    /// `lb-1 write port` / `VIP read port`
+    pub label: String,
+    pub addr: String,
+    pub port: u64,
+    pub primary: bool,
+}
+
+fn setting(plan: &Plan, role: &str, key: &str, default: u64) -> u64 {
+    plan.setting(role, key).and_then(Value::as_u64).unwrap_or(default)
+}
+
+/// The write and read ports of `hosts` (HAProxy hosts). The read port only
+/// when there is a replica to reach.
+pub fn haproxy_paths(plan: &Plan, hosts: &[&Host]) -> Vec<PgPath> {
+    if plan.hosts_with_role("patroni").next().is_none() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for h in hosts {
+        out.extend(ports(plan, &h.name, &h.ip.to_string()));
+    }
+    out
+}
+
+/// The write and read ports on the keepalived VIP, when the plan has one.
+pub fn vip_paths(plan: &Plan) -> Vec<PgPath> {
+    let vip = plan.setting("keepalived", "vip").and_then(Value::as_str);
+    match vip {
+        Some(v) if plan.hosts_with_role("keepalived").next().is_some() && plan.hosts_with_role("patroni").next().is_some() => ports(plan, "VIP", v),
+        _ => Vec::new(),
+    }
+}
+
+fn ports(plan: &Plan, who: &str, addr: &str) -> Vec<PgPath> {
+    let mut out = vec![PgPath { label: format!("{who} write port"), addr: addr.to_string(), port: setting(plan, "haproxy", "write_port", 5000), primary: true }];
+    if plan.hosts_with_role("patroni").count() >= 2 {
+        out.push(PgPath { label: format!("{who} read port"), addr: addr.to_string(), port: setting(plan, "haproxy", "read_port", 5001), primary: false });
+    }
+    out
+}
+
+/// Errors no retry can fix: the server refused who we are.
+fn is_refusal(message: &str) -> bool {
+    message.contains("no pg_hba.conf entry") || message.contains("password authentication failed") || message.contains("is not permitted to log in")
+}
+
+/// One login through `path`, psql running on `client` (its own 8 s bound).
+/// `Ok(Err(why))`: the path does not work, with the server's own message.
+pub async fn probe(client: &HostSession, path: &PgPath, password: &str) -> Result<Result<(), String>> {
+    let conninfo = format!("host={} port={} user=postgres dbname=postgres connect_timeout=4", path.addr, path.port);
+    let script = format!(
+        "command -v psql >/dev/null || {{ echo 'psql is not installed on this host (package postgresql-client)'; exit 3; }}\n\
+         read -r PGPASSWORD; export PGPASSWORD\n\
+         timeout 8 psql {} -XAtc 'select pg_is_in_recovery()' 2>&1",
+        sh_quote(&conninfo)
+    );
+    let out = client.sudo(&script, Some(format!("{password}\n").as_bytes())).await?;
+    let text = out.stdout.trim();
+    Ok(match (text, path.primary) {
+        ("f", true) | ("t", false) => Ok(()),
+        ("t", true) => Err("reached a replica (pg_is_in_recovery() = true), not the primary".into()),
+        ("f", false) => Err("reached the primary (pg_is_in_recovery() = false), not a replica".into()),
+        (other, _) if out.code == 124 => Err(format!("no answer within 8 s {other}")),
+        (other, _) => Err(other.lines().last().unwrap_or("psql failed without a message").trim().to_string()),
+    })
+}
+
+/// Log in through every path from `client`, retrying for up to `limit`
+/// (HAProxy's checks may still settle); a refusal by the server fails at once:
+/// waiting cannot change pg_hba or a password.
+pub async fn gate(client: &HostSession, paths: &[PgPath], password: &str, limit: Duration) -> Result<()> {
+    let checks = paths.iter().map(|p| async move {
+        let what = format!("login through the {} ({}:{}) from {}, pg_is_in_recovery() = {}", p.label, p.addr, p.port, client.name, !p.primary);
+        let started = std::time::Instant::now();
+        loop {
+            let why = match probe(client, p, password).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(why)) if is_refusal(&why) => return Err(anyhow!("{what}: refused by the server: {why}")),
+                Ok(Err(why)) => why,
+                Err(e) => format!("{e:#}"),
+            };
+            if started.elapsed() >= limit {
+                return Err(anyhow!("{what}: not reached after {}s — last seen: {why}", limit.as_secs()));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let errors: Vec<String> = futures::future::join_all(checks).await.into_iter().filter_map(|r| r.err().map(|e| format!("{e:#}"))).collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("the client path does not work:\n  {}", errors.join("\n  ")))
+    }
+}
+
+/// The app servers nginx on `session` answered through, over `rounds` requests
+/// to /health (only 200s count): `ip:port` as nginx's X-Upstream names them.
+pub async fn nginx_upstreams(session: &HostSession, nginx_port: u64, rounds: usize) -> Result<BTreeSet<String>> {
+    let script = format!(
+        "for i in $(seq 1 {rounds}); do curl -s -m 5 -o /dev/null -w '%{{http_code}} %header{{x-upstream}}\\n' http://127.0.0.1:{nginx_port}/health; done"
+    );
+    let out = session.sudo(&script, None).await?;
+    let mut seen = BTreeSet::new();
+    for line in out.stdout.lines() {
+        if let Some(("200", upstreams)) = line.split_once(' ') {
+            // After a retry nginx lists every server it tried; the last one answered.
+            if let Some(last) = upstreams.split(',').next_back() {
+                seen.insert(last.trim().to_string());
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// `ip:port` of every app server, as nginx names them.
+pub fn app_upstreams(plan: &Plan) -> BTreeMap<String, String> {
+    let port = setting(plan, "app", "port", 9001);
+    plan.hosts_with_role("app").map(|h| (format!("{}:{port}", h.ip), h.name.clone())).collect()
+}
+
+/// HTTP through nginx on `session` reaches every app (bounded by `limit`).
+pub async fn nginx_gate(plan: &Plan, session: &HostSession, limit: Duration) -> Result<()> {
+    let port = setting(plan, "nginx", "port", 80);
+    let apps = app_upstreams(plan);
+    let rounds = apps.len() * 3;
+    let names = apps.values().cloned().collect::<Vec<_>>().join(", ");
+    wait_for(&format!("{}: HTTP through nginx reaches every app ({names})", session.name), limit, || async {
+        let seen = nginx_upstreams(session, port, rounds).await?;
+        let missing: Vec<&str> = apps.iter().filter(|(u, _)| !seen.contains(*u)).map(|(_, n)| n.as_str()).collect();
+        Ok(if missing.is_empty() { Ok(()) } else { Err(format!("no 200 from {} through nginx in {rounds} requests", missing.join(", "))) })
+    })
+    .await
+}
