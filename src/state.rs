@@ -63,7 +63,7 @@ impl State {
             Ok(v) if !v.is_empty() => v,
             _ => match self.secrets.get(name) {
                 Some(_) => return false,
-                None => random_secret(32),
+                None => generate_secret(name),
             },
         };
         if self.secrets.get(name) == Some(&wanted) {
@@ -72,6 +72,17 @@ impl State {
         self.secrets.insert(name.to_string(), wanted);
         true
     }
+}
+
+/// A new value for the secret `name`: an RSA private key (PEM, PKCS#8) for
+/// names ending in `_rsa_private_key` (Saleor signs its JWTs with one), else
+/// 32 letters and digits.
+pub fn generate_secret(name: &str) -> String {
+    if name.ends_with("_rsa_private_key") {
+        let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).expect("generating an RSA key");
+        return key.serialize_pem();
+    }
+    random_secret(32)
 }
 
 /// Letters and digits only: safe inside URLs, YAML, shell and config files unquoted.
@@ -241,6 +252,13 @@ mod tests {
         let back = store.load().unwrap().unwrap();
         assert_eq!(back.serial, 2);
         assert_eq!(back.secrets["replication_password"].len(), 32);
+    }
+
+    #[test]
+    fn rsa_private_keys_are_pem() {
+        let pem = generate_secret("saleor_rsa_private_key");
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n") && pem.trim_end().ends_with("-----END PRIVATE KEY-----"), "{pem}");
+        assert!(pem.len() > 1500);
     }
 
     #[test]

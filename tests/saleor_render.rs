@@ -9,7 +9,7 @@
 //! - the rendered haproxy.cfg with the HTTP frontends passes `haproxy -c`;
 //! - behind a real HAProxy with that config, `standin_graphql.py` (a stand-in
 //!   HTTP server, not Saleor) proves the routing (:80 /graphql/ → API,
-//!   :80 / → Storefront, :9000 → dashboard) and the `GET /graphql/` health checks.
+//!   :80 / → Storefront, :9000 → dashboard) and the `POST /graphql/` health checks.
 
 mod common;
 
@@ -124,7 +124,7 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
     assert!(units[0].1.contains("--env-file /etc/saleor/saleor.env") && units[0].1.contains("--publish 8000:8000"), "{}", units[0].1);
     assert!(units[1].1.contains("celery --app saleor.celeryconf:app worker"), "{}", units[1].1);
     let yandex_haproxy = content(&ydesired["lb"], "/etc/haproxy/haproxy.cfg").to_string();
-    assert!(yandex_haproxy.contains("http-check send meth GET uri /graphql/"), "{yandex_haproxy}");
+    assert!(yandex_haproxy.contains("http-check send meth POST uri /graphql/"), "{yandex_haproxy}");
 
     // 2. Machines of the test's own (local, own subnet) in the shape of stack 1's front:
     //    HAProxy, a Saleor host, a Storefront host. Only the machines: the
@@ -197,9 +197,9 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
         other => Err(format!("{other:?}")),
     });
 
-    // The health checks ask GET /graphql/ with the load balancer's name as Host.
+    // The health checks POST to /graphql/ with the load balancer's name as Host.
     let log = local.ssh(&saleor_ip, "cat /tmp/standin-saleor-api.log");
-    assert!(log.lines().any(|l| l == format!("GET /graphql/ host={lb}")), "no health check GET /graphql/ with Host {lb}:\n{log}");
+    assert!(log.lines().any(|l| l == format!("POST /graphql/ host={lb}")), "no health check POST /graphql/ with Host {lb}:\n{log}");
 
     // The API stand-in stops: its health check fails, HAProxy takes it out (503), the others keep routing.
     local.ssh(&saleor_ip, "sudo systemctl stop standin-saleor-api");

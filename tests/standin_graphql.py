@@ -4,7 +4,8 @@
 The real images cannot be pulled on this machine, so tests/saleor_render.rs
 runs this tiny HTTP server where the containers would listen, to prove what
 HAProxy does in front of them: which frontend routes where, and that the
-health checks ask `GET /graphql/` (API) or `GET /` with the expected Host.
+health checks ask `POST /graphql/` (API; with the playground off Saleor answers
+GET with 405) or `GET /` with the expected Host.
 
 usage: standin_graphql.py PORT NAME LOGFILE
 Answers 200 on /graphql/ (API) or / (others), 404 elsewhere; logs each request
@@ -29,6 +30,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.do_GET()
 
     def log_message(self, *args):
         pass

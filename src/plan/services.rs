@@ -119,6 +119,10 @@ static SALEOR: &[Setting] = &[
     Setting { key: "public_url", ty: SettingType::Str, default: None, required: false, help: "the shop's public base URL, e.g. http://shop.example.com (default: http://<load balancer>)" },
     s!("allowed_client_hosts", SettingType::List, |_| json!([]), "ALLOWED_CLIENT_HOSTS besides the public URL"),
     s!("default_from_email", SettingType::Str, |_| json!("noreply@example.com"), "DEFAULT_FROM_EMAIL"),
+    Setting { key: "source", ty: SettingType::Str, default: None, required: false, help: "source mode: Saleor's source (a .tar.gz or a folder) built into a wheelhouse on the control host and installed without network on the hosts (instead of `image`)" },
+    Setting { key: "requirements", ty: SettingType::Str, default: None, required: false, help: "source mode: the pinned requirements (default: <source without .tar.gz>-requirements.txt beside it)" },
+    Setting { key: "dashboard_source", ty: SettingType::Str, default: None, required: false, help: "source mode: the saleor-dashboard source tarball, built on the control host (npm ci + vite build) and served as static files on dashboard_port" },
+    s!("workers", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "source mode: uvicorn worker processes per API host"),
 ];
 
 static STOREFRONT: &[Setting] = &[
@@ -154,7 +158,7 @@ pub fn secret_names(roles: &std::collections::BTreeSet<&str>) -> Vec<&'static st
         names.push("app_db_password");
     }
     if roles.contains("saleor") {
-        names.extend(["saleor_secret_key", "saleor_db_password"]);
+        names.extend(["saleor_secret_key", "saleor_db_password", "saleor_rsa_private_key"]);
     }
     if roles.contains("backup") {
         names.push("backup_cipher_pass");

@@ -59,6 +59,29 @@ impl HostSession {
         self.run(cmd, stdin).await
     }
 
+    /// Run a shell script as root with `input` streamed to its stdin (large
+    /// uploads: nothing is held in memory).
+    pub async fn sudo_stream(&self, script: &str, mut input: impl tokio::io::AsyncRead + Unpin) -> Result<RunOutput> {
+        let mut cmd = self.session.command("sudo");
+        cmd.args(["-n", "sh", "-c", script]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped());
+        let mut child = cmd.spawn().await.with_context(|| format!("{}: cannot start a remote command", self.name))?;
+        let mut pipe = child.stdin().take().ok_or_else(|| anyhow!("{}: no stdin", self.name))?;
+        let copied = tokio::io::copy(&mut input, &mut pipe).await;
+        let _ = pipe.shutdown().await;
+        drop(pipe);
+        let out = child.wait_with_output().await.with_context(|| format!("{}: the remote command failed to finish", self.name))?;
+        let out = RunOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if let Err(e) = copied {
+            bail!("{}: streaming to the remote command broke off: {e} ({})", self.name, out.stderr.trim());
+        }
+        Ok(out)
+    }
+
     /// Run a shell script as the SSH user.
     pub async fn sh(&self, script: &str) -> Result<RunOutput> {
         let mut cmd = self.session.command("sh");

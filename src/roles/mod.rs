@@ -17,6 +17,8 @@ pub mod patroni;
 pub mod redis;
 pub mod rest_auth;
 pub mod saleor;
+pub mod saleor_dashboard;
+pub mod saleor_source;
 pub mod source_dir;
 pub mod storefront;
 pub mod tls;

@@ -10,8 +10,13 @@
 //! Local machines have neither Docker Engine nor a way to pull ghcr.io
 //! images: there the role puts the env and units in place and stops before
 //! `docker pull`, saying so (the rendering is verified by tests/saleor_render.rs).
-//! Gate: GET /graphql/ on :8000 and GET / on :9000 answer 200 on every host.
+//! Gate: POST `{ shop { name } }` to /graphql/ on :8000 (GET answers 405
+//! with the playground off) and GET / on :9000 answer 200 on every host.
+//!
+//! With `services.saleor.source` the role runs in source mode instead
+//! (saleor_source.rs): no images, no registry, no network on the hosts.
 
+use super::saleor_source::{self, Source};
 use super::{database, endpoints, file, service};
 use crate::config::ops::{HostDesired, OnChange};
 use crate::config::run::{wait_for, RoleRun};
@@ -23,7 +28,10 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 pub const UNITS: &[&str] = &["saleor-api", "saleor-worker", "saleor-dashboard"];
-const ENV: &str = "/etc/saleor/saleor.env";
+/// Source mode's units (the dashboard is static files, not a process).
+pub const SOURCE_UNITS: &[&str] = &["saleor-api", "saleor-worker"];
+const ENV: &str = saleor_source::ENV;
+const RSA_ENV: &str = saleor_source::RSA_ENV;
 const DASHBOARD_ENV: &str = "/etc/saleor/dashboard.env";
 const MIGRATED: &str = "/var/lib/rigger/saleor-migrated";
 
@@ -81,6 +89,7 @@ pub fn context(plan: &Plan, host_ip: &str, secrets: &Value) -> Result<Value> {
         "database_read_url": endpoints::database_url(plan, &db, password, &db, true).ok_or_else(|| missing("haproxy hosts"))?,
         "cache_url": endpoints::redis_url(plan, redis_password, 0).ok_or_else(|| missing("a redis host"))?,
         "broker_url": endpoints::redis_url(plan, redis_password, 1).ok_or_else(|| missing("a redis host"))?,
+        "result_backend": endpoints::redis_url(plan, redis_password, 2).ok_or_else(|| missing("a redis host"))?,
         "allowed_hosts": allowed,
         "allowed_client_hosts": clients,
         "public_url": format!("{public}/"),
@@ -92,6 +101,13 @@ pub fn context(plan: &Plan, host_ip: &str, secrets: &Value) -> Result<Value> {
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let mut ctx = ctx.clone();
     ctx["saleor"] = context(plan, ctx["host"]["ip"].as_str().unwrap_or_default(), &ctx["secret"])?;
+    let mut files = vec![
+        file("saleor", ENV, r.render("saleor.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
+        file("saleor", RSA_ENV, r.render("saleor-rsa.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
+    ];
+    if let Some(src) = saleor_source::source(plan)? {
+        return source_desired(r, ctx, plan, &src, files);
+    }
     let image = text(plan, "image", "ghcr.io/saleor/saleor:3.20");
     let api_port = num(plan, "api_port", 8000);
     let units = [
@@ -106,12 +122,10 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
             "",
         ),
     ];
-    let mut files = vec![
-        file("saleor", ENV, r.render("saleor.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
-        file("saleor", DASHBOARD_ENV, r.render("saleor-dashboard.env.j2", &ctx)?, 0o644, "root", "root", None, &["saleor-dashboard"]),
-    ];
+    files.push(file("saleor", DASHBOARD_ENV, r.render("saleor-dashboard.env.j2", &ctx)?, 0o644, "root", "root", None, &["saleor-dashboard"]));
     for (name, description, image, env_file, ports, command) in units {
-        ctx["unit"] = json!({ "name": name, "description": description, "image": image, "env_file": env_file, "ports": ports, "command": command });
+        let rsa = name != "saleor-dashboard";
+        ctx["unit"] = json!({ "name": name, "description": description, "image": image, "env_file": env_file, "ports": ports, "command": command, "rsa": rsa });
         files.push(file("saleor", &format!("/etc/systemd/system/{name}.service"), r.render("saleor.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
     }
     Ok(HostDesired {
@@ -123,8 +137,53 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     })
 }
 
+/// Source mode: the API under uvicorn and the Celery worker, from the release's venv.
+/// Beat runs on the first Saleor host only (two beats would send every periodic task twice).
+fn source_desired(r: &Renderer, mut ctx: Value, plan: &Plan, src: &Source, mut files: Vec<crate::config::ops::ManagedFile>) -> Result<HostDesired> {
+    let api_port = num(plan, "api_port", 8000);
+    let workers = num(plan, "workers", 2);
+    let first = plan.hosts_with_role("saleor").next().map(|h| h.name.clone());
+    let beat = if first.as_deref() == ctx["host"]["name"].as_str() { " --beat --schedule /var/lib/saleor/celerybeat-schedule" } else { "" };
+    let units = [
+        (
+            "saleor-api",
+            "Saleor API (uvicorn)",
+            format!(
+                "uvicorn saleor.asgi:application --host 0.0.0.0 --port {api_port} --workers {workers} --lifespan off --ws none --no-server-header --no-access-log --timeout-keep-alive 35 --timeout-graceful-shutdown 30"
+            ),
+        ),
+        ("saleor-worker", "Saleor Celery worker", format!("celery --app saleor.celeryconf:app worker --events --loglevel info{beat}")),
+    ];
+    for (name, description, command) in units {
+        ctx["unit"] = json!({ "name": name, "description": description, "command": command, "dir": src.dir(), "release": src.release });
+        files.push(file("saleor", &format!("/etc/systemd/system/{name}.service"), r.render("saleor-source.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
+    }
+    let mut services: Vec<_> = SOURCE_UNITS.iter().map(|u| service("saleor", u, OnChange::Restart)).collect();
+    if let Some(d) = super::saleor_dashboard::dashboard(plan, &saleor_source::api_url(plan))? {
+        ctx["dashboard"] = json!({ "build": d.build, "api_url": d.api_url, "root": d.root(), "port": num(plan, "dashboard_port", 9000) });
+        let conf = r.render("saleor-dashboard-nginx.conf.j2", &ctx)?;
+        files.push(file("saleor", super::saleor_dashboard::NGINX_CONF, conf, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["saleor-dashboard"]));
+        let unit = r.render("saleor-dashboard.service.j2", &ctx)?;
+        files.push(file("saleor", "/etc/systemd/system/saleor-dashboard.service", unit, 0o644, "root", "root", None, &["saleor-dashboard"]));
+        services.push(service("saleor", "saleor-dashboard", OnChange::Restart));
+    }
+    Ok(HostDesired {
+        packages: if saleor_source::mirrored(plan) {
+            ["python3-venv"].iter().chain(saleor_source::HOST_LIBRARIES).map(|p| p.to_string()).collect()
+        } else {
+            vec!["python3-venv".into()]
+        },
+        files,
+        services,
+        ..Default::default()
+    })
+}
+
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     let plan = run.plan;
+    if let Some(src) = saleor_source::source(plan)? {
+        return saleor_source::converge(run, &src).await;
+    }
     if !containers_possible(plan) {
         bail!(
             "saleor: the env file and the units are in place on {}, but local machines have no Docker Engine and cannot pull {} — \
@@ -183,11 +242,10 @@ async fn migrate_once(run: &RoleRun<'_>, image: &str) -> Result<()> {
 
 async fn healthy(run: &RoleRun<'_>, s: &HostSession) -> Result<()> {
     let (api, dashboard) = (num(run.plan, "api_port", 8000), num(run.plan, "dashboard_port", 9000));
-    wait_for(&format!("{}: Saleor API /graphql/ and dashboard answer 200", s.name), Duration::from_secs(180), || async {
-        let out = s
-            .sudo(&format!("curl -s -m 5 -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:{api}/graphql/; curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{dashboard}/"), None)
-            .await?;
-        Ok(if out.stdout.trim() == "200 200" { Ok(()) } else { Err(format!("API, dashboard answered {}", out.stdout.trim())) })
+    saleor_source::api_gate(s, api, Duration::from_secs(180)).await?;
+    wait_for(&format!("{}: the Saleor dashboard answers 200", s.name), Duration::from_secs(60), || async {
+        let out = s.sudo(&format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{dashboard}/"), None).await?;
+        Ok(if out.stdout.trim() == "200" { Ok(()) } else { Err(format!("dashboard answered {}", out.stdout.trim())) })
     })
     .await
 }
