@@ -26,9 +26,12 @@ services:\n  patroni: {{ scope: two-nets, synchronous_mode: false }}\n  haproxy:
 /// The pg_hba rigger rendered before the flow model: the Patroni hosts' own subnet only.
 fn old_subnet_only_template() -> String {
     let ours = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/templates/patroni.yml.j2")).expect("template");
-    let grants = "{%- for e in access.pg_hba %}\n    - host {{ e.database }} {{ e.user }} {{ e.address }} scram-sha-256\n{%- endfor %}";
+    let grants = "{%- for e in access.pg_hba %}\n    - {{ \"hostssl\" if security.tls else \"host\" }} {{ e.database }} {{ e.user }} {{ e.address }} scram-sha-256\n{%- endfor %}";
     assert_eq!(ours.matches(grants).count(), 2, "the template's pg_hba loops changed; update this test");
-    ours.replace(grants, "\n    - host replication replicator {{ subnet.cidr }} scram-sha-256\n    - host all all {{ subnet.cidr }} scram-sha-256")
+    ours.replace(
+        grants,
+        "\n    - {{ \"hostssl\" if security.tls else \"host\" }} replication replicator {{ subnet.cidr }} scram-sha-256\n    - {{ \"hostssl\" if security.tls else \"host\" }} all all {{ subnet.cidr }} scram-sha-256",
+    )
 }
 
 fn apply(plan: &LocalPlan, templates: Option<&std::path::Path>) -> std::process::Output {

@@ -67,7 +67,10 @@ fn check(seed: u64, apps: bool) -> Result<(), String> {
     let provider = project.provider().map_err(|e| fail(format!("{e:#}")))?;
     rigger::engine::specs(provider.as_ref(), &project).map_err(|e| fail(format!("specs: {e:#}")))?;
     let renderer = rigger::render::Renderer::new().map_err(|e| fail(format!("{e:#}")))?;
-    let secrets: BTreeMap<String, String> = rigger::plan::services::secret_names(&plan.roles()).into_iter().map(|n| (n.to_string(), "s3cret".to_string())).collect();
+    // The secrets an apply would generate (passwords, the project CA, host certificates).
+    let mut state = rigger::state::State::new(&plan.project, "local");
+    rigger::commands::ensure_generated(&mut state, plan).map_err(|e| fail(format!("secrets: {e:#}")))?;
+    let secrets: BTreeMap<String, String> = state.secrets;
     for h in &plan.hosts {
         rigger::roles::desired(plan, h, &secrets, &renderer).map_err(|e| fail(format!("{}: {e:#}", h.name)))?;
     }

@@ -117,10 +117,15 @@ fn writer(conninfo: String, password: String, log: Arc<Mutex<WriteLog>>, stop: A
     })
 }
 
+/// TLS verified against the project CA (the plan keeps rigger's default `security.tls`:
+/// pg_hba takes only TLS across the network). Set once the first apply made the CA.
+static PG_TLS: std::sync::OnceLock<tokio_postgres_rustls::MakeRustlsConnect> = std::sync::OnceLock::new();
+
 async fn connect(conninfo: &str, password: &str) -> Option<tokio_postgres::Client> {
     let mut config: tokio_postgres::Config = conninfo.parse().ok()?;
     config.password(password);
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), config.connect(tokio_postgres::NoTls)).await.ok()?.ok()?;
+    let tls = PG_TLS.get().expect("the project CA is loaded before the first connection").clone();
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), config.connect(tls)).await.ok()?.ok()?;
     tokio::spawn(conn);
     Some(client)
 }
@@ -176,7 +181,9 @@ fn reshape_under_load_etcd_patroni_apps() {
     // Load: a row through the VIP every 100 ms, HTTP through nginx all along.
     let state: Value = serde_json::from_str(&std::fs::read_to_string(plan.state_path()).expect("state")).expect("state JSON");
     let password = state["secrets"]["postgres_superuser_password"].as_str().expect("superuser password").to_string();
-    let conninfo = format!("host={net}.10 port=5000 user=postgres dbname=postgres connect_timeout=2");
+    let ca = state["secrets"][rigger::pki::CA_CERT].as_str().expect("project CA in the state");
+    let _ = PG_TLS.set(tokio_postgres_rustls::MakeRustlsConnect::new(rigger::pki::client_config(ca).expect("CA")));
+    let conninfo = format!("host={net}.10 port=5000 user=postgres dbname=postgres connect_timeout=2 sslmode=require");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let c = connect(&conninfo, &password).await.expect("connect through the VIP");

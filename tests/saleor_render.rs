@@ -22,7 +22,9 @@ use std::path::Path;
 
 /// Every secret the plan's roles use, made up for the render.
 fn secrets(plan: &Plan) -> BTreeMap<String, String> {
-    rigger::plan::services::secret_names(&plan.roles()).into_iter().map(|n| (n.to_string(), rigger::state::random_secret(32))).collect()
+    let mut state = rigger::state::State::new(&plan.project, "local");
+    rigger::commands::ensure_generated(&mut state, plan).expect("generated secrets");
+    state.secrets
 }
 
 fn render(plan: &Plan, secrets: &BTreeMap<String, String>) -> BTreeMap<String, HostDesired> {

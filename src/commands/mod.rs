@@ -55,10 +55,18 @@ pub fn load_state(project: &Project, provider_kind: &str, command: &str) -> Resu
     let mut state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider_kind));
     let lineage = (state.serial > 0).then(|| state.lineage.clone());
     let serial = state.serial;
-    for name in secret_names(&project.plan.roles()) {
+    ensure_generated(&mut state, &project.plan)?;
+    Ok(LoadedState { store, state, lineage, serial })
+}
+
+/// Everything rigger generates into the state for a plan's roles: passwords,
+/// the backup role's SSH key pairs, the project CA and the hosts' certificates.
+/// Kept ones stay; only what is missing (or due for renewal) is made.
+pub fn ensure_generated(state: &mut State, plan: &crate::plan::model::Plan) -> Result<()> {
+    for name in secret_names(&plan.roles()) {
         state.ensure_secret(name);
     }
-    crate::roles::backup::ensure_key_pairs(&mut state, &project.plan)?;
-    crate::pki::ensure(&mut state, &project.plan)?;
-    Ok(LoadedState { store, state, lineage, serial })
+    crate::roles::backup::ensure_key_pairs(state, plan)?;
+    crate::pki::ensure(state, plan)?;
+    Ok(())
 }

@@ -297,7 +297,7 @@ async fn carry_out(
     let key = format!("/service/{}/", patroni_scope(plan));
     steps.next(format!("{}: removing the cluster's DCS keys {key}", etcd.name));
     session(&etcd.name)?
-        .sudo_ok("clearing the cluster's DCS keys", &format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{} del --prefix {}", plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379), sh_quote(&key)))
+        .sudo_ok("clearing the cluster's DCS keys", &crate::roles::tls::etcdctl(plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379), &format!("del --prefix {}", sh_quote(&key))))
         .await?;
 
     // 4. The leader's data directory from the repository.
