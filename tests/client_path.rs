@@ -82,10 +82,10 @@ fn haproxy_in_a_front_subnet_reaches_patroni_in_a_data_subnet() {
     let pg1 = format!("{}.21", data.1);
     let hba = plan.ssh(&pg1, "sudo -n sh -c 'cat /var/lib/postgresql/15/two-nets/pg_hba.conf'");
     for ip in [format!("{}.11", plan.net_prefix), format!("{}.12", plan.net_prefix), format!("{}.22", data.1)] {
-        assert!(hba.contains(&format!("host all all {ip}/32 scram-sha-256")), "pg_hba lets in {ip}:\n{hba}");
+        assert!(hba.contains(&format!("hostssl all all {ip}/32 scram-sha-256")), "pg_hba lets in {ip} (over TLS only):\n{hba}");
     }
-    assert!(hba.contains(&format!("host replication replicator {}.23/32", data.1)), "{hba}");
-    assert!(!hba.contains(&format!("{}.11/32 scram-sha-256\nhost replication", plan.net_prefix)) && !hba.contains(&format!("replicator {}.11/32", plan.net_prefix)), "no replication for HAProxy hosts:\n{hba}");
+    assert!(hba.contains(&format!("hostssl replication replicator {}.23/32", data.1)), "{hba}");
+    assert!(!hba.contains(&format!("{}.11/32 scram-sha-256\nhostssl replication", plan.net_prefix)) && !hba.contains(&format!("replicator {}.11/32", plan.net_prefix)), "no replication for HAProxy hosts:\n{hba}");
     assert!(!hba.contains("/24"), "nothing wider than a host:\n{hba}");
 
     // A client path that breaks later is seen by status too.

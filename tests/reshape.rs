@@ -117,6 +117,12 @@ fn writer(conninfo: String, password: String, log: Arc<Mutex<WriteLog>>, stop: A
     })
 }
 
+/// etcdctl the way rigger runs it (TLS with the host's client certificate when the
+/// cluster has it), as root: the key is readable by etcd and root only.
+fn etcdctl_as_root(args: &str) -> String {
+    format!("sudo -n sh -c {}", rigger::remote::session::sh_quote(&rigger::roles::tls::etcdctl(2379, args)))
+}
+
 /// TLS verified against the project CA (the plan keeps rigger's default `security.tls`:
 /// pg_hba takes only TLS across the network). Set once the first apply made the CA.
 static PG_TLS: std::sync::OnceLock<tokio_postgres_rustls::MakeRustlsConnect> = std::sync::OnceLock::new();
@@ -143,7 +149,7 @@ fn longest_gap(log: &WriteLog, from: Instant, to: Instant) -> Duration {
 
 /// Every etcd member line as (name, started).
 fn etcd_members(plan: &LocalPlan, ip: &str) -> Vec<(String, bool)> {
-    plan.ssh(ip, "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 member list")
+    plan.ssh(ip, &etcdctl_as_root("member list"))
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').map(str::trim).collect();
@@ -307,7 +313,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     let leader_ip = format!("{net}.{}", 20 + new_leader.trim_start_matches("pg-").parse::<u32>().expect("pg-N"));
     let slots = plan.ssh(&leader_ip, "sudo -u postgres psql -h /var/run/postgresql -Atc 'select slot_name from pg_replication_slots'");
     assert!(!slots.lines().any(|s| s.trim() == "pgx"), "the leader still keeps a slot for pgx: {slots}");
-    let keys = plan.ssh(&pg1, "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 get --prefix --keys-only /service/");
+    let keys = plan.ssh(&pg1, &etcdctl_as_root("get --prefix --keys-only /service/"));
     assert!(!keys.lines().any(|k| k.ends_with("/members/pgx")), "pgx still in the DCS: {keys}");
     let upstreams = plan.ssh(&format!("{net}.5"), "grep -c ':9001' /etc/nginx/nginx.conf");
     assert_eq!(upstreams.trim(), "2", "nginx still lists leaving apps");
