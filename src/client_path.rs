@@ -85,9 +85,14 @@ pub async fn probe(client: &HostSession, path: &PgPath, password: &str) -> Resul
     })
 }
 
+/// How long a refusal by the server (pg_hba, password) is retried: a Patroni
+/// reload rewrites pg_hba.conf in Patroni's own loop, a moment after rigger's
+/// `reload` returned. Past that, waiting cannot change pg_hba or a password.
+const REFUSAL_GRACE: Duration = Duration::from_secs(15);
+
 /// Log in through every path from `client`, retrying for up to `limit`
-/// (HAProxy's checks may still settle); a refusal by the server fails at once:
-/// waiting cannot change pg_hba or a password.
+/// (HAProxy's checks may still settle); a refusal by the server fails after
+/// `REFUSAL_GRACE` with the server's message.
 pub async fn gate(client: &HostSession, paths: &[PgPath], password: &str, limit: Duration) -> Result<()> {
     let checks = paths.iter().map(|p| async move {
         let what = format!("login through the {} ({}:{}) from {}, pg_is_in_recovery() = {}", p.label, p.addr, p.port, client.name, !p.primary);
@@ -95,7 +100,7 @@ pub async fn gate(client: &HostSession, paths: &[PgPath], password: &str, limit:
         loop {
             let why = match probe(client, p, password).await {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(why)) if is_refusal(&why) => return Err(anyhow!("{what}: refused by the server: {why}")),
+                Ok(Err(why)) if is_refusal(&why) && started.elapsed() >= REFUSAL_GRACE.min(limit) => return Err(anyhow!("{what}: refused by the server: {why}")),
                 Ok(Err(why)) => why,
                 Err(e) => format!("{e:#}"),
             };

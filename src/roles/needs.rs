@@ -5,6 +5,8 @@
 
 /// role → the roles it needs (roles absent from a plan are ignored).
 pub const NEEDS: &[(&str, &[&str])] = &[
+    // The host firewall (nftables from the plan's groups) needs no other role.
+    ("firewall", &[]),
     ("etcd", &[]),
     ("patroni", &["etcd"]),
     ("haproxy", &["patroni"]),
@@ -38,7 +40,8 @@ mod tests {
         assert_eq!(needs("app", &["etcd", "patroni", "haproxy", "redis", "app"]), vec!["haproxy", "redis"]);
         assert!(needs("redis", &["etcd", "patroni", "redis"]).is_empty());
         for (role, needed) in NEEDS {
-            assert!(super::super::ORDER.contains(role), "{role} is not in ORDER");
+            // The host firewall is no plan role (every host in a group gets it), so not in ORDER.
+            assert!(super::super::ORDER.contains(role) || *role == "firewall", "{role} is not in ORDER");
             for n in *needed {
                 assert!(NEEDS.iter().any(|(r, _)| r == n), "{role} needs {n}, which has no line");
             }
