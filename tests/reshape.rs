@@ -259,7 +259,8 @@ fn reshape_under_load_etcd_patroni_apps() {
     let switch_start = Instant::now();
     if leader != "pgx" {
         let body = format!(r#"{{"leader":"{leader}","candidate":"pgx"}}"#);
-        let said = plan.ssh(&pg1, &format!("curl -s -m 60 -X POST -H 'Content-Type: application/json' --data-binary '{body}' http://127.0.0.1:8008/switchover"));
+        // As root with rigger's REST credentials (Patroni asks unsafe requests for them).
+        let said = plan.ssh(&pg1, &format!("sudo -n curl -s -m 60 {} -X POST -H 'Content-Type: application/json' --data-binary '{body}' http://127.0.0.1:8008/switchover", rigger::roles::rest_auth::curl_args()));
         println!("switchover to pgx: {said}");
         let deadline = Instant::now() + Duration::from_secs(90);
         while !patroni_cluster(&plan, &pg1).iter().any(|(n, r)| n == "pgx" && r == "leader") {
