@@ -165,7 +165,8 @@ pub fn generate(seed: u64, space: &Space) -> Generated {
             let groups: &[(&str, &str, Vec<String>)] = &[
                 ("patroni", "g-db", vec![format!("tcp {pg_port},{rest_port} g-lb"), format!("tcp {pg_port},{rest_port} g-db")]),
                 ("etcd", "g-etcd", vec![format!("tcp {client_port} g-db"), format!("tcp {peer_port} g-etcd")]),
-                ("haproxy", "g-lb", vec![format!("tcp {write_port},{read_port} g-app"), "any - g-lb".into()]),
+                // Clients inside the network too: operators (rigger drill, from the control host) write through the ports.
+                ("haproxy", "g-lb", [vec![format!("tcp {write_port},{read_port} g-app"), "any - g-lb".into()], cidrs.iter().map(|c| format!("tcp {write_port},{read_port} {c}")).collect()].concat()),
                 ("redis", "g-cache", vec![format!("tcp {redis_port} g-app")]),
                 ("app", "g-app", vec![format!("tcp {app_port} g-web")]),
                 ("nginx", "g-web", vec![format!("tcp {nginx_port} 0.0.0.0/0")]),
