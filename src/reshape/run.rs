@@ -235,7 +235,7 @@ async fn patroni_leave(plan: &Plan, sessions: &mut Sessions, remaining: &[String
     let e = sessions.must(&keeper).await?;
     e.sudo_ok(
         "removing the Patroni member key",
-        &format!("ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:{} del {} 2>&1", etcd_client_port(plan), sh_quote(&key)),
+        &format!("{} 2>&1", crate::roles::tls::etcdctl(u64::from(etcd_client_port(plan)), &format!("del {}", sh_quote(&key)))),
     )
     .await?;
     // The slot Patroni keeps for the member on the leader: its name with
