@@ -6,19 +6,6 @@ use crate::graph::Graph;
 use crate::plan::model::{Peer, Plan};
 use anyhow::Result;
 
-/// Roles and the roles they need running first.
-pub const ROLE_NEEDS: &[(&str, &[&str])] = &[
-    ("etcd", &[]),
-    ("patroni", &["etcd"]),
-    ("haproxy", &["patroni"]),
-    ("keepalived", &["haproxy"]),
-    ("redis", &[]),
-    ("app", &["haproxy", "redis"]),
-    ("saleor", &["haproxy", "redis"]),
-    ("nginx", &["app"]),
-    ("storefront", &["saleor"]),
-];
-
 pub fn plan_graph(plan: &Plan) -> Graph<String> {
     let mut g = Graph::new();
     let net = format!("network.{}", plan.network.name);
@@ -38,9 +25,11 @@ pub fn plan_graph(plan: &Plan) -> Graph<String> {
         let deps = std::iter::once(format!("subnet.{}", h.subnet)).chain(h.firewall.iter().map(|f| format!("firewall.{f}")));
         g.add(format!("machine.{}", h.name), deps);
     }
-    for (role, needs) in ROLE_NEEDS.iter().filter(|(r, _)| roles.contains(r)) {
+    // The same needs the config phase walks (roles::needs), so the picture is the run.
+    let present: Vec<&str> = crate::roles::ORDER.iter().copied().filter(|r| roles.contains(r)).collect();
+    for role in &present {
         let machines = plan.hosts_with_role(role).map(|h| format!("machine.{}", h.name));
-        let before = needs.iter().filter(|n| roles.contains(*n)).map(|n| format!("role.{n}"));
+        let before = crate::roles::needs::needs(role, &present).into_iter().map(|n| format!("role.{n}"));
         g.add(format!("role.{role}"), machines.chain(before).collect::<Vec<_>>());
     }
     g
