@@ -133,6 +133,10 @@ impl Drop for Guard<'_> {
         for host in HOSTS {
             let name = names::machine(&f.project, host);
             if let Some(pid) = running.get(&name) {
+                // The container first (SIGKILL to nspawn alone would orphan it), then nspawn.
+                for p in machine::processes_in(&name) {
+                    let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+                }
                 let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while machine::running_machines().unwrap_or_default().contains_key(&name) && Instant::now() < deadline {
@@ -143,6 +147,7 @@ impl Drop for Guard<'_> {
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
             let rootfs = project_dir.join(host).join("rootfs");
             let _ = Command::new("umount").arg(&rootfs).output();
+            let _ = rigger::providers::local::cgroup::remove(&name);
         }
         let bridge = names::bridge(&f.project, &f.network);
         let _ = Command::new("ip").args(["rule", "del", "iif", &bridge, "to", &f.cidr.to_string(), "lookup", "main", "pref", "10000"]).output();
@@ -242,6 +247,19 @@ async fn local_machines_are_created_reached_restarted_and_removed() {
     let eth0 = ssh(&f, &known_hosts, first_ip, "sleep 2; ip -4 -o addr show dev eth0");
     assert!(eth0.contains(&format!("{first_ip}/24")), "eth0: {eth0}");
     eprintln!("failed units: {:?}", ssh(&f, &known_hosts, first_ip, "systemctl --failed --no-legend --plain || true"));
+    // Each machine's systemd has a cgroup tree of its own (sharing one, two
+    // machines starting the same oneshot unit at once collided: status=219/CGROUP).
+    let running = machine::running_machines().expect("scan");
+    let cgroups: Vec<String> = HOSTS
+        .iter()
+        .map(|h| {
+            let name = names::machine(&f.project, h);
+            let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", running[&name])).expect("nspawn's cgroup");
+            assert!(cgroup.contains(&format!("/rigger/{name}")), "nspawn of {h} runs in {cgroup}");
+            cgroup
+        })
+        .collect();
+    assert_ne!(cgroups[0], cgroups[1]);
     // The machines reach each other over the bridge.
     let other_ip = created[1].output_str("private_ip").expect("private_ip");
     ssh(&f, &known_hosts, created[0].output_str("ssh_host").expect("ip"), &format!("ping -c1 -W2 {other_ip}"));
@@ -305,4 +323,10 @@ fn assert_nothing_left(f: &Fixture) {
     let project_dir = Path::new(ROOT).join("machines").join(&f.project);
     assert!(!mounts.contains(project_dir.to_str().expect("path")), "overlay mount left");
     assert!(!project_dir.exists(), "{} left", project_dir.display());
+    for name in &machine_names {
+        for hierarchy in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            let dir = Path::new(hierarchy).join("rigger").join(name);
+            assert!(!dir.exists(), "cgroup {} left", dir.display());
+        }
+    }
 }

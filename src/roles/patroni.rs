@@ -249,9 +249,32 @@ async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
     let patch: serde_json::Map<String, Value> = changes.iter().map(|(k, _, v)| (k.clone(), json!(v))).collect();
     let subject = "patroni parameters".to_string();
     run.events.progress(&subject, format!("setting {}", changes.iter().map(|(k, _, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")));
+    let mut patched_at = BTreeMap::new();
+    for h in &run.hosts {
+        patched_at.insert(h.name.clone(), clock(run.session(&h.name)?).await?);
+    }
     let (code, body) = rest(probe, port, "PATCH", "/config", Some(&json!({ "postgresql": { "parameters": patch } }))).await?;
     if code != 200 {
         bail!("PATCH /config answered {code}: {body}");
+    }
+    // Patroni applies a DCS change in its own loop, a moment later, on every
+    // member: wait until each has rewritten its config and PostgreSQL has
+    // loaded it, so the apply ends with the change in effect.
+    let loop_wait = plan.setting("patroni", "loop_wait").and_then(Value::as_u64).unwrap_or(10);
+    for h in &run.hosts {
+        let s = run.session(&h.name)?;
+        let since = patched_at[&h.name];
+        wait_for(&format!("{}: Patroni writes the new parameters and PostgreSQL loads them", h.name), Duration::from_secs(loop_wait * 3 + 10), || async {
+            let (written, loaded) = config_times(s, pg_port(plan)).await?;
+            Ok(if written < since {
+                Err("postgresql.conf not rewritten yet".to_string())
+            } else if loaded < written {
+                Err("postgresql.conf rewritten, not loaded yet".to_string())
+            } else {
+                Ok(())
+            })
+        })
+        .await?;
     }
     // Which of them only take effect after a restart?
     let members = cluster(probe, port).await?;
@@ -265,9 +288,8 @@ async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
         )
         .await?;
     if out.stdout.trim().is_empty() {
-        return Ok(false); // Patroni reloads them on its next loop.
+        return Ok(false); // Reloaded above: in effect.
     }
-    let loop_wait = plan.setting("patroni", "loop_wait").and_then(Value::as_u64).unwrap_or(10);
     // Wait until every member knows it must restart.
     for h in &run.hosts {
         let s = run.session(&h.name)?;
@@ -300,6 +322,27 @@ async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
         restart_member(run, &leader).await?;
     }
     Ok(true)
+}
+
+/// The host's clock, in seconds since the epoch (nanosecond precision, like
+/// the file times it is compared with).
+async fn clock(session: &HostSession) -> Result<f64> {
+    let out = session.sudo("date +%s.%N", None).await?;
+    out.stdout.trim().parse().map_err(|e| anyhow!("{}: reading the clock ({e}): {:?}", session.name, out.stdout))
+}
+
+/// When PostgreSQL's config file was last written and when PostgreSQL last
+/// loaded its configuration, in seconds since the epoch.
+async fn config_times(session: &HostSession, pg_port: u64) -> Result<(f64, f64)> {
+    let psql = format!("runuser -u postgres -- psql -h /var/run/postgresql -p {pg_port} -Atc");
+    let out = session
+        .sudo(&format!("f=$({psql} 'show config_file') && stat -c %.9Y \"$f\" && {psql} 'select extract(epoch from pg_conf_load_time())'"), None)
+        .await?;
+    let times: Vec<f64> = out.stdout.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    match times[..] {
+        [written, loaded] if out.ok() => Ok((written, loaded)),
+        _ => bail!("{}: reading the config file and load times: {} {}", session.name, out.stdout.trim(), out.stderr.trim()),
+    }
 }
 
 /// Members that still owe a restart (an interrupted run, or a change made by

@@ -174,6 +174,13 @@ pub fn leftovers(project: &str, net_prefix: &str) -> Vec<String> {
     if dir.exists() {
         found.push(format!("folder {}", dir.display()));
     }
+    for hierarchy in ["/sys/fs/cgroup/systemd/rigger", "/sys/fs/cgroup/unified/rigger", "/sys/fs/cgroup/rigger"] {
+        for entry in std::fs::read_dir(hierarchy).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().contains(project) {
+                found.push(format!("cgroup {}", entry.path().display()));
+            }
+        }
+    }
     found
 }
 

@@ -9,7 +9,7 @@
 //! systemd-nspawn runs detached (own session, no stdin), so machines outlive rigger.
 //! Whether a machine runs is read from `/proc`, never from a remembered pid alone.
 
-use super::{cmd, image, mounts, net};
+use super::{cgroup, cmd, image, mounts, net};
 use crate::resource::Attrs;
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
@@ -274,9 +274,15 @@ pub async fn start(paths: &MachinePaths, meta: &Meta) -> Result<u32> {
     let directory = format!("--directory={}", paths.rootfs.display());
     let machine = format!("--machine={}", meta.name);
     let netns = format!("--network-namespace-path=/run/netns/{}", meta.netns);
+    // Each machine in a cgroup of its own (see cgroup.rs): a shell enters it,
+    // then becomes nspawn.
+    let enter = cgroup::enter_then_exec(&cgroup::prepare(&meta.name)?);
     let args = [
         "--fork",
-        "systemd-nspawn",
+        "sh",
+        "-c",
+        enter.as_str(),
+        "sh",
         "--boot",
         "--register=no",
         "--keep-unit",
@@ -438,5 +444,6 @@ pub async fn destroy(paths: &MachinePaths, name: &str, netns: &str, veth: &str) 
         mounts::unmount_all_under(&paths.dir).await?;
         image::remove_dir_all_blocking(paths.dir.clone()).await?;
     }
+    cgroup::remove_when_empty(name).await;
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! Everything lives under `<root>/machines/<project>/` (root: `/var/lib/rigger`);
 //! host-wide names come from `names.rs`, so a run finds what an earlier one made.
 
+pub mod cgroup;
 pub mod cmd;
 pub mod image;
 pub mod machine;
