@@ -106,7 +106,7 @@ fn nginx_apps_haproxy_patroni_redis_end_to_end() {
     assert_eq!(code, 200, "{body}");
 
     // A write lands on the Patroni leader...
-    let cluster = json(&plan.ssh(&format!("{net}.21"), "curl -s http://127.0.0.1:8008/cluster"));
+    let cluster = json(&plan.patroni_rest(&format!("{net}.21"), "-m 5", "/cluster"));
     let leader = cluster["members"].as_array().expect("members").iter().find(|m| m["role"] == "leader").expect("a leader")["host"].as_str().expect("host").to_string();
     let (code, body) = http("POST", &format!("{nginx}/items"), Some(r#"{"text":"written through nginx"}"#));
     assert_eq!(code, 201, "{body}");

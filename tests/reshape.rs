@@ -159,7 +159,7 @@ fn etcd_members(plan: &LocalPlan, ip: &str) -> Vec<(String, bool)> {
 }
 
 fn patroni_cluster(plan: &LocalPlan, ip: &str) -> Vec<(String, String)> {
-    let v: Value = serde_json::from_str(&plan.ssh(ip, "curl -s -m 5 http://127.0.0.1:8008/cluster")).expect("cluster JSON");
+    let v: Value = serde_json::from_str(&plan.patroni_rest(ip, "-m 5", "/cluster")).expect("cluster JSON");
     v["members"].as_array().expect("members").iter().map(|m| (m["name"].as_str().unwrap_or_default().to_string(), m["role"].as_str().unwrap_or_default().to_string())).collect()
 }
 
@@ -260,7 +260,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     if leader != "pgx" {
         let body = format!(r#"{{"leader":"{leader}","candidate":"pgx"}}"#);
         // As root with rigger's REST credentials (Patroni asks unsafe requests for them).
-        let said = plan.ssh(&pg1, &format!("sudo -n curl -s -m 60 {} -X POST -H 'Content-Type: application/json' --data-binary '{body}' http://127.0.0.1:8008/switchover", rigger::roles::rest_auth::curl_args()));
+        let said = plan.patroni_rest(&pg1, &format!("-m 60 {} -X POST -H 'Content-Type: application/json' --data-binary '{body}'", rigger::roles::rest_auth::curl_args()), "/switchover");
         println!("switchover to pgx: {said}");
         let deadline = Instant::now() + Duration::from_secs(90);
         while !patroni_cluster(&plan, &pg1).iter().any(|(n, r)| n == "pgx" && r == "leader") {

@@ -141,6 +141,26 @@ fn tls_to_postgresql(plan: &LocalPlan, net: &str, state: &serde_json::Value) {
     assert_eq!(over_tls, 2, "both replicas stream over TLS");
 }
 
+/// Redis from the app host (the firewall lets it in): TLS verified against
+/// the project CA and the password answer; plaintext, another CA or no
+/// password get nothing. The app itself reaches Redis (its /health says so).
+fn redis_over_tls(plan: &LocalPlan, net: &str, state: &serde_json::Value) {
+    let password = state["secrets"]["redis_password"].as_str().expect("a generated Redis password");
+    let app = format!("{net}.41");
+    let ping = |args: &str, auth: bool| {
+        let auth = if auth { format!("REDISCLI_AUTH='{password}' ") } else { String::new() };
+        plan.ssh(&app, &format!("{auth}timeout 10 redis-cli -h {net}.31 -p 6379 {args} ping 2>&1 || true")).trim().to_string()
+    };
+    assert_eq!(ping("--tls --cacert /etc/rigger/ca.crt", true), "PONG", "Redis over TLS with the project CA");
+    assert_ne!(ping("", true), "PONG", "Redis still answers plaintext");
+    assert_ne!(ping("--tls --cacert /etc/ssl/certs/ca-certificates.crt", true), "PONG", "Redis's certificate verified without the project CA");
+    let anonymous = ping("--tls --cacert /etc/rigger/ca.crt", false);
+    assert!(anonymous.contains("NOAUTH"), "Redis over TLS without the password: {anonymous}");
+    let health = plan.ssh(&app, "curl -s -m 5 http://127.0.0.1:9001/health");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap_or_else(|e| panic!("app /health is not JSON ({e}): {health}"));
+    assert_eq!(health["checks"]["redis"]["ok"], true, "the app reaches Redis over TLS: {health}");
+}
+
 /// etcd from a Patroni peer (the firewall lets it in): a client certificate of
 /// the project CA gets an answer, no certificate or plaintext gets none.
 fn etcd_wants_a_client_certificate(plan: &LocalPlan, net: &str) {
@@ -193,13 +213,19 @@ fn closed_by_default_probed_like_an_attacker() {
     let vip = probe_from_host(&targets(&net, &[(10, 5000)]));
     assert!(all(&vip, true).is_empty(), "this host cannot reach the write port on the VIP");
 
-    // Patroni REST: health checks open (to whoever the firewall lets in), unsafe endpoints want the password.
-    let curl = |args: &str| plan.ssh(&format!("{net}.11"), &format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' {args}"));
-    let health = curl(&format!("http://{net}.21:8008/health"));
-    assert_eq!(health, "200", "GET /health from HAProxy");
+    // Patroni REST: HTTPS with the host certificate of the project CA; health
+    // checks open (to whoever the firewall lets in), unsafe endpoints want the password.
+    let curl = |args: &str| plan.ssh(&format!("{net}.11"), &format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' {args} || true"));
+    let rest = format!("https://{net}.21:8008");
+    let health = curl(&format!("--cacert /etc/rigger/ca.crt {rest}/health"));
+    assert_eq!(health, "200", "GET /health over HTTPS, verified with the project CA, from HAProxy");
+    assert_ne!(curl(&format!("http://{net}.21:8008/health")), "200", "Patroni REST still answers plain HTTP");
+    assert_eq!(curl(&format!("--cacert /etc/ssl/certs/ca-certificates.crt {rest}/health")), "000", "Patroni's certificate verified without the project CA");
+    let haproxy_cfg = plan.ssh(&format!("{net}.11"), "sudo -n cat /etc/haproxy/haproxy.cfg");
+    assert!(haproxy_cfg.contains("check-ssl verify required ca-file /etc/haproxy/ca.crt"), "HAProxy's checks do not verify Patroni's certificate:\n{haproxy_cfg}");
     for (what, args) in [("no credentials", String::new()), ("a wrong password", "-u rigger:wrong".to_string())] {
         for endpoint in ["restart", "reload", "switchover"] {
-            let code = curl(&format!("{args} -X POST -d '{{}}' http://{net}.21:8008/{endpoint}"));
+            let code = curl(&format!("--cacert /etc/rigger/ca.crt {args} -X POST -d '{{}}' {rest}/{endpoint}"));
             assert_eq!(code, "401", "POST /{endpoint} with {what} must be refused");
         }
     }
@@ -207,6 +233,7 @@ fn closed_by_default_probed_like_an_attacker() {
     let rest_pw = state["secrets"]["patroni_rest_password"].as_str().expect("a generated REST password in the state").to_string();
     assert!(!out.stdout_text().contains(&rest_pw) && !out.stderr_text().contains(&rest_pw), "the REST password was printed");
     tls_to_postgresql(&plan, &net, &state);
+    redis_over_tls(&plan, &net, &state);
     etcd_wants_a_client_certificate(&plan, &net);
 
     // rigger's own unsafe call (PATCH /config) carries it: a parameter change lands.

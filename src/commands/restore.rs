@@ -18,6 +18,7 @@ use crate::events::Events;
 use crate::plan::model::Plan;
 use crate::project::Project;
 use crate::remote::session::{sh_quote, HostSession};
+use crate::roles::rest_auth::local_curl;
 use crate::roles::{backup, patroni, pgbackrest};
 use crate::ui::printer::Printer;
 use anyhow::{anyhow, bail, Context, Result};
@@ -193,7 +194,7 @@ async fn cluster_leader(plan: &Plan, sessions: &BTreeMap<String, HostSession>) -
     let port = plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008);
     for h in plan.hosts_with_role("patroni") {
         let Some(s) = sessions.get(&h.name) else { continue };
-        let Ok(out) = s.sudo(&format!("curl -s -m 3 http://127.0.0.1:{port}/cluster"), None).await else { continue };
+        let Ok(out) = s.sudo(&local_curl(port, "-m 3", "/cluster"), None).await else { continue };
         let Ok(v) = serde_json::from_str::<Value>(&out.stdout) else { continue };
         if let Some(l) = v["members"].as_array().into_iter().flatten().find(|m| m["role"] == "leader").and_then(|m| m["name"].as_str()) {
             return Some(l.to_string());
@@ -356,7 +357,7 @@ async fn carry_out(
     crate::config::run::start(ls, "patroni").await?;
     let port = plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008);
     crate::config::run::wait_for(&format!("{leader}: Patroni leads the restored cluster"), Duration::from_secs(300), || async {
-        let out = ls.sudo(&format!("curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/primary"), None).await?;
+        let out = ls.sudo(&local_curl(port, "-m 3 -o /dev/null -w '%{http_code}'", "/primary"), None).await?;
         Ok(if out.stdout.trim() == "200" { Ok(()) } else { Err(format!("/primary answers {}", out.stdout.trim())) })
     })
     .await
@@ -380,7 +381,7 @@ async fn carry_out(
     for r in replicas {
         let s = session(r)?;
         crate::config::run::wait_for(&format!("{r}: rebuilt and streaming"), Duration::from_secs(1800), || async {
-            let out = s.sudo(&format!("curl -s -m 3 http://127.0.0.1:{port}/patroni"), None).await?;
+            let out = s.sudo(&local_curl(port, "-m 3", "/patroni"), None).await?;
             let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
             Ok(if v["role"] == "replica" && (v["state"] == "streaming" || v["state"] == "running") { Ok(()) } else { Err(format!("role {}, state {}", v["role"], v["state"])) })
         })

@@ -134,7 +134,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
 
     let rest = setting("patroni", "rest_port", 8008);
     if let Some(s) = plan.hosts_with_role("patroni").find_map(|h| sessions.get(&h.name)) {
-        let out = s.sudo(&format!("curl -s -m 3 http://127.0.0.1:{rest}/cluster"), None).await?;
+        let out = s.sudo(&crate::roles::rest_auth::local_curl(rest, "-m 3", "/cluster"), None).await?;
         let cluster: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
         let members: Vec<Value> = cluster["members"].as_array().cloned().unwrap_or_default();
         let leader = members.iter().find(|m| m["role"] == "leader").and_then(|m| m["name"].as_str()).map(str::to_string);
@@ -148,7 +148,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
             // loop_wait old); ask the member itself whether it owes a restart.
             let pending_restart = match sessions.get(&name) {
                 Some(ms) => {
-                    let live = ms.sudo(&format!("curl -s -m 3 http://127.0.0.1:{rest}/patroni"), None).await?;
+                    let live = ms.sudo(&crate::roles::rest_auth::local_curl(rest, "-m 3", "/patroni"), None).await?;
                     crate::roles::patroni::restart_pending(&live.stdout)
                 }
                 None => m["pending_restart"].as_bool().unwrap_or(false),

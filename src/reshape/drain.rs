@@ -77,7 +77,7 @@ async fn probe(s: &HostSession, vip: Option<&str>) -> Result<HostProbe> {
 
 /// The Patroni cluster as a remaining member reports it: name → role.
 pub async fn patroni_members(s: &HostSession, rest_port: u64) -> Result<BTreeMap<String, String>> {
-    let out = s.sudo(&format!("curl -s -m 5 http://127.0.0.1:{rest_port}/cluster"), None).await?;
+    let out = s.sudo(&crate::roles::rest_auth::local_curl(rest_port, "-m 5", "/cluster"), None).await?;
     let v: Value = serde_json::from_str(out.stdout.trim()).map_err(|e| anyhow::anyhow!("{}: GET /cluster is not JSON ({e}): {}", s.name, out.stdout.trim()))?;
     Ok(v["members"]
         .as_array()

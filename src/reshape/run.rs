@@ -5,6 +5,7 @@
 
 use super::drain::{etcd_client_port, patroni_members, rest_port, DrainPlan, Step};
 use crate::config::run::wait_for;
+use crate::roles::patroni::rest;
 use crate::events::Events;
 use crate::plan::model::Plan;
 use crate::project::Project;
@@ -119,17 +120,6 @@ async fn move_vip(sessions: &mut Sessions, holder: &str, vip: &str, to: &[String
         Ok(Err("no remaining host holds it yet".to_string()))
     })
     .await
-}
-
-/// `curl` Patroni's REST API on the host itself: (status, body).
-async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
-    let data = body.map(|b| format!(" -H 'Content-Type: application/json' --data-binary {}", sh_quote(&b.to_string()))).unwrap_or_default();
-    // Authenticated (security.rest_auth): the switchover is an unsafe endpoint.
-    let auth = crate::roles::rest_auth::curl_args();
-    let out = s.sudo(&format!("curl -s -m 60 {auth} -o /dev/stdout -w '\\n%{{http_code}}' -X {method}{data} http://127.0.0.1:{port}{path}"), None).await?;
-    let text = out.stdout.trim_end();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text));
-    Ok((code.trim().parse().unwrap_or(0), body.to_string()))
 }
 
 /// If `leader` still leads, switch over to a remaining streaming replica and

@@ -214,14 +214,14 @@ mod tests {
         let tls = "?sslmode=verify-full&sslrootcert=/etc/rigger/ca.crt";
         assert!(env.content.contains(&format!("DATABASE_URL=postgresql://app:dbpass123@10.9.0.10:5000/app{tls}\n")), "{}", env.content);
         assert!(env.content.contains(&format!("DATABASE_READ_URL=postgresql://app:dbpass123@10.9.0.10:5001/app{tls}\n")), "{}", env.content);
-        assert!(env.content.contains("REDIS_URL=redis://:redispass9@10.9.0.31:6379/0\n"), "{}", env.content);
+        assert!(env.content.contains("REDIS_URL=rediss://:redispass9@10.9.0.31:6379/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/rigger/ca.crt\n"), "{}", env.content);
         let unit = d.files.iter().find(|f| f.path == "/etc/systemd/system/app.service").unwrap();
         assert!(!unit.content.contains("dbpass123") && !unit.content.contains("redispass9"));
         assert!(unit.content.contains("User=app") && unit.content.contains("EnvironmentFile=/etc/app/app.env"));
         assert!(d.files.iter().any(|f| f.path == "/opt/app/src/app.py" && f.notify == vec!["app".to_string()]));
 
         let web = crate::roles::desired(&p, p.host("web").unwrap(), &secrets, &r).unwrap();
-        let conf = web.files.iter().find(|f| f.role == "nginx").unwrap();
+        let conf = web.files.iter().find(|f| f.role == "nginx" && f.validate.is_some()).unwrap();
         assert_eq!(conf.validate.as_ref().unwrap().command, "nginx -t -q -c {}");
         assert!(conf.content.contains("least_conn;"));
         for ip in ["10.9.0.41", "10.9.0.42", "10.9.0.43"] {

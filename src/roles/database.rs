@@ -23,7 +23,7 @@ pub async fn leader<'a>(run: &RoleRun<'a>) -> Result<&'a HostSession> {
     let name = wait_for("a Patroni leader to create the database on", Duration::from_secs(60), || async {
         for m in &members {
             let s = run.session(m)?;
-            let out = s.sudo(&format!("curl -s -o /dev/null -m 3 -w '%{{http_code}}' http://127.0.0.1:{port}/primary"), None).await?;
+            let out = s.sudo(&super::rest_auth::local_curl(port, "-o /dev/null -m 3 -w '%{http_code}'", "/primary"), None).await?;
             if out.stdout.trim() == "200" {
                 return Ok(Ok(m.clone()));
             }

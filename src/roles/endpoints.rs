@@ -38,10 +38,13 @@ pub fn database_url(plan: &Plan, user: &str, password: &str, database: &str, rea
     Some(format!("postgresql://{}:{}@{lb}:{p}/{database}{tls}", userinfo(user), userinfo(password)))
 }
 
-/// `redis://:pass@REDIS:6379/DB` on the first Redis host.
+/// `redis://:pass@REDIS:6379/DB` on the first Redis host; with TLS on,
+/// `rediss://` verified against the project CA (redis-py, Celery and kombu
+/// read `ssl_cert_reqs` and `ssl_ca_certs` from the query).
 pub fn redis_url(plan: &Plan, password: &str, db: u32) -> Option<String> {
     let h = plan.hosts_with_role("redis").next()?;
-    Some(format!("redis://:{}@{}:{}/{db}", userinfo(password), h.ip, port(plan, "redis", "port", 6379)))
+    let (scheme, tls) = if plan.security.tls { ("rediss", format!("?ssl_cert_reqs=required&ssl_ca_certs={}", super::tls::CLIENT_CA)) } else { ("redis", String::new()) };
+    Some(format!("{scheme}://:{}@{}:{}/{db}{tls}", userinfo(password), h.ip, port(plan, "redis", "port", 6379)))
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "priority": 200 - lb_position.min(150),
         "lb_address": endpoints::lb_address(plan),
         "security": plan.security,
-        "patroni_rest_auth": rest_auth::patroni_yaml(plan, secrets),
+        "patroni_restapi": rest_auth::patroni_yaml(plan, secrets) + &rest_auth::patroni_tls_yaml(plan),
         "etcd_scheme": tls::etcd_scheme(plan),
         "failover": crate::plan::rto::template_values(plan),
         // Access grants, rendered from the flow model (src/flows.rs).
@@ -163,6 +163,7 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
         d.files.extend(add.files);
         d.files.push(rest_auth::curlrc(secrets)?);
     }
-    d.files.extend(tls::files(plan, host, secrets)?);
+    // Certificates first: the configs that name them are checked against them.
+    d.files.splice(0..0, tls::files(plan, host, secrets)?);
     Ok(d)
 }

@@ -58,8 +58,8 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
 /// The probes the plan needs: the DCS config as Patroni serves it.
 pub fn probes(plan: &Plan) -> Vec<(String, String)> {
     vec![
-        ("patroni_config".into(), format!("curl -s -m 3 http://127.0.0.1:{}/config", rest_port(plan))),
-        ("patroni_state".into(), format!("curl -s -m 3 http://127.0.0.1:{}/patroni", rest_port(plan))),
+        ("patroni_config".into(), super::rest_auth::local_curl(rest_port(plan), "-m 3", "/config")),
+        ("patroni_state".into(), super::rest_auth::local_curl(rest_port(plan), "-m 3", "/patroni")),
     ]
 }
 
@@ -90,10 +90,10 @@ fn as_text(v: &Value) -> String {
 }
 
 /// Every call to Patroni's REST API goes through here (one place for its credentials).
-pub(crate) async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+pub async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
     let data = body.map(|b| format!(" -H 'Content-Type: application/json' --data-binary {}", sh_quote(&b.to_string()))).unwrap_or_default();
     let auth = super::rest_auth::curl_args();
-    let out = s.sudo(&format!("curl -s -m 60 {auth} -o /dev/stdout -w '\\n%{{http_code}}' -X {method}{data} http://127.0.0.1:{port}{path}"), None).await?;
+    let out = s.sudo(&super::rest_auth::local_curl(port, &format!("-m 60 {auth} -o /dev/stdout -w '\\n%{{http_code}}' -X {method}{data}"), path), None).await?;
     let text = out.stdout.trim_end();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", text));
     Ok((code.trim().parse().unwrap_or(0), body.to_string()))

@@ -1,4 +1,6 @@
-//! Redis: one instance with a password (from the state) and an LRU memory cap.
+//! Redis: one instance with a password (from the state) and an LRU memory cap,
+//! TLS-only with the project CA's host certificate when `security.tls` is on
+//! (Debian 12's redis-server 7.0 is built with TLS).
 //! Gate: PING answers PONG with the password.
 
 use super::{file, service};
@@ -20,8 +22,11 @@ pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
 }
 
 /// `PING` with the password (on stdin, never on a command line): what Redis answered.
+/// TLS or not is read from the config Redis runs with (right before and after
+/// TLS is turned on); TLS is verified against the project CA.
 pub async fn ping(s: &HostSession, port: u64, password: &str) -> Result<String> {
-    let out = s.sudo(&format!("read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli -p {port} ping"), Some(format!("{password}\n").as_bytes())).await?;
+    let tls = format!("if grep -qs '^tls-port' /etc/redis/redis.conf; then t='--tls --cacert {}/ca.crt'; else t=; fi", super::tls::REDIS_DIR);
+    let out = s.sudo(&format!("{tls}; read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli $t -p {port} ping"), Some(format!("{password}\n").as_bytes())).await?;
     Ok(format!("{}{}", out.stdout.trim(), out.stderr.trim()))
 }
 

@@ -366,11 +366,15 @@ pub async fn install(s: &HostSession, src: &Source, wh: &Wheelhouse, offline_lib
 }
 
 /// Run a command of the release as the saleor user with the units' environment, as a transient unit.
+/// OpenSSL's default CA directories for Saleor's processes: the system's, and
+/// the project CA's (see tls::TRUST_DIR; a missing directory is skipped).
+const SSL_CERT_DIR: &str = "/etc/ssl/certs:/etc/rigger/certs";
+
 fn as_saleor(src: &Source, unit: &str, command: &str) -> String {
     let rel = src.dir();
     format!(
         "systemd-run --quiet --wait --collect --pipe --unit {unit} -p User=saleor -p Group=saleor -p EnvironmentFile={ENV} -p EnvironmentFile={RSA_ENV} \
-         -p WorkingDirectory={rel}/src -p Environment=PYTHONUNBUFFERED=1 {rel}/venv/bin/{command}"
+         -p WorkingDirectory={rel}/src -p Environment=PYTHONUNBUFFERED=1 -p Environment=SSL_CERT_DIR={SSL_CERT_DIR} {rel}/venv/bin/{command}"
     )
 }
 
@@ -430,6 +434,19 @@ pub async fn api_gate(s: &HostSession, port: u64, limit: Duration) -> Result<()>
         Ok(shop_answered(&out.stdout))
     })
     .await
+}
+
+/// Django's cache (Redis, over TLS when it is on) stores and returns a value
+/// in Saleor's own settings.
+pub async fn cache_gate(s: &HostSession, src: &Source) -> Result<()> {
+    let py = "import os, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'saleor.settings'); django.setup(); \
+              from django.core.cache import cache; cache.set('rigger-gate', 'stored', 30); print('cache', cache.get('rigger-gate'))";
+    let unit = format!("saleor-cache-gate-{}", std::process::id());
+    let out = s.sudo(&format!("{} 2>&1", as_saleor(src, &unit, &format!("python -c {}", sh_quote(py)))), None).await?;
+    if !(out.ok() && out.stdout.contains("cache stored")) {
+        bail!("{}: Saleor's cache does not store through Redis: {}", s.name, out.stdout.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
+    }
+    Ok(())
 }
 
 /// The worker takes a real Saleor task from the broker and completes it.
@@ -582,6 +599,7 @@ pub async fn gate(run: &RoleRun<'_>, src: &Source) -> Result<()> {
         .await?;
     }
     worker_gate(first, src).await?;
+    cache_gate(first, src).await?;
     if let Some(d) = super::saleor_dashboard::dashboard(run.plan, &api_url(run.plan))? {
         super::saleor_dashboard::gate(run, first, &d).await?;
     }
@@ -640,8 +658,11 @@ mod tests {
         assert_eq!(rsa.mode, 0o600);
         assert!(rsa.content.contains("RSA_PRIVATE_KEY=\"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n\""), "{}", rsa.content);
         let env = get(&one, ENV).content;
-        assert!(env.contains("PLAYGROUND_ENABLED=False\n") && env.contains("CELERY_RESULT_BACKEND=redis://:rp123456@10.9.0.11:6379/2\n"), "{env}");
+        assert!(env.contains("PLAYGROUND_ENABLED=False\n") && env.contains("CELERY_RESULT_BACKEND=rediss://:rp123456@10.9.0.11:6379/2?ssl_cert_reqs=required&ssl_ca_certs=/etc/rigger/ca.crt\n"), "{env}");
         assert!(!api.contains("sk123456") && !api.contains("AAAA"));
+        // Django's cache takes no CA from its URL: the units trust the project CA through OpenSSL's paths.
+        assert!(api.contains("Environment=SSL_CERT_DIR=/etc/ssl/certs:/etc/rigger/certs") && api.contains("ExecStartPre=+/usr/bin/openssl rehash /etc/rigger/certs"), "{api}");
+        assert_eq!(get(&one, "/etc/rigger/certs/rigger-ca.pem").content, secrets["tls_ca_cert"]);
         // Local machines have no mirror: libmagic comes as .debs, not from apt.
         // (Other roles' packages, such as the firewall's nftables, may sit beside it.)
         assert!(one.packages.iter().any(|p| p == "python3-venv") && !one.packages.iter().any(|p| p.starts_with("libmagic")), "{:?}", one.packages);

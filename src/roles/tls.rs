@@ -1,6 +1,7 @@
 //! TLS files on the hosts, from the project CA in the state: the CA for
-//! clients on every host (`/etc/rigger/ca.crt`), and on PostgreSQL hosts the
-//! server certificate and key PostgreSQL serves (`ssl = on`, see patroni.yml).
+//! clients on every host (`/etc/rigger/ca.crt`) and for HAProxy's checks, and
+//! on PostgreSQL hosts the server certificate and key PostgreSQL and Patroni's
+//! REST API serve (`ssl = on`, `restapi.certfile`, see patroni.yml).
 
 use super::file;
 use crate::config::ops::ManagedFile;
@@ -13,6 +14,11 @@ use std::collections::BTreeMap;
 pub const CLIENT_CA: &str = "/etc/rigger/ca.crt";
 pub const PG_DIR: &str = "/etc/patroni/tls";
 pub const ETCD_DIR: &str = "/etc/etcd/tls";
+pub const HAPROXY_CA: &str = "/etc/haproxy/ca.crt";
+pub const REDIS_DIR: &str = "/etc/redis/tls";
+/// A hashed CA directory added to OpenSSL's default trust (SSL_CERT_DIR) of
+/// clients that take no CA file of their own.
+pub const TRUST_DIR: &str = "/etc/rigger/certs";
 
 /// `http` or `https` for etcd's client and peer URLs.
 pub fn etcd_scheme(plan: &Plan) -> &'static str {
@@ -47,6 +53,21 @@ pub fn files(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Re
         out.push(file("etcd", &format!("{ETCD_DIR}/ca.crt"), ca.clone(), 0o644, "etcd", "etcd", None, &["etcd"]));
         out.push(file("etcd", &format!("{ETCD_DIR}/server.crt"), cert, 0o644, "etcd", "etcd", None, &["etcd"]));
         out.push(file("etcd", &format!("{ETCD_DIR}/server.key"), key, 0o600, "etcd", "etcd", None, &["etcd"]));
+    }
+    if host.roles.iter().any(|r| r == "redis") {
+        let (cert, key) = (get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?);
+        out.push(file("redis", &format!("{REDIS_DIR}/ca.crt"), ca.clone(), 0o644, "redis", "redis", None, &["redis-server"]));
+        out.push(file("redis", &format!("{REDIS_DIR}/server.crt"), cert, 0o644, "redis", "redis", None, &["redis-server"]));
+        out.push(file("redis", &format!("{REDIS_DIR}/server.key"), key, 0o600, "redis", "redis", None, &["redis-server"]));
+    }
+    if host.roles.iter().any(|r| r == "saleor") {
+        // Saleor's cache client (Django's) takes no CA from its URL: it trusts
+        // the project CA through SSL_CERT_DIR (its units `openssl rehash` it).
+        out.push(file("saleor", &format!("{TRUST_DIR}/rigger-ca.pem"), ca.clone(), 0o644, "root", "root", None, &[]));
+    }
+    if host.roles.iter().any(|r| r == "haproxy") {
+        // HAProxy's checks verify Patroni's REST certificates with it (check-ssl).
+        out.push(file("haproxy", HAPROXY_CA, ca.clone(), 0o644, "root", "root", None, &["haproxy"]));
     }
     if host.roles.iter().any(|r| r == "patroni") {
         let (cert, key) = (get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?);

@@ -139,6 +139,14 @@ impl LocalPlan {
         out.stdout_text()
     }
 
+    /// Patroni's REST API of the member at `ip`, called the way rigger calls it
+    /// (as root on the member: HTTPS verified with the project CA when TLS is
+    /// on, `-K` rigger's credentials for unsafe endpoints when ARGS ask).
+    pub fn patroni_rest(&self, ip: &str, args: &str, path: &str) -> String {
+        let cmd = rigger::roles::rest_auth::local_curl(8008, args, path);
+        self.ssh(ip, &format!("sudo -n sh -c {}", rigger::remote::session::sh_quote(&cmd)))
+    }
+
     /// No machine, namespace, address, overlay or folder of this project is left.
     pub fn assert_nothing_left(&self) {
         let leftovers = leftovers(&self.project, &self.net_prefix);
