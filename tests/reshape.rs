@@ -24,6 +24,8 @@ struct Shape {
     etcd_extra: bool,
     patroni_extra: bool,
     apps: u32,
+    /// HAProxy + keepalived hosts (lb-1..).
+    lbs: u32,
 }
 
 fn plan_text(project: &str, cidr: &str, net: &str, app_dir: &Path, shape: &Shape) -> String {
@@ -35,8 +37,8 @@ fn plan_text(project: &str, cidr: &str, net: &str, app_dir: &Path, shape: &Shape
         hosts.push_str(&format!("  - {{ name: ex, count: 2, roles: [etcd], ip: {net}.51, firewall: [inside] }}\n"));
     }
     hosts.push_str(&format!(
-        "  - {{ name: lb, count: 2, roles: [haproxy, keepalived], ip: {net}.11, firewall: [inside] }}\n  - {{ name: web, roles: [nginx, redis], ip: {net}.5, firewall: [inside] }}\n  - {{ name: app, count: {}, roles: [app], ip: {net}.41, firewall: [inside] }}\n",
-        shape.apps
+        "  - {{ name: lb, count: {}, roles: [haproxy, keepalived], ip: {net}.11, firewall: [inside] }}\n  - {{ name: web, roles: [nginx, redis], ip: {net}.5, firewall: [inside] }}\n  - {{ name: app, count: {}, roles: [app], ip: {net}.41, firewall: [inside] }}\n",
+        shape.lbs, shape.apps
     ));
     format!(
         "version: 1
@@ -172,7 +174,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     let app_src = tempfile::tempdir().expect("temp dir");
     let app_dir = app_src.path().join("demo-app");
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-app"), &app_dir);
-    let base = Shape { pg: 3, etcd_extra: false, patroni_extra: false, apps: 3 };
+    let base = Shape { pg: 3, etcd_extra: false, patroni_extra: false, apps: 3, lbs: 2 };
     let plan = LocalPlan::from_text("t-rs", |project, cidr, net| plan_text(project, cidr, net, &app_dir, &base));
     let net = plan.net_prefix.clone();
     let cidr = format!("{net}.0/24");
@@ -221,7 +223,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     let pids_before = etcd_pids(&plan, &net);
     let leader_of = |ip: &str| patroni_cluster(&plan, ip).into_iter().find(|(_, r)| r == "leader").map(|(n, _)| n);
     let leader_before = leader_of(&pg1);
-    let grown = Shape { pg: 3, etcd_extra: true, patroni_extra: true, apps: 4 };
+    let grown = Shape { pg: 3, etcd_extra: true, patroni_extra: true, apps: 4, lbs: 3 };
     write_shape(&grown);
     let grow_start = Instant::now();
     let out = rigger(&["apply", plan.path(), "--auto-approve"]);
@@ -231,6 +233,15 @@ fn reshape_under_load_etcd_patroni_apps() {
     assert_eq!(members.len(), 5, "{members:?}");
     assert!(members.iter().all(|(_, started)| *started), "{members:?}");
     assert_eq!(etcd_pids(&plan, &net), pids_before, "growing etcd restarted a running member");
+    // The new HAProxy host is in the Patroni hosts' certificate names: reissued,
+    // and etcd (not restarted) serves the new one — it reads it per handshake.
+    let serving = plan.ssh(
+        &pg1,
+        "echo | sudo -n openssl s_client -connect 127.0.0.1:2379 -CAfile /etc/etcd/tls/ca.crt -cert /etc/etcd/tls/server.crt -key /etc/etcd/tls/server.key 2>/dev/null | openssl x509 -noout -fingerprint -sha256",
+    );
+    let on_disk = plan.ssh(&pg1, "sudo -n openssl x509 -noout -fingerprint -sha256 -in /etc/etcd/tls/server.crt");
+    assert_eq!(serving, on_disk, "etcd serves another certificate than the one on disk");
+    assert!(plan.ssh(&pg1, "sudo -n openssl x509 -noout -ext subjectAltName -in /etc/etcd/tls/server.crt").contains(&format!("{net}.13")), "pg-1's certificate does not name the new HAProxy host");
     assert_eq!(leader_of(&pg1), leader_before, "the Patroni leader changed while etcd grew");
     for ip in [format!("{net}.51"), format!("{net}.52")] {
         let join = plan.ssh(&ip, "test -e /etc/default/etcd-join && echo left || echo gone");
@@ -242,7 +253,7 @@ fn reshape_under_load_etcd_patroni_apps() {
 
     // Unsafe: 3 of the 4 Patroni members in one apply (etcd stays 3 + 2 → odd, valid).
     // Refused by plan and by apply at the host entry, nothing changed.
-    write_shape(&Shape { pg: 1, etcd_extra: true, patroni_extra: false, apps: 4 });
+    write_shape(&Shape { pg: 1, etcd_extra: true, patroni_extra: false, apps: 4, lbs: 3 });
     for args in [vec!["plan", plan.path()], vec!["apply", plan.path(), "--auto-approve"]] {
         let out = rigger(&args);
         assert_eq!(out.code(), 1, "{args:?} must refuse removing a Patroni majority:\n{}", out.text());
@@ -273,15 +284,15 @@ fn reshape_under_load_etcd_patroni_apps() {
     let switch_end = Instant::now();
 
     // Shrink: etcd 5 → 3, Patroni 4 → 3 (the leader leaves), apps 4 → 2.
-    let shrunk = Shape { pg: 3, etcd_extra: false, patroni_extra: false, apps: 2 };
+    let shrunk = Shape { pg: 3, etcd_extra: false, patroni_extra: false, apps: 2, lbs: 3 };
     write_shape(&shrunk);
     let out = rigger(&["plan", plan.path()]);
     assert!(out.status.success(), "{}", out.text());
     let text = out.stdout_text();
     println!("{text}");
     let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("the plan does not show {needle:?}:\n{text}"));
-    assert!(at("switch the leader pgx over") < at("haproxy lb-1, lb-2: reload without pgx"), "{text}");
-    assert!(at("haproxy lb-1, lb-2: reload without pgx") < at("nginx web: reload without app-3, app-4"), "{text}");
+    assert!(at("switch the leader pgx over") < at("haproxy lb-1, lb-2, lb-3: reload without pgx"), "{text}");
+    assert!(at("haproxy lb-1, lb-2, lb-3: reload without pgx") < at("nginx web: reload without app-3, app-4"), "{text}");
     assert!(at("nginx web: reload without app-3, app-4") < at("app-3: stop app"), "{text}");
     assert!(at("patroni pgx: stop") < at("etcd ex-1: member remove") && at("etcd ex-1: member remove") < at("etcd ex-2: member remove"), "{text}");
     assert!(at("etcd ex-2: member remove") < at("the cloud deletes"), "{text}");
@@ -296,6 +307,40 @@ fn reshape_under_load_etcd_patroni_apps() {
     for line in progress.lines().filter(|l| l.contains("drain ") || l.contains(" deleted") || l.contains("healthy (")) {
         println!("shrink: {line}");
     }
+
+    // HAProxy 3 → 2 with the leaving host holding the VIP: put the VIP on lb-3
+    // (keepalived stops on lb-1 and lb-2 and comes back; nopreempt leaves the VIP where it is).
+    let vip = format!("{net}.10");
+    let lbs: Vec<String> = (11..=13).map(|i| format!("{net}.{i}")).collect();
+    let holds = |ip: &str| plan.ssh(ip, "ip -4 -o addr show").contains(&format!(" {vip}/"));
+    for ip in &lbs[..2] {
+        plan.ssh(ip, "sudo -n systemctl stop keepalived");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !holds(&lbs[2]) {
+        assert!(Instant::now() < deadline, "lb-3 never took the VIP");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for ip in &lbs[..2] {
+        plan.ssh(ip, "sudo -n systemctl start keepalived");
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(holds(&lbs[2]) && !holds(&lbs[0]) && !holds(&lbs[1]), "the VIP left lb-3 (nopreempt)");
+    write_shape(&Shape { lbs: 2, ..shrunk });
+    let out = rigger(&["plan", plan.path()]);
+    assert!(out.status.success(), "{}", out.text());
+    let text = out.stdout_text();
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("the plan does not show {needle:?}:\n{text}"));
+    assert!(at(&format!("keepalived lb-3: stop, the VIP {vip} moves to lb-1 or lb-2")) < at("the cloud deletes"), "{text}");
+    let vip_start = Instant::now();
+    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    let vip_end = Instant::now();
+    assert!(out.status.success(), "HAProxy 3 → 2 failed:\n{}", out.text());
+    let progress = out.stderr_text();
+    let moved = progress.find("drain ").unwrap_or_else(|| panic!("no drain step in the apply:\n{progress}"));
+    let deleted = progress.find("machine.lb-3").unwrap_or_else(|| panic!("lb-3 not deleted:\n{progress}"));
+    assert!(moved < deleted, "lb-3 was deleted before the VIP moved:\n{progress}");
+    assert_eq!(lbs[..2].iter().filter(|ip| holds(ip)).count(), 1, "not exactly one of lb-1, lb-2 holds the VIP after lb-3 left");
 
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
@@ -343,8 +388,14 @@ fn reshape_under_load_etcd_patroni_apps() {
         failed_in(switch_start, switch_end),
         failed_in(shrink_start, shrink_end)
     );
-    println!("longest write gap: grow (etcd 3→5, Patroni 3→4, apps 3→4) {:.1}s in {:.1}s", longest_gap(&log, grow_start, grow_end).as_secs_f64(), (grow_end - grow_start).as_secs_f64());
+    println!("longest write gap: grow (etcd 3→5, Patroni 3→4, apps 3→4, HAProxy 2→3) {:.1}s in {:.1}s", longest_gap(&log, grow_start, grow_end).as_secs_f64(), (grow_end - grow_start).as_secs_f64());
     println!("longest write gap: the test's own switchover to pgx {:.1}s", longest_gap(&log, switch_start, switch_end).as_secs_f64());
+    println!(
+        "longest write gap: HAProxy 3→2 with the VIP holder leaving {:.1}s in {:.1}s ({} failed attempts)",
+        longest_gap(&log, vip_start, vip_end).as_secs_f64(),
+        (vip_end - vip_start).as_secs_f64(),
+        failed_in(vip_start, vip_end)
+    );
     println!(
         "longest write gap: shrink (etcd 5→3, Patroni 4→3 with the leader leaving, apps 4→2) {:.1}s in {:.1}s",
         longest_gap(&log, shrink_start, shrink_end).as_secs_f64(),

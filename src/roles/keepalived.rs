@@ -23,7 +23,8 @@ pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
             Some(("keepalived -t", "keepalived -t -f {}")),
             &["keepalived"],
         )],
-        services: vec![service("keepalived", "keepalived", OnChange::Restart)],
+        // Reload (SIGHUP): the holder keeps the VIP while peers or priorities change.
+        services: vec![service("keepalived", "keepalived", OnChange::Reload)],
         ..Default::default()
     })
 }

@@ -51,8 +51,11 @@ pub fn files(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Re
     if host.roles.iter().any(|r| r == "etcd") {
         let (cert, key) = (get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?);
         out.push(file("etcd", &format!("{ETCD_DIR}/ca.crt"), ca.clone(), 0o644, "etcd", "etcd", None, &["etcd"]));
-        out.push(file("etcd", &format!("{ETCD_DIR}/server.crt"), cert, 0o644, "etcd", "etcd", None, &["etcd"]));
-        out.push(file("etcd", &format!("{ETCD_DIR}/server.key"), key, 0o600, "etcd", "etcd", None, &["etcd"]));
+        // etcd reads its certificate and key on every TLS handshake: a reissued
+        // one (a renewal, or an HAProxy host added to a Patroni host's names)
+        // needs no restart — which would restart every member at once.
+        out.push(file("etcd", &format!("{ETCD_DIR}/server.crt"), cert, 0o644, "etcd", "etcd", None, &[]));
+        out.push(file("etcd", &format!("{ETCD_DIR}/server.key"), key, 0o600, "etcd", "etcd", None, &[]));
     }
     if host.roles.iter().any(|r| r == "redis") {
         let (cert, key) = (get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?);
