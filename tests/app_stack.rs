@@ -136,7 +136,7 @@ fn nginx_apps_haproxy_patroni_redis_end_to_end() {
     assert_eq!(json(&body)["cache"], "hit", "{body}");
     let state: Value = json(&std::fs::read_to_string(plan.state_path()).expect("state"));
     let redis_password = state["secrets"]["redis_password"].as_str().expect("redis password").to_string();
-    let stats = plan.ssh(&format!("{net}.11"), &format!("REDISCLI_AUTH={redis_password} redis-cli info stats"));
+    let stats = plan.ssh(&format!("{net}.11"), &format!("REDISCLI_AUTH={redis_password} redis-cli --tls --cacert /etc/rigger/ca.crt info stats"));
     let hits: u64 = stats.lines().find_map(|l| l.strip_prefix("keyspace_hits:")).and_then(|v| v.trim().parse().ok()).expect("keyspace_hits");
     assert!(hits >= 1, "redis reports no cache hits:\n{stats}");
 

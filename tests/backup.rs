@@ -90,6 +90,7 @@ fn backups_archiving_and_point_in_time_restore_on_real_machines() {
     let v: serde_json::Value = serde_json::from_str(&backups.stdout_text()).unwrap_or_else(|e| panic!("{e}: {}", backups.text()));
     assert_eq!(v["cipher"], "aes-256-cbc");
     assert_eq!(v["backups"].as_array().unwrap().len(), 1, "{v}");
+    s3_repository_rendered_and_checked_offline(&p);
 
     // Some data, so a backup runs long enough to be interrupted.
     let l = leader(&p);
@@ -173,6 +174,55 @@ fn backups_archiving_and_point_in_time_restore_on_real_machines() {
     let destroy = rigger(&["destroy", p.path(), "--auto-approve"]);
     assert_eq!(destroy.code(), 0, "destroy:\n{}", destroy.text());
     p.assert_nothing_left();
+}
+
+/// An S3 repository (e.g. Yandex Object Storage) instead of bk's disk. No S3
+/// answers here, so it is not applied: it is rendered, masked in `plan`, and
+/// checked by pgBackRest itself on bk, offline (the storage dialled at a
+/// closed port of bk itself). The plan is put back afterwards.
+fn s3_repository_rendered_and_checked_offline(p: &LocalPlan) {
+    let plain = std::fs::read_to_string(p.path()).unwrap();
+    let with_s3 = plain.replace("services:\n", "services:\n  backup: { s3: { bucket: rigger-test, endpoint: storage.yandexcloud.net, region: ru-central1 } }\n");
+    assert_ne!(with_s3, plain);
+    std::fs::write(p.path(), &with_s3).unwrap();
+    let no_keys = rigger(&["plan", p.path()]);
+    assert_eq!(no_keys.code(), 1, "{}", no_keys.text());
+    assert!(no_keys.stderr_text().contains("RIGGER_S3_KEY") && no_keys.stderr_text().contains("RIGGER_S3_KEY_SECRET"), "{}", no_keys.text());
+    let keys = [("RIGGER_S3_KEY", "YCAJEtestkey0123456"), ("RIGGER_S3_KEY_SECRET", "YCtest-secret-0123456789abcdef")];
+    let planned = common::rigger_env(&["plan", p.path(), "--detailed-exitcode"], &keys);
+    assert_eq!(planned.code(), 2, "{}", planned.text());
+    let text = planned.stdout_text();
+    for line in ["repo1-type=s3", "repo1-path=/pgbackrest/", "repo1-s3-bucket=rigger-test", "repo1-s3-endpoint=storage.yandexcloud.net", "repo1-s3-region=ru-central1", "repo1-s3-key-secret=(sensitive)"] {
+        assert!(text.contains(line), "the plan does not show {line}:\n{text}");
+    }
+    assert!(!planned.text().contains(keys[0].1) && !planned.text().contains(keys[1].1), "the S3 keys were printed");
+
+    // The config exactly as apply would write it, with the check apply runs before it replaces the live one.
+    let plan = rigger::plan::load_str(std::path::Path::new(p.path()), &with_s3).unwrap_or_else(|e| panic!("{e}"));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(p.state_path()).unwrap()).unwrap();
+    let mut secrets: std::collections::BTreeMap<String, String> = serde_json::from_value(state["secrets"].clone()).unwrap();
+    secrets.insert("backup_s3_key".into(), keys[0].1.into());
+    secrets.insert("backup_s3_key_secret".into(), keys[1].1.into());
+    let renderer = rigger::render::Renderer::new().unwrap();
+    let desired = rigger::roles::desired(&plan, plan.host("bk").unwrap(), &secrets, &renderer).unwrap();
+    let conf = desired.files.iter().find(|f| f.path == "/etc/pgbackrest/pgbackrest.conf").expect("the repository config");
+    let check = conf.validate.as_ref().expect("an S3 config is checked before it is installed").command.clone();
+    let run_check = |content: &str| {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(content);
+        let script = format!("echo {b64} | base64 -d > /tmp/s3-check.conf && {}", check.replace("{}", "/tmp/s3-check.conf"));
+        let config = p.dir().join(".rigger").join(format!("{}.ssh_config", p.project));
+        let out = Command::new("ssh").arg("-F").arg(&config).args(["-o", "BatchMode=yes", "bk", &format!("sudo sh -c {}", rigger::remote::session::sh_quote(&script))]).output().unwrap();
+        (out.status.success(), out.text())
+    };
+    let (ok, said) = run_check(&conf.content);
+    assert!(ok, "pgBackRest refused the rendered S3 config:\n{said}");
+    let (ok, said) = run_check(&conf.content.lines().filter(|l| !l.starts_with("repo1-s3-bucket=")).collect::<Vec<_>>().join("\n"));
+    assert!(!ok && said.contains("requires option: repo1-s3-bucket"), "a config without the bucket passed:\n{said}");
+    let (ok, said) = run_check(&conf.content.replace("repo1-s3-region=", "repo1-s3-regoin="));
+    assert!(!ok && said.contains("invalid option 'repo1-s3-regoin'"), "a config with a misspelt option passed:\n{said}");
+    on(p, "bk", "sudo rm -f /tmp/s3-check.conf");
+    std::fs::write(p.path(), &plain).unwrap();
 }
 
 /// No machines: a restore, backup or backups on a plan without a backup host is refused up front.

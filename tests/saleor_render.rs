@@ -104,8 +104,10 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
     let tls = "?sslmode=verify-full&sslrootcert=/etc/rigger/ca.crt";
     assert_eq!(env["DATABASE_URL"], format!("postgresql://saleor:{}@{lb_ip}:5000/saleor{tls}", ysecrets["saleor_db_password"]));
     assert_eq!(env["DATABASE_URL_REPLICA"], format!("postgresql://saleor:{}@{lb_ip}:5001/saleor{tls}", ysecrets["saleor_db_password"]));
-    assert_eq!(env["CACHE_URL"], format!("redis://:{}@10.20.0.30:6379/0", ysecrets["redis_password"]));
-    assert_eq!(env["CELERY_BROKER_URL"], format!("redis://:{}@10.20.0.30:6379/1", ysecrets["redis_password"]));
+    // TLS-only Redis: verified against the project CA (Django's cache trusts it through SSL_CERT_DIR).
+    let rediss = "?ssl_cert_reqs=required&ssl_ca_certs=/etc/rigger/ca.crt";
+    assert_eq!(env["CACHE_URL"], format!("rediss://:{}@10.20.0.30:6379/0{rediss}", ysecrets["redis_password"]));
+    assert_eq!(env["CELERY_BROKER_URL"], format!("rediss://:{}@10.20.0.30:6379/1{rediss}", ysecrets["redis_password"]));
     assert!(env["ALLOWED_HOSTS"].split(',').any(|h| h == lb_ip), "{}", env["ALLOWED_HOSTS"]);
     assert_eq!(env["DASHBOARD_URL"], format!("http://{lb_ip}:9000/"));
     let dashboard_env = env_vars(content(saleor, "/etc/saleor/dashboard.env"));
@@ -126,6 +128,8 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
     assert!(units[0].1.contains("--env-file /etc/saleor/saleor.env") && units[0].1.contains("--publish 8000:8000"), "{}", units[0].1);
     assert!(units[1].1.contains("celery --app saleor.celeryconf:app worker"), "{}", units[1].1);
     let yandex_haproxy = content(&ydesired["lb"], "/etc/haproxy/haproxy.cfg").to_string();
+    // Its checks verify Patroni's REST certificates with the project CA rigger puts beside it.
+    let yandex_haproxy_ca = content(&ydesired["lb"], "/etc/haproxy/ca.crt").to_string();
     assert!(yandex_haproxy.contains("http-check send meth POST uri /graphql/"), "{yandex_haproxy}");
 
     // 2. Machines of the test's own (local, own subnet) in the shape of stack 1's front:
@@ -167,6 +171,7 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
 
     // `haproxy -c` on the Yandex plan's haproxy.cfg (Saleor/Storefront frontends included).
     put(&local, &lb, "/tmp/yandex-haproxy.cfg", &yandex_haproxy);
+    put(&local, &lb, "/etc/haproxy/ca.crt", &yandex_haproxy_ca);
     let (ok, text) = run_on(&local, &lb, "sudo haproxy -c -f /tmp/yandex-haproxy.cfg 2>&1");
     assert!(ok, "haproxy -c rejects the Yandex plan's config:\n{text}");
 
@@ -176,6 +181,7 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
     let ldesired = render(&lplan, &lsecrets);
     let cfg = content(&ldesired["lb"], "/etc/haproxy/haproxy.cfg");
     put(&local, &lb, "/etc/haproxy/haproxy.cfg", cfg);
+    put(&local, &lb, "/etc/haproxy/ca.crt", content(&ldesired["lb"], "/etc/haproxy/ca.crt"));
     let (ok, text) = run_on(&local, &lb, "sudo haproxy -c -f /etc/haproxy/haproxy.cfg 2>&1 && sudo systemctl restart haproxy 2>&1");
     assert!(ok, "haproxy with the rendered config:\n{text}");
 

@@ -1008,8 +1008,20 @@ impl Reader<'_> {
                     self.d.error(s3_pos, format!("services.backup.s3 needs `{key}` — e.g. s3: {{ bucket: my-backups, endpoint: storage.yandexcloud.net, region: ru-central1 }}"));
                 }
             }
-            for key in s3.keys().filter(|k| !["bucket", "endpoint", "region"].contains(&k.as_str())) {
-                self.d.error(s3_pos, format!("services.backup.s3: unknown key `{key}` — {} (the keys come from the environment: RIGGER_S3_KEY, RIGGER_S3_KEY_SECRET)", suggestion(key, &["bucket", "endpoint", "region"])));
+            const S3_KEYS: &[&str] = &["bucket", "endpoint", "region", "path"];
+            for key in s3.keys().filter(|k| !S3_KEYS.contains(&k.as_str())) {
+                self.d.error(s3_pos, format!("services.backup.s3: unknown key `{key}` — {} (the keys come from the environment: RIGGER_S3_KEY, RIGGER_S3_KEY_SECRET)", suggestion(key, S3_KEYS)));
+            }
+            for (key, value) in s3 {
+                if !value.is_string() {
+                    self.d.error(s3_pos, format!("services.backup.s3.{key} must be a string"));
+                }
+            }
+            if s3.get("endpoint").and_then(Value::as_str).is_some_and(|e| e.contains("://") || e.contains('/')) {
+                self.d.error(s3_pos, "services.backup.s3.endpoint is a host name, not a URL — write e.g. endpoint: storage.yandexcloud.net (pgBackRest always speaks HTTPS)");
+            }
+            if s3.get("path").and_then(Value::as_str).is_some_and(|p| !p.starts_with('/')) {
+                self.d.error(s3_pos, "services.backup.s3.path is a path inside the bucket and starts with `/` — e.g. path: /pgbackrest");
             }
         }
     }

@@ -97,8 +97,60 @@ fn context(ctx: &Value, plan: &Plan) -> Result<Value> {
         "data_dir": super::patroni::data_dir(plan),
         "repo_host": repo.name,
         "repo_ip": repo.ip.to_string(),
+        "s3": s3(plan),
     });
     Ok(ctx)
+}
+
+/// `services.backup.s3` with its defaults (`path`: /pgbackrest/<project>), or null.
+fn s3(plan: &Plan) -> Value {
+    match plan.setting("backup", "s3").and_then(Value::as_object) {
+        Some(m) => {
+            let mut m = m.clone();
+            m.entry("path").or_insert_with(|| json!(format!("/pgbackrest/{}", plan.project)));
+            Value::Object(m)
+        }
+        None => Value::Null,
+    }
+}
+
+/// Where the S3 repository's access keys come from: the environment of the
+/// `plan`/`apply` that first needs them (saved into the state, 0600, never
+/// shown; set them again to rotate).
+pub const S3_KEY_ENV: &str = "RIGGER_S3_KEY";
+pub const S3_KEY_SECRET_ENV: &str = "RIGGER_S3_KEY_SECRET";
+
+/// Take the S3 keys from the environment into the state, or make sure the
+/// state has them. Returns whether the state changed.
+pub fn ensure_s3_keys(state: &mut State, plan: &Plan) -> Result<bool> {
+    if plan.setting("backup", "s3").is_none() {
+        return Ok(false);
+    }
+    let mut changed = false;
+    for (env, secret) in [(S3_KEY_ENV, "backup_s3_key"), (S3_KEY_SECRET_ENV, "backup_s3_key_secret")] {
+        match std::env::var(env).ok().filter(|v| !v.is_empty()) {
+            Some(v) if state.secrets.get(secret) != Some(&v) => {
+                state.secrets.insert(secret.to_string(), v);
+                changed = true;
+            }
+            Some(_) => {}
+            None if state.secrets.contains_key(secret) => {}
+            None => bail!("services.backup.s3 needs the bucket's access key: set {S3_KEY_ENV} and {S3_KEY_SECRET_ENV} in the environment of this run (rigger keeps them in the state, 0600, and never prints them)"),
+        }
+    }
+    Ok(changed)
+}
+
+/// pgBackRest's own check of an S3 repository config, offline: `info` parses
+/// and checks every option (unknown ones warn, missing ones fail), then dials
+/// the storage — pointed at a closed port on the host itself, so nothing
+/// leaves it; reaching that connection error means the config is complete.
+pub fn s3_config_check(stanza: &str) -> String {
+    format!(
+        "sh -c 'out=$(pgbackrest --config=\"$0\" --stanza={stanza} --repo1-storage-host=127.0.0.1 --repo1-storage-port=9 --io-timeout=1 \
+         --log-level-console=warn --log-level-file=off info 2>&1); \
+         if echo \"$out\" | grep -q \"^WARN\" || ! echo \"$out\" | grep -q HostConnectError; then echo \"$out\"; exit 1; fi' {{}}"
+    )
 }
 
 fn secret<'a>(ctx: &'a Value, name: &str) -> Result<&'a str> {
@@ -137,7 +189,9 @@ pub fn timer_name(kind: &str) -> String {
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let ctx = context(ctx, plan)?;
     let members: Vec<String> = plan.hosts_with_role("patroni").map(|h| h.ip.to_string()).collect();
-    let mut files = vec![file("backup", CONFIG, r.render("pgbackrest-repo.conf.j2", &ctx)?, 0o640, "postgres", "postgres", None, &[])];
+    let check = s3_config_check(&stanza(plan));
+    let validate = (!ctx["backup"]["s3"].is_null()).then_some(("pgbackrest info (offline)", check.as_str()));
+    let mut files = vec![file("backup", CONFIG, r.render("pgbackrest-repo.conf.j2", &ctx)?, 0o640, "postgres", "postgres", validate, &[])];
     files.extend(ssh_files("backup", &ctx, "backup_repo_ssh_key", "backup_member_ssh_key", &members)?);
     let timers: Vec<String> = schedule(plan).iter().map(|(k, _)| timer_name(k)).collect();
     let notify: Vec<&str> = timers.iter().map(String::as_str).collect();
