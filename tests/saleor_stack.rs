@@ -248,6 +248,42 @@ fn saleor_from_source_offline_behind_haproxy() {
     assert!(ok > 0 && failed.is_empty(), "requests through HAProxy failed during the rolling restart ({ok} answered): {failed:?}");
     assert_eq!(eventually("the product through HAProxy after the rollback", 60, || read_product(&through_lb)), "Rigger mug");
 
+    // 6. Saleor 2 → 1 under the same client: saleor-2 leaves HAProxy's
+    //    backends (reload) and stops before its machine is deleted.
+    let text = std::fs::read_to_string(plan.path()).expect("plan");
+    std::fs::write(plan.path(), text.replace("name: saleor, count: 2,", "name: saleor, count: 1,")).expect("plan");
+    let out = rigger(&["plan", plan.path()]);
+    assert!(out.status.success(), "{}", out.text());
+    let shown = out.stdout_text();
+    let at = |needle: &str| shown.find(needle).unwrap_or_else(|| panic!("the plan does not show {needle:?}:\n{shown}"));
+    assert!(at("haproxy lb: reload without saleor-2") < at("saleor-2: stop saleor-api, saleor-worker"), "{shown}");
+    assert!(at("saleor-2: stop saleor-api, saleor-worker") < at("the cloud deletes saleor-2"), "{shown}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (stop, url) = (stop.clone(), through_lb.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match shop_name(&url) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
+    };
+    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = poller.join().expect("poller");
+    assert!(out.status.success(), "Saleor 2 → 1 failed:\n{}", out.text());
+    println!("Saleor 2 → 1: {ok} shop queries through HAProxy answered, {} failed", failed.len());
+    assert!(ok > 0 && failed.is_empty(), "requests through HAProxy failed while saleor-2 left ({ok} answered): {failed:?}");
+    let haproxy_cfg = plan.ssh(&lb, "sudo cat /etc/haproxy/haproxy.cfg");
+    assert!(!haproxy_cfg.contains(&api2), "HAProxy still lists saleor-2:\n{haproxy_cfg}");
+    assert_eq!(eventually("the product through HAProxy with one API host", 30, || read_product(&through_lb)), "Rigger mug");
+
     let out = rigger(&["destroy", plan.path(), "--auto-approve"]);
     assert!(out.status.success(), "destroy failed:\n{}", out.text());
     plan.assert_nothing_left();

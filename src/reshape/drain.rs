@@ -17,8 +17,12 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Services a leaving host may run that are stopped before its machine goes
-/// (patroni and etcd leave through their own steps).
-const STOPPED_SERVICES: &[&str] = &["keepalived", "haproxy", "nginx", "app"];
+/// (patroni and etcd leave through their own steps). Saleor's worker gets
+/// SIGTERM: Celery's warm shutdown finishes the task at hand.
+const STOPPED_SERVICES: &[&str] = &["keepalived", "haproxy", "nginx", "app", "saleor-api", "saleor-dashboard", "saleor-worker", "storefront"];
+/// Services HAProxy balances HTTP over: a leaving host running one leaves
+/// HAProxy's backends (reload) before it stops.
+const HAPROXY_HTTP_BACKENDS: &[&str] = &["saleor-api", "saleor-dashboard", "storefront"];
 /// The most etcd members one apply may remove (see README "Reshaping").
 pub const MAX_ETCD_REMOVALS: usize = 2;
 
@@ -182,8 +186,10 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
 
     // 3. Load balancers: the remaining ones drop the leaving backends.
     let remaining = |role: &str| plan.hosts_with_role(role).map(|h| h.name.clone()).filter(|n| built.contains(n)).collect::<Vec<_>>();
-    if !patroni_leaving.is_empty() && !remaining("haproxy").is_empty() {
-        d.steps.push(Step::Reload { role: "haproxy".into(), hosts: remaining("haproxy"), without: patroni_leaving.clone() });
+    let http_leaving: Vec<String> = leaving.iter().filter(|n| HAPROXY_HTTP_BACKENDS.iter().any(|s| runs(n, s))).cloned().collect();
+    let haproxy_without: Vec<String> = patroni_leaving.iter().chain(&http_leaving).cloned().collect();
+    if !haproxy_without.is_empty() && !remaining("haproxy").is_empty() {
+        d.steps.push(Step::Reload { role: "haproxy".into(), hosts: remaining("haproxy"), without: haproxy_without });
     }
     let apps_leaving: Vec<String> = leaving.iter().filter(|n| runs(n, "app")).cloned().collect();
     if !apps_leaving.is_empty() && !remaining("nginx").is_empty() {
