@@ -53,6 +53,38 @@ fn shop_name(url: &str) -> Result<String, String> {
     }
 }
 
+/// Run `f` while a client asks the shop through `url` every `every_ms`:
+/// what `f` returned, how many queries were answered, and the failures.
+fn while_asking_the_shop<T>(url: &str, every_ms: u64, f: impl FnOnce() -> T) -> (T, u32, Vec<String>) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let poller = scope.spawn(|| {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match shop_name(url) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(every_ms));
+            }
+            (ok, failed)
+        });
+        // The poller stops even when `f` panics (the scope would wait for it forever).
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let result = {
+            let _stop = StopOnDrop(&stop);
+            f()
+        };
+        let (ok, failed) = poller.join().expect("poller");
+        (result, ok, failed)
+    })
+}
+
 /// Poll (nothing timed is asserted: only whether it happens within a generous bound).
 fn eventually<T>(what: &str, tries: usize, mut f: impl FnMut() -> Result<T, String>) -> T {
     let mut last = String::new();
@@ -223,24 +255,7 @@ fn saleor_from_source_offline_behind_haproxy() {
     std::fs::write(plan.path(), text.replace(&format!("source: {}", broken.display()), &format!("source: {source}"))).expect("plan");
     // Meanwhile a client asks the shop through HAProxy all the time: each host
     // leaves the rotation (drain) before it restarts, so no request fails.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let poller = {
-        let (stop, url) = (stop.clone(), through_lb.clone());
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match shop_name(&url) {
-                    Ok(_) => ok += 1,
-                    Err(e) => failed.push(e),
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-            (ok, failed)
-        })
-    };
-    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = poller.join().expect("poller");
+    let (out, ok, failed) = while_asking_the_shop(&through_lb, 200, || rigger(&["apply", plan.path(), "--auto-approve"]));
     assert!(out.status.success(), "going back to the good release failed:\n{}", out.text());
     assert!(!out.text().contains("manage.py migrate"), "{}", out.text());
     let restarted: Vec<(String, String)> = [api_process(&plan, &api1), api_process(&plan, &api2)].into();
@@ -258,25 +273,11 @@ fn saleor_from_source_offline_behind_haproxy() {
     let at = |needle: &str| shown.find(needle).unwrap_or_else(|| panic!("the plan does not show {needle:?}:\n{shown}"));
     assert!(at("haproxy lb: reload without saleor-2") < at("saleor-2: stop saleor-api, saleor-worker"), "{shown}");
     assert!(at("saleor-2: stop saleor-api, saleor-worker") < at("the cloud deletes saleor-2"), "{shown}");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let poller = {
-        let (stop, url) = (stop.clone(), through_lb.clone());
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match shop_name(&url) {
-                    Ok(_) => ok += 1,
-                    Err(e) => failed.push(e),
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            (ok, failed)
-        })
-    };
-    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = poller.join().expect("poller");
+    let (out, ok, failed) = while_asking_the_shop(&through_lb, 100, || {
+        let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        out
+    });
     assert!(out.status.success(), "Saleor 2 → 1 failed:\n{}", out.text());
     println!("Saleor 2 → 1: {ok} shop queries through HAProxy answered, {} failed", failed.len());
     assert!(ok > 0 && failed.is_empty(), "requests through HAProxy failed while saleor-2 left ({ok} answered): {failed:?}");
