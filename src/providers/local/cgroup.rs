@@ -11,7 +11,7 @@
 //!
 //! On a host that runs systemd, cgroups belong to it: nothing is done there.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 /// The mount points of the hierarchies systemd organises units in.
@@ -42,25 +42,31 @@ fn machine_dir(hierarchy: &Path, machine: &str) -> PathBuf {
 
 /// Creates the machine's cgroups and returns the `cgroup.procs` files the
 /// process that becomes nspawn must write its pid to (empty: leave it be).
+/// Best effort: where the host does not let rigger make one (a read-only
+/// cgroup mount), the machine boots in the shared one and its console log
+/// says so (see `enter_then_exec`).
 pub fn prepare(machine: &str) -> Result<Vec<PathBuf>> {
     if host_runs_systemd() {
         return Ok(Vec::new());
     }
-    let mut procs = Vec::new();
-    for hierarchy in hierarchies() {
-        let dir = machine_dir(&hierarchy, machine);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating the cgroup {} for machine {machine}", dir.display()))?;
-        procs.push(dir.join("cgroup.procs"));
-    }
-    Ok(procs)
+    Ok(hierarchies()
+        .into_iter()
+        .map(|h| machine_dir(&h, machine))
+        .map(|dir| {
+            let _ = std::fs::create_dir_all(&dir);
+            dir.join("cgroup.procs")
+        })
+        .collect())
 }
 
 /// The shell that moves itself into the machine's cgroups, then becomes
-/// `systemd-nspawn` with the arguments after it.
+/// `systemd-nspawn` with the arguments after it. A cgroup it cannot enter is
+/// named in the console log (nspawn.log), and the machine boots anyway.
 pub fn enter_then_exec(procs: &[PathBuf]) -> String {
     let mut script = String::new();
     for p in procs {
-        script.push_str(&format!("echo $$ > '{}' && ", p.display()));
+        let p = p.display();
+        script.push_str(&format!("echo $$ 2>/dev/null > '{p}' || echo 'rigger: cannot enter the cgroup {p}: this machine shares its systemd cgroup with the others' >&2; "));
     }
     script.push_str("exec systemd-nspawn \"$@\"");
     script
@@ -120,6 +126,7 @@ mod tests {
     #[test]
     fn the_wrapper_enters_every_cgroup_before_nspawn() {
         let s = enter_then_exec(&[PathBuf::from("/a/cgroup.procs"), PathBuf::from("/b/cgroup.procs")]);
-        assert_eq!(s, "echo $$ > '/a/cgroup.procs' && echo $$ > '/b/cgroup.procs' && exec systemd-nspawn \"$@\"");
+        assert!(s.starts_with("echo $$ 2>/dev/null > '/a/cgroup.procs' || echo 'rigger: cannot enter the cgroup /a/cgroup.procs"), "{s}");
+        assert!(s.contains("echo $$ 2>/dev/null > '/b/cgroup.procs' ||") && s.ends_with("exec systemd-nspawn \"$@\""), "{s}");
     }
 }
