@@ -91,7 +91,7 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
         "lb_address": endpoints::lb_address(plan),
         "security": plan.security,
         "patroni_restapi": rest_auth::patroni_yaml(plan, secrets) + &rest_auth::patroni_tls_yaml(plan),
-        "etcd_scheme": tls::etcd_scheme(plan),
+        "etcd_scheme": tls::scheme(plan),
         "failover": crate::plan::rto::template_values(plan),
         // Access grants, rendered from the flow model (src/flows.rs).
         "access": { "pg_hba": crate::flows::pg_hba(&crate::flows::flows(plan), host) },

@@ -20,8 +20,9 @@ pub const REDIS_DIR: &str = "/etc/redis/tls";
 /// clients that take no CA file of their own.
 pub const TRUST_DIR: &str = "/etc/rigger/certs";
 
-/// `http` or `https` for etcd's client and peer URLs.
-pub fn etcd_scheme(plan: &Plan) -> &'static str {
+/// `http` or `https` for the APIs the plan's TLS switch covers: etcd's client
+/// and peer URLs, Patroni's REST API.
+pub fn scheme(plan: &Plan) -> &'static str {
     if plan.security.tls {
         "https"
     } else {
@@ -48,20 +49,15 @@ pub fn files(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Re
     let role = host.roles.first().map(String::as_str).unwrap_or("firewall");
     let role: &'static str = super::ORDER.iter().copied().find(|r| *r == role).unwrap_or("firewall");
     let mut out = vec![file(role, CLIENT_CA, ca.clone(), 0o644, "root", "root", None, &[])];
+    let host_pair = || Ok::<_, anyhow::Error>((get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?));
     if host.roles.iter().any(|r| r == "etcd") {
-        let (cert, key) = (get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?);
-        out.push(file("etcd", &format!("{ETCD_DIR}/ca.crt"), ca.clone(), 0o644, "etcd", "etcd", None, &["etcd"]));
         // etcd reads its certificate and key on every TLS handshake: a reissued
         // one (a renewal, or an HAProxy host added to a Patroni host's names)
         // needs no restart — which would restart every member at once.
-        out.push(file("etcd", &format!("{ETCD_DIR}/server.crt"), cert, 0o644, "etcd", "etcd", None, &[]));
-        out.push(file("etcd", &format!("{ETCD_DIR}/server.key"), key, 0o600, "etcd", "etcd", None, &[]));
+        out.extend(daemon_files("etcd", ETCD_DIR, "etcd", &ca, host_pair()?, &["etcd"], &[]));
     }
     if host.roles.iter().any(|r| r == "redis") {
-        let (cert, key) = (get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?);
-        out.push(file("redis", &format!("{REDIS_DIR}/ca.crt"), ca.clone(), 0o644, "redis", "redis", None, &["redis-server"]));
-        out.push(file("redis", &format!("{REDIS_DIR}/server.crt"), cert, 0o644, "redis", "redis", None, &["redis-server"]));
-        out.push(file("redis", &format!("{REDIS_DIR}/server.key"), key, 0o600, "redis", "redis", None, &["redis-server"]));
+        out.extend(daemon_files("redis", REDIS_DIR, "redis", &ca, host_pair()?, &["redis-server"], &["redis-server"]));
     }
     if host.roles.iter().any(|r| r == "saleor") {
         // Saleor's cache client (Django's) takes no CA from its URL: it trusts
@@ -73,10 +69,18 @@ pub fn files(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Re
         out.push(file("haproxy", HAPROXY_CA, ca.clone(), 0o644, "root", "root", None, &["haproxy"]));
     }
     if host.roles.iter().any(|r| r == "patroni") {
-        let (cert, key) = (get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?);
-        out.push(file("patroni", &format!("{PG_DIR}/ca.crt"), ca, 0o644, "postgres", "postgres", None, &["patroni"]));
-        out.push(file("patroni", &format!("{PG_DIR}/server.crt"), cert, 0o644, "postgres", "postgres", None, &["patroni"]));
-        out.push(file("patroni", &format!("{PG_DIR}/server.key"), key, 0o600, "postgres", "postgres", None, &["patroni"]));
+        out.extend(daemon_files("patroni", PG_DIR, "postgres", &ca, host_pair()?, &["patroni"], &["patroni"]));
     }
     Ok(out)
+}
+
+/// A daemon's own copy of the CA and the host's certificate and key in `dir`,
+/// owned by `owner` (the key 0600); `on_ca` / `on_cert` name the services a
+/// change of the CA / of the certificate or key restarts.
+fn daemon_files(role: &'static str, dir: &str, owner: &str, ca: &str, (cert, key): (String, String), on_ca: &[&str], on_cert: &[&str]) -> [ManagedFile; 3] {
+    [
+        file(role, &format!("{dir}/ca.crt"), ca.to_string(), 0o644, owner, owner, None, on_ca),
+        file(role, &format!("{dir}/server.crt"), cert, 0o644, owner, owner, None, on_cert),
+        file(role, &format!("{dir}/server.key"), key, 0o600, owner, owner, None, on_cert),
+    ]
 }
