@@ -74,6 +74,7 @@ pub struct DrillCmd {
     #[arg(long)]
     pub shutdown: bool,
     /// Crash rounds (median and worst RTO), then a planned switchover's write gap
+    /// (0: the switchover only)
     #[arg(long)]
     pub rounds: Option<u32>,
 }

@@ -45,7 +45,7 @@ pub async fn run(args: &DrillCmd, state_override: Option<&Path>) -> Result<i32> 
             &store,
             &mut state,
             args.shutdown,
-            n.max(1),
+            n,
         )
         .await;
     }
@@ -198,17 +198,21 @@ impl Writer {
 
     /// The longest time between two acknowledged writes after `since`.
     pub fn longest_gap_since(&self, since: Instant) -> Duration {
-        let l = match self.log.lock() {
-            Ok(l) => l,
-            Err(_) => return Duration::ZERO,
-        };
+        self.longest_gap_window(since)
+            .map(|(a, b)| b.duration_since(a))
+            .unwrap_or_default()
+    }
+
+    /// The two acknowledged writes (or `since` and the first one) around the
+    /// longest gap after `since`: where a switchover's gap sits on its timeline.
+    pub fn longest_gap_window(&self, since: Instant) -> Option<(Instant, Instant)> {
+        let l = self.log.lock().ok()?;
         let times: Vec<Instant> = l.committed.iter().map(|(_, t)| *t).collect();
         times
             .windows(2)
             .filter(|w| w[1] > since)
-            .map(|w| w[1].duration_since(w[0].max(since)))
-            .max()
-            .unwrap_or_default()
+            .map(|w| (w[0].max(since), w[1]))
+            .max_by_key(|(a, b)| b.duration_since(*a))
     }
 
     pub async fn recovery_after(&self, kill_at: Instant, limit: Duration) -> Result<Duration> {

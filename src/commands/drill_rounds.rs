@@ -55,9 +55,12 @@ pub async fn run(
         println!("crash RTO over {} round(s): median {median:.1}s, worst {worst:.1}s (preset {}: ttl {}, loop_wait {})", rtos.len(), preset.name, preset.ttl, preset.loop_wait);
     }
     match &switchover {
-        Ok((gap, committed, lost, secs)) => {
-            lost_total += lost;
-            println!("planned switchover: write gap {:.1}s ({committed} acknowledged writes, {lost} lost; {secs:.1}s until healthy again)", gap.as_secs_f64());
+        Ok(p) => {
+            lost_total += p.lost;
+            println!("planned switchover: write gap {:.1}s ({} acknowledged writes, {} lost; {:.1}s until healthy again)", p.gap.as_secs_f64(), p.committed, p.lost, p.healthy_after);
+            if let Some((before, after, leads)) = p.timeline {
+                println!("  timeline from the start of the switchover (health gate, POST /switchover): last write before the gap +{before:.2}s, new leader seen leading +{leads:.2}s, first write after +{after:.2}s");
+            }
         }
         Err(e) => println!("planned switchover FAILED: {e:#}"),
     }
@@ -76,21 +79,38 @@ pub async fn run(
     })
 }
 
-/// Write while `rigger switchover` moves the leader: (longest gap between
-/// acknowledged writes, acknowledged, lost, seconds until healthy again).
-async fn planned_switchover(
-    project: &Project,
-    state: &State,
-) -> Result<(Duration, usize, usize, f64)> {
+/// A planned switchover measured while writing.
+struct Planned {
+    /// The longest time between two acknowledged writes.
+    gap: Duration,
+    committed: usize,
+    lost: usize,
+    /// Seconds until the stack was healthy again with the new leader.
+    healthy_after: f64,
+    /// Where the gap sat: (last write before, first write after, new leader
+    /// first seen leading), seconds from the start of the switchover.
+    timeline: Option<(f64, f64, f64)>,
+}
+
+/// Write while `rigger switchover` moves the leader.
+async fn planned_switchover(project: &Project, state: &State) -> Result<Planned> {
     let (conninfo, password) = write_target(project, state)?;
     let writer = Writer::start(&conninfo, &password).await?;
     let started = Instant::now();
     let switched = super::switchover::switch(project, state, None).await;
-    let secs = started.elapsed().as_secs_f64();
+    let healthy_after = started.elapsed().as_secs_f64();
+    let since = |t: Instant| t.duration_since(started).as_secs_f64();
+    let window = writer.longest_gap_window(started);
     let gap = writer.longest_gap_since(started);
     let (committed, lost) = writer.finish().await?;
-    switched?;
-    Ok((gap, committed, lost.len(), secs))
+    let (_, _, leads) = switched?;
+    Ok(Planned {
+        gap,
+        committed,
+        lost: lost.len(),
+        healthy_after,
+        timeline: window.map(|(a, b)| (since(a), since(b), since(leads))),
+    })
 }
 
 pub fn median_and_worst(values: &[f64]) -> Option<(f64, f64)> {

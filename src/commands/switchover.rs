@@ -23,7 +23,7 @@ pub async fn run(args: &SwitchoverCmd, state_override: Option<&Path>) -> Result<
         );
     };
     let started = Instant::now();
-    let (leader, candidate) = switch(&project, &state, args.to.as_deref()).await?;
+    let (leader, candidate, _) = switch(&project, &state, args.to.as_deref()).await?;
     println!(
         "switchover {leader} → {candidate}: done, the stack is healthy again ({:.1}s)",
         started.elapsed().as_secs_f64()
@@ -32,12 +32,12 @@ pub async fn run(args: &SwitchoverCmd, state_override: Option<&Path>) -> Result<
 }
 
 /// Check health, move the leadership, wait for health with the new leader.
-/// Returns (old leader, new leader).
+/// Returns (old leader, new leader, when the new leader was first seen leading).
 pub async fn switch(
     project: &Project,
     state: &State,
     to: Option<&str>,
-) -> Result<(String, String)> {
+) -> Result<(String, String, Instant)> {
     let before = super::status::gather(project, state).await?;
     if !before.healthy() {
         bail!("the stack is not healthy — see `rigger status`; a switchover needs one leader and streaming replicas");
@@ -61,8 +61,9 @@ pub async fn switch(
         let candidate = failover::pick_candidate(&members, &leader, to)?;
         println!("switchover: {leader} → {candidate}");
         failover::switchover(&sessions, port, &leader, &candidate).await?;
+        let leads = Instant::now();
         healthy_with_leader(project, state, &candidate, Duration::from_secs(120)).await?;
-        Ok((leader, candidate))
+        Ok((leader, candidate, leads))
     }
     .await;
     for (_, s) in sessions {

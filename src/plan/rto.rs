@@ -25,13 +25,19 @@ pub struct Preset {
 
 pub const DEFAULT: &str = "normal";
 
+/// The write port also watches its own traffic: the first refused connection
+/// takes a server out at once (a demoting or crashed leader refuses before a
+/// health check can notice), and the template's `option redispatch` sends that
+/// connection on to the new leader instead of retrying the old one.
+pub const PRIMARY_PASSIVE: &str = "observe layer4 error-limit 1 on-error mark-down";
+
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "fast",
         ttl: 20,
         loop_wait: 5,
         retry_timeout: 5,
-        primary_checks: "inter 1s fastinter 500ms downinter 500ms fall 2 rise 2",
+        primary_checks: "inter 1s fastinter 250ms downinter 250ms fall 2 rise 1",
         replica_checks: "inter 1s fastinter 500ms downinter 500ms fall 2 rise 2",
         help: "Patroni's lowest ttl: for good networks (a slow DCS can demote a healthy leader)",
     },
@@ -40,7 +46,7 @@ pub const PRESETS: &[Preset] = &[
         ttl: 30,
         loop_wait: 10,
         retry_timeout: 10,
-        primary_checks: "inter 3s fastinter 1s downinter 1s fall 3 rise 2",
+        primary_checks: "inter 1s fastinter 250ms downinter 500ms fall 2 rise 1",
         replica_checks: "inter 3s fastinter 1s downinter 1s fall 3 rise 2",
         help: "Patroni's defaults",
     },
@@ -49,7 +55,7 @@ pub const PRESETS: &[Preset] = &[
         ttl: 60,
         loop_wait: 10,
         retry_timeout: 20,
-        primary_checks: "inter 5s fastinter 2s downinter 2s fall 3 rise 3",
+        primary_checks: "inter 2s fastinter 500ms downinter 500ms fall 3 rise 1",
         replica_checks: "inter 5s fastinter 2s downinter 2s fall 3 rise 2",
         help: "rides out DCS or network hiccups of up to 20 s without a failover",
     },
@@ -76,7 +82,7 @@ pub fn of_plan(plan: &crate::plan::model::Plan) -> &'static Preset {
 pub fn template_values(plan: &crate::plan::model::Plan) -> Value {
     let p = of_plan(plan);
     json!({
-        "primary": format!("{} on-marked-down shutdown-sessions", p.primary_checks),
+        "primary": format!("{} on-marked-down shutdown-sessions {PRIMARY_PASSIVE}", p.primary_checks),
         "replicas": format!("{} on-marked-down shutdown-sessions", p.replica_checks),
     })
 }
@@ -181,7 +187,7 @@ mod tests {
         assert!(template_values(&fast)["primary"]
             .as_str()
             .unwrap()
-            .starts_with("inter 1s fastinter 500ms"));
+            .starts_with("inter 1s fastinter 250ms"));
         let mixed = load("{ rto: safe, ttl: 90 }").unwrap();
         assert_eq!(
             dcs_values(&mixed),
@@ -192,6 +198,25 @@ mod tests {
             dcs_values(&default),
             vec![("ttl", 30), ("loop_wait", 10), ("retry_timeout", 10)]
         );
+    }
+
+    #[test]
+    fn the_write_port_leaves_a_stopped_leader_at_once_in_every_preset() {
+        for p in PRESETS {
+            let plan = load(&format!("{{ rto: {} }}", p.name)).unwrap();
+            let r = crate::render::Renderer::new().unwrap();
+            let secrets = BTreeMap::from([("haproxy_stats_password".to_string(), "x".to_string())]);
+            let ctx = crate::roles::template_context(&plan, plan.host("pg-1").unwrap(), &secrets);
+            let d = crate::roles::haproxy::desired(&r, &ctx).unwrap();
+            let cfg = &d.files.iter().find(|f| f.path == "/etc/haproxy/haproxy.cfg").unwrap().content;
+            let primary = cfg.split("listen primary").nth(1).unwrap().split("listen replicas").next().unwrap();
+            // A demoting leader still answers 200 with its PostgreSQL stopped.
+            assert!(primary.contains("http-check send meth GET uri /primary\n    http-check expect status 200\n    http-check expect rstring \"\\\"state\\\": \\\"running\\\"\""), "{primary}");
+            assert!(primary.contains("option redispatch"), "{primary}");
+            assert!(primary.contains(&format!("default-server {} on-marked-down shutdown-sessions {PRIMARY_PASSIVE}\n", p.primary_checks)), "{primary}");
+            let replicas = cfg.split("listen replicas").nth(1).unwrap();
+            assert!(!replicas.split("\n\n").next().unwrap().contains("on-error"), "{replicas}");
+        }
     }
 
     #[test]

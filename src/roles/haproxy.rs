@@ -1,4 +1,5 @@
-//! HAProxy: the write port follows Patroni's primary (`OPTIONS /primary`), the
+//! HAProxy: the write port follows Patroni's primary (`GET /primary`, 200 and
+//! PostgreSQL running; a refused connection takes a server out at once), the
 //! read port round-robins healthy replicas. The config passes `haproxy -c`
 //! before it replaces the live one; changes reload without dropping traffic.
 //! Gate: the write backend has exactly one server up.
