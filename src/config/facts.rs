@@ -51,72 +51,130 @@ pub struct FactQuery {
 }
 
 impl FactQuery {
+    /// One shell script, one fork per kind of fact rather than per item: a
+    /// systemctl call costs tens of milliseconds on a loaded host, and there
+    /// are two per service otherwise. The probes run in the background while
+    /// the rest is gathered.
     pub fn script(&self) -> String {
-        let mut s = String::from(". /etc/os-release 2>/dev/null; echo \"O ${ID:-unknown}-${VERSION_ID:-unknown}\"\n");
-        for f in &self.files {
-            let q = sh_quote(f);
+        let quoted = |items: &[String]| items.iter().map(|i| sh_quote(i)).collect::<Vec<_>>().join(" ");
+        let mut s = String::new();
+        if !self.probes.is_empty() {
+            s.push_str("probes=$(mktemp -d)\n");
+            for (i, (_, cmd)) in self.probes.iter().enumerate() {
+                s.push_str(&format!("( {cmd} ) >\"$probes/{i}\" 2>/dev/null </dev/null &\n"));
+            }
+        }
+        s.push_str(". /etc/os-release 2>/dev/null; echo \"O ${ID:-unknown}-${VERSION_ID:-unknown}\"\n");
+        if !self.files.is_empty() {
+            let files = quoted(&self.files);
+            s.push_str(&format!("sha256sum -- {files} 2>/dev/null | sed 's/^/H /'\n"));
+            s.push_str(&format!("stat -c 'M %a %U %G %n' -- {files} 2>/dev/null\n"));
+        }
+        if !self.services.is_empty() {
             s.push_str(&format!(
-                "if [ -f {q} ]; then set -- $(sha256sum {q}); echo \"F $1 $(stat -c '%a %U %G' {q}) \"{q}; else echo \"F - - - - \"{q}; fi\n"
+                "echo \"U $(systemctl show -p Id,ActiveState,UnitFileState -- {} 2>/dev/null | base64 -w0)\"\n",
+                quoted(&self.services)
             ));
         }
-        for svc in &self.services {
-            let q = sh_quote(svc);
+        if !self.packages.is_empty() {
             s.push_str(&format!(
-                "echo \"S {q} $(systemctl is-active {q} 2>/dev/null || true) $(systemctl is-enabled {q} 2>/dev/null || echo unknown)\"\n"
+                "dpkg-query -W -f='I ${{Package}} ${{db:Status-Status}}\\n' -- {} 2>/dev/null\n",
+                quoted(&self.packages)
             ));
         }
-        for p in &self.packages {
-            let q = sh_quote(p);
-            s.push_str(&format!("dpkg-query -W -f='${{db:Status-Status}}' {q} 2>/dev/null | grep -qx installed || echo \"P {q}\"\n"));
-        }
-        for (name, cmd) in &self.probes {
-            s.push_str(&format!("echo \"X {} $( ( {cmd} ) 2>/dev/null | base64 -w0)\"\n", sh_quote(name)));
+        if !self.probes.is_empty() {
+            s.push_str("wait\n");
+            for (i, (name, _)) in self.probes.iter().enumerate() {
+                s.push_str(&format!("echo \"X {} $(base64 -w0 <\"$probes/{i}\")\"\n", sh_quote(name)));
+            }
+            s.push_str("rm -rf \"$probes\"\n");
         }
         s
     }
+
+    pub fn parse(&self, output: &str) -> Result<HostFacts> {
+        parse(self, output)
+    }
 }
 
-pub fn parse(output: &str) -> Result<HostFacts> {
+fn decode(b64: &str) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `systemctl show` blocks, one per unit in the order asked; an alias shows
+/// under its target's Id, so the order (not the Id) names the unit.
+fn service_facts(query: &FactQuery, shown: &str) -> BTreeMap<String, ServiceFact> {
+    let blocks: Vec<BTreeMap<&str, &str>> = shown
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| b.lines().filter_map(|l| l.split_once('=')).collect())
+        .collect();
+    let by_id = |name: &str| blocks.iter().find(|b| b.get("Id").is_some_and(|id| *id == name || *id == format!("{name}.service")));
+    query
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let block = if blocks.len() == query.services.len() { blocks.get(i) } else { by_id(name) };
+            let get = |k: &str| block.and_then(|b| b.get(k)).map(|v| v.trim()).filter(|v| !v.is_empty());
+            let fact = ServiceFact {
+                active: get("ActiveState").unwrap_or("unknown").to_string(),
+                enabled: get("UnitFileState").unwrap_or("unknown").to_string(),
+            };
+            (name.clone(), fact)
+        })
+        .collect()
+}
+
+pub fn parse(query: &FactQuery, output: &str) -> Result<HostFacts> {
     let mut facts = HostFacts::default();
+    let mut sums: BTreeMap<String, String> = BTreeMap::new();
+    let mut stats: BTreeMap<String, (u32, String, String)> = BTreeMap::new();
+    let mut installed = std::collections::BTreeSet::new();
+    let mut shown = None;
     for line in output.lines() {
-        let mut parts = line.splitn(2, ' ');
-        let (tag, rest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
         match tag {
             "O" => facts.os = rest.trim().to_string(),
-            "F" => {
-                let f: Vec<&str> = rest.splitn(5, ' ').collect();
-                if f.len() != 5 {
+            // sha256sum: "<hash>  <path>".
+            "H" => {
+                let Some((hash, path)) = rest.split_once("  ") else { bail!("unexpected facts line: {line}") };
+                sums.insert(path.to_string(), hash.to_string());
+            }
+            "M" => {
+                let f: Vec<&str> = rest.splitn(4, ' ').collect();
+                if f.len() != 4 {
                     bail!("unexpected facts line: {line}");
                 }
-                let fact = (f[0] != "-").then(|| FileFact {
-                    sha256: f[0].to_string(),
-                    mode: u32::from_str_radix(f[1], 8).unwrap_or(0),
-                    owner: f[2].to_string(),
-                    group: f[3].to_string(),
-                });
-                facts.files.insert(f[4].to_string(), fact);
+                stats.insert(f[3].to_string(), (u32::from_str_radix(f[0], 8).unwrap_or(0), f[1].to_string(), f[2].to_string()));
             }
-            "S" => {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                if let Some(name) = f.first() {
-                    facts.services.insert(
-                        name.to_string(),
-                        ServiceFact {
-                            active: f.get(1).unwrap_or(&"unknown").to_string(),
-                            enabled: f.get(2).unwrap_or(&"unknown").to_string(),
-                        },
-                    );
+            "U" => shown = Some(decode(rest)),
+            "I" => {
+                if let Some((name, status)) = rest.split_once(' ') {
+                    if status.trim() == "installed" {
+                        installed.insert(name.to_string());
+                    }
                 }
             }
-            "P" => facts.missing_packages.push(rest.trim().to_string()),
             "X" => {
                 let (name, b64) = rest.split_once(' ').unwrap_or((rest, ""));
-                let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap_or_default();
-                facts.probes.insert(name.to_string(), String::from_utf8_lossy(&bytes).into_owned());
+                facts.probes.insert(name.to_string(), decode(b64));
             }
             _ => {}
         }
     }
+    for path in &query.files {
+        let fact = match (sums.get(path), stats.get(path)) {
+            (Some(sha), Some((mode, owner, group))) => Some(FileFact { sha256: sha.clone(), mode: *mode, owner: owner.clone(), group: group.clone() }),
+            _ => None,
+        };
+        facts.files.insert(path.clone(), fact);
+    }
+    if !query.services.is_empty() {
+        facts.services = service_facts(query, shown.as_deref().unwrap_or(""));
+    }
+    facts.missing_packages = query.packages.iter().filter(|p| !installed.contains(p.split(':').next().unwrap_or(p))).cloned().collect();
     Ok(facts)
 }
 
@@ -126,23 +184,64 @@ pub async fn gather(session: &HostSession, query: &FactQuery) -> Result<HostFact
     if !out.ok() {
         bail!("{}: gathering facts failed (exit {}): {}", session.name, out.code, out.stderr.trim());
     }
-    parse(&out.stdout)
+    query.parse(&out.stdout)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn query() -> FactQuery {
+        FactQuery {
+            files: vec!["/etc/haproxy/haproxy.cfg".into(), "/etc/patroni/config.yml".into()],
+            services: vec!["etcd".into(), "patroni".into(), "sshd".into()],
+            packages: vec!["keepalived".into(), "haproxy".into()],
+            probes: vec![("cluster".into(), "curl -s http://x/cluster".into())],
+        }
+    }
+
     #[test]
     fn parses_every_kind_of_line() {
-        let out = "O debian-12\nF abc 640 root haproxy /etc/haproxy/haproxy.cfg\nF - - - - /etc/patroni/config.yml\nS etcd active enabled\nS patroni inactive disabled\nP keepalived\nX cluster eyJhIjoxfQ==\n";
-        let f = parse(out).unwrap();
+        let shown = "Id=etcd.service\nActiveState=active\nUnitFileState=enabled\n\nId=patroni.service\nActiveState=inactive\nUnitFileState=disabled\n\nId=ssh.service\nActiveState=active\nUnitFileState=enabled\n";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(shown);
+        let out = format!("O debian-12\nH abc  /etc/haproxy/haproxy.cfg\nM 640 root haproxy /etc/haproxy/haproxy.cfg\nU {b64}\nI haproxy installed\nI keepalived not-installed\nX cluster eyJhIjoxfQ==\n");
+        let f = query().parse(&out).unwrap();
         assert_eq!(f.os, "debian-12");
-        assert_eq!(f.files["/etc/haproxy/haproxy.cfg"].as_ref().unwrap().mode, 0o640);
+        let cfg = f.files["/etc/haproxy/haproxy.cfg"].as_ref().unwrap();
+        assert_eq!((cfg.sha256.as_str(), cfg.mode, cfg.group.as_str()), ("abc", 0o640, "haproxy"));
         assert!(f.files["/etc/patroni/config.yml"].is_none());
         assert!(f.services["etcd"].running());
         assert!(!f.services["patroni"].running());
+        assert_eq!(f.services["patroni"].enabled, "disabled");
+        // An alias (sshd → ssh.service) is named by its place in the answer.
+        assert!(f.services["sshd"].running());
         assert_eq!(f.missing_packages, vec!["keepalived"]);
         assert_eq!(f.probes["cluster"], "{\"a\":1}");
+    }
+
+    #[test]
+    fn a_unit_systemd_does_not_know_is_inactive_and_unknown() {
+        let q = FactQuery { services: vec!["nosuch".into()], ..Default::default() };
+        let b64 = base64::engine::general_purpose::STANDARD.encode("Id=nosuch.service\nActiveState=inactive\nUnitFileState=\n");
+        let f = q.parse(&format!("U {b64}\n")).unwrap();
+        assert_eq!(f.services["nosuch"], ServiceFact { active: "inactive".into(), enabled: "unknown".into() });
+    }
+
+    /// The script as the host's sh runs it, against this machine's own files,
+    /// services and packages.
+    #[test]
+    fn the_script_runs_in_sh_and_parses() {
+        let q = FactQuery {
+            files: vec!["/etc/hostname".into(), "/no/such/file".into()],
+            services: vec![],
+            packages: vec!["no-such-package-rigger".into()],
+            probes: vec![("echo".into(), "echo hello".into()), ("fails".into(), "false".into())],
+        };
+        let out = std::process::Command::new("sh").args(["-c", &q.script()]).output().unwrap();
+        let f = q.parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(f.files["/etc/hostname"].as_ref().map(|x| x.sha256.len()), Some(64));
+        assert!(f.files["/no/such/file"].is_none());
+        assert_eq!(f.missing_packages, vec!["no-such-package-rigger"]);
+        assert_eq!((f.probes["echo"].as_str(), f.probes["fails"].as_str()), ("hello\n", ""));
     }
 }
