@@ -66,7 +66,8 @@ fn is_refusal(message: &str) -> bool {
 
 /// One login through `path`, psql running on `client` (its own 8 s bound).
 /// `Ok(Err(why))`: the path does not work, with the server's own message.
-pub async fn probe(client: &HostSession, path: &PgPath, password: &str) -> Result<Result<(), String>> {
+/// The login through `path` as a command (the password on stdin).
+pub fn probe_ask(path: &PgPath, password: &str) -> crate::remote::ahead::Ask {
     let conninfo = format!("host={} port={} user=postgres dbname=postgres connect_timeout=4", path.addr, path.port);
     let script = format!(
         "command -v psql >/dev/null || {{ echo 'psql is not installed on this host (package postgresql-client)'; exit 3; }}\n\
@@ -74,7 +75,12 @@ pub async fn probe(client: &HostSession, path: &PgPath, password: &str) -> Resul
          timeout 8 psql {} -XAtc 'select pg_is_in_recovery()' 2>&1",
         sh_quote(&conninfo)
     );
-    let out = client.sudo(&script, Some(format!("{password}\n").as_bytes())).await?;
+    crate::remote::ahead::Ask::sudo(script, Some(format!("{password}\n").as_bytes()))
+}
+
+pub async fn probe(client: &HostSession, path: &PgPath, password: &str) -> Result<Result<(), String>> {
+    let ask = probe_ask(path, password);
+    let out = client.sudo(&ask.script, ask.stdin.as_deref()).await?;
     let text = out.stdout.trim();
     Ok(match (text, path.primary) {
         ("f", true) | ("t", false) => Ok(()),

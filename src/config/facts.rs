@@ -2,7 +2,8 @@
 //! the managed files, service states, missing packages, and a few role probes
 //! (e.g. Patroni's /cluster). Operations are then computed locally from these.
 
-use crate::remote::session::{sh_quote, HostSession};
+use crate::remote::ahead::{self, Ask};
+use crate::remote::session::{sh_quote, HostSession, RunOutput};
 use anyhow::{bail, Result};
 use base64::Engine;
 use std::collections::BTreeMap;
@@ -38,6 +39,8 @@ pub struct HostFacts {
     pub missing_packages: Vec<String>,
     /// Probe name → its stdout (empty when the probe failed).
     pub probes: BTreeMap<String, String>,
+    /// Answers to the gates' commands asked ahead (remote::ahead).
+    pub answers: Vec<(Ask, RunOutput)>,
 }
 
 /// What to ask a host about.
@@ -48,6 +51,8 @@ pub struct FactQuery {
     pub packages: Vec<String>,
     /// name → shell command whose output is kept.
     pub probes: Vec<(String, String)>,
+    /// Commands the health gates will run, asked ahead.
+    pub asks: Vec<Ask>,
 }
 
 impl FactQuery {
@@ -58,8 +63,10 @@ impl FactQuery {
     pub fn script(&self) -> String {
         let quoted = |items: &[String]| items.iter().map(|i| sh_quote(i)).collect::<Vec<_>>().join(" ");
         let mut s = String::new();
-        if !self.probes.is_empty() {
+        let background = !self.probes.is_empty() || !self.asks.is_empty();
+        if background {
             s.push_str("probes=$(mktemp -d)\n");
+            s.push_str(&ahead::start_script(&self.asks));
             for (i, (_, cmd)) in self.probes.iter().enumerate() {
                 s.push_str(&format!("( {cmd} ) >\"$probes/{i}\" 2>/dev/null </dev/null &\n"));
             }
@@ -82,11 +89,12 @@ impl FactQuery {
                 quoted(&self.packages)
             ));
         }
-        if !self.probes.is_empty() {
+        if background {
             s.push_str("wait\n");
             for (i, (name, _)) in self.probes.iter().enumerate() {
                 s.push_str(&format!("echo \"X {} $(base64 -w0 <\"$probes/{i}\")\"\n", sh_quote(name)));
             }
+            s.push_str(&ahead::report_script(&self.asks));
             s.push_str("rm -rf \"$probes\"\n");
         }
         s
@@ -161,6 +169,7 @@ pub fn parse(query: &FactQuery, output: &str) -> Result<HostFacts> {
                 let (name, b64) = rest.split_once(' ').unwrap_or((rest, ""));
                 facts.probes.insert(name.to_string(), decode(b64));
             }
+            "A" => facts.answers.extend(ahead::parse(&query.asks, rest)),
             _ => {}
         }
     }
@@ -180,7 +189,8 @@ pub fn parse(query: &FactQuery, output: &str) -> Result<HostFacts> {
 
 /// Ask the host everything at once.
 pub async fn gather(session: &HostSession, query: &FactQuery) -> Result<HostFacts> {
-    let out = session.sudo(&query.script(), None).await?;
+    let input = ahead::stdin(&query.asks);
+    let out = session.sudo(&query.script(), (!input.is_empty()).then_some(input.as_slice())).await?;
     if !out.ok() {
         bail!("{}: gathering facts failed (exit {}): {}", session.name, out.code, out.stderr.trim());
     }
@@ -197,6 +207,7 @@ mod tests {
             services: vec!["etcd".into(), "patroni".into(), "sshd".into()],
             packages: vec!["keepalived".into(), "haproxy".into()],
             probes: vec![("cluster".into(), "curl -s http://x/cluster".into())],
+            asks: vec![],
         }
     }
 
@@ -236,6 +247,7 @@ mod tests {
             services: vec![],
             packages: vec!["no-such-package-rigger".into()],
             probes: vec![("echo".into(), "echo hello".into()), ("fails".into(), "false".into())],
+            asks: vec![],
         };
         let out = std::process::Command::new("sh").args(["-c", &q.script()]).output().unwrap();
         let f = q.parse(&String::from_utf8_lossy(&out.stdout)).unwrap();

@@ -58,7 +58,7 @@ impl HostDesired {
     pub fn query(&self, probes: Vec<(String, String)>) -> super::facts::FactQuery {
         let mut services: Vec<String> = self.services.iter().map(|s| s.name.clone()).collect();
         services.extend(self.stop_disable.iter().cloned());
-        super::facts::FactQuery { files: self.files.iter().map(|f| f.path.clone()).collect(), services, packages: self.packages.clone(), probes }
+        super::facts::FactQuery { files: self.files.iter().map(|f| f.path.clone()).collect(), services, packages: self.packages.clone(), probes, asks: vec![] }
     }
 }
 

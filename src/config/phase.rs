@@ -41,6 +41,8 @@ pub struct ConfigPlan {
     /// Patroni members whose PostgreSQL still owes a restart.
     pub pending_restarts: Vec<String>,
     pub sessions: BTreeMap<String, HostSession>,
+    /// When the facts (and the answers asked ahead) were gathered.
+    pub gathered: Instant,
 }
 
 impl ConfigPlan {
@@ -90,9 +92,15 @@ pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_
     let results: Vec<Result<(String, HostSession, HostFacts)>> = stream::iter(hosts.iter().map(|h| {
         let (config, d) = (config.clone(), &desired[&h.name]);
         let probes = if h.roles.iter().any(|r| r == "patroni") { roles::patroni::probes(plan) } else { vec![] };
+        // A host rigger configured before and owes nothing is likely to need
+        // no change: its gates' commands ride along (a first build skips them,
+        // its daemons are not up yet).
+        let asks = if configured_before(state, &h.name) { roles::gate_asks(plan, h, &state.secrets) } else { vec![] };
         async move {
             let session = HostSession::connect(&config, &h.name).await?;
-            let f = facts::gather(&session, &d.query(probes)).await?;
+            let mut query = d.query(probes);
+            query.asks = asks;
+            let f = facts::gather(&session, &query).await?;
             Ok((h.name.clone(), session, f))
         }
     }))
@@ -145,7 +153,12 @@ pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_
         .filter(|(_, hp)| hp.facts.probes.get("patroni_state").is_some_and(|p| roles::patroni::restart_pending(p)))
         .map(|(n, _)| n.clone())
         .collect();
-    Ok(ConfigPlan { hosts: host_plans, not_built, parameter_changes, pending_restarts, sessions })
+    Ok(ConfigPlan { hosts: host_plans, not_built, parameter_changes, pending_restarts, sessions, gathered: started })
+}
+
+/// Rigger finished configuring this host before and it owes no restart.
+fn configured_before(state: &State, host: &str) -> bool {
+    state.hosts.get(host).and_then(|h| h.get("pending")).and_then(Value::as_array).is_some_and(|p| p.is_empty())
 }
 
 /// Carry the config plan out, role by role.
@@ -161,6 +174,14 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
     roles.insert(0, "firewall");
     let ctx = RoleContext { project, cp, shared, events, secrets: &secrets, facts: &facts };
     if cp.is_empty() {
+        // Nothing will change: the gates may read the answers asked ahead in
+        // the facts round trip, while fresh (a command that failed, or a gate
+        // whose first answer is not healthy, asks live).
+        if cp.gathered.elapsed() < crate::remote::ahead::FRESH {
+            for (name, hp) in &cp.hosts {
+                cp.sessions[name].answer_ahead(hp.facts.answers.iter().filter(|(_, out)| out.ok()).cloned().collect());
+            }
+        }
         // Nothing to change anywhere: no role waits for another, so every
         // role's health gate runs at once (a no-change apply near the SSH floor).
         let results = futures::future::join_all(roles.iter().map(|role| async { bring_up_role(&ctx, stage_role(&ctx, role).await?).await })).await;

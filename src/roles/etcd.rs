@@ -97,8 +97,22 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 }
 
 /// `etcdctl endpoint health` on this member: healthy, and what it said.
+fn health_script(port: u64) -> String {
+    format!("{} 2>&1", super::tls::etcdctl(port, "--command-timeout=3s endpoint health"))
+}
+
+fn member_list_script(port: u64) -> String {
+    format!("{} 2>&1", super::tls::etcdctl(port, "member list"))
+}
+
+/// The gate's commands on `host`, asked ahead in the facts round trip.
+pub fn gate_asks(plan: &crate::plan::model::Plan) -> Vec<crate::remote::ahead::Ask> {
+    let port = plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379);
+    vec![crate::remote::ahead::Ask::sudo(health_script(port), None), crate::remote::ahead::Ask::sudo(member_list_script(port), None)]
+}
+
 pub async fn member_health(s: &HostSession, port: u64) -> Result<(bool, String)> {
-    let out = s.sudo(&format!("{} 2>&1", super::tls::etcdctl(port, "--command-timeout=3s endpoint health")), None).await?;
+    let out = s.sudo(&health_script(port), None).await?;
     Ok((out.ok() && out.stdout.contains("is healthy"), out.stdout.trim().to_string()))
 }
 
@@ -112,7 +126,7 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
             if !healthy {
                 return Ok(Err(said));
             }
-            let members = s.sudo(&format!("{} 2>&1", super::tls::etcdctl(port, "member list")), None).await?;
+            let members = s.sudo(&member_list_script(port), None).await?;
             let started = members.stdout.lines().filter(|l| l.contains(", started,")).count();
             if started == expected {
                 Ok(Ok(()))

@@ -105,6 +105,13 @@ pub fn desired(plan: &Plan, host: &Host) -> HostDesired {
     }
 }
 
+const LIVE_TABLE: &str = "nft list table inet rigger 2>&1";
+
+/// The gate's command, asked ahead in the facts round trip.
+pub fn gate_asks() -> Vec<crate::remote::ahead::Ask> {
+    vec![crate::remote::ahead::Ask::sudo(LIVE_TABLE, None)]
+}
+
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
     // A changed ruleset is loaded with nft itself (what `systemctl reload nftables`
@@ -132,7 +139,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     run.each(|h, s| async move {
         let want_table = firewalled(run.plan, h);
         wait_for(&format!("{}: the live nftables ruleset is rigger's", h.name), Duration::from_secs(10), || async {
-            let out = s.sudo("nft list table inet rigger 2>&1", None).await?;
+            let out = s.sudo(LIVE_TABLE, None).await?;
             let has = out.ok() && out.stdout.contains("policy drop");
             Ok(if has == want_table { Ok(()) } else if want_table { Err(format!("no `inet rigger` table with a drop policy: {}", out.stdout.trim())) } else { Err("rigger's table is still loaded".into()) })
         })

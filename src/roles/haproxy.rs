@@ -31,13 +31,30 @@ pub struct ServerStatus {
 }
 
 /// Read the stats CSV on the host (the password goes through stdin, not argv).
+/// The stats CSV, with the password on stdin (curl's config from `-K -`).
+fn servers_ask(stats_port: u64, password: &str) -> crate::remote::ahead::Ask {
+    crate::remote::ahead::Ask::sudo(format!("curl -s -m 3 -K - 'http://127.0.0.1:{stats_port}/stats;csv'"), Some(format!("user = \"admin:{password}\"\n").as_bytes()))
+}
+
+fn stats_port(plan: &crate::plan::model::Plan) -> u64 {
+    plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404)
+}
+
+/// The gate's commands on `host`, asked ahead in the facts round trip.
+pub fn gate_asks(plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+    if plan.hosts_with_role("patroni").next().is_none() {
+        return vec![];
+    }
+    let password = secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
+    let superuser = secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
+    let mut asks = vec![servers_ask(stats_port(plan), &password)];
+    asks.extend(crate::client_path::haproxy_paths(plan, &[host]).iter().map(|p| crate::client_path::probe_ask(p, &superuser)));
+    asks
+}
+
 pub async fn servers(s: &HostSession, stats_port: u64, password: &str) -> Result<Vec<ServerStatus>> {
-    let out = s
-        .sudo(
-            &format!("curl -s -m 3 -K - 'http://127.0.0.1:{stats_port}/stats;csv'"),
-            Some(format!("user = \"admin:{password}\"\n").as_bytes()),
-        )
-        .await?;
+    let ask = servers_ask(stats_port, password);
+    let out = s.sudo(&ask.script, ask.stdin.as_deref()).await?;
     let mut list = Vec::new();
     for line in out.stdout.lines().filter(|l| !l.starts_with('#')) {
         let f: Vec<&str> = line.split(',').collect();
@@ -54,7 +71,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 }
 
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
-    let port = run.plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404);
+    let port = stats_port(run.plan);
     let password = run.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
     let members = run.plan.hosts_with_role("patroni").count();
     if members == 0 {

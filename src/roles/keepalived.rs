@@ -35,8 +35,21 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 }
 
 /// Whether this host has the VIP on one of its interfaces.
+const ADDRESSES: &str = "ip -4 -o addr show";
+
 pub async fn holds_vip(s: &HostSession, vip: &str) -> Result<bool> {
-    Ok(s.sh("ip -4 -o addr show").await?.stdout.contains(&format!(" {vip}/")))
+    Ok(s.sh(ADDRESSES).await?.stdout.contains(&format!(" {vip}/")))
+}
+
+/// The gate's commands on `host`, asked ahead in the facts round trip: its
+/// addresses, and on the first keepalived host the logins through the VIP.
+pub fn gate_asks(plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+    let mut asks = vec![crate::remote::ahead::Ask::sh(ADDRESSES)];
+    if plan.hosts_with_role("keepalived").next().is_some_and(|first| first.name == host.name) {
+        let superuser = secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
+        asks.extend(crate::client_path::vip_paths(plan).iter().map(|p| crate::client_path::probe_ask(p, &superuser)));
+    }
+    asks
 }
 
 /// Who holds the VIP now.

@@ -107,6 +107,26 @@ pub fn hosts_for<'a>(plan: &'a Plan, role: &'a str) -> Vec<&'a Host> {
     }
 }
 
+/// The health gates' commands on `host`, asked ahead in the facts round trip
+/// (remote::ahead): a no-change apply's gates then need no round trip of
+/// their own. Roles not listed ask live.
+pub fn gate_asks(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+    let mut asks = Vec::new();
+    if firewall::applies_to(host) {
+        asks.extend(firewall::gate_asks());
+    }
+    for role in &host.roles {
+        match role.as_str() {
+            "etcd" => asks.extend(etcd::gate_asks(plan)),
+            "patroni" => asks.extend(patroni::gate_asks(plan)),
+            "haproxy" => asks.extend(haproxy::gate_asks(plan, host, secrets)),
+            "keepalived" => asks.extend(keepalived::gate_asks(plan, host, secrets)),
+            _ => {}
+        }
+    }
+    asks
+}
+
 /// `validate`: (the checker's name as users know it, the command with `{}` for the file).
 pub fn file(role: &'static str, path: &str, content: String, mode: u32, owner: &str, group: &str, validate: Option<(&str, &str)>, notify: &[&str]) -> ManagedFile {
     ManagedFile {

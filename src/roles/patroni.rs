@@ -90,10 +90,27 @@ fn as_text(v: &Value) -> String {
 }
 
 /// Every call to Patroni's REST API goes through here (one place for its credentials).
-pub async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+fn rest_script(port: u64, method: &str, path: &str, body: Option<&Value>) -> String {
     let data = body.map(|b| format!(" -H 'Content-Type: application/json' --data-binary {}", sh_quote(&b.to_string()))).unwrap_or_default();
     let auth = super::rest_auth::curl_args();
-    let out = s.sudo(&super::rest_auth::local_curl(port, &format!("-m 60 {auth} -o /dev/stdout -w '\\n%{{http_code}}' -X {method}{data}"), path), None).await?;
+    super::rest_auth::local_curl(port, &format!("-m 60 {auth} -o /dev/stdout -w '\\n%{{http_code}}' -X {method}{data}"), path)
+}
+
+fn streaming_script(pg_port: u64) -> String {
+    format!("runuser -u postgres -- psql -h /var/run/postgresql -p {pg_port} -Atc \"select application_name from pg_stat_replication where state = 'streaming'\"")
+}
+
+/// The gate's commands on a member, asked ahead in the facts round trip:
+/// the cluster, the DCS config, its own state and (on the leader) who streams.
+pub fn gate_asks(plan: &Plan) -> Vec<crate::remote::ahead::Ask> {
+    let port = rest_port(plan);
+    let mut asks: Vec<crate::remote::ahead::Ask> = ["/cluster", "/config", "/patroni"].iter().map(|p| crate::remote::ahead::Ask::sudo(rest_script(port, "GET", p, None), None)).collect();
+    asks.push(crate::remote::ahead::Ask::sudo(streaming_script(pg_port(plan)), None));
+    asks
+}
+
+pub async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+    let out = s.sudo(&rest_script(port, method, path, body), None).await?;
     let text = out.stdout.trim_end();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", text));
     Ok((code.trim().parse().unwrap_or(0), body.to_string()))
@@ -225,9 +242,7 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
 /// Members the leader sees streaming (pg_stat_replication), by name.
 /// `pg_port` names the socket (`services.patroni.port`).
 pub async fn streaming_replicas(leader: &HostSession, pg_port: u64) -> Result<Vec<String>> {
-    let out = leader
-        .sudo(&format!("runuser -u postgres -- psql -h /var/run/postgresql -p {pg_port} -Atc \"select application_name from pg_stat_replication where state = 'streaming'\""), None)
-        .await?;
+    let out = leader.sudo(&streaming_script(pg_port), None).await?;
     Ok(out.stdout.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
 }
 
