@@ -168,10 +168,30 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
         if !errors.is_empty() {
             bail!("{}", errors.join("\n"));
         }
-        return Ok(());
+    } else {
+        // Roles walk their needs graph: independent roles together, staging early.
+        super::dag::apply_roles(&roles, events, |role| stage_role(&ctx, role), |staged| bring_up_role(&ctx, staged)).await?;
     }
-    // Roles walk their needs graph: independent roles together, staging early.
-    super::dag::apply_roles(&roles, events, |role| stage_role(&ctx, role), |staged| bring_up_role(&ctx, staged)).await
+    Ok(())
+}
+
+/// Every configured host now runs exactly the plan's roles (the config phase
+/// and the drain of the roles they lost succeeded): remember them, so a role
+/// the plan later takes away is drained (reshape::drain::retiring).
+pub async fn record_applied_roles(plan: &Plan, cp: &ConfigPlan, shared: &Arc<Mutex<Shared>>) -> Result<()> {
+    let mut sh = shared.lock().await;
+    let mut changed = false;
+    for name in cp.hosts.keys() {
+        if let Some(h) = plan.host(name) {
+            let roles: Vec<String> = h.roles.iter().filter(|r| roles::IMPLEMENTED.contains(&r.as_str())).cloned().collect();
+            changed |= crate::state::record_roles(&mut sh.state, name, &roles);
+        }
+    }
+    if changed {
+        let Shared { store, state } = &mut *sh;
+        store.save(state)?;
+    }
+    Ok(())
 }
 
 /// What every role's bring-up shares.
