@@ -416,6 +416,18 @@ fn reshape_under_load_etcd_patroni_apps() {
     println!("Redis moves: web → cache {:.1}s, cache → web {:.1}s; /health through nginx failed {} times", (move_end - move_start).as_secs_f64(), (back_end - back_start).as_secs_f64(), health_failed.len());
     assert!(health_failed.is_empty(), "the apps' /health (Redis) through nginx failed while Redis moved (code, seconds since start): {health_failed:?}");
 
+    // `apply --infra-only` deletes machines too: it drains them first (apps 2 → 1).
+    write_shape(&Shape { apps: 1, ..two_lbs });
+    let out = rigger(&["apply", plan.path(), "--infra-only", "--auto-approve"]);
+    assert!(out.status.success(), "apps 2 → 1 with --infra-only failed:\n{}", out.text());
+    let progress = out.stderr_text();
+    let reloaded = progress.find("nginx web: reload without app-2").unwrap_or_else(|| panic!("--infra-only did not drain app-2 from nginx:\n{progress}"));
+    let deleted = progress.find("machine.app-2").unwrap_or_else(|| panic!("app-2 not deleted:\n{progress}"));
+    assert!(reloaded < deleted, "app-2 was deleted before nginx dropped it:\n{progress}");
+    // The config phase that --infra-only skipped (pg_hba and the firewall without app-2).
+    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    assert!(out.status.success(), "apply after --infra-only failed:\n{}", out.text());
+
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
     writes.join().expect("writer");
@@ -436,7 +448,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     let keys = plan.ssh(&pg1, &etcdctl_as_root("get --prefix --keys-only /service/"));
     assert!(!keys.lines().any(|k| k.ends_with("/members/pgx")), "pgx still in the DCS: {keys}");
     let upstreams = plan.ssh(&format!("{net}.5"), "grep -c ':9001' /etc/nginx/nginx.conf");
-    assert_eq!(upstreams.trim(), "2", "nginx still lists leaving apps");
+    assert_eq!(upstreams.trim(), "1", "nginx still lists leaving apps");
 
     // Acknowledged rows all there.
     let log = log.lock().unwrap();
