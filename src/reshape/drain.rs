@@ -16,21 +16,6 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// The services each role runs that a departing host stops (patroni and
-/// etcd leave through their own steps; Redis stops only after the config
-/// phase has pointed its clients elsewhere). Saleor's worker gets SIGTERM:
-/// Celery's warm shutdown finishes the task at hand.
-const ROLE_SERVICES: &[(&str, &[&str])] = &[
-    ("keepalived", &["keepalived"]),
-    ("haproxy", &["haproxy"]),
-    ("nginx", &["nginx"]),
-    ("app", &["app"]),
-    ("saleor", &["saleor-api", "saleor-dashboard", "saleor-worker"]),
-    ("storefront", &["storefront"]),
-    ("patroni", &["patroni"]),
-    ("etcd", &["etcd"]),
-    ("redis", &["redis-server"]),
-];
 /// Services stopped by a Stop step (the others leave through their own steps).
 const OWN_STEP_SERVICES: &[&str] = &["patroni", "etcd", "redis-server"];
 /// Services HAProxy balances HTTP over: a departing host running one leaves
@@ -101,10 +86,6 @@ pub fn retiring(plan: &Plan, state: &crate::state::State) -> BTreeMap<String, Ve
     out
 }
 
-/// The services a departing role runs.
-fn services_of(role: &str) -> &'static [&'static str] {
-    ROLE_SERVICES.iter().find(|(r, _)| *r == role).map_or(&[], |(_, s)| s)
-}
 
 /// What one leaving host runs now.
 #[derive(Debug, Default)]
@@ -187,13 +168,13 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     let vip = vip(plan);
 
     // Who departs from which role: a leaving machine from all of them.
-    let all_roles: Vec<String> = ROLE_SERVICES.iter().map(|(r, _)| r.to_string()).collect();
+    let all_roles: Vec<String> = crate::roles::registry::NAMES.iter().map(|r| r.to_string()).collect();
     let departing: BTreeMap<String, Vec<String>> = leaving.iter().map(|n| (n.clone(), all_roles.clone())).chain(retiring.clone()).collect();
     let departs = |name: &str, role: &str| departing.get(name).is_some_and(|roles| roles.iter().any(|r| r == role));
 
     let mut probes: BTreeMap<String, HostProbe> = BTreeMap::new();
     for (name, roles) in &departing {
-        let services: Vec<&str> = roles.iter().flat_map(|r| services_of(r).iter().copied()).collect();
+        let services: Vec<&str> = roles.iter().flat_map(|r| crate::roles::registry::services(r).iter().copied()).collect();
         let vip = vip.as_deref().filter(|_| roles.iter().any(|r| r == "keepalived"));
         match HostSession::connect(&config, name).await {
             Ok(s) => {
@@ -265,7 +246,7 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     for (name, roles) in &departing {
         let services: Vec<String> = roles
             .iter()
-            .flat_map(|r| services_of(r).iter())
+            .flat_map(|r| crate::roles::registry::services(r).iter())
             .filter(|s| !OWN_STEP_SERVICES.contains(s) && runs(name, s))
             .map(|s| s.to_string())
             .collect();
