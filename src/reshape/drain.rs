@@ -277,6 +277,16 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
         }
     }
 
+    // A repository on the host's disk goes with it (an S3 one stays in its bucket).
+    if plan.setting("backup", "s3").is_none() {
+        for name in departing.keys().filter(|n| departs(n, "backup") && crate::state::applied_roles(state, n).iter().any(|r| r == "backup")) {
+            d.notes.push(format!(
+                "{name} holds the pgBackRest repository (on its disk): the backups and archived WAL there are lost with {} — copy /var/lib/pgbackrest elsewhere first if you need them; a new backup host starts an empty repository",
+                if leaving.contains(name) { "its machine" } else { "the role (the files stay on its disk, unused)" }
+            ));
+        }
+    }
+
     // 6. A departing Redis serves until the config phase has pointed its
     // clients at the plan's Redis; only then it stops (and its machine goes).
     let redis_leaving: Vec<String> = departing.keys().filter(|n| runs(n, "redis-server")).cloned().collect();
