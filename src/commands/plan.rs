@@ -32,7 +32,8 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let changes = crate::diff::compute(&specs, &live?);
     let config_plan = config_plan.transpose()?;
     // Host-side steps before machines are deleted (drain before destroy); refused here when unsafe.
-    let drain = Some(crate::reshape::drain::compute(&project, &state, &changes, args.infra_only, &crate::events::Events::silent()).await?);
+    // `--infra-only` plans dial no host: the drain `apply` runs is not looked at.
+    let drain = if args.infra_only { None } else { Some(crate::reshape::drain::compute(&project, &state, &changes, false, &crate::events::Events::silent()).await?) };
 
     let paint = Paint { on: ui::color_enabled() };
     if args.json {
@@ -47,6 +48,10 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", ui::plan::render_human(&changes, &paint));
+        let leaving = crate::reshape::drain::leaving(&changes);
+        if args.infra_only && !leaving.is_empty() {
+            println!("\n{}", paint.yellow(&format!("note: `apply` drains {} before deleting them (--infra-only plans dial no host, so the steps are not shown)", leaving.join(", "))));
+        }
         if let Some(d) = &drain {
             let text = ui::drain::render_human(d, &paint);
             if !text.is_empty() {
