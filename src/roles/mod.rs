@@ -13,6 +13,7 @@ pub mod haproxy;
 pub mod keepalived;
 pub mod needs;
 pub mod nginx;
+pub mod node_toolchain;
 pub mod patroni;
 pub mod redis;
 pub mod rest_auth;
