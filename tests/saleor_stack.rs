@@ -3,7 +3,9 @@
 //! found in its cache), pushed to machines that have no network, the venv
 //! installed with `pip install --no-index`, the real `manage.py migrate` (all
 //! of Saleor's migrations: this is the test of the migration, no dump), the
-//! API under uvicorn and the Celery worker behind HAProxy — then:
+//! API under uvicorn and the Celery worker behind HAProxy, the dashboard built
+//! on the control host with rigger's own Node toolchain and served through
+//! HAProxy :9000 — then:
 //!
 //! - a staff user (createsuperuser) gets a token through the load balancer and
 //!   creates a product, which is read back through the load balancer;
@@ -110,6 +112,9 @@ fn saleor_from_source_offline_behind_haproxy() {
     let tarball = apps().join("saleor-3.21.69.tar.gz");
     assert!(tarball.is_file() && apps().join("saleor-3.21.69-requirements.txt").is_file(), "Saleor's source is expected in {} (shared/ beside the checkout)", apps().display());
     let source = tarball.display().to_string();
+    let dashboard = apps().join("saleor-dashboard-3.21.21.tar.gz");
+    assert!(dashboard.is_file(), "the dashboard's source is expected in {}", apps().display());
+    let dashboard = dashboard.display().to_string();
     let plan = LocalPlan::from_text("t-sal", |project, cidr, net| {
         format!(
             "version: 1\nproject: {project}\nprovider: {{ kind: local }}\nssh: {{ user: rigger, private_key_file: ./id_ed25519 }}\n\
@@ -118,7 +123,7 @@ fn saleor_from_source_offline_behind_haproxy() {
              hosts:\n  - {{ name: pg, count: 2, roles: [etcd, patroni], ip: {net}.21 }}\n\
              \x20 - {{ name: lb, roles: [haproxy, etcd, redis], ip: {net}.11 }}\n\
              \x20 - {{ name: saleor, count: 2, roles: [saleor], ip: {net}.31 }}\n\
-             services:\n  patroni: {{ scope: {project}, synchronous_mode: false }}\n  saleor: {{ source: {source}, workers: 1 }}\n"
+             services:\n  patroni: {{ scope: {project}, synchronous_mode: false }}\n  saleor: {{ source: {source}, dashboard_source: {dashboard}, workers: 1 }}\n"
         )
     });
     let net = plan.net_prefix.clone();
@@ -152,6 +157,16 @@ fn saleor_from_source_offline_behind_haproxy() {
     let get = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", &through_lb]).output().expect("curl");
     assert_eq!(String::from_utf8_lossy(&get.stdout), "405");
     eventually("the shop through HAProxy", 60, || shop_name(&through_lb));
+    // The dashboard, built on this host by rigger's own Node toolchain (never
+    // the host's node) and served by each Saleor host: its index through
+    // HAProxy :9000 names the API URL it was built with.
+    let index = Command::new("curl").args(["-s", "-m", "10", &format!("http://{lb}:9000/")]).output().expect("curl");
+    let index = String::from_utf8_lossy(&index.stdout).into_owned();
+    assert!(index.contains(&through_lb) && index.contains("<script"), "the dashboard's index through :9000 does not name {through_lb}:\n{index}");
+    for ip in [&api1, &api2] {
+        let served = plan.ssh(ip, "systemctl is-active saleor-dashboard; ls /opt/saleor/dashboard");
+        assert!(served.starts_with("active\n"), "{ip}: {served}");
+    }
 
     // 2. A staff user, a token through the load balancer, a product created and read back.
     let password = rigger::state::random_secret(20);
@@ -213,7 +228,7 @@ fn saleor_from_source_offline_behind_haproxy() {
     assert!(out.status.success(), "no-change apply failed:\n{}", out.text());
     let text = out.text();
     assert!(text.contains("No host changes."), "{text}");
-    for busy in ["wheelhouse", "installing release", "manage.py migrate"] {
+    for busy in ["wheelhouse", "installing release", "manage.py migrate", "uploading dashboard", "npm ci"] {
         assert!(!text.contains(busy), "a no-change apply did `{busy}`:\n{text}");
     }
     assert_eq!([api_process(&plan, &api1), api_process(&plan, &api2)], after, "a no-change apply restarted the API");
