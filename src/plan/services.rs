@@ -131,6 +131,8 @@ static STOREFRONT: &[Setting] = &[
     s!("port", PORT, |_| json!(3000), "port"),
     s!("packages", SettingType::List, |_| json!(["nodejs", "npm"]), "distro packages for Node.js (the Storefront wants Node >= 20)"),
     s!("build_command", SettingType::Str, |_| json!("corepack pnpm install --frozen-lockfile && corepack pnpm build"), "run in the build folder as the storefront user, with the env file loaded"),
+    Setting { key: "source", ty: SettingType::Str, default: None, required: false, help: "source mode: the Storefront's source (a .tar.gz or a folder), built on the control host (pnpm install + next build, standalone) after the Saleor API answers, and run on the hosts with a Node runtime rigger ships (instead of `path`)" },
+    s!("node_version", SettingType::Str, |_| json!(crate::roles::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release rigger downloads (npm registry) to build the Storefront and ships to its hosts"),
 ];
 
 static BACKUP: &[Setting] = &[

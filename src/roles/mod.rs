@@ -22,6 +22,7 @@ pub mod saleor_dashboard;
 pub mod saleor_source;
 pub mod source_dir;
 pub mod storefront;
+pub mod storefront_source;
 pub mod tls;
 
 use crate::config::ops::{Checker, HostDesired, ManagedFile, ManagedService, OnChange};
