@@ -158,7 +158,8 @@ pub async fn build(b: &Build, node: &Toolchain, events: &Events) -> Result<PathB
     step(
         "pnpm run build (codegen + next build)",
         node.command("pnpm")
-            .args(["run", "build"])
+            // ESLint is the Storefront's own development check, not a deploy step.
+            .args(["run", "build", "--no-lint"])
             .current_dir(&work)
             .env("CI", "1")
             .env("NEXT_OUTPUT", "standalone")
