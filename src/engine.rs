@@ -117,6 +117,10 @@ impl Applier {
                         Ok(()) => {
                             let mut sh = shared.lock().await;
                             sh.state.resources.remove(&live.address);
+                            if live.address.kind == Kind::Machine {
+                                // What the config phase knew of the host goes with it.
+                                sh.state.hosts.remove(&live.address.name);
+                            }
                             let Shared { store, state } = &mut *sh;
                             store.save(state)?;
                             project.write_known_hosts(state)?;

@@ -99,6 +99,23 @@ pub fn default_path(plan_dir: &Path, project: &str) -> PathBuf {
 }
 
 /// An open state file with its lock held until this is dropped.
+
+/// The roles the config phase last applied on a host (none if not recorded):
+/// a role the plan no longer gives the host is drained there.
+pub fn applied_roles(state: &State, host: &str) -> Vec<String> {
+    state.hosts.get(host).and_then(|h| h.get("roles")).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
+}
+
+/// Record the roles a host now runs; true if that changed the state.
+pub fn record_roles(state: &mut State, host: &str, roles: &[String]) -> bool {
+    if applied_roles(state, host) == roles && state.hosts.get(host).is_some_and(|h| h.get("roles").is_some()) {
+        return false;
+    }
+    let entry = state.hosts.entry(host.to_string()).or_insert_with(|| serde_json::json!({}));
+    entry["roles"] = serde_json::json!(roles);
+    true
+}
+
 pub struct StateStore {
     path: PathBuf,
     _lock: File,

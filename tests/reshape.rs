@@ -1,7 +1,9 @@
 //! Reshaping a running stack under load (issue 11, item 5): writes through the
 //! VIP every 100 ms and HTTP through nginx all along, while etcd goes 3 → 5 → 3,
 //! Patroni 3 → 4 → 3 (the leaving member leads when it leaves) and the apps
-//! 3 → 4 → 2. Checks: no failed HTTP request, no acknowledged row lost, the
+//! 3 → 4 → 2, HAProxy 2 → 3 → 2 (the VIP holder leaving), then Redis moves off
+//! a host that stays and back (the old machine leaving). Checks: no failed HTTP
+//! request (the apps' /health, which pings Redis, during the Redis moves), no acknowledged row lost, the
 //! leaving members gone from etcd, Patroni's DCS and the leader's slots,
 //! running etcd members not restarted by a grow, `status` healthy at the end.
 //! Reports (prints, never asserts) the longest write gap of each phase.
@@ -26,6 +28,8 @@ struct Shape {
     apps: u32,
     /// HAProxy + keepalived hosts (lb-1..).
     lbs: u32,
+    /// Redis on its own host `cache` instead of beside nginx on `web`.
+    cache: bool,
 }
 
 fn plan_text(project: &str, cidr: &str, net: &str, app_dir: &Path, shape: &Shape) -> String {
@@ -37,9 +41,14 @@ fn plan_text(project: &str, cidr: &str, net: &str, app_dir: &Path, shape: &Shape
         hosts.push_str(&format!("  - {{ name: ex, count: 2, roles: [etcd], ip: {net}.51, firewall: [inside] }}\n"));
     }
     hosts.push_str(&format!(
-        "  - {{ name: lb, count: {}, roles: [haproxy, keepalived], ip: {net}.11, firewall: [inside] }}\n  - {{ name: web, roles: [nginx, redis], ip: {net}.5, firewall: [inside] }}\n  - {{ name: app, count: {}, roles: [app], ip: {net}.41, firewall: [inside] }}\n",
-        shape.lbs, shape.apps
+        "  - {{ name: lb, count: {}, roles: [haproxy, keepalived], ip: {net}.11, firewall: [inside] }}\n  - {{ name: web, roles: [{}], ip: {net}.5, firewall: [inside] }}\n  - {{ name: app, count: {}, roles: [app], ip: {net}.41, firewall: [inside] }}\n",
+        shape.lbs,
+        if shape.cache { "nginx" } else { "nginx, redis" },
+        shape.apps
     ));
+    if shape.cache {
+        hosts.push_str(&format!("  - {{ name: cache, roles: [redis], ip: {net}.31, firewall: [inside] }}\n"));
+    }
     format!(
         "version: 1
 project: {project}
@@ -174,7 +183,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     let app_src = tempfile::tempdir().expect("temp dir");
     let app_dir = app_src.path().join("demo-app");
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-app"), &app_dir);
-    let base = Shape { pg: 3, etcd_extra: false, patroni_extra: false, apps: 3, lbs: 2 };
+    let base = Shape { pg: 3, etcd_extra: false, patroni_extra: false, apps: 3, lbs: 2, cache: false };
     let plan = LocalPlan::from_text("t-rs", |project, cidr, net| plan_text(project, cidr, net, &app_dir, &base));
     let net = plan.net_prefix.clone();
     let cidr = format!("{net}.0/24");
@@ -223,7 +232,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     let pids_before = etcd_pids(&plan, &net);
     let leader_of = |ip: &str| patroni_cluster(&plan, ip).into_iter().find(|(_, r)| r == "leader").map(|(n, _)| n);
     let leader_before = leader_of(&pg1);
-    let grown = Shape { pg: 3, etcd_extra: true, patroni_extra: true, apps: 4, lbs: 3 };
+    let grown = Shape { pg: 3, etcd_extra: true, patroni_extra: true, apps: 4, lbs: 3, cache: false };
     write_shape(&grown);
     let grow_start = Instant::now();
     let out = rigger(&["apply", plan.path(), "--auto-approve"]);
@@ -253,7 +262,7 @@ fn reshape_under_load_etcd_patroni_apps() {
 
     // Unsafe: 3 of the 4 Patroni members in one apply (etcd stays 3 + 2 → odd, valid).
     // Refused by plan and by apply at the host entry, nothing changed.
-    write_shape(&Shape { pg: 1, etcd_extra: true, patroni_extra: false, apps: 4, lbs: 3 });
+    write_shape(&Shape { pg: 1, etcd_extra: true, patroni_extra: false, apps: 4, lbs: 3, cache: false });
     for args in [vec!["plan", plan.path()], vec!["apply", plan.path(), "--auto-approve"]] {
         let out = rigger(&args);
         assert_eq!(out.code(), 1, "{args:?} must refuse removing a Patroni majority:\n{}", out.text());
@@ -284,7 +293,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     let switch_end = Instant::now();
 
     // Shrink: etcd 5 → 3, Patroni 4 → 3 (the leader leaves), apps 4 → 2.
-    let shrunk = Shape { pg: 3, etcd_extra: false, patroni_extra: false, apps: 2, lbs: 3 };
+    let shrunk = Shape { pg: 3, etcd_extra: false, patroni_extra: false, apps: 2, lbs: 3, cache: false };
     write_shape(&shrunk);
     let out = rigger(&["plan", plan.path()]);
     assert!(out.status.success(), "{}", out.text());
@@ -326,7 +335,8 @@ fn reshape_under_load_etcd_patroni_apps() {
     }
     std::thread::sleep(Duration::from_secs(5));
     assert!(holds(&lbs[2]) && !holds(&lbs[0]) && !holds(&lbs[1]), "the VIP left lb-3 (nopreempt)");
-    write_shape(&Shape { lbs: 2, ..shrunk });
+    let two_lbs = Shape { lbs: 2, ..shrunk };
+    write_shape(&two_lbs);
     let out = rigger(&["plan", plan.path()]);
     assert!(out.status.success(), "{}", out.text());
     let text = out.stdout_text();
@@ -341,6 +351,82 @@ fn reshape_under_load_etcd_patroni_apps() {
     let deleted = progress.find("machine.lb-3").unwrap_or_else(|| panic!("lb-3 not deleted:\n{progress}"));
     assert!(moved < deleted, "lb-3 was deleted before the VIP moved:\n{progress}");
     assert_eq!(lbs[..2].iter().filter(|ip| holds(ip)).count(), 1, "not exactly one of lb-1, lb-2 holds the VIP after lb-3 left");
+
+    // Redis moves off `web` to a new host `cache` (web keeps its machine and
+    // nginx, loses the role), then back (cache's machine leaves). Each time the
+    // old Redis serves until the apps point at the new one: the apps' /health
+    // (which pings Redis) through nginx answers 200 all along.
+    let health_failed = Arc::new(Mutex::new(Vec::<(u16, f64)>::new()));
+    let health_stop = Arc::new(AtomicBool::new(false));
+    let health = {
+        let (stop, failed, url) = (health_stop.clone(), health_failed.clone(), format!("http://{net}.5/health"));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let code = http_status(&url);
+                if code != 200 {
+                    failed.lock().unwrap().push((code, t0.elapsed().as_secs_f64()));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let web = format!("{net}.5");
+    let app1 = format!("{net}.41");
+    let redis_of_app = || plan.ssh(&app1, "sudo -n grep -o '^REDIS_URL=.*' /etc/app/app.env | sed 's/.*@//'");
+    let active = |ip: &str| plan.ssh(ip, "systemctl is-active redis-server || true").trim().to_string();
+    write_shape(&Shape { cache: true, ..two_lbs });
+    let out = rigger(&["plan", plan.path()]);
+    assert!(out.status.success(), "{}", out.text());
+    let text = out.stdout_text();
+    println!("{text}");
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("the plan does not show {needle:?}:\n{text}"));
+    assert!(at("web loses redis") < at("the config phase points the clients at the plan's hosts"), "{text}");
+    assert!(at("the config phase points the clients at the plan's hosts") < at("web: stop redis-server"), "{text}");
+    let move_start = Instant::now();
+    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    let move_end = Instant::now();
+    assert!(out.status.success(), "moving Redis to cache failed:\n{}", out.text());
+    assert_eq!(active(&web), "inactive", "Redis still runs on web after losing the role");
+    assert_eq!(active(&format!("{net}.31")), "active");
+    assert!(redis_of_app().starts_with(&format!("{net}.31:")), "app-1 does not use cache's Redis: {}", redis_of_app());
+    let out = rigger(&["plan", plan.path(), "--detailed-exitcode"]);
+    assert_eq!(out.code(), 0, "re-plan after the Redis move must be empty:\n{}", out.text());
+
+    write_shape(&two_lbs);
+    let out = rigger(&["plan", plan.path()]);
+    assert!(out.status.success(), "{}", out.text());
+    let text = out.stdout_text();
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("the plan does not show {needle:?}:\n{text}"));
+    assert!(at("the config phase points the clients at the plan's hosts") < at("cache: stop redis-server"), "{text}");
+    assert!(at("cache: stop redis-server") < at("the cloud deletes cache"), "{text}");
+    let back_start = Instant::now();
+    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    let back_end = Instant::now();
+    assert!(out.status.success(), "moving Redis back to web failed:\n{}", out.text());
+    let progress = out.stderr_text();
+    let restarted = progress.find("role app: healthy").unwrap_or_else(|| panic!("the apps were not pointed at web's Redis:\n{progress}"));
+    let stopped = progress.find("drain (after the config phase)").unwrap_or_else(|| panic!("no after-config drain step:\n{progress}"));
+    let deleted = progress.find("machine.cache").unwrap_or_else(|| panic!("cache not deleted:\n{progress}"));
+    assert!(restarted < stopped && stopped < deleted, "Redis on cache stopped or deleted before the apps moved:\n{progress}");
+    assert_eq!(active(&web), "active");
+    assert!(redis_of_app().starts_with(&format!("{web}:")), "app-1 does not use web's Redis: {}", redis_of_app());
+    health_stop.store(true, Ordering::SeqCst);
+    health.join().expect("health poller");
+    let health_failed = health_failed.lock().unwrap().clone();
+    println!("Redis moves: web → cache {:.1}s, cache → web {:.1}s; /health through nginx failed {} times", (move_end - move_start).as_secs_f64(), (back_end - back_start).as_secs_f64(), health_failed.len());
+    assert!(health_failed.is_empty(), "the apps' /health (Redis) through nginx failed while Redis moved (code, seconds since start): {health_failed:?}");
+
+    // `apply --infra-only` deletes machines too: it drains them first (apps 2 → 1).
+    write_shape(&Shape { apps: 1, ..two_lbs });
+    let out = rigger(&["apply", plan.path(), "--infra-only", "--auto-approve"]);
+    assert!(out.status.success(), "apps 2 → 1 with --infra-only failed:\n{}", out.text());
+    let progress = out.stderr_text();
+    let reloaded = progress.find("nginx web: reload without app-2").unwrap_or_else(|| panic!("--infra-only did not drain app-2 from nginx:\n{progress}"));
+    let deleted = progress.find("machine.app-2").unwrap_or_else(|| panic!("app-2 not deleted:\n{progress}"));
+    assert!(reloaded < deleted, "app-2 was deleted before nginx dropped it:\n{progress}");
+    // The config phase that --infra-only skipped (pg_hba and the firewall without app-2).
+    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    assert!(out.status.success(), "apply after --infra-only failed:\n{}", out.text());
 
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
@@ -362,7 +448,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     let keys = plan.ssh(&pg1, &etcdctl_as_root("get --prefix --keys-only /service/"));
     assert!(!keys.lines().any(|k| k.ends_with("/members/pgx")), "pgx still in the DCS: {keys}");
     let upstreams = plan.ssh(&format!("{net}.5"), "grep -c ':9001' /etc/nginx/nginx.conf");
-    assert_eq!(upstreams.trim(), "2", "nginx still lists leaving apps");
+    assert_eq!(upstreams.trim(), "1", "nginx still lists leaving apps");
 
     // Acknowledged rows all there.
     let log = log.lock().unwrap();

@@ -42,8 +42,8 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         Some(s) => {
             s.check_current(lineage.as_deref(), serial)?;
             print!("{}", ui::plan::render_human(&s.changes, &paint));
-            if !infra_only {
-                let d = crate::reshape::drain::compute(&project, &state, &s.changes, &crate::events::Events::silent()).await?;
+            if drains(infra_only, args.no_ssh_wait, &s.changes, &paint) {
+                let d = crate::reshape::drain::compute(&project, &state, &s.changes, infra_only, &crate::events::Events::silent()).await?;
                 print!("{}", ui::drain::render_human(&d, &paint));
                 drain = Some(d);
             }
@@ -75,8 +75,8 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             };
             let changes = engine::restrict_to_targets(crate::diff::compute(&specs, &live), &specs, &args.targets)?;
             print!("{}", ui::plan::render_human(&changes, &paint));
-            if !infra_only {
-                let d = match crate::reshape::drain::compute(&project, &state, &changes, &crate::events::Events::silent()).await {
+            if drains(infra_only, args.no_ssh_wait, &changes, &paint) {
+                let d = match crate::reshape::drain::compute(&project, &state, &changes, infra_only, &crate::events::Events::silent()).await {
                     Ok(d) => d,
                     Err(e) => {
                         if let Some(cp) = config_plan_ok {
@@ -99,7 +99,8 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             }
             crate::ui::print_security_warnings(&project.plan, &paint);
             let effective = engine::effective(&changes);
-            let host_work = config_plan_ok.as_ref().map_or(!infra_only, |cp| !HostSummary::of(cp).is_empty() || !cp.not_built.is_empty());
+            let drain_work = drain.as_ref().is_some_and(|d| !d.is_empty());
+            let host_work = drain_work || config_plan_ok.as_ref().map_or(!infra_only, |cp| !HostSummary::of(cp).is_empty() || !cp.not_built.is_empty());
             if (!effective.is_empty() || host_work) && !super::confirm("\nDo you want to perform these actions?", args.auto_approve)? {
                 println!("Apply cancelled; nothing was changed.");
                 if let Some(cp) = config_plan_ok {
@@ -127,8 +128,14 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         }
         None => Ok(()),
     };
+    // A departing Redis keeps serving until the config phase has pointed the
+    // apps elsewhere: then the deletions wait until after it.
+    let (now, deferred): (Vec<_>, Vec<_>) = match drain.as_ref().filter(|d| d.defers_deletions()) {
+        Some(_) => changes.iter().cloned().partition(|c| c.action != crate::diff::Action::Delete),
+        None => (changes.clone(), vec![]),
+    };
     if result.is_ok() {
-        result = applier.apply(&changes).await;
+        result = applier.apply(&now).await;
     }
     // Every apply that may dial the machines: Proxmox LXC guests get the plan's
     // user and verified host keys here (cheap once done).
@@ -156,6 +163,16 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         if let Some(cp) = &config_plan {
             result = phase::apply(&project, cp, &shared, &events).await;
         }
+        if let Some(d) = drain.as_ref().filter(|d| !d.after_config.is_empty() && result.is_ok()) {
+            let state = shared.lock().await.state.clone();
+            result = crate::reshape::run::execute_after_config(&project, &state, d, &events).await;
+        }
+        if let (Some(cp), true) = (&config_plan, result.is_ok()) {
+            result = phase::record_applied_roles(&project.plan, cp, &shared).await;
+        }
+    }
+    if result.is_ok() && !deferred.is_empty() {
+        result = applier.apply(&deferred).await;
     }
     if let Some(cp) = config_plan {
         cp.close().await;
@@ -174,6 +191,19 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         started.elapsed().as_secs_f64()
     );
     Ok(0)
+}
+
+/// Whether this apply drains what leaves. `--no-ssh-wait` promises not to dial
+/// the machines, so machines it deletes go undrained (said here).
+fn drains(infra_only: bool, no_ssh_wait: bool, changes: &[crate::diff::Change], paint: &Paint) -> bool {
+    if infra_only && no_ssh_wait {
+        let leaving = crate::reshape::drain::leaving(changes);
+        if !leaving.is_empty() {
+            println!("{}", paint.yellow(&format!("note: --no-ssh-wait: the machines {} are deleted without draining them first (nothing on them is stopped or handed over)", leaving.join(", "))));
+        }
+        return false;
+    }
+    true
 }
 
 async fn wait_for_all_ssh(provider: &dyn crate::providers::Provider, project: &Project, shared: &Arc<Mutex<Shared>>, events: &crate::events::Events) -> Result<()> {

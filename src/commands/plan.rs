@@ -32,7 +32,8 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let changes = crate::diff::compute(&specs, &live?);
     let config_plan = config_plan.transpose()?;
     // Host-side steps before machines are deleted (drain before destroy); refused here when unsafe.
-    let drain = if args.infra_only { None } else { Some(crate::reshape::drain::compute(&project, &state, &changes, &crate::events::Events::silent()).await?) };
+    // `--infra-only` plans dial no host: the drain `apply` runs is not looked at.
+    let drain = if args.infra_only { None } else { Some(crate::reshape::drain::compute(&project, &state, &changes, false, &crate::events::Events::silent()).await?) };
 
     let paint = Paint { on: ui::color_enabled() };
     if args.json {
@@ -41,12 +42,16 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
             doc["host_changes"] = serde_json::to_value(ui::hosts::json(cp))?;
             doc["parameter_changes"] = serde_json::to_value(&cp.parameter_changes)?;
         }
-        if let Some(d) = drain.as_ref().filter(|d| !d.leaving.is_empty()) {
+        if let Some(d) = drain.as_ref().filter(|d| !d.leaving.is_empty() || !d.retiring.is_empty()) {
             doc["drain"] = serde_json::to_value(d)?;
         }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", ui::plan::render_human(&changes, &paint));
+        let leaving = crate::reshape::drain::leaving(&changes);
+        if args.infra_only && !leaving.is_empty() {
+            println!("\n{}", paint.yellow(&format!("note: `apply` drains {} before deleting them (--infra-only plans dial no host, so the steps are not shown)", leaving.join(", "))));
+        }
         if let Some(d) = &drain {
             let text = ui::drain::render_human(d, &paint);
             if !text.is_empty() {
@@ -77,7 +82,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
             println!("\nSaved the plan to {} — apply it exactly with `rigger apply {}`.", out.display(), out.display());
         }
     }
-    let host_changes = config_plan.as_ref().is_some_and(|cp| !HostSummary::of(cp).is_empty());
+    let host_changes = config_plan.as_ref().is_some_and(|cp| !HostSummary::of(cp).is_empty()) || drain.as_ref().is_some_and(|d| !d.is_empty());
     if let Some(cp) = config_plan {
         cp.close().await;
     }

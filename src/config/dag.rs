@@ -43,7 +43,7 @@ pub fn steps(roles: &[&'static str]) -> Graph<Step> {
     let mut g = Graph::new();
     for role in roles {
         g.add(Step::Stage(role), []);
-        let needed = roles::needs::needs(role, roles).into_iter().map(Step::Up);
+        let needed = roles::registry::needs(role, roles).into_iter().map(Step::Up);
         g.add(Step::Up(role), needed.chain([Step::Stage(role)]));
     }
     g
@@ -117,7 +117,7 @@ where
                     if staging_failed.contains(&role) {
                         continue;
                     }
-                    let needed = roles::needs::needs(role, roles).join(", ");
+                    let needed = roles::registry::needs(role, roles).join(", ");
                     events.failed(&format!("role {role}"), "skipped", &format!("not started: a role it needs ({needed}) failed"));
                     errors.push(format!("role {role}: not started — a role it needs ({needed}) failed"));
                 }

@@ -57,7 +57,7 @@ impl ConfigPlan {
 
 /// Hosts that have at least one role rigger configures.
 fn configured_hosts(plan: &Plan) -> Vec<&Host> {
-    plan.hosts.iter().filter(|h| h.roles.iter().any(|r| roles::IMPLEMENTED.contains(&r.as_str())) || roles::firewall::applies_to(h)).collect()
+    plan.hosts.iter().filter(|h| h.roles.iter().any(|r| roles::registry::is_role(r)) || roles::firewall::applies_to(h)).collect()
 }
 
 fn pending(state: &State, host: &str) -> BTreeSet<String> {
@@ -157,8 +157,8 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
     let secrets = shared.lock().await.state.secrets.clone();
     let facts: BTreeMap<String, HostFacts> = cp.hosts.iter().map(|(n, hp)| (n.clone(), hp.facts.clone())).collect();
     let present: BTreeSet<&str> = plan.roles();
-    let mut roles: Vec<&'static str> = roles::ORDER.iter().copied().filter(|r| roles::IMPLEMENTED.contains(r) && present.contains(r)).collect();
-    roles.insert(0, "firewall");
+    let mut roles: Vec<&'static str> = roles::registry::NAMES.iter().copied().filter(|r| present.contains(r)).collect();
+    roles.insert(0, roles::registry::FIREWALL);
     let ctx = RoleContext { project, cp, shared, events, secrets: &secrets, facts: &facts };
     if cp.is_empty() {
         // Nothing to change anywhere: no role waits for another, so every
@@ -168,10 +168,30 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
         if !errors.is_empty() {
             bail!("{}", errors.join("\n"));
         }
-        return Ok(());
+    } else {
+        // Roles walk their needs graph: independent roles together, staging early.
+        super::dag::apply_roles(&roles, events, |role| stage_role(&ctx, role), |staged| bring_up_role(&ctx, staged)).await?;
     }
-    // Roles walk their needs graph: independent roles together, staging early.
-    super::dag::apply_roles(&roles, events, |role| stage_role(&ctx, role), |staged| bring_up_role(&ctx, staged)).await
+    Ok(())
+}
+
+/// Every configured host now runs exactly the plan's roles (the config phase
+/// and the drain of the roles they lost succeeded): remember them, so a role
+/// the plan later takes away is drained (reshape::drain::retiring).
+pub async fn record_applied_roles(plan: &Plan, cp: &ConfigPlan, shared: &Arc<Mutex<Shared>>) -> Result<()> {
+    let mut sh = shared.lock().await;
+    let mut changed = false;
+    for name in cp.hosts.keys() {
+        if let Some(h) = plan.host(name) {
+            let roles: Vec<String> = h.roles.iter().filter(|r| roles::registry::is_role(r)).cloned().collect();
+            changed |= crate::state::record_roles(&mut sh.state, name, &roles);
+        }
+    }
+    if changed {
+        let Shared { store, state } = &mut *sh;
+        store.save(state)?;
+    }
+    Ok(())
 }
 
 /// What every role's bring-up shares.

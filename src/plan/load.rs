@@ -3,7 +3,8 @@
 
 use super::diag::{suggestion, Diags, PlanErrors};
 use super::model::*;
-use super::services::{self, SettingType, ROLES};
+use super::services::{self, SettingType};
+use crate::roles::registry::NAMES as ROLES;
 use super::size::parse_size;
 use super::yaml::{self, Node, Pos, Value as Y};
 use ipnet::Ipv4Net;
@@ -658,7 +659,7 @@ impl Reader<'_> {
         };
         for r in &roles {
             if !ROLES.contains(&r.v.as_str()) {
-                self.d.error(r.pos, format!("unknown role `{}` — {}", r.v, suggestion(&r.v, ROLES)));
+                self.d.error(r.pos, format!("unknown role `{}` — {}", r.v, suggestion(&r.v, &ROLES)));
             }
         }
         let subnet = self.optional(node, "subnet").and_then(|n| self.string(n, &what("subnet")));
@@ -854,7 +855,7 @@ impl Reader<'_> {
         let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
         let given = node.filter(|n| !n.is_null());
         if let Some(n) = given {
-            self.map(n, "services", ROLES)?;
+            self.map(n, "services", &ROLES)?;
             for (k, v) in n.as_map().unwrap_or_default() {
                 if let Some(role) = k.as_scalar().filter(|r| ROLES.contains(r)) {
                     if !used.contains(role) {

@@ -33,8 +33,6 @@ macro_rules! s {
     };
 }
 
-/// Every role, in the order the config phase brings them up.
-pub const ROLES: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront", "backup"];
 
 pub fn settings(role: &str) -> &'static [Setting] {
     match role {

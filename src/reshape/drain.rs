@@ -16,16 +16,13 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Services a leaving host may run that are stopped before its machine goes
-/// (patroni and etcd leave through their own steps). Saleor's worker gets
-/// SIGTERM: Celery's warm shutdown finishes the task at hand.
-const STOPPED_SERVICES: &[&str] = &["keepalived", "haproxy", "nginx", "app", "saleor-api", "saleor-dashboard", "saleor-worker", "storefront"];
-/// Services HAProxy balances HTTP over: a leaving host running one leaves
+/// Services stopped by a Stop step (the others leave through their own steps).
+const OWN_STEP_SERVICES: &[&str] = &["patroni", "etcd", "redis-server"];
+/// Services HAProxy balances HTTP over: a departing host running one leaves
 /// HAProxy's backends (reload) before it stops.
 const HAPROXY_HTTP_BACKENDS: &[&str] = &["saleor-api", "saleor-dashboard", "storefront"];
 /// The most etcd members one apply may remove (see README "Reshaping").
 pub const MAX_ETCD_REMOVALS: usize = 2;
-
 /// One host-side step, in the order the drain runs them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "step", rename_all = "snake_case")]
@@ -50,16 +47,45 @@ pub enum Step {
 pub struct DrainPlan {
     /// Machines the cloud step deletes.
     pub leaving: Vec<String>,
+    /// Hosts that stay but lose roles (the state's roles last applied, minus the plan's).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub retiring: BTreeMap<String, Vec<String>>,
     pub steps: Vec<Step>,
+    /// Steps that wait until the config phase has pointed the clients
+    /// elsewhere (a Redis that leaves); the deletions wait for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after_config: Vec<Step>,
     /// What the drain could not look at (an unreachable leaving host, …).
     pub notes: Vec<String>,
 }
 
 impl DrainPlan {
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.steps.is_empty() && self.after_config.is_empty()
+    }
+
+    /// The cloud's deletions must wait until after the config phase.
+    pub fn defers_deletions(&self) -> bool {
+        !self.after_config.is_empty() && !self.leaving.is_empty()
     }
 }
+
+/// Hosts that keep their machine but lose roles: the roles the state says
+/// were last applied there, minus the plan's (only hosts built and planned).
+pub fn retiring(plan: &Plan, state: &crate::state::State) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for h in &plan.hosts {
+        if !state.machines().any(|m| m.address.name == h.name) {
+            continue;
+        }
+        let lost: Vec<String> = crate::state::applied_roles(state, &h.name).into_iter().filter(|r| !h.roles.contains(r)).collect();
+        if !lost.is_empty() {
+            out.insert(h.name.clone(), lost);
+        }
+    }
+    out
+}
+
 
 /// What one leaving host runs now.
 #[derive(Debug, Default)]
@@ -68,8 +94,8 @@ struct HostProbe {
     holds_vip: bool,
 }
 
-async fn probe(s: &HostSession, vip: Option<&str>) -> Result<HostProbe> {
-    let list = STOPPED_SERVICES.iter().chain(["patroni", "etcd"].iter()).copied().collect::<Vec<_>>().join(" ");
+async fn probe(s: &HostSession, services: &[&str], vip: Option<&str>) -> Result<HostProbe> {
+    let list = services.join(" ");
     let out = s.sudo(&format!("for u in {list}; do printf '%s %s\\n' $u $(systemctl is-active $u); done"), None).await?;
     let active = out.stdout.lines().filter_map(|l| l.split_once(' ')).filter(|(_, st)| st.trim() == "active").map(|(u, _)| u.to_string()).collect();
     let holds_vip = match vip {
@@ -118,25 +144,41 @@ async fn first_reachable(config: &std::path::Path, plan: &Plan, role: &str, buil
     None
 }
 
-/// Work out the drain for the machines `changes` delete.
-pub async fn compute(project: &Project, state: &crate::state::State, changes: &[Change], events: &Events) -> Result<DrainPlan> {
+/// Work out the drain for the machines `changes` delete and, unless
+/// `infra_only` (no config phase follows), for the roles hosts lose.
+pub async fn compute(project: &Project, state: &crate::state::State, changes: &[Change], infra_only: bool, events: &Events) -> Result<DrainPlan> {
     let plan = &project.plan;
     let leaving = leaving(changes);
-    let mut d = DrainPlan { leaving: leaving.clone(), ..Default::default() };
-    if leaving.is_empty() {
+    let retiring = if infra_only { BTreeMap::new() } else { retiring(plan, state) };
+    let mut d = DrainPlan { leaving: leaving.clone(), retiring: retiring.clone(), ..Default::default() };
+    if leaving.is_empty() && retiring.is_empty() {
         return Ok(d);
     }
     let started = std::time::Instant::now();
-    events.started("drain", &format!("looking at the leaving machines {}", leaving.join(", ")));
+    let mut what = vec![];
+    if !leaving.is_empty() {
+        what.push(format!("the leaving machines {}", leaving.join(", ")));
+    }
+    if !retiring.is_empty() {
+        what.push(format!("the hosts losing roles {}", retiring.keys().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    events.started("drain", &format!("looking at {}", what.join(" and ")));
     let config = crate::remote::ssh_config_path(project);
     let built: Vec<String> = state.machines().map(|m| m.address.name.clone()).filter(|n| !leaving.contains(n)).collect();
     let vip = vip(plan);
 
+    // Who departs from which role: a leaving machine from all of them.
+    let all_roles: Vec<String> = crate::roles::registry::NAMES.iter().map(|r| r.to_string()).collect();
+    let departing: BTreeMap<String, Vec<String>> = leaving.iter().map(|n| (n.clone(), all_roles.clone())).chain(retiring.clone()).collect();
+    let departs = |name: &str, role: &str| departing.get(name).is_some_and(|roles| roles.iter().any(|r| r == role));
+
     let mut probes: BTreeMap<String, HostProbe> = BTreeMap::new();
-    for name in &leaving {
+    for (name, roles) in &departing {
+        let services: Vec<&str> = roles.iter().flat_map(|r| crate::roles::registry::services(r).iter().copied()).collect();
+        let vip = vip.as_deref().filter(|_| roles.iter().any(|r| r == "keepalived"));
         match HostSession::connect(&config, name).await {
             Ok(s) => {
-                let p = probe(&s, vip.as_deref()).await;
+                let p = probe(&s, &services, vip).await;
                 s.close().await;
                 match p {
                     Ok(p) => {
@@ -150,10 +192,10 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     }
     let runs = |name: &str, svc: &str| probes.get(name).is_some_and(|p| p.active.iter().any(|a| a == svc));
 
-    // 1. The VIP moves off a leaving holder first.
+    // 1. The VIP moves off a departing holder first.
     let remaining_lbs: Vec<String> = plan.hosts_with_role("keepalived").map(|h| h.name.clone()).filter(|n| built.contains(n)).collect();
     if let Some(v) = &vip {
-        for name in &leaving {
+        for name in departing.keys() {
             if probes.get(name).is_some_and(|p| p.holds_vip) {
                 if remaining_lbs.is_empty() {
                     bail!("{}: {name} holds the VIP {v} and no remaining keepalived host could take it over — keep at least one HAProxy + keepalived host in the plan", plan.file.display());
@@ -165,12 +207,13 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
 
     // 2. Patroni: who leaves, is the leader among them, is what stays a majority.
     let mut patroni_leaving = Vec::new();
-    if plan.hosts_with_role("patroni").any(|h| built.contains(&h.name)) || leaving.iter().any(|n| runs(n, "patroni")) {
+    let patroni_departs = departing.keys().any(|n| departs(n, "patroni"));
+    if patroni_departs && (plan.hosts_with_role("patroni").any(|h| built.contains(&h.name)) || departing.keys().any(|n| runs(n, "patroni"))) {
         if let Some(s) = first_reachable(&config, plan, "patroni", &built).await {
             let members = patroni_members(&s, rest_port(plan)).await;
             s.close().await;
             let members = members?;
-            patroni_leaving = members.keys().filter(|m| leaving.contains(m)).cloned().collect();
+            patroni_leaving = members.keys().filter(|m| departs(m, "patroni")).cloned().collect();
             if !patroni_leaving.is_empty() {
                 super::safety::patroni_removal(plan, members.len(), &patroni_leaving)?;
             }
@@ -179,26 +222,34 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
                     d.steps.push(Step::Switchover { leader: m.clone() });
                 }
             }
-        } else if leaving.iter().any(|n| runs(n, "patroni")) {
-            bail!("Patroni members leave ({}) but no remaining Patroni host answers SSH — the leader cannot be switched over safely; fix the remaining hosts first", leaving.join(", "));
+        } else if departing.keys().any(|n| runs(n, "patroni")) {
+            bail!(
+                "Patroni members leave ({}) but no remaining Patroni host answers SSH — the leader cannot be switched over safely; fix the remaining hosts first",
+                departing.keys().filter(|n| runs(n, "patroni")).cloned().collect::<Vec<_>>().join(", ")
+            );
         }
     }
 
-    // 3. Load balancers: the remaining ones drop the leaving backends.
+    // 3. Load balancers: the remaining ones drop the departing backends.
     let remaining = |role: &str| plan.hosts_with_role(role).map(|h| h.name.clone()).filter(|n| built.contains(n)).collect::<Vec<_>>();
-    let http_leaving: Vec<String> = leaving.iter().filter(|n| HAPROXY_HTTP_BACKENDS.iter().any(|s| runs(n, s))).cloned().collect();
+    let http_leaving: Vec<String> = departing.keys().filter(|n| HAPROXY_HTTP_BACKENDS.iter().any(|s| runs(n, s))).cloned().collect();
     let haproxy_without: Vec<String> = patroni_leaving.iter().chain(&http_leaving).cloned().collect();
     if !haproxy_without.is_empty() && !remaining("haproxy").is_empty() {
         d.steps.push(Step::Reload { role: "haproxy".into(), hosts: remaining("haproxy"), without: haproxy_without });
     }
-    let apps_leaving: Vec<String> = leaving.iter().filter(|n| runs(n, "app")).cloned().collect();
+    let apps_leaving: Vec<String> = departing.keys().filter(|n| runs(n, "app")).cloned().collect();
     if !apps_leaving.is_empty() && !remaining("nginx").is_empty() {
         d.steps.push(Step::Reload { role: "nginx".into(), hosts: remaining("nginx"), without: apps_leaving });
     }
 
-    // 4. The leaving hosts stop serving.
-    for name in &leaving {
-        let services: Vec<String> = STOPPED_SERVICES.iter().filter(|s| runs(name, s)).map(|s| s.to_string()).collect();
+    // 4. The departing hosts stop serving.
+    for (name, roles) in &departing {
+        let services: Vec<String> = roles
+            .iter()
+            .flat_map(|r| crate::roles::registry::services(r).iter())
+            .filter(|s| !OWN_STEP_SERVICES.contains(s) && runs(name, s))
+            .map(|s| s.to_string())
+            .collect();
         if !services.is_empty() {
             d.steps.push(Step::Stop { host: name.clone(), services });
         }
@@ -208,22 +259,68 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     }
 
     // 5. etcd members leave one at a time.
-    if plan.hosts_with_role("etcd").any(|h| built.contains(&h.name)) {
+    let etcd_departs = departing.keys().any(|n| departs(n, "etcd"));
+    if etcd_departs && plan.hosts_with_role("etcd").any(|h| built.contains(&h.name)) {
         if let Some(s) = first_reachable(&config, plan, "etcd", &built).await {
             let members = super::etcd_members::list(&s, etcd_client_port(plan)).await;
             s.close().await;
             let members = members?;
             // By name, so the order shown is the order run (etcd lists members by id).
-            let mut etcd_leaving: Vec<String> = members.iter().filter(|m| leaving.contains(&m.name)).map(|m| m.name.clone()).collect();
+            let mut etcd_leaving: Vec<String> = members.iter().filter(|m| departs(&m.name, "etcd")).map(|m| m.name.clone()).collect();
             etcd_leaving.sort();
             if !etcd_leaving.is_empty() {
                 super::safety::etcd_removal(plan, members.len(), &etcd_leaving)?;
             }
             d.steps.extend(etcd_leaving.into_iter().map(|member| Step::EtcdRemove { member }));
-        } else if leaving.iter().any(|n| runs(n, "etcd")) {
-            bail!("etcd members leave ({}) but no remaining etcd host answers SSH — fix the remaining members first", leaving.join(", "));
+        } else if departing.keys().any(|n| runs(n, "etcd")) {
+            bail!("etcd members leave ({}) but no remaining etcd host answers SSH — fix the remaining members first", departing.keys().filter(|n| runs(n, "etcd")).cloned().collect::<Vec<_>>().join(", "));
         }
     }
-    events.finished("drain", &format!("{} step(s) before the machines are deleted", d.steps.len()), started);
+
+    // A repository on the host's disk goes with it (an S3 one stays in its bucket).
+    if plan.setting("backup", "s3").is_none() {
+        for name in departing.keys().filter(|n| departs(n, "backup") && crate::state::applied_roles(state, n).iter().any(|r| r == "backup")) {
+            d.notes.push(format!(
+                "{name} holds the pgBackRest repository (on its disk): the backups and archived WAL there are lost with {} — copy /var/lib/pgbackrest elsewhere first if you need them; a new backup host starts an empty repository",
+                if leaving.contains(name) { "its machine" } else { "the role (the files stay on its disk, unused)" }
+            ));
+        }
+    }
+
+    // 6. A departing Redis serves until the config phase has pointed its
+    // clients at the plan's Redis; only then it stops (and its machine goes).
+    let redis_leaving: Vec<String> = departing.keys().filter(|n| runs(n, "redis-server")).cloned().collect();
+    if !redis_leaving.is_empty() {
+        if infra_only {
+            bail!(
+                "{}: {} run(s) Redis, which the apps use until the config phase points them elsewhere — --infra-only would delete it under them; apply without --infra-only",
+                plan.file.display(),
+                redis_leaving.join(", ")
+            );
+        }
+        d.after_config.extend(redis_leaving.iter().map(|n| Step::Stop { host: n.clone(), services: vec!["redis-server".into()] }));
+        if d.defers_deletions() {
+            refuse_taken_addresses(plan, changes, &redis_leaving)?;
+        }
+    }
+    events.finished("drain", &format!("{} step(s) before the machines are deleted", d.steps.len() + d.after_config.len()), started);
     Ok(d)
+}
+
+/// When deletions wait for the config phase, a new machine cannot take the
+/// address of a machine that is still there.
+fn refuse_taken_addresses(plan: &Plan, changes: &[Change], staying_longer: &[String]) -> Result<()> {
+    for c in changes.iter().filter(|c| c.action == Action::Delete && c.address.kind == Kind::Machine && staying_longer.contains(&c.address.name)) {
+        let Some(old_ip) = c.live.as_ref().and_then(|l| l.output_str("private_ip")) else { continue };
+        if let Some(h) = plan.hosts.iter().find(|h| h.ip.to_string() == old_ip) {
+            bail!(
+                "{}: the new host {} takes the address {old_ip} of {}, which keeps serving Redis until the apps are pointed at the new one — give {} another address (or move Redis in one apply and reuse the address in the next)",
+                super::safety::entry_position(plan, &h.name),
+                h.name,
+                c.address.name,
+                h.name
+            );
+        }
+    }
+    Ok(())
 }

@@ -169,6 +169,13 @@ pub async fn remove(remaining: &HostSession, leaving: Option<&HostSession>, name
     if let Some(l) = leaving {
         // A removed member stops by itself; make sure nothing starts it again.
         l.sudo_ok("stopping etcd", "systemctl disable --now etcd 2>&1").await?;
+        // A host that keeps its machine may join again later: as a new member,
+        // which needs an empty data directory (the cluster holds the data).
+        l.sudo_ok(
+            "setting the removed member's data aside",
+            "if [ -d /var/lib/etcd/default ]; then mv /var/lib/etcd/default /var/lib/etcd/removed-$(date +%s); fi",
+        )
+        .await?;
     }
     wait_for(&format!("etcd healthy without {name}"), LEAVE_WAIT, || async {
         let (healthy, said) = crate::roles::etcd::member_health(remaining, client_port).await?;

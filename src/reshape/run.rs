@@ -49,18 +49,29 @@ impl Sessions {
     }
 }
 
+/// The steps that run before the cloud step (and before the config phase).
 pub async fn execute(project: &Project, state: &State, drain: &DrainPlan, events: &Events) -> Result<()> {
+    run_steps(project, state, drain, &drain.steps, "drain", events).await
+}
+
+/// The steps that wait until the config phase has pointed the clients at
+/// the plan's hosts (a departing Redis stops).
+pub async fn execute_after_config(project: &Project, state: &State, drain: &DrainPlan, events: &Events) -> Result<()> {
+    run_steps(project, state, drain, &drain.after_config, "drain (after the config phase)", events).await
+}
+
+async fn run_steps(project: &Project, state: &State, drain: &DrainPlan, steps: &[Step], label: &str, events: &Events) -> Result<()> {
     let mut sessions = Sessions { config: crate::remote::ssh_config_path(project), open: BTreeMap::new() };
-    let r = steps(project, state, drain, &mut sessions, events).await;
+    let r = each_step(project, state, drain, steps, label, &mut sessions, events).await;
     sessions.close().await;
     r
 }
 
-async fn steps(project: &Project, state: &State, drain: &DrainPlan, sessions: &mut Sessions, events: &Events) -> Result<()> {
+async fn each_step(project: &Project, state: &State, drain: &DrainPlan, steps: &[Step], label: &str, sessions: &mut Sessions, events: &Events) -> Result<()> {
     let plan = &project.plan;
     let remaining = |role: &str| plan.hosts_with_role(role).map(|h| h.name.clone()).filter(|n| !drain.leaving.contains(n) && state.machines().any(|m| &m.address.name == n)).collect::<Vec<_>>();
-    for (i, step) in drain.steps.iter().enumerate() {
-        let subject = format!("drain {}/{}", i + 1, drain.steps.len());
+    for (i, step) in steps.iter().enumerate() {
+        let subject = format!("{label} {}/{}", i + 1, steps.len());
         let started = Instant::now();
         events.started(&subject, &super::describe(step));
         let r = match step {

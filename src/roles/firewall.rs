@@ -21,7 +21,7 @@ const REPLACE: &str = "table inet rigger\ndelete table inet rigger\n";
 /// The hosts the firewall role touches: every host the plan firewalls, and
 /// (to take rigger's table away again) every configured host when it does not.
 pub fn applies_to(host: &Host) -> bool {
-    !host.firewall.is_empty() || host.roles.iter().any(|r| super::IMPLEMENTED.contains(&r.as_str()))
+    !host.firewall.is_empty() || host.roles.iter().any(|r| super::registry::is_role(r))
 }
 
 /// The whole `/etc/nftables.conf` for one host.

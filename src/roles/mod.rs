@@ -11,7 +11,7 @@ pub mod firewall;
 pub mod failover;
 pub mod haproxy;
 pub mod keepalived;
-pub mod needs;
+pub mod registry;
 pub mod nginx;
 pub mod node_toolchain;
 pub mod patroni;
@@ -31,12 +31,6 @@ use crate::render::Renderer;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-
-/// The order the config phase brings roles up in (DESIGN.md).
-pub const ORDER: &[&str] = &["etcd", "patroni", "backup", "haproxy", "keepalived", "redis", "app", "saleor", "nginx", "storefront"];
-
-/// Roles the config phase can configure today.
-pub const IMPLEMENTED: &[&str] = &["etcd", "patroni", "haproxy", "keepalived", "redis", "app", "nginx", "saleor", "storefront", "backup"];
 
 /// PostgreSQL parameters rigger sets unless the plan says otherwise.
 pub fn pg_parameters(plan: &Plan) -> BTreeMap<String, Value> {
@@ -66,7 +60,7 @@ pub fn pg_parameters(plan: &Plan) -> BTreeMap<String, Value> {
 /// Everything a template may read for one host.
 pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Value {
     let mut members: Map<String, Value> = Map::new();
-    for role in ORDER {
+    for role in registry::NAMES.iter() {
         let list: Vec<Value> = plan.hosts_with_role(role).map(|h| json!({ "name": h.name, "ip": h.ip.to_string(), "index": h.index })).collect();
         members.insert(role.to_string(), Value::Array(list));
     }
@@ -138,7 +132,7 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
         d.files.extend(fw.files);
         d.services.extend(fw.services);
     }
-    for role in ORDER.iter().filter(|r| host.roles.iter().any(|hr| hr == *r)) {
+    for role in registry::NAMES.iter().filter(|r| host.roles.iter().any(|hr| hr == *r)) {
         let add = match *role {
             "etcd" => etcd::desired(renderer, &ctx),
             "patroni" => patroni::desired(renderer, &ctx, plan),
