@@ -225,6 +225,21 @@ fn saleor_from_source_offline_behind_haproxy() {
         Some(&token),
     );
     assert_eq!(v["data"]["productChannelListingUpdate"]["errors"], json!([]), "productChannelListingUpdate: {v}");
+    // Saleor lists a product to shoppers only with a variant priced in the channel.
+    let (_, v) = graphql(
+        &through_lb,
+        "mutation($p: ID!) { productVariantCreate(input: { product: $p, sku: \"rigger-mug\", attributes: [] }) { productVariant { id } errors { field message } } }",
+        json!({ "p": product }),
+        Some(&token),
+    );
+    let variant = v["data"]["productVariantCreate"]["productVariant"]["id"].as_str().unwrap_or_else(|| panic!("productVariantCreate: {v}")).to_string();
+    let (_, v) = graphql(
+        &through_lb,
+        "mutation($v: ID!, $c: ID!) { productVariantChannelListingUpdate(id: $v, input: [{ channelId: $c, price: 9.5 }]) { errors { field message } } }",
+        json!({ "v": variant, "c": channel }),
+        Some(&token),
+    );
+    assert_eq!(v["data"]["productVariantChannelListingUpdate"]["errors"], json!([]), "productVariantChannelListingUpdate: {v}");
     let read_product = |url: &str| -> Result<String, String> {
         match graphql(url, "query($id: ID!) { product(id: $id) { name } }", json!({ "id": product }), Some(&fresh_token()?)) {
             (200, v) if v["data"]["product"]["name"].is_string() => Ok(v["data"]["product"]["name"].as_str().unwrap_or_default().to_string()),
