@@ -19,9 +19,11 @@
 //!   while the running release keeps serving; going back rolls the hosts one
 //!   at a time and ends healthy.
 //!
-//! Needs root (machines), Saleor's source in ../shared/apps/ and, the first
-//! time, the package index from the control host (the wheelhouse is cached in
-//! /var/lib/rigger/artifacts). About 12–20 minutes, most of it the migration.
+//! Needs root (machines), the sources in ../shared/apps/ (Saleor, its
+//! dashboard, the Storefront), the package index (the wheelhouse, cached in
+//! /var/lib/rigger/artifacts) and the npm registry (Node toolchain, npm/pnpm
+//! packages) from the control host. About 25–40 minutes: the migration, and
+//! the dashboard and Storefront builds (their API URL differs every run).
 
 mod common;
 
