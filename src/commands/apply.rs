@@ -55,7 +55,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             let mut prepared = None;
             if let Ok(live) = &live {
                 state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
-                project.write_known_hosts(&state)?;
+                crate::remote::access::write(&project, &state)?;
                 if !infra_only && state.machines().next().is_some() {
                     prepared = Some(phase::prepare(&project, &state, args.parallelism, true, &events).await);
                 }
@@ -113,11 +113,10 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         }
     };
 
-    store.save(&mut state)?;
-    project.write_known_hosts(&state)?;
-
     let project = Arc::new(project);
-    let shared = Arc::new(Mutex::new(Shared { store, state }));
+    let mut shared = Shared::new(store, state, project.clone());
+    shared.commit()?;
+    let shared = Arc::new(Mutex::new(shared));
     let (events, printer) = Printer::start(verbose);
     let applier = Applier { provider, project: project.clone(), shared: shared.clone(), events: events.clone(), parallelism: args.parallelism };
     // Drain before destroy: the host-side steps run before the cloud deletes anything.

@@ -22,7 +22,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let config_plan = match (&live, args.infra_only) {
         (Ok(live), false) => {
             state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
-            project.write_known_hosts(&state)?;
+            crate::remote::access::write(&project, &state)?;
             Some(crate::config::phase::prepare(&project, &state, PLAN_PARALLELISM, true, &events).await)
         }
         _ => None,
