@@ -3,7 +3,7 @@ use crate::diff::Summary;
 use crate::engine;
 use crate::project::Project;
 use crate::saved_plan::{self, SavedPlan};
-use crate::ui::{self, hosts::HostSummary, plan::StateRef, Paint};
+use crate::ui::{self, plan::StateRef, Paint};
 use anyhow::Result;
 use std::path::Path;
 
@@ -82,7 +82,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
             println!("\nSaved the plan to {} — apply it exactly with `rigger apply {}`.", out.display(), out.display());
         }
     }
-    let host_changes = config_plan.as_ref().is_some_and(|cp| !HostSummary::of(cp).is_empty()) || drain.as_ref().is_some_and(|d| !d.is_empty());
+    let host_changes = config_plan.as_ref().is_some_and(|cp| !cp.is_empty()) || drain.as_ref().is_some_and(|d| !d.is_empty());
     if let Some(cp) = config_plan {
         cp.close().await;
     }
