@@ -65,9 +65,24 @@ pub fn restrict_to_targets(changes: Vec<Change>, specs: &[ResourceSpec], targets
 }
 
 /// The state and its store, shared by the workers of one apply.
+/// A run's state and the one way it is written: `commit` saves the state
+/// (atomically, 0600) and rewrites what is derived from it — known_hosts and
+/// ssh_config — so every layer (engine, config phase, apply) commits alike.
 pub struct Shared {
     pub store: StateStore,
     pub state: State,
+    pub project: Arc<Project>,
+}
+
+impl Shared {
+    pub fn new(store: StateStore, state: State, project: Arc<Project>) -> Shared {
+        Shared { store, state, project }
+    }
+
+    pub fn commit(&mut self) -> Result<()> {
+        self.store.save(&mut self.state)?;
+        crate::remote::access::write(&self.project, &self.state)
+    }
 }
 
 pub struct Applier {
@@ -85,9 +100,7 @@ impl Applier {
         let fresh: std::collections::BTreeMap<Address, LiveResource> = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
         if sh.state.resources != fresh {
             sh.state.resources = fresh;
-            let Shared { store, state } = &mut *sh;
-            store.save(state)?;
-            self.project.write_known_hosts(state)?;
+            sh.commit()?;
         }
         Ok(())
     }
@@ -107,7 +120,7 @@ impl Applier {
             let sem = Arc::new(tokio::sync::Semaphore::new(self.parallelism.max(1)));
             for c in batch {
                 let live = c.live.clone().ok_or_else(|| anyhow!("{}: nothing to delete", c.address))?;
-                let (provider, events, shared, project, sem) = (self.provider.clone(), self.events.clone(), self.shared.clone(), self.project.clone(), sem.clone());
+                let (provider, events, shared, sem) = (self.provider.clone(), self.events.clone(), self.shared.clone(), sem.clone());
                 set.spawn(async move {
                     let _permit = sem.acquire_owned().await;
                     let subject = live.address.to_string();
@@ -121,9 +134,7 @@ impl Applier {
                                 // What the config phase knew of the host goes with it.
                                 sh.state.hosts.remove(&live.address.name);
                             }
-                            let Shared { store, state } = &mut *sh;
-                            store.save(state)?;
-                            project.write_known_hosts(state)?;
+                            sh.commit()?;
                             events.finished(&subject, "deleted", started);
                             Ok(())
                         }
@@ -156,7 +167,7 @@ impl Applier {
         let by_addr = Arc::new(by_addr);
         let outcomes = graph::walk(&g, self.parallelism, |addr: Address| {
             let change = by_addr[&addr].clone();
-            let (provider, events, shared, project) = (self.provider.clone(), self.events.clone(), self.shared.clone(), self.project.clone());
+            let (provider, events, shared) = (self.provider.clone(), self.events.clone(), self.shared.clone());
             async move {
                 let spec = change.spec.clone().expect("work items have specs");
                 let subject = addr.to_string();
@@ -184,9 +195,7 @@ impl Applier {
                     Ok(live) => {
                         let mut sh = shared.lock().await;
                         sh.state.resources.insert(addr.clone(), live);
-                        let Shared { store, state } = &mut *sh;
-                        store.save(state)?;
-                        project.write_known_hosts(state)?;
+                        sh.commit()?;
                         events.finished(&subject, if change.action == Action::Update { "updated" } else { "created" }, started);
                         Ok(())
                     }
@@ -231,9 +240,7 @@ pub async fn prepare_logins(provider: &dyn Provider, project: &Project, shared: 
             };
             let mut sh = shared.lock().await;
             sh.state.resources.insert(ready.address.clone(), ready);
-            let Shared { store, state } = &mut *sh;
-            store.save(state)?;
-            project.write_known_hosts(state)
+            sh.commit()
         })
         .buffer_unordered(parallelism.max(1))
         .collect()

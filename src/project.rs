@@ -3,11 +3,12 @@
 
 use crate::plan::model::{Plan, ProviderConfig};
 use crate::providers::{self, Provider};
-use crate::state::{self, State};
+use crate::state;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+#[derive(Clone)]
 pub struct Project {
     pub plan: Plan,
     pub state_path: PathBuf,
@@ -103,32 +104,6 @@ impl Project {
         let text = std::fs::read_to_string(&self.plan.ssh.public_key_file)
             .with_context(|| format!("cannot read ssh.public_key_file {}", self.plan.ssh.public_key_file.display()))?;
         Ok(text.trim().to_string())
-    }
-
-    /// Rewrite known_hosts and the project ssh_config from the machines in the
-    /// state (the state is the truth).
-    pub fn write_known_hosts(&self, state: &State) -> Result<()> {
-        let config = crate::inventory::build(self, state).to_ssh_config();
-        state::write_atomic(&crate::remote::ssh_config_path(self), config.as_bytes())?;
-        let mut lines = String::new();
-        for m in state.machines() {
-            let Some(keys) = m.outputs.get("host_keys").and_then(|v| v.as_array()) else { continue };
-            let mut names: Vec<String> = Vec::new();
-            for k in ["ssh_host", "private_ip", "public_ip"] {
-                if let Some(v) = m.output_str(k) {
-                    if !names.iter().any(|n| n == v) {
-                        names.push(v.to_string());
-                    }
-                }
-            }
-            if names.is_empty() {
-                continue;
-            }
-            for key in keys.iter().filter_map(|k| k.as_str()) {
-                lines.push_str(&format!("{} {}\n", names.join(","), key.trim()));
-            }
-        }
-        state::write_atomic(&self.known_hosts_path(), lines.as_bytes())
     }
 }
 

@@ -26,6 +26,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("saleor-dashboard.service.j2", include_str!("../templates/saleor-dashboard.service.j2")),
     ("storefront.env.j2", include_str!("../templates/storefront.env.j2")),
     ("storefront.service.j2", include_str!("../templates/storefront.service.j2")),
+    ("storefront-source.service.j2", include_str!("../templates/storefront-source.service.j2")),
     ("pgbackrest-repo.conf.j2", include_str!("../templates/pgbackrest-repo.conf.j2")),
     ("pgbackrest-member.conf.j2", include_str!("../templates/pgbackrest-member.conf.j2")),
     ("pgbackrest-backup@.service.j2", include_str!("../templates/pgbackrest-backup@.service.j2")),

@@ -3,20 +3,27 @@
 //! found in its cache), pushed to machines that have no network, the venv
 //! installed with `pip install --no-index`, the real `manage.py migrate` (all
 //! of Saleor's migrations: this is the test of the migration, no dump), the
-//! API under uvicorn and the Celery worker behind HAProxy — then:
+//! API under uvicorn and the Celery worker behind HAProxy, the dashboard built
+//! on the control host with rigger's own Node toolchain and served through
+//! HAProxy :9000, and the Storefront built there too (after the API answers)
+//! and run on the Saleor hosts with the Node binary rigger ships — then:
 //!
 //! - a staff user (createsuperuser) gets a token through the load balancer and
-//!   creates a product, which is read back through the load balancer;
+//!   creates a product, which is read back through the load balancer and
+//!   shows on the Storefront's product listing through the load balancer;
 //! - the Patroni leader's machine is killed (`rigger drill`): the API answers
 //!   again without its process being restarted;
-//! - a no-change apply builds, uploads, migrates and restarts nothing;
+//! - a no-change apply builds, uploads, migrates and restarts nothing (the
+//!   Storefront and the dashboard included);
 //! - a release whose migration fails stops the rollout with Django's message
 //!   while the running release keeps serving; going back rolls the hosts one
 //!   at a time and ends healthy.
 //!
-//! Needs root (machines), Saleor's source in ../shared/apps/ and, the first
-//! time, the package index from the control host (the wheelhouse is cached in
-//! /var/lib/rigger/artifacts). About 12–20 minutes, most of it the migration.
+//! Needs root (machines), the sources in ../shared/apps/ (Saleor, its
+//! dashboard, the Storefront), the package index (the wheelhouse, cached in
+//! /var/lib/rigger/artifacts) and the npm registry (Node toolchain, npm/pnpm
+//! packages) from the control host. About 25–40 minutes: the migration, and
+//! the dashboard and Storefront builds (their API URL differs every run).
 
 mod common;
 
@@ -110,6 +117,12 @@ fn saleor_from_source_offline_behind_haproxy() {
     let tarball = apps().join("saleor-3.21.69.tar.gz");
     assert!(tarball.is_file() && apps().join("saleor-3.21.69-requirements.txt").is_file(), "Saleor's source is expected in {} (shared/ beside the checkout)", apps().display());
     let source = tarball.display().to_string();
+    let dashboard = apps().join("saleor-dashboard-3.21.21.tar.gz");
+    assert!(dashboard.is_file(), "the dashboard's source is expected in {}", apps().display());
+    let dashboard = dashboard.display().to_string();
+    let storefront = apps().join("saleor-storefront-3481bbb0.tar.gz");
+    assert!(storefront.is_file(), "the Storefront's source is expected in {}", apps().display());
+    let storefront = storefront.display().to_string();
     let plan = LocalPlan::from_text("t-sal", |project, cidr, net| {
         format!(
             "version: 1\nproject: {project}\nprovider: {{ kind: local }}\nssh: {{ user: rigger, private_key_file: ./id_ed25519 }}\n\
@@ -117,8 +130,9 @@ fn saleor_from_source_offline_behind_haproxy() {
              defaults: {{ cores: 1, memory: 1GiB, disk: 4GiB }}\n\
              hosts:\n  - {{ name: pg, count: 2, roles: [etcd, patroni], ip: {net}.21 }}\n\
              \x20 - {{ name: lb, roles: [haproxy, etcd, redis], ip: {net}.11 }}\n\
-             \x20 - {{ name: saleor, count: 2, roles: [saleor], ip: {net}.31 }}\n\
-             services:\n  patroni: {{ scope: {project}, synchronous_mode: false }}\n  saleor: {{ source: {source}, workers: 1 }}\n"
+             \x20 - {{ name: saleor, count: 2, roles: [saleor, storefront], ip: {net}.31, memory: 2GiB }}\n\
+             services:\n  patroni: {{ scope: {project}, synchronous_mode: false }}\n  saleor: {{ source: {source}, dashboard_source: {dashboard}, workers: 1 }}\n\
+             \x20 storefront: {{ source: {storefront} }}\n"
         )
     });
     let net = plan.net_prefix.clone();
@@ -129,7 +143,7 @@ fn saleor_from_source_offline_behind_haproxy() {
     let out = rigger(&["apply", plan.path(), "--auto-approve"]);
     assert!(out.status.success(), "apply failed:\n{}", out.text());
     let text = out.text();
-    assert!(text.contains("role saleor: healthy"), "{text}");
+    assert!(text.contains("role saleor: healthy") && text.contains("role storefront: healthy"), "{text}");
     assert!(text.contains("manage.py migrate for release") && text.contains("migrated"), "the real migration ran:\n{text}");
     for ip in [&api1, &api2] {
         // No network on the hosts: the release came from rigger, the venv from its wheelhouse.
@@ -152,6 +166,16 @@ fn saleor_from_source_offline_behind_haproxy() {
     let get = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", &through_lb]).output().expect("curl");
     assert_eq!(String::from_utf8_lossy(&get.stdout), "405");
     eventually("the shop through HAProxy", 60, || shop_name(&through_lb));
+    // The dashboard, built on this host by rigger's own Node toolchain (never
+    // the host's node) and served by each Saleor host: its index through
+    // HAProxy :9000 names the API URL it was built with.
+    let index = Command::new("curl").args(["-s", "-m", "10", &format!("http://{lb}:9000/")]).output().expect("curl");
+    let index = String::from_utf8_lossy(&index.stdout).into_owned();
+    assert!(index.contains(&through_lb) && index.contains("<script"), "the dashboard's index through :9000 does not name {through_lb}:\n{index}");
+    for ip in [&api1, &api2] {
+        let served = plan.ssh(ip, "systemctl is-active saleor-dashboard; ls /opt/saleor/dashboard");
+        assert!(served.starts_with("active\n"), "{ip}: {served}");
+    }
 
     // 2. A staff user, a token through the load balancer, a product created and read back.
     let password = rigger::state::random_secret(20);
@@ -184,13 +208,40 @@ fn saleor_from_source_offline_behind_haproxy() {
         Some(&token),
     );
     let product_type = v["data"]["productTypeCreate"]["productType"]["id"].as_str().unwrap_or_else(|| panic!("productTypeCreate: {v}")).to_string();
+    let (_, v) = graphql(&through_lb, "mutation { categoryCreate(input: { name: \"Kitchen\" }) { category { id } errors { field message } } }", json!({}), Some(&token));
+    let category = v["data"]["categoryCreate"]["category"]["id"].as_str().unwrap_or_else(|| panic!("categoryCreate: {v}")).to_string();
     let (_, v) = graphql(
         &through_lb,
-        "mutation($t: ID!) { productCreate(input: { productType: $t, name: \"Rigger mug\" }) { product { id } errors { field message } } }",
-        json!({ "t": product_type }),
+        "mutation($t: ID!, $c: ID!) { productCreate(input: { productType: $t, category: $c, name: \"Rigger mug\" }) { product { id } errors { field message } } }",
+        json!({ "t": product_type, "c": category }),
         Some(&token),
     );
     let product = v["data"]["productCreate"]["product"]["id"].as_str().unwrap_or_else(|| panic!("productCreate: {v}")).to_string();
+    // The Storefront lists what is published in its channel (rigger made `default-channel`).
+    let (_, v) = graphql(&through_lb, "{ channel(slug: \"default-channel\") { id isActive } }", json!({}), Some(&token));
+    let channel = v["data"]["channel"]["id"].as_str().unwrap_or_else(|| panic!("the Storefront's channel: {v}")).to_string();
+    let (_, v) = graphql(
+        &through_lb,
+        "mutation($p: ID!, $c: ID!) { productChannelListingUpdate(id: $p, input: { updateChannels: [{ channelId: $c, isPublished: true, visibleInListings: true, isAvailableForPurchase: true }] }) { errors { field message } } }",
+        json!({ "p": product, "c": channel }),
+        Some(&token),
+    );
+    assert_eq!(v["data"]["productChannelListingUpdate"]["errors"], json!([]), "productChannelListingUpdate: {v}");
+    // Saleor lists a product to shoppers only with a variant priced in the channel.
+    let (_, v) = graphql(
+        &through_lb,
+        "mutation($p: ID!) { productVariantCreate(input: { product: $p, sku: \"rigger-mug\", attributes: [] }) { productVariant { id } errors { field message } } }",
+        json!({ "p": product }),
+        Some(&token),
+    );
+    let variant = v["data"]["productVariantCreate"]["productVariant"]["id"].as_str().unwrap_or_else(|| panic!("productVariantCreate: {v}")).to_string();
+    let (_, v) = graphql(
+        &through_lb,
+        "mutation($v: ID!, $c: ID!) { productVariantChannelListingUpdate(id: $v, input: [{ channelId: $c, price: 9.5 }]) { errors { field message } } }",
+        json!({ "v": variant, "c": channel }),
+        Some(&token),
+    );
+    assert_eq!(v["data"]["productVariantChannelListingUpdate"]["errors"], json!([]), "productVariantChannelListingUpdate: {v}");
     let read_product = |url: &str| -> Result<String, String> {
         match graphql(url, "query($id: ID!) { product(id: $id) { name } }", json!({ "id": product }), Some(&fresh_token()?)) {
             (200, v) if v["data"]["product"]["name"].is_string() => Ok(v["data"]["product"]["name"].as_str().unwrap_or_default().to_string()),
@@ -199,6 +250,21 @@ fn saleor_from_source_offline_behind_haproxy() {
     };
     assert_eq!(eventually("the product through HAProxy", 30, || read_product(&through_lb)), "Rigger mug");
     assert_eq!(eventually("the product on the other API host", 30, || read_product(&format!("http://{api2}:8000/graphql/"))), "Rigger mug");
+    // The Storefront's product listing through the load balancer shows it. Its
+    // page caches the API's answer for 60 s (fetch `revalidate: 60`, then
+    // stale-while-revalidate): the first renders may predate the product.
+    let listing = format!("http://{lb}/default-channel/products");
+    eventually("the new product on the Storefront's listing through HAProxy", 300, || {
+        let out = Command::new("curl").args(["-s", "-m", "20", "-w", "\n%{http_code}", &listing]).output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        if code == "200" && body.contains("Product list") && body.contains("Rigger mug") { Ok(()) } else { Err(format!("HTTP {code}, product {}shown", if body.contains("Rigger mug") { "" } else { "not " })) }
+    });
+    for ip in [&api1, &api2] {
+        // Run from rigger's build with the Node binary it shipped, as its own user; no npm on the host.
+        let seen = plan.ssh(ip, "systemctl show -p User --value storefront; systemctl show -p ExecStart --value storefront; (command -v node || command -v npm || command -v pnpm) || echo no-node-on-path");
+        assert!(seen.starts_with("storefront\n") && seen.contains("/opt/storefront/node/") && seen.contains("server.js") && seen.contains("no-node-on-path"), "{ip}: {seen}");
+    }
 
     // 3. Kill the Patroni leader's machine: the API recovers without being restarted.
     let before = [api_process(&plan, &api1), api_process(&plan, &api2)];
@@ -209,14 +275,17 @@ fn saleor_from_source_offline_behind_haproxy() {
     assert_eq!(before, after, "the API processes were restarted (MainPID, NRestarts) by the failover");
 
     // 4. A no-change apply: nothing built, uploaded, migrated or restarted.
+    let storefronts = |plan: &LocalPlan| [&api1, &api2].map(|ip| plan.ssh(ip, "systemctl show -p MainPID --value storefront"));
+    let storefront_before = storefronts(&plan);
     let out = rigger(&["apply", plan.path(), "--auto-approve"]);
     assert!(out.status.success(), "no-change apply failed:\n{}", out.text());
     let text = out.text();
     assert!(text.contains("No host changes."), "{text}");
-    for busy in ["wheelhouse", "installing release", "manage.py migrate"] {
+    for busy in ["wheelhouse", "installing release", "manage.py migrate", "uploading dashboard", "npm ci", "storefront build", "uploading build"] {
         assert!(!text.contains(busy), "a no-change apply did `{busy}`:\n{text}");
     }
     assert_eq!([api_process(&plan, &api1), api_process(&plan, &api2)], after, "a no-change apply restarted the API");
+    assert_eq!(storefronts(&plan), storefront_before, "a no-change apply restarted the Storefront");
 
     // 5. A release whose migration fails: the rollout stops with Django's
     //    message, the running release keeps serving.
@@ -271,8 +340,8 @@ fn saleor_from_source_offline_behind_haproxy() {
     assert!(out.status.success(), "{}", out.text());
     let shown = out.stdout_text();
     let at = |needle: &str| shown.find(needle).unwrap_or_else(|| panic!("the plan does not show {needle:?}:\n{shown}"));
-    assert!(at("haproxy lb: reload without saleor-2") < at("saleor-2: stop saleor-api, saleor-worker"), "{shown}");
-    assert!(at("saleor-2: stop saleor-api, saleor-worker") < at("the cloud deletes saleor-2"), "{shown}");
+    assert!(at("haproxy lb: reload without saleor-2") < at("saleor-2: stop saleor-api"), "{shown}");
+    assert!(at("saleor-2: stop saleor-api") < at("the cloud deletes saleor-2"), "{shown}");
     let (out, ok, failed) = while_asking_the_shop(&through_lb, 100, || {
         let out = rigger(&["apply", plan.path(), "--auto-approve"]);
         std::thread::sleep(std::time::Duration::from_secs(2));

@@ -3,7 +3,7 @@ use crate::config::phase::{self, ConfigPlan};
 use crate::engine::{self, Applier, Shared};
 use crate::project::Project;
 use crate::saved_plan::SavedPlan;
-use crate::ui::{self, hosts::HostSummary, printer::Printer, Paint};
+use crate::ui::{self, printer::Printer, Paint};
 use anyhow::Result;
 use std::path::Path;
 use std::sync::Arc;
@@ -55,7 +55,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             let mut prepared = None;
             if let Ok(live) = &live {
                 state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
-                project.write_known_hosts(&state)?;
+                crate::remote::access::write(&project, &state)?;
                 if !infra_only && state.machines().next().is_some() {
                     prepared = Some(phase::prepare(&project, &state, args.parallelism, true, &events).await);
                 }
@@ -100,7 +100,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             crate::ui::print_security_warnings(&project.plan, &paint);
             let effective = engine::effective(&changes);
             let drain_work = drain.as_ref().is_some_and(|d| !d.is_empty());
-            let host_work = drain_work || config_plan_ok.as_ref().map_or(!infra_only, |cp| !HostSummary::of(cp).is_empty() || !cp.not_built.is_empty());
+            let host_work = drain_work || config_plan_ok.as_ref().map_or(!infra_only, |cp| !cp.is_empty());
             if (!effective.is_empty() || host_work) && !super::confirm("\nDo you want to perform these actions?", args.auto_approve)? {
                 println!("Apply cancelled; nothing was changed.");
                 if let Some(cp) = config_plan_ok {
@@ -113,11 +113,10 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         }
     };
 
-    store.save(&mut state)?;
-    project.write_known_hosts(&state)?;
-
     let project = Arc::new(project);
-    let shared = Arc::new(Mutex::new(Shared { store, state }));
+    let mut shared = Shared::new(store, state, project.clone());
+    shared.commit()?;
+    let shared = Arc::new(Mutex::new(shared));
     let (events, printer) = Printer::start(verbose);
     let applier = Applier { provider, project: project.clone(), shared: shared.clone(), events: events.clone(), parallelism: args.parallelism };
     // Drain before destroy: the host-side steps run before the cloud deletes anything.

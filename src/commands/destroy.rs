@@ -34,7 +34,7 @@ pub async fn run(args: &DestroyCmd, state_override: Option<&Path>, verbose: bool
     state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
     let project = Arc::new(project);
     let (events, printer) = Printer::start(verbose);
-    let applier = Applier { provider, project: project.clone(), shared: Arc::new(Mutex::new(Shared { store, state })), events: events.clone(), parallelism: args.parallelism };
+    let applier = Applier { provider, project: project.clone(), shared: Arc::new(Mutex::new(Shared::new(store, state, project.clone()))), events: events.clone(), parallelism: args.parallelism };
     let result = applier.apply(&changes).await;
     drop(applier);
     drop(events);

@@ -3,7 +3,7 @@ use crate::diff::Summary;
 use crate::engine;
 use crate::project::Project;
 use crate::saved_plan::{self, SavedPlan};
-use crate::ui::{self, hosts::HostSummary, plan::StateRef, Paint};
+use crate::ui::{self, plan::StateRef, Paint};
 use anyhow::Result;
 use std::path::Path;
 
@@ -22,7 +22,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let config_plan = match (&live, args.infra_only) {
         (Ok(live), false) => {
             state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
-            project.write_known_hosts(&state)?;
+            crate::remote::access::write(&project, &state)?;
             Some(crate::config::phase::prepare(&project, &state, PLAN_PARALLELISM, true, &events).await)
         }
         _ => None,
@@ -82,7 +82,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
             println!("\nSaved the plan to {} — apply it exactly with `rigger apply {}`.", out.display(), out.display());
         }
     }
-    let host_changes = config_plan.as_ref().is_some_and(|cp| !HostSummary::of(cp).is_empty()) || drain.as_ref().is_some_and(|d| !d.is_empty());
+    let host_changes = config_plan.as_ref().is_some_and(|cp| !cp.is_empty()) || drain.as_ref().is_some_and(|d| !d.is_empty());
     if let Some(cp) = config_plan {
         cp.close().await;
     }

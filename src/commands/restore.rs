@@ -173,7 +173,7 @@ pub async fn restore(project: &Project, target: &Target, auto_approve: bool, ver
     let Some(mut report) = result? else { return Ok(None) };
 
     // The same gates as apply, on fresh facts.
-    let shared = Arc::new(Mutex::new(Shared { store, state }));
+    let shared = Arc::new(Mutex::new(Shared::new(store, state, Arc::new(project.clone()))));
     let (events, printer) = Printer::start(verbose);
     let state_now = shared.lock().await.state.clone();
     let gates = async {

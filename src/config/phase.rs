@@ -209,8 +209,7 @@ pub async fn record_applied_roles(plan: &Plan, cp: &ConfigPlan, shared: &Arc<Mut
         }
     }
     if changed {
-        let Shared { store, state } = &mut *sh;
-        store.save(state)?;
+        sh.commit()?;
     }
     Ok(())
 }
@@ -371,6 +370,5 @@ async fn mark_pending(shared: &Arc<Mutex<Shared>>, host: &str, services: &BTreeS
         return Ok(());
     }
     entry["pending"] = json!(now);
-    let Shared { store, state } = &mut *sh;
-    store.save(state)
+    sh.commit()
 }

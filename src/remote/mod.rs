@@ -2,6 +2,7 @@
 //! pins the project known_hosts with strict host-key checking and routes
 //! through the bastion when the plan names one.
 
+pub mod access;
 pub mod ahead;
 pub mod persist;
 pub mod session;

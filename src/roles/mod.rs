@@ -13,6 +13,7 @@ pub mod haproxy;
 pub mod keepalived;
 pub mod registry;
 pub mod nginx;
+pub mod node_toolchain;
 pub mod patroni;
 pub mod redis;
 pub mod rest_auth;
@@ -21,6 +22,7 @@ pub mod saleor_dashboard;
 pub mod saleor_source;
 pub mod source_dir;
 pub mod storefront;
+pub mod storefront_source;
 pub mod tls;
 
 use crate::config::ops::{Checker, HostDesired, ManagedFile, ManagedService, OnChange};

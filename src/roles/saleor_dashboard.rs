@@ -1,7 +1,9 @@
 //! The Saleor dashboard in source mode: a static single-page app, built on
-//! the control host with `vite build` (Node and the npm registry are needed
-//! there, never on the hosts), its API URL baked in at build time, cached by
-//! content hash (source + API URL) under the artifacts folder, pushed to each
+//! the control host with `vite build` by rigger's own Node toolchain
+//! (node_toolchain.rs: only the npm registry is needed there, never a Node
+//! install, and nothing on the hosts), its API URL baked in at build time,
+//! cached by content hash (source + API URL + Node version) under the
+//! artifacts folder, pushed to each
 //! Saleor host only when missing and served there by a dedicated nginx
 //! (`saleor-dashboard`, its own config, on `dashboard_port`); HAProxy's :9000
 //! frontend balances over them.
@@ -27,7 +29,9 @@ pub const HOST_DIR: &str = "/opt/saleor/dashboard";
 pub struct Dashboard {
     pub source: PathBuf,
     pub api_url: String,
-    /// 12 hex digits of the hash of the source and the API URL.
+    /// The Node release that builds it (`services.saleor.node_version`).
+    pub node_version: String,
+    /// 12 hex digits of the hash of the source, the API URL and the Node version.
     pub build: String,
 }
 
@@ -45,13 +49,15 @@ pub fn dashboard(plan: &Plan, api_url: &str) -> Result<Option<Dashboard>> {
     if !source.is_file() {
         bail!("services.saleor.dashboard_source: {} is not a file — point it at the saleor-dashboard source tarball (.tar.gz), relative to the plan file", source.display());
     }
+    let node_version = plan.setting("saleor", "node_version").and_then(Value::as_str).unwrap_or(super::node_toolchain::DEFAULT_NODE_VERSION).to_string();
     let mut h = Sha256::new();
     h.update(super::saleor_source::file_hash(&source)?.as_bytes());
     h.update(api_url.as_bytes());
-    Ok(Some(Dashboard { source, api_url: api_url.to_string(), build: hex::encode(h.finalize())[..12].to_string() }))
+    h.update(format!("node-{node_version}").as_bytes());
+    Ok(Some(Dashboard { source, api_url: api_url.to_string(), node_version, build: hex::encode(h.finalize())[..12].to_string() }))
 }
 
-async fn run_step(what: &str, cmd: &mut tokio::process::Command) -> Result<()> {
+pub async fn run_step(what: &str, cmd: &mut tokio::process::Command) -> Result<()> {
     let out = cmd.stdin(std::process::Stdio::null()).output().await.with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -67,9 +73,10 @@ pub async fn build(d: &Dashboard, events: &Events) -> Result<PathBuf> {
     if dir.join("index.html").is_file() {
         return Ok(dir);
     }
+    let node = super::node_toolchain::ensure(&d.node_version, events).await?;
     let subject = "saleor dashboard";
     let started = Instant::now();
-    events.started(subject, &format!("building on the control host: npm ci + vite build with API_URL={} (cached in {})", d.api_url, dir.display()));
+    events.started(subject, &format!("building on the control host: npm ci + vite build (Node {}) with API_URL={} (cached in {})", d.node_version, d.api_url, dir.display()));
     let work = dir.with_extension(format!("work-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
@@ -80,10 +87,10 @@ pub async fn build(d: &Dashboard, events: &Events) -> Result<PathBuf> {
     if let Ok(text) = std::fs::read_to_string(&config) {
         std::fs::write(&config, text.replace("sentryVitePlugin({", "sentryVitePlugin({ telemetry: false,"))?;
     }
-    run_step("npm ci", tokio::process::Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"]).current_dir(&work)).await?;
+    run_step("npm ci", node.command("npm").args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"]).current_dir(&work)).await?;
     run_step(
         "vite build",
-        tokio::process::Command::new("node")
+        node.command("node")
             .args(["--max-old-space-size=4096", "node_modules/vite/bin/vite.js", "build"])
             .current_dir(&work)
             .env("API_URL", &d.api_url)

@@ -370,7 +370,7 @@ pub async fn install(s: &HostSession, src: &Source, wh: &Wheelhouse, offline_lib
 /// the project CA's (see tls::TRUST_DIR; a missing directory is skipped).
 const SSL_CERT_DIR: &str = "/etc/ssl/certs:/etc/rigger/certs";
 
-fn as_saleor(src: &Source, unit: &str, command: &str) -> String {
+pub fn as_saleor(src: &Source, unit: &str, command: &str) -> String {
     let rel = src.dir();
     format!(
         "systemd-run --quiet --wait --collect --pipe --unit {unit} -p User=saleor -p Group=saleor -p EnvironmentFile={ENV} -p EnvironmentFile={RSA_ENV} \

@@ -9,8 +9,11 @@
 //! pnpm): on local machines, which have neither, the role puts the files in
 //! place and stops before the build, saying so.
 //! Gate: GET / on the port answers 200.
+//!
+//! With `services.storefront.source` the role runs in source mode instead
+//! (storefront_source.rs): built on the control host, nothing needed on the hosts.
 
-use super::{file, saleor, service, source_dir};
+use super::{file, saleor, service, source_dir, storefront_source};
 use crate::config::ops::{HostDesired, OnChange};
 use crate::config::run::{indent, wait_for, RoleRun};
 use crate::plan::load::resolve_path;
@@ -38,6 +41,14 @@ pub fn context(plan: &Plan) -> Result<Value> {
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let mut ctx = ctx.clone();
     ctx["storefront"] = context(plan)?;
+    if let Some(b) = storefront_source::build_of(plan)? {
+        ctx["build"] = json!({ "dir": b.dir(), "node": b.node(), "build": b.build });
+        let files = vec![
+            file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]),
+            file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront-source.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]),
+        ];
+        return Ok(HostDesired { files, services: vec![service("storefront", "storefront", OnChange::Restart)], ..Default::default() });
+    }
     let path = plan.setting("storefront", "path").and_then(Value::as_str).unwrap_or("storefront");
     let mut files = source_dir::files("storefront", &resolve_path(&plan.dir, path), "/opt/storefront/src", &["storefront"])?;
     files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
@@ -52,6 +63,9 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     let plan = run.plan;
+    if let Some(b) = storefront_source::build_of(plan)? {
+        return storefront_source::converge(run, &b).await;
+    }
     if !builds_here(plan) {
         bail!(
             "storefront: the source, env file and unit are in place on {}, but local machines have no Node.js 20 and no package registry — \

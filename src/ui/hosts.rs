@@ -31,6 +31,8 @@ pub struct HostSummary {
     pub install: usize,
     pub parameters: usize,
     pub pending_restarts: usize,
+    pub enable: usize,
+    pub stop: usize,
 }
 
 impl HostSummary {
@@ -43,11 +45,10 @@ impl HostSummary {
             s.restart += c.restart.len();
             s.reload += c.reload.len() + c.custom.len();
             s.install += c.install.len();
+            s.enable += c.enable.len();
+            s.stop += c.stop_disable.len();
         }
         s
-    }
-    pub fn is_empty(&self) -> bool {
-        self.files + self.start + self.restart + self.reload + self.install + self.parameters + self.pending_restarts == 0
     }
 }
 
@@ -98,7 +99,7 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
             }
         }
         // Custom-handled services (Patroni) re-read their file; restarts they need roll (below).
-        for (what, list) in [("start", &c.start), ("restart", &c.restart), ("reload", &c.reload), ("reload", &c.custom)] {
+        for (what, list) in [("start", &c.start), ("restart", &c.restart), ("reload", &c.reload), ("reload", &c.custom), ("enable at boot", &c.enable)] {
             for s in list {
                 out.push_str(&format!("      {} {what} {s}\n", paint.yellow("↻")));
             }
@@ -119,8 +120,14 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
         ));
     }
     let s = HostSummary::of(cp);
+    let mut rarer = String::new();
+    for (n, what) in [(s.enable, "to enable at boot"), (s.stop, "to stop and disable")] {
+        if n > 0 {
+            rarer.push_str(&format!(", {n} {what}"));
+        }
+    }
     out.push_str(&format!(
-        "{} {} files to change, {} services to start, {} to restart, {} to reload, {} parameters.\n",
+        "{} {} files to change, {} services to start, {} to restart, {} to reload{rarer}, {} parameters.\n",
         paint.bold("Hosts:"),
         s.files,
         s.start,
@@ -140,6 +147,7 @@ pub struct HostChangeJson {
     pub start: Vec<String>,
     pub restart: Vec<String>,
     pub reload: Vec<String>,
+    pub enable: Vec<String>,
     pub stop_disable: Vec<String>,
 }
 
@@ -162,8 +170,34 @@ pub fn json(cp: &ConfigPlan) -> Vec<HostChangeJson> {
                 start: c.start.clone(),
                 restart: c.restart.clone(),
                 reload: c.reload.iter().chain(c.custom.iter()).cloned().collect(),
+                enable: c.enable.clone(),
                 stop_disable: c.stop_disable.clone(),
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::phase::HostPlan;
+
+    #[test]
+    fn a_service_that_only_needs_enabling_is_a_change_shown_and_counted() {
+        let changes = crate::config::ops::HostChanges { host: "web".into(), enable: vec!["nginx".into()], ..Default::default() };
+        let hp = HostPlan { desired: Default::default(), facts: Default::default(), changes, old_content: BTreeMap::new() };
+        let cp = ConfigPlan {
+            hosts: [("web".to_string(), hp)].into(),
+            not_built: vec![],
+            parameter_changes: vec![],
+            pending_restarts: vec![],
+            sessions: BTreeMap::new(),
+            gathered: std::time::Instant::now(),
+        };
+        // One `is_empty` decides `plan --detailed-exitcode` and apply's confirmation.
+        assert!(!cp.is_empty());
+        let text = render_human(&cp, &BTreeMap::new(), &Paint { on: false });
+        assert!(text.contains("↻ enable at boot nginx"), "{text}");
+        assert!(text.contains("0 to reload, 1 to enable at boot, 0 parameters."), "{text}");
+    }
 }
