@@ -12,6 +12,8 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("etcd-bootstrap.env.j2", include_str!("../templates/etcd-bootstrap.env.j2")),
     ("patroni.yml.j2", include_str!("../templates/patroni.yml.j2")),
     ("haproxy.cfg.j2", include_str!("../templates/haproxy.cfg.j2")),
+    ("haproxy-save-state.py.j2", include_str!("../templates/haproxy-save-state.py.j2")),
+    ("haproxy-state.conf.j2", include_str!("../templates/haproxy-state.conf.j2")),
     ("keepalived.conf.j2", include_str!("../templates/keepalived.conf.j2")),
     ("redis.conf.j2", include_str!("../templates/redis.conf.j2")),
     ("app.env.j2", include_str!("../templates/app.env.j2")),

@@ -88,9 +88,44 @@ fn haproxy_in_a_front_subnet_reaches_patroni_in_a_data_subnet() {
     assert!(!hba.contains(&format!("{}.11/32 scram-sha-256\nhostssl replication", plan.net_prefix)) && !hba.contains(&format!("replicator {}.11/32", plan.net_prefix)), "no replication for HAProxy hosts:\n{hba}");
     assert!(!hba.contains("/24"), "nothing wider than a host:\n{hba}");
 
+    // A reload keeps what the checks know: the write port never balances over
+    // the replicas, not even in the new process's first moments (HAProxy 2.6
+    // starts every server UP unless the state is saved and loaded).
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(plan.state_path()).expect("state")).expect("state JSON");
+    let stats_password = state["secrets"]["haproxy_stats_password"].as_str().expect("stats password").to_string();
+    let samples = write_servers_up_after_reload(&plan, &format!("{}.12", plan.net_prefix), &stats_password);
+    println!("write servers UP in the 3 s after a reload, every 100 ms: {samples:?}");
+    assert!(samples.len() >= 10 && samples.iter().all(|n| *n == 1), "the write port had other than one server UP right after a reload: {samples:?}");
+
     // A client path that breaks later is seen by status too.
     plan.ssh(&format!("{}.11", plan.net_prefix), "sudo -n systemctl stop haproxy");
     let status = common::rigger(&["status", plan.path()]);
     assert_eq!(status.code(), 1, "status sees the broken path:\n{}", status.text());
     assert!(status.stdout_text().lines().any(|l| l.starts_with("FAIL") && l.contains("path lb-1 write port")), "{}", status.text());
+}
+
+/// Reload HAProxy on `ip`, then count the write backend's servers that are UP
+/// every 100 ms for 3 s (the stats password goes over stdin, never in argv).
+fn write_servers_up_after_reload(plan: &LocalPlan, ip: &str, password: &str) -> Vec<usize> {
+    use std::io::Write;
+    let script = "read -r P; sudo -n systemctl reload haproxy || exit 1; i=0; while [ $i -lt 30 ]; do \
+        printf 'user = \"admin:%s\"\\n' \"$P\" | curl -s -m 2 -K - 'http://127.0.0.1:8404/stats;csv' | awk -F, '$1 == \"primary\" && $2 != \"FRONTEND\" && $2 != \"BACKEND\" && $18 ~ /^UP/' | wc -l; \
+        sleep 0.1; i=$((i + 1)); done";
+    let mut child = Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=5"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", plan.known_hosts().display()))
+        .arg("-i")
+        .arg(plan.dir().join("id_ed25519"))
+        .arg(format!("rigger@{ip}"))
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    child.stdin.take().expect("stdin").write_all(format!("{password}\n").as_bytes()).expect("password to ssh");
+    let out = child.wait_with_output().expect("ssh output");
+    assert!(out.status.success(), "reload and sampling on {ip} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
 }

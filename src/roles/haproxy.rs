@@ -13,10 +13,18 @@ use anyhow::Result;
 use serde_json::Value;
 use std::time::Duration;
 
+/// Saves the servers' check states before a reload (the drop-in runs it).
+const SAVE_STATE: &str = "/usr/local/lib/rigger/haproxy-save-state";
+const STATE_DROP_IN: &str = "/etc/systemd/system/haproxy.service.d/rigger-server-state.conf";
+
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
         packages: vec!["haproxy".into()],
-        files: vec![file("haproxy", "/etc/haproxy/haproxy.cfg", r.render("haproxy.cfg.j2", ctx)?, 0o640, "root", "haproxy", Some(("haproxy -c", "haproxy -c -f {}")), &["haproxy"])],
+        files: vec![
+            file("haproxy", SAVE_STATE, r.render("haproxy-save-state.py.j2", ctx)?, 0o755, "root", "root", None, &[]),
+            file("haproxy", STATE_DROP_IN, r.render("haproxy-state.conf.j2", ctx)?, 0o644, "root", "root", None, &["haproxy"]),
+            file("haproxy", "/etc/haproxy/haproxy.cfg", r.render("haproxy.cfg.j2", ctx)?, 0o640, "root", "haproxy", Some(("haproxy -c", "haproxy -c -f {}")), &["haproxy"]),
+        ],
         services: vec![service("haproxy", "haproxy", OnChange::Reload)],
         ..Default::default()
     })
@@ -66,7 +74,13 @@ pub async fn servers(s: &HostSession, stats_port: u64, password: &str) -> Result
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
-    run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
+    run.each(|h, s| async move {
+        if run.changes_of(&h.name).files.iter().any(|f| f.file.path == STATE_DROP_IN) {
+            s.sudo_ok("systemctl daemon-reload", "systemctl daemon-reload").await?;
+        }
+        run.plain_service_changes(h, s).await
+    })
+    .await?;
     gate(run).await
 }
 
