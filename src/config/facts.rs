@@ -22,6 +22,8 @@ pub struct ServiceFact {
     pub active: String,
     /// `enabled`, `disabled`, `masked`, `static`, or `unknown`.
     pub enabled: String,
+    /// systemd says the unit's files changed on disk since it loaded them.
+    pub stale: bool,
 }
 
 impl ServiceFact {
@@ -79,7 +81,7 @@ impl FactQuery {
         }
         if !self.services.is_empty() {
             s.push_str(&format!(
-                "echo \"U $(systemctl show -p Id,ActiveState,UnitFileState -- {} 2>/dev/null | base64 -w0)\"\n",
+                "echo \"U $(systemctl show -p Id,ActiveState,UnitFileState,NeedDaemonReload -- {} 2>/dev/null | base64 -w0)\"\n",
                 quoted(&self.services)
             ));
         }
@@ -129,6 +131,7 @@ fn service_facts(query: &FactQuery, shown: &str) -> BTreeMap<String, ServiceFact
             let fact = ServiceFact {
                 active: get("ActiveState").unwrap_or("unknown").to_string(),
                 enabled: get("UnitFileState").unwrap_or("unknown").to_string(),
+                stale: get("NeedDaemonReload") == Some("yes"),
             };
             (name.clone(), fact)
         })
@@ -213,7 +216,7 @@ mod tests {
 
     #[test]
     fn parses_every_kind_of_line() {
-        let shown = "Id=etcd.service\nActiveState=active\nUnitFileState=enabled\n\nId=patroni.service\nActiveState=inactive\nUnitFileState=disabled\n\nId=ssh.service\nActiveState=active\nUnitFileState=enabled\n";
+        let shown = "Id=etcd.service\nActiveState=active\nUnitFileState=enabled\n\nId=patroni.service\nActiveState=inactive\nUnitFileState=disabled\nNeedDaemonReload=yes\n\nId=ssh.service\nActiveState=active\nUnitFileState=enabled\n";
         let b64 = base64::engine::general_purpose::STANDARD.encode(shown);
         let out = format!("O debian-12\nH abc  /etc/haproxy/haproxy.cfg\nM 640 root haproxy /etc/haproxy/haproxy.cfg\nU {b64}\nI haproxy installed\nI keepalived not-installed\nX cluster eyJhIjoxfQ==\n");
         let f = query().parse(&out).unwrap();
@@ -224,6 +227,7 @@ mod tests {
         assert!(f.services["etcd"].running());
         assert!(!f.services["patroni"].running());
         assert_eq!(f.services["patroni"].enabled, "disabled");
+        assert!(f.services["patroni"].stale && !f.services["etcd"].stale);
         // An alias (sshd → ssh.service) is named by its place in the answer.
         assert!(f.services["sshd"].running());
         assert_eq!(f.missing_packages, vec!["keepalived"]);
@@ -235,7 +239,7 @@ mod tests {
         let q = FactQuery { services: vec!["nosuch".into()], ..Default::default() };
         let b64 = base64::engine::general_purpose::STANDARD.encode("Id=nosuch.service\nActiveState=inactive\nUnitFileState=\n");
         let f = q.parse(&format!("U {b64}\n")).unwrap();
-        assert_eq!(f.services["nosuch"], ServiceFact { active: "inactive".into(), enabled: "unknown".into() });
+        assert_eq!(f.services["nosuch"], ServiceFact { active: "inactive".into(), enabled: "unknown".into(), stale: false });
     }
 
     /// The script as the host's sh runs it, against this machine's own files,

@@ -91,6 +91,10 @@ pub struct HostChanges {
     /// Services with custom handling whose files changed.
     pub custom: Vec<String>,
     pub stop_disable: Vec<String>,
+    /// Services whose unit files systemd has not re-read (a run interrupted
+    /// after an upload, a hand edit): reloaded with the next staging, not a
+    /// change of their own.
+    pub stale_units: Vec<String>,
 }
 
 impl HostChanges {
@@ -103,6 +107,12 @@ impl HostChanges {
             && self.reload.is_empty()
             && self.custom.is_empty()
             && self.stop_disable.is_empty()
+    }
+
+    /// systemd must re-read its unit files before a service is touched: a
+    /// file under /etc/systemd/ changed, or a unit is stale already.
+    pub fn needs_daemon_reload(&self) -> bool {
+        !self.stale_units.is_empty() || self.files.iter().any(|f| f.content_changed && f.file.path.starts_with("/etc/systemd/"))
     }
 
     pub fn for_role(&self, desired: &HostDesired, role: &str) -> HostChanges {
@@ -118,6 +128,7 @@ impl HostChanges {
             reload: keep(&self.reload),
             custom: keep(&self.custom),
             stop_disable: if role == "patroni" { self.stop_disable.clone() } else { vec![] },
+            stale_units: keep(&self.stale_units),
         }
     }
 }
@@ -162,6 +173,9 @@ pub fn compute(desired: &HostDesired, facts: &HostFacts, pending: &BTreeSet<Stri
     }
     for s in &desired.services {
         let fact = facts.services.get(&s.name).cloned().unwrap_or_default();
+        if fact.stale {
+            ch.stale_units.push(s.name.clone());
+        }
         if fact.enabled != "enabled" {
             ch.enable.push(s.name.clone());
         }
@@ -244,7 +258,7 @@ mod tests {
     fn facts(sha: &str, active: &str) -> HostFacts {
         let mut f = HostFacts::default();
         f.files.insert("/etc/haproxy/haproxy.cfg".into(), Some(FileFact { sha256: sha.into(), mode: 0o640, owner: "root".into(), group: "haproxy".into() }));
-        f.services.insert("haproxy".into(), ServiceFact { active: active.into(), enabled: "enabled".into() });
+        f.services.insert("haproxy".into(), ServiceFact { active: active.into(), enabled: "enabled".into(), stale: false });
         f
     }
 
@@ -274,5 +288,25 @@ mod tests {
         let pending: BTreeSet<String> = ["haproxy".to_string()].into();
         let ch = compute(&desired(), &facts(&sha256_hex(b"x"), "active"), &pending);
         assert_eq!(ch.reload, vec!["haproxy"]);
+    }
+
+    #[test]
+    fn systemd_rereads_units_when_one_changed_or_is_stale() {
+        let mut d = desired();
+        let unit = ManagedFile { path: "/etc/systemd/system/haproxy.service.d/x.conf".into(), content: "[Service]\n".into(), mode: 0o644, group: "root".into(), validate: None, ..d.files[0].clone() };
+        d.files.push(unit);
+        let mut f = facts(&sha256_hex(b"x"), "active");
+        assert!(!compute(&desired(), &f, &BTreeSet::new()).needs_daemon_reload(), "no unit changed");
+        let ch = compute(&d, &f, &BTreeSet::new());
+        assert!(ch.needs_daemon_reload(), "a new drop-in: {ch:?}");
+        assert!(!compute(&desired(), &facts("other", "active"), &BTreeSet::new()).needs_daemon_reload(), "a config file is not a unit");
+
+        // A unit systemd has not re-read (a run interrupted after the upload) is reloaded with the
+        // next staging of its role, and alone is no change to show.
+        f.services.get_mut("haproxy").unwrap().stale = true;
+        let ch = compute(&desired(), &f, &BTreeSet::new());
+        assert!(ch.needs_daemon_reload() && ch.is_empty(), "{ch:?}");
+        assert!(ch.for_role(&desired(), "haproxy").needs_daemon_reload());
+        assert!(!ch.for_role(&desired(), "redis").needs_daemon_reload());
     }
 }

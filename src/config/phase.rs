@@ -351,6 +351,11 @@ async fn stage(session: &HostSession, ch: &HostChanges, events: &Events) -> Resu
             touched.extend(fc.file.notify.iter().cloned());
         }
     }
+    // Before any service of the role is started or restarted, systemd knows
+    // its new units (roles never reload systemd themselves).
+    if ch.needs_daemon_reload() {
+        session.sudo_ok("reloading systemd's units", "systemctl daemon-reload").await?;
+    }
     Ok(touched)
 }
 

@@ -156,9 +156,6 @@ async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
     if touched(&format!("/src/{}", source_dir::MANIFEST)) {
         s.sudo_ok("removing files deleted from the app's folder", &source_dir::prune_script(&format!("{dir}/src"))).await?;
     }
-    if touched(".service") {
-        s.sudo_ok("systemctl daemon-reload", "systemctl daemon-reload").await?;
-    }
     if !ch.enable.is_empty() {
         s.sudo_ok(&format!("enabling {name}"), &format!("systemctl enable {name} 2>&1")).await?;
     }

@@ -280,10 +280,6 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     let subject = format!("backup {}", repo.name);
     rs.sudo_ok("preparing the repository folders", "install -d -o postgres -g postgres -m 750 /var/lib/pgbackrest /var/log/pgbackrest").await?;
     ssh_trust(run, repo).await?;
-    let ch = run.changes_of(&repo.name);
-    if ch.files.iter().any(|f| f.file.path.starts_with("/etc/systemd/system/")) {
-        rs.sudo_ok("systemctl daemon-reload", "systemctl daemon-reload").await?;
-    }
     run.plain_service_changes(repo, rs).await?;
     gate(run, repo, &subject).await
 }

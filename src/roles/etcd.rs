@@ -60,9 +60,6 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
         let joining = joiners.contains(&h.name);
         async move {
             let ch = run.changes_of(&h.name);
-            if ch.files.iter().any(|f| f.file.path == DROP_IN) {
-                s.sudo_ok("reloading systemd units", "systemctl daemon-reload").await?;
-            }
             for svc in &ch.enable {
                 s.sudo_ok("enabling etcd", &format!("systemctl enable {svc} 2>&1")).await?;
             }

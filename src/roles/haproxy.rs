@@ -74,13 +74,7 @@ pub async fn servers(s: &HostSession, stats_port: u64, password: &str) -> Result
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
-    run.each(|h, s| async move {
-        if run.changes_of(&h.name).files.iter().any(|f| f.file.path == STATE_DROP_IN) {
-            s.sudo_ok("systemctl daemon-reload", "systemctl daemon-reload").await?;
-        }
-        run.plain_service_changes(h, s).await
-    })
-    .await?;
+    run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
     gate(run).await
 }
 

@@ -2,6 +2,7 @@
 //! and (in each role's module) how the role is brought up and proved healthy.
 
 pub mod app;
+pub mod artifact_cache;
 pub mod backup;
 pub mod pgbackrest;
 pub mod database;

@@ -210,10 +210,6 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     // Hosts one at a time, each healthy before the next.
     for h in &run.hosts {
         let s = run.session(&h.name)?;
-        let ch = run.changes_of(&h.name);
-        if ch.files.iter().any(|f| f.file.path.ends_with(".service")) {
-            s.sudo_ok("systemctl daemon-reload", "systemctl daemon-reload").await?;
-        }
         run.plain_service_changes(h, s).await?;
         healthy(run, s).await?;
     }

@@ -70,11 +70,12 @@ pub async fn run_step(what: &str, cmd: &mut tokio::process::Command) -> Result<(
 /// Build (or find in the cache) the dashboard's static files on the control host.
 pub async fn build(d: &Dashboard, events: &Events) -> Result<PathBuf> {
     let dir = artifacts_dir().join("saleor-dashboard").join(&d.build);
+    let subject = "saleor dashboard";
     if dir.join("index.html").is_file() {
+        super::artifact_cache::used_and_pruned(&dir, subject, events);
         return Ok(dir);
     }
     let node = super::node_toolchain::ensure(&d.node_version, events).await?;
-    let subject = "saleor dashboard";
     let started = Instant::now();
     events.started(subject, &format!("building on the control host: npm ci + vite build (Node {}) with API_URL={} (cached in {})", d.node_version, d.api_url, dir.display()));
     let work = dir.with_extension(format!("work-{}", std::process::id()));
@@ -108,6 +109,7 @@ pub async fn build(d: &Dashboard, events: &Events) -> Result<PathBuf> {
     }
     let _ = std::fs::remove_dir_all(&work);
     events.finished(subject, &format!("built {}", dir.display()), started);
+    super::artifact_cache::used_and_pruned(&dir, subject, events);
     Ok(dir)
 }
 

@@ -204,6 +204,7 @@ pub async fn wheelhouse(requirements: &Path, host_python: &str, events: &Events)
         }
         events.finished(subject, &format!("built {}", dir.display()), started);
     }
+    super::artifact_cache::used_and_pruned(&dir, subject, events);
     let mut wheels: Vec<String> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".whl")).collect();
     wheels.sort();
     if wheels.is_empty() {
@@ -554,9 +555,6 @@ pub async fn converge(run: &RoleRun<'_>, src: &Source) -> Result<()> {
     for h in &run.hosts {
         let s = run.session(&h.name)?;
         let ch = run.changes_of(&h.name);
-        if ch.files.iter().any(|f| f.file.path.ends_with(".service")) {
-            s.sudo_ok("systemctl daemon-reload", "systemctl daemon-reload").await?;
-        }
         let bounced = ch.restart.iter().chain(&ch.start).any(|u| u == "saleor-api");
         // A running API leaves HAProxy's rotation before it restarts, so no request meets it going down.
         let drain = several && ch.restart.iter().any(|u| u == "saleor-api");

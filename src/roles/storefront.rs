@@ -89,9 +89,6 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
             if !out.ok() {
                 bail!("{}: the Storefront build failed:\n{}", h.name, indent(&out.stdout));
             }
-            if ch.files.iter().any(|f| f.file.path.ends_with(".service")) {
-                s.sudo_ok("systemctl daemon-reload", "systemctl daemon-reload").await?;
-            }
         }
         run.plain_service_changes(h, s).await?;
         let port = port(plan);

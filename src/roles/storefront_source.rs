@@ -123,10 +123,11 @@ pub fn use_local_font(work: &Path, font: &Path) -> Result<()> {
 /// Build (or find in the cache) the standalone Storefront on the control host.
 pub async fn build(b: &Build, node: &Toolchain, events: &Events) -> Result<PathBuf> {
     let dir = artifacts_dir().join("storefront").join(&b.build);
+    let subject = "storefront build";
     if dir.join("server.js").is_file() {
+        super::artifact_cache::used_and_pruned(&dir, subject, events);
         return Ok(dir);
     }
-    let subject = "storefront build";
     let started = Instant::now();
     let font_dir = artifacts_dir().join("fonts").join(format!("{}-{}", FONT_PACKAGE.0.replace(['@', '/'], "_"), FONT_PACKAGE.1));
     if !font_dir.join(FONT_FILE).is_file() {
@@ -182,6 +183,7 @@ pub async fn build(b: &Build, node: &Toolchain, events: &Events) -> Result<PathB
     }
     let _ = std::fs::remove_dir_all(&work);
     events.finished(subject, &format!("built {}", dir.display()), started);
+    super::artifact_cache::used_and_pruned(&dir, subject, events);
     Ok(dir)
 }
 
@@ -289,10 +291,6 @@ pub async fn converge(run: &RoleRun<'_>, b: &Build) -> Result<()> {
     // One host at a time, each rendering the listing before the next goes.
     for h in &run.hosts {
         let s = run.session(&h.name)?;
-        let ch = run.changes_of(&h.name);
-        if ch.files.iter().any(|f| f.file.path.ends_with(".service")) {
-            s.sudo_ok("systemctl daemon-reload", "systemctl daemon-reload").await?;
-        }
         run.plain_service_changes(h, s).await?;
         page_gate(s, &h.name, &format!("http://127.0.0.1:{port}{}", listing_path()), Duration::from_secs(120)).await.map_err(|e| anyhow!("{e:#} (see `journalctl -u storefront` on {})", h.name))?;
     }
