@@ -2,7 +2,7 @@ use crate::cli::ApplyCmd;
 use crate::config::phase::{self, ConfigPlan};
 use crate::engine::{self, Applier, Shared};
 use crate::project::Project;
-use crate::saved_plan::SavedPlan;
+use crate::saved_plan::{SavedHosts, SavedPlan};
 use crate::ui::{self, printer::Printer, Paint};
 use anyhow::Result;
 use std::path::Path;
@@ -38,6 +38,8 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     let mut config_plan: Option<ConfigPlan> = None;
     // Host-side steps that make a machine's deletion safe; they run before the cloud step.
     let mut drain: Option<crate::reshape::drain::DrainPlan> = None;
+    // The host changes a saved plan holds: the hosts' plan must still be them.
+    let mut saved_hosts: Option<SavedHosts> = None;
     let changes = match saved {
         Some(s) => {
             s.check_current(lineage.as_deref(), serial)?;
@@ -47,6 +49,10 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 print!("{}", ui::drain::render_human(&d, &paint));
                 drain = Some(d);
             }
+            if let (SavedHosts::AfterCloudStep { machines, .. }, false) = (&s.hosts, infra_only) {
+                println!("\nThis plan holds no host changes (the machines {} were to be created or replaced): they are computed after the cloud step.", machines.join(", "));
+            }
+            saved_hosts = Some(s.hosts);
             s.changes
         }
         None => {
@@ -159,7 +165,11 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 }
             };
         }
-        if let Some(cp) = &config_plan {
+        if let (Some(saved), Some(cp)) = (&saved_hosts, &config_plan) {
+            let secrets = shared.lock().await.state.secrets.clone();
+            result = saved.check(&crate::config::summary::summarize(cp, &secrets));
+        }
+        if let (Some(cp), true) = (&config_plan, result.is_ok()) {
             result = phase::apply(&project, cp, &shared, &events).await;
         }
         if let Some(d) = drain.as_ref().filter(|d| !d.after_config.is_empty() && result.is_ok()) {
