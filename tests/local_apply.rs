@@ -81,7 +81,7 @@ fn a_saved_plan_carries_the_host_changes_and_is_refused_when_a_host_changed() {
     let first = saved("first.json");
     let out = rigger(&["plan", plan.path(), "--out", &first]);
     assert!(out.status.success(), "plan --out: {}", out.text());
-    assert!(out.stdout_text().contains("Host changes: host changes to be computed after the cloud step — the machines cache are created or replaced first."), "{}", out.stdout_text());
+    assert!(out.stdout_text().contains("It holds the cloud changes only: host changes to be computed after the cloud step (the machines cache are created or replaced first)."), "{}", out.stdout_text());
     assert_eq!(read_saved(&first)["hosts"], serde_json::json!({ "status": "after_cloud_step", "note": "host changes to be computed after the cloud step", "machines": ["cache"] }));
     let out = rigger(&["apply", &first]);
     assert!(out.status.success(), "apply FILE (machines to create):\n{}", out.text());
@@ -110,6 +110,7 @@ fn a_saved_plan_carries_the_host_changes_and_is_refused_when_a_host_changed() {
     }
     let out = rigger(&["apply", &fix]);
     assert!(out.status.success(), "apply FILE (host changes as saved):\n{}", out.text());
+    assert!(out.stdout_text().contains("This plan holds the host changes of 1 host(s): applied only if the hosts need exactly them."), "{}", out.stdout_text());
     assert!(!plan.ssh(&ip, &format!("sudo -n cat {CONF}")).contains("edited by hand"), "apply put the file back");
 
     // Saved with nothing to do; then the host changes by hand: refused, nothing touched.

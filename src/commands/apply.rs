@@ -49,8 +49,14 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 print!("{}", ui::drain::render_human(&d, &paint));
                 drain = Some(d);
             }
-            if let (SavedHosts::AfterCloudStep { machines, .. }, false) = (&s.hosts, infra_only) {
-                println!("\nThis plan holds no host changes (the machines {} were to be created or replaced): they are computed after the cloud step.", machines.join(", "));
+            match (&s.hosts, infra_only) {
+                (SavedHosts::AfterCloudStep { machines, .. }, false) => {
+                    println!("\nThis plan holds no host changes (the machines {} were to be created or replaced): they are computed after the cloud step.", machines.join(", "));
+                }
+                (SavedHosts::Planned { summary }, false) => {
+                    println!("\nThis plan holds the host changes of {} host(s): applied only if the hosts need exactly them.", summary.hosts.len());
+                }
+                _ => {}
             }
             saved_hosts = Some(s.hosts);
             s.changes
