@@ -110,7 +110,8 @@ fn a_saved_plan_carries_the_host_changes_and_is_refused_when_a_host_changed() {
     }
     let out = rigger(&["apply", &fix]);
     assert!(out.status.success(), "apply FILE (host changes as saved):\n{}", out.text());
-    assert!(out.stdout_text().contains("This plan holds the host changes of 1 host(s): applied only if the hosts need exactly them."), "{}", out.stdout_text());
+    assert!(out.stdout_text().contains(&format!("~ {CONF} (content) 0640 redis:redis sha256 "))
+        && out.stdout_text().contains("This plan holds the host changes of 1 host(s): applied only if the hosts need exactly them."), "{}", out.stdout_text());
     assert!(!plan.ssh(&ip, &format!("sudo -n cat {CONF}")).contains("edited by hand"), "apply put the file back");
 
     // Saved with nothing to do; then the host changes by hand: refused, nothing touched.

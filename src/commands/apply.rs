@@ -54,6 +54,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                     println!("\nThis plan holds no host changes (the machines {} were to be created or replaced): they are computed after the cloud step.", machines.join(", "));
                 }
                 (SavedHosts::Planned { summary }, false) => {
+                    print!("\n{}", ui::hosts::render_saved(summary, &paint));
                     println!("\nThis plan holds the host changes of {} host(s): applied only if the hosts need exactly them.", summary.hosts.len());
                 }
                 _ => {}
