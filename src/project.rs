@@ -25,6 +25,17 @@ impl Project {
         Ok(Project { plan, state_path })
     }
 
+    /// This project with what only the cloud knows filled into its plan: the
+    /// public addresses the machines got. Used for the host-side steps.
+    pub fn with_cloud_addresses(&self, state: &state::State) -> Project {
+        let mut p = self.clone();
+        p.plan.public_addresses = state
+            .machines()
+            .filter_map(|m| Some((m.address.name.clone(), m.output_str("public_ip").filter(|a| !a.is_empty())?.to_string())))
+            .collect();
+        p
+    }
+
     pub fn rigger_dir(&self) -> PathBuf {
         self.state_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".rigger"))
     }

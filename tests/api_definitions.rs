@@ -83,6 +83,7 @@ fn plan(dir: &Path, endpoint: &str) -> Plan {
         ],
         services: BTreeMap::new(),
         security: Default::default(),
+        public_addresses: Default::default(),
     }
 }
 

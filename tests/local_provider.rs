@@ -94,6 +94,7 @@ impl Fixture {
             hosts,
             services: BTreeMap::new(),
             security: Default::default(),
+            public_addresses: Default::default(),
         }
     }
 }

@@ -71,6 +71,7 @@ fn plan(dir: &std::path::Path, endpoint: &str) -> Plan {
         ],
         services: BTreeMap::new(),
         security: Default::default(),
+        public_addresses: Default::default(),
     }
 }
 

@@ -93,6 +93,7 @@ fn plan(dir: &Path, endpoint: &str, key: &Path) -> Plan {
         ],
         services: BTreeMap::new(),
         security: Default::default(),
+        public_addresses: Default::default(),
     }
 }
 

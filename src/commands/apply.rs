@@ -70,7 +70,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
                 crate::remote::access::write(&project, &state)?;
                 if !infra_only && state.machines().next().is_some() {
-                    prepared = Some(phase::prepare(&project, &state, args.parallelism, true, &events).await);
+                    prepared = Some(phase::prepare(&project.with_cloud_addresses(&state), &state, args.parallelism, true, &events).await);
                 }
             }
             drop(events);
@@ -158,6 +158,8 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         result = wait_for_all_ssh(applier.provider.as_ref(), &project, &shared, &events).await;
     }
     if result.is_ok() && !infra_only {
+        // The host-side steps see what the cloud step made (public addresses).
+        let project = project.with_cloud_addresses(&shared.lock().await.state);
         // After cloud changes the hosts are new or different: look at them again.
         if !changes.is_empty() || config_plan.is_none() {
             if let Some(old) = config_plan.take() {

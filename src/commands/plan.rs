@@ -23,7 +23,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
         (Ok(live), false) => {
             state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
             crate::remote::access::write(&project, &state)?;
-            Some(crate::config::phase::prepare(&project, &state, PLAN_PARALLELISM, true, &events).await)
+            Some(crate::config::phase::prepare(&project.with_cloud_addresses(&state), &state, PLAN_PARALLELISM, true, &events).await)
         }
         _ => None,
     };

@@ -158,6 +158,8 @@ pub async fn restore(project: &Project, target: &Target, auto_approve: bool, ver
     if state.serial == 0 {
         bail!("nothing was applied for project {} yet — run `rigger apply` first", plan.project);
     }
+    let with_addresses = project.with_cloud_addresses(&state);
+    let project = &with_addresses;
     let (events, printer) = Printer::start(verbose);
     let prepared = phase::prepare(project, &state, 15, false, &events).await;
     drop(events);

@@ -291,6 +291,7 @@ impl Reader<'_> {
             hosts,
             services,
             security,
+            public_addresses: Default::default(),
         };
         super::security::check_ssh_path(&plan, root, self.d);
         if self.d.is_empty() {

@@ -25,6 +25,10 @@ pub struct Plan {
     pub services: BTreeMap<String, BTreeMap<String, Value>>,
     /// `security:` — which protections are on (all by default).
     pub security: Security,
+    /// Host name → the public address the cloud gave it. Empty in a plan as
+    /// loaded; filled from the state before the hosts are configured
+    /// (`Project::with_cloud_addresses`), so the shop's URLs can name it.
+    pub public_addresses: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

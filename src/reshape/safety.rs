@@ -88,6 +88,7 @@ mod tests {
             hosts: vec![],
             services: Default::default(),
             security: Default::default(),
+            public_addresses: Default::default(),
         }
     }
 

@@ -16,6 +16,16 @@ pub fn lb_address(plan: &Plan) -> Option<String> {
     plan.hosts_with_role("haproxy").next().map(|h| h.ip.to_string())
 }
 
+/// The load balancer's public address, when there is no VIP and the cloud
+/// gave the first HAProxy host one (known once the machine exists).
+pub fn public_lb_address(plan: &Plan) -> Option<String> {
+    let vip = plan.hosts_with_role("keepalived").next().is_some() && plan.setting("keepalived", "vip").is_some();
+    if vip {
+        return None;
+    }
+    plan.hosts_with_role("haproxy").next().and_then(|h| plan.public_addresses.get(&h.name)).cloned()
+}
+
 fn port(plan: &Plan, role: &str, key: &str, default: u64) -> u64 {
     plan.setting(role, key).and_then(Value::as_u64).unwrap_or(default)
 }
@@ -55,5 +65,26 @@ mod tests {
     fn passwords_are_escaped_in_urls() {
         assert_eq!(userinfo("abc123"), "abc123");
         assert_eq!(userinfo("a@b:c/d"), "a%40b%3Ac%2Fd");
+    }
+
+    fn plan(hosts: &str, services: &str) -> Plan {
+        let d = tempfile::tempdir().unwrap();
+        let text = format!("version: 1\nproject: t\nprovider: {{ kind: local }}\nnetwork:\n  name: main\n  subnets:\n    - {{ name: app, cidr: 10.9.0.0/24 }}\nhosts:\n{hosts}services:\n{services}");
+        crate::plan::load_str(&d.path().join("plan.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_shop_is_named_by_the_load_balancers_public_address_once_known() {
+        let mut p = plan("  - { name: lb, roles: [haproxy], ip: 10.9.0.10 }\n", "  haproxy: {}\n");
+        assert_eq!(crate::roles::saleor::public_url(&p).as_deref(), Some("http://10.9.0.10"), "before the cloud step: the private address");
+        p.public_addresses.insert("lb".into(), "198.51.100.7".into());
+        assert_eq!(crate::roles::saleor::public_url(&p).as_deref(), Some("http://198.51.100.7"));
+        p.services.entry("saleor".into()).or_default().insert("public_url".into(), serde_json::json!("http://shop.example.com/"));
+        assert_eq!(crate::roles::saleor::public_url(&p).as_deref(), Some("http://shop.example.com"), "the plan's own URL wins");
+
+        // A keepalived VIP is where clients go, whatever public address a member has.
+        let mut p = plan("  - { name: lb, count: 2, roles: [haproxy, keepalived], ip: 10.9.0.11 }\n", "  keepalived: { vip: 10.9.0.10 }\n");
+        p.public_addresses.insert("lb-1".into(), "198.51.100.7".into());
+        assert_eq!(crate::roles::saleor::public_url(&p).as_deref(), Some("http://10.9.0.10"));
     }
 }

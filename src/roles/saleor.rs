@@ -47,11 +47,13 @@ fn num(plan: &Plan, key: &str, default: u64) -> u64 {
     plan.setting("saleor", key).and_then(Value::as_u64).unwrap_or(default)
 }
 
-/// The shop's public base URL: `services.saleor.public_url`, else the load balancer.
+/// The shop's public base URL: `services.saleor.public_url`, else the load
+/// balancer — by the public address the cloud gave it, when it has one (a
+/// browser and the Storefront's build reach that, not the private one).
 pub fn public_url(plan: &Plan) -> Option<String> {
     match plan.setting("saleor", "public_url").and_then(Value::as_str) {
         Some(u) => Some(u.trim_end_matches('/').to_string()),
-        None => endpoints::lb_address(plan).map(|lb| format!("http://{lb}")),
+        None => endpoints::public_lb_address(plan).or_else(|| endpoints::lb_address(plan)).map(|lb| format!("http://{lb}")),
     }
 }
 
@@ -168,11 +170,7 @@ fn source_desired(r: &Renderer, mut ctx: Value, plan: &Plan, src: &Source, mut f
         services.push(service("saleor", "saleor-dashboard", OnChange::Restart));
     }
     Ok(HostDesired {
-        packages: if saleor_source::mirrored(plan) {
-            ["python3-venv"].iter().chain(saleor_source::HOST_LIBRARIES).map(|p| p.to_string()).collect()
-        } else {
-            vec!["python3-venv".into()]
-        },
+        packages: vec!["python3-venv".into()],
         files,
         services,
         ..Default::default()

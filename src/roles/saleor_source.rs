@@ -213,8 +213,8 @@ pub async fn wheelhouse(requirements: &Path, host_python: &str, events: &Events)
 }
 
 /// Distro libraries Saleor loads that a minimal Debian lacks (python-magic
-/// needs libmagic). Hosts with a package mirror get them from apt; hosts
-/// without one (local machines) get the .debs fetched on the control host.
+/// needs libmagic). Every host gets the .debs fetched on the control host
+/// (the wheelhouse needs a Debian 12 control host already: the same Python).
 pub const HOST_LIBRARIES: &[&str] = &["libmagic1", "libmagic-mgc"];
 
 /// `apt-get download` of HOST_LIBRARIES on the control host (Debian 12 like
@@ -224,7 +224,7 @@ pub async fn library_debs(events: &Events) -> Result<(PathBuf, Vec<String>)> {
     if !dir.join(".complete").is_file() {
         let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
         if !(os.contains("ID=debian") && os.contains("VERSION_ID=\"12\"")) {
-            bail!("the hosts have no package mirror and need {} — rigger fetches them with apt-get download on a Debian 12 control host; this one is not (/etc/os-release)", HOST_LIBRARIES.join(", "));
+            bail!("Saleor's hosts need {} — rigger fetches them with apt-get download on a Debian 12 control host (like the hosts); this one is not (/etc/os-release)", HOST_LIBRARIES.join(", "));
         }
         events.progress("saleor libraries", format!("apt-get download {} on the control host", HOST_LIBRARIES.join(" ")));
         let partial = dir.with_extension(format!("partial-{}", std::process::id()));
@@ -273,11 +273,9 @@ fn is_safe_name(n: &str) -> bool {
 
 /// Put the release on one host: missing wheels, the source, the venv. Returns
 /// whether anything was done (nothing when the release is installed already).
-pub async fn install(s: &HostSession, src: &Source, wh: &Wheelhouse, offline_libraries: Option<&(PathBuf, Vec<String>)>, events: &Events) -> Result<bool> {
+pub async fn install(s: &HostSession, src: &Source, wh: &Wheelhouse, libraries: &(PathBuf, Vec<String>), events: &Events) -> Result<bool> {
     let rel = src.dir();
-    if let Some(debs) = offline_libraries {
-        ship_libraries(s, debs, events).await?;
-    }
+    ship_libraries(s, libraries, events).await?;
     let subject = format!("saleor {}", s.name);
     let out = s.sudo(&format!("test -f {rel}/.installed && echo INSTALLED; ls -1 {HOST_WHEELS} 2>/dev/null"), None).await?;
     if out.stdout.lines().next() == Some("INSTALLED") {
@@ -497,11 +495,6 @@ async fn lb_sees(run: &RoleRun<'_>, server: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether the hosts can install distro packages from a mirror (clouds) or not (local machines).
-pub fn mirrored(plan: &Plan) -> bool {
-    !matches!(plan.provider, crate::plan::model::ProviderConfig::Local(_))
-}
-
 fn api_port(plan: &Plan) -> u64 {
     plan.setting("saleor", "api_port").and_then(Value::as_u64).unwrap_or(8000)
 }
@@ -526,11 +519,12 @@ pub async fn converge(run: &RoleRun<'_>, src: &Source) -> Result<()> {
             bail!("{}: no python3 on the host ({})", lacking[0].name, probe.stderr.trim());
         }
         let wh = wheelhouse(&src.requirements, &host_python, run.events).await?;
-        let debs = if mirrored(plan) { None } else { Some(library_debs(run.events).await?) };
-        let offline = debs.as_ref();
+        // Saleor's distro libraries come from the control host like its wheels:
+        // the hosts need no package mirror (air-gapped clusters, simulated clouds).
+        let debs = library_debs(run.events).await?;
         let results = futures::future::join_all(lacking.iter().map(|h| {
-            let wh = &wh;
-            async move { install(run.session(&h.name)?, src, wh, offline, run.events).await }
+            let (wh, debs) = (&wh, &debs);
+            async move { install(run.session(&h.name)?, src, wh, debs, run.events).await }
         }))
         .await;
         let errors: Vec<String> = results.into_iter().filter_map(|r| r.err().map(|e| format!("{e:#}"))).collect();

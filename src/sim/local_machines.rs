@@ -24,6 +24,15 @@ use tokio::sync::{mpsc, oneshot};
 /// The image every simulated instance boots, whatever image the API was asked for.
 pub const IMAGE: &str = "debian-12";
 
+/// Whether this host already routes `address` (another simulator's machine
+/// owns it): two simulators with machines must not hand out the same one.
+pub fn routed_on_host(address: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["-4", "route", "show", "exact", &format!("{address}/32")])
+        .output()
+        .is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+}
+
 /// One machine to boot.
 #[derive(Clone, Debug)]
 pub struct MachineRequest {

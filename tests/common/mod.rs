@@ -2,6 +2,8 @@
 //! plan in a temp folder whose guard destroys everything it built.
 #![allow(dead_code)]
 
+pub mod ysim;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -36,6 +36,10 @@ fn ssh_user_and_key(instance: &Instance) -> Option<(String, String)> {
 }
 
 impl MachineBackend for LocalBackend {
+    fn public_address_taken(&self) -> Option<fn(&str) -> bool> {
+        Some(crate::sim::local_machines::routed_on_host)
+    }
+
     fn handle(&self, event: MachineEvent) {
         match event {
             MachineEvent::Running { instance, network_id, subnet_cidr } => {

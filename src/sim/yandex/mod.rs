@@ -196,6 +196,11 @@ pub trait MachineBackend: Send + Sync {
     fn console_keys(&self, _instance_id: &str) -> ConsoleKeys {
         ConsoleKeys::Simulated
     }
+    /// Public addresses this backend must not hand out (already routed on the
+    /// host, e.g. by another simulator's machines).
+    fn public_address_taken(&self) -> Option<fn(&str) -> bool> {
+        None
+    }
 }
 
 /// The default: instances exist only as API objects.
@@ -297,7 +302,8 @@ fn prepare(opts: &YandexSimOptions, machines: Arc<dyn MachineBackend>) -> Result
         }
     };
     let trusted = keys::TrustedKey::from_file(&key_file)?;
-    let world = World::new(opts.quotas.clone(), Duration::from_millis(opts.op_time_ms), StdRng::seed_from_u64(opts.seed));
+    let mut world = World::new(opts.quotas.clone(), Duration::from_millis(opts.op_time_ms), StdRng::seed_from_u64(opts.seed));
+    world.public_address_taken = machines.public_address_taken();
     let sim = Sim {
         world: Mutex::new(world),
         fault_rng: Mutex::new(StdRng::seed_from_u64(opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xFA01)),

@@ -309,6 +309,8 @@ pub struct World {
     pub tokens: HashMap<String, chrono::DateTime<chrono::Utc>>,
     pub history: Vec<Created>,
     pub next_public: u32,
+    /// Addresses outside this world that are taken too (see MachineBackend).
+    pub public_address_taken: Option<fn(&str) -> bool>,
     /// Seam for `--machines local`: events handed to the MachineBackend after the lock is released.
     pub machine_events: Vec<MachineEvent>,
 }
@@ -337,6 +339,7 @@ impl World {
             tokens: HashMap::new(),
             history: Vec::new(),
             next_public: 10,
+            public_address_taken: None,
             machine_events: Vec::new(),
         };
         w.seed_images();
@@ -536,7 +539,8 @@ impl World {
             let n = self.next_public;
             self.next_public = if n >= 507 { 10 } else { n + 1 };
             let addr = if n < 254 { Ipv4Addr::new(203, 0, 113, n as u8) } else { Ipv4Addr::new(198, 51, 100, (n - 254) as u8) };
-            if !used.contains(&addr.to_string()) && !matches!(n % 254, 0..=9) {
+            let taken_elsewhere = self.public_address_taken.is_some_and(|taken| taken(&addr.to_string()));
+            if !used.contains(&addr.to_string()) && !matches!(n % 254, 0..=9) && !taken_elsewhere {
                 return Ok(addr.to_string());
             }
         }
