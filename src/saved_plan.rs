@@ -35,8 +35,8 @@ pub struct SavedPlan {
 pub enum SavedHosts {
     /// The host changes the user saw; `apply FILE` refuses if they differ by then.
     Planned { summary: HostPlanSummary },
-    /// Machines are to be created or replaced first: the host changes cannot
-    /// be known before, `apply FILE` computes them after the cloud step.
+    /// Machines are to be created, replaced or changed first: the host changes
+    /// cannot be known before, `apply FILE` computes them after the cloud step.
     AfterCloudStep { note: String, machines: Vec<String> },
     /// `--infra-only`: no host is configured.
     NotConfigured,
@@ -51,11 +51,12 @@ impl SavedHosts {
         let Some(cp) = config_plan else { return SavedHosts::NotConfigured };
         let mut machines: Vec<String> = cp.not_built.clone();
         // A machine the cloud step creates or replaces starts from an empty
-        // disk: what the hosts need then is not what they need now.
+        // disk; one it changes may get another public address (which config
+        // files name): what the hosts need then is not what they need now.
         machines.extend(
             changes
                 .iter()
-                .filter(|c| c.address.kind == Kind::Machine && matches!(c.action, Action::Create | Action::Replace))
+                .filter(|c| c.address.kind == Kind::Machine && matches!(c.action, Action::Create | Action::Replace | Action::Update))
                 .map(|c| c.address.name.clone()),
         );
         machines.sort();
@@ -142,7 +143,9 @@ mod tests {
     fn host_changes_are_saved_only_when_every_machine_exists_and_stays() {
         let none = BTreeMap::new();
         assert_eq!(SavedHosts::of(None, &[], &none), SavedHosts::NotConfigured);
-        assert!(matches!(SavedHosts::of(Some(&cp(vec![])), &[change(Kind::Machine, "m-1", Action::Update)], &none), SavedHosts::Planned { .. }));
+        // Deleted machines and network changes leave the remaining hosts as they are.
+        let others = [change(Kind::Subnet, "app", Action::Update), change(Kind::Firewall, "ssh", Action::Replace), change(Kind::Machine, "m-3", Action::Delete)];
+        assert!(matches!(SavedHosts::of(Some(&cp(vec![])), &others, &none), SavedHosts::Planned { .. }));
         let after = |c: &ConfigPlan, changes: &[Change]| match SavedHosts::of(Some(c), changes, &none) {
             SavedHosts::AfterCloudStep { note, machines } => {
                 assert_eq!(note, AFTER_CLOUD_NOTE);
@@ -152,6 +155,7 @@ mod tests {
         };
         assert_eq!(after(&cp(vec!["m-2".into()]), &[]), vec!["m-2"]);
         assert_eq!(after(&cp(vec![]), &[change(Kind::Machine, "m-1", Action::Replace)]), vec!["m-1"]);
+        assert_eq!(after(&cp(vec![]), &[change(Kind::Machine, "m-1", Action::Update)]), vec!["m-1"]);
         assert_eq!(after(&cp(vec!["m-2".into()]), &[change(Kind::Machine, "m-2", Action::Create), change(Kind::Machine, "m-1", Action::Replace)]), vec!["m-1", "m-2"]);
     }
 

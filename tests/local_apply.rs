@@ -81,11 +81,11 @@ fn a_saved_plan_carries_the_host_changes_and_is_refused_when_a_host_changed() {
     let first = saved("first.json");
     let out = rigger(&["plan", plan.path(), "--out", &first]);
     assert!(out.status.success(), "plan --out: {}", out.text());
-    assert!(out.stdout_text().contains("It holds the cloud changes only: host changes to be computed after the cloud step (the machines cache are created or replaced first)."), "{}", out.stdout_text());
+    assert!(out.stdout_text().contains("It holds the cloud changes only: host changes to be computed after the cloud step (the cloud step creates, replaces or changes the machines cache first)."), "{}", out.stdout_text());
     assert_eq!(read_saved(&first)["hosts"], serde_json::json!({ "status": "after_cloud_step", "note": "host changes to be computed after the cloud step", "machines": ["cache"] }));
     let out = rigger(&["apply", &first]);
     assert!(out.status.success(), "apply FILE (machines to create):\n{}", out.text());
-    assert!(out.stdout_text().contains("This plan holds no host changes (the machines cache were to be created or replaced): they are computed after the cloud step."), "{}", out.stdout_text());
+    assert!(out.stdout_text().contains("This plan holds no host changes (the cloud step creates, replaces or changes the machines cache): they are computed after the cloud step."), "{}", out.stdout_text());
     assert_eq!(plan.ssh(&ip, "sudo -n systemctl is-active redis-server").trim(), "active");
 
     // A hand edit, then a saved plan that puts the file back: applied as saved.

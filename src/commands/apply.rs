@@ -51,7 +51,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             }
             match (&s.hosts, infra_only) {
                 (SavedHosts::AfterCloudStep { machines, .. }, false) => {
-                    println!("\nThis plan holds no host changes (the machines {} were to be created or replaced): they are computed after the cloud step.", machines.join(", "));
+                    println!("\nThis plan holds no host changes (the cloud step creates, replaces or changes the machines {}): they are computed after the cloud step.", machines.join(", "));
                 }
                 (SavedHosts::Planned { summary }, false) => {
                     print!("\n{}", ui::hosts::render_saved(summary, &paint));

@@ -100,7 +100,7 @@ fn saved_hosts_line(hosts: &SavedHosts) -> String {
             summary.hosts.len()
         ),
         SavedHosts::AfterCloudStep { machines, .. } => {
-            format!("It holds the cloud changes only: {} (the machines {} are created or replaced first).", saved_plan::AFTER_CLOUD_NOTE, machines.join(", "))
+            format!("It holds the cloud changes only: {} (the cloud step creates, replaces or changes the machines {} first).", saved_plan::AFTER_CLOUD_NOTE, machines.join(", "))
         }
         SavedHosts::NotConfigured => "It configures no host (--infra-only).".into(),
     }
