@@ -1,7 +1,8 @@
 //! End to end on real local machines: apply a small plan with the rigger
 //! binary, reach every machine over SSH with strict host keys, re-plan to zero
-//! changes, destroy, and check that nothing is left. A guard destroys and
-//! cleans up even when an assertion fails.
+//! changes, destroy, and check that nothing is left; and a saved plan
+//! (`plan --out`) carrying the host changes to `apply FILE`. A guard destroys
+//! and cleans up even when an assertion fails.
 
 mod common;
 
@@ -53,4 +54,86 @@ fn apply_ssh_replan_destroy_leaves_nothing() {
 
     let out = rigger(&["plan", plan.path(), "--infra-only", "--detailed-exitcode"]);
     assert_eq!(out.code(), 2, "after destroy everything is to be created again:\n{}", out.text());
+}
+
+/// `plan --out` saves the host changes the user saw; `apply FILE` applies them
+/// when the hosts still need exactly them, and refuses (changing nothing) when
+/// a host changed since.
+#[test]
+fn a_saved_plan_carries_the_host_changes_and_is_refused_when_a_host_changed() {
+    let plan = LocalPlan::from_text("t-hp", |project, cidr, net| {
+        format!(
+            "version: 1\nproject: {project}\nprovider: {{ kind: local }}\n\
+             ssh: {{ user: rigger, private_key_file: ./id_ed25519 }}\n\
+             network:\n  name: main\n  subnets:\n    - {{ name: app, cidr: {cidr} }}\n\
+             firewall:\n  - name: inside\n    rules:\n      - {{ direction: ingress, protocol: tcp, ports: \"22,6379\", from: {cidr} }}\n\
+             defaults: {{ cores: 1, memory: 512MiB, disk: 2GiB }}\n\
+             hosts:\n  - {{ name: cache, roles: [redis], ip: {net}.31, firewall: [inside] }}\n\
+             services:\n  redis: {{ port: 6379 }}\n"
+        )
+    });
+    let ip = format!("{}.31", plan.net_prefix);
+    let saved = |name: &str| plan.dir().join(name).display().to_string();
+    let read_saved = |path: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap() };
+    const CONF: &str = "/etc/redis/redis.conf";
+
+    // No machine yet: the host changes cannot be known before the cloud step, and the saved plan says so.
+    let first = saved("first.json");
+    let out = rigger(&["plan", plan.path(), "--out", &first]);
+    assert!(out.status.success(), "plan --out: {}", out.text());
+    assert!(out.stdout_text().contains("It holds the cloud changes only: host changes to be computed after the cloud step (the cloud step creates, replaces or changes the machines cache first)."), "{}", out.stdout_text());
+    assert_eq!(read_saved(&first)["hosts"], serde_json::json!({ "status": "after_cloud_step", "note": "host changes to be computed after the cloud step", "machines": ["cache"] }));
+    let out = rigger(&["apply", &first]);
+    assert!(out.status.success(), "apply FILE (machines to create):\n{}", out.text());
+    assert!(out.stdout_text().contains("This plan holds no host changes (the cloud step creates, replaces or changes the machines cache): they are computed after the cloud step."), "{}", out.stdout_text());
+    assert_eq!(plan.ssh(&ip, "sudo -n systemctl is-active redis-server").trim(), "active");
+
+    // A hand edit, then a saved plan that puts the file back: applied as saved.
+    plan.ssh(&ip, &format!("echo '# edited by hand' | sudo -n tee -a {CONF} >/dev/null"));
+    let fix = saved("fix.json");
+    let out = rigger(&["plan", plan.path(), "--out", &fix]);
+    assert!(out.status.success(), "plan --out: {}", out.text());
+    assert!(out.stdout_text().contains("It holds the host changes of 1 host(s)"), "{}", out.stdout_text());
+    let hosts = read_saved(&fix)["hosts"].clone();
+    assert_eq!(hosts["status"], "planned", "{hosts}");
+    let file = &hosts["summary"]["hosts"]["cache"]["files"][0];
+    assert_eq!((file["path"].as_str(), file["reasons"][0].as_str(), file["mode"].as_str()), (Some(CONF), Some("content"), Some("0640")), "{hosts}");
+    assert_eq!(hosts["summary"]["hosts"]["cache"]["restart"], serde_json::json!(["redis-server"]), "{hosts}");
+    // Secrets never enter a saved plan (the file holds the hash of the config, not the config).
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(plan.state_path()).unwrap()).unwrap();
+    let secrets = state["secrets"].as_object().expect("secrets in the state");
+    assert!(secrets.contains_key("redis_password"), "{:?}", secrets.keys());
+    let text = std::fs::read_to_string(&fix).unwrap();
+    for (name, value) in secrets {
+        let value = value.as_str().unwrap_or_default();
+        assert!(value.len() < 6 || !text.contains(value), "the saved plan holds the secret {name}");
+    }
+    let out = rigger(&["apply", &fix]);
+    assert!(out.status.success(), "apply FILE (host changes as saved):\n{}", out.text());
+    assert!(out.stdout_text().contains(&format!("~ {CONF} (content) 0640 redis:redis sha256 "))
+        && out.stdout_text().contains("This plan holds the host changes of 1 host(s): applied only if the hosts need exactly them."), "{}", out.stdout_text());
+    assert!(!plan.ssh(&ip, &format!("sudo -n cat {CONF}")).contains("edited by hand"), "apply put the file back");
+
+    // Saved with nothing to do; then the host changes by hand: refused, nothing touched.
+    let stale = saved("stale.json");
+    let out = rigger(&["plan", plan.path(), "--out", &stale]);
+    assert!(out.status.success(), "plan --out: {}", out.text());
+    assert_eq!(read_saved(&stale)["hosts"]["summary"]["hosts"]["cache"]["files"], serde_json::json!([]));
+    plan.ssh(&ip, &format!("echo '# edited by hand again' | sudo -n tee -a {CONF} >/dev/null"));
+    let pid = plan.ssh(&ip, "systemctl show -p MainPID --value redis-server");
+    let out = rigger(&["apply", &stale]);
+    assert!(!out.status.success(), "a saved plan whose hosts changed must be refused:\n{}", out.text());
+    assert!(
+        out.stderr_text().contains("the hosts changed since this plan was saved (cache) — run `rigger plan --out` again")
+            && out.stderr_text().contains(&format!("cache: {CONF} now needs writing (content), the saved plan left it as it was")),
+        "{}",
+        out.text()
+    );
+    assert!(plan.ssh(&ip, &format!("sudo -n cat {CONF}")).contains("edited by hand again"), "a refused apply changes no file");
+    assert_eq!(plan.ssh(&ip, "systemctl show -p MainPID --value redis-server"), pid, "a refused apply restarts nothing");
+
+    // A plain apply puts it back.
+    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    assert!(out.status.success(), "apply:\n{}", out.text());
+    assert!(!plan.ssh(&ip, &format!("sudo -n cat {CONF}")).contains("edited by hand"));
 }

@@ -2,7 +2,7 @@ use crate::cli::ApplyCmd;
 use crate::config::phase::{self, ConfigPlan};
 use crate::engine::{self, Applier, Shared};
 use crate::project::Project;
-use crate::saved_plan::SavedPlan;
+use crate::saved_plan::{SavedHosts, SavedPlan};
 use crate::ui::{self, printer::Printer, Paint};
 use anyhow::Result;
 use std::path::Path;
@@ -38,6 +38,8 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     let mut config_plan: Option<ConfigPlan> = None;
     // Host-side steps that make a machine's deletion safe; they run before the cloud step.
     let mut drain: Option<crate::reshape::drain::DrainPlan> = None;
+    // The host changes a saved plan holds: the hosts' plan must still be them.
+    let mut saved_hosts: Option<SavedHosts> = None;
     let changes = match saved {
         Some(s) => {
             s.check_current(lineage.as_deref(), serial)?;
@@ -47,6 +49,17 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 print!("{}", ui::drain::render_human(&d, &paint));
                 drain = Some(d);
             }
+            match (&s.hosts, infra_only) {
+                (SavedHosts::AfterCloudStep { machines, .. }, false) => {
+                    println!("\nThis plan holds no host changes (the cloud step creates, replaces or changes the machines {}): they are computed after the cloud step.", machines.join(", "));
+                }
+                (SavedHosts::Planned { summary }, false) => {
+                    print!("\n{}", ui::hosts::render_saved(summary, &paint));
+                    println!("\nThis plan holds the host changes of {} host(s): applied only if the hosts need exactly them.", summary.hosts.len());
+                }
+                _ => {}
+            }
+            saved_hosts = Some(s.hosts);
             s.changes
         }
         None => {
@@ -161,7 +174,11 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 }
             };
         }
-        if let Some(cp) = &config_plan {
+        if let (Some(saved), Some(cp)) = (&saved_hosts, &config_plan) {
+            let secrets = shared.lock().await.state.secrets.clone();
+            result = saved.check(&crate::config::summary::summarize(cp, &secrets));
+        }
+        if let (Some(cp), true) = (&config_plan, result.is_ok()) {
             result = phase::apply(&project, cp, &shared, &events).await;
         }
         if let Some(d) = drain.as_ref().filter(|d| !d.after_config.is_empty() && result.is_ok()) {

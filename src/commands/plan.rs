@@ -2,7 +2,7 @@ use crate::cli::PlanCmd;
 use crate::diff::Summary;
 use crate::engine;
 use crate::project::Project;
-use crate::saved_plan::{self, SavedPlan};
+use crate::saved_plan::{self, SavedHosts, SavedPlan};
 use crate::ui::{self, plan::StateRef, Paint};
 use anyhow::Result;
 use std::path::Path;
@@ -76,10 +76,12 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
             state_serial: serial,
             infra_only: args.infra_only,
             changes: engine::effective(&changes),
+            hosts: SavedHosts::of(config_plan.as_ref(), &changes, &state.secrets),
         };
         saved.write(out)?;
         if !args.json {
             println!("\nSaved the plan to {} — apply it exactly with `rigger apply {}`.", out.display(), out.display());
+            println!("{}", saved_hosts_line(&saved.hosts));
         }
     }
     let host_changes = config_plan.as_ref().is_some_and(|cp| !cp.is_empty()) || drain.as_ref().is_some_and(|d| !d.is_empty());
@@ -88,4 +90,18 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     }
     let summary = Summary::of(&changes);
     Ok(if args.detailed_exitcode && (!summary.is_empty() || host_changes) { 2 } else { 0 })
+}
+
+/// What the saved plan holds of the hosts, in one line.
+fn saved_hosts_line(hosts: &SavedHosts) -> String {
+    match hosts {
+        SavedHosts::Planned { summary } => format!(
+            "It holds the host changes of {} host(s) (files by sha256, packages, services): `apply` refuses it if the hosts need anything else by then.",
+            summary.hosts.len()
+        ),
+        SavedHosts::AfterCloudStep { machines, .. } => {
+            format!("It holds the cloud changes only: {} (the cloud step creates, replaces or changes the machines {} first).", saved_plan::AFTER_CLOUD_NOTE, machines.join(", "))
+        }
+        SavedHosts::NotConfigured => "It configures no host (--infra-only).".into(),
+    }
 }

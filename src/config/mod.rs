@@ -3,3 +3,4 @@ pub mod ops;
 pub mod run;
 pub mod phase;
 pub mod dag;
+pub mod summary;

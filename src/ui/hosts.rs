@@ -138,6 +138,41 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
     out
 }
 
+/// The host changes a saved plan holds, as `apply FILE` shows them before it
+/// checks them against the hosts (no diffs: the file holds hashes, not content).
+pub fn render_saved(s: &crate::config::summary::HostPlanSummary, paint: &Paint) -> String {
+    let changed: Vec<_> = s.hosts.iter().filter(|(_, h)| **h != Default::default()).collect();
+    if changed.is_empty() && s.parameter_changes.is_empty() && s.pending_restarts.is_empty() {
+        return format!("{} Every host matched its roles when the plan was saved.\n", paint.green("No host changes."));
+    }
+    let mut out = String::from("Host changes (as saved):\n\n");
+    for (name, h) in changed {
+        out.push_str(&format!("  {} host {}\n", paint.yellow("~"), paint.bold(name)));
+        if !h.install.is_empty() {
+            out.push_str(&format!("      {} install {}\n", paint.green("+"), h.install.join(" ")));
+        }
+        for svc in &h.stop_disable {
+            out.push_str(&format!("      {} stop and disable {svc}\n", paint.red("-")));
+        }
+        for f in &h.files {
+            out.push_str(&format!("      {} {} ({}) {} {}:{} {}\n", paint.yellow("~"), f.path, f.reasons.join(", "), f.mode, f.owner, f.group, paint.dim(&format!("sha256 {}", f.sha256))));
+        }
+        for (what, list) in [("start", &h.start), ("restart", &h.restart), ("reload", &h.reload), ("reload", &h.custom), ("enable at boot", &h.enable)] {
+            for svc in list {
+                out.push_str(&format!("      {} {what} {svc}\n", paint.yellow("↻")));
+            }
+        }
+        out.push('\n');
+    }
+    for p in &s.parameter_changes {
+        out.push_str(&format!("  {} PostgreSQL {} = {} -> {:?}\n", paint.yellow("~"), p.name, p.now.as_deref().map(|n| format!("{n:?}")).unwrap_or("(unset)".into()), p.wanted));
+    }
+    if !s.pending_restarts.is_empty() {
+        out.push_str(&format!("  PostgreSQL restarts still pending: {}\n", s.pending_restarts.join(", ")));
+    }
+    out
+}
+
 /// The host part of `plan --json`.
 #[derive(Serialize)]
 pub struct HostChangeJson {
@@ -199,5 +234,19 @@ mod tests {
         let text = render_human(&cp, &BTreeMap::new(), &Paint { on: false });
         assert!(text.contains("↻ enable at boot nginx"), "{text}");
         assert!(text.contains("0 to reload, 1 to enable at boot, 0 parameters."), "{text}");
+    }
+
+    #[test]
+    fn saved_host_changes_are_shown_by_hash_and_an_unchanged_host_is_not_listed() {
+        use crate::config::summary::{FileSummary, HostChangeSummary, HostPlanSummary};
+        let file = FileSummary { path: "/etc/redis/redis.conf".into(), reasons: vec!["content".into()], mode: "0640".into(), owner: "redis".into(), group: "redis".into(), sha256: "d155".into() };
+        let mut s = HostPlanSummary::default();
+        s.hosts.insert("cache".into(), HostChangeSummary { files: vec![file], restart: vec!["redis-server".into()], ..Default::default() });
+        s.hosts.insert("idle".into(), HostChangeSummary::default());
+        let text = render_saved(&s, &Paint { on: false });
+        assert!(text.contains("~ /etc/redis/redis.conf (content) 0640 redis:redis sha256 d155\n      ↻ restart redis-server"), "{text}");
+        assert!(!text.contains("idle"), "{text}");
+        s.hosts.remove("cache");
+        assert!(render_saved(&s, &Paint { on: false }).starts_with("No host changes."));
     }
 }
