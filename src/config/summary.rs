@@ -200,7 +200,7 @@ mod tests {
     fn facts(content: &str) -> HostFacts {
         let mut f = HostFacts::default();
         f.files.insert("/etc/redis/redis.conf".into(), Some(FileFact { sha256: ops::sha256_hex(content.as_bytes()), mode: 0o640, owner: "redis".into(), group: "redis".into() }));
-        f.services.insert("redis-server".into(), ServiceFact { active: "active".into(), enabled: "enabled".into() });
+        f.services.insert("redis-server".into(), ServiceFact { active: "active".into(), enabled: "enabled".into(), stale: false });
         f
     }
 
@@ -277,7 +277,7 @@ mod tests {
     fn a_stopped_service_and_a_new_desired_content_are_differences() {
         let saved = summarize(&config_plan(facts("old\n")), &secrets());
         let mut stopped = facts("old\n");
-        stopped.services.insert("redis-server".into(), ServiceFact { active: "inactive".into(), enabled: "enabled".into() });
+        stopped.services.insert("redis-server".into(), ServiceFact { active: "inactive".into(), enabled: "enabled".into(), stale: false });
         let d = differences(&saved, &summarize(&config_plan(stopped), &secrets()));
         assert!(d.contains(&"cache-1: start redis-server — needed now, not in the saved plan".to_string()), "{d:?}");
         assert!(d.contains(&"cache-1: restart redis-server — in the saved plan, not needed now".to_string()), "{d:?}");
