@@ -78,6 +78,8 @@ fn yandex_saleor_plan_on_simulated_cloud_with_local_machines() {
         let out = rigger(&plan, &["apply", "--auto-approve"]);
         cleanup.record(&sim.inventory());
         assert!(out.status.success(), "apply of the Yandex Saleor plan:\n{}", out.text());
+        // What each step took, for the README (nothing is asserted about times).
+        eprintln!("--- the first apply, as printed\n{}", out.text());
 
         let host = rigger(&plan, &["inventory", "--host", "lb"]);
         assert!(host.status.success(), "inventory --host lb:\n{}", host.text());
