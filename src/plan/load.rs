@@ -5,7 +5,8 @@ use super::diag::{suggestion, Diags, PlanErrors};
 use super::model::*;
 use super::services::{self, SettingType};
 use crate::roles::registry::NAMES as ROLES;
-use super::size::parse_size;
+use super::read::{At, HostDefaults, HostEntry, Reader};
+pub use super::read::{resolve_path, valid_name};
 use super::yaml::{self, Node, Pos, Value as Y};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
@@ -63,178 +64,7 @@ const HOST_KEYS: &[&str] = &[
     "name", "count", "roles", "subnet", "ip", "image", "cores", "memory", "disk", "core_fraction", "firewall", "public_ip", "vmid", "kind", "zone",
 ];
 
-/// A value together with where it was written.
-#[derive(Clone, Debug)]
-struct At<T> {
-    v: T,
-    pos: Pos,
-}
-
-struct RawHost {
-    name: At<String>,
-    count: Option<At<u32>>,
-    roles: Vec<At<String>>,
-    subnet: Option<At<String>>,
-    ip: Option<At<Ipv4Addr>>,
-    image: Option<String>,
-    cores: Option<At<u32>>,
-    memory: Option<u64>,
-    disk: Option<u64>,
-    core_fraction: Option<At<u32>>,
-    firewall: Vec<At<String>>,
-    public_ip: bool,
-    vmid: Option<At<u32>>,
-    kind: Option<At<GuestKind>>,
-    zone: Option<String>,
-}
-
-struct Reader<'a> {
-    d: &'a mut Diags,
-    dir: &'a Path,
-}
-
 impl Reader<'_> {
-    // ---- shape helpers -------------------------------------------------
-
-    /// A mapping whose keys are all in `allowed`; unknown keys are reported with a hint.
-    fn map<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<&'n [(Node, Node)]> {
-        let Some(entries) = node.as_map() else {
-            self.d.at(node, format!("{what} must be a mapping (key: value), found {} — write it as `key: value` lines", node.kind_name()));
-            return None;
-        };
-        for (k, _) in entries {
-            match k.as_scalar() {
-                Some(key) if allowed.contains(&key) => {}
-                Some(key) => self.d.at(k, format!("unknown key `{key}` in {what} — {}", suggestion(key, allowed))),
-                None => self.d.at(k, format!("keys in {what} must be plain words")),
-            }
-        }
-        Some(entries)
-    }
-
-    fn required<'n>(&mut self, parent: &'n Node, key: &str, what: &str, example: &str) -> Option<&'n Node> {
-        match parent.get(key) {
-            Some(n) if !n.is_null() => Some(n),
-            Some(n) => {
-                self.d.at(n, format!("`{key}` in {what} is empty — give it a value, e.g. `{key}: {example}`"));
-                None
-            }
-            None => {
-                self.d.at(parent, format!("{what} has no `{key}` — add `{key}: {example}`"));
-                None
-            }
-        }
-    }
-
-    fn optional<'n>(&mut self, parent: &'n Node, key: &str) -> Option<&'n Node> {
-        parent.get(key).filter(|n| !n.is_null())
-    }
-
-    fn string(&mut self, node: &Node, what: &str) -> Option<At<String>> {
-        match &node.value {
-            Y::Scalar(s, _) => Some(At { v: s.clone(), pos: node.pos }),
-            _ => {
-                self.d.at(node, format!("{what} must be a single value, found {}", node.kind_name()));
-                None
-            }
-        }
-    }
-
-    fn int(&mut self, node: &Node, what: &str, min: i64, max: i64) -> Option<At<i64>> {
-        let s = self.string(node, what)?;
-        match s.v.trim().parse::<i64>() {
-            Ok(n) if (min..=max).contains(&n) => Some(At { v: n, pos: s.pos }),
-            Ok(n) => {
-                self.d.error(s.pos, format!("{what} is {n}, outside {min}..{max} — use a value in that range"));
-                None
-            }
-            Err(_) => {
-                self.d.error(s.pos, format!("{what} must be a whole number, found `{}`", s.v));
-                None
-            }
-        }
-    }
-
-    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
-        let s = self.string(node, what)?;
-        match s.v.as_str() {
-            "true" => Some(true),
-            "false" => Some(false),
-            other => {
-                self.d.error(s.pos, format!("{what} must be true or false, found `{other}`"));
-                None
-            }
-        }
-    }
-
-    fn size(&mut self, node: &Node, what: &str) -> Option<u64> {
-        let s = self.string(node, what)?;
-        match parse_size(&s.v) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                self.d.error(s.pos, format!("{what}: {e}"));
-                None
-            }
-        }
-    }
-
-    fn ip(&mut self, node: &Node, what: &str) -> Option<At<Ipv4Addr>> {
-        let s = self.string(node, what)?;
-        match s.v.parse::<Ipv4Addr>() {
-            Ok(ip) => Some(At { v: ip, pos: s.pos }),
-            Err(_) => {
-                self.d.error(s.pos, format!("{what} `{}` is not an IPv4 address — write it like 10.20.0.21", s.v));
-                None
-            }
-        }
-    }
-
-    fn cidr(&mut self, node: &Node, what: &str) -> Option<At<Ipv4Net>> {
-        let s = self.string(node, what)?;
-        match s.v.parse::<Ipv4Net>() {
-            Ok(net) if net.network() != net.addr() => {
-                self.d.error(s.pos, format!("{what} `{}` has host bits set — did you mean {}?", s.v, net.trunc()));
-                None
-            }
-            Ok(net) => Some(At { v: net, pos: s.pos }),
-            Err(_) => {
-                self.d.error(s.pos, format!("{what} `{}` is not a CIDR block — write it like 10.20.0.0/24", s.v));
-                None
-            }
-        }
-    }
-
-    fn list<'n>(&mut self, node: &'n Node, what: &str) -> &'n [Node] {
-        match &node.value {
-            Y::Seq(items) => items,
-            _ => {
-                self.d.at(node, format!("{what} must be a list, found {} — write it as `[a, b]` or `- a` lines", node.kind_name()));
-                &[]
-            }
-        }
-    }
-
-    fn string_list(&mut self, node: &Node, what: &str) -> Vec<At<String>> {
-        let items = self.list(node, what);
-        items.iter().filter_map(|n| self.string(n, what)).collect()
-    }
-
-    fn name(&mut self, node: &Node, what: &str) -> Option<At<String>> {
-        let s = self.string(node, what)?;
-        if !valid_name(&s.v) {
-            self.d.error(
-                s.pos,
-                format!("{what} `{}` is not a valid name — use lower-case letters, digits and dashes, starting with a letter (at most 40)", s.v),
-            );
-            return None;
-        }
-        Some(s)
-    }
-
-    fn path(&mut self, node: &Node, what: &str) -> Option<PathBuf> {
-        self.string(node, what).map(|s| resolve_path(self.dir, &s.v))
-    }
-
     // ---- the plan --------------------------------------------------------
 
     fn plan(&mut self, root: &Node, file: &Path) -> Option<Plan> {
@@ -649,7 +479,7 @@ impl Reader<'_> {
         base
     }
 
-    fn host(&mut self, node: &Node) -> Option<RawHost> {
+    fn host(&mut self, node: &Node) -> Option<HostEntry> {
         self.map(node, "a host", HOST_KEYS)?;
         let name = self.required(node, "name", "a host", "pg").and_then(|n| self.name(n, "host name"))?;
         let what = |k: &str| format!("{k} of host `{}`", name.v);
@@ -691,14 +521,14 @@ impl Reader<'_> {
             None => None,
         };
         let zone = self.optional(node, "zone").and_then(|n| self.string(n, &what("zone"))).map(|s| s.v);
-        Some(RawHost { name, count, roles, subnet, ip, image, cores, memory, disk, core_fraction, firewall, public_ip, vmid, kind, zone })
+        Some(HostEntry { name, count, roles, subnet, ip, image, cores, memory, disk, core_fraction, firewall, public_ip, vmid, kind, zone })
     }
 
     // ---- meaning ---------------------------------------------------------
 
     fn expand_hosts(
         &mut self,
-        raw: &[RawHost],
+        raw: &[HostEntry],
         network: &Network,
         firewall: &[FirewallGroup],
         defaults: &HostDefaults,
@@ -851,7 +681,7 @@ impl Reader<'_> {
         hosts
     }
 
-    fn services(&mut self, node: Option<&Node>, project: &str, hosts: &[RawHost]) -> Option<BTreeMap<String, BTreeMap<String, Value>>> {
+    fn services(&mut self, node: Option<&Node>, project: &str, hosts: &[HostEntry]) -> Option<BTreeMap<String, BTreeMap<String, Value>>> {
         let used: BTreeSet<&str> = hosts.iter().flat_map(|h| h.roles.iter().map(|r| r.v.as_str())).collect();
         let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
         let given = node.filter(|n| !n.is_null());
@@ -937,7 +767,7 @@ impl Reader<'_> {
     fn check_roles(
         &mut self,
         hosts: &[Host],
-        raw: &[RawHost],
+        raw: &[HostEntry],
         services: &Option<BTreeMap<String, BTreeMap<String, Value>>>,
         network: &Network,
         root: &Node,
@@ -1029,29 +859,6 @@ impl Reader<'_> {
     }
 }
 
-/// Image and size defaults before the plan's `defaults:` apply.
-struct HostDefaults {
-    image: String,
-    cores: u32,
-    memory: u64,
-    disk: u64,
-    core_fraction: u32,
-}
-
-impl HostDefaults {
-    fn base(image: &str) -> Self {
-        HostDefaults { image: image.to_string(), cores: 2, memory: 2 << 30, disk: 20 << 30, core_fraction: 100 }
-    }
-}
-
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 40
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
 fn first_host(net: &Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + 1)
 }
@@ -1062,20 +869,6 @@ fn pub_path(private: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// `~` is the user's home; relative paths are relative to the plan's folder.
-pub fn resolve_path(dir: &Path, p: &str) -> PathBuf {
-    if let Some(rest) = p.strip_prefix("~/") {
-        if let Some(home) = std::env::var_os("HOME") {
-            return PathBuf::from(home).join(rest);
-        }
-    }
-    let path = PathBuf::from(p);
-    if path.is_absolute() {
-        path
-    } else {
-        dir.join(path)
-    }
-}
 
 /// `22`, `5432,8008`, `5000-5001`, `any`.
 pub fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
