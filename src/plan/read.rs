@@ -67,6 +67,14 @@ impl HostEntry {
     pub fn core_fraction(&self, defaults: &HostDefaults) -> u32 {
         self.core_fraction.as_ref().map(|c| c.v).unwrap_or(defaults.core_fraction)
     }
+    /// The guest number of the entry's `i`-th machine (1-based), where the provider numbers them.
+    pub fn vmid_of(&self, i: u32) -> Option<u32> {
+        self.vmid.as_ref().map(|v| v.v + i - 1)
+    }
+    /// The kind of guest (where the provider has kinds); a container unless the entry says.
+    pub fn guest_kind(&self) -> GuestKind {
+        self.kind.as_ref().map(|k| k.v).unwrap_or(GuestKind::Lxc)
+    }
     /// How many machines the entry makes.
     pub fn count(&self) -> u32 {
         self.count.as_ref().map(|c| c.v).unwrap_or(1)
