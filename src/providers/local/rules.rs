@@ -1,10 +1,17 @@
 //! The local provider's plan rules: its `provider:` block names the one image
 //! it builds (src/providers/local/image.rs), which is every host's image.
 
-use crate::plan::model::{LocalConfig, ProviderConfig};
+use crate::plan::model::ProviderConfig;
 use crate::plan::read::Reader;
 use crate::plan::yaml::Node;
 use crate::providers::rules::PlanRules;
+use serde::Serialize;
+
+/// The plan's `provider:` block for local machines, as `read_block` reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalConfig {
+    pub image: String,
+}
 
 const BLOCK_KEYS: &[&str] = &["kind", "image"];
 const IMAGE: &str = "debian-12";

@@ -3,10 +3,24 @@
 //! (an LXC container or a QEMU VM).
 
 use crate::plan::diag::{suggestion, Diags};
-use crate::plan::model::{GuestKind, ProviderConfig, ProxmoxConfig};
+use crate::plan::model::{GuestKind, ProviderConfig};
 use crate::plan::read::{At, HostDefaults, HostEntry, Reader};
 use crate::plan::yaml::Node;
 use crate::providers::rules::PlanRules;
+use serde::Serialize;
+
+/// The plan's `provider:` block for Proxmox VE, as `read_block` reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxmoxConfig {
+    pub endpoint: Option<String>,
+    pub node: String,
+    pub token_id: Option<String>,
+    pub tls_fingerprint: Option<String>,
+    pub insecure: bool,
+    pub storage: String,
+    pub bridge: String,
+    pub template: String,
+}
 
 const BLOCK_KEYS: &[&str] = &["kind", "endpoint", "node", "token_id", "tls_fingerprint", "insecure", "storage", "bridge", "template"];
 

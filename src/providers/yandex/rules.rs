@@ -2,11 +2,23 @@
 //! subnet sizes VPC accepts and the standard-v3 platform's CPU shapes.
 
 use crate::plan::diag::Diags;
-use crate::plan::model::{ProviderConfig, YandexConfig};
+use crate::plan::model::ProviderConfig;
 use crate::plan::read::{At, HostDefaults, HostEntry, Reader};
 use crate::plan::yaml::Node;
 use crate::providers::rules::PlanRules;
 use ipnet::Ipv4Net;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// The plan's `provider:` block for Yandex Cloud, as `read_block` reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct YandexConfig {
+    pub folder_id: String,
+    pub zone: String,
+    pub service_account_key_file: Option<PathBuf>,
+    pub endpoint: Option<String>,
+    pub platform: String,
+}
 
 const BLOCK_KEYS: &[&str] = &["kind", "folder_id", "zone", "service_account_key_file", "endpoint", "platform"];
 
