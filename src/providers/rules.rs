@@ -45,6 +45,13 @@ pub trait PlanRules: Sync {
     /// every provider; `in_use` says whether the plan uses this one (if not,
     /// the provider refuses the keys only it reads).
     fn check_hosts(&self, _hosts: &[HostEntry], _defaults: &HostDefaults, _in_use: bool, _d: &mut Diags) {}
+
+    /// Whether rigger's SSH reaches these machines from the gateway of their
+    /// subnet (the control host on the bridge), which the host firewall always
+    /// lets in (roles::firewall). Elsewhere it comes from where the plan cannot say.
+    fn ssh_from_subnet_gateway(&self) -> bool {
+        false
+    }
 }
 
 /// Every provider kind, in the order `unknown provider kind` lists them.

@@ -39,6 +39,11 @@ impl PlanRules for LocalRules {
             _ => IMAGE.into(),
         }
     }
+
+    /// The machines sit on a bridge whose gateway address is the control host.
+    fn ssh_from_subnet_gateway(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -61,5 +66,11 @@ mod tests {
     #[test]
     fn hosts_get_the_local_image() {
         assert_eq!(load("{ kind: local }").expect("valid").hosts[0].image, "debian-12");
+    }
+
+    #[test]
+    fn rigger_reaches_local_machines_from_their_subnets_gateway() {
+        let plan = load("{ kind: local }").expect("valid");
+        assert_eq!(crate::plan::security::ssh_source(&plan, &plan.hosts[0]), Some(std::net::Ipv4Addr::new(10, 20, 0, 1)));
     }
 }

@@ -158,5 +158,7 @@ mod tests {
         assert_eq!((p.node.as_str(), p.storage.as_str(), p.bridge.as_str()), ("pve2", "local-lvm", "vmbr0"));
         assert_eq!(plan.hosts[1].image, p.template);
         assert_eq!((plan.hosts[1].vmid, plan.hosts[1].guest_kind), (Some(201), GuestKind::Qemu));
+        // rigger's SSH comes from wherever it runs, not from a gateway the plan names.
+        assert_eq!(crate::plan::security::ssh_source(&plan, &plan.hosts[0]), None);
     }
 }
