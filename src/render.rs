@@ -14,6 +14,8 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("haproxy.cfg.j2", include_str!("../templates/haproxy.cfg.j2")),
     ("haproxy-save-state.py.j2", include_str!("../templates/haproxy-save-state.py.j2")),
     ("haproxy-state.conf.j2", include_str!("../templates/haproxy-state.conf.j2")),
+    ("storefront-hairpin.nft.j2", include_str!("../templates/storefront-hairpin.nft.j2")),
+    ("storefront-hairpin.service.j2", include_str!("../templates/storefront-hairpin.service.j2")),
     ("keepalived.conf.j2", include_str!("../templates/keepalived.conf.j2")),
     ("redis.conf.j2", include_str!("../templates/redis.conf.j2")),
     ("app.env.j2", include_str!("../templates/app.env.j2")),

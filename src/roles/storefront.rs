@@ -38,27 +38,67 @@ pub fn context(plan: &Plan) -> Result<Value> {
     Ok(json!({ "api_url": format!("{public}/graphql/"), "public_url": format!("{public}/") }))
 }
 
+/// When the shop's public URL names an IP address that is not the load
+/// balancer's private one (the address the cloud gave it), the Storefront's
+/// server side — which calls that URL — is sent to the private one instead:
+/// a host without a public address of its own cannot reach a public one.
+fn hairpin(plan: &Plan) -> Option<Value> {
+    let public = saleor::public_url(plan)?;
+    let rest = public.split_once("://").map(|(_, r)| r).unwrap_or(&public);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()?),
+        None => (authority, if public.starts_with("https://") { 443 } else { 80 }),
+    };
+    let address: std::net::Ipv4Addr = host.parse().ok()?;
+    let private = super::endpoints::lb_address(plan)?;
+    if private == address.to_string() {
+        return None;
+    }
+    let lb_port = plan.setting("haproxy", "http_port").and_then(Value::as_u64).unwrap_or(80);
+    Some(json!({ "public": address.to_string(), "port": port, "private": private, "lb_port": if port == 80 { lb_port } else { port as u64 } }))
+}
+
+const HAIRPIN_UNIT: &str = "rigger-storefront-hairpin";
+
+fn hairpin_files(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<(Vec<crate::config::ops::ManagedFile>, Vec<crate::config::ops::ManagedService>)> {
+    let Some(h) = hairpin(plan) else { return Ok((vec![], vec![])) };
+    let mut ctx = ctx.clone();
+    ctx["hairpin"] = h;
+    let files = vec![
+        file("storefront", "/etc/rigger/storefront-hairpin.nft", r.render("storefront-hairpin.nft.j2", &ctx)?, 0o644, "root", "root", Some(("nft -c", "nft -c -f {}")), &[HAIRPIN_UNIT]),
+        file("storefront", &format!("/etc/systemd/system/{HAIRPIN_UNIT}.service"), r.render("storefront-hairpin.service.j2", &ctx)?, 0o644, "root", "root", None, &[HAIRPIN_UNIT]),
+    ];
+    Ok((files, vec![service("storefront", HAIRPIN_UNIT, OnChange::Restart)]))
+}
+
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let mut ctx = ctx.clone();
     ctx["storefront"] = context(plan)?;
+    let (hairpin_files, hairpin_services) = hairpin_files(r, &ctx, plan)?;
     if let Some(b) = storefront_source::build_of(plan)? {
         ctx["build"] = json!({ "dir": b.dir(), "node": b.node(), "build": b.build });
-        let files = vec![
-            file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]),
-            file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront-source.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]),
-        ];
-        return Ok(HostDesired { files, services: vec![service("storefront", "storefront", OnChange::Restart)], ..Default::default() });
+        let mut files = hairpin_files;
+        files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront-source.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        let packages = if hairpin_services.is_empty() { vec![] } else { vec!["nftables".to_string()] };
+        let mut services = hairpin_services;
+        services.push(service("storefront", "storefront", OnChange::Restart));
+        return Ok(HostDesired { packages, files, services, ..Default::default() });
     }
     let path = plan.setting("storefront", "path").and_then(Value::as_str).unwrap_or("storefront");
     let mut files = source_dir::files("storefront", &resolve_path(&plan.dir, path), "/opt/storefront/src", &["storefront"])?;
     files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
     files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+    files.extend(hairpin_files);
     let packages = if builds_here(plan) {
         plan.setting("storefront", "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
     } else {
         vec![]
     };
-    Ok(HostDesired { packages, files, services: vec![service("storefront", "storefront", OnChange::Restart)], ..Default::default() })
+    let mut services = hairpin_services;
+    services.push(service("storefront", "storefront", OnChange::Restart));
+    Ok(HostDesired { packages, files, services, ..Default::default() })
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
@@ -99,4 +139,42 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(dir: &std::path::Path) -> Plan {
+        std::fs::write(dir.join("storefront.tar.gz"), b"not really a tarball").unwrap();
+        let text = "version: 1\nproject: t\nprovider: { kind: local }\nnetwork:\n  name: main\n  subnets:\n    - { name: app, cidr: 10.9.0.0/24 }\n\
+                    hosts:\n  - { name: lb, roles: [haproxy], ip: 10.9.0.10 }\n  - { name: shop, roles: [storefront], ip: 10.9.0.40 }\n\
+                    services:\n  storefront: { source: storefront.tar.gz }\n";
+        crate::plan::load_str(&dir.join("plan.yaml"), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn desired_of(p: &Plan) -> HostDesired {
+        let mut state = crate::state::State::new("t", "local");
+        crate::commands::ensure_generated(&mut state, p).unwrap();
+        super::super::desired(p, p.host("shop").unwrap(), &state.secrets, &Renderer::new().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_public_address_is_reached_through_the_private_one() {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = plan(d.path());
+        // Before the cloud gave the lb a public address, the URLs name its private one: nothing to redirect.
+        assert!(desired_of(&p).files.iter().all(|f| !f.path.contains("hairpin")));
+
+        p.public_addresses.insert("lb".into(), "203.0.113.10".into());
+        let desired = desired_of(&p);
+        let rules = &desired.files.iter().find(|f| f.path == "/etc/rigger/storefront-hairpin.nft").expect("the hairpin rules").content;
+        assert!(rules.contains("ip daddr 203.0.113.10 tcp dport 80 dnat to 10.9.0.10:80"), "{rules}");
+        let names: Vec<&str> = desired.services.iter().filter(|s| s.role == "storefront").map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["rigger-storefront-hairpin", "storefront"], "the redirect is up before the Storefront starts");
+
+        // A domain name is the user's DNS to arrange: no rule.
+        p.services.entry("saleor".into()).or_default().insert("public_url".into(), serde_json::json!("http://shop.example.com"));
+        assert!(desired_of(&p).files.iter().all(|f| !f.path.contains("hairpin")));
+    }
 }
