@@ -5,12 +5,14 @@ use super::diag::{suggestion, Diags, PlanErrors};
 use super::model::*;
 use super::services::{self, SettingType};
 use crate::roles::registry::NAMES as ROLES;
-use super::size::parse_size;
+use super::read::{At, HostDefaults, HostEntry, Reader};
+pub use super::read::{resolve_path, valid_name};
 use super::yaml::{self, Node, Pos, Value as Y};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use crate::providers::rules::{self, rules_of};
 use std::path::{Path, PathBuf};
 
 /// Load and validate a plan file. No network access.
@@ -50,191 +52,24 @@ pub fn load_str(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
 }
 
 const TOP_KEYS: &[&str] = &["version", "project", "provider", "ssh", "network", "firewall", "defaults", "hosts", "services", "security"];
-const YANDEX_KEYS: &[&str] = &["kind", "folder_id", "zone", "service_account_key_file", "endpoint", "platform"];
-const PROXMOX_KEYS: &[&str] = &["kind", "endpoint", "node", "token_id", "tls_fingerprint", "insecure", "storage", "bridge", "template"];
-const LOCAL_KEYS: &[&str] = &["kind", "image"];
 const SSH_KEYS: &[&str] = &["user", "private_key_file", "public_key_file", "bastion"];
 const NETWORK_KEYS: &[&str] = &["name", "subnets"];
 const SUBNET_KEYS: &[&str] = &["name", "cidr", "zone", "gateway"];
 const FIREWALL_KEYS: &[&str] = &["name", "rules"];
 const RULE_KEYS: &[&str] = &["direction", "protocol", "ports", "from", "to", "from_group", "to_group", "description"];
 const DEFAULTS_KEYS: &[&str] = &["image", "cores", "memory", "disk", "core_fraction"];
-const HOST_KEYS: &[&str] = &[
-    "name", "count", "roles", "subnet", "ip", "image", "cores", "memory", "disk", "core_fraction", "firewall", "public_ip", "vmid", "kind", "zone",
-];
+const HOST_KEYS: &[&str] = &["name", "count", "roles", "subnet", "ip", "image", "cores", "memory", "disk", "core_fraction", "firewall", "public_ip"];
+/// Where in the zone list of the cloud a host goes; after the providers' own host keys.
+const HOST_PLACEMENT_KEYS: &[&str] = &["zone"];
 
-/// A value together with where it was written.
-#[derive(Clone, Debug)]
-struct At<T> {
-    v: T,
-    pos: Pos,
-}
-
-struct RawHost {
-    name: At<String>,
-    count: Option<At<u32>>,
-    roles: Vec<At<String>>,
-    subnet: Option<At<String>>,
-    ip: Option<At<Ipv4Addr>>,
-    image: Option<String>,
-    cores: Option<At<u32>>,
-    memory: Option<u64>,
-    disk: Option<u64>,
-    core_fraction: Option<At<u32>>,
-    firewall: Vec<At<String>>,
-    public_ip: bool,
-    vmid: Option<At<u32>>,
-    kind: Option<At<GuestKind>>,
-    zone: Option<String>,
-}
-
-struct Reader<'a> {
-    d: &'a mut Diags,
-    dir: &'a Path,
+/// The keys a host entry takes: the generic ones and every provider's own
+/// (a key of another provider is read, then refused by that provider's rules).
+fn host_keys() -> Vec<&'static str> {
+    let providers = rules::all().iter().flat_map(|r| r.host_keys().iter().copied());
+    HOST_KEYS.iter().copied().chain(providers).chain(HOST_PLACEMENT_KEYS.iter().copied()).collect()
 }
 
 impl Reader<'_> {
-    // ---- shape helpers -------------------------------------------------
-
-    /// A mapping whose keys are all in `allowed`; unknown keys are reported with a hint.
-    fn map<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<&'n [(Node, Node)]> {
-        let Some(entries) = node.as_map() else {
-            self.d.at(node, format!("{what} must be a mapping (key: value), found {} — write it as `key: value` lines", node.kind_name()));
-            return None;
-        };
-        for (k, _) in entries {
-            match k.as_scalar() {
-                Some(key) if allowed.contains(&key) => {}
-                Some(key) => self.d.at(k, format!("unknown key `{key}` in {what} — {}", suggestion(key, allowed))),
-                None => self.d.at(k, format!("keys in {what} must be plain words")),
-            }
-        }
-        Some(entries)
-    }
-
-    fn required<'n>(&mut self, parent: &'n Node, key: &str, what: &str, example: &str) -> Option<&'n Node> {
-        match parent.get(key) {
-            Some(n) if !n.is_null() => Some(n),
-            Some(n) => {
-                self.d.at(n, format!("`{key}` in {what} is empty — give it a value, e.g. `{key}: {example}`"));
-                None
-            }
-            None => {
-                self.d.at(parent, format!("{what} has no `{key}` — add `{key}: {example}`"));
-                None
-            }
-        }
-    }
-
-    fn optional<'n>(&mut self, parent: &'n Node, key: &str) -> Option<&'n Node> {
-        parent.get(key).filter(|n| !n.is_null())
-    }
-
-    fn string(&mut self, node: &Node, what: &str) -> Option<At<String>> {
-        match &node.value {
-            Y::Scalar(s, _) => Some(At { v: s.clone(), pos: node.pos }),
-            _ => {
-                self.d.at(node, format!("{what} must be a single value, found {}", node.kind_name()));
-                None
-            }
-        }
-    }
-
-    fn int(&mut self, node: &Node, what: &str, min: i64, max: i64) -> Option<At<i64>> {
-        let s = self.string(node, what)?;
-        match s.v.trim().parse::<i64>() {
-            Ok(n) if (min..=max).contains(&n) => Some(At { v: n, pos: s.pos }),
-            Ok(n) => {
-                self.d.error(s.pos, format!("{what} is {n}, outside {min}..{max} — use a value in that range"));
-                None
-            }
-            Err(_) => {
-                self.d.error(s.pos, format!("{what} must be a whole number, found `{}`", s.v));
-                None
-            }
-        }
-    }
-
-    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
-        let s = self.string(node, what)?;
-        match s.v.as_str() {
-            "true" => Some(true),
-            "false" => Some(false),
-            other => {
-                self.d.error(s.pos, format!("{what} must be true or false, found `{other}`"));
-                None
-            }
-        }
-    }
-
-    fn size(&mut self, node: &Node, what: &str) -> Option<u64> {
-        let s = self.string(node, what)?;
-        match parse_size(&s.v) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                self.d.error(s.pos, format!("{what}: {e}"));
-                None
-            }
-        }
-    }
-
-    fn ip(&mut self, node: &Node, what: &str) -> Option<At<Ipv4Addr>> {
-        let s = self.string(node, what)?;
-        match s.v.parse::<Ipv4Addr>() {
-            Ok(ip) => Some(At { v: ip, pos: s.pos }),
-            Err(_) => {
-                self.d.error(s.pos, format!("{what} `{}` is not an IPv4 address — write it like 10.20.0.21", s.v));
-                None
-            }
-        }
-    }
-
-    fn cidr(&mut self, node: &Node, what: &str) -> Option<At<Ipv4Net>> {
-        let s = self.string(node, what)?;
-        match s.v.parse::<Ipv4Net>() {
-            Ok(net) if net.network() != net.addr() => {
-                self.d.error(s.pos, format!("{what} `{}` has host bits set — did you mean {}?", s.v, net.trunc()));
-                None
-            }
-            Ok(net) => Some(At { v: net, pos: s.pos }),
-            Err(_) => {
-                self.d.error(s.pos, format!("{what} `{}` is not a CIDR block — write it like 10.20.0.0/24", s.v));
-                None
-            }
-        }
-    }
-
-    fn list<'n>(&mut self, node: &'n Node, what: &str) -> &'n [Node] {
-        match &node.value {
-            Y::Seq(items) => items,
-            _ => {
-                self.d.at(node, format!("{what} must be a list, found {} — write it as `[a, b]` or `- a` lines", node.kind_name()));
-                &[]
-            }
-        }
-    }
-
-    fn string_list(&mut self, node: &Node, what: &str) -> Vec<At<String>> {
-        let items = self.list(node, what);
-        items.iter().filter_map(|n| self.string(n, what)).collect()
-    }
-
-    fn name(&mut self, node: &Node, what: &str) -> Option<At<String>> {
-        let s = self.string(node, what)?;
-        if !valid_name(&s.v) {
-            self.d.error(
-                s.pos,
-                format!("{what} `{}` is not a valid name — use lower-case letters, digits and dashes, starting with a letter (at most 40)", s.v),
-            );
-            return None;
-        }
-        Some(s)
-    }
-
-    fn path(&mut self, node: &Node, what: &str) -> Option<PathBuf> {
-        self.string(node, what).map(|s| resolve_path(self.dir, &s.v))
-    }
-
     // ---- the plan --------------------------------------------------------
 
     fn plan(&mut self, root: &Node, file: &Path) -> Option<Plan> {
@@ -338,72 +173,13 @@ impl Reader<'_> {
         }
     }
 
+    /// The `provider:` block, read by the rules of the kind it names.
     fn provider(&mut self, node: &Node) -> Option<ProviderConfig> {
         let kind = self.required(node, "kind", "provider", "local").and_then(|n| self.string(n, "provider.kind"))?;
-        let str_of = |r: &mut Self, key: &str| r.optional(node, key).and_then(|n| r.string(n, &format!("provider.{key}"))).map(|s| s.v);
-        match kind.v.as_str() {
-            "yandex" => {
-                self.map(node, "provider (yandex)", YANDEX_KEYS)?;
-                let folder_id = self.required(node, "folder_id", "provider", "b1gexample").and_then(|n| self.string(n, "provider.folder_id"));
-                let zone = self.required(node, "zone", "provider", "ru-central1-a").and_then(|n| self.string(n, "provider.zone"));
-                let key_file = self.optional(node, "service_account_key_file").and_then(|n| self.path(n, "provider.service_account_key_file"));
-                let endpoint = str_of(self, "endpoint");
-                if let (Some(e), Some(n)) = (&endpoint, node.get("endpoint")) {
-                    if !(e.starts_with("http://") || e.starts_with("https://")) {
-                        self.d.at(n, format!("provider.endpoint `{e}` is not a URL — write it like http://127.0.0.1:8930"));
-                    }
-                }
-                let platform = str_of(self, "platform").unwrap_or_else(|| "standard-v3".into());
-                Some(ProviderConfig::Yandex(YandexConfig {
-                    folder_id: folder_id?.v,
-                    zone: zone?.v,
-                    service_account_key_file: key_file,
-                    endpoint,
-                    platform,
-                }))
-            }
-            "proxmox" => {
-                self.map(node, "provider (proxmox)", PROXMOX_KEYS)?;
-                let endpoint = str_of(self, "endpoint");
-                if let (Some(e), Some(n)) = (&endpoint, node.get("endpoint")) {
-                    if !(e.starts_with("https://") || e.starts_with("http://")) {
-                        self.d.at(n, format!("provider.endpoint `{e}` is not a URL — write it like https://pve.example:8006"));
-                    }
-                }
-                let fingerprint = str_of(self, "tls_fingerprint");
-                if let (Some(f), Some(n)) = (&fingerprint, node.get("tls_fingerprint")) {
-                    let hex: String = f.chars().filter(|c| *c != ':').collect();
-                    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                        self.d.at(n, "provider.tls_fingerprint must be a SHA-256 fingerprint (32 bytes as AB:CD:…) — copy it from the node's certificate page");
-                    }
-                }
-                let insecure = match self.optional(node, "insecure") {
-                    Some(n) => self.boolean(n, "provider.insecure").unwrap_or(false),
-                    None => false,
-                };
-                Some(ProxmoxConfig {
-                    endpoint,
-                    node: str_of(self, "node").unwrap_or_else(|| "pve".into()),
-                    token_id: str_of(self, "token_id"),
-                    tls_fingerprint: fingerprint,
-                    insecure,
-                    storage: str_of(self, "storage").unwrap_or_else(|| "local-lvm".into()),
-                    bridge: str_of(self, "bridge").unwrap_or_else(|| "vmbr0".into()),
-                    template: str_of(self, "template").unwrap_or_else(|| "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst".into()),
-                })
-                .map(ProviderConfig::Proxmox)
-            }
-            "local" => {
-                self.map(node, "provider (local)", LOCAL_KEYS)?;
-                let image = str_of(self, "image").unwrap_or_else(|| "debian-12".into());
-                if image != "debian-12" {
-                    let pos = node.get("image").map(|n| n.pos).unwrap_or(node.pos);
-                    self.d.error(pos, format!("the local provider has no image `{image}` — use `debian-12`"));
-                }
-                Some(ProviderConfig::Local(LocalConfig { image }))
-            }
-            other => {
-                self.d.error(kind.pos, format!("unknown provider kind `{other}` — {}", suggestion(other, &["yandex", "proxmox", "local"])));
+        match rules::rules_for(&kind.v) {
+            Some(rules) => rules.read_block(node, self),
+            None => {
+                self.d.error(kind.pos, format!("unknown provider kind `{}` — {}", kind.v, suggestion(&kind.v, &rules::kinds())));
                 None
             }
         }
@@ -449,10 +225,7 @@ impl Reader<'_> {
         if items.is_empty() && subnets_node.as_seq().is_some() {
             self.d.at(subnets_node, "network.subnets is empty — add at least one subnet, e.g. `- { name: app, cidr: 10.20.0.0/24 }`");
         }
-        let default_zone = match provider {
-            Some(ProviderConfig::Yandex(y)) => Some(y.zone.clone()),
-            _ => None,
-        };
+        let default_zone = provider.and_then(|p| rules_of(p).default_zone(p));
         let mut subnets: Vec<(Subnet, Pos, Pos)> = Vec::new();
         for item in items {
             if self.map(item, "a subnet", SUBNET_KEYS).is_none() {
@@ -471,8 +244,8 @@ impl Reader<'_> {
                 self.d.error(cidr.pos, format!("subnet {} is too small for machines — use a prefix of /29 or shorter", cidr.v));
                 continue;
             }
-            if matches!(provider, Some(ProviderConfig::Yandex(_))) && !(16..=28).contains(&cidr.v.prefix_len()) {
-                self.d.error(cidr.pos, format!("Yandex Cloud subnets must be between /16 and /28, {} is not — change the prefix length", cidr.v));
+            if let Some(p) = provider {
+                rules_of(p).check_subnet(&cidr, self.d);
             }
             for (other, _, other_pos) in &subnets {
                 if other.cidr.contains(&cidr.v.network()) || cidr.v.contains(&other.cidr.network()) {
@@ -617,13 +390,9 @@ impl Reader<'_> {
     }
 
     fn defaults(&mut self, node: Option<&Node>, provider: Option<&ProviderConfig>) -> HostDefaults {
-        let image = match provider {
-            Some(ProviderConfig::Yandex(_)) => "ubuntu-2204-lts",
-            Some(ProviderConfig::Proxmox(p)) => return self.defaults_from(node, HostDefaults::base(&p.template)),
-            Some(ProviderConfig::Local(l)) => return self.defaults_from(node, HostDefaults::base(&l.image)),
-            None => "debian-12",
-        };
-        self.defaults_from(node, HostDefaults::base(image))
+        // Without a valid provider the plan stops before hosts take the image.
+        let image = provider.map(|p| rules_of(p).default_image(p)).unwrap_or_default();
+        self.defaults_from(node, HostDefaults::base(&image))
     }
 
     fn defaults_from(&mut self, node: Option<&Node>, mut base: HostDefaults) -> HostDefaults {
@@ -649,8 +418,8 @@ impl Reader<'_> {
         base
     }
 
-    fn host(&mut self, node: &Node) -> Option<RawHost> {
-        self.map(node, "a host", HOST_KEYS)?;
+    fn host(&mut self, node: &Node) -> Option<HostEntry> {
+        self.map(node, "a host", &host_keys())?;
         let name = self.required(node, "name", "a host", "pg").and_then(|n| self.name(n, "host name"))?;
         let what = |k: &str| format!("{k} of host `{}`", name.v);
         let count = self.optional(node, "count").and_then(|n| self.int(n, &what("count"), 1, 100)).map(|a| At { v: a.v as u32, pos: a.pos });
@@ -678,27 +447,19 @@ impl Reader<'_> {
             Some(n) => self.boolean(n, &what("public_ip")).unwrap_or(false),
             None => false,
         };
-        let vmid = self.optional(node, "vmid").and_then(|n| self.int(n, &what("vmid"), 100, 999_999_999)).map(|a| At { v: a.v as u32, pos: a.pos });
-        let kind = match self.optional(node, "kind").and_then(|n| self.string(n, &what("kind"))) {
-            Some(k) => match k.v.as_str() {
-                "lxc" => Some(At { v: GuestKind::Lxc, pos: k.pos }),
-                "qemu" => Some(At { v: GuestKind::Qemu, pos: k.pos }),
-                other => {
-                    self.d.error(k.pos, format!("unknown kind `{other}` — {}", suggestion(other, &["lxc", "qemu"])));
-                    None
-                }
-            },
-            None => None,
-        };
         let zone = self.optional(node, "zone").and_then(|n| self.string(n, &what("zone"))).map(|s| s.v);
-        Some(RawHost { name, count, roles, subnet, ip, image, cores, memory, disk, core_fraction, firewall, public_ip, vmid, kind, zone })
+        let mut entry = HostEntry { name, count, roles, subnet, ip, image, cores, memory, disk, core_fraction, firewall, public_ip, vmid: None, kind: None, zone };
+        for rules in rules::all() {
+            rules.read_host_keys(node, &mut entry, self);
+        }
+        Some(entry)
     }
 
     // ---- meaning ---------------------------------------------------------
 
     fn expand_hosts(
         &mut self,
-        raw: &[RawHost],
+        raw: &[HostEntry],
         network: &Network,
         firewall: &[FirewallGroup],
         defaults: &HostDefaults,
@@ -707,14 +468,14 @@ impl Reader<'_> {
     ) -> Vec<Host> {
         let subnet_names: Vec<&str> = network.subnets.iter().map(|s| s.name.as_str()).collect();
         let group_names: Vec<&str> = firewall.iter().map(|g| g.name.as_str()).collect();
-        let is_proxmox = matches!(provider, ProviderConfig::Proxmox(_));
-        let is_yandex = matches!(provider, ProviderConfig::Yandex(_));
         let mut hosts: Vec<Host> = Vec::new();
         let mut name_pos: HashMap<String, Pos> = HashMap::new();
         let mut ip_owner: HashMap<Ipv4Addr, (String, Pos)> = HashMap::new();
-        let mut vmid_ranges: Vec<(u32, u32, String, Pos)> = Vec::new();
         let mut to_allocate: Vec<usize> = Vec::new();
 
+        for rules in rules::all() {
+            rules.check_hosts(raw, defaults, rules.kind() == provider.kind(), self.d);
+        }
         let mut entry_pos: HashMap<&str, Pos> = HashMap::new();
         for h in raw {
             // Two entries with one name would share machine names, state and inventory groups.
@@ -744,34 +505,9 @@ impl Reader<'_> {
                     self.d.error(f.pos, format!("firewall group `{}` does not exist — {}", f.v, suggestion(&f.v, &group_names)));
                 }
             }
-            if let (Some(v), false) = (&h.vmid, is_proxmox) {
-                self.d.error(v.pos, format!("`vmid` is only used by the proxmox provider — remove it from host `{}`", h.name.v));
-            }
-            if let (Some(k), false) = (&h.kind, is_proxmox) {
-                self.d.error(k.pos, format!("`kind` (lxc|qemu) is only used by the proxmox provider — remove it from host `{}`", h.name.v));
-            }
-            let cores = h.cores.as_ref().map(|c| c.v).unwrap_or(defaults.cores);
-            let core_fraction = h.core_fraction.as_ref().map(|c| c.v).unwrap_or(defaults.core_fraction);
-            if is_yandex {
-                if cores % 2 != 0 || cores > 80 {
-                    let pos = h.cores.as_ref().map(|c| c.pos).unwrap_or(h.name.pos);
-                    self.d.error(pos, format!("host `{}`: {cores} cores is not available on standard-v3 — use an even number from 2 to 80", h.name.v));
-                }
-                if ![20, 50, 100].contains(&core_fraction) {
-                    let pos = h.core_fraction.as_ref().map(|c| c.pos).unwrap_or(h.name.pos);
-                    self.d.error(pos, format!("host `{}`: core_fraction {core_fraction} is not available on standard-v3 — allowed: 20, 50, 100", h.name.v));
-                }
-            }
-            let count = h.count.as_ref().map(|c| c.v).unwrap_or(1);
-            if let Some(v) = &h.vmid {
-                let (lo, hi) = (v.v, v.v + count - 1);
-                for (olo, ohi, other, opos) in &vmid_ranges {
-                    if lo <= *ohi && *olo <= hi {
-                        self.d.error(v.pos, format!("VMIDs {lo}-{hi} of host `{}` overlap {olo}-{ohi} of host `{other}` (line {}) — move one range", h.name.v, opos.line));
-                    }
-                }
-                vmid_ranges.push((lo, hi, h.name.v.clone(), v.pos));
-            }
+            let cores = h.cores(defaults);
+            let core_fraction = h.core_fraction(defaults);
+            let count = h.count();
             let Some(subnet) = subnet else { continue };
             let mut range_ok = true;
             if let Some(ip) = &h.ip {
@@ -822,8 +558,8 @@ impl Reader<'_> {
                     core_fraction,
                     firewall: h.firewall.iter().map(|f| f.v.clone()).collect(),
                     public_ip: h.public_ip,
-                    vmid: h.vmid.as_ref().map(|v| v.v + i - 1),
-                    guest_kind: h.kind.as_ref().map(|k| k.v).unwrap_or(GuestKind::Lxc),
+                    vmid: h.vmid_of(i),
+                    guest_kind: h.guest_kind(),
                     zone: h.zone.clone().or_else(|| subnet.zone.clone()),
                 });
             }
@@ -851,7 +587,7 @@ impl Reader<'_> {
         hosts
     }
 
-    fn services(&mut self, node: Option<&Node>, project: &str, hosts: &[RawHost]) -> Option<BTreeMap<String, BTreeMap<String, Value>>> {
+    fn services(&mut self, node: Option<&Node>, project: &str, hosts: &[HostEntry]) -> Option<BTreeMap<String, BTreeMap<String, Value>>> {
         let used: BTreeSet<&str> = hosts.iter().flat_map(|h| h.roles.iter().map(|r| r.v.as_str())).collect();
         let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
         let given = node.filter(|n| !n.is_null());
@@ -937,7 +673,7 @@ impl Reader<'_> {
     fn check_roles(
         &mut self,
         hosts: &[Host],
-        raw: &[RawHost],
+        raw: &[HostEntry],
         services: &Option<BTreeMap<String, BTreeMap<String, Value>>>,
         network: &Network,
         root: &Node,
@@ -1029,29 +765,6 @@ impl Reader<'_> {
     }
 }
 
-/// Image and size defaults before the plan's `defaults:` apply.
-struct HostDefaults {
-    image: String,
-    cores: u32,
-    memory: u64,
-    disk: u64,
-    core_fraction: u32,
-}
-
-impl HostDefaults {
-    fn base(image: &str) -> Self {
-        HostDefaults { image: image.to_string(), cores: 2, memory: 2 << 30, disk: 20 << 30, core_fraction: 100 }
-    }
-}
-
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 40
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
 fn first_host(net: &Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + 1)
 }
@@ -1062,20 +775,6 @@ fn pub_path(private: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// `~` is the user's home; relative paths are relative to the plan's folder.
-pub fn resolve_path(dir: &Path, p: &str) -> PathBuf {
-    if let Some(rest) = p.strip_prefix("~/") {
-        if let Some(home) = std::env::var_os("HOME") {
-            return PathBuf::from(home).join(rest);
-        }
-    }
-    let path = PathBuf::from(p);
-    if path.is_absolute() {
-        path
-    } else {
-        dir.join(path)
-    }
-}
 
 /// `22`, `5432,8008`, `5000-5001`, `any`.
 pub fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {

@@ -1,6 +1,7 @@
 pub mod model;
 pub mod yaml;
 pub mod diag;
+pub mod read;
 pub mod size;
 pub mod services;
 pub mod rto;

@@ -39,6 +39,11 @@ pub enum ProviderConfig {
     Local(LocalConfig),
 }
 
+// Each provider's block is its own type, read and checked by its plan rules.
+pub use crate::providers::local::rules::LocalConfig;
+pub use crate::providers::proxmox::rules::ProxmoxConfig;
+pub use crate::providers::yandex::rules::YandexConfig;
+
 impl ProviderConfig {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -47,32 +52,6 @@ impl ProviderConfig {
             ProviderConfig::Local(_) => "local",
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct YandexConfig {
-    pub folder_id: String,
-    pub zone: String,
-    pub service_account_key_file: Option<PathBuf>,
-    pub endpoint: Option<String>,
-    pub platform: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProxmoxConfig {
-    pub endpoint: Option<String>,
-    pub node: String,
-    pub token_id: Option<String>,
-    pub tls_fingerprint: Option<String>,
-    pub insecure: bool,
-    pub storage: String,
-    pub bridge: String,
-    pub template: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LocalConfig {
-    pub image: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

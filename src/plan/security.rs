@@ -2,7 +2,8 @@
 //! asks for would not cut rigger's own SSH path to a host.
 
 use super::diag::{suggestion, Diags};
-use super::model::{Direction, Host, Peer, Plan, Protocol, ProviderConfig, Rule, Security};
+use super::model::{Direction, Host, Peer, Plan, Protocol, Rule, Security};
+use crate::providers::rules::rules_of;
 use super::yaml::Node;
 use std::net::Ipv4Addr;
 
@@ -47,16 +48,16 @@ pub fn firewalled(plan: &Plan, host: &Host) -> bool {
 }
 
 /// The address rigger's SSH arrives from when the provider fixes it: the
-/// bastion for the hosts behind it; on local machines the control host, which
-/// is the bridge's gateway of the host's subnet.
+/// bastion for the hosts behind it; where the provider says so (local
+/// machines) the control host, the gateway of the host's subnet.
 pub fn ssh_source(plan: &Plan, host: &Host) -> Option<Ipv4Addr> {
     if let Some(b) = plan.ssh.bastion.as_ref().filter(|b| **b != host.name) {
         return plan.host(b).map(|b| b.ip);
     }
-    match plan.provider {
-        ProviderConfig::Local(_) => plan.subnet(&host.subnet).map(|s| s.gateway),
-        _ => None,
+    if rules_of(&plan.provider).ssh_from_subnet_gateway() {
+        return plan.subnet(&host.subnet).map(|s| s.gateway);
     }
+    None
 }
 
 /// The ingress rules of every group the host is in.
@@ -92,7 +93,7 @@ pub fn ssh_cut_off(plan: &Plan) -> Vec<(&Host, String)> {
     for h in plan.hosts.iter().filter(|h| firewalled(plan, h)) {
         let source = ssh_source(plan, h);
         let behind_bastion = plan.ssh.bastion.as_ref().is_some_and(|b| *b != h.name);
-        if !behind_bastion && matches!(plan.provider, ProviderConfig::Local(_)) {
+        if !behind_bastion && rules_of(&plan.provider).ssh_from_subnet_gateway() {
             continue; // the control host's SSH is always let in (see roles::firewall)
         }
         if ingress_rules(plan, h).any(|(_, r)| admits_port(r, Protocol::Tcp, 22) && admits_from(plan, r, source)) {

@@ -5,6 +5,7 @@
 pub mod local;
 pub mod yandex;
 pub mod proxmox;
+pub mod rules;
 
 use crate::events::Events;
 use crate::plan::model::Plan;

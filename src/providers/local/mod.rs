@@ -23,6 +23,7 @@ pub mod names;
 pub mod net;
 pub mod preflight;
 pub mod records;
+pub mod rules;
 
 use crate::events::Events;
 use crate::plan::model::{Plan, ProviderConfig};

@@ -24,6 +24,7 @@ pub mod first_login;
 pub mod host_keys;
 pub mod locks;
 pub mod resources;
+pub mod rules;
 pub mod tasks;
 pub mod tls;
 

@@ -7,6 +7,7 @@ pub mod console;
 pub mod error;
 pub mod operations;
 pub mod resources;
+pub mod rules;
 
 use crate::events::Events;
 use crate::plan::model::{Plan, YandexConfig};

@@ -1,0 +1,92 @@
+//! What each provider kind says about a plan: how its `provider:` block reads
+//! into its typed config, the image a host gets by default, which subnets and
+//! hosts its cloud can make, and the host keys only it uses. The plan loader
+//! (src/plan/load.rs) asks `rules_for`/`rules_of` and knows no cloud itself.
+//! Every error goes into the plan reader's collector with its position.
+
+use super::{local, proxmox, yandex};
+use crate::plan::diag::Diags;
+use crate::plan::model::ProviderConfig;
+use crate::plan::read::{At, HostDefaults, HostEntry, Reader};
+use crate::plan::yaml::Node;
+use ipnet::Ipv4Net;
+
+pub trait PlanRules: Sync {
+    /// The word in `provider: { kind: … }`.
+    fn kind(&self) -> &'static str;
+
+    /// Read the `provider:` block (its `kind` already read and found to be
+    /// this one) into this provider's typed config.
+    fn read_block(&self, node: &Node, r: &mut Reader) -> Option<ProviderConfig>;
+
+    /// The image of a host when neither the host nor `defaults:` names one.
+    fn default_image(&self, config: &ProviderConfig) -> String;
+
+    /// The zone of a subnet that names none.
+    fn default_zone(&self, _config: &ProviderConfig) -> Option<String> {
+        None
+    }
+
+    /// A subnet's CIDR against what this cloud can make (the generic checks
+    /// have run). Only when the plan uses this provider.
+    fn check_subnet(&self, _cidr: &At<Ipv4Net>, _d: &mut Diags) {}
+
+    /// The keys of a host entry only this provider reads.
+    fn host_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Read this provider's `host_keys` of one entry into it. Runs for every
+    /// provider whatever the plan's, so a key misplaced in another cloud's
+    /// plan is still read (and refused by `check_hosts`).
+    fn read_host_keys(&self, _node: &Node, _host: &mut HostEntry, _r: &mut Reader) {}
+
+    /// Every host entry against this cloud, sizes after `defaults:`. Runs for
+    /// every provider; `in_use` says whether the plan uses this one (if not,
+    /// the provider refuses the keys only it reads).
+    fn check_hosts(&self, _hosts: &[HostEntry], _defaults: &HostDefaults, _in_use: bool, _d: &mut Diags) {}
+
+    /// Whether rigger's SSH reaches these machines from the gateway of their
+    /// subnet (the control host on the bridge), which the host firewall always
+    /// lets in (roles::firewall). Elsewhere it comes from where the plan cannot say.
+    fn ssh_from_subnet_gateway(&self) -> bool {
+        false
+    }
+}
+
+/// Every provider kind, in the order `unknown provider kind` lists them.
+static RULES: &[&dyn PlanRules] = &[&yandex::rules::YandexRules, &proxmox::rules::ProxmoxRules, &local::rules::LocalRules];
+
+/// The rules of a provider kind as the plan spells it.
+pub fn rules_for(kind: &str) -> Option<&'static dyn PlanRules> {
+    RULES.iter().copied().find(|r| r.kind() == kind)
+}
+
+/// The rules of the provider a loaded block belongs to.
+pub fn rules_of(config: &ProviderConfig) -> &'static dyn PlanRules {
+    rules_for(config.kind()).expect("every ProviderConfig kind has rules")
+}
+
+/// Every provider's rules.
+pub fn all() -> &'static [&'static dyn PlanRules] {
+    RULES
+}
+
+/// Every provider kind a plan may name.
+pub fn kinds() -> Vec<&'static str> {
+    RULES.iter().map(|r| r.kind()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_rules() {
+        assert_eq!(kinds(), ["yandex", "proxmox", "local"]);
+        for kind in kinds() {
+            assert_eq!(rules_for(kind).map(|r| r.kind()), Some(kind));
+        }
+        assert!(rules_for("yandx").is_none());
+    }
+}
