@@ -59,7 +59,7 @@ impl ConfigPlan {
 
 /// Hosts that have at least one role rigger configures.
 fn configured_hosts(plan: &Plan) -> Vec<&Host> {
-    plan.hosts.iter().filter(|h| h.roles.iter().any(|r| roles::registry::is_role(r)) || roles::firewall::applies_to(h)).collect()
+    plan.hosts.iter().filter(|h| roles::registry::all().any(|r| r.applies_to(h))).collect()
 }
 
 fn pending(state: &State, host: &str) -> BTreeSet<String> {
@@ -91,7 +91,7 @@ pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_
     events.started("facts", &format!("connecting to {} hosts", hosts.len()));
     let results: Vec<Result<(String, HostSession, HostFacts)>> = stream::iter(hosts.iter().map(|h| {
         let (config, d) = (config.clone(), &desired[&h.name]);
-        let probes = if h.roles.iter().any(|r| r == "patroni") { roles::patroni::probes(plan) } else { vec![] };
+        let probes = roles::probes(plan, h);
         // A host rigger configured before and owes nothing is likely to need
         // no change: its gates' commands ride along (a first build skips them,
         // its daemons are not up yet).
@@ -171,7 +171,7 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
     let facts: BTreeMap<String, HostFacts> = cp.hosts.iter().map(|(n, hp)| (n.clone(), hp.facts.clone())).collect();
     let present: BTreeSet<&str> = plan.roles();
     let mut roles: Vec<&'static str> = roles::registry::NAMES.iter().copied().filter(|r| present.contains(r)).collect();
-    roles.insert(0, roles::registry::FIREWALL);
+    roles.insert(0, roles::registry::FIREWALL.name());
     let ctx = RoleContext { project, cp, shared, events, secrets: &secrets, facts: &facts };
     if cp.is_empty() {
         // Nothing will change: the gates may read the answers asked ahead in
@@ -278,10 +278,7 @@ pub(super) async fn stage_role<'a>(ctx: &RoleContext<'a>, role: &'static str) ->
 }
 
 async fn prepare_role(role: &str, run: &RoleRun<'_>) -> Result<()> {
-    match role {
-        "app" => roles::app::prepare(run).await,
-        _ => Ok(()),
-    }
+    roles::registry::runnable(role).ok_or_else(|| anyhow!("role {role} is in no registry"))?.prepare(run).await
 }
 
 /// Bring a staged role up to its gate on the hosts whose files are in place.
@@ -315,20 +312,7 @@ pub(super) async fn bring_up_role(ctx: &RoleContext<'_>, staged: StagedRole<'_>)
 }
 
 async fn converge(role: &str, run: &RoleRun<'_>) -> Result<()> {
-    match role {
-        "firewall" => roles::firewall::converge(run).await,
-        "etcd" => roles::etcd::converge(run).await,
-        "patroni" => roles::patroni::converge(run).await,
-        "haproxy" => roles::haproxy::converge(run).await,
-        "keepalived" => roles::keepalived::converge(run).await,
-        "redis" => roles::redis::converge(run).await,
-        "app" => roles::app::converge(run).await,
-        "nginx" => roles::nginx::converge(run).await,
-        "saleor" => roles::saleor::converge(run).await,
-        "storefront" => roles::storefront::converge(run).await,
-        "backup" => roles::backup::converge(run).await,
-        other => Err(anyhow!("role {other} has no bring-up")),
-    }
+    roles::registry::runnable(role).ok_or_else(|| anyhow!("role {role} has no bring-up"))?.converge(run).await
 }
 
 /// Install, retire, upload. Returns the services whose files changed.

@@ -182,6 +182,34 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     run.each(|_, s| async move { healthy(s, port).await }).await
 }
 
+
+/// The app role, as the registry lists it.
+pub struct App;
+
+#[async_trait::async_trait]
+impl super::role::Role for App {
+    fn name(&self) -> &'static str {
+        "app"
+    }
+    /// The write port (HAProxy). When apps reach it through keepalived's VIP,
+    /// their own health gate waits for the VIP: they start meanwhile.
+    fn needs(&self) -> &'static [&'static str] {
+        &["haproxy", "redis"]
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["app"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
+        desired(at.renderer, at.ctx, at.plan)
+    }
+    async fn prepare(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        prepare(run).await
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::render::Renderer;

@@ -419,6 +419,27 @@ pub fn age(secs: i64) -> String {
     }
 }
 
+
+/// The backup role, as the registry lists it.
+pub struct Backup;
+
+#[async_trait::async_trait]
+impl super::role::Role for Backup {
+    fn name(&self) -> &'static str {
+        "backup"
+    }
+    /// The repository host and archiving: the cluster must be up to take a backup.
+    fn needs(&self) -> &'static [&'static str] {
+        &["patroni"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
+        desired(at.renderer, at.ctx, at.plan)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,3 +135,26 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     })
     .await
 }
+
+/// The etcd role, as the registry lists it.
+pub struct Etcd;
+
+#[async_trait::async_trait]
+impl super::role::Role for Etcd {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["etcd"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
+        desired(at.renderer, at.ctx)
+    }
+    fn gate_asks(&self, plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        let _ = (host, secrets);
+        gate_asks(plan)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

@@ -148,6 +148,29 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     .await
 }
 
+
+/// The host firewall, as the registry lists it: no plan role, see `applies_to`.
+pub struct Firewall;
+
+#[async_trait::async_trait]
+impl super::role::Role for Firewall {
+    fn name(&self) -> &'static str {
+        "firewall"
+    }
+    fn applies_to(&self, host: &Host) -> bool {
+        applies_to(host)
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> Result<HostDesired> {
+        Ok(desired(at.plan, at.host))
+    }
+    fn gate_asks(&self, _plan: &Plan, _host: &Host, _secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        gate_asks()
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> Result<()> {
+        converge(run).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::plan::load_str;

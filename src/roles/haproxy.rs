@@ -110,3 +110,28 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     })
     .await
 }
+
+/// The haproxy role, as the registry lists it.
+pub struct Haproxy;
+
+#[async_trait::async_trait]
+impl super::role::Role for Haproxy {
+    fn name(&self) -> &'static str {
+        "haproxy"
+    }
+    fn needs(&self) -> &'static [&'static str] {
+        &["patroni"]
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["haproxy"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
+        desired(at.renderer, at.ctx)
+    }
+    fn gate_asks(&self, plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        gate_asks(plan, host, secrets)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

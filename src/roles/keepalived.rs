@@ -84,3 +84,28 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// The keepalived role, as the registry lists it.
+pub struct Keepalived;
+
+#[async_trait::async_trait]
+impl super::role::Role for Keepalived {
+    fn name(&self) -> &'static str {
+        "keepalived"
+    }
+    fn needs(&self) -> &'static [&'static str] {
+        &["haproxy"]
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["keepalived"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
+        desired(at.renderer, at.ctx)
+    }
+    fn gate_asks(&self, plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        gate_asks(plan, host, secrets)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

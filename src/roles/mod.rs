@@ -13,6 +13,7 @@ pub mod failover;
 pub mod haproxy;
 pub mod keepalived;
 pub mod registry;
+pub mod role;
 pub mod nginx;
 pub mod node_toolchain;
 pub mod patroni;
@@ -98,30 +99,22 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
 /// The hosts a role runs on; the host firewall is not a plan role but runs on
 /// every host it applies to, before any role.
 pub fn hosts_for<'a>(plan: &'a Plan, role: &'a str) -> Vec<&'a Host> {
-    match role {
-        "firewall" => plan.hosts.iter().filter(|h| firewall::applies_to(h)).collect(),
-        _ => plan.hosts_with_role(role).collect(),
+    match registry::runnable(role) {
+        Some(r) => plan.hosts.iter().filter(|h| r.applies_to(h)).collect(),
+        None => plan.hosts_with_role(role).collect(),
     }
 }
 
 /// The health gates' commands on `host`, asked ahead in the facts round trip
 /// (remote::ahead): a no-change apply's gates then need no round trip of
-/// their own. Roles not listed ask live.
+/// their own. Roles that ask none ask live.
 pub fn gate_asks(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
-    let mut asks = Vec::new();
-    if firewall::applies_to(host) {
-        asks.extend(firewall::gate_asks());
-    }
-    for role in &host.roles {
-        match role.as_str() {
-            "etcd" => asks.extend(etcd::gate_asks(plan)),
-            "patroni" => asks.extend(patroni::gate_asks(plan)),
-            "haproxy" => asks.extend(haproxy::gate_asks(plan, host, secrets)),
-            "keepalived" => asks.extend(keepalived::gate_asks(plan, host, secrets)),
-            _ => {}
-        }
-    }
-    asks
+    registry::all().filter(|r| r.applies_to(host)).flat_map(|r| r.gate_asks(plan, host, secrets)).collect()
+}
+
+/// The extra facts `host`'s roles gather (Patroni's DCS config and state).
+pub fn probes(plan: &Plan, host: &Host) -> Vec<(String, String)> {
+    registry::all().filter(|r| r.applies_to(host)).flat_map(|r| r.probes(plan)).collect()
 }
 
 /// `validate`: (the checker's name as users know it, the command with `{}` for the file).
@@ -145,40 +138,15 @@ pub fn service(role: &'static str, name: &str, on_change: OnChange) -> ManagedSe
 /// What one host should look like, over all of its roles.
 pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, renderer: &Renderer) -> Result<HostDesired> {
     let ctx = template_context(plan, host, secrets);
+    let at = role::HostInput { plan, host, secrets, renderer, ctx: &ctx };
     let mut d = HostDesired { host: host.name.clone(), ..Default::default() };
-    // The host firewall comes first: every role after it runs behind it.
-    if firewall::applies_to(host) {
-        let fw = firewall::desired(plan, host);
-        d.packages.extend(fw.packages);
-        d.files.extend(fw.files);
-        d.services.extend(fw.services);
-    }
-    for role in registry::NAMES.iter().filter(|r| host.roles.iter().any(|hr| hr == *r)) {
-        let add = match *role {
-            "etcd" => etcd::desired(renderer, &ctx),
-            "patroni" => patroni::desired(renderer, &ctx, plan),
-            "haproxy" => haproxy::desired(renderer, &ctx),
-            "keepalived" => keepalived::desired(renderer, &ctx),
-            "redis" => redis::desired(renderer, &ctx),
-            "app" => app::desired(renderer, &ctx, plan),
-            "nginx" => nginx::desired(renderer, &ctx),
-            "saleor" => saleor::desired(renderer, &ctx, plan),
-            "storefront" => storefront::desired(renderer, &ctx, plan),
-            "backup" => backup::desired(renderer, &ctx, plan),
-            _ => continue,
-        }
-        .with_context(|| format!("host {}: role {role}", host.name))?;
+    // The host firewall comes first (registry::all): every role after it runs behind it.
+    for role in registry::all().filter(|r| r.applies_to(host)) {
+        let add = role.desired(&at).with_context(|| format!("host {}: role {}", host.name, role.name()))?;
         d.packages.extend(add.packages);
         d.files.extend(add.files);
         d.services.extend(add.services);
         d.stop_disable.extend(add.stop_disable);
-    }
-    if host.roles.iter().any(|r| r == "patroni") {
-        // A Patroni member of a plan with a backup host archives into it.
-        let add = backup::member_desired(renderer, &ctx, plan).with_context(|| format!("host {}: pgBackRest on a Patroni member", host.name))?;
-        d.packages.extend(add.packages);
-        d.files.extend(add.files);
-        d.files.push(rest_auth::curlrc(secrets)?);
     }
     // Certificates first: the configs that name them are checked against them.
     d.files.splice(0..0, tls::files(plan, host, secrets)?);

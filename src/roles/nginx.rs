@@ -43,3 +43,25 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     })
     .await
 }
+
+/// The nginx role, as the registry lists it.
+pub struct Nginx;
+
+#[async_trait::async_trait]
+impl super::role::Role for Nginx {
+    fn name(&self) -> &'static str {
+        "nginx"
+    }
+    fn needs(&self) -> &'static [&'static str] {
+        &["app", "saleor"]
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["nginx"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
+        desired(at.renderer, at.ctx)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

@@ -447,3 +447,40 @@ async fn restart_member(run: &RoleRun<'_>, name: &str) -> Result<()> {
     })
     .await
 }
+
+/// The patroni role, as the registry lists it.
+pub struct Patroni;
+
+#[async_trait::async_trait]
+impl super::role::Role for Patroni {
+    fn name(&self) -> &'static str {
+        "patroni"
+    }
+    fn needs(&self) -> &'static [&'static str] {
+        &["etcd"]
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["patroni"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
+        use anyhow::Context;
+        let mut d = desired(at.renderer, at.ctx, at.plan)?;
+        // A member of a plan with a backup host archives into it.
+        let member = super::backup::member_desired(at.renderer, at.ctx, at.plan).context("pgBackRest on a Patroni member")?;
+        d.packages.extend(member.packages);
+        d.files.extend(member.files);
+        d.files.push(super::rest_auth::curlrc(at.secrets)?);
+        Ok(d)
+    }
+    fn gate_asks(&self, plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        let _ = (host, secrets);
+        gate_asks(plan)
+    }
+    /// The DCS config and the member's state, for the parameter changes and pending restarts.
+    fn probes(&self, plan: &crate::plan::model::Plan) -> Vec<(String, String)> {
+        probes(plan)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

@@ -46,3 +46,22 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     })
     .await
 }
+
+/// The redis role, as the registry lists it.
+pub struct Redis;
+
+#[async_trait::async_trait]
+impl super::role::Role for Redis {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["redis-server"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
+        desired(at.renderer, at.ctx)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

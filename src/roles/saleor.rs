@@ -243,3 +243,27 @@ async fn healthy(run: &RoleRun<'_>, s: &HostSession) -> Result<()> {
     })
     .await
 }
+
+/// The saleor role, as the registry lists it.
+pub struct Saleor;
+
+#[async_trait::async_trait]
+impl super::role::Role for Saleor {
+    fn name(&self) -> &'static str {
+        "saleor"
+    }
+    /// The write port (HAProxy) and Redis, as the app role.
+    fn needs(&self) -> &'static [&'static str] {
+        &["haproxy", "redis"]
+    }
+    /// The worker gets SIGTERM on a stop: Celery's warm shutdown finishes the task at hand.
+    fn services(&self) -> &'static [&'static str] {
+        &["saleor-api", "saleor-dashboard", "saleor-worker"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
+        desired(at.renderer, at.ctx, at.plan)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

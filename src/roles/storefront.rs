@@ -141,6 +141,29 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     Ok(())
 }
 
+
+/// The storefront role, as the registry lists it.
+pub struct Storefront;
+
+#[async_trait::async_trait]
+impl super::role::Role for Storefront {
+    fn name(&self) -> &'static str {
+        "storefront"
+    }
+    fn needs(&self) -> &'static [&'static str] {
+        &["saleor"]
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["storefront"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
+        desired(at.renderer, at.ctx, at.plan)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,8 +46,7 @@ pub fn files(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Re
     }
     let get = |name: &str| secrets.get(name).cloned().ok_or_else(|| anyhow!("the state has no {name} — run `rigger apply` to issue it"));
     let ca = get(CA_CERT)?;
-    let role = host.roles.first().map(String::as_str).unwrap_or(super::registry::FIREWALL);
-    let role: &'static str = super::registry::get(role).map_or(super::registry::FIREWALL, |r| r.name);
+    let role: &'static str = host.roles.first().and_then(|r| super::registry::get(r)).unwrap_or(super::registry::FIREWALL).name();
     let mut out = vec![file(role, CLIENT_CA, ca.clone(), 0o644, "root", "root", None, &[])];
     let host_pair = || Ok::<_, anyhow::Error>((get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?));
     if host.roles.iter().any(|r| r == "etcd") {
