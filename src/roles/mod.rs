@@ -152,3 +152,30 @@ pub fn desired(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>, ren
     d.files.splice(0..0, tls::files(plan, host, secrets)?);
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests {
+    fn plan() -> crate::plan::model::Plan {
+        let text = "version: 1\nproject: t\nprovider: { kind: local }\nnetwork:\n  name: main\n  subnets:\n    - { name: db, cidr: 10.9.0.0/24 }\n\
+             hosts:\n  - { name: pg, count: 3, roles: [etcd, patroni], ip: 10.9.0.21 }\n  - { name: cache, roles: [redis], ip: 10.9.0.31 }\n";
+        crate::plan::load_str(std::path::Path::new("plan.yaml"), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_registry_hooks_reach_only_the_hosts_of_their_role() {
+        let p = plan();
+        let (pg, cache) = (p.host("pg-1").unwrap(), p.host("cache").unwrap());
+        // Patroni's probes ride along on its members only.
+        let names: Vec<String> = super::probes(&p, pg).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["patroni_config", "patroni_state"]);
+        assert!(super::probes(&p, cache).is_empty());
+        // The firewall is no plan role, but runs on every configured host.
+        let fw: Vec<&str> = super::hosts_for(&p, super::registry::FIREWALL.name()).iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(fw, ["pg-1", "pg-2", "pg-3", "cache"]);
+        let patroni: Vec<&str> = super::hosts_for(&p, "patroni").iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(patroni, ["pg-1", "pg-2", "pg-3"]);
+        // A member asks more ahead (etcd's and Patroni's gates) than a host with no gate asks of its own.
+        let secrets = Default::default();
+        assert!(super::gate_asks(&p, pg, &secrets).len() > super::gate_asks(&p, cache, &secrets).len());
+    }
+}
