@@ -142,17 +142,14 @@ pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_
         }
         host_plans.insert(name, HostPlan { desired: d, facts: f, changes, old_content });
     }
-    let parameter_changes = host_plans
-        .values()
-        .filter_map(|hp| hp.facts.probes.get("patroni_config").filter(|c| !c.trim().is_empty()))
-        .next()
-        .map(|c| [crate::plan::rto::dcs_changes(plan, c), roles::patroni::parameter_changes(plan, c)].concat())
-        .unwrap_or_default();
-    let pending_restarts = host_plans
-        .iter()
-        .filter(|(_, hp)| hp.facts.probes.get("patroni_state").is_some_and(|p| roles::patroni::restart_pending(p)))
-        .map(|(n, _)| n.clone())
-        .collect();
+    // What the roles' clusters owe beyond files (Patroni's DCS settings and pending restarts).
+    let probes: BTreeMap<&str, &BTreeMap<String, String>> = host_plans.iter().map(|(n, hp)| (n.as_str(), &hp.facts.probes)).collect();
+    let (mut parameter_changes, mut pending_restarts) = (Vec::new(), Vec::new());
+    for role in roles::registry::all() {
+        let owed = role.cluster_changes(plan, &probes);
+        parameter_changes.extend(owed.parameters);
+        pending_restarts.extend(owed.pending_restarts);
+    }
     Ok(ConfigPlan { hosts: host_plans, not_built, parameter_changes, pending_restarts, sessions, gathered: started })
 }
 

@@ -178,4 +178,21 @@ mod tests {
         let secrets = Default::default();
         assert!(super::gate_asks(&p, pg, &secrets).len() > super::gate_asks(&p, cache, &secrets).len());
     }
+
+    #[test]
+    fn patroni_reads_its_cluster_changes_from_the_first_member_that_answered() {
+        let p = plan();
+        let probe = |config: &str, state: &str| -> std::collections::BTreeMap<String, String> {
+            [("patroni_config", config), ("patroni_state", state)].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let (down, up, owing, none) = (probe(" ", ""), probe(r#"{"postgresql":{"parameters":{"max_connections":"50"}}}"#, r#"{"pending_restart":false}"#), probe("{}", r#"{"pending_restart":true}"#), Default::default());
+        let probes: std::collections::BTreeMap<&str, &std::collections::BTreeMap<String, String>> = [("pg-1", &down), ("pg-2", &up), ("pg-3", &owing), ("cache", &none)].into_iter().collect();
+        let owed = super::registry::get("patroni").unwrap().cluster_changes(&p, &probes);
+        // pg-1 answered nothing: pg-2's config is the one read.
+        assert!(owed.parameters.contains(&("max_connections".into(), Some("50".into()), "100".into())), "{:?}", owed.parameters);
+        assert_eq!(owed.pending_restarts, ["pg-3"]);
+        // Roles with no cluster of their own owe nothing beyond files.
+        let redis = super::registry::get("redis").unwrap().cluster_changes(&p, &probes);
+        assert!(redis.parameters.is_empty() && redis.pending_restarts.is_empty());
+    }
 }

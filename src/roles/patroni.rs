@@ -480,6 +480,19 @@ impl super::role::Role for Patroni {
     fn probes(&self, plan: &crate::plan::model::Plan) -> Vec<(String, String)> {
         probes(plan)
     }
+    /// The DCS settings to PATCH (failover timing and PostgreSQL parameters,
+    /// read from the first member that answered) and the members whose
+    /// PostgreSQL owes a restart.
+    fn cluster_changes(&self, plan: &Plan, probes: &std::collections::BTreeMap<&str, &std::collections::BTreeMap<String, String>>) -> super::role::ClusterChanges {
+        let parameters = probes
+            .values()
+            .filter_map(|p| p.get("patroni_config").filter(|c| !c.trim().is_empty()))
+            .next()
+            .map(|c| [crate::plan::rto::dcs_changes(plan, c), parameter_changes(plan, c)].concat())
+            .unwrap_or_default();
+        let pending_restarts = probes.iter().filter(|(_, p)| p.get("patroni_state").is_some_and(|s| restart_pending(s))).map(|(n, _)| n.to_string()).collect();
+        super::role::ClusterChanges { parameters, pending_restarts }
+    }
     async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
         converge(run).await
     }

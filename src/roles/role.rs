@@ -22,6 +22,16 @@ pub struct HostInput<'a> {
     pub ctx: &'a Value,
 }
 
+/// What a role's cluster owes beyond its files and services, read from its
+/// probes (shown by `plan`, carried out by the role's bring-up).
+#[derive(Default)]
+pub struct ClusterChanges {
+    /// Settings to change in the cluster's own store: (name, now, wanted).
+    pub parameters: Vec<(String, Option<String>, String)>,
+    /// Hosts whose daemon owes a restart.
+    pub pending_restarts: Vec<String>,
+}
+
 #[async_trait]
 pub trait Role: Sync {
     /// The plan's `roles:` value.
@@ -55,6 +65,12 @@ pub trait Role: Sync {
     /// Extra facts gathered on the role's hosts: (name, command).
     fn probes(&self, _plan: &Plan) -> Vec<(String, String)> {
         vec![]
+    }
+
+    /// The cluster changes the probes show (`probes`: host → probe name →
+    /// output, every configured host).
+    fn cluster_changes(&self, _plan: &Plan, _probes: &BTreeMap<&str, &BTreeMap<String, String>>) -> ClusterChanges {
+        ClusterChanges::default()
     }
 
     /// Work done with the staging, before the roles it needs are up (the
