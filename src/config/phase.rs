@@ -1,8 +1,9 @@
 //! The config phase: connect to every host, gather facts (one round trip per
-//! host), compute what differs from the roles' wishes, then — role by role in
-//! DESIGN order — install, upload what changed (checked by the daemon first),
-//! and bring the role up to its health gate. A no-change run uploads nothing
-//! and restarts nothing.
+//! host), compute what differs from the roles' wishes, then walk the roles'
+//! needs graph (dag.rs): stage each role (install, upload what changed,
+//! checked by the daemon first) and bring it up to its health gate once the
+//! roles it needs are healthy. A no-change run uploads nothing and restarts
+//! nothing.
 
 use super::facts::{self, HostFacts};
 use super::ops::{self, HostChanges, HostDesired};
