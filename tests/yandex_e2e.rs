@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 
 /// A plan in a temp folder pointing at the simulator, with its own SSH key.
@@ -167,9 +167,9 @@ fn apply_killed_at_random_points_converges() {
 fn local_machines_answer_ssh_with_verified_host_keys() {
     common::require_machines();
     let dir = temp_dir("rigger-yc-machines-");
-    let mut cleanup = MachineCleanup { instance_ids: Vec::new(), network_ids: Vec::new() };
+    let mut cleanup = MachineCleanup::default();
     let (cidr, net) = common::free_subnet();
-    let mut sim = SimProcess::start(dir.path(), &["--machines", "local", "--seed", "11"]);
+    let sim = SimProcess::start(dir.path(), &["--machines", "local", "--seed", "11"]);
     let hosts = format!(
         "  - {{ name: gw, ip: {net}.11, public_ip: true, firewall: [front] }}\n\
          \x20 - {{ name: db, ip: {net}.12, firewall: [back] }}\n"
@@ -207,20 +207,7 @@ fn local_machines_answer_ssh_with_verified_host_keys() {
         assert!(out.status.success(), "destroy:\n{}", out.text());
         assert_empty(&sim.inventory());
         // Deleting an instance removes its machine in the background.
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !cleanup.leftovers().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        assert_eq!(cleanup.leftovers(), Vec::<String>::new(), "left behind after destroy");
+        assert_eq!(cleanup.leftovers_after(Duration::from_secs(90)), Vec::<String>::new(), "left behind after destroy");
     }));
-    // Whatever happened: stop the simulator (it removes its machines), then make sure by name.
-    cleanup.record(&sim.inventory());
-    let _ = plan.rigger(&["destroy", "--auto-approve"]);
-    sim.stop();
-    cleanup.remove_everything();
-    let left = cleanup.leftovers();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-    assert!(left.is_empty(), "left behind: {left:?}");
+    cleanup.finish(sim, || drop(plan.rigger(&["destroy", "--auto-approve"])), result);
 }

@@ -70,7 +70,7 @@ fn yandex_saleor_plan_on_simulated_cloud_with_local_machines() {
     let (_cidr, net) = common::free_subnet();
     let mut cleanup = MachineCleanup::default();
     // Its own seed: instance and network ids (machine and bridge names) differ from yandex_e2e's.
-    let mut sim = SimProcess::start(dir.path(), &["--machines", "local", "--seed", "29"]);
+    let sim = SimProcess::start(dir.path(), &["--machines", "local", "--seed", "29"]);
     let plan = dir.path().join("plan.yaml");
     std::fs::write(&plan, plan_text(&sim, "t-ysaleor", &net)).expect("write the plan");
 
@@ -112,20 +112,7 @@ fn yandex_saleor_plan_on_simulated_cloud_with_local_machines() {
             assert_eq!(inventory[kind].as_array().map(Vec::len), Some(0), "{kind} left in the cloud after destroy: {}", inventory[kind]);
         }
         assert_eq!(inventory["disks"], 0, "boot disks left after destroy");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while !cleanup.leftovers().is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
-        assert_eq!(cleanup.leftovers(), Vec::<String>::new(), "left on the host after destroy");
+        assert_eq!(cleanup.leftovers_after(std::time::Duration::from_secs(120)), Vec::<String>::new(), "left on the host after destroy");
     }));
-    // Whatever happened: destroy, stop the simulator (it removes its machines), then make sure by name.
-    cleanup.record(&sim.inventory());
-    let _ = rigger(&plan, &["destroy", "--auto-approve"]);
-    sim.stop();
-    cleanup.remove_everything();
-    let left = cleanup.leftovers();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-    assert!(left.is_empty(), "left behind: {left:?}");
+    cleanup.finish(sim, || drop(rigger(&plan, &["destroy", "--auto-approve"])), result);
 }

@@ -105,6 +105,32 @@ impl MachineCleanup {
         }
     }
 
+    /// What is left once the machines had `limit` to go (deleting an instance
+    /// removes its machine in the background).
+    pub fn leftovers_after(&self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        while !self.leftovers().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.leftovers()
+    }
+
+    /// The end of every test with simulated machines, whatever its body did
+    /// (`result`): `destroy` the plan, stop the simulator (it removes its
+    /// machines), then remove by exact name what is still there; the body's
+    /// panic goes on, else nothing may be left.
+    pub fn finish(mut self, mut sim: SimProcess, destroy: impl FnOnce(), result: std::thread::Result<()>) {
+        self.record(&sim.inventory());
+        destroy();
+        sim.stop();
+        self.remove_everything();
+        let left = self.leftovers();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
     /// What of ours still exists on the host.
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
