@@ -67,10 +67,11 @@ pub fn prune(kind: &Path, current: &Path, keep: usize) -> Result<Vec<PathBuf>> {
 pub fn used_and_pruned(build: &Path, subject: &str, events: &Events) {
     mark_used(build);
     let Some(kind) = build.parent() else { return };
-    match prune(kind, build, keep()) {
+    let keep = keep();
+    match prune(kind, build, keep) {
         Ok(gone) if !gone.is_empty() => {
             let names: Vec<String> = gone.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
-            events.progress(subject, format!("removed {} older cached build(s) from {}: {} (RIGGER_ARTIFACTS_KEEP={})", gone.len(), kind.display(), names.join(", "), keep()));
+            events.progress(subject, format!("removed {} older cached build(s) from {}: {} (RIGGER_ARTIFACTS_KEEP={keep})", gone.len(), kind.display(), names.join(", ")));
         }
         Ok(_) => {}
         Err(e) => events.progress(subject, format!("could not prune {}: {e:#}", kind.display())),

@@ -19,11 +19,12 @@ pub fn lb_address(plan: &Plan) -> Option<String> {
 /// The load balancer's public address, when there is no VIP and the cloud
 /// gave the first HAProxy host one (known once the machine exists).
 pub fn public_lb_address(plan: &Plan) -> Option<String> {
-    let vip = plan.hosts_with_role("keepalived").next().is_some() && plan.setting("keepalived", "vip").is_some();
-    if vip {
+    let first = plan.hosts_with_role("haproxy").next()?;
+    // lb_address names the VIP when there is one, else this host.
+    if lb_address(plan)? != first.ip.to_string() {
         return None;
     }
-    plan.hosts_with_role("haproxy").next().and_then(|h| plan.public_addresses.get(&h.name)).cloned()
+    plan.public_addresses.get(&first.name).cloned()
 }
 
 fn port(plan: &Plan, role: &str, key: &str, default: u64) -> u64 {

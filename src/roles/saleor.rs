@@ -57,10 +57,18 @@ pub fn public_url(plan: &Plan) -> Option<String> {
     }
 }
 
-fn host_of(url: &str) -> String {
+/// A URL's host and its explicit port (the text after the last `:`).
+pub fn host_and_port(url: &str) -> (&str, Option<&str>) {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split('/').next().unwrap_or(rest);
-    authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority).to_string()
+    match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    }
+}
+
+fn host_of(url: &str) -> String {
+    host_and_port(url).0.to_string()
 }
 
 /// Whether this provider's machines can install Docker Engine and pull images.

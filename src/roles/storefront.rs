@@ -44,11 +44,9 @@ pub fn context(plan: &Plan) -> Result<Value> {
 /// a host without a public address of its own cannot reach a public one.
 fn hairpin(plan: &Plan) -> Option<Value> {
     let public = saleor::public_url(plan)?;
-    let rest = public.split_once("://").map(|(_, r)| r).unwrap_or(&public);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().ok()?),
-        None => (authority, if public.starts_with("https://") { 443 } else { 80 }),
+    let (host, port) = match saleor::host_and_port(&public) {
+        (h, Some(p)) => (h, p.parse::<u16>().ok()?),
+        (h, None) => (h, if public.starts_with("https://") { 443 } else { 80 }),
     };
     let address: std::net::Ipv4Addr = host.parse().ok()?;
     let private = super::endpoints::lb_address(plan)?;
@@ -61,44 +59,41 @@ fn hairpin(plan: &Plan) -> Option<Value> {
 
 const HAIRPIN_UNIT: &str = "rigger-storefront-hairpin";
 
-fn hairpin_files(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<(Vec<crate::config::ops::ManagedFile>, Vec<crate::config::ops::ManagedService>)> {
-    let Some(h) = hairpin(plan) else { return Ok((vec![], vec![])) };
+/// The hairpin's rules, unit and package on a Storefront host (nothing when none is needed).
+fn hairpin_desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
+    let Some(h) = hairpin(plan) else { return Ok(HostDesired::default()) };
     let mut ctx = ctx.clone();
     ctx["hairpin"] = h;
     let files = vec![
         file("storefront", "/etc/rigger/storefront-hairpin.nft", r.render("storefront-hairpin.nft.j2", &ctx)?, 0o644, "root", "root", Some(("nft -c", "nft -c -f {}")), &[HAIRPIN_UNIT]),
         file("storefront", &format!("/etc/systemd/system/{HAIRPIN_UNIT}.service"), r.render("storefront-hairpin.service.j2", &ctx)?, 0o644, "root", "root", None, &[HAIRPIN_UNIT]),
     ];
-    Ok((files, vec![service("storefront", HAIRPIN_UNIT, OnChange::Restart)]))
+    Ok(HostDesired { packages: vec!["nftables".into()], files, services: vec![service("storefront", HAIRPIN_UNIT, OnChange::Restart)], ..Default::default() })
 }
 
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let mut ctx = ctx.clone();
     ctx["storefront"] = context(plan)?;
-    let (hairpin_files, hairpin_services) = hairpin_files(r, &ctx, plan)?;
+    let mut d = HostDesired { services: vec![service("storefront", "storefront", OnChange::Restart)], ..Default::default() };
     if let Some(b) = storefront_source::build_of(plan)? {
         ctx["build"] = json!({ "dir": b.dir(), "node": b.node(), "build": b.build });
-        let mut files = hairpin_files;
-        files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
-        files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront-source.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
-        let packages = if hairpin_services.is_empty() { vec![] } else { vec!["nftables".to_string()] };
-        let mut services = hairpin_services;
-        services.push(service("storefront", "storefront", OnChange::Restart));
-        return Ok(HostDesired { packages, files, services, ..Default::default() });
-    }
-    let path = plan.setting("storefront", "path").and_then(Value::as_str).unwrap_or("storefront");
-    let mut files = source_dir::files("storefront", &resolve_path(&plan.dir, path), "/opt/storefront/src", &["storefront"])?;
-    files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
-    files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
-    files.extend(hairpin_files);
-    let packages = if builds_here(plan) {
-        plan.setting("storefront", "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
+        d.files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        d.files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront-source.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
     } else {
-        vec![]
-    };
-    let mut services = hairpin_services;
-    services.push(service("storefront", "storefront", OnChange::Restart));
-    Ok(HostDesired { packages, files, services, ..Default::default() })
+        let path = plan.setting("storefront", "path").and_then(Value::as_str).unwrap_or("storefront");
+        d.files = source_dir::files("storefront", &resolve_path(&plan.dir, path), "/opt/storefront/src", &["storefront"])?;
+        d.files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        d.files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        if builds_here(plan) {
+            d.packages = plan.setting("storefront", "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        }
+    }
+    // The hairpin, in either mode: its unit starts before the Storefront's.
+    let hairpin = hairpin_desired(r, &ctx, plan)?;
+    d.packages.extend(hairpin.packages);
+    d.files.extend(hairpin.files);
+    d.services.splice(0..0, hairpin.services);
+    Ok(d)
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
