@@ -232,7 +232,7 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{Address, Kind, LiveResource};
+    use crate::cloud::resource::{Address, Kind, LiveResource};
     use crate::state::State;
 
     fn project_with(bastion: bool) -> Project {

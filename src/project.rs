@@ -2,7 +2,7 @@
 //! its SSH key pair, and the provider that builds it.
 
 use crate::plan::model::{Plan, ProviderConfig};
-use crate::providers::{self, Provider};
+use crate::cloud::providers::{self, Provider};
 use crate::state;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

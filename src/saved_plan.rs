@@ -3,8 +3,8 @@
 
 use crate::config::phase::ConfigPlan;
 use crate::config::summary::{self, HostPlanSummary};
-use crate::diff::{Action, Change};
-use crate::resource::Kind;
+use crate::cloud::diff::{Action, Change};
+use crate::cloud::resource::Kind;
 use crate::state::write_atomic;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -128,7 +128,7 @@ impl SavedPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::Address;
+    use crate::cloud::resource::Address;
     use std::time::Instant;
 
     fn cp(not_built: Vec<String>) -> ConfigPlan {

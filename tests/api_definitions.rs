@@ -7,11 +7,11 @@
 
 use rigger::events::Events;
 use rigger::plan::model::*;
-use rigger::providers::proxmox::client::{ApiError, Auth, ClientOptions, ProxmoxClient};
-use rigger::providers::proxmox::tls::{self, TlsMode};
-use rigger::providers::proxmox::{ProviderTimeouts, ProxmoxProvider};
-use rigger::providers::{Deps, Provider};
-use rigger::resource::{LiveResource, ResourceSpec};
+use rigger::cloud::providers::proxmox::client::{ApiError, Auth, ClientOptions, ProxmoxClient};
+use rigger::cloud::providers::proxmox::tls::{self, TlsMode};
+use rigger::cloud::providers::proxmox::{ProviderTimeouts, ProxmoxProvider};
+use rigger::cloud::providers::{Deps, Provider};
+use rigger::cloud::resource::{LiveResource, ResourceSpec};
 use rigger::sim::proxmox::definitions::{check_answer, ApiSchema, Verdict};
 use rigger::sim::proxmox::{self as sim, ProxmoxSimHandle, ProxmoxSimOptions, QEMU_TEMPLATE_NAME};
 use std::collections::{BTreeMap, BTreeSet};

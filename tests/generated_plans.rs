@@ -65,7 +65,7 @@ fn check(seed: u64, apps: bool) -> Result<(), String> {
     }
     // Plan: the cloud layer's resources and graph, and every host's files.
     let provider = project.provider().map_err(|e| fail(format!("{e:#}")))?;
-    rigger::engine::specs(provider.as_ref(), &project).map_err(|e| fail(format!("specs: {e:#}")))?;
+    rigger::cloud::engine::specs(provider.as_ref(), &project).map_err(|e| fail(format!("specs: {e:#}")))?;
     let renderer = rigger::render::Renderer::new().map_err(|e| fail(format!("{e:#}")))?;
     // The secrets an apply would generate (passwords, the project CA, host certificates).
     let mut state = rigger::state::State::new(&plan.project, "local");

@@ -3,7 +3,7 @@
 //! takes a few minutes, later runs find it cached.
 
 use rigger::events::Events;
-use rigger::providers::local::image::ensure_image;
+use rigger::cloud::providers::local::image::ensure_image;
 
 #[tokio::test]
 async fn debian_12_image_is_built_once_and_prepared_for_machines() {

@@ -4,11 +4,11 @@
 
 use rigger::events::Events;
 use rigger::plan::model::*;
-use rigger::providers::yandex::auth::{AuthorizedKey, Credentials};
-use rigger::providers::yandex::client::{PollPolicy, RetryPolicy, YandexClient};
-use rigger::providers::yandex::YandexProvider;
-use rigger::providers::{Deps, Provider};
-use rigger::resource::{Address, LiveResource, ResourceSpec};
+use rigger::cloud::providers::yandex::auth::{AuthorizedKey, Credentials};
+use rigger::cloud::providers::yandex::client::{PollPolicy, RetryPolicy, YandexClient};
+use rigger::cloud::providers::yandex::YandexProvider;
+use rigger::cloud::providers::{Deps, Provider};
+use rigger::cloud::resource::{Address, LiveResource, ResourceSpec};
 use rigger::sim::yandex::{SimHandle, YandexSimOptions};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;

@@ -1,6 +1,6 @@
 use crate::cli::ApplyCmd;
 use crate::config::phase::{self, ConfigPlan};
-use crate::engine::{self, Applier, Shared};
+use crate::cloud::engine::{self, Applier, Shared};
 use crate::project::Project;
 use crate::saved_plan::{SavedHosts, SavedPlan};
 use crate::ui::{self, printer::Printer, Paint};
@@ -86,7 +86,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                     None
                 }
             };
-            let changes = engine::restrict_to_targets(crate::diff::compute(&specs, &live), &specs, &args.targets)?;
+            let changes = engine::restrict_to_targets(crate::cloud::diff::compute(&specs, &live), &specs, &args.targets)?;
             print!("{}", ui::plan::render_human(&changes, &paint));
             if drains(infra_only, args.no_ssh_wait, &changes, &paint) {
                 let d = match crate::reshape::drain::compute(&project, &state, &changes, infra_only, &crate::events::Events::silent()).await {
@@ -143,7 +143,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     // A departing Redis keeps serving until the config phase has pointed the
     // apps elsewhere: then the deletions wait until after it.
     let (now, deferred): (Vec<_>, Vec<_>) = match drain.as_ref().filter(|d| d.defers_deletions()) {
-        Some(_) => changes.iter().cloned().partition(|c| c.action != crate::diff::Action::Delete),
+        Some(_) => changes.iter().cloned().partition(|c| c.action != crate::cloud::diff::Action::Delete),
         None => (changes.clone(), vec![]),
     };
     if result.is_ok() {
@@ -200,7 +200,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     printer.finish().await;
     result?;
 
-    let summary = crate::diff::Summary::of(&changes);
+    let summary = crate::cloud::diff::Summary::of(&changes);
     println!(
         "\nApply complete! Resources: {} added, {} changed, {} destroyed ({:.1}s).",
         summary.add,
@@ -213,7 +213,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
 
 /// Whether this apply drains what leaves. `--no-ssh-wait` promises not to dial
 /// the machines, so machines it deletes go undrained (said here).
-fn drains(infra_only: bool, no_ssh_wait: bool, changes: &[crate::diff::Change], paint: &Paint) -> bool {
+fn drains(infra_only: bool, no_ssh_wait: bool, changes: &[crate::cloud::diff::Change], paint: &Paint) -> bool {
     if infra_only && no_ssh_wait {
         let leaving = crate::reshape::drain::leaving(changes);
         if !leaving.is_empty() {
@@ -224,7 +224,7 @@ fn drains(infra_only: bool, no_ssh_wait: bool, changes: &[crate::diff::Change], 
     true
 }
 
-async fn wait_for_all_ssh(provider: &dyn crate::providers::Provider, project: &Project, shared: &Arc<Mutex<Shared>>, events: &crate::events::Events) -> Result<()> {
+async fn wait_for_all_ssh(provider: &dyn crate::cloud::providers::Provider, project: &Project, shared: &Arc<Mutex<Shared>>, events: &crate::events::Events) -> Result<()> {
     let (targets, machines) = {
         let sh = shared.lock().await;
         (crate::remote::targets(project, &sh.state), sh.state.machines().cloned().collect::<Vec<_>>())

@@ -2,7 +2,7 @@
 //! machines, and the roles on them in the order the config phase brings them up.
 
 use crate::cli::{GraphCmd, GraphFormat};
-use crate::graph::Graph;
+use crate::cloud::graph::Graph;
 use crate::plan::model::{Peer, Plan};
 use anyhow::Result;
 

@@ -1,6 +1,6 @@
 use crate::cli::PlanCmd;
-use crate::diff::Summary;
-use crate::engine;
+use crate::cloud::diff::Summary;
+use crate::cloud::engine;
 use crate::project::Project;
 use crate::saved_plan::{self, SavedHosts, SavedPlan};
 use crate::ui::{self, plan::StateRef, Paint};
@@ -29,7 +29,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     };
     drop(events);
     printer.finish().await;
-    let changes = crate::diff::compute(&specs, &live?);
+    let changes = crate::cloud::diff::compute(&specs, &live?);
     let config_plan = config_plan.transpose()?;
     // Host-side steps before machines are deleted (drain before destroy); refused here when unsafe.
     // `--infra-only` plans dial no host: the drain `apply` runs is not looked at.

@@ -13,7 +13,7 @@
 
 use crate::cli::RestoreCmd;
 use crate::config::phase;
-use crate::engine::Shared;
+use crate::cloud::engine::Shared;
 use crate::events::Events;
 use crate::plan::model::Plan;
 use crate::project::Project;

@@ -6,7 +6,7 @@
 //! At the end, the critical path of role bring-ups against the wall time.
 
 use crate::events::Events;
-use crate::graph::{self, Graph, Outcome};
+use crate::cloud::graph::{self, Graph, Outcome};
 use crate::roles;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;

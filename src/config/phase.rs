@@ -8,7 +8,7 @@
 use super::facts::{self, HostFacts};
 use super::ops::{self, HostChanges, HostDesired};
 use super::run::RoleRun;
-use crate::engine::Shared;
+use crate::cloud::engine::Shared;
 use crate::events::Events;
 use crate::plan::model::{Host, Plan};
 use crate::project::Project;

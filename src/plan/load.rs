@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-use crate::providers::rules::{self, rules_of};
+use crate::cloud::providers::rules::{self, rules_of};
 use std::path::{Path, PathBuf};
 
 /// Load and validate a plan file. No network access.

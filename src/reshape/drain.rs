@@ -5,12 +5,12 @@
 //! `reshape::run` before any deletion. Requests that would cost the quorum
 //! or the data are refused here, with why and what to do.
 
-use crate::diff::{Action, Change};
+use crate::cloud::diff::{Action, Change};
 use crate::events::Events;
 use crate::plan::model::Plan;
 use crate::project::Project;
 use crate::remote::session::HostSession;
-use crate::resource::Kind;
+use crate::cloud::resource::Kind;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::Value;

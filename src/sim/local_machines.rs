@@ -11,8 +11,8 @@
 //! happens is reported as events, never printed.
 
 use crate::events::Events;
-use crate::providers::local::machine::{self, MachinePaths, Meta, Seed};
-use crate::providers::local::{cmd, image, names, net};
+use crate::cloud::providers::local::machine::{self, MachinePaths, Meta, Seed};
+use crate::cloud::providers::local::{cmd, image, names, net};
 use anyhow::{anyhow, Context, Result};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,7 +81,7 @@ impl LocalMachines {
     /// Machines kept under `<root>/machines/<owner>/` (root: `/var/lib/rigger`).
     pub fn new(owner: &str, events: Events) -> Result<Arc<LocalMachines>> {
         names::check_component("simulator name", owner)?;
-        crate::providers::local::preflight::check_host()?;
+        crate::cloud::providers::local::preflight::check_host()?;
         Ok(Arc::new(LocalMachines {
             root: PathBuf::from(image::DEFAULT_ROOT),
             owner: owner.to_string(),

@@ -293,7 +293,7 @@ impl ProxmoxSim {
 
     /// `GET <endpoint><path>` (the simulator's own `/_sim/…` views), TLS pinned to the printed fingerprint.
     pub fn debug_get(&self, path: &str) -> serde_json::Value {
-        use rigger::providers::proxmox::tls::{self, TlsMode};
+        use rigger::cloud::providers::proxmox::tls::{self, TlsMode};
         let fingerprint = tls::parse_fingerprint(&self.fingerprint).expect("fingerprint");
         let config = tls::client_config(&TlsMode::Pinned(fingerprint)).expect("tls config").expect("a TLS config");
         let url = format!("{}{path}", self.endpoint);

@@ -364,7 +364,7 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
             let short_host = boot.hostname.split('.').next().unwrap_or(&boot.hostname).to_string();
             for key in &host_keys {
                 ctx.log(format!("Creating SSH host key '{}' - this may take some time ...", host_key_file(key)));
-                if let Some(fingerprint) = crate::providers::proxmox::host_keys::fingerprint(key) {
+                if let Some(fingerprint) = crate::cloud::providers::proxmox::host_keys::fingerprint(key) {
                     ctx.log(format!("done: {fingerprint} root@{short_host}"));
                 }
             }

@@ -18,7 +18,7 @@
 
 use super::{GuestBoot, GuestKind, MachineBackend};
 use crate::events::Events;
-use crate::providers::local::{image, machine, names, net, preflight};
+use crate::cloud::providers::local::{image, machine, names, net, preflight};
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;

@@ -7,7 +7,7 @@
 //! replacements; ids are resolved at create time.
 
 use crate::plan::model::{FirewallGroup, Host, Peer, Plan, Protocol, Rule, YandexConfig};
-use crate::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
+use crate::cloud::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};

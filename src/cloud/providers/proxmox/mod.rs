@@ -30,8 +30,8 @@ pub mod tls;
 
 use crate::events::Events;
 use crate::plan::model::{Plan, ProviderConfig, ProxmoxConfig};
-use crate::providers::{Deps, Provider};
-use crate::resource::{Kind, LiveResource, ResourceSpec};
+use crate::cloud::providers::{Deps, Provider};
+use crate::cloud::resource::{Kind, LiveResource, ResourceSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use client::{as_u64, backoff, ApiError, Auth, ClientOptions, ProxmoxClient};

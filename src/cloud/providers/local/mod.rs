@@ -27,8 +27,8 @@ pub mod rules;
 
 use crate::events::Events;
 use crate::plan::model::{Plan, ProviderConfig};
-use crate::providers::{Deps, Provider};
-use crate::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
+use crate::cloud::providers::{Deps, Provider};
+use crate::cloud::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
@@ -484,8 +484,8 @@ impl Provider for LocalProvider {
         Some(all[all.len().saturating_sub(lines)..].join("\n"))
     }
 
-    async fn power(&self, live: &LiveResource, action: crate::providers::Power, events: &Events) -> Result<LiveResource> {
-        use crate::providers::Power;
+    async fn power(&self, live: &LiveResource, action: crate::cloud::providers::Power, events: &Events) -> Result<LiveResource> {
+        use crate::cloud::providers::Power;
         self.check_host().await?;
         anyhow::ensure!(live.address.kind == Kind::Machine, "{} is not a machine", live.address);
         let subject = live.address.to_string();

@@ -10,7 +10,7 @@
 //! Whether a machine runs is read from `/proc`, never from a remembered pid alone.
 
 use super::{cgroup, cmd, image, mounts, net};
-use crate::resource::Attrs;
+use crate::cloud::resource::Attrs;
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use nix::sys::signal::{kill, Signal};

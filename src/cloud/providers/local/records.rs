@@ -4,7 +4,7 @@
 //! The dot keeps them apart from machine directories (host names never start with one).
 
 use super::image::write_atomically;
-use crate::resource::{Address, Attrs, Kind};
+use crate::cloud::resource::{Address, Attrs, Kind};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

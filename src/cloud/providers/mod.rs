@@ -9,7 +9,7 @@ pub mod rules;
 
 use crate::events::Events;
 use crate::plan::model::Plan;
-use crate::resource::{Address, LiveResource, ResourceSpec};
+use crate::cloud::resource::{Address, LiveResource, ResourceSpec};
 use anyhow::Result;
 use async_trait::async_trait;
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! Typed changes: what the plan wants against what exists, field by field.
 //! Computing a change is kept apart from showing it (see `ui::plan`).
 
-use crate::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
+use crate::cloud::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

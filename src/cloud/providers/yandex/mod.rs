@@ -11,8 +11,8 @@ pub mod rules;
 
 use crate::events::Events;
 use crate::plan::model::{Plan, YandexConfig};
-use crate::providers::{Deps, Provider};
-use crate::resource::{Address, Kind, LiveResource, ResourceSpec};
+use crate::cloud::providers::{Deps, Provider};
+use crate::cloud::resource::{Address, Kind, LiveResource, ResourceSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use auth::Credentials;

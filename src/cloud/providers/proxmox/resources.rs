@@ -9,7 +9,7 @@
 //! compare them even without a state file.
 
 use crate::plan::model::{GuestKind, Host, Plan, ProxmoxConfig};
-use crate::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
+use crate::cloud::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
 use anyhow::{bail, Context, Result};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};

@@ -6,7 +6,7 @@ use crate::plan::diag::{suggestion, Diags};
 use crate::plan::model::{GuestKind, ProviderConfig};
 use crate::plan::read::{At, HostDefaults, HostEntry, Reader};
 use crate::plan::yaml::Node;
-use crate::providers::rules::PlanRules;
+use crate::cloud::providers::rules::PlanRules;
 use serde::Serialize;
 
 /// The plan's `provider:` block for Proxmox VE, as `read_block` reads it.

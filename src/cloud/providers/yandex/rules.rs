@@ -5,7 +5,7 @@ use crate::plan::diag::Diags;
 use crate::plan::model::ProviderConfig;
 use crate::plan::read::{At, HostDefaults, HostEntry, Reader};
 use crate::plan::yaml::Node;
-use crate::providers::rules::PlanRules;
+use crate::cloud::providers::rules::PlanRules;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 use crate::plan::model::ProviderConfig;
 use crate::plan::read::Reader;
 use crate::plan::yaml::Node;
-use crate::providers::rules::PlanRules;
+use crate::cloud::providers::rules::PlanRules;
 use serde::Serialize;
 
 /// The plan's `provider:` block for local machines, as `read_block` reads it.

@@ -2,12 +2,12 @@
 //! plan, and carry the changes out in dependency order, saving the state after
 //! every step so a failure or a kill loses nothing.
 
-use crate::diff::{self, delete_rank, Action, Change};
+use crate::cloud::diff::{self, delete_rank, Action, Change};
 use crate::events::Events;
-use crate::graph::{self, Graph, Outcome};
+use crate::cloud::graph::{self, Graph, Outcome};
 use crate::project::Project;
-use crate::providers::{Deps, Provider};
-use crate::resource::{Address, Kind, LiveResource, ResourceSpec};
+use crate::cloud::providers::{Deps, Provider};
+use crate::cloud::resource::{Address, Kind, LiveResource, ResourceSpec};
 use crate::state::{State, StateStore};
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeSet;
