@@ -6,9 +6,9 @@
 //! backends UP, Patroni's /cluster) says nothing about pg_hba or a firewall on
 //! the way; this does. Used by the haproxy/keepalived/nginx gates and `status`.
 
-use crate::config::run::wait_for;
+use crate::hosts::run::wait_for;
 use crate::plan::model::{Host, Plan};
-use crate::remote::session::{sh_quote, HostSession};
+use crate::hosts::remote::session::{sh_quote, HostSession};
 use anyhow::{anyhow, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -67,7 +67,7 @@ fn is_refusal(message: &str) -> bool {
 /// One login through `path`, psql running on `client` (its own 8 s bound).
 /// `Ok(Err(why))`: the path does not work, with the server's own message.
 /// The login through `path` as a command (the password on stdin).
-pub fn probe_ask(path: &PgPath, password: &str) -> crate::remote::ahead::Ask {
+pub fn probe_ask(path: &PgPath, password: &str) -> crate::hosts::remote::ahead::Ask {
     let conninfo = format!("host={} port={} user=postgres dbname=postgres connect_timeout=4", path.addr, path.port);
     let script = format!(
         "command -v psql >/dev/null || {{ echo 'psql is not installed on this host (package postgresql-client)'; exit 3; }}\n\
@@ -75,7 +75,7 @@ pub fn probe_ask(path: &PgPath, password: &str) -> crate::remote::ahead::Ask {
          timeout 8 psql {} -XAtc 'select pg_is_in_recovery()' 2>&1",
         sh_quote(&conninfo)
     );
-    crate::remote::ahead::Ask::sudo(script, Some(format!("{password}\n").as_bytes()))
+    crate::hosts::remote::ahead::Ask::sudo(script, Some(format!("{password}\n").as_bytes()))
 }
 
 pub async fn probe(client: &HostSession, path: &PgPath, password: &str) -> Result<Result<(), String>> {

@@ -68,7 +68,7 @@ fn role_vars(plan: &Plan, role: &str) -> Vec<(String, Value)> {
 
 pub fn build(project: &Project, state: &State) -> Inventory {
     let plan = &project.plan;
-    let targets = crate::remote::targets(project, state);
+    let targets = crate::hosts::remote::targets(project, state);
     let mut hosts = Vec::new();
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Plan order, then anything the state has that the plan no longer names.

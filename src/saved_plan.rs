@@ -1,8 +1,8 @@
 //! `rigger plan --out FILE`: a plan saved for a later `apply FILE`, which
 //! refuses it if the plan file, the state or the hosts changed since.
 
-use crate::config::phase::ConfigPlan;
-use crate::config::summary::{self, HostPlanSummary};
+use crate::hosts::phase::ConfigPlan;
+use crate::hosts::summary::{self, HostPlanSummary};
 use crate::cloud::diff::{Action, Change};
 use crate::cloud::resource::Kind;
 use crate::state::write_atomic;

@@ -72,7 +72,7 @@ fn check(seed: u64, apps: bool) -> Result<(), String> {
     rigger::commands::ensure_generated(&mut state, plan).map_err(|e| fail(format!("secrets: {e:#}")))?;
     let secrets: BTreeMap<String, String> = state.secrets;
     for h in &plan.hosts {
-        rigger::roles::desired(plan, h, &secrets, &renderer).map_err(|e| fail(format!("{}: {e:#}", h.name)))?;
+        rigger::hosts::roles::desired(plan, h, &secrets, &renderer).map_err(|e| fail(format!("{}: {e:#}", h.name)))?;
     }
     // Every Patroni member's pg_hba lets in every HAProxy host and every other member.
     for m in plan.hosts_with_role("patroni") {

@@ -81,7 +81,7 @@ impl Shared {
 
     pub fn commit(&mut self) -> Result<()> {
         self.store.save(&mut self.state)?;
-        crate::remote::access::write(&self.project, &self.state)
+        crate::hosts::remote::access::write(&self.project, &self.state)
     }
 }
 

@@ -1,5 +1,5 @@
 use crate::cli::ApplyCmd;
-use crate::config::phase::{self, ConfigPlan};
+use crate::hosts::phase::{self, ConfigPlan};
 use crate::cloud::engine::{self, Applier, Shared};
 use crate::project::Project;
 use crate::saved_plan::{SavedHosts, SavedPlan};
@@ -68,7 +68,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             let mut prepared = None;
             if let Ok(live) = &live {
                 state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
-                crate::remote::access::write(&project, &state)?;
+                crate::hosts::remote::access::write(&project, &state)?;
                 if !infra_only && state.machines().next().is_some() {
                     prepared = Some(phase::prepare(&project.with_cloud_addresses(&state), &state, args.parallelism, true, &events).await);
                 }
@@ -176,7 +176,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         }
         if let (Some(saved), Some(cp)) = (&saved_hosts, &config_plan) {
             let secrets = shared.lock().await.state.secrets.clone();
-            result = saved.check(&crate::config::summary::summarize(cp, &secrets));
+            result = saved.check(&crate::hosts::summary::summarize(cp, &secrets));
         }
         if let (Some(cp), true) = (&config_plan, result.is_ok()) {
             result = phase::apply(&project, cp, &shared, &events).await;
@@ -227,13 +227,13 @@ fn drains(infra_only: bool, no_ssh_wait: bool, changes: &[crate::cloud::diff::Ch
 async fn wait_for_all_ssh(provider: &dyn crate::cloud::providers::Provider, project: &Project, shared: &Arc<Mutex<Shared>>, events: &crate::events::Events) -> Result<()> {
     let (targets, machines) = {
         let sh = shared.lock().await;
-        (crate::remote::targets(project, &sh.state), sh.state.machines().cloned().collect::<Vec<_>>())
+        (crate::hosts::remote::targets(project, &sh.state), sh.state.machines().cloned().collect::<Vec<_>>())
     };
-    let config = crate::remote::ssh_config_path(project);
+    let config = crate::hosts::remote::ssh_config_path(project);
     let mut set = tokio::task::JoinSet::new();
     for t in targets {
         let (events, config) = (events.clone(), config.clone());
-        set.spawn(async move { crate::remote::wait_for_ssh(&config, &t.name, SSH_WAIT, &events).await });
+        set.spawn(async move { crate::hosts::remote::wait_for_ssh(&config, &t.name, SSH_WAIT, &events).await });
     }
     let mut errors = Vec::new();
     while let Some(r) = set.join_next().await {

@@ -79,13 +79,13 @@ pub fn collect(project: &Project, state: &crate::state::State, show_secrets: boo
     }
     let pg = ips("patroni");
     if !pg.is_empty() {
-        o.insert("patroni_rest".into(), json!(pg.iter().map(|ip| format!("{}://{ip}:{}/", crate::roles::tls::scheme(plan), setting("patroni", "rest_port"))).collect::<Vec<_>>()));
+        o.insert("patroni_rest".into(), json!(pg.iter().map(|ip| format!("{}://{ip}:{}/", crate::hosts::roles::tls::scheme(plan), setting("patroni", "rest_port"))).collect::<Vec<_>>()));
         o.insert("postgres_superuser".into(), json!("postgres"));
         o.insert("postgres_superuser_password".into(), secret("postgres_superuser_password"));
     }
     let etcd = ips("etcd");
     if !etcd.is_empty() {
-        o.insert("etcd_endpoints".into(), json!(etcd.iter().map(|ip| format!("{}://{ip}:{}", crate::roles::tls::scheme(plan), setting("etcd", "client_port"))).collect::<Vec<_>>().join(",")));
+        o.insert("etcd_endpoints".into(), json!(etcd.iter().map(|ip| format!("{}://{ip}:{}", crate::hosts::roles::tls::scheme(plan), setting("etcd", "client_port"))).collect::<Vec<_>>().join(",")));
     }
     if let Some(r) = ips("redis").first() {
         o.insert("redis".into(), json!(format!("redis://{r}:{}/0", setting("redis", "port"))));

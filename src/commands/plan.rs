@@ -22,8 +22,8 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let config_plan = match (&live, args.infra_only) {
         (Ok(live), false) => {
             state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
-            crate::remote::access::write(&project, &state)?;
-            Some(crate::config::phase::prepare(&project.with_cloud_addresses(&state), &state, PLAN_PARALLELISM, true, &events).await)
+            crate::hosts::remote::access::write(&project, &state)?;
+            Some(crate::hosts::phase::prepare(&project.with_cloud_addresses(&state), &state, PLAN_PARALLELISM, true, &events).await)
         }
         _ => None,
     };

@@ -4,7 +4,7 @@
 use super::diag::{suggestion, Diags, PlanErrors};
 use super::model::*;
 use super::services::{self, SettingType};
-use crate::roles::registry::NAMES as ROLES;
+use crate::hosts::roles::registry::NAMES as ROLES;
 use super::read::{At, HostDefaults, HostEntry, Reader};
 pub use super::read::{resolve_path, valid_name};
 use super::yaml::{self, Node, Pos, Value as Y};

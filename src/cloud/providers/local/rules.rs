@@ -1,5 +1,5 @@
 //! The local provider's plan rules: its `provider:` block names the one image
-//! it builds (src/providers/local/image.rs), which is every host's image.
+//! it builds (src/cloud/providers/local/image.rs), which is every host's image.
 
 use crate::plan::model::ProviderConfig;
 use crate::plan::read::Reader;

@@ -10,7 +10,7 @@
 //! it). Root keeps the key Proxmox gave it, as with any `pct create`.
 //! Everything after that logs in as `ssh.user`. Running it again changes nothing.
 
-use crate::remote::session::sh_quote;
+use crate::hosts::remote::session::sh_quote;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::process::Stdio;

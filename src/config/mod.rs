@@ -1,6 +1,0 @@
-pub mod facts;
-pub mod ops;
-pub mod run;
-pub mod phase;
-pub mod dag;
-pub mod summary;

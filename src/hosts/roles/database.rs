@@ -1,0 +1,72 @@
+//! An application's database and login role, created on the Patroni leader
+//! (via psql as postgres over its local socket) before the application
+//! starts. Idempotent: when the role can already log in to its database with
+//! the state's password, nothing is written.
+
+use crate::hosts::run::{wait_for, RoleRun};
+use crate::hosts::remote::session::HostSession;
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+use std::time::Duration;
+
+fn identifier_ok(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') && s.len() <= 63 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The Patroni member that holds the leader lock now.
+pub async fn leader<'a>(run: &RoleRun<'a>) -> Result<&'a HostSession> {
+    let port = run.plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008);
+    let members: Vec<String> = run.plan.hosts_with_role("patroni").map(|h| h.name.clone()).collect();
+    if members.is_empty() {
+        bail!("the plan has no patroni hosts — role {} needs a database", run.role);
+    }
+    let name = wait_for("a Patroni leader to create the database on", Duration::from_secs(60), || async {
+        for m in &members {
+            let s = run.session(m)?;
+            let out = s.sudo(&super::rest_auth::local_curl(port, "-o /dev/null -m 3 -w '%{http_code}'", "/primary"), None).await?;
+            if out.stdout.trim() == "200" {
+                return Ok(Ok(m.clone()));
+            }
+        }
+        Ok(Err("no member answers 200 on /primary".to_string()))
+    })
+    .await?;
+    run.session(&name)
+}
+
+/// Make sure `user` (password `password`) owns database `database`.
+pub async fn ensure(run: &RoleRun<'_>, database: &str, user: &str, password: &str) -> Result<()> {
+    for (what, v) in [("database", database), ("user", user)] {
+        if !identifier_ok(v) {
+            bail!("{what} name {v:?} of role {}: use lowercase letters, digits and _ (PostgreSQL identifier without quoting)", run.role);
+        }
+    }
+    if password.is_empty() {
+        bail!("no password for database user {user} in the state");
+    }
+    let s = leader(run).await?;
+    let pg_port = run.plan.setting("patroni", "port").and_then(Value::as_u64).unwrap_or(5432);
+    // Can it log in already? (The password travels on stdin, not in argv.)
+    let probe = s
+        .sudo(
+            &format!("read -r PGPASSWORD; export PGPASSWORD; psql -h 127.0.0.1 -p {pg_port} -U {user} -d {database} -Atc 'select 1' 2>&1"),
+            Some(format!("{password}\n").as_bytes()),
+        )
+        .await?;
+    if probe.ok() && probe.stdout.trim() == "1" {
+        return Ok(());
+    }
+    run.events.progress(&format!("{} {}", run.role, s.name), format!("creating database {database} owned by {user} on the leader"));
+    let literal = password.replace('\'', "''");
+    let sql = format!(
+        "SELECT 'CREATE ROLE {user} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}')\\gexec\n\
+         ALTER ROLE {user} WITH LOGIN PASSWORD '{literal}';\n\
+         SELECT 'CREATE DATABASE {database} OWNER {user}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{database}')\\gexec\n"
+    );
+    let out = s.sudo(&format!("cd / && runuser -u postgres -- psql -h /var/run/postgresql -p {pg_port} -d postgres -q -v ON_ERROR_STOP=1 2>&1"), Some(sql.as_bytes())).await?;
+    if !out.ok() {
+        // psql echoes failing statements: keep the password out of the error.
+        return Err(anyhow!("{}: creating database {database} / user {user} failed: {}", s.name, out.stdout.replace(&literal, "(sensitive)").trim()));
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! HAProxy: the write port follows Patroni's primary (`GET /primary`, 200 and
+//! PostgreSQL running; a refused connection takes a server out at once), the
+//! read port round-robins healthy replicas. The config passes `haproxy -c`
+//! before it replaces the live one; changes reload without dropping traffic.
+//! Gate: the write backend has exactly one server up.
+
+use super::{file, service};
+use crate::hosts::ops::{HostDesired, OnChange};
+use crate::hosts::run::{wait_for, RoleRun};
+use crate::hosts::remote::session::HostSession;
+use crate::render::Renderer;
+use anyhow::Result;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Saves the servers' check states before a reload (the drop-in runs it).
+const SAVE_STATE: &str = "/usr/local/lib/rigger/haproxy-save-state";
+const STATE_DROP_IN: &str = "/etc/systemd/system/haproxy.service.d/rigger-server-state.conf";
+
+pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
+    Ok(HostDesired {
+        packages: vec!["haproxy".into()],
+        files: vec![
+            file("haproxy", SAVE_STATE, r.render("haproxy-save-state.py.j2", ctx)?, 0o755, "root", "root", None, &[]),
+            file("haproxy", STATE_DROP_IN, r.render("haproxy-state.conf.j2", ctx)?, 0o644, "root", "root", None, &["haproxy"]),
+            file("haproxy", "/etc/haproxy/haproxy.cfg", r.render("haproxy.cfg.j2", ctx)?, 0o640, "root", "haproxy", Some(("haproxy -c", "haproxy -c -f {}")), &["haproxy"]),
+        ],
+        services: vec![service("haproxy", "haproxy", OnChange::Reload)],
+        ..Default::default()
+    })
+}
+
+/// One backend server as the stats page reports it.
+#[derive(Debug, Clone)]
+pub struct ServerStatus {
+    pub backend: String,
+    pub server: String,
+    pub status: String,
+}
+
+/// Read the stats CSV on the host (the password goes through stdin, not argv).
+/// The stats CSV, with the password on stdin (curl's config from `-K -`).
+fn servers_ask(stats_port: u64, password: &str) -> crate::hosts::remote::ahead::Ask {
+    crate::hosts::remote::ahead::Ask::sudo(format!("curl -s -m 3 -K - 'http://127.0.0.1:{stats_port}/stats;csv'"), Some(format!("user = \"admin:{password}\"\n").as_bytes()))
+}
+
+fn stats_port(plan: &crate::plan::model::Plan) -> u64 {
+    plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404)
+}
+
+/// The gate's commands on `host`, asked ahead in the facts round trip.
+pub fn gate_asks(plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::hosts::remote::ahead::Ask> {
+    if plan.hosts_with_role("patroni").next().is_none() {
+        return vec![];
+    }
+    let password = secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
+    let superuser = secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
+    let mut asks = vec![servers_ask(stats_port(plan), &password)];
+    asks.extend(crate::client_path::haproxy_paths(plan, &[host]).iter().map(|p| crate::client_path::probe_ask(p, &superuser)));
+    asks
+}
+
+pub async fn servers(s: &HostSession, stats_port: u64, password: &str) -> Result<Vec<ServerStatus>> {
+    let ask = servers_ask(stats_port, password);
+    let out = s.sudo(&ask.script, ask.stdin.as_deref()).await?;
+    let mut list = Vec::new();
+    for line in out.stdout.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() > 17 && f[1] != "FRONTEND" && f[1] != "BACKEND" {
+            list.push(ServerStatus { backend: f[0].to_string(), server: f[1].to_string(), status: f[17].to_string() });
+        }
+    }
+    Ok(list)
+}
+
+pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
+    run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
+    gate(run).await
+}
+
+pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
+    let port = stats_port(run.plan);
+    let password = run.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
+    let members = run.plan.hosts_with_role("patroni").count();
+    if members == 0 {
+        // Only HTTP frontends (Saleor, Storefront): their backends come up in later roles.
+        return Ok(());
+    }
+    let replicas = members.saturating_sub(1);
+    run.each(|h, s| {
+        let password = password.clone();
+        async move {
+            wait_for(&format!("{}: HAProxy sees the primary (and the replicas)", h.name), Duration::from_secs(90), || async {
+                let list = servers(s, port, &password).await?;
+                let up = |b: &str| list.iter().filter(|x| x.backend == b && x.status.starts_with("UP")).count();
+                match (up("primary"), up("replicas")) {
+                    (1, r) if r >= replicas => Ok(Ok(())),
+                    (p, r) => Ok(Err(format!("write backend {p} up (want 1), read backend {r} up (want {replicas})"))),
+                }
+            })
+            .await
+        }
+    })
+    .await?;
+    // The daemon's opinion is not the client's path: log in through each host's ports.
+    let superuser = run.secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
+    run.each(|h, s| {
+        let superuser = superuser.clone();
+        async move { crate::client_path::gate(s, &crate::client_path::haproxy_paths(run.plan, &[h]), &superuser, Duration::from_secs(30)).await }
+    })
+    .await
+}
+
+/// The haproxy role, as the registry lists it.
+pub struct Haproxy;
+
+#[async_trait::async_trait]
+impl super::role::Role for Haproxy {
+    fn name(&self) -> &'static str {
+        "haproxy"
+    }
+    fn needs(&self) -> &'static [&'static str] {
+        &["patroni"]
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["haproxy"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::hosts::ops::HostDesired> {
+        desired(at.renderer, at.ctx)
+    }
+    fn gate_asks(&self, plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::hosts::remote::ahead::Ask> {
+        gate_asks(plan, host, secrets)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

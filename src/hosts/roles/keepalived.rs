@@ -1,0 +1,111 @@
+//! keepalived: the VIP over the HAProxy hosts (unicast VRRP, follows a live
+//! HAProxy). Config checked with `keepalived -t`. Gate: exactly one host holds the VIP.
+
+use super::{file, service};
+use crate::hosts::ops::{HostDesired, OnChange};
+use crate::hosts::run::{wait_for, RoleRun};
+use crate::hosts::remote::session::HostSession;
+use crate::render::Renderer;
+use anyhow::Result;
+use serde_json::Value;
+use std::time::Duration;
+
+pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
+    Ok(HostDesired {
+        packages: vec!["keepalived".into()],
+        files: vec![file(
+            "keepalived",
+            "/etc/keepalived/keepalived.conf",
+            r.render("keepalived.conf.j2", ctx)?,
+            0o640,
+            "root",
+            "root",
+            Some(("keepalived -t", "keepalived -t -f {}")),
+            &["keepalived"],
+        )],
+        // Reload (SIGHUP): the holder keeps the VIP while peers or priorities change.
+        services: vec![service("keepalived", "keepalived", OnChange::Reload)],
+        ..Default::default()
+    })
+}
+
+pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
+    run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
+    gate(run).await
+}
+
+/// Whether this host has the VIP on one of its interfaces.
+const ADDRESSES: &str = "ip -4 -o addr show";
+
+pub async fn holds_vip(s: &HostSession, vip: &str) -> Result<bool> {
+    Ok(s.sh(ADDRESSES).await?.stdout.contains(&format!(" {vip}/")))
+}
+
+/// The gate's commands on `host`, asked ahead in the facts round trip: its
+/// addresses, and on the first keepalived host the logins through the VIP.
+pub fn gate_asks(plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::hosts::remote::ahead::Ask> {
+    let mut asks = vec![crate::hosts::remote::ahead::Ask::sh(ADDRESSES)];
+    if plan.hosts_with_role("keepalived").next().is_some_and(|first| first.name == host.name) {
+        let superuser = secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
+        asks.extend(crate::client_path::vip_paths(plan).iter().map(|p| crate::client_path::probe_ask(p, &superuser)));
+    }
+    asks
+}
+
+/// Who holds the VIP now.
+pub async fn holders(run: &RoleRun<'_>, vip: &str) -> Result<Vec<String>> {
+    let checks = run.hosts.iter().map(|h| async move { Ok::<_, anyhow::Error>((h.name.clone(), holds_vip(run.session(&h.name)?, vip).await?)) });
+    let mut names = Vec::new();
+    for r in futures::future::join_all(checks).await {
+        let (name, holds) = r?;
+        if holds {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
+    let vip = run.plan.setting("keepalived", "vip").and_then(Value::as_str).unwrap_or_default().to_string();
+    wait_for(&format!("the VIP {vip} on exactly one HAProxy host"), Duration::from_secs(60), || async {
+        let h = holders(run, &vip).await?;
+        if h.len() == 1 {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!("held by {h:?}")))
+        }
+    })
+    .await?;
+    // Clients use the VIP: log in through its write and read ports.
+    let superuser = run.secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
+    let paths = crate::client_path::vip_paths(run.plan);
+    match run.hosts.first() {
+        Some(h) if !paths.is_empty() => crate::client_path::gate(run.session(&h.name)?, &paths, &superuser, Duration::from_secs(30)).await,
+        _ => Ok(()),
+    }
+}
+
+/// The keepalived role, as the registry lists it.
+pub struct Keepalived;
+
+#[async_trait::async_trait]
+impl super::role::Role for Keepalived {
+    fn name(&self) -> &'static str {
+        "keepalived"
+    }
+    fn needs(&self) -> &'static [&'static str] {
+        &["haproxy"]
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["keepalived"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::hosts::ops::HostDesired> {
+        desired(at.renderer, at.ctx)
+    }
+    fn gate_asks(&self, plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::hosts::remote::ahead::Ask> {
+        gate_asks(plan, host, secrets)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

@@ -1,0 +1,67 @@
+//! nginx: `least_conn` over the app hosts with passive health checks
+//! (`max_fails`/`fail_timeout`, the next server retried on errors). rigger
+//! owns the main nginx.conf, so `nginx -t -c` on the candidate checks the
+//! whole config before it replaces the live one; a rejected config leaves the
+//! running nginx untouched. Changes reload (no dropped connections).
+//! Gate: /health through nginx answers 200.
+
+use super::{file, service};
+use crate::hosts::ops::{HostDesired, OnChange};
+use crate::hosts::run::{wait_for, RoleRun};
+use crate::render::Renderer;
+use anyhow::{bail, Result};
+use serde_json::Value;
+use std::time::Duration;
+
+pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
+    if ctx["members"]["app"].as_array().is_none_or(Vec::is_empty) {
+        bail!("nginx balances the app hosts — give the role `app` to some hosts");
+    }
+    Ok(HostDesired {
+        packages: vec!["nginx".into()],
+        files: vec![file("nginx", "/etc/nginx/nginx.conf", r.render("nginx.conf.j2", ctx)?, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["nginx"])],
+        services: vec![service("nginx", "nginx", OnChange::Reload)],
+        ..Default::default()
+    })
+}
+
+pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
+    run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
+    gate(run).await
+}
+
+pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
+    let port = run.plan.setting("nginx", "port").and_then(Value::as_u64).unwrap_or(80);
+    run.each(|h, s| async move {
+        wait_for(&format!("{}: /health through nginx", h.name), Duration::from_secs(60), || async {
+            let out = s.sudo(&format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None).await?;
+            Ok(if out.stdout.trim() == "200" { Ok(()) } else { Err(format!("/health answered {}", out.stdout.trim())) })
+        })
+        .await?;
+        // Least-conn may keep answering from one server: prove each app is reached.
+        crate::client_path::nginx_gate(run.plan, s, Duration::from_secs(60)).await
+    })
+    .await
+}
+
+/// The nginx role, as the registry lists it.
+pub struct Nginx;
+
+#[async_trait::async_trait]
+impl super::role::Role for Nginx {
+    fn name(&self) -> &'static str {
+        "nginx"
+    }
+    fn needs(&self) -> &'static [&'static str] {
+        &["app", "saleor"]
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["nginx"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::hosts::ops::HostDesired> {
+        desired(at.renderer, at.ctx)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

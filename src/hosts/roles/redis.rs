@@ -1,0 +1,67 @@
+//! Redis: one instance with a password (from the state) and an LRU memory cap,
+//! TLS-only with the project CA's host certificate when `security.tls` is on
+//! (Debian 12's redis-server 7.0 is built with TLS).
+//! Gate: PING answers PONG with the password.
+
+use super::{file, service};
+use crate::hosts::ops::{HostDesired, OnChange};
+use crate::hosts::run::{wait_for, RoleRun};
+use crate::hosts::remote::session::HostSession;
+use crate::render::Renderer;
+use anyhow::Result;
+use serde_json::Value;
+use std::time::Duration;
+
+pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
+    Ok(HostDesired {
+        packages: vec!["redis-server".into()],
+        files: vec![file("redis", "/etc/redis/redis.conf", r.render("redis.conf.j2", ctx)?, 0o640, "redis", "redis", None, &["redis-server"])],
+        services: vec![service("redis", "redis-server", OnChange::Restart)],
+        ..Default::default()
+    })
+}
+
+/// `PING` with the password (on stdin, never on a command line): what Redis answered.
+/// TLS or not is read from the config Redis runs with (right before and after
+/// TLS is turned on); TLS is verified against the project CA.
+pub async fn ping(s: &HostSession, port: u64, password: &str) -> Result<String> {
+    let tls = format!("if grep -qs '^tls-port' /etc/redis/redis.conf; then t='--tls --cacert {}/ca.crt'; else t=; fi", super::tls::REDIS_DIR);
+    let out = s.sudo(&format!("{tls}; read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli $t -p {port} ping"), Some(format!("{password}\n").as_bytes())).await?;
+    Ok(format!("{}{}", out.stdout.trim(), out.stderr.trim()))
+}
+
+pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
+    run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
+    let port = run.plan.setting("redis", "port").and_then(Value::as_u64).unwrap_or(6379);
+    let password = run.secrets.get("redis_password").cloned().unwrap_or_default();
+    run.each(|h, s| {
+        let password = password.clone();
+        async move {
+            wait_for(&format!("{}: redis answers PING", h.name), Duration::from_secs(30), || async {
+                let answer = ping(s, port, &password).await?;
+                Ok(if answer == "PONG" { Ok(()) } else { Err(answer) })
+            })
+            .await
+        }
+    })
+    .await
+}
+
+/// The redis role, as the registry lists it.
+pub struct Redis;
+
+#[async_trait::async_trait]
+impl super::role::Role for Redis {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    fn services(&self) -> &'static [&'static str] {
+        &["redis-server"]
+    }
+    fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::hosts::ops::HostDesired> {
+        desired(at.renderer, at.ctx)
+    }
+    async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
+        converge(run).await
+    }
+}

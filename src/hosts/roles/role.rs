@@ -1,0 +1,84 @@
+//! What every role answers: the `Role` trait. Each role module implements it
+//! on a unit struct, and the registry (`registry.rs`) lists those objects, so
+//! the config phase asks the registry instead of matching on role names.
+
+use crate::hosts::ops::HostDesired;
+use crate::hosts::run::RoleRun;
+use crate::plan::model::{Host, Plan};
+use crate::hosts::remote::ahead::Ask;
+use crate::render::Renderer;
+use anyhow::Result;
+use async_trait::async_trait;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// What a role reads to say what one host should look like.
+pub struct HostInput<'a> {
+    pub plan: &'a Plan,
+    pub host: &'a Host,
+    pub secrets: &'a BTreeMap<String, String>,
+    pub renderer: &'a Renderer,
+    /// The template context (`roles::template_context`) for this host.
+    pub ctx: &'a Value,
+}
+
+/// What a role's cluster owes beyond its files and services, read from its
+/// probes (shown by `plan`, carried out by the role's bring-up).
+#[derive(Default)]
+pub struct ClusterChanges {
+    /// Settings to change in the cluster's own store: (name, now, wanted).
+    pub parameters: Vec<(String, Option<String>, String)>,
+    /// Hosts whose daemon owes a restart.
+    pub pending_restarts: Vec<String>,
+}
+
+#[async_trait]
+pub trait Role: Sync {
+    /// The plan's `roles:` value.
+    fn name(&self) -> &'static str;
+
+    /// Roles healthy before this one starts (roles absent from a plan are
+    /// ignored; its staging — packages, uploads — does not wait for them).
+    fn needs(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Services a host departing from this role stops (reshape::drain).
+    fn services(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Whether the role runs on `host`: the plan gave the host this role.
+    fn applies_to(&self, host: &Host) -> bool {
+        host.roles.iter().any(|r| r == self.name())
+    }
+
+    /// The packages, files and services the role wants on one host.
+    fn desired(&self, at: &HostInput<'_>) -> Result<HostDesired>;
+
+    /// The health gate's commands on `host`, asked ahead in the facts round
+    /// trip (remote::ahead). None: the gate asks live.
+    fn gate_asks(&self, _plan: &Plan, _host: &Host, _secrets: &BTreeMap<String, String>) -> Vec<Ask> {
+        vec![]
+    }
+
+    /// Extra facts gathered on the role's hosts: (name, command).
+    fn probes(&self, _plan: &Plan) -> Vec<(String, String)> {
+        vec![]
+    }
+
+    /// The cluster changes the probes show (`probes`: host → probe name →
+    /// output, every configured host).
+    fn cluster_changes(&self, _plan: &Plan, _probes: &BTreeMap<&str, &BTreeMap<String, String>>) -> ClusterChanges {
+        ClusterChanges::default()
+    }
+
+    /// Work done with the staging, before the roles it needs are up (the
+    /// app's user and virtualenv).
+    async fn prepare(&self, _run: &RoleRun<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Start, restart or reload what changed and wait at the health gate.
+    async fn converge(&self, run: &RoleRun<'_>) -> Result<()>;
+}
