@@ -4,7 +4,6 @@ pub mod cli;
 pub mod cloud;
 pub mod client_path;
 pub mod commands;
-pub mod events;
 pub mod flows;
 pub mod hosts;
 pub mod inventory;

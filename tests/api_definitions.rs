@@ -5,7 +5,7 @@
 //! simulator gives fits the schema's `returns`, and the simulator refuses and
 //! accepts exactly what the schema does, in PVE's error form.
 
-use rigger::events::Events;
+use rigger_events::Events;
 use rigger::plan::model::*;
 use rigger::cloud::providers::proxmox::client::{ApiError, Auth, ClientOptions, ProxmoxClient};
 use rigger::cloud::providers::proxmox::tls::{self, TlsMode};

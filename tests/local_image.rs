@@ -2,8 +2,8 @@
 //! many machines. Needs root, debootstrap and the Debian mirror; the first run
 //! takes a few minutes, later runs find it cached.
 
-use rigger::events::Events;
-use rigger::cloud::providers::local::image::ensure_image;
+use rigger_events::Events;
+use nspawn_machines::image::ensure_image;
 
 #[tokio::test]
 async fn debian_12_image_is_built_once_and_prepared_for_machines() {

@@ -4,9 +4,9 @@
 //! (the image is built on first use). Everything the test makes is removed at
 //! the end, and by a guard if the test fails halfway.
 
-use rigger::events::Events;
+use rigger_events::Events;
 use rigger::plan::model::*;
-use rigger::cloud::providers::local::{machine, names, LocalProvider};
+use nspawn_machines::{machine, names, LocalProvider};
 use rigger::cloud::providers::{Deps, Provider};
 use rigger::cloud::resource::{Address, Kind, LiveResource, ResourceSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -148,7 +148,7 @@ impl Drop for Guard<'_> {
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
             let rootfs = project_dir.join(host).join("rootfs");
             let _ = Command::new("umount").arg(&rootfs).output();
-            let _ = rigger::cloud::providers::local::cgroup::remove(&name);
+            let _ = nspawn_machines::cgroup::remove(&name);
         }
         let bridge = names::bridge(&f.project, &f.network);
         let _ = Command::new("ip").args(["rule", "del", "iif", &bridge, "to", &f.cidr.to_string(), "lookup", "main", "pref", "10000"]).output();

@@ -6,7 +6,7 @@
 //! (~45 MB, then cached in /var/lib/rigger/artifacts/node-toolchain); the
 //! second needs nothing but loopback: a tampered download is refused.
 
-use rigger::events::Events;
+use rigger_events::Events;
 use rigger::hosts::roles::node_toolchain::{self, DEFAULT_NODE_VERSION, NPM_VERSION, PNPM_VERSION};
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! machines (retrying failed creates as the core does), refresh to a zero
 //! diff, delete everything. Several seeds.
 
-use rigger::events::Events;
+use rigger_events::Events;
 use rigger::plan::model::*;
 use rigger::cloud::providers::proxmox::client::{Auth, ClientOptions, ProxmoxClient};
 use rigger::cloud::providers::proxmox::tls::{self, TlsMode};

@@ -2,7 +2,7 @@
 //! small stack in dependency order, refresh to zero diff, update in place,
 //! delete everything, and check the simulator never made a duplicate.
 
-use rigger::events::Events;
+use rigger_events::Events;
 use rigger::plan::model::*;
 use rigger::cloud::providers::yandex::auth::{AuthorizedKey, Credentials};
 use rigger::cloud::providers::yandex::client::{PollPolicy, RetryPolicy, YandexClient};
@@ -210,7 +210,7 @@ async fn whole_lifecycle(seed: u64, client_retries: bool) {
     if !client_retries {
         let mut adopted = 0;
         while let Ok(e) = rx.try_recv() {
-            if matches!(&e, rigger::events::Event::Note { message, .. } if message.contains("adopting")) {
+            if matches!(&e, rigger_events::Event::Note { message, .. } if message.contains("adopting")) {
                 adopted += 1;
             }
         }

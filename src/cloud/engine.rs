@@ -3,7 +3,7 @@
 //! every step so a failure or a kill loses nothing.
 
 use crate::cloud::diff::{self, delete_rank, Action, Change};
-use crate::events::Events;
+use rigger_events::Events;
 use crate::cloud::graph::{self, Graph, Outcome};
 use crate::project::Project;
 use crate::cloud::providers::{Deps, Provider};

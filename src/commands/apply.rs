@@ -45,7 +45,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             s.check_current(lineage.as_deref(), serial)?;
             print!("{}", ui::plan::render_human(&s.changes, &paint));
             if drains(infra_only, args.no_ssh_wait, &s.changes, &paint) {
-                let d = crate::reshape::drain::compute(&project, &state, &s.changes, infra_only, &crate::events::Events::silent()).await?;
+                let d = crate::reshape::drain::compute(&project, &state, &s.changes, infra_only, &rigger_events::Events::silent()).await?;
                 print!("{}", ui::drain::render_human(&d, &paint));
                 drain = Some(d);
             }
@@ -89,7 +89,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             let changes = engine::restrict_to_targets(crate::cloud::diff::compute(&specs, &live), &specs, &args.targets)?;
             print!("{}", ui::plan::render_human(&changes, &paint));
             if drains(infra_only, args.no_ssh_wait, &changes, &paint) {
-                let d = match crate::reshape::drain::compute(&project, &state, &changes, infra_only, &crate::events::Events::silent()).await {
+                let d = match crate::reshape::drain::compute(&project, &state, &changes, infra_only, &rigger_events::Events::silent()).await {
                     Ok(d) => d,
                     Err(e) => {
                         if let Some(cp) = config_plan_ok {
@@ -224,7 +224,7 @@ fn drains(infra_only: bool, no_ssh_wait: bool, changes: &[crate::cloud::diff::Ch
     true
 }
 
-async fn wait_for_all_ssh(provider: &dyn crate::cloud::providers::Provider, project: &Project, shared: &Arc<Mutex<Shared>>, events: &crate::events::Events) -> Result<()> {
+async fn wait_for_all_ssh(provider: &dyn crate::cloud::providers::Provider, project: &Project, shared: &Arc<Mutex<Shared>>, events: &rigger_events::Events) -> Result<()> {
     let (targets, machines) = {
         let sh = shared.lock().await;
         (crate::hosts::remote::targets(project, &sh.state), sh.state.machines().cloned().collect::<Vec<_>>())

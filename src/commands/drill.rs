@@ -249,7 +249,7 @@ pub async fn crash_round(
         .find(|r| r.address.kind == crate::cloud::resource::Kind::Machine && r.address.name == leader)
         .cloned()
         .ok_or_else(|| anyhow!("{leader} is not in the state"))?;
-    let events = crate::events::Events::silent();
+    let events = rigger_events::Events::silent();
     let kill_at = Instant::now();
     let killed = provider
         .power(

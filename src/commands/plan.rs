@@ -33,7 +33,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let config_plan = config_plan.transpose()?;
     // Host-side steps before machines are deleted (drain before destroy); refused here when unsafe.
     // `--infra-only` plans dial no host: the drain `apply` runs is not looked at.
-    let drain = if args.infra_only { None } else { Some(crate::reshape::drain::compute(&project, &state, &changes, false, &crate::events::Events::silent()).await?) };
+    let drain = if args.infra_only { None } else { Some(crate::reshape::drain::compute(&project, &state, &changes, false, &rigger_events::Events::silent()).await?) };
 
     let paint = Paint { on: ui::color_enabled() };
     if args.json {

@@ -14,7 +14,7 @@
 use crate::cli::RestoreCmd;
 use crate::hosts::phase;
 use crate::cloud::engine::Shared;
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::model::Plan;
 use crate::project::Project;
 use crate::hosts::remote::session::{sh_quote, HostSession};

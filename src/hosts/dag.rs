@@ -5,7 +5,7 @@
 //! independent roles together, installation while the database comes up.
 //! At the end, the critical path of role bring-ups against the wall time.
 
-use crate::events::Events;
+use rigger_events::Events;
 use crate::cloud::graph::{self, Graph, Outcome};
 use crate::hosts::roles;
 use anyhow::{bail, Result};

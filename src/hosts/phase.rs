@@ -9,7 +9,7 @@ use super::facts::{self, HostFacts};
 use super::ops::{self, HostChanges, HostDesired};
 use super::run::RoleRun;
 use crate::cloud::engine::Shared;
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::model::{Host, Plan};
 use crate::project::Project;
 use crate::hosts::remote::session::HostSession;

@@ -4,7 +4,7 @@
 
 use super::facts::HostFacts;
 use super::ops::HostChanges;
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::model::{Host, Plan};
 use crate::hosts::remote::session::HostSession;
 use anyhow::{anyhow, bail, Result};

@@ -6,7 +6,7 @@
 //! or the data are refused here, with why and what to do.
 
 use crate::cloud::diff::{Action, Change};
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::model::Plan;
 use crate::project::Project;
 use crate::hosts::remote::session::HostSession;

@@ -6,7 +6,7 @@
 use super::drain::{etcd_client_port, patroni_members, rest_port, DrainPlan, Step};
 use crate::hosts::run::wait_for;
 use crate::hosts::roles::patroni::rest;
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::model::Plan;
 use crate::project::Project;
 use crate::hosts::remote::session::{sh_quote, HostSession};

@@ -10,9 +10,9 @@
 //! exact name. Work runs in background tasks, in order per machine; what
 //! happens is reported as events, never printed.
 
-use crate::events::Events;
-use crate::cloud::providers::local::machine::{self, MachinePaths, Meta, Seed};
-use crate::cloud::providers::local::{cmd, image, names, net};
+use rigger_events::Events;
+use nspawn_machines::machine::{self, MachinePaths, Meta, Seed};
+use nspawn_machines::{cmd, image, names, net};
 use anyhow::{anyhow, Context, Result};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,7 +81,7 @@ impl LocalMachines {
     /// Machines kept under `<root>/machines/<owner>/` (root: `/var/lib/rigger`).
     pub fn new(owner: &str, events: Events) -> Result<Arc<LocalMachines>> {
         names::check_component("simulator name", owner)?;
-        crate::cloud::providers::local::preflight::check_host()?;
+        nspawn_machines::preflight::check_host()?;
         Ok(Arc::new(LocalMachines {
             root: PathBuf::from(image::DEFAULT_ROOT),
             owner: owner.to_string(),
@@ -232,24 +232,23 @@ impl LocalMachines {
                     host_keys: Vec::new(),
                     attrs: Default::default(),
                 };
-                machine::ensure_overlay(&paths, &meta.lower).await?;
                 let seed = Seed { hostname: &r.hostname, ip: r.ip, ssh_user: &r.ssh_user, ssh_public_key: &r.ssh_public_key };
-                let host_keys = machine::seed(&paths.rootfs, &seed).await?;
+                let host_keys = machine::lay_down(&paths, &meta.lower, &seed).await?;
                 let meta = Meta { host_keys, ..meta };
                 meta.write(&paths.meta)?;
                 meta
             }
         };
-        net::ensure_machine_link(&meta.link()?).await?;
         if let Some(public) = r.public_ip {
+            // The link first: the public address goes onto its eth0 before the machine boots.
+            net::ensure_machine_link(&meta.link()?).await?;
             // One-to-one NAT, the short way: the machine also owns its public address,
             // and the host routes that one address onto the bridge.
             let address = format!("{public}/32");
             cmd::run("ip", &["-n", &meta.netns, "addr", "replace", &address, "dev", "eth0"]).await?;
             cmd::run("ip", &["route", "replace", &address, "dev", &bridge]).await?;
         }
-        machine::ensure_overlay(&paths, &meta.lower).await?;
-        machine::start(&paths, &meta).await?;
+        machine::bring_up(&paths, &meta).await?;
         machine::wait_for_ssh(&paths, &meta).await?;
         if let Some(k) = self.known().get_mut(&r.name) {
             k.host_keys = Some(meta.host_keys.clone());

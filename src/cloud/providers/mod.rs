@@ -7,7 +7,7 @@ pub mod yandex;
 pub mod proxmox;
 pub mod rules;
 
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::model::Plan;
 use crate::cloud::resource::{Address, LiveResource, ResourceSpec};
 use anyhow::Result;

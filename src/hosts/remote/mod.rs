@@ -7,7 +7,7 @@ pub mod ahead;
 pub mod persist;
 pub mod session;
 
-use crate::events::Events;
+use rigger_events::Events;
 use crate::project::Project;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};

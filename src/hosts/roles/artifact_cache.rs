@@ -6,7 +6,7 @@
 //! `.partial-<pid>` of a live process) are never touched. pnpm's store is
 //! not pruned: every build links from it.
 
-use crate::events::Events;
+use rigger_events::Events;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

@@ -10,7 +10,7 @@
 //! the same one npm and pnpm then install packages from.
 
 use super::saleor_source::artifacts_dir;
-use crate::events::Events;
+use rigger_events::Events;
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! (bounded by `timeout`), read `info --output=json`, run a backup through
 //! its systemd unit (the same one the timers start) while showing progress.
 
-use crate::events::Events;
+use rigger_events::Events;
 use crate::hosts::remote::session::{sh_quote, HostSession, RunOutput};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;

@@ -11,7 +11,7 @@
 
 use super::saleor_source::artifacts_dir;
 use crate::hosts::run::{indent, wait_for, RoleRun};
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::load::resolve_path;
 use crate::plan::model::Plan;
 use crate::hosts::remote::session::HostSession;

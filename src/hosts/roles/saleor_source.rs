@@ -20,7 +20,7 @@
 
 use super::database;
 use crate::hosts::run::{indent, wait_for, RoleRun};
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::load::resolve_path;
 use crate::plan::model::{Host, Plan};
 use crate::hosts::remote::session::{sh_quote, HostSession};

@@ -22,7 +22,7 @@
 use super::node_toolchain::{self, Toolchain};
 use super::saleor_source::{self, artifacts_dir};
 use crate::hosts::run::{indent, wait_for, RoleRun};
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::load::resolve_path;
 use crate::plan::model::Plan;
 use crate::hosts::remote::session::{sh_quote, HostSession};

@@ -17,8 +17,8 @@
 //! Not simulated: CPU/memory/disk limits, DHCP, VLAN tags.
 
 use super::{GuestBoot, GuestKind, MachineBackend};
-use crate::events::Events;
-use crate::cloud::providers::local::{image, machine, names, net, preflight};
+use rigger_events::Events;
+use nspawn_machines::{image, machine, names, net, preflight};
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
@@ -120,10 +120,8 @@ impl LocalMachines {
 
     /// Root filesystem with hostname, the login user and its keys, host keys.
     async fn lay_down(&self, guest: &GuestBoot, meta: &Meta) -> Result<Vec<String>> {
-        let paths = self.paths(guest.vmid);
-        machine::ensure_overlay(&paths, &self.lower).await?;
         let seed = Seed { hostname: &guest.hostname, ip: meta.ip, ssh_user: &guest.user, ssh_public_key: &guest.ssh_public_keys };
-        machine::seed(&paths.rootfs, &seed).await
+        machine::lay_down(&self.paths(guest.vmid), &self.lower, &seed).await
     }
 
     async fn boot(&self, guest: &GuestBoot) -> Result<Vec<String>> {
@@ -144,8 +142,7 @@ impl LocalMachines {
         if let Ok(mut networks) = self.networks.lock() {
             networks.insert((meta.bridge.clone(), cidr, meta.gateway));
         }
-        net::ensure_machine_link(&meta.link()?).await?;
-        let pid = machine::start(&paths, &meta).await?;
+        let pid = machine::bring_up(&paths, &meta).await?;
         Meta { pid: Some(pid), host_keys: host_keys.clone(), ..meta }.write(&paths.meta)?;
         Ok(host_keys)
     }

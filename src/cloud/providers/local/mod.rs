@@ -9,30 +9,23 @@
 //! - `subnet.<name>`:   the gateway address on that bridge (attrs: `cidr`, `gateway`, `network`)
 //! - `firewall.<name>`: recorded only, not enforced yet (attrs: `rules`);
 //!   enforcement with nftables inside the machines comes later
-//! - `machine.<host>`:  a container (see `machine.rs`)
+//! - `machine.<host>`:  a container (see `nspawn_machines::machine`)
 //!
 //! Everything lives under `<root>/machines/<project>/` (root: `/var/lib/rigger`);
-//! host-wide names come from `names.rs`, so a run finds what an earlier one made.
+//! host-wide names come from `nspawn_machines::names`, so a run finds what an earlier one made.
 
-pub mod cgroup;
-pub mod cmd;
-pub mod image;
-pub mod machine;
-pub mod mounts;
-pub mod names;
-pub mod net;
-pub mod preflight;
 pub mod records;
 pub mod rules;
 
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::model::{Plan, ProviderConfig};
 use crate::cloud::providers::{Deps, Provider};
 use crate::cloud::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
-use machine::{MachinePaths, Meta, Seed};
+use nspawn_machines::machine::{self, MachinePaths, Meta, Seed};
+use nspawn_machines::{image, names, net, preflight};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -298,9 +291,9 @@ impl LocalProvider {
         };
         meta.address()?;
         events.progress(&subject, "writing hostname, user, keys");
-        machine::ensure_overlay(&paths, &meta.lower).await?;
-        let host_keys = machine::seed(
-            &paths.rootfs,
+        let host_keys = machine::lay_down(
+            &paths,
+            &meta.lower,
             &Seed {
                 hostname: host,
                 ip,
@@ -317,10 +310,8 @@ impl LocalProvider {
 
     /// Makes sure the machine's network, overlay and container are up and sshd answers.
     async fn run_machine(&self, paths: &MachinePaths, mut meta: Meta, events: &Events, subject: &str) -> Result<LiveResource> {
-        net::ensure_machine_link(&meta.link()?).await?;
-        machine::ensure_overlay(paths, &meta.lower).await?;
         events.progress(subject, "booting");
-        let pid = machine::start(paths, &meta).await?;
+        let pid = machine::bring_up(paths, &meta).await?;
         meta.pid = Some(pid);
         meta.write(&paths.meta)?;
         events.progress(subject, "waiting for sshd");

@@ -3,7 +3,7 @@
 //! without the state: a bridge's name is a hash and cannot be read back.
 //! The dot keeps them apart from machine directories (host names never start with one).
 
-use super::image::write_atomically;
+use nspawn_machines::image::write_atomically;
 use crate::cloud::resource::{Address, Attrs, Kind};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};

@@ -28,7 +28,7 @@ pub mod rules;
 pub mod tasks;
 pub mod tls;
 
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::model::{Plan, ProviderConfig, ProxmoxConfig};
 use crate::cloud::providers::{Deps, Provider};
 use crate::cloud::resource::{Kind, LiveResource, ResourceSpec};

@@ -9,7 +9,7 @@ pub mod operations;
 pub mod resources;
 pub mod rules;
 
-use crate::events::Events;
+use rigger_events::Events;
 use crate::plan::model::{Plan, YandexConfig};
 use crate::cloud::providers::{Deps, Provider};
 use crate::cloud::resource::{Address, Kind, LiveResource, ResourceSpec};

@@ -10,7 +10,7 @@
 //! the network has more than one subnet. No NAT, no global `ip_forward`.
 //! Every function is idempotent.
 
-use super::cmd::{self, CommandError};
+use crate::cmd::{self, CommandError};
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use serde::Deserialize;

@@ -88,12 +88,12 @@ pub async fn unmount(mount_point: &Path) -> Result<()> {
         if !is_mount_point(mount_point)? {
             return Ok(());
         }
-        if super::cmd::succeeds("umount", &[&path]).await? {
+        if crate::cmd::succeeds("umount", &[&path]).await? {
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    super::cmd::run_hinted("umount", &["--lazy", &path], "something still uses it; see `fuser -vm` on it").await?;
+    crate::cmd::run_hinted("umount", &["--lazy", &path], "something still uses it; see `fuser -vm` on it").await?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! What the local provider needs from the host, checked up front so the user
 //! gets one clear message instead of a failing command halfway through.
 
-use super::cmd::install_hint;
+use crate::cmd::install_hint;
 use anyhow::{bail, Result};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;

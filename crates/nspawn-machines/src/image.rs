@@ -8,8 +8,8 @@
 //! - `.build-<pid>/`   a build in progress, renamed to `rootfs` when complete
 //! - `rootfs.old-<t>/` a replaced image kept while machines still use it as their lower layer
 
-use super::{cmd, mounts};
-use crate::events::Events;
+use crate::{cmd, mounts};
+use rigger_events::Events;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -156,7 +156,7 @@ async fn build(dir: &Path, mut manifest: Manifest, events: &Events) -> Result<()
     let started = Instant::now();
     events.started(&subject, "building with debootstrap (once; cached afterwards)");
     let result = async {
-        super::preflight::require_program("debootstrap")?;
+        crate::preflight::require_program("debootstrap")?;
         remove_stale_builds(dir).await?;
         let build_dir = dir.join(format!(".build-{}", std::process::id()));
         manifest.mirror = apt_mirror();

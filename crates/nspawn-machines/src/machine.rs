@@ -9,8 +9,7 @@
 //! systemd-nspawn runs detached (own session, no stdin), so machines outlive rigger.
 //! Whether a machine runs is read from `/proc`, never from a remembered pid alone.
 
-use super::{cgroup, cmd, image, mounts, net};
-use crate::cloud::resource::Attrs;
+use crate::{cgroup, cmd, image, mounts, net};
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use nix::sys::signal::{kill, Signal};
@@ -75,8 +74,8 @@ pub struct Meta {
     pub created: String,
     /// Public host keys, "type base64".
     pub host_keys: Vec<String>,
-    /// The spec attributes last applied.
-    pub attrs: Attrs,
+    /// The spec attributes last applied (the local provider's; the simulators leave it empty).
+    pub attrs: BTreeMap<String, serde_json::Value>,
 }
 
 impl Meta {
@@ -122,6 +121,23 @@ pub async fn ensure_overlay(paths: &MachinePaths, lower: &Path) -> Result<()> {
     let target = paths.rootfs.to_string_lossy().into_owned();
     cmd::run_hinted("mount", &["-t", "overlay", "rigger-overlay", "-o", &options, &target], "the kernel needs overlayfs (modprobe overlay)").await?;
     Ok(())
+}
+
+/// A new machine's root: its overlay on the image, then what `seed` writes.
+/// Returns the public host keys.
+pub async fn lay_down(paths: &MachinePaths, lower: &Path, what: &Seed<'_>) -> Result<Vec<String>> {
+    ensure_overlay(paths, lower).await?;
+    seed(&paths.rootfs, what).await
+}
+
+/// Boots a laid-down machine: its veth into its namespace, its overlay, then
+/// the container (see `start`). Every step keeps what is already up, so this
+/// also brings back a machine that was stopped or lost its mounts. Returns
+/// nspawn's pid; sshd is not waited for (see `wait_for_ssh`).
+pub async fn bring_up(paths: &MachinePaths, meta: &Meta) -> Result<u32> {
+    net::ensure_machine_link(&meta.link()?).await?;
+    ensure_overlay(paths, &meta.lower).await?;
+    start(paths, meta).await
 }
 
 /// Writes hostname, /etc/hosts, the SSH user with its key and sudo, and fresh
