@@ -13,6 +13,5 @@ pub mod project;
 pub mod render;
 pub mod reshape;
 pub mod saved_plan;
-pub mod sim;
 pub mod state;
 pub mod ui;

@@ -6,7 +6,8 @@
 
 use rigger_events::Events;
 use rigger::plan::model::*;
-use nspawn_machines::{machine, names, LocalProvider};
+use nspawn_machines::{machine, names};
+use rigger::cloud::providers::local::LocalProvider;
 use rigger::cloud::providers::{Deps, Provider};
 use rigger::cloud::resource::{Address, Kind, LiveResource, ResourceSpec};
 use std::collections::{BTreeMap, BTreeSet};

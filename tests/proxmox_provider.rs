@@ -9,7 +9,7 @@ use rigger::cloud::providers::proxmox::tls::{self, TlsMode};
 use rigger::cloud::providers::proxmox::{ProviderTimeouts, ProxmoxProvider};
 use rigger::cloud::providers::{Deps, Provider};
 use rigger::cloud::resource::{LiveResource, ResourceSpec};
-use rigger::sim::proxmox::{self as sim, ProxmoxSimOptions, QEMU_TEMPLATE_NAME};
+use rigger_sim::proxmox::{self as sim, ProxmoxSimOptions, QEMU_TEMPLATE_NAME};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

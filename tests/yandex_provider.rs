@@ -9,7 +9,7 @@ use rigger::cloud::providers::yandex::client::{PollPolicy, RetryPolicy, YandexCl
 use rigger::cloud::providers::yandex::YandexProvider;
 use rigger::cloud::providers::{Deps, Provider};
 use rigger::cloud::resource::{Address, LiveResource, ResourceSpec};
-use rigger::sim::yandex::{SimHandle, YandexSimOptions};
+use rigger_sim::yandex::{SimHandle, YandexSimOptions};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
@@ -275,7 +275,7 @@ async fn whole_lifecycle(seed: u64, client_retries: bool) {
 /// message (an Operation's `response`/`metadata` by their `@type`), and every
 /// refusal is a google.rpc.Status.
 fn assert_fits_the_published_protos(sim: &SimHandle, seed: u64) {
-    use rigger::sim::yandex::definitions::{json_name, Definitions, Side};
+    use rigger_sim::yandex::definitions::{json_name, Definitions, Side};
     use serde_json::Value;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/api/yandex-cloudapi");
     assert!(root.is_dir(), "{} is missing: the definition checks need shared/ beside the checkout", root.display());

@@ -5,7 +5,7 @@ use reqwest::Method;
 use rigger::cloud::providers::yandex::auth::{AuthorizedKey, Credentials};
 use rigger::cloud::providers::yandex::client::{Service, YandexClient};
 use rigger::cloud::providers::yandex::error::YandexError;
-use rigger::sim::yandex::{keys, SimHandle, YandexSimOptions};
+use rigger_sim::yandex::{keys, SimHandle, YandexSimOptions};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 

@@ -4,7 +4,7 @@
 //! Security groups are not enforced on these machines.
 
 use super::{ConsoleKeys, Instance, MachineBackend, MachineEvent};
-use crate::sim::local_machines::{LocalMachines, MachineRequest};
+use crate::local_machines::{LocalMachines, MachineRequest};
 use std::sync::Arc;
 
 /// Folder under `/var/lib/rigger/machines/` and prefix of every machine name.
@@ -37,7 +37,7 @@ fn ssh_user_and_key(instance: &Instance) -> Option<(String, String)> {
 
 impl MachineBackend for LocalBackend {
     fn public_address_taken(&self) -> Option<fn(&str) -> bool> {
-        Some(crate::sim::local_machines::routed_on_host)
+        Some(crate::local_machines::routed_on_host)
     }
 
     fn handle(&self, event: MachineEvent) {

@@ -1,9 +1,9 @@
 //! VPC: networks, subnets, security groups (`/vpc/v1/...`).
 
 use super::{ListQuery, Reply, Shared};
-use crate::sim::yandex::state::{CidrBlocks, Completion, Kind, Labels, Network, Ports, Rule, SecurityGroup, Subnet, World};
-use crate::sim::yandex::validation as check;
-use crate::sim::yandex::wire::{now_rfc3339, ApiError, ApiResult, Body};
+use crate::yandex::state::{CidrBlocks, Completion, Kind, Labels, Network, Ports, Rule, SecurityGroup, Subnet, World};
+use crate::yandex::validation as check;
+use crate::yandex::wire::{now_rfc3339, ApiError, ApiResult, Body};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::Json;

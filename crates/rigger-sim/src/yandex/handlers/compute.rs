@@ -2,10 +2,10 @@
 
 use super::vpc::common;
 use super::{ListQuery, Reply, Shared};
-use crate::sim::yandex::state::{AttachedDisk, Completion, Disk, Instance, Kind, NetworkInterface, OneToOneNat, PrimaryAddress, Resources, World};
-use crate::sim::yandex::validation as check;
-use crate::sim::yandex::{console, ConsoleKeys, Sim};
-use crate::sim::yandex::wire::{now_rfc3339, ApiError, ApiResult, Body, Code};
+use crate::yandex::state::{AttachedDisk, Completion, Disk, Instance, Kind, NetworkInterface, OneToOneNat, PrimaryAddress, Resources, World};
+use crate::yandex::validation as check;
+use crate::yandex::{console, ConsoleKeys, Sim};
+use crate::yandex::wire::{now_rfc3339, ApiError, ApiResult, Body, Code};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::Json;

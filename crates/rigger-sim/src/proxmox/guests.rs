@@ -364,7 +364,7 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
             let short_host = boot.hostname.split('.').next().unwrap_or(&boot.hostname).to_string();
             for key in &host_keys {
                 ctx.log(format!("Creating SSH host key '{}' - this may take some time ...", host_key_file(key)));
-                if let Some(fingerprint) = crate::cloud::providers::proxmox::host_keys::fingerprint(key) {
+                if let Some(fingerprint) = ssh_fingerprint(key) {
                     ctx.log(format!("done: {fingerprint} root@{short_host}"));
                 }
             }
@@ -856,4 +856,14 @@ pub fn agent_interfaces(sim: &Sim, vmid: u32) -> HandlerResult {
     }
     result.push(json!({ "name": "eth0", "hardware-address": guest.hwaddr().unwrap_or_default().to_lowercase(), "ip-addresses": addresses }));
     Ok(json!({ "result": result }))
+}
+
+/// `SHA256:<base64, no padding>` of a public key line, as `ssh-keygen -l -E sha256`
+/// prints it. The simulator writes its own rather than borrow the provider's
+/// reader: a mistake shared by both sides would pass unseen.
+fn ssh_fingerprint(key_line: &str) -> Option<String> {
+    use base64::Engine;
+    let blob = key_line.split_whitespace().nth(1)?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(blob).ok()?;
+    Some(format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(bytes))))
 }

@@ -19,12 +19,12 @@ use std::sync::Arc;
 pub const ENV_APIDATA: &str = "RIGGER_PROXMOX_APIDATA";
 
 /// Where the definitions are, if anywhere: the env variable, else the shared
-/// folder beside this checkout.
+/// folder beside this checkout (this crate sits two folders below its root).
 pub fn default_path() -> Option<PathBuf> {
     if let Ok(path) = std::env::var(ENV_APIDATA) {
         return Some(PathBuf::from(path));
     }
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/api/proxmox/apidata.js");
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/api/proxmox/apidata.js");
     beside.is_file().then_some(beside)
 }
 

@@ -21,12 +21,13 @@ use std::path::{Path, PathBuf};
 
 pub const ENV_PROTOS: &str = "RIGGER_YANDEX_PROTOS";
 
-/// The protos beside the checkout (`../shared/reference/api/yandex-cloudapi`) or `RIGGER_YANDEX_PROTOS`.
+/// The protos beside the checkout (`../shared/reference/api/yandex-cloudapi` from the
+/// repository root; this crate sits two folders down) or `RIGGER_YANDEX_PROTOS`.
 pub fn default_root() -> Option<PathBuf> {
     if let Ok(path) = std::env::var(ENV_PROTOS) {
         return Some(PathBuf::from(path));
     }
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/api/yandex-cloudapi");
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/api/yandex-cloudapi");
     beside.is_dir().then_some(beside)
 }
 

@@ -2,7 +2,7 @@
 //! buys an IAM token valid for 12 hours.
 
 use super::{Reply, Shared};
-use crate::sim::yandex::wire::{ApiError, Body};
+use crate::yandex::wire::{ApiError, Body};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::Json;
