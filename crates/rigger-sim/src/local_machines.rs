@@ -1,5 +1,5 @@
 //! Real machines behind simulated instances (`rigger sim … --machines local`),
-//! made with the local provider's own pieces: the shared Debian image, a bridge
+//! made with nspawn_machines (the local provider's pieces too): the shared Debian image, a bridge
 //! per cloud network holding each subnet's gateway (its first address, as a
 //! cloud gateway), a network namespace per machine at the instance's address,
 //! a `systemd-nspawn --boot` container seeded the way cloud-init seeds a VM.

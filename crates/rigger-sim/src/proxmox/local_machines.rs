@@ -1,5 +1,5 @@
 //! `--machines local`: the simulator's guests as real machines on this host,
-//! made with the local provider's parts (its Debian image, an overlay per
+//! made with nspawn_machines, as the local provider's are (its Debian image, an overlay per
 //! machine, a network namespace per machine on a bridge, `systemd-nspawn --boot`).
 //!
 //! Per simulator instance (named after its port, unique while it listens):

@@ -1,5 +1,5 @@
 //! `--machines local` for the Yandex simulator: a running instance is a real
-//! local machine at its primary address (see `sim::local_machines`), with the
+//! local machine at its primary address (see `crate::local_machines`), with the
 //! user from its `ssh-keys` metadata, as cloud-init creates it on a real VM.
 //! Security groups are not enforced on these machines.
 
