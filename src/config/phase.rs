@@ -74,6 +74,20 @@ fn pending_in(host_entry: Option<&Value>) -> BTreeSet<String> {
 
 /// Connect, gather facts and compute every host's changes.
 pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_old_content: bool, events: &Events) -> Result<ConfigPlan> {
+    let config = crate::remote::ssh_config_path(project);
+    let connect = |name: String| {
+        let config = config.clone();
+        async move { HostSession::connect(&config, &name).await }
+    };
+    prepare_with(project, state, parallelism, with_old_content, events, connect).await
+}
+
+/// `prepare`, with the sessions opened by `connect` (tests hand in scripted hosts).
+pub async fn prepare_with<C, CF>(project: &Project, state: &State, parallelism: usize, with_old_content: bool, events: &Events, connect: C) -> Result<ConfigPlan>
+where
+    C: Fn(String) -> CF,
+    CF: std::future::Future<Output = Result<HostSession>>,
+{
     let plan = &project.plan;
     let renderer = Renderer::new()?;
     let built: BTreeSet<&str> = state.machines().map(|m| m.address.name.as_str()).collect();
@@ -87,18 +101,18 @@ pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_
         desired.insert(h.name.clone(), roles::desired(plan, h, &state.secrets, &renderer)?);
     }
 
-    let config = crate::remote::ssh_config_path(project);
     let started = Instant::now();
     events.started("facts", &format!("connecting to {} hosts", hosts.len()));
+    let connect = &connect;
     let results: Vec<Result<(String, HostSession, HostFacts)>> = stream::iter(hosts.iter().map(|h| {
-        let (config, d) = (config.clone(), &desired[&h.name]);
+        let d = &desired[&h.name];
         let probes = roles::probes(plan, h);
         // A host rigger configured before and owes nothing is likely to need
         // no change: its gates' commands ride along (a first build skips them,
         // its daemons are not up yet).
         let asks = if configured_before(state, &h.name) { roles::gate_asks(plan, h, &state.secrets) } else { vec![] };
         async move {
-            let session = HostSession::connect(&config, &h.name).await?;
+            let session = connect(h.name.clone()).await?;
             let mut query = d.query(probes);
             query.asks = asks;
             let f = facts::gather(&session, &query).await?;
