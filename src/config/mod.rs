@@ -4,3 +4,5 @@ pub mod run;
 pub mod phase;
 pub mod dag;
 pub mod summary;
+#[cfg(test)]
+mod tests;
