@@ -197,14 +197,15 @@ impl ScriptedHost {
     }
 
     fn systemctl(&self, view: &mut HostView, rest: &str) -> (Action, RunOutput) {
-        let words: Vec<&str> = rest.split_whitespace().collect();
+        // `--no-block` only changes when systemctl returns; `--now` makes a disable stop too.
+        let words: Vec<&str> = rest.split_whitespace().filter(|w| *w != "--no-block").collect();
         let (verb, unit) = match words.as_slice() {
             ["daemon-reload"] => {
                 view.services.values_mut().for_each(|s| s.stale = false);
                 return (Action::Systemctl("daemon-reload".into(), String::new()), ok(""));
             }
             ["disable", "--now", unit] => ("disable --now", *unit),
-            [verb, unit] => (*verb, *unit),
+            [verb, unit] if !unit.starts_with('-') => (*verb, *unit),
             _ => return (Action::Unanswered, fail(127, &format!("scripted host {}: systemctl {rest}?", self.name))),
         };
         let action = Action::Systemctl(verb.into(), unit.into());
