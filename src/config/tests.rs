@@ -8,6 +8,7 @@ use crate::engine::Shared;
 use crate::events::Events;
 use crate::project::Project;
 use crate::remote::scripted::{fail, ok, Action, HostView, Rule, ScriptedHost};
+use crate::remote::session::RunOutput;
 use crate::resource::{Address, Kind, LiveResource};
 use crate::state::{State, StateStore};
 use anyhow::Result;
@@ -227,4 +228,71 @@ async fn a_config_the_daemon_rejects_leaves_the_live_file_and_the_service_alone(
     let after = w2.host("lb-1").view();
     assert_eq!(after.files["/etc/haproxy/haproxy.cfg"], before.files["/etc/haproxy/haproxy.cfg"], "the live file stays");
     assert!(!w2.host("lb-1").actions().iter().any(|a| matches!(a, Action::Systemctl(v, u) if u == "haproxy" && v != "daemon-reload")), "{:?}", w2.host("lb-1").actions());
+}
+
+type Members = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
+
+/// An etcd member whose peers are seen through `members` (who has etcd
+/// up), as etcd's own member list would show them. A member that `crashes`
+/// never comes up (`systemctl start --no-block` returns at once regardless).
+fn etcd_member(name: &str, members: &Members, crashes: bool) -> Arc<ScriptedHost> {
+    let mut view = fresh_debian();
+    view.provides.insert("etcd-server".into(), vec!["etcd".into()]);
+    let (me, up, health, list) = (name.to_string(), members.clone(), members.clone(), members.clone());
+    let rules = vec![
+        Rule::new("etcd start", "systemctl start --no-block etcd", move |v, _| {
+            if !crashes {
+                v.services.get_mut("etcd").expect("etcd installed").active = true;
+                up.lock().unwrap().insert(me.clone());
+            }
+            ok("")
+        }),
+        Rule::new("etcd health", "endpoint health", move |v, _| {
+            if v.running("etcd") && health.lock().unwrap().len() >= 2 {
+                ok("https://127.0.0.1:2379 is healthy: successfully committed proposal: took = 2ms\n")
+            } else {
+                // (etcdctl runs with 2>&1: its complaint arrives on stdout.)
+                RunOutput { code: 1, stdout: "https://127.0.0.1:2379 is unhealthy: failed to commit proposal: context deadline exceeded\n".into(), stderr: String::new() }
+            }
+        }),
+        Rule::new("etcd members", "member list", move |_, _| {
+            ok(&list.lock().unwrap().iter().enumerate().map(|(i, m)| format!("{i:x}, started, {m}, https://{m}:2380, https://{m}:2379, false\n")).collect::<String>())
+        }),
+        Rule::new("nft -f", "nft -f /etc/nftables.conf", |_, _| ok("")),
+        Rule::new("nft list", "nft list table inet rigger", |_, _| fail(1, "Error: No such file or directory")),
+    ];
+    ScriptedHost::new(name, view, rules)
+}
+
+const ETCD_PLAN: &str = "version: 1\nproject: hf-phase\nprovider: { kind: local }\nssh: { user: rigger, private_key_file: ./k }\n\
+    network: { name: main, subnets: [ { name: db, cidr: 10.9.0.0/24 } ] }\n\
+    hosts:\n  - { name: pg, count: 3, roles: [etcd], ip: 10.9.0.21 }\n";
+
+/// A lone member is never healthy (no quorum): only members started together come up.
+#[tokio::test(start_paused = true)]
+async fn a_fresh_etcd_cluster_comes_up_only_because_its_members_start_together() {
+    let members = Members::default();
+    let w = World::new(ETCD_PLAN, |name| etcd_member(name, &members, false));
+    w.run().await.unwrap();
+    assert_eq!(members.lock().unwrap().len(), 3);
+    for (name, h) in &w.hosts {
+        let view = h.view();
+        assert!(view.running("etcd") && view.services["etcd"].enabled, "{name}: {view:?}");
+        assert!(view.files["/etc/default/etcd"].content.contains(&format!("ETCD_NAME=\"{name}\"")));
+        // The drop-in that makes etcd read the bootstrap file was loaded before the start.
+        let actions = h.actions();
+        let reload = actions.iter().position(|a| *a == systemctl("daemon-reload", "")).expect("daemon-reload");
+        let start = actions.iter().position(|a| *a == Action::Rule("etcd start".into())).expect("etcd started");
+        assert!(reload < start, "{name}: {actions:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_etcd_member_that_never_comes_up_fails_the_gate_on_every_host_by_name() {
+    let members = Members::default();
+    let w = World::new(ETCD_PLAN, |name| etcd_member(name, &members, name == "pg-3"));
+    let err = format!("{:#}", w.run().await.unwrap_err());
+    assert!(err.contains("pg-3: etcd healthy with 3 members: not reached after 120s — last seen: https://127.0.0.1:2379 is unhealthy"), "{err}");
+    assert!(err.contains("pg-1: etcd healthy with 3 members: not reached after 120s — last seen: 2 of 3 members started"), "{err}");
+    assert!(err.starts_with("role etcd:"), "{err}");
 }
