@@ -190,3 +190,19 @@ async fn a_changed_field_updates_in_place_or_replaces_as_the_diff_says() {
     assert_eq!(cloud.on_disk().resources[&a("machine.b")].id, now[&a("machine.b")].id);
     assert!(cloud.apply().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_target_brings_only_its_machine_and_what_it_needs() {
+    let cloud = Cloud::new();
+    let specs = cloud.provider.wanted.lock().unwrap().clone();
+    let changes = cloud.changes().await.unwrap();
+    let only_a = engine::restrict_to_targets(changes.clone(), &specs, &["a".into()]).unwrap();
+    let mut names: Vec<String> = only_a.iter().map(|c| c.address.to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["firewall.inside", "machine.a", "network.main", "subnet.app"]);
+    cloud.applier.apply(&only_a).await.unwrap();
+    assert!(!cloud.provider.cloud().contains_key(&a("machine.b")));
+    // A name that is no host of the plan is refused.
+    let err = engine::restrict_to_targets(changes, &specs, &["aa".into()]).unwrap_err().to_string();
+    assert!(err.contains("--target aa: no such host in the plan"), "{err}");
+}

@@ -425,6 +425,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn streamed_input_reaches_the_host_whole() {
+        let host = ScriptedHost::new("app-1", HostView::default(), vec![Rule::new("untar", "tar -xf -", |_, _| ok(""))]);
+        let data = vec![7u8; 300_000];
+        let out = host.session().sudo_stream("mkdir -p /srv/x && tar -xf - -C /srv/x", std::io::Cursor::new(data.clone())).await.unwrap();
+        assert!(out.ok());
+        let sent = host.sent();
+        assert_eq!((sent[0].who, sent[0].stdin.as_deref()), (As::Root, Some(data.as_slice())));
+    }
+
+    #[tokio::test]
     async fn a_script_nothing_answers_fails_and_is_named() {
         let host = ScriptedHost::new("db-1", HostView::default(), vec![]);
         let out = host.session().sudo("rm -rf /srv/data", None).await.unwrap();
