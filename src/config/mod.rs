@@ -6,3 +6,5 @@ pub mod dag;
 pub mod summary;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod patroni_tests;

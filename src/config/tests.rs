@@ -23,7 +23,7 @@ const PLAN: &str = "version: 1\nproject: hf-phase\nprovider: { kind: local }\nss
     services:\n  redis: { port: 6379, maxmemory: 64mb }\n  keepalived: { vip: 10.9.0.10 }\n";
 
 /// What the packages rigger installs bring along on Debian.
-fn fresh_debian() -> HostView {
+pub(super) fn fresh_debian() -> HostView {
     let mut v = HostView::default();
     for (pkg, unit) in [("redis-server", "redis-server"), ("nftables", "nftables"), ("haproxy", "haproxy"), ("keepalived", "keepalived")] {
         v.provides.insert(pkg.into(), vec![unit.into()]);
@@ -49,15 +49,15 @@ fn daemons(host: &str) -> Vec<Rule> {
     ]
 }
 
-struct World {
+pub(super) struct World {
     _dir: tempfile::TempDir,
     project: Project,
     shared: Arc<Mutex<Shared>>,
-    hosts: BTreeMap<String, Arc<ScriptedHost>>,
+    pub(super) hosts: BTreeMap<String, Arc<ScriptedHost>>,
 }
 
 impl World {
-    fn new(plan_text: &str, hosts: impl Fn(&str) -> Arc<ScriptedHost>) -> World {
+    pub(super) fn new(plan_text: &str, hosts: impl Fn(&str) -> Arc<ScriptedHost>) -> World {
         let dir = tempfile::tempdir().expect("temp dir");
         let plan = crate::plan::load_str(&dir.path().join("plan.yaml"), plan_text).unwrap_or_else(|e| panic!("{e:#}"));
         let project = Project { state_path: dir.path().join(".rigger/hf-phase.state.json"), plan };
@@ -75,39 +75,39 @@ impl World {
         World { _dir: dir, project, shared, hosts: scripted }
     }
 
-    async fn prepare(&self) -> Result<ConfigPlan> {
+    pub(super) async fn prepare(&self) -> Result<ConfigPlan> {
         let state = self.shared.lock().await.state.clone();
         let hosts = &self.hosts;
         phase::prepare_with(&self.project, &state, 4, false, &Events::silent(), |name| async move { Ok(hosts[&name].session()) }).await
     }
 
     /// One config phase, as `apply` runs it: prepare, then apply.
-    async fn run(&self) -> Result<()> {
+    pub(super) async fn run(&self) -> Result<()> {
         let cp = self.prepare().await?;
         let result = phase::apply(&self.project, &cp, &self.shared, &Events::silent()).await;
         cp.close().await;
         result
     }
 
-    fn host(&self, name: &str) -> &Arc<ScriptedHost> {
+    pub(super) fn host(&self, name: &str) -> &Arc<ScriptedHost> {
         &self.hosts[name]
     }
 
-    fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.hosts.values().for_each(|h| h.clear_sent());
     }
 
     /// A new plan text for the same hosts (their views and state kept).
-    fn replan(&mut self, text: &str) {
+    pub(super) fn replan(&mut self, text: &str) {
         self.project.plan = crate::plan::load_str(&self.project.plan.file, text).unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 
-fn writes(h: &ScriptedHost) -> Vec<Action> {
+pub(super) fn writes(h: &ScriptedHost) -> Vec<Action> {
     h.actions().into_iter().filter(Action::writes).collect()
 }
 
-fn systemctl(verb: &str, unit: &str) -> Action {
+pub(super) fn systemctl(verb: &str, unit: &str) -> Action {
     Action::Systemctl(verb.into(), unit.into())
 }
 
@@ -230,7 +230,16 @@ async fn a_config_the_daemon_rejects_leaves_the_live_file_and_the_service_alone(
     assert!(!w2.host("lb-1").actions().iter().any(|a| matches!(a, Action::Systemctl(v, u) if u == "haproxy" && v != "daemon-reload")), "{:?}", w2.host("lb-1").actions());
 }
 
-type Members = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
+/// Who started etcd, and when (tokio's clock: the etcd tests pause it).
+pub(super) type Members = Arc<std::sync::Mutex<BTreeMap<String, tokio::time::Instant>>>;
+
+/// How long a started member takes to join its peers.
+const ETCD_JOINS_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The members that are up: started at least ETCD_JOINS_AFTER ago.
+pub(super) fn etcd_up(members: &Members) -> Vec<String> {
+    members.lock().unwrap().iter().filter(|(_, at)| at.elapsed() >= ETCD_JOINS_AFTER).map(|(m, _)| m.clone()).collect()
+}
 
 /// An etcd member whose peers are seen through `members` (who has etcd
 /// up), as etcd's own member list would show them. A member that `crashes`
@@ -238,17 +247,22 @@ type Members = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
 fn etcd_member(name: &str, members: &Members, crashes: bool) -> Arc<ScriptedHost> {
     let mut view = fresh_debian();
     view.provides.insert("etcd-server".into(), vec!["etcd".into()]);
+    ScriptedHost::new(name, view, etcd_member_rules(name, members, crashes))
+}
+
+/// The rules of `etcd_member` (and the firewall's), for hosts with more roles.
+pub(super) fn etcd_member_rules(name: &str, members: &Members, crashes: bool) -> Vec<Rule> {
     let (me, up, health, list) = (name.to_string(), members.clone(), members.clone(), members.clone());
-    let rules = vec![
+    vec![
         Rule::new("etcd start", "systemctl start --no-block etcd", move |v, _| {
             if !crashes {
                 v.services.get_mut("etcd").expect("etcd installed").active = true;
-                up.lock().unwrap().insert(me.clone());
+                up.lock().unwrap().entry(me.clone()).or_insert_with(tokio::time::Instant::now);
             }
             ok("")
         }),
         Rule::new("etcd health", "endpoint health", move |v, _| {
-            if v.running("etcd") && health.lock().unwrap().len() >= 2 {
+            if v.running("etcd") && etcd_up(&health).len() >= 2 {
                 ok("https://127.0.0.1:2379 is healthy: successfully committed proposal: took = 2ms\n")
             } else {
                 // (etcdctl runs with 2>&1: its complaint arrives on stdout.)
@@ -256,12 +270,11 @@ fn etcd_member(name: &str, members: &Members, crashes: bool) -> Arc<ScriptedHost
             }
         }),
         Rule::new("etcd members", "member list", move |_, _| {
-            ok(&list.lock().unwrap().iter().enumerate().map(|(i, m)| format!("{i:x}, started, {m}, https://{m}:2380, https://{m}:2379, false\n")).collect::<String>())
+            ok(&etcd_up(&list).iter().enumerate().map(|(i, m)| format!("{i:x}, started, {m}, https://{m}:2380, https://{m}:2379, false\n")).collect::<String>())
         }),
         Rule::new("nft -f", "nft -f /etc/nftables.conf", |_, _| ok("")),
         Rule::new("nft list", "nft list table inet rigger", |_, _| fail(1, "Error: No such file or directory")),
-    ];
-    ScriptedHost::new(name, view, rules)
+    ]
 }
 
 const ETCD_PLAN: &str = "version: 1\nproject: hf-phase\nprovider: { kind: local }\nssh: { user: rigger, private_key_file: ./k }\n\
