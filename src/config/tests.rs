@@ -86,6 +86,13 @@ impl World {
         let cp = self.prepare().await?;
         let result = phase::apply(&self.project, &cp, &self.shared, &Events::silent()).await;
         cp.close().await;
+        // Whatever the phase sent, the stand-ins knew: a script nobody answers
+        // is a script the tests did not expect (the phase may ignore its failure).
+        for h in self.hosts.values() {
+            if let Some(s) = h.sent().iter().find(|s| s.action == Action::Unanswered) {
+                panic!("{} was sent a script nothing answers:\n{}", h.name, s.script);
+            }
+        }
         result
     }
 
