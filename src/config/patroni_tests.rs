@@ -22,6 +22,8 @@ struct Pg {
     started_early: Vec<String>,
     /// Members started before all of etcd was up: must stay empty.
     started_without_etcd: Vec<String>,
+    /// How many members ran when HAProxy started.
+    running_when_haproxy_started: Option<usize>,
 }
 
 type Cluster = Arc<Mutex<Pg>>;
@@ -150,4 +152,69 @@ async fn a_changed_parameter_is_planned_as_a_dcs_change() {
     let cp = w.prepare().await.unwrap();
     assert_eq!(cp.parameter_changes, vec![("work_mem".to_string(), None, "8MB".to_string())]);
     cp.close().await;
+}
+
+const WITH_LB: &str = "version: 1\nproject: hf-phase\nprovider: { kind: local }\nssh: { user: rigger, private_key_file: ./k }\n\
+    network: { name: main, subnets: [ { name: db, cidr: 10.9.0.0/24 } ] }\n\
+    hosts:\n  - { name: pg, count: 3, roles: [etcd, patroni], ip: 10.9.0.21 }\n  - { name: lb, roles: [haproxy], ip: 10.9.0.11 }\n\
+    services:\n  patroni: { scope: shop }\n";
+
+/// An HAProxy host in front of the cluster: its stats page and the logins
+/// through its ports answer from the cluster model (`read_reaches` says
+/// whether the read port lands on a replica or, misrouted, on the primary).
+fn balancer(name: &str, pg: &Cluster, read_reaches: &'static str) -> Arc<ScriptedHost> {
+    let mut view = fresh_debian();
+    view.provides.insert("haproxy".into(), vec!["haproxy".into()]);
+    let (start, stats, login) = (pg.clone(), pg.clone(), pg.clone());
+    let rules = vec![
+        Rule::new("haproxy start", "systemctl start haproxy", move |v, _| {
+            let mut pg = start.lock().unwrap();
+            pg.running_when_haproxy_started = Some(pg.running.len());
+            v.services.get_mut("haproxy").expect("haproxy installed").active = true;
+            ok("")
+        }),
+        Rule::new("nft -f", "nft -f /etc/nftables.conf", |_, _| ok("")),
+        Rule::new("nft list", "nft list table inet rigger", |_, _| fail(1, "Error: No such file or directory")),
+        Rule::new("stats", "/stats;csv", move |v, _| {
+            if !v.running("haproxy") {
+                return fail(7, "");
+            }
+            let pg = stats.lock().unwrap();
+            let mut csv = String::from("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status\n");
+            for m in &pg.running {
+                let leads = pg.leader.as_deref() == Some(m.as_str());
+                let row = |backend: &str, up: bool| format!("{backend},{m},0,0,0,0,,0,0,0,,0,,0,0,0,0,{}\n", if up { "UP" } else { "DOWN" });
+                csv.push_str(&row("primary", leads));
+                csv.push_str(&row("replicas", !leads));
+            }
+            ok(&csv)
+        }),
+        Rule::new("login", "pg_is_in_recovery()", move |v, script| {
+            if !v.running("haproxy") || login.lock().unwrap().leader.is_none() {
+                return ok("psql: error: connection to server at \"10.9.0.11\", port 5000 failed: Connection refused");
+            }
+            ok(if script.contains("port=5000") { "f\n" } else { read_reaches })
+        }),
+    ];
+    ScriptedHost::new(name, view, rules)
+}
+
+#[tokio::test(start_paused = true)]
+async fn haproxy_comes_up_after_patroni_and_its_gate_logs_in_through_both_ports() {
+    let (members, pg) = (Members::default(), Cluster::default());
+    let w = World::new(WITH_LB, |name| if name == "lb" { balancer(name, &pg, "t\n") } else { member(name, &members, &pg) });
+    w.run().await.unwrap();
+    let lb = w.host("lb").actions();
+    assert_eq!(pg.lock().unwrap().running_when_haproxy_started, Some(3), "HAProxy starts once Patroni is up: {lb:?}");
+    let logins = lb.iter().filter(|a| **a == Action::Rule("login".into())).count();
+    assert_eq!(logins, 2, "one login through each port: {lb:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_port_that_reaches_the_primary_fails_the_gate_with_what_it_reached() {
+    let (members, pg) = (Members::default(), Cluster::default());
+    let w = World::new(WITH_LB, |name| if name == "lb" { balancer(name, &pg, "f\n") } else { member(name, &members, &pg) });
+    let err = format!("{:#}", w.run().await.unwrap_err());
+    assert!(err.contains("role haproxy:") && err.contains("login through the lb read port (10.9.0.11:5001) from lb"), "{err}");
+    assert!(err.contains("reached the primary (pg_is_in_recovery() = false), not a replica"), "{err}");
 }
