@@ -184,7 +184,8 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
     let present: BTreeSet<&str> = plan.roles();
     let mut roles: Vec<&'static str> = roles::registry::NAMES.iter().copied().filter(|r| present.contains(r)).collect();
     roles.insert(0, roles::registry::FIREWALL.name());
-    let ctx = RoleContext { project, cp, shared, events, secrets: &secrets, facts: &facts };
+    let installs: BTreeMap<String, Install> = cp.hosts.keys().map(|n| (n.clone(), Install::new())).collect();
+    let ctx = RoleContext { project, cp, shared, events, secrets: &secrets, facts: &facts, installs: &installs };
     if cp.is_empty() {
         // Nothing will change: the gates may read the answers asked ahead in
         // the facts round trip, while fresh (a command that failed, or a gate
@@ -234,7 +235,12 @@ pub(super) struct RoleContext<'a> {
     events: &'a Events,
     secrets: &'a BTreeMap<String, String>,
     facts: &'a BTreeMap<String, HostFacts>,
+    /// Each host's missing packages, installed once for all of its roles.
+    installs: &'a BTreeMap<String, Install>,
 }
+
+/// The one install of a host's missing packages (its outcome, shared).
+type Install = tokio::sync::OnceCell<std::result::Result<(), String>>;
 
 /// A role whose files are in place: what its bring-up starts from.
 pub(super) struct StagedRole<'a> {
@@ -261,7 +267,8 @@ pub(super) async fn stage_role<'a>(ctx: &RoleContext<'a>, role: &'static str) ->
     let staged = futures::future::join_all(role_hosts.iter().map(|h| {
         let ch = &changes[&h.name];
         let session = &cp.sessions[&h.name];
-        async move { (h.name.clone(), stage(session, ch, events).await) }
+        let install = (&cp.hosts[&h.name].changes.install, &ctx.installs[&h.name]);
+        async move { (h.name.clone(), stage(session, ch, install, events).await) }
     }))
     .await;
     let mut rejected = Vec::new();
@@ -295,7 +302,7 @@ async fn prepare_role(role: &str, run: &RoleRun<'_>) -> Result<()> {
 
 /// Bring a staged role up to its gate on the hosts whose files are in place.
 pub(super) async fn bring_up_role(ctx: &RoleContext<'_>, staged: StagedRole<'_>) -> Result<()> {
-    let RoleContext { project, cp, shared, events, secrets, facts } = *ctx;
+    let RoleContext { project, cp, shared, events, secrets, facts, .. } = *ctx;
     let plan = &project.plan;
     let StagedRole { role, started, changes, ok_hosts, rejected } = staged;
     let subject = format!("role {role}");
@@ -328,13 +335,20 @@ async fn converge(role: &str, run: &RoleRun<'_>) -> Result<()> {
 }
 
 /// Install, retire, upload. Returns the services whose files changed.
-async fn stage(session: &HostSession, ch: &HostChanges, events: &Events) -> Result<BTreeSet<String>> {
+/// Every role staged on a host waits for the one install of the host's
+/// missing packages (`install`): the roles stage at once, and a role's
+/// checked upload (`keepalived -t`) needs its package in place.
+async fn stage(session: &HostSession, ch: &HostChanges, (packages, once): (&Vec<String>, &Install), events: &Events) -> Result<BTreeSet<String>> {
     let subject = format!("host {}", session.name);
-    if !ch.install.is_empty() {
-        events.progress(&subject, format!("installing {}", ch.install.join(" ")));
-        session
-            .sudo_ok("installing packages", &format!("DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y {} 2>&1", ch.install.join(" ")))
-            .await?;
+    if !packages.is_empty() {
+        let installed = once
+            .get_or_init(|| async {
+                events.progress(&subject, format!("installing {}", packages.join(" ")));
+                let script = format!("DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y {} 2>&1", packages.join(" "));
+                session.sudo_ok("installing packages", &script).await.map(|_| ()).map_err(|e| format!("{e:#}"))
+            })
+            .await;
+        installed.clone().map_err(|e| anyhow!(e))?;
     }
     for s in &ch.stop_disable {
         session.sudo_ok(&format!("stopping {s}"), &format!("systemctl disable --now {s} 2>&1")).await?;

@@ -28,6 +28,9 @@ pub(super) fn fresh_debian() -> HostView {
     for (pkg, unit) in [("redis-server", "redis-server"), ("nftables", "nftables"), ("haproxy", "haproxy"), ("keepalived", "keepalived")] {
         v.provides.insert(pkg.into(), vec![unit.into()]);
     }
+    for (checker, pkg) in [("haproxy", "haproxy"), ("keepalived", "keepalived"), ("nft", "nftables"), ("patroni", "patroni")] {
+        v.checkers.insert(checker.into(), pkg.into());
+    }
     v
 }
 
@@ -130,6 +133,11 @@ async fn a_first_run_builds_every_role_and_a_second_run_only_gathers_facts() {
     let lb = w.host("lb-1").view();
     assert!(lb.running("haproxy") && lb.running("keepalived"), "{lb:?}");
     assert!(lb.files.contains_key("/etc/haproxy/haproxy.cfg") && lb.files.contains_key("/etc/keepalived/keepalived.conf"));
+    // One install per host, for all of its roles, before any checked upload (the
+    // scripted host refuses `keepalived -t` while keepalived is missing).
+    for (name, h) in &w.hosts {
+        assert_eq!(h.actions().iter().filter(|a| matches!(a, Action::Install(_))).count(), 1, "{name}: {:?}", h.actions());
+    }
     // Packages come before the services that need them (the host refuses an unknown unit).
     let first = w.host("cache").actions();
     let installed = first.iter().position(|a| matches!(a, Action::Install(p) if p.contains(&"redis-server".to_string()))).expect("redis installed");

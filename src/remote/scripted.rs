@@ -42,6 +42,9 @@ pub struct HostView {
     pub packages: BTreeSet<String>,
     /// Package → the units it installs (the test says).
     pub provides: BTreeMap<String, Vec<String>>,
+    /// Checker command → the package that brings it (`haproxy` → `haproxy`):
+    /// an upload checked by a command whose package is missing fails as sh would.
+    pub checkers: BTreeMap<String, String>,
 }
 
 impl HostView {
@@ -225,7 +228,11 @@ impl ScriptedHost {
     }
 
     fn upload(&self, view: &mut HostView, path: &str, script: &str, content: &[u8]) -> (Action, RunOutput) {
-        if script.contains("if ! out=$(") {
+        if let Some(check) = script.split("if ! out=$(").nth(1) {
+            let command = check.split_whitespace().next().unwrap_or_default();
+            if view.checkers.get(command).is_some_and(|package| !view.packages.contains(package)) {
+                return (Action::Rejected(path.into()), fail(42, &format!("sh: 1: {command}: not found")));
+            }
             if let Some(message) = self.rejects.get(path) {
                 return (Action::Rejected(path.into()), fail(42, message));
             }
