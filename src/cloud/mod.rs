@@ -4,6 +4,8 @@
 
 pub mod diff;
 pub mod engine;
+#[cfg(test)]
+mod engine_tests;
 pub mod graph;
 pub mod providers;
 pub mod resource;

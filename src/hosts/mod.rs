@@ -10,3 +10,7 @@ pub mod remote;
 pub mod roles;
 pub mod run;
 pub mod summary;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod patroni_tests;
