@@ -52,7 +52,9 @@ impl HostSession {
         if let Some(idle) = persist {
             b.control_persist(openssh::ControlPersist::IdleFor(idle));
         }
+        let started = std::time::Instant::now();
         let session = b.connect(name).await.map_err(|e| anyhow!("{name}: cannot open SSH: {e}"))?;
+        tracing::debug!(host = name, ms = started.elapsed().as_millis() as u64, "ssh master up");
         Ok(HostSession { name: name.to_string(), session, keep_as, ahead: Default::default() })
     }
 
@@ -72,6 +74,7 @@ impl HostSession {
             return None;
         }
         let i = answers.iter().position(|(a, _)| a.root == root && a.script == script && a.stdin.as_deref() == stdin)?;
+        tracing::debug!(host = self.name.as_str(), command = trace_label(script), "answered ahead");
         Some(answers.swap_remove(i).1)
     }
 
@@ -82,7 +85,7 @@ impl HostSession {
         }
         let mut cmd = self.session.command("sudo");
         cmd.args(["-n", "sh", "-c", script]);
-        self.run(cmd, stdin).await
+        self.run(cmd, stdin, script).await
     }
 
     /// Run a shell script as root with `input` streamed to its stdin (large
@@ -115,10 +118,19 @@ impl HostSession {
         }
         let mut cmd = self.session.command("sh");
         cmd.args(["-c", script]);
-        self.run(cmd, None).await
+        self.run(cmd, None, script).await
     }
 
-    async fn run(&self, mut cmd: openssh::OwningCommand<&Session>, stdin: Option<&[u8]>) -> Result<RunOutput> {
+    async fn run(&self, cmd: openssh::OwningCommand<&Session>, stdin: Option<&[u8]>, label: &str) -> Result<RunOutput> {
+        let started = std::time::Instant::now();
+        let out = self.run_untimed(cmd, stdin).await;
+        // RUST_LOG=rigger::remote=debug: every live round trip with its host
+        // and duration (where a run's time goes).
+        tracing::debug!(host = self.name.as_str(), ms = started.elapsed().as_millis() as u64, code = out.as_ref().map(|o| o.code).unwrap_or(-1), command = trace_label(label), "round trip");
+        out
+    }
+
+    async fn run_untimed(&self, mut cmd: openssh::OwningCommand<&Session>, stdin: Option<&[u8]>) -> Result<RunOutput> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         let mut child = cmd.spawn().await.with_context(|| format!("{}: cannot start a remote command", self.name))?;
@@ -153,6 +165,13 @@ impl HostSession {
             }
         }
     }
+}
+
+/// A command as a trace line names it: its first line, cut short (secrets
+/// travel on stdin, never in a script's text).
+fn trace_label(script: &str) -> String {
+    let first = script.trim_start().lines().next().unwrap_or("");
+    first.chars().take(60).collect()
 }
 
 /// Quote a string for sh.

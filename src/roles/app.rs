@@ -169,9 +169,15 @@ async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
     healthy(s, port(plan)).await.map_err(|e| anyhow!("{e:#} (see `journalctl -u {name}` on {})", h.name))
 }
 
+/// The gate's check on one app host: /health answers 200.
+fn health_ask(port: u64) -> crate::remote::ahead::Ask {
+    crate::remote::ahead::Ask::sudo(format!("curl -s -m 5 -o /dev/stderr -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None)
+}
+
 async fn healthy(s: &HostSession, port: u64) -> Result<()> {
+    let ask = health_ask(port);
     wait_for(&format!("{}: the app answers /health", s.name), Duration::from_secs(60), || async {
-        let out = s.sudo(&format!("curl -s -m 5 -o /dev/stderr -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None).await?;
+        let out = s.sudo(&ask.script, None).await?;
         Ok(if out.stdout.trim() == "200" { Ok(()) } else { Err(format!("/health answered {}: {}", out.stdout.trim(), out.stderr.trim())) })
     })
     .await
@@ -201,6 +207,14 @@ impl super::role::Role for App {
     }
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
         desired(at.renderer, at.ctx, at.plan)
+    }
+    fn gate_asks(&self, plan: &Plan, _host: &Host, _secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        vec![health_ask(port(plan))]
+    }
+    /// The database checks `database::ensure` makes on the Patroni members.
+    fn gate_asks_elsewhere(&self, plan: &Plan, host: &Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        let db = database_name(plan);
+        database::gate_asks(plan, host, &db, &db, secrets.get("app_db_password").map(String::as_str).unwrap_or_default())
     }
     async fn prepare(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
         prepare(run).await
