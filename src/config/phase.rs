@@ -330,25 +330,27 @@ async fn stage(session: &HostSession, ch: &HostChanges, events: &Events) -> Resu
         session.sudo_ok(&format!("stopping {s}"), &format!("systemctl disable --now {s} 2>&1")).await?;
     }
     let mut touched = BTreeSet::new();
-    for fc in &ch.files {
-        events.progress(&subject, format!("writing {}", fc.file.path));
-        ops::upload(session, &fc.file).await?;
-        if fc.content_changed {
-            touched.extend(fc.file.notify.iter().cloned());
-        }
+    if !ch.files.is_empty() {
+        let paths: Vec<&str> = ch.files.iter().map(|fc| fc.file.path.as_str()).collect();
+        events.progress(&subject, format!("writing {}", paths.join(", ")));
+        let files: Vec<&ops::ManagedFile> = ch.files.iter().map(|fc| &fc.file).collect();
+        ops::upload_all(session, &files).await?;
     }
-    // Before any service of the role is started or restarted, systemd knows
-    // its new units (roles never reload systemd themselves).
-    if ch.needs_daemon_reload() {
-        session.sudo_ok("reloading systemd's units", "systemctl daemon-reload").await?;
+    for fc in ch.files.iter().filter(|fc| fc.content_changed) {
+        touched.extend(fc.file.notify.iter().cloned());
     }
     // Enabling at boot starts nothing, so it needs no other role up: done
     // here, off the bring-up's critical path (`systemctl enable` reloads
     // systemd and runs the SysV helper: a second or two on a busy host).
+    // That reload also makes systemd know the role's new units before any of
+    // its services starts (roles never reload systemd themselves), so a
+    // separate daemon-reload is only needed when nothing is enabled.
     if !ch.enable.is_empty() {
         events.progress(&subject, format!("enabling {} at boot", ch.enable.join(" ")));
         let units: Vec<String> = ch.enable.iter().map(|u| crate::remote::session::sh_quote(u)).collect();
         session.sudo_ok(&format!("enabling {}", ch.enable.join(" ")), &format!("systemctl enable {} 2>&1", units.join(" "))).await?;
+    } else if ch.needs_daemon_reload() {
+        session.sudo_ok("reloading systemd's units", "systemctl daemon-reload").await?;
     }
     Ok(touched)
 }
