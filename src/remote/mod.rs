@@ -45,8 +45,16 @@ pub fn targets(project: &Project, state: &crate::state::State) -> Vec<SshTarget>
 
 /// `ssh -F <project ssh_config> <name> <command>`, never prompting.
 pub fn ssh_command(config: &Path, name: &str, remote: &str) -> Command {
+    ssh_command_with(config, name, remote, &[])
+}
+
+/// `ssh_command` with more `-o` options.
+fn ssh_command_with(config: &Path, name: &str, remote: &str, options: &[String]) -> Command {
     let mut c = Command::new("ssh");
     c.arg("-F").arg(config).args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]);
+    for o in options {
+        c.args(["-o", o]);
+    }
     c.arg(name).arg(remote);
     c.stdin(std::process::Stdio::null());
     c
@@ -63,9 +71,19 @@ pub async fn wait_for_ssh(config: &Path, name: &str, limit: Duration, events: &E
     events.started(&subject, "waiting for SSH");
     let mut last_error = String::new();
     let mut pause = Duration::from_millis(200);
+    // The probe that gets in stays up as a master for the config phase
+    // (persist::take_handoff): one handshake per host instead of two. Its
+    // socket sits in a private (0700) folder of its own.
+    let handoff = tempfile::Builder::new().prefix("rigger-ssh-").tempdir()?;
+    let ctl = handoff.path().join("m");
     while started.elapsed() < limit {
-        let out = ssh_command(config, name, "true").output().await?;
+        let options = ["ControlMaster=yes".to_string(), format!("ControlPersist={}", persist::handoff_idle_seconds()), format!("ControlPath={}", ctl.display())];
+        let out = ssh_command_with(config, name, "true", &options).output().await?;
         if out.status.success() {
+            if ctl.exists() {
+                persist::note_handoff(&persist::handoff_record(config, name), &ctl);
+                let _ = handoff.keep();
+            }
             events.finished(&subject, "SSH ready", started);
             return Ok(());
         }

@@ -56,6 +56,50 @@ pub fn keep(session: Session, record: &Path) {
     }
 }
 
+/// Where `wait_for_ssh` notes the master its last, successful probe left
+/// running for the config phase (the first apply's hosts then need one
+/// handshake, not two).
+pub fn handoff_record(ssh_config: &Path, host: &str) -> PathBuf {
+    let mut dir = ssh_config.as_os_str().to_owned();
+    dir.push(".handoff");
+    PathBuf::from(dir).join(host)
+}
+
+/// How long the probe's master waits idle for the config phase.
+pub fn handoff_idle_seconds() -> usize {
+    idle_seconds().map_or(30, NonZeroUsize::get)
+}
+
+/// Note the probe's master (its socket `ctl`) for the config phase.
+pub fn note_handoff(record: &Path, ctl: &Path) {
+    if let Some(dir) = record.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(record).and_then(|mut f| f.write_all(ctl.to_string_lossy().as_bytes()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(record);
+    }
+}
+
+/// The master noted for the config phase, if it still answers; the note is
+/// used once. Also returns the private folder of its socket (removed on close).
+pub async fn take_handoff(record: &Path) -> Option<(Session, PathBuf)> {
+    let ctl = std::fs::read_to_string(record).ok()?;
+    let _ = std::fs::remove_file(record);
+    let ctl = PathBuf::from(ctl.trim());
+    let dir = ctl.parent()?.to_path_buf();
+    let session = Session::resume(ctl.clone().into_boxed_path(), None);
+    match session.check().await {
+        Ok(()) => Some((session, dir)),
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -17,6 +17,9 @@ pub struct HostSession {
     /// Answers asked ahead in the facts round trip (see remote::ahead), with
     /// when they were handed over; each is used once.
     ahead: std::sync::Mutex<Option<(std::time::Instant, Vec<(Ask, RunOutput)>)>>,
+    /// The private folder of a master taken over from `wait_for_ssh`
+    /// (persist::take_handoff), removed when the session closes.
+    handoff_dir: Option<std::path::PathBuf>,
 }
 
 /// What a remote command did.
@@ -40,8 +43,13 @@ impl HostSession {
         let keep_as = persist.map(|_| super::persist::record_path(config, name));
         if let Some(record) = &keep_as {
             if let Some(session) = super::persist::resume(record).await {
-                return Ok(HostSession { name: name.to_string(), session, keep_as, ahead: Default::default() });
+                return Ok(HostSession { name: name.to_string(), session, keep_as, ahead: Default::default(), handoff_dir: None });
             }
+        }
+        // The master `wait_for_ssh` just opened (same config, host key verified).
+        if let Some((session, dir)) = super::persist::take_handoff(&super::persist::handoff_record(config, name)).await {
+            tracing::debug!(host = name, "ssh master taken over from the SSH wait");
+            return Ok(HostSession { name: name.to_string(), session, keep_as, ahead: Default::default(), handoff_dir: Some(dir) });
         }
         let mut b = SessionBuilder::default();
         b.config_file(config)
@@ -55,7 +63,7 @@ impl HostSession {
         let started = std::time::Instant::now();
         let session = b.connect(name).await.map_err(|e| anyhow!("{name}: cannot open SSH: {e}"))?;
         tracing::debug!(host = name, ms = started.elapsed().as_millis() as u64, "ssh master up");
-        Ok(HostSession { name: name.to_string(), session, keep_as, ahead: Default::default() })
+        Ok(HostSession { name: name.to_string(), session, keep_as, ahead: Default::default(), handoff_dir: None })
     }
 
     /// Hand over answers asked ahead: the next run of each of those commands
@@ -162,6 +170,9 @@ impl HostSession {
             Some(record) => super::persist::keep(self.session, record),
             None => {
                 let _ = self.session.close().await;
+                if let Some(dir) = &self.handoff_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
             }
         }
     }
