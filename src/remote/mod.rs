@@ -77,10 +77,14 @@ pub async fn wait_for_ssh(config: &Path, name: &str, limit: Duration, events: &E
     let handoff = tempfile::Builder::new().prefix("rigger-ssh-").tempdir()?;
     let ctl = handoff.path().join("m");
     while started.elapsed() < limit {
-        let options = ["ControlMaster=yes".to_string(), format!("ControlPersist={}", persist::handoff_idle_seconds()), format!("ControlPath={}", ctl.display())];
+        // ControlPersist=yes: the master lives until the config phase closes
+        // it (or persist::drop_handoffs at the end of the apply).
+        // (Not with RIGGER_SSH_PERSIST: its masters idle out on their own.)
+        let handing_off = persist::idle_seconds().is_none();
+        let options = if handing_off { vec!["ControlMaster=yes".to_string(), "ControlPersist=yes".to_string(), format!("ControlPath={}", ctl.display())] } else { vec![] };
         let out = ssh_command_with(config, name, "true", &options).output().await?;
         if out.status.success() {
-            if ctl.exists() {
+            if handing_off && ctl.exists() {
                 persist::note_handoff(&persist::handoff_record(config, name), &ctl);
                 let _ = handoff.keep();
             }

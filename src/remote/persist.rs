@@ -65,9 +65,19 @@ pub fn handoff_record(ssh_config: &Path, host: &str) -> PathBuf {
     PathBuf::from(dir).join(host)
 }
 
-/// How long the probe's master waits idle for the config phase.
-pub fn handoff_idle_seconds() -> usize {
-    idle_seconds().map_or(30, NonZeroUsize::get)
+/// Close the probes' masters no config phase took over (an apply that
+/// stopped before it): they were started to outlive their probe
+/// (ControlPersist=yes — an idle limit could end one while a long role
+/// elsewhere keeps its host waiting).
+pub async fn drop_handoffs(ssh_config: &Path) {
+    let dir = handoff_record(ssh_config, "x").parent().map(Path::to_path_buf);
+    let Some(Ok(entries)) = dir.map(std::fs::read_dir) else { return };
+    for record in entries.flatten().map(|e| e.path()) {
+        if let Some((session, dir)) = take_handoff(&record).await {
+            let _ = session.close().await;
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Note the probe's master (its socket `ctl`) for the config phase.
