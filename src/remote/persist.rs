@@ -112,6 +112,24 @@ pub async fn take_handoff(record: &Path) -> Option<(Session, PathBuf)> {
 
 #[cfg(test)]
 mod tests {
+    /// A hand-off whose master is gone (an apply that stopped, a master
+    /// that ended) is used once: its note and its socket folder go.
+    #[tokio::test]
+    async fn a_stale_handoff_is_dropped_note_and_folder() {
+        let project = tempfile::tempdir().unwrap();
+        let config = project.path().join("x.ssh_config");
+        assert_eq!(super::handoff_record(&config, "pg-1"), project.path().join("x.ssh_config.handoff/pg-1"));
+        let sockets = tempfile::tempdir().unwrap().keep();
+        super::note_handoff(&super::handoff_record(&config, "pg-1"), &sockets.join("m"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(super::handoff_record(&config, "pg-1")).unwrap().permissions().mode() & 0o777, 0o600);
+        super::drop_handoffs(&config).await;
+        assert!(!super::handoff_record(&config, "pg-1").exists());
+        assert!(!sockets.exists());
+        // Nothing noted: nothing to do.
+        super::drop_handoffs(&project.path().join("none.ssh_config")).await;
+    }
+
     #[test]
     fn the_record_sits_beside_the_ssh_config() {
         let p = super::record_path(std::path::Path::new("/p/.rigger/x.ssh_config"), "pg-1");
