@@ -74,7 +74,8 @@ pub async fn wait_for_ssh(config: &Path, name: &str, limit: Duration, events: &E
     // The probe that gets in stays up as a master for the config phase
     // (persist::take_handoff): one handshake per host instead of two. Its
     // socket sits in a private (0700) folder of its own.
-    let handoff = tempfile::Builder::new().prefix("rigger-ssh-").tempdir()?;
+    use std::os::unix::fs::PermissionsExt;
+    let handoff = tempfile::Builder::new().prefix("rigger-ssh-").permissions(std::fs::Permissions::from_mode(0o700)).tempdir()?;
     let ctl = handoff.path().join("m");
     while started.elapsed() < limit {
         // ControlPersist=yes: the master lives until the config phase closes
