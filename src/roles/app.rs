@@ -240,6 +240,32 @@ mod tests {
         crate::plan::load_str(&dir.join("plan.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Each host asks ahead the commands its gates will run there — the app's
+    /// database checks on the Patroni members too — with the passwords on
+    /// stdin, never in a script.
+    #[test]
+    fn every_gate_is_asked_ahead_on_the_host_it_runs_on() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("app.py"), "app = None\n").unwrap();
+        let p = plan(d.path());
+        let secrets: BTreeMap<String, String> = [("app_db_password", "dbpass123"), ("redis_password", "redispass9")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let asks = |host: &str| crate::roles::gate_asks(&p, p.host(host).unwrap(), &secrets);
+        let has = |host: &str, part: &str| asks(host).iter().any(|a| a.script.contains(part));
+        // The app's leader and login checks ride along on every Patroni member (the leader is not known before).
+        for pg in ["pg-1", "pg-2", "pg-3"] {
+            assert!(has(pg, "/primary") && has(pg, "-U app -d app"), "{pg}: {:?}", asks(pg));
+        }
+        assert!(!has("lb-1", "/primary") && !has("app-1", "-U app"));
+        assert!(has("redis", "redis-cli") && has("app-1", ":9001/health") && has("web", "x-upstream"));
+        for host in ["pg-1", "redis", "app-1", "web", "lb-1"] {
+            for a in asks(host) {
+                assert!(!a.script.contains("dbpass123") && !a.script.contains("redispass9"), "{host}: a secret in {}", a.script);
+            }
+        }
+        let login = asks("pg-1").into_iter().find(|a| a.script.contains("-U app")).unwrap();
+        assert_eq!(login.stdin.as_deref(), Some(&b"dbpass123\n"[..]));
+    }
+
     #[test]
     fn env_goes_through_the_vip_ports_with_secrets_only_in_the_0600_env_file() {
         let d = tempfile::tempdir().unwrap();
