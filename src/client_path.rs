@@ -25,10 +25,6 @@ pub struct PgPath {
     pub primary: bool,
 }
 
-fn setting(plan: &Plan, role: &str, key: &str, default: u64) -> u64 {
-    plan.setting(role, key).and_then(Value::as_u64).unwrap_or(default)
-}
-
 /// The write and read ports of `hosts` (HAProxy hosts). The read port only
 /// when there is a replica to reach.
 pub fn haproxy_paths(plan: &Plan, hosts: &[&Host]) -> Vec<PgPath> {
@@ -52,9 +48,9 @@ pub fn vip_paths(plan: &Plan) -> Vec<PgPath> {
 }
 
 fn ports(plan: &Plan, who: &str, addr: &str) -> Vec<PgPath> {
-    let mut out = vec![PgPath { label: format!("{who} write port"), addr: addr.to_string(), port: setting(plan, "haproxy", "write_port", 5000), primary: true }];
+    let mut out = vec![PgPath { label: format!("{who} write port"), addr: addr.to_string(), port: plan.int_setting(crate::roles::haproxy::NAME, "write_port"), primary: true }];
     if plan.hosts_with_role("patroni").count() >= 2 {
-        out.push(PgPath { label: format!("{who} read port"), addr: addr.to_string(), port: setting(plan, "haproxy", "read_port", 5001), primary: false });
+        out.push(PgPath { label: format!("{who} read port"), addr: addr.to_string(), port: plan.int_setting(crate::roles::haproxy::NAME, "read_port"), primary: false });
     }
     out
 }
@@ -145,13 +141,13 @@ pub async fn nginx_upstreams(session: &HostSession, nginx_port: u64, rounds: usi
 
 /// `ip:port` of every app server, as nginx names them.
 pub fn app_upstreams(plan: &Plan) -> BTreeMap<String, String> {
-    let port = setting(plan, "app", "port", 9001);
+    let port = plan.int_setting(crate::roles::app::NAME, "port");
     plan.hosts_with_role("app").map(|h| (format!("{}:{port}", h.ip), h.name.clone())).collect()
 }
 
 /// HTTP through nginx on `session` reaches every app (bounded by `limit`).
 pub async fn nginx_gate(plan: &Plan, session: &HostSession, limit: Duration) -> Result<()> {
-    let port = setting(plan, "nginx", "port", 80);
+    let port = plan.int_setting(crate::roles::nginx::NAME, "port");
     let apps = app_upstreams(plan);
     let rounds = apps.len() * 3;
     let names = apps.values().cloned().collect::<Vec<_>>().join(", ");

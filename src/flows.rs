@@ -9,7 +9,6 @@
 
 use crate::plan::model::{Direction, FirewallGroup, Host, Peer, Plan, Protocol};
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -83,8 +82,9 @@ pub struct Flow {
     pub service: Service,
 }
 
-fn port(plan: &Plan, role: &str, key: &str, default: u16) -> u16 {
-    plan.setting(role, key).and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()).unwrap_or(default)
+/// A port setting (validation keeps it within 1–65535).
+fn port(plan: &Plan, role: &str, key: &str) -> u16 {
+    u16::try_from(plan.int_setting(role, key)).unwrap_or_else(|_| panic!("services.{role}.{key} is no port"))
 }
 
 /// Every flow the plan's roles need, host to host, sorted and without
@@ -106,8 +106,8 @@ pub fn flows(plan: &Plan) -> Vec<Flow> {
     };
     let tcp = Transport::Tcp;
     if !patroni.is_empty() {
-        let (pg, rest) = (port(plan, "patroni", "port", 5432), port(plan, "patroni", "rest_port", 8008));
-        let client = port(plan, "etcd", "client_port", 2379);
+        let (pg, rest) = (port(plan, "patroni", "port"), port(plan, "patroni", "rest_port"));
+        let client = port(plan, "etcd", "client_port");
         // HAProxy relays every client session and health-checks Patroni's REST API.
         add(&haproxy, &patroni, tcp, Some(pg), Service::Postgres);
         add(&haproxy, &patroni, tcp, Some(rest), Service::PatroniRest);
@@ -118,30 +118,30 @@ pub fn flows(plan: &Plan) -> Vec<Flow> {
         add(&patroni, &etcd, tcp, Some(client), Service::EtcdClient);
     }
     if !etcd.is_empty() {
-        add(&etcd, &etcd, tcp, Some(port(plan, "etcd", "peer_port", 2380)), Service::EtcdPeer);
+        add(&etcd, &etcd, tcp, Some(port(plan, "etcd", "peer_port")), Service::EtcdPeer);
     }
     // Database clients go through HAProxy (every HAProxy host: the VIP lands on any of them).
     if !patroni.is_empty() {
-        let (write, read) = (port(plan, "haproxy", "write_port", 5000), port(plan, "haproxy", "read_port", 5001));
+        let (write, read) = (port(plan, "haproxy", "write_port"), port(plan, "haproxy", "read_port"));
         for clients in [&app, &saleor] {
             add(clients, &haproxy, tcp, Some(write), Service::HaproxyWrite);
             add(clients, &haproxy, tcp, Some(read), Service::HaproxyRead);
         }
     }
-    let redis_port = port(plan, "redis", "port", 6379);
+    let redis_port = port(plan, "redis", "port");
     add(&app, &redis, tcp, Some(redis_port), Service::Redis);
     add(&saleor, &redis, tcp, Some(redis_port), Service::Redis);
     if !app.is_empty() {
-        add(&nginx, &app, tcp, Some(port(plan, "app", "port", 9001)), Service::App);
+        add(&nginx, &app, tcp, Some(port(plan, "app", "port")), Service::App);
     }
     if !saleor.is_empty() {
-        add(&haproxy, &saleor, tcp, Some(port(plan, "saleor", "api_port", 8000)), Service::SaleorApi);
-        add(&haproxy, &saleor, tcp, Some(port(plan, "saleor", "dashboard_port", 9000)), Service::SaleorDashboard);
+        add(&haproxy, &saleor, tcp, Some(port(plan, "saleor", "api_port")), Service::SaleorApi);
+        add(&haproxy, &saleor, tcp, Some(port(plan, "saleor", "dashboard_port")), Service::SaleorDashboard);
     }
     if !storefront.is_empty() {
-        add(&haproxy, &storefront, tcp, Some(port(plan, "storefront", "port", 3000)), Service::Storefront);
+        add(&haproxy, &storefront, tcp, Some(port(plan, "storefront", "port")), Service::Storefront);
         // Server-side rendering calls the API through the load balancer.
-        add(&storefront, &haproxy, tcp, Some(port(plan, "haproxy", "http_port", 80)), Service::HaproxyHttp);
+        add(&storefront, &haproxy, tcp, Some(port(plan, "haproxy", "http_port")), Service::HaproxyHttp);
     }
     add(&keepalived, &keepalived, Transport::Vrrp, None, Service::Vrrp);
     // pgBackRest reaches the other side over SSH (roles/backup.rs): archive-push
@@ -350,44 +350,44 @@ pub struct Listener {
 /// Every TCP port the host's roles listen on (sshd's 22 included: every machine has it).
 pub fn listeners(plan: &Plan, host: &Host) -> Vec<Listener> {
     let mut out = vec![Listener { role: "ssh", setting: "ssh".into(), port: 22 }];
-    let mut add = |role: &'static str, owner: &str, key: &str, default: u16| {
-        out.push(Listener { role, setting: format!("services.{owner}.{key}"), port: port(plan, owner, key, default) });
+    let mut add = |role: &'static str, owner: &str, key: &str| {
+        out.push(Listener { role, setting: format!("services.{owner}.{key}"), port: port(plan, owner, key) });
     };
     let has = |r: &str| host.roles.iter().any(|x| x == r);
     let saleor_in_plan = plan.hosts_with_role("saleor").next().is_some();
     if has("etcd") {
-        add("etcd", "etcd", "client_port", 2379);
-        add("etcd", "etcd", "peer_port", 2380);
+        add("etcd", "etcd", "client_port");
+        add("etcd", "etcd", "peer_port");
     }
     if has("patroni") {
-        add("patroni", "patroni", "port", 5432);
-        add("patroni", "patroni", "rest_port", 8008);
+        add("patroni", "patroni", "port");
+        add("patroni", "patroni", "rest_port");
     }
     if has("haproxy") {
-        add("haproxy", "haproxy", "write_port", 5000);
-        add("haproxy", "haproxy", "read_port", 5001);
-        add("haproxy", "haproxy", "stats_port", 8404);
+        add("haproxy", "haproxy", "write_port");
+        add("haproxy", "haproxy", "read_port");
+        add("haproxy", "haproxy", "stats_port");
         if saleor_in_plan {
             // The shop's HTTP frontend and the dashboard's (haproxy.cfg.j2).
-            add("haproxy", "haproxy", "http_port", 80);
-            add("haproxy", "saleor", "dashboard_port", 9000);
+            add("haproxy", "haproxy", "http_port");
+            add("haproxy", "saleor", "dashboard_port");
         }
     }
     if has("redis") {
-        add("redis", "redis", "port", 6379);
+        add("redis", "redis", "port");
     }
     if has("app") {
-        add("app", "app", "port", 9001);
+        add("app", "app", "port");
     }
     if has("nginx") {
-        add("nginx", "nginx", "port", 80);
+        add("nginx", "nginx", "port");
     }
     if has("saleor") {
-        add("saleor", "saleor", "api_port", 8000);
-        add("saleor", "saleor", "dashboard_port", 9000);
+        add("saleor", "saleor", "api_port");
+        add("saleor", "saleor", "dashboard_port");
     }
     if has("storefront") {
-        add("storefront", "storefront", "port", 3000);
+        add("storefront", "storefront", "port");
     }
     out
 }

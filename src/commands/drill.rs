@@ -104,10 +104,7 @@ pub fn write_target(project: &Project, state: &crate::state::State) -> Result<(S
                 .map(|h| h.ip.to_string())
         })
         .ok_or_else(|| anyhow!("the plan has no HAProxy host to write through"))?;
-    let port = plan
-        .setting("haproxy", "write_port")
-        .and_then(Value::as_u64)
-        .unwrap_or(5000);
+    let port = plan.int_setting(crate::roles::haproxy::NAME, "write_port");
     let password = state
         .secrets
         .get("postgres_superuser_password")

@@ -193,7 +193,7 @@ pub async fn restore(project: &Project, target: &Target, auto_approve: bool, ver
 }
 
 async fn cluster_leader(plan: &Plan, sessions: &BTreeMap<String, HostSession>) -> Option<String> {
-    let port = plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008);
+    let port = plan.int_setting(crate::roles::patroni::NAME, "rest_port");
     for h in plan.hosts_with_role("patroni") {
         let Some(s) = sessions.get(&h.name) else { continue };
         let Ok(out) = s.sudo(&local_curl(port, "-m 3", "/cluster"), None).await else { continue };
@@ -300,7 +300,7 @@ async fn carry_out(
     let key = format!("/service/{}/", patroni_scope(plan));
     steps.next(format!("{}: removing the cluster's DCS keys {key}", etcd.name));
     session(&etcd.name)?
-        .sudo_ok("clearing the cluster's DCS keys", &crate::roles::tls::etcdctl(plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379), &format!("del --prefix {}", sh_quote(&key))))
+        .sudo_ok("clearing the cluster's DCS keys", &crate::roles::tls::etcdctl(plan.int_setting(crate::roles::etcd::NAME, "client_port"), &format!("del --prefix {}", sh_quote(&key))))
         .await?;
 
     // 4. The leader's data directory from the repository.
@@ -357,7 +357,7 @@ async fn carry_out(
     // 6. Patroni on the restored member: it finds no cluster in the DCS and takes it over with its data.
     steps.next(format!("{leader}: starting Patroni"));
     crate::config::run::start(ls, "patroni").await?;
-    let port = plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008);
+    let port = plan.int_setting(crate::roles::patroni::NAME, "rest_port");
     crate::config::run::wait_for(&format!("{leader}: Patroni leads the restored cluster"), Duration::from_secs(300), || async {
         let out = ls.sudo(&local_curl(port, "-m 3 -o /dev/null -w '%{http_code}'", "/primary"), None).await?;
         Ok(if out.stdout.trim() == "200" { Ok(()) } else { Err(format!("/primary answers {}", out.stdout.trim())) })

@@ -124,22 +124,21 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
             }
         }
     }
-    let setting = |role: &str, key: &str, default: u64| plan.setting(role, key).and_then(Value::as_u64).unwrap_or(default);
 
     for h in plan.hosts_with_role("etcd") {
         let Some(s) = sessions.get(&h.name) else { continue };
-        let (healthy, detail) = crate::roles::etcd::member_health(s, setting("etcd", "client_port", 2379)).await?;
+        let (healthy, detail) = crate::roles::etcd::member_health(s, plan.int_setting(crate::roles::etcd::NAME, "client_port")).await?;
         status.etcd.push(EtcdMember { host: h.name.clone(), healthy, detail });
     }
 
-    let rest = setting("patroni", "rest_port", 8008);
+    let rest = plan.int_setting(crate::roles::patroni::NAME, "rest_port");
     if let Some(s) = plan.hosts_with_role("patroni").find_map(|h| sessions.get(&h.name)) {
         let out = s.sudo(&crate::roles::rest_auth::local_curl(rest, "-m 3", "/cluster"), None).await?;
         let cluster: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
         let members: Vec<Value> = cluster["members"].as_array().cloned().unwrap_or_default();
         let leader = members.iter().find(|m| m["role"] == "leader").and_then(|m| m["name"].as_str()).map(str::to_string);
         let streaming: Vec<String> = match leader.as_ref().and_then(|l| sessions.get(l)) {
-            Some(ls) => crate::roles::patroni::streaming_replicas(ls, setting("patroni", "port", 5432)).await?,
+            Some(ls) => crate::roles::patroni::streaming_replicas(ls, plan.int_setting(crate::roles::patroni::NAME, "port")).await?,
             None => vec![],
         };
         for m in members {
@@ -164,7 +163,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         }
     }
 
-    let stats_port = setting("haproxy", "stats_port", 8404);
+    let stats_port = plan.int_setting(crate::roles::haproxy::NAME, "stats_port");
     let password = state.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
     for h in plan.hosts_with_role("haproxy") {
         let Some(s) = sessions.get(&h.name) else { continue };
@@ -183,7 +182,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         status.vip = Some(VipView { address: vip.to_string(), holders });
     }
 
-    let redis_port = setting("redis", "port", 6379);
+    let redis_port = plan.int_setting(crate::roles::redis::NAME, "port");
     let redis_password = state.secrets.get("redis_password").cloned().unwrap_or_default();
     for h in plan.hosts_with_role("redis") {
         let Some(s) = sessions.get(&h.name) else { continue };
@@ -222,7 +221,7 @@ async fn client_paths(plan: &crate::plan::model::Plan, state: &crate::state::Sta
         out.push(PathView { path, ok: r.is_ok(), detail: r.err().unwrap_or_default() });
     }
     let apps = cp::app_upstreams(plan);
-    let nginx_port = plan.setting("nginx", "port").and_then(Value::as_u64).unwrap_or(80);
+    let nginx_port = plan.int_setting(crate::roles::nginx::NAME, "port");
     for h in plan.hosts_with_role("nginx") {
         let Some(s) = sessions.get(&h.name) else { continue };
         let seen = cp::nginx_upstreams(s, nginx_port, apps.len() * 3).await?;

@@ -118,11 +118,11 @@ pub async fn patroni_members(s: &HostSession, rest_port: u64) -> Result<BTreeMap
 }
 
 pub fn rest_port(plan: &Plan) -> u64 {
-    plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008)
+    plan.int_setting(crate::roles::patroni::NAME, "rest_port")
 }
 
 pub fn etcd_client_port(plan: &Plan) -> u64 {
-    plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379)
+    plan.int_setting(crate::roles::etcd::NAME, "client_port")
 }
 
 pub fn vip(plan: &Plan) -> Option<String> {

@@ -201,7 +201,7 @@ async fn reload(plan: &Plan, state: &State, sessions: &mut Sessions, role: &str,
             }
         }
         if role == "haproxy" && plan.hosts_with_role("patroni").next().is_some() {
-            let port = plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404);
+            let port = plan.int_setting(crate::roles::haproxy::NAME, "stats_port");
             let password = state.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
             wait_for(&format!("{name}: HAProxy routes writes to one primary"), HAPROXY_WAIT, || async {
                 let list = crate::roles::haproxy::servers(s, port, &password).await?;
@@ -230,7 +230,7 @@ async fn patroni_leave(plan: &Plan, sessions: &mut Sessions, remaining: &[String
     if let Some(s) = sessions.get(member).await {
         s.sudo_ok("stopping patroni", "systemctl disable --now patroni 2>&1").await?;
     }
-    let scope = plan.setting("patroni", "scope").and_then(Value::as_str).unwrap_or(&plan.project).to_string();
+    let scope = plan.str_setting(crate::roles::patroni::NAME, "scope");
     let key = format!("/service/{scope}/members/{member}");
     let keeper = first(sessions, etcd).await.ok_or_else(|| anyhow!("no remaining etcd member answers SSH"))?;
     let e = sessions.must(&keeper).await?;

@@ -19,6 +19,7 @@ use crate::render::Renderer;
 use crate::state::State;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
+use crate::plan::services::{Setting, SettingType};
 
 /// postgres's home on Debian (postgresql-common, which pgbackrest depends on, creates the user).
 const PG_HOME: &str = "/var/lib/postgresql";
@@ -30,7 +31,7 @@ pub const KINDS: &[&str] = &["full", "diff", "incr"];
 
 /// The pgBackRest stanza: the Patroni cluster's scope.
 pub fn stanza(plan: &Plan) -> String {
-    plan.setting("patroni", "scope").and_then(Value::as_str).unwrap_or(&plan.project).to_string()
+    plan.str_setting(super::patroni::NAME, "scope")
 }
 
 /// The repository host, when the plan has one.
@@ -43,7 +44,7 @@ pub fn archive_parameters(plan: &Plan) -> Vec<(String, Value)> {
     if repo_host(plan).is_none() {
         return vec![];
     }
-    let timeout = plan.setting("backup", "archive_timeout").and_then(Value::as_u64).unwrap_or(60);
+    let timeout = plan.int_setting(NAME, "archive_timeout");
     vec![
         ("archive_mode".into(), json!("on")),
         ("archive_command".into(), json!(format!("pgbackrest --stanza={} archive-push %p", stanza(plan)))),
@@ -423,10 +424,35 @@ pub fn age(secs: i64) -> String {
 /// The backup role, as the registry lists it.
 pub struct Backup;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "backup";
+
+/// The settings under `services: backup:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("schedule", SettingType::Map, |_| json!({ "full": "Sun *-*-* 01:00:00", "diff": "Mon..Sat *-*-* 01:00:00" }), "systemd OnCalendar per backup type (full, diff, incr)"),
+    Setting::new("retention_full", SettingType::Int { min: 1, max: 100 }, |_| json!(2), "full backups kept (older ones and their WAL are expired)"),
+    Setting::new("retention_diff", SettingType::Int { min: 1, max: 1000 }, |_| json!(7), "differential backups kept"),
+    Setting::new("compress", SettingType::Str, |_| json!("lz4"), "pgBackRest compress-type: lz4, zst, gz, bz2 or none"),
+    Setting::new("process_max", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "parallel processes for backup and restore"),
+    Setting::new("archive_timeout", SettingType::Int { min: 10, max: 3600 }, |_| json!(60), "s: PostgreSQL switches WAL at least this often (bounds the data a lost leader takes with it)"),
+    Setting::optional("s3", SettingType::Map, "an S3 repository instead of the backup host's disk: { bucket, endpoint, region }"),
+];
+
+/// The secrets the role needs (generated once, kept in the state).
+const SECRETS: &[&str] = &["backup_cipher_pass"];
+
 #[async_trait::async_trait]
 impl super::role::Role for Backup {
     fn name(&self) -> &'static str {
-        "backup"
+        NAME
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
+    fn secrets(&self) -> &'static [&'static str] {
+        SECRETS
     }
     /// The repository host and archiving: the cluster must be up to take a backup.
     fn needs(&self) -> &'static [&'static str] {

@@ -6,7 +6,6 @@
 use crate::config::run::{wait_for, RoleRun};
 use crate::remote::session::HostSession;
 use anyhow::{anyhow, bail, Result};
-use serde_json::Value;
 use std::time::Duration;
 
 fn identifier_ok(s: &str) -> bool {
@@ -15,7 +14,7 @@ fn identifier_ok(s: &str) -> bool {
 
 /// The Patroni member that holds the leader lock now.
 pub async fn leader<'a>(run: &RoleRun<'a>) -> Result<&'a HostSession> {
-    let port = run.plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008);
+    let port = run.plan.int_setting(super::patroni::NAME, "rest_port");
     let members: Vec<String> = run.plan.hosts_with_role("patroni").map(|h| h.name.clone()).collect();
     if members.is_empty() {
         bail!("the plan has no patroni hosts — role {} needs a database", run.role);
@@ -45,7 +44,7 @@ pub async fn ensure(run: &RoleRun<'_>, database: &str, user: &str, password: &st
         bail!("no password for database user {user} in the state");
     }
     let s = leader(run).await?;
-    let pg_port = run.plan.setting("patroni", "port").and_then(Value::as_u64).unwrap_or(5432);
+    let pg_port = run.plan.int_setting(super::patroni::NAME, "port");
     // Can it log in already? (The password travels on stdin, not in argv.)
     let probe = s
         .sudo(

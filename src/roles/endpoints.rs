@@ -27,9 +27,6 @@ pub fn public_lb_address(plan: &Plan) -> Option<String> {
     plan.public_addresses.get(&first.name).cloned()
 }
 
-fn port(plan: &Plan, role: &str, key: &str, default: u64) -> u64 {
-    plan.setting(role, key).and_then(Value::as_u64).unwrap_or(default)
-}
 
 /// Percent-encode for the user-info part of a URL (generated secrets are
 /// letters and digits; a password given through the environment may not be).
@@ -42,7 +39,7 @@ pub fn userinfo(s: &str) -> String {
 /// `postgresql://user:pass@LB:PORT/db` through the write (or read) port.
 pub fn database_url(plan: &Plan, user: &str, password: &str, database: &str, read: bool) -> Option<String> {
     let lb = lb_address(plan)?;
-    let p = if read { port(plan, "haproxy", "read_port", 5001) } else { port(plan, "haproxy", "write_port", 5000) };
+    let p = if read { plan.int_setting(super::haproxy::NAME, "read_port") } else { plan.int_setting(super::haproxy::NAME, "write_port") };
     // With TLS on, clients verify the server against the project CA and its
     // name (the VIP or HAProxy address is in every PostgreSQL certificate).
     let tls = if plan.security.tls { format!("?sslmode=verify-full&sslrootcert={}", super::tls::CLIENT_CA) } else { String::new() };
@@ -55,7 +52,7 @@ pub fn database_url(plan: &Plan, user: &str, password: &str, database: &str, rea
 pub fn redis_url(plan: &Plan, password: &str, db: u32) -> Option<String> {
     let h = plan.hosts_with_role("redis").next()?;
     let (scheme, tls) = if plan.security.tls { ("rediss", format!("?ssl_cert_reqs=required&ssl_ca_certs={}", super::tls::CLIENT_CA)) } else { ("redis", String::new()) };
-    Some(format!("{scheme}://:{}@{}:{}/{db}{tls}", userinfo(password), h.ip, port(plan, "redis", "port", 6379)))
+    Some(format!("{scheme}://:{}@{}:{}/{db}{tls}", userinfo(password), h.ip, plan.int_setting(super::redis::NAME, "port")))
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use serde_json::json;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -36,11 +38,11 @@ const DROP_IN: &str = "/etc/systemd/system/etcd.service.d/rigger-bootstrap.conf"
 const DROP_IN_TEXT: &str = "# Managed by rigger: settings etcd reads only when it bootstraps its data directory.\n[Service]\nEnvironmentFile=-/etc/default/etcd-bootstrap\nEnvironmentFile=-/etc/default/etcd-join\n";
 
 fn peer_port(run: &RoleRun) -> u64 {
-    run.plan.setting("etcd", "peer_port").and_then(Value::as_u64).unwrap_or(2380)
+    run.plan.int_setting(NAME, "peer_port")
 }
 
 fn client_port(run: &RoleRun) -> u64 {
-    run.plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379)
+    run.plan.int_setting(NAME, "client_port")
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
@@ -104,7 +106,7 @@ fn member_list_script(port: u64) -> String {
 
 /// The gate's commands on `host`, asked ahead in the facts round trip.
 pub fn gate_asks(plan: &crate::plan::model::Plan) -> Vec<crate::remote::ahead::Ask> {
-    let port = plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379);
+    let port = plan.int_setting(NAME, "client_port");
     vec![crate::remote::ahead::Ask::sudo(health_script(port), None), crate::remote::ahead::Ask::sudo(member_list_script(port), None)]
 }
 
@@ -139,11 +141,28 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
 /// The etcd role, as the registry lists it.
 pub struct Etcd;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "etcd";
+
+/// The settings under `services: etcd:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("client_port", PORT, |_| json!(2379), "etcd client port"),
+    Setting::new("peer_port", PORT, |_| json!(2380), "etcd peer port"),
+    Setting::new("election_timeout", SettingType::Int { min: 100, max: 50000 }, |_| json!(5000), "ms"),
+    Setting::new("heartbeat_interval", SettingType::Int { min: 10, max: 10000 }, |_| json!(1000), "ms"),
+    Setting::new("cluster_token", SettingType::Str, |p| json!(format!("{p}-etcd")), "initial cluster token"),
+];
+
 #[async_trait::async_trait]
 impl super::role::Role for Etcd {
     fn name(&self) -> &'static str {
-        "etcd"
+        NAME
     }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
     fn services(&self) -> &'static [&'static str] {
         &["etcd"]
     }

@@ -12,6 +12,8 @@ use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use serde_json::json;
 
 /// Saves the servers' check states before a reload (the drop-in runs it).
 const SAVE_STATE: &str = "/usr/local/lib/rigger/haproxy-save-state";
@@ -45,7 +47,7 @@ fn servers_ask(stats_port: u64, password: &str) -> crate::remote::ahead::Ask {
 }
 
 fn stats_port(plan: &crate::plan::model::Plan) -> u64 {
-    plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404)
+    plan.int_setting(NAME, "stats_port")
 }
 
 /// The gate's commands on `host`, asked ahead in the facts round trip.
@@ -114,11 +116,35 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
 /// The haproxy role, as the registry lists it.
 pub struct Haproxy;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "haproxy";
+
+/// The settings under `services: haproxy:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("write_port", PORT, |_| json!(5000), "port that reaches the Patroni leader"),
+    Setting::new("read_port", PORT, |_| json!(5001), "port that round-robins the replicas"),
+    Setting::new("stats_port", PORT, |_| json!(8404), "stats page (password protected)"),
+    Setting::new("http_port", PORT, |_| json!(80), "HTTP frontend for Saleor and the Storefront (when the plan has them)"),
+    Setting::new("max_replica_lag", SettingType::Str, |_| json!("100MB"), "replicas lagging more are taken out of the read port"),
+];
+
+/// The secrets the role needs (generated once, kept in the state).
+const SECRETS: &[&str] = &["haproxy_stats_password"];
+
 #[async_trait::async_trait]
 impl super::role::Role for Haproxy {
     fn name(&self) -> &'static str {
-        "haproxy"
+        NAME
     }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
+    fn secrets(&self) -> &'static [&'static str] {
+        SECRETS
+    }
+
     fn needs(&self) -> &'static [&'static str] {
         &["patroni"]
     }

@@ -9,6 +9,8 @@ use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType};
+use serde_json::json;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -88,11 +90,26 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
 /// The keepalived role, as the registry lists it.
 pub struct Keepalived;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "keepalived";
+
+/// The settings under `services: keepalived:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::required("vip", SettingType::Ip, "the virtual IP, inside a subnet"),
+    Setting::optional("virtual_router_id", SettingType::Int { min: 1, max: 255 }, "defaults to the VIP's last octet"),
+    Setting::new("interface", SettingType::Str, |_| json!("eth0"), "interface that carries the VIP"),
+];
+
 #[async_trait::async_trait]
 impl super::role::Role for Keepalived {
     fn name(&self) -> &'static str {
-        "keepalived"
+        NAME
     }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
     fn needs(&self) -> &'static [&'static str] {
         &["haproxy"]
     }

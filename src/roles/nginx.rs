@@ -12,6 +12,8 @@ use crate::render::Renderer;
 use anyhow::{bail, Result};
 use serde_json::Value;
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use serde_json::json;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     if ctx["members"]["app"].as_array().is_none_or(Vec::is_empty) {
@@ -31,7 +33,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 }
 
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
-    let port = run.plan.setting("nginx", "port").and_then(Value::as_u64).unwrap_or(80);
+    let port = run.plan.int_setting(NAME, "port");
     run.each(|h, s| async move {
         wait_for(&format!("{}: /health through nginx", h.name), Duration::from_secs(60), || async {
             let out = s.sudo(&format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None).await?;
@@ -47,11 +49,26 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
 /// The nginx role, as the registry lists it.
 pub struct Nginx;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "nginx";
+
+/// The settings under `services: nginx:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("port", PORT, |_| json!(80), "HTTP port"),
+    Setting::new("max_fails", SettingType::Int { min: 0, max: 100 }, |_| json!(3), "passive health check"),
+    Setting::new("fail_timeout", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
+];
+
 #[async_trait::async_trait]
 impl super::role::Role for Nginx {
     fn name(&self) -> &'static str {
-        "nginx"
+        NAME
     }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
     fn needs(&self) -> &'static [&'static str] {
         &["app", "saleor"]
     }

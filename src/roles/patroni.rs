@@ -16,22 +16,23 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
 
 pub fn version(plan: &Plan) -> u64 {
-    plan.setting("patroni", "postgres_version").and_then(Value::as_u64).unwrap_or(15)
+    plan.int_setting(NAME, "postgres_version")
 }
 
 /// PostgreSQL's port (its socket's name too).
 pub fn pg_port(plan: &Plan) -> u64 {
-    plan.setting("patroni", "port").and_then(serde_json::Value::as_u64).unwrap_or(5432)
+    plan.int_setting(NAME, "port")
 }
 
 pub(crate) fn rest_port(plan: &Plan) -> u64 {
-    plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008)
+    plan.int_setting(NAME, "rest_port")
 }
 
 fn scope(plan: &Plan) -> String {
-    plan.setting("patroni", "scope").and_then(Value::as_str).unwrap_or(&plan.project).to_string()
+    plan.str_setting(NAME, "scope")
 }
 
 pub fn data_dir(plan: &Plan) -> String {
@@ -206,7 +207,7 @@ async fn clear_dcs(run: &RoleRun<'_>) -> Result<()> {
     let Ok(s) = run.session(&etcd.name) else { return Ok(()) };
     let key = format!("/service/{}/", scope(run.plan));
     // The plan's client port, not etcd's default (a generated plan with 12379 found this).
-    let port = run.plan.setting("etcd", "client_port").and_then(serde_json::Value::as_u64).unwrap_or(2379);
+    let port = run.plan.int_setting(super::etcd::NAME, "client_port");
     s.sudo_ok("clearing stale Patroni keys", &super::tls::etcdctl(port, &format!("del --prefix {}", sh_quote(&key)))).await?;
     Ok(())
 }
@@ -275,7 +276,7 @@ async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
     // Patroni applies a DCS change in its own loop, a moment later, on every
     // member: wait until each has rewritten its config and PostgreSQL has
     // loaded it, so the apply ends with the change in effect.
-    let loop_wait = plan.setting("patroni", "loop_wait").and_then(Value::as_u64).unwrap_or(10);
+    let loop_wait = plan.int_setting(NAME, "loop_wait");
     for h in &run.hosts {
         let s = run.session(&h.name)?;
         let since = patched_at[&h.name];
@@ -451,11 +452,42 @@ async fn restart_member(run: &RoleRun<'_>, name: &str) -> Result<()> {
 /// The patroni role, as the registry lists it.
 pub struct Patroni;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "patroni";
+
+/// The settings under `services: patroni:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("scope", SettingType::Str, |p| json!(p), "cluster name in the DCS"),
+    Setting::new("postgres_version", SettingType::Int { min: 12, max: 17 }, |_| json!(15), "PostgreSQL major version"),
+    Setting::new("synchronous_mode", SettingType::Bool, |_| json!(false), "synchronous replication"),
+    Setting::new("rto", SettingType::Str, |_| json!(crate::plan::rto::DEFAULT), "failover preset: fast | normal | safe (sets ttl, loop_wait, retry_timeout and HAProxy's checks)"),
+    Setting::new("ttl", SettingType::Int { min: 10, max: 3600 }, |_| json!(30), "leader key TTL, s"),
+    Setting::new("loop_wait", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
+    Setting::new("retry_timeout", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
+    Setting::new("maximum_lag_on_failover", SettingType::Int { min: 0, max: i64::MAX }, |_| json!(1048576), "bytes"),
+    Setting::new("port", PORT, |_| json!(5432), "PostgreSQL port"),
+    Setting::new("rest_port", PORT, |_| json!(8008), "Patroni REST port"),
+    Setting::new("parameters", SettingType::Map, |_| json!({}), "PostgreSQL parameters"),
+    Setting::new("databases", SettingType::List, |_| json!([]), "databases to create (owned by an app user)"),
+];
+
+/// The secrets the role needs (generated once, kept in the state).
+const SECRETS: &[&str] = &["postgres_superuser_password", "replication_password", "rewind_password", "patroni_rest_password"];
+
 #[async_trait::async_trait]
 impl super::role::Role for Patroni {
     fn name(&self) -> &'static str {
-        "patroni"
+        NAME
     }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
+    fn secrets(&self) -> &'static [&'static str] {
+        SECRETS
+    }
+
     fn needs(&self) -> &'static [&'static str] {
         &["etcd"]
     }

@@ -11,6 +11,8 @@ use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use serde_json::json;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -32,7 +34,7 @@ pub async fn ping(s: &HostSession, port: u64, password: &str) -> Result<String> 
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
-    let port = run.plan.setting("redis", "port").and_then(Value::as_u64).unwrap_or(6379);
+    let port = run.plan.int_setting(NAME, "port");
     let password = run.secrets.get("redis_password").cloned().unwrap_or_default();
     run.each(|h, s| {
         let password = password.clone();
@@ -50,11 +52,32 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 /// The redis role, as the registry lists it.
 pub struct Redis;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "redis";
+
+/// The settings under `services: redis:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("port", PORT, |_| json!(6379), "Redis port"),
+    Setting::new("maxmemory", SettingType::Str, |_| json!("256mb"), "Redis maxmemory"),
+];
+
+/// The secrets the role needs (generated once, kept in the state).
+const SECRETS: &[&str] = &["redis_password"];
+
 #[async_trait::async_trait]
 impl super::role::Role for Redis {
     fn name(&self) -> &'static str {
-        "redis"
+        NAME
     }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
+    fn secrets(&self) -> &'static [&'static str] {
+        SECRETS
+    }
+
     fn services(&self) -> &'static [&'static str] {
         &["redis-server"]
     }

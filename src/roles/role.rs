@@ -5,6 +5,7 @@
 use crate::config::ops::HostDesired;
 use crate::config::run::RoleRun;
 use crate::plan::model::{Host, Plan};
+use crate::plan::services::Setting;
 use crate::remote::ahead::Ask;
 use crate::render::Renderer;
 use anyhow::Result;
@@ -40,6 +41,17 @@ pub trait Role: Sync {
     /// Roles healthy before this one starts (roles absent from a plan are
     /// ignored; its staging — packages, uploads — does not wait for them).
     fn needs(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The settings the role takes under `services: NAME:`, with their
+    /// types and defaults (the only place a default is written).
+    fn settings(&self) -> &'static [Setting] {
+        &[]
+    }
+
+    /// The secrets the role needs, generated once and kept in the state.
+    fn secrets(&self) -> &'static [&'static str] {
         &[]
     }
 

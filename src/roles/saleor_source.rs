@@ -479,7 +479,7 @@ async fn lb_server_state(run: &RoleRun<'_>, server: &str, state: &str) -> Result
 
 /// The HAProxy backend `saleor_api` reports `server` UP on every HAProxy host.
 async fn lb_sees(run: &RoleRun<'_>, server: &str) -> Result<()> {
-    let port = run.plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404);
+    let port = run.plan.int_setting(super::haproxy::NAME, "stats_port");
     let password = run.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
     for lb in run.plan.hosts_with_role("haproxy") {
         let s = run.session(&lb.name)?;
@@ -497,13 +497,13 @@ async fn lb_sees(run: &RoleRun<'_>, server: &str) -> Result<()> {
 }
 
 fn api_port(plan: &Plan) -> u64 {
-    plan.setting("saleor", "api_port").and_then(Value::as_u64).unwrap_or(8000)
+    plan.int_setting(super::saleor::NAME, "api_port")
 }
 
 /// The source-mode bring-up: database, wheelhouse, releases, migrate, rolling restarts, gates.
 pub async fn converge(run: &RoleRun<'_>, src: &Source) -> Result<()> {
     let plan = run.plan;
-    let db = plan.setting("saleor", "database").and_then(Value::as_str).unwrap_or("saleor").to_string();
+    let db = plan.str_setting(super::saleor::NAME, "database");
     database::ensure(run, &db, &db, run.secrets.get("saleor_db_password").map(String::as_str).unwrap_or_default()).await?;
     let first: &Host = run.hosts.first().ok_or_else(|| anyhow!("no saleor host"))?;
     // Is the release on every host already? Then no wheelhouse is needed at all.
@@ -582,7 +582,7 @@ pub async fn gate(run: &RoleRun<'_>, src: &Source) -> Result<()> {
     run.each(|_, s| async move { api_gate(s, port, Duration::from_secs(120)).await }).await?;
     let first = run.session(&run.hosts.first().ok_or_else(|| anyhow!("no saleor host"))?.name)?;
     if let Some(lb) = super::endpoints::lb_address(run.plan) {
-        let http = run.plan.setting("haproxy", "http_port").and_then(Value::as_u64).unwrap_or(80);
+        let http = run.plan.int_setting(super::haproxy::NAME, "http_port");
         let url = format!("http://{lb}:{http}/graphql/");
         wait_for(&format!("Saleor answers POST {{ shop {{ name }} }} through HAProxy at {url}"), Duration::from_secs(60), || async {
             let out = first.sudo(&post_shop(&url), None).await?;

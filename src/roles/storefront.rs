@@ -22,11 +22,12 @@ use crate::render::Renderer;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
 
 const ENV: &str = "/etc/storefront/storefront.env";
 
 fn port(plan: &Plan) -> u64 {
-    plan.setting("storefront", "port").and_then(Value::as_u64).unwrap_or(3000)
+    plan.int_setting(NAME, "port")
 }
 
 fn builds_here(plan: &Plan) -> bool {
@@ -53,7 +54,7 @@ fn hairpin(plan: &Plan) -> Option<Value> {
     if private == address.to_string() {
         return None;
     }
-    let lb_port = plan.setting("haproxy", "http_port").and_then(Value::as_u64).unwrap_or(80);
+    let lb_port = plan.int_setting(super::haproxy::NAME, "http_port");
     Some(json!({ "public": address.to_string(), "port": port, "private": private, "lb_port": if port == 80 { lb_port } else { port as u64 } }))
 }
 
@@ -80,8 +81,8 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
         d.files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
         d.files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront-source.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
     } else {
-        let path = plan.setting("storefront", "path").and_then(Value::as_str).unwrap_or("storefront");
-        d.files = source_dir::files("storefront", &resolve_path(&plan.dir, path), "/opt/storefront/src", &["storefront"])?;
+        let path = plan.str_setting(NAME, "path");
+        d.files = source_dir::files("storefront", &resolve_path(&plan.dir, &path), "/opt/storefront/src", &["storefront"])?;
         d.files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
         d.files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
         if builds_here(plan) {
@@ -108,7 +109,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
             run.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
-    let build = plan.setting("storefront", "build_command").and_then(Value::as_str).unwrap_or("corepack pnpm install --frozen-lockfile && corepack pnpm build").to_string();
+    let build = plan.str_setting(NAME, "build_command");
     for h in &run.hosts {
         let s = run.session(&h.name)?;
         let ch = run.changes_of(&h.name);
@@ -140,11 +141,29 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 /// The storefront role, as the registry lists it.
 pub struct Storefront;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "storefront";
+
+/// The settings under `services: storefront:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("path", SettingType::Str, |_| json!("storefront"), "local directory with the Next.js storefront"),
+    Setting::new("port", PORT, |_| json!(3000), "port"),
+    Setting::new("packages", SettingType::List, |_| json!(["nodejs", "npm"]), "distro packages for Node.js (the Storefront wants Node >= 20)"),
+    Setting::new("build_command", SettingType::Str, |_| json!("corepack pnpm install --frozen-lockfile && corepack pnpm build"), "run in the build folder as the storefront user, with the env file loaded"),
+    Setting::optional("source", SettingType::Str, "source mode: the Storefront's source (a .tar.gz or a folder), built on the control host (pnpm install + next build, standalone) after the Saleor API answers, and run on the hosts with a Node runtime rigger ships (instead of `path`)"),
+    Setting::new("node_version", SettingType::Str, |_| json!(super::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release rigger downloads (npm registry) to build the Storefront and ships to its hosts"),
+];
+
 #[async_trait::async_trait]
 impl super::role::Role for Storefront {
     fn name(&self) -> &'static str {
-        "storefront"
+        NAME
     }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
     fn needs(&self) -> &'static [&'static str] {
         &["saleor"]
     }

@@ -76,7 +76,7 @@ pub fn build_of(plan: &Plan) -> Result<Option<Build>> {
     let ctx = super::storefront::context(plan)?;
     let api_url = ctx["api_url"].as_str().unwrap_or_default().to_string();
     let public_url = ctx["public_url"].as_str().unwrap_or_default().to_string();
-    let node_version = plan.setting("storefront", "node_version").and_then(Value::as_str).unwrap_or(node_toolchain::DEFAULT_NODE_VERSION).to_string();
+    let node_version = plan.str_setting(super::storefront::NAME, "node_version");
     let mut h = Sha256::new();
     for part in [saleor_source::file_hash(&source)?.as_str(), &api_url, &public_url, &node_version, FONT_PACKAGE.0, FONT_PACKAGE.1, CHANNEL] {
         h.update(part.as_bytes());
@@ -287,7 +287,7 @@ pub async fn converge(run: &RoleRun<'_>, b: &Build) -> Result<()> {
             push(run.session(&h.name)?, b, &built, &node, run.events).await?;
         }
     }
-    let port = plan.setting("storefront", "port").and_then(Value::as_u64).unwrap_or(3000);
+    let port = plan.int_setting(super::storefront::NAME, "port");
     // One host at a time, each rendering the listing before the next goes.
     for h in &run.hosts {
         let s = run.session(&h.name)?;
@@ -295,7 +295,7 @@ pub async fn converge(run: &RoleRun<'_>, b: &Build) -> Result<()> {
         page_gate(s, &h.name, &format!("http://127.0.0.1:{port}{}", listing_path()), Duration::from_secs(120)).await.map_err(|e| anyhow!("{e:#} (see `journalctl -u storefront` on {})", h.name))?;
     }
     if let Some(lb) = super::endpoints::lb_address(plan) {
-        let http = plan.setting("haproxy", "http_port").and_then(Value::as_u64).unwrap_or(80);
+        let http = plan.int_setting(super::haproxy::NAME, "http_port");
         let first = run.session(&run.hosts.first().ok_or_else(|| anyhow!("no storefront host"))?.name)?;
         page_gate(first, "through HAProxy", &format!("http://{lb}:{http}{}", listing_path()), Duration::from_secs(60)).await?;
     }
