@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
+use crate::flows::{FlowSink, Service};
 
 pub fn name(plan: &Plan) -> String {
     plan.str_setting(NAME, "name")
@@ -207,6 +208,14 @@ const SECRETS: &[&str] = &["app_db_password"];
 impl super::role::Role for App {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.tcp(super::nginx::NAME, NAME, "port", Service::App);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "port")]
     }
 
     fn settings(&self) -> &'static [Setting] {

@@ -20,6 +20,7 @@ use crate::state::State;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use crate::plan::services::{Setting, SettingType};
+use crate::flows::{FlowSink, Service, Transport};
 
 /// postgres's home on Debian (postgresql-common, which pgbackrest depends on, creates the user).
 const PG_HOME: &str = "/var/lib/postgresql";
@@ -445,6 +446,13 @@ const SECRETS: &[&str] = &["backup_cipher_pass"];
 impl super::role::Role for Backup {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        // pgBackRest reaches the other side over SSH: archive-push from every
+        // member, backups and restores from the repository host.
+        net.add(super::patroni::NAME, NAME, Transport::Tcp, Some(22), Service::PgBackRestSsh);
+        net.add(NAME, super::patroni::NAME, Transport::Tcp, Some(22), Service::PgBackRestSsh);
     }
 
     fn settings(&self) -> &'static [Setting] {

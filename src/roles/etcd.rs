@@ -16,6 +16,8 @@ use serde_json::Value;
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
 use serde_json::json;
+use crate::plan::model::Plan;
+use crate::flows::{FlowSink, Service};
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -157,6 +159,15 @@ static SETTINGS: &[Setting] = &[
 impl super::role::Role for Etcd {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.tcp(super::patroni::NAME, NAME, "client_port", Service::EtcdClient);
+        net.tcp(NAME, NAME, "peer_port", Service::EtcdPeer);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "client_port"), (NAME, "peer_port")]
     }
 
     fn settings(&self) -> &'static [Setting] {

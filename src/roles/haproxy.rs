@@ -14,6 +14,8 @@ use serde_json::Value;
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
 use serde_json::json;
+use crate::plan::model::Plan;
+use crate::flows::{FlowSink, Service};
 
 /// Saves the servers' check states before a reload (the drop-in runs it).
 const SAVE_STATE: &str = "/usr/local/lib/rigger/haproxy-save-state";
@@ -135,6 +137,27 @@ const SECRETS: &[&str] = &["haproxy_stats_password"];
 impl super::role::Role for Haproxy {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        // Database clients go through HAProxy (every HAProxy host: the VIP lands on any of them).
+        if net.has(super::patroni::NAME) {
+            for clients in [super::app::NAME, super::saleor::NAME] {
+                net.tcp(clients, NAME, "write_port", Service::HaproxyWrite);
+                net.tcp(clients, NAME, "read_port", Service::HaproxyRead);
+            }
+        }
+        // The Storefront's server-side rendering calls the API through the load balancer.
+        net.tcp(super::storefront::NAME, NAME, "http_port", Service::HaproxyHttp);
+    }
+
+    fn listens(&self, plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        let mut ports = vec![(NAME, "write_port"), (NAME, "read_port"), (NAME, "stats_port")];
+        if plan.hosts_with_role(super::saleor::NAME).next().is_some() {
+            // The shop's HTTP frontend and the dashboard's (haproxy.cfg.j2).
+            ports.extend([(NAME, "http_port"), (super::saleor::NAME, "dashboard_port")]);
+        }
+        ports
     }
 
     fn settings(&self) -> &'static [Setting] {

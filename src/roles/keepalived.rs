@@ -11,6 +11,7 @@ use serde_json::Value;
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType};
 use serde_json::json;
+use crate::flows::{FlowSink, Service, Transport};
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -104,6 +105,10 @@ static SETTINGS: &[Setting] = &[
 impl super::role::Role for Keepalived {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.add(NAME, NAME, Transport::Vrrp, None, Service::Vrrp);
     }
 
     fn settings(&self) -> &'static [Setting] {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
 use serde_json::json;
+use crate::plan::model::Plan;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     if ctx["members"]["app"].as_array().is_none_or(Vec::is_empty) {
@@ -63,6 +64,10 @@ static SETTINGS: &[Setting] = &[
 impl super::role::Role for Nginx {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "port")]
     }
 
     fn settings(&self) -> &'static [Setting] {

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
+use crate::flows::{FlowSink, Service};
 
 pub fn version(plan: &Plan) -> u64 {
     plan.int_setting(NAME, "postgres_version")
@@ -478,6 +479,20 @@ const SECRETS: &[&str] = &["postgres_superuser_password", "replication_password"
 impl super::role::Role for Patroni {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        // HAProxy relays every client session and health-checks Patroni's REST API.
+        net.tcp(super::haproxy::NAME, NAME, "port", Service::Postgres);
+        net.tcp(super::haproxy::NAME, NAME, "rest_port", Service::PatroniRest);
+        // Members: replication, pg_rewind (an SQL session), and each other's REST API in a leader race.
+        net.tcp(NAME, NAME, "port", Service::Replication);
+        net.tcp(NAME, NAME, "port", Service::Postgres);
+        net.tcp(NAME, NAME, "rest_port", Service::PatroniRest);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "port"), (NAME, "rest_port")]
     }
 
     fn settings(&self) -> &'static [Setting] {

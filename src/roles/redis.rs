@@ -13,6 +13,8 @@ use serde_json::Value;
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
 use serde_json::json;
+use crate::plan::model::Plan;
+use crate::flows::{FlowSink, Service};
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -68,6 +70,15 @@ const SECRETS: &[&str] = &["redis_password"];
 impl super::role::Role for Redis {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.tcp(super::app::NAME, NAME, "port", Service::Redis);
+        net.tcp(super::saleor::NAME, NAME, "port", Service::Redis);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "port")]
     }
 
     fn settings(&self) -> &'static [Setting] {

@@ -4,6 +4,7 @@
 
 use crate::config::ops::HostDesired;
 use crate::config::run::RoleRun;
+use crate::flows::FlowSink;
 use crate::plan::model::{Host, Plan};
 use crate::plan::services::Setting;
 use crate::remote::ahead::Ask;
@@ -53,6 +54,16 @@ pub trait Role: Sync {
     /// The secrets the role needs, generated once and kept in the state.
     fn secrets(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// The flows the role needs between hosts (`flows::flows`: rendered into
+    /// pg_hba and listen addresses, checked against the plan's firewall).
+    fn flows(&self, _net: &mut FlowSink<'_>) {}
+
+    /// The ports the role listens on, as the settings that choose them:
+    /// (role owning the setting, key).
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![]
     }
 
     /// Services a host departing from this role stops (reshape::drain).

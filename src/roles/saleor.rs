@@ -27,6 +27,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
+use crate::flows::{FlowSink, Service};
 
 pub const UNITS: &[&str] = &["saleor-api", "saleor-worker", "saleor-dashboard"];
 /// Source mode's units (the dashboard is static files, not a process).
@@ -284,6 +285,15 @@ const SECRETS: &[&str] = &["saleor_secret_key", "saleor_db_password", "saleor_rs
 impl super::role::Role for Saleor {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.tcp(super::haproxy::NAME, NAME, "api_port", Service::SaleorApi);
+        net.tcp(super::haproxy::NAME, NAME, "dashboard_port", Service::SaleorDashboard);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "api_port"), (NAME, "dashboard_port")]
     }
 
     fn settings(&self) -> &'static [Setting] {

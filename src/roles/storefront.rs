@@ -23,6 +23,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
+use crate::flows::{FlowSink, Service};
 
 const ENV: &str = "/etc/storefront/storefront.env";
 
@@ -158,6 +159,14 @@ static SETTINGS: &[Setting] = &[
 impl super::role::Role for Storefront {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.tcp(super::haproxy::NAME, NAME, "port", Service::Storefront);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "port")]
     }
 
     fn settings(&self) -> &'static [Setting] {
