@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
 use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 pub fn name(plan: &Plan) -> String {
     plan.str_setting(NAME, "name")
@@ -208,6 +210,17 @@ const SECRETS: &[&str] = &["app_db_password"];
 impl super::role::Role for App {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        let apps = at.ips(NAME);
+        if !apps.is_empty() {
+            o.insert("apps".into(), json!(apps.iter().map(|ip| format!("http://{ip}:{}/", at.setting(NAME, "port"))).collect::<Vec<_>>()));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("app_port", "port")]
     }
 
     fn flows(&self, net: &mut FlowSink<'_>) {

@@ -18,6 +18,8 @@ use crate::plan::services::{Setting, SettingType, PORT};
 use serde_json::json;
 use crate::plan::model::Plan;
 use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -159,6 +161,17 @@ static SETTINGS: &[Setting] = &[
 impl super::role::Role for Etcd {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        let etcd = at.ips(NAME);
+        if !etcd.is_empty() {
+            o.insert("etcd_endpoints".into(), json!(etcd.iter().map(|ip| format!("{}://{ip}:{}", super::tls::scheme(at.plan), at.setting(NAME, "client_port"))).collect::<Vec<_>>().join(",")));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("etcd_client_port", "client_port"), ("etcd_peer_port", "peer_port")]
     }
 
     fn flows(&self, net: &mut FlowSink<'_>) {

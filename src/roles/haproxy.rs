@@ -16,6 +16,8 @@ use crate::plan::services::{Setting, SettingType, PORT};
 use serde_json::json;
 use crate::plan::model::Plan;
 use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 /// Saves the servers' check states before a reload (the drop-in runs it).
 const SAVE_STATE: &str = "/usr/local/lib/rigger/haproxy-save-state";
@@ -115,6 +117,12 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     .await
 }
 
+/// Where clients reach the built stack's load balancers: the VIP, else
+/// the first built HAProxy host (`rigger output`).
+pub fn front(at: &Outputs<'_>) -> Option<String> {
+    at.plan.setting(super::keepalived::NAME, "vip").and_then(Value::as_str).map(str::to_string).or_else(|| at.ips(NAME).first().cloned())
+}
+
 /// The haproxy role, as the registry lists it.
 pub struct Haproxy;
 
@@ -137,6 +145,23 @@ const SECRETS: &[&str] = &["haproxy_stats_password"];
 impl super::role::Role for Haproxy {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        let lb_ips = at.ips(NAME);
+        if let Some(front) = front(at) {
+            o.insert("postgres_write".into(), json!(format!("postgres://postgres@{front}:{}/postgres", at.setting(NAME, "write_port"))));
+            o.insert("postgres_read".into(), json!(format!("postgres://postgres@{front}:{}/postgres", at.setting(NAME, "read_port"))));
+        }
+        if !lb_ips.is_empty() {
+            o.insert("haproxy_stats".into(), json!(lb_ips.iter().map(|ip| format!("http://{ip}:{}/stats", at.setting(NAME, "stats_port"))).collect::<Vec<_>>()));
+            o.insert("haproxy_stats_user".into(), json!("admin"));
+            o.insert("haproxy_stats_password".into(), at.secret("haproxy_stats_password"));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("haproxy_write_port", "write_port"), ("haproxy_read_port", "read_port"), ("haproxy_stats_port", "stats_port")]
     }
 
     fn flows(&self, net: &mut FlowSink<'_>) {

@@ -12,6 +12,8 @@ use std::time::Duration;
 use crate::plan::services::{Setting, SettingType};
 use serde_json::json;
 use crate::flows::{FlowSink, Service, Transport};
+use super::role::Outputs;
+use serde_json::Map;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -105,6 +107,16 @@ static SETTINGS: &[Setting] = &[
 impl super::role::Role for Keepalived {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        if let Some(vip) = at.plan.setting(NAME, "vip") {
+            o.insert("vip".into(), vip.clone());
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("keepalived_vip", "vip")]
     }
 
     fn flows(&self, net: &mut FlowSink<'_>) {

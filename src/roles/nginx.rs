@@ -15,6 +15,8 @@ use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
 use serde_json::json;
 use crate::plan::model::Plan;
+use super::role::Outputs;
+use serde_json::Map;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     if ctx["members"]["app"].as_array().is_none_or(Vec::is_empty) {
@@ -64,6 +66,16 @@ static SETTINGS: &[Setting] = &[
 impl super::role::Role for Nginx {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        if let Some(n) = at.ips(NAME).first() {
+            o.insert("web".into(), json!(format!("http://{n}:{}/", at.setting(NAME, "port"))));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("nginx_port", "port")]
     }
 
     fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {

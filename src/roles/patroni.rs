@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
 use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 pub fn version(plan: &Plan) -> u64 {
     plan.int_setting(NAME, "postgres_version")
@@ -479,6 +481,19 @@ const SECRETS: &[&str] = &["postgres_superuser_password", "replication_password"
 impl super::role::Role for Patroni {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        let pg = at.ips(NAME);
+        if !pg.is_empty() {
+            o.insert("patroni_rest".into(), json!(pg.iter().map(|ip| format!("{}://{ip}:{}/", super::tls::scheme(at.plan), at.setting(NAME, "rest_port"))).collect::<Vec<_>>()));
+            o.insert("postgres_superuser".into(), json!("postgres"));
+            o.insert("postgres_superuser_password".into(), at.secret("postgres_superuser_password"));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("postgres_port", "port"), ("patroni_rest_port", "rest_port"), ("patroni_scope", "scope")]
     }
 
     fn flows(&self, net: &mut FlowSink<'_>) {

@@ -15,6 +15,8 @@ use crate::plan::services::{Setting, SettingType, PORT};
 use serde_json::json;
 use crate::plan::model::Plan;
 use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -70,6 +72,16 @@ const SECRETS: &[&str] = &["redis_password"];
 impl super::role::Role for Redis {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        if let Some(r) = at.ips(NAME).first() {
+            o.insert("redis".into(), json!(format!("redis://{r}:{}/0", at.setting(NAME, "port"))));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("redis_port", "port")]
     }
 
     fn flows(&self, net: &mut FlowSink<'_>) {

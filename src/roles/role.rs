@@ -34,6 +34,36 @@ pub struct ClusterChanges {
     pub pending_restarts: Vec<String>,
 }
 
+/// What `rigger output` knows of a built stack, for the roles to describe
+/// where they answer (`Role::outputs`).
+pub struct Outputs<'a> {
+    pub plan: &'a Plan,
+    pub state: &'a crate::state::State,
+    pub show_secrets: bool,
+}
+
+impl Outputs<'_> {
+    /// The addresses of the built hosts (machines in the state) that have `role`.
+    pub fn ips(&self, role: &str) -> Vec<String> {
+        let exists = |name: &str| self.state.machines().any(|m| m.address.name == name);
+        self.plan.hosts_with_role(role).filter(|h| exists(&h.name)).map(|h| h.ip.to_string()).collect()
+    }
+
+    /// A setting as the plan has it (null when the plan lacks it).
+    pub fn setting(&self, role: &str, key: &str) -> Value {
+        self.plan.setting(role, key).cloned().unwrap_or(Value::Null)
+    }
+
+    /// A secret of the state, masked unless --show-secrets.
+    pub fn secret(&self, name: &str) -> Value {
+        match self.state.secrets.get(name) {
+            Some(v) if self.show_secrets => Value::String(v.clone()),
+            Some(_) => Value::String(crate::commands::output::MASK.into()),
+            None => Value::Null,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Role: Sync {
     /// The plan's `roles:` value.
@@ -65,6 +95,15 @@ pub trait Role: Sync {
     fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
         vec![]
     }
+
+    /// The Ansible inventory variables of the role's group: (variable, the
+    /// setting it carries).
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// What `rigger output` shows for the role: where it answers, how to log in.
+    fn outputs(&self, _at: &Outputs<'_>, _out: &mut serde_json::Map<String, Value>) {}
 
     /// Services a host departing from this role stops (reshape::drain).
     fn services(&self) -> &'static [&'static str] {

@@ -28,6 +28,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
 use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 pub const UNITS: &[&str] = &["saleor-api", "saleor-worker", "saleor-dashboard"];
 /// Source mode's units (the dashboard is static files, not a process).
@@ -285,6 +287,17 @@ const SECRETS: &[&str] = &["saleor_secret_key", "saleor_db_password", "saleor_rs
 impl super::role::Role for Saleor {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        if let (Some(front), false) = (super::haproxy::front(at), at.ips(NAME).is_empty()) {
+            o.insert("saleor_api".into(), json!(format!("http://{front}/graphql/")));
+            o.insert("saleor_dashboard".into(), json!(format!("http://{front}:{}/", at.setting(NAME, "dashboard_port"))));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("saleor_api_port", "api_port"), ("saleor_dashboard_port", "dashboard_port")]
     }
 
     fn flows(&self, net: &mut FlowSink<'_>) {

@@ -24,6 +24,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use crate::plan::services::{Setting, SettingType, PORT};
 use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 const ENV: &str = "/etc/storefront/storefront.env";
 
@@ -159,6 +161,16 @@ static SETTINGS: &[Setting] = &[
 impl super::role::Role for Storefront {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        if let Some(s) = at.ips(NAME).first() {
+            o.insert("storefront".into(), json!(format!("http://{s}:{}/", at.setting(NAME, "port"))));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("storefront_port", "port")]
     }
 
     fn flows(&self, net: &mut FlowSink<'_>) {
