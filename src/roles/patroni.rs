@@ -7,7 +7,7 @@
 //! Gate: one leader, every other member streaming from it.
 
 use super::{file, service};
-use crate::config::ops::{HostDesired, OnChange};
+use crate::config::ops::{HostDesired, OnChange, StoppedService};
 use crate::config::run::{start, wait_for, RoleRun};
 use crate::plan::model::{Host, Plan};
 use crate::remote::session::{sh_quote, HostSession};
@@ -54,7 +54,7 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
         packages: vec!["patroni".into(), format!("postgresql-{v}"), "python3-psycopg2".into()],
         files: vec![file("patroni", "/etc/patroni/config.yml", r.render("patroni.yml.j2", ctx)?, 0o600, "postgres", "postgres", Some(("patroni --validate-config", VALIDATE)), &["patroni"])],
         services: vec![service("patroni", "patroni", OnChange::Custom)],
-        stop_disable: vec!["postgresql".into(), format!("postgresql@{v}-main")],
+        stop_disable: ["postgresql".to_string(), format!("postgresql@{v}-main")].into_iter().map(|name| StoppedService { role: NAME, name }).collect(),
         ..Default::default()
     })
 }
