@@ -7,6 +7,7 @@ use crate::config::run::{wait_for, RoleRun};
 use crate::remote::session::HostSession;
 use anyhow::{anyhow, bail, Result};
 use std::time::Duration;
+use super::patroni;
 
 fn identifier_ok(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') && s.len() <= 63 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -14,8 +15,8 @@ fn identifier_ok(s: &str) -> bool {
 
 /// The Patroni member that holds the leader lock now.
 pub async fn leader<'a>(run: &RoleRun<'a>) -> Result<&'a HostSession> {
-    let port = run.plan.int_setting(super::patroni::NAME, "rest_port");
-    let members: Vec<String> = run.plan.hosts_with_role("patroni").map(|h| h.name.clone()).collect();
+    let port = run.plan.int_setting(patroni::NAME, "rest_port");
+    let members: Vec<String> = run.plan.hosts_with_role(patroni::NAME).map(|h| h.name.clone()).collect();
     if members.is_empty() {
         bail!("the plan has no patroni hosts — role {} needs a database", run.role);
     }
@@ -44,7 +45,7 @@ pub async fn ensure(run: &RoleRun<'_>, database: &str, user: &str, password: &st
         bail!("no password for database user {user} in the state");
     }
     let s = leader(run).await?;
-    let pg_port = run.plan.int_setting(super::patroni::NAME, "port");
+    let pg_port = run.plan.int_setting(patroni::NAME, "port");
     // Can it log in already? (The password travels on stdin, not in argv.)
     let probe = s
         .sudo(
