@@ -21,6 +21,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use crate::plan::services::{Setting, SettingType};
 use crate::flows::{FlowSink, Service, Transport};
+use super::role::PlanCheck;
+use crate::plan::diag::{suggestion, Diags};
 
 /// postgres's home on Debian (postgresql-common, which pgbackrest depends on, creates the user).
 const PG_HOME: &str = "/var/lib/postgresql";
@@ -446,6 +448,55 @@ const SECRETS: &[&str] = &["backup_cipher_pass"];
 impl super::role::Role for Backup {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// One repository host of its own, a Patroni cluster to back up, a
+    /// schedule systemd can read the keys of.
+    fn check(&self, at: &PlanCheck<'_>, d: &mut Diags) {
+        let backup = at.with(NAME);
+        if backup.is_empty() {
+            return;
+        }
+        let pos = at.role_pos(NAME);
+        for h in backup.iter().filter(|h| h.has_role(super::patroni::NAME)) {
+            d.error(pos, format!("host `{}` is both the backup repository and a Patroni member — losing that machine would lose the database and its backups together; give `backup` to a host of its own", h.name));
+        }
+        if backup.len() > 1 {
+            d.error(pos, format!("{} hosts have the role `backup` — pgBackRest keeps one repository; give the role to one host (count 1)", backup.len()));
+        }
+        if at.with(super::patroni::NAME).is_empty() {
+            d.error(pos, "the role `backup` backs up the Patroni cluster — add hosts with the role `patroni`");
+        }
+        let schedule = at.setting(NAME, "schedule").and_then(Value::as_object);
+        let schedule_pos = at.setting_node(NAME, "schedule").map(|n| n.pos).unwrap_or(pos);
+        for key in schedule.into_iter().flat_map(|m| m.keys()) {
+            if !["full", "diff", "incr"].contains(&key.as_str()) {
+                d.error(schedule_pos, format!("services.backup.schedule: unknown backup type `{key}` — {}", suggestion(key, &["full", "diff", "incr"])));
+            }
+        }
+        if let Some(s3) = at.setting(NAME, "s3").and_then(Value::as_object) {
+            let s3_pos = at.setting_node(NAME, "s3").map(|n| n.pos).unwrap_or(pos);
+            for key in ["bucket", "endpoint", "region"] {
+                if !s3.contains_key(key) {
+                    d.error(s3_pos, format!("services.backup.s3 needs `{key}` — e.g. s3: {{ bucket: my-backups, endpoint: storage.yandexcloud.net, region: ru-central1 }}"));
+                }
+            }
+            const S3_KEYS: &[&str] = &["bucket", "endpoint", "region", "path"];
+            for key in s3.keys().filter(|k| !S3_KEYS.contains(&k.as_str())) {
+                d.error(s3_pos, format!("services.backup.s3: unknown key `{key}` — {} (the keys come from the environment: RIGGER_S3_KEY, RIGGER_S3_KEY_SECRET)", suggestion(key, S3_KEYS)));
+            }
+            for (key, value) in s3 {
+                if !value.is_string() {
+                    d.error(s3_pos, format!("services.backup.s3.{key} must be a string"));
+                }
+            }
+            if s3.get("endpoint").and_then(Value::as_str).is_some_and(|e| e.contains("://") || e.contains('/')) {
+                d.error(s3_pos, "services.backup.s3.endpoint is a host name, not a URL — write e.g. endpoint: storage.yandexcloud.net (pgBackRest always speaks HTTPS)");
+            }
+            if s3.get("path").and_then(Value::as_str).is_some_and(|p| !p.starts_with('/')) {
+                d.error(s3_pos, "services.backup.s3.path is a path inside the bucket and starts with `/` — e.g. path: /pgbackrest");
+            }
+        }
     }
 
     fn flows(&self, net: &mut FlowSink<'_>) {

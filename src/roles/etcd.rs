@@ -20,6 +20,8 @@ use crate::plan::model::Plan;
 use crate::flows::{FlowSink, Service};
 use super::role::Outputs;
 use serde_json::Map;
+use super::role::PlanCheck;
+use crate::plan::diag::Diags;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -161,6 +163,13 @@ static SETTINGS: &[Setting] = &[
 impl super::role::Role for Etcd {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn check(&self, at: &PlanCheck<'_>, d: &mut Diags) {
+        let etcd = at.with(NAME).len();
+        if etcd > 0 && (etcd < 3 || etcd % 2 == 0) {
+            d.error(at.role_pos(NAME), format!("etcd needs an odd number of members, at least 3, for a quorum — the plan has {etcd}"));
+        }
     }
 
     fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {

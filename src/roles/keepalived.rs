@@ -14,6 +14,9 @@ use serde_json::json;
 use crate::flows::{FlowSink, Service, Transport};
 use super::role::Outputs;
 use serde_json::Map;
+use super::role::PlanCheck;
+use crate::plan::diag::Diags;
+use std::net::Ipv4Addr;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
@@ -107,6 +110,33 @@ static SETTINGS: &[Setting] = &[
 impl super::role::Role for Keepalived {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn check(&self, at: &PlanCheck<'_>, d: &mut Diags) {
+        if at.with(NAME).is_empty() {
+            return;
+        }
+        if at.with(super::haproxy::NAME).len() < 2 {
+            d.error(at.role_pos(NAME), "keepalived moves a VIP between HAProxy hosts — it needs at least 2 hosts with the role `haproxy`");
+        }
+        for h in at.with(NAME).into_iter().filter(|h| !h.has_role(super::haproxy::NAME)) {
+            d.error(at.role_pos(NAME), format!("host `{}` has keepalived but not haproxy — keepalived guards HAProxy; give both roles to the same hosts", h.name));
+        }
+        let vip = at.setting(NAME, "vip").and_then(Value::as_str).and_then(|s| s.parse::<Ipv4Addr>().ok());
+        let vip_pos = at.setting_node(NAME, "vip").map(|n| n.pos).unwrap_or_default();
+        if let Some(vip) = vip {
+            match at.network.subnets.iter().find(|s| s.cidr.contains(&vip)) {
+                None => d.error(vip_pos, format!("the VIP {vip} is outside every subnet — a VRRP VIP must be in the subnet of the HAProxy hosts")),
+                Some(s) if vip == s.gateway || vip == s.cidr.network() || vip == s.cidr.broadcast() => {
+                    d.error(vip_pos, format!("the VIP {vip} is the gateway, network or broadcast address of `{}` — pick a free address", s.name))
+                }
+                Some(_) => {
+                    if let Some(h) = at.hosts.iter().find(|h| h.ip == vip) {
+                        d.error(vip_pos, format!("the VIP {vip} is already the address of `{}` — pick a free address", h.name));
+                    }
+                }
+            }
+        }
     }
 
     fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {

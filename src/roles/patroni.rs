@@ -20,6 +20,8 @@ use crate::plan::services::{Setting, SettingType, PORT};
 use crate::flows::{FlowSink, Service};
 use super::role::Outputs;
 use serde_json::Map;
+use super::role::PlanCheck;
+use crate::plan::diag::Diags;
 
 pub fn version(plan: &Plan) -> u64 {
     plan.int_setting(NAME, "postgres_version")
@@ -481,6 +483,12 @@ const SECRETS: &[&str] = &["postgres_superuser_password", "replication_password"
 impl super::role::Role for Patroni {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn check(&self, at: &PlanCheck<'_>, d: &mut Diags) {
+        if !at.with(NAME).is_empty() && at.with(super::etcd::NAME).is_empty() {
+            d.error(at.role_pos(NAME), "patroni keeps its leader lock in etcd — add hosts with the role `etcd` (3 of them)");
+        }
     }
 
     fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {

@@ -5,7 +5,9 @@
 use crate::config::ops::HostDesired;
 use crate::config::run::RoleRun;
 use crate::flows::FlowSink;
-use crate::plan::model::{Host, Plan};
+use crate::plan::diag::Diags;
+use crate::plan::model::{Host, Network, Plan};
+use crate::plan::yaml::{Node, Pos};
 use crate::plan::services::Setting;
 use crate::remote::ahead::Ask;
 use crate::render::Renderer;
@@ -64,6 +66,39 @@ impl Outputs<'_> {
     }
 }
 
+/// What a role's plan check reads (`Role::check`): the expanded hosts, the
+/// services with their defaults applied, the network, and the file's nodes
+/// for positions.
+pub struct PlanCheck<'a> {
+    pub hosts: &'a [Host],
+    pub services: &'a BTreeMap<String, BTreeMap<String, Value>>,
+    pub network: &'a Network,
+    pub root: &'a Node,
+    pub role_pos: &'a dyn Fn(&str) -> Pos,
+}
+
+impl PlanCheck<'_> {
+    /// The hosts that have `role`.
+    pub fn with(&self, role: &str) -> Vec<&Host> {
+        self.hosts.iter().filter(|h| h.has_role(role)).collect()
+    }
+
+    /// Where the plan first gives a host `role` (the position of its errors).
+    pub fn role_pos(&self, role: &str) -> Pos {
+        (self.role_pos)(role)
+    }
+
+    /// A setting after validation (defaults applied).
+    pub fn setting(&self, role: &str, key: &str) -> Option<&Value> {
+        self.services.get(role).and_then(|s| s.get(key))
+    }
+
+    /// The file's node of `services.<role>.<key>`, when the plan writes it.
+    pub fn setting_node(&self, role: &str, key: &str) -> Option<&Node> {
+        self.root.get("services").and_then(|s| s.get(role)).and_then(|k| k.get(key))
+    }
+}
+
 #[async_trait]
 pub trait Role: Sync {
     /// The plan's `roles:` value.
@@ -104,6 +139,10 @@ pub trait Role: Sync {
 
     /// What `rigger output` shows for the role: where it answers, how to log in.
     fn outputs(&self, _at: &Outputs<'_>, _out: &mut serde_json::Map<String, Value>) {}
+
+    /// What the role needs of the plan beyond its settings' types (a quorum,
+    /// the roles it relies on), as errors at the plan's positions.
+    fn check(&self, _at: &PlanCheck<'_>, _d: &mut Diags) {}
 
     /// Services a host departing from this role stops (reshape::drain).
     fn services(&self) -> &'static [&'static str] {
