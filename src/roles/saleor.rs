@@ -20,7 +20,7 @@ use super::saleor_source::{self, Source};
 use super::{database, endpoints, file, service};
 use crate::config::ops::{HostDesired, OnChange};
 use crate::config::run::{wait_for, RoleRun};
-use crate::plan::model::{Plan, ProviderConfig};
+use crate::plan::model::Plan;
 use crate::remote::session::{sh_quote, HostSession};
 use crate::render::Renderer;
 use anyhow::{anyhow, bail, Result};
@@ -55,7 +55,7 @@ fn num(plan: &Plan, key: &str) -> u64 {
 /// balancer — by the public address the cloud gave it, when it has one (a
 /// browser and the Storefront's build reach that, not the private one).
 pub fn public_url(plan: &Plan) -> Option<String> {
-    match plan.setting("saleor", "public_url").and_then(Value::as_str) {
+    match plan.setting(NAME, "public_url").and_then(Value::as_str) {
         Some(u) => Some(u.trim_end_matches('/').to_string()),
         None => endpoints::public_lb_address(plan).or_else(|| endpoints::lb_address(plan)).map(|lb| format!("http://{lb}")),
     }
@@ -77,7 +77,7 @@ fn host_of(url: &str) -> String {
 
 /// Whether this provider's machines can install Docker Engine and pull images.
 fn containers_possible(plan: &Plan) -> bool {
-    !matches!(plan.provider, ProviderConfig::Local(_))
+    crate::providers::rules::rules_of(&plan.provider).machines_reach_registries()
 }
 
 /// The values the Saleor templates read.
@@ -92,10 +92,10 @@ pub fn context(plan: &Plan, host_ip: &str, secrets: &Value) -> Result<Value> {
     if let Some(lb) = endpoints::lb_address(plan) {
         allowed.push(lb);
     }
-    allowed.extend(plan.setting("saleor", "allowed_hosts").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
+    allowed.extend(plan.setting(NAME, "allowed_hosts").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
     allowed.dedup();
     let mut clients = vec![public.clone()];
-    clients.extend(plan.setting("saleor", "allowed_client_hosts").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
+    clients.extend(plan.setting(NAME, "allowed_client_hosts").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
     let dashboard_url = format!("http://{public_host}:{}/", num(plan, "dashboard_port"));
     Ok(json!({
         "secret_key": secrets["saleor_secret_key"].as_str().unwrap_or_default(),
@@ -116,8 +116,8 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let mut ctx = ctx.clone();
     ctx["saleor"] = context(plan, ctx["host"]["ip"].as_str().unwrap_or_default(), &ctx["secret"])?;
     let mut files = vec![
-        file("saleor", ENV, r.render("saleor.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
-        file("saleor", RSA_ENV, r.render("saleor-rsa.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
+        file(NAME, ENV, r.render("saleor.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
+        file(NAME, RSA_ENV, r.render("saleor-rsa.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
     ];
     if let Some(src) = saleor_source::source(plan)? {
         return source_desired(r, ctx, plan, &src, files);
@@ -136,17 +136,17 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
             "",
         ),
     ];
-    files.push(file("saleor", DASHBOARD_ENV, r.render("saleor-dashboard.env.j2", &ctx)?, 0o644, "root", "root", None, &["saleor-dashboard"]));
+    files.push(file(NAME, DASHBOARD_ENV, r.render("saleor-dashboard.env.j2", &ctx)?, 0o644, "root", "root", None, &["saleor-dashboard"]));
     for (name, description, image, env_file, ports, command) in units {
         let rsa = name != "saleor-dashboard";
         ctx["unit"] = json!({ "name": name, "description": description, "image": image, "env_file": env_file, "ports": ports, "command": command, "rsa": rsa });
-        files.push(file("saleor", &format!("/etc/systemd/system/{name}.service"), r.render("saleor.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
+        files.push(file(NAME, &format!("/etc/systemd/system/{name}.service"), r.render("saleor.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
     }
     Ok(HostDesired {
         // Local machines cannot install it: the converge step says so instead of apt failing.
         packages: if containers_possible(plan) { vec!["docker.io".into()] } else { vec![] },
         files,
-        services: UNITS.iter().map(|u| service("saleor", u, OnChange::Restart)).collect(),
+        services: UNITS.iter().map(|u| service(NAME, u, OnChange::Restart)).collect(),
         ..Default::default()
     })
 }
@@ -156,7 +156,7 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
 fn source_desired(r: &Renderer, mut ctx: Value, plan: &Plan, src: &Source, mut files: Vec<crate::config::ops::ManagedFile>) -> Result<HostDesired> {
     let api_port = num(plan, "api_port");
     let workers = num(plan, "workers");
-    let first = plan.hosts_with_role("saleor").next().map(|h| h.name.clone());
+    let first = plan.hosts_with_role(NAME).next().map(|h| h.name.clone());
     let beat = if first.as_deref() == ctx["host"]["name"].as_str() { " --beat --schedule /var/lib/saleor/celerybeat-schedule" } else { "" };
     let units = [
         (
@@ -170,16 +170,16 @@ fn source_desired(r: &Renderer, mut ctx: Value, plan: &Plan, src: &Source, mut f
     ];
     for (name, description, command) in units {
         ctx["unit"] = json!({ "name": name, "description": description, "command": command, "dir": src.dir(), "release": src.release });
-        files.push(file("saleor", &format!("/etc/systemd/system/{name}.service"), r.render("saleor-source.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
+        files.push(file(NAME, &format!("/etc/systemd/system/{name}.service"), r.render("saleor-source.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
     }
-    let mut services: Vec<_> = SOURCE_UNITS.iter().map(|u| service("saleor", u, OnChange::Restart)).collect();
+    let mut services: Vec<_> = SOURCE_UNITS.iter().map(|u| service(NAME, u, OnChange::Restart)).collect();
     if let Some(d) = super::saleor_dashboard::dashboard(plan, &saleor_source::api_url(plan))? {
         ctx["dashboard"] = json!({ "build": d.build, "api_url": d.api_url, "root": d.root(), "port": num(plan, "dashboard_port") });
         let conf = r.render("saleor-dashboard-nginx.conf.j2", &ctx)?;
-        files.push(file("saleor", super::saleor_dashboard::NGINX_CONF, conf, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["saleor-dashboard"]));
+        files.push(file(NAME, super::saleor_dashboard::NGINX_CONF, conf, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["saleor-dashboard"]));
         let unit = r.render("saleor-dashboard.service.j2", &ctx)?;
-        files.push(file("saleor", "/etc/systemd/system/saleor-dashboard.service", unit, 0o644, "root", "root", None, &["saleor-dashboard"]));
-        services.push(service("saleor", "saleor-dashboard", OnChange::Restart));
+        files.push(file(NAME, "/etc/systemd/system/saleor-dashboard.service", unit, 0o644, "root", "root", None, &["saleor-dashboard"]));
+        services.push(service(NAME, "saleor-dashboard", OnChange::Restart));
     }
     Ok(HostDesired {
         packages: vec!["python3-venv".into()],
@@ -318,7 +318,7 @@ impl super::role::Role for Saleor {
     }
     /// The write port (HAProxy) and Redis, as the app role.
     fn needs(&self) -> &'static [&'static str] {
-        &["haproxy", "redis"]
+        &[super::haproxy::NAME, super::redis::NAME]
     }
     /// The worker gets SIGTERM on a stop: Celery's warm shutdown finishes the task at hand.
     fn services(&self) -> &'static [&'static str] {

@@ -17,7 +17,7 @@ use super::{file, saleor, service, source_dir, storefront_source};
 use crate::config::ops::{HostDesired, OnChange};
 use crate::config::run::{indent, wait_for, RoleRun};
 use crate::plan::load::resolve_path;
-use crate::plan::model::{Plan, ProviderConfig};
+use crate::plan::model::Plan;
 use crate::render::Renderer;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
@@ -34,7 +34,7 @@ fn port(plan: &Plan) -> u64 {
 }
 
 fn builds_here(plan: &Plan) -> bool {
-    !matches!(plan.provider, ProviderConfig::Local(_))
+    crate::providers::rules::rules_of(&plan.provider).machines_reach_registries()
 }
 
 pub fn context(plan: &Plan) -> Result<Value> {
@@ -69,27 +69,27 @@ fn hairpin_desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired
     let mut ctx = ctx.clone();
     ctx["hairpin"] = h;
     let files = vec![
-        file("storefront", "/etc/rigger/storefront-hairpin.nft", r.render("storefront-hairpin.nft.j2", &ctx)?, 0o644, "root", "root", Some(("nft -c", "nft -c -f {}")), &[HAIRPIN_UNIT]),
-        file("storefront", &format!("/etc/systemd/system/{HAIRPIN_UNIT}.service"), r.render("storefront-hairpin.service.j2", &ctx)?, 0o644, "root", "root", None, &[HAIRPIN_UNIT]),
+        file(NAME, "/etc/rigger/storefront-hairpin.nft", r.render("storefront-hairpin.nft.j2", &ctx)?, 0o644, "root", "root", Some(("nft -c", "nft -c -f {}")), &[HAIRPIN_UNIT]),
+        file(NAME, &format!("/etc/systemd/system/{HAIRPIN_UNIT}.service"), r.render("storefront-hairpin.service.j2", &ctx)?, 0o644, "root", "root", None, &[HAIRPIN_UNIT]),
     ];
-    Ok(HostDesired { packages: vec!["nftables".into()], files, services: vec![service("storefront", HAIRPIN_UNIT, OnChange::Restart)], ..Default::default() })
+    Ok(HostDesired { packages: vec!["nftables".into()], files, services: vec![service(NAME, HAIRPIN_UNIT, OnChange::Restart)], ..Default::default() })
 }
 
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let mut ctx = ctx.clone();
     ctx["storefront"] = context(plan)?;
-    let mut d = HostDesired { services: vec![service("storefront", "storefront", OnChange::Restart)], ..Default::default() };
+    let mut d = HostDesired { services: vec![service(NAME, "storefront", OnChange::Restart)], ..Default::default() };
     if let Some(b) = storefront_source::build_of(plan)? {
         ctx["build"] = json!({ "dir": b.dir(), "node": b.node(), "build": b.build });
-        d.files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
-        d.files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront-source.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        d.files.push(file(NAME, ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        d.files.push(file(NAME, "/etc/systemd/system/storefront.service", r.render("storefront-source.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
     } else {
         let path = plan.str_setting(NAME, "path");
-        d.files = source_dir::files("storefront", &resolve_path(&plan.dir, &path), "/opt/storefront/src", &["storefront"])?;
-        d.files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
-        d.files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        d.files = source_dir::files(NAME, &resolve_path(&plan.dir, &path), "/opt/storefront/src", &["storefront"])?;
+        d.files.push(file(NAME, ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        d.files.push(file(NAME, "/etc/systemd/system/storefront.service", r.render("storefront.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
         if builds_here(plan) {
-            d.packages = plan.setting("storefront", "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            d.packages = plan.setting(NAME, "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
         }
     }
     // The hairpin, in either mode: its unit starts before the Storefront's.
@@ -186,7 +186,7 @@ impl super::role::Role for Storefront {
     }
 
     fn needs(&self) -> &'static [&'static str] {
-        &["saleor"]
+        &[super::saleor::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
         &["storefront"]
