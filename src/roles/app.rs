@@ -60,12 +60,12 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     });
     let path = plan.str_setting(NAME, "path");
     let local = resolve_path(&plan.dir, &path);
-    let mut files = source_dir::files("app", &local, &format!("{}/src", home(plan)), &[&name])?;
-    files.push(file("app", &format!("/etc/{name}/{name}.env"), r.render("app.env.j2", &ctx)?, 0o600, "root", "root", None, &[&name]));
-    files.push(file("app", &format!("/etc/systemd/system/{name}.service"), r.render("app.service.j2", &ctx)?, 0o644, "root", "root", None, &[&name]));
+    let mut files = source_dir::files(NAME, &local, &format!("{}/src", home(plan)), &[&name])?;
+    files.push(file(NAME, &format!("/etc/{name}/{name}.env"), r.render("app.env.j2", &ctx)?, 0o600, "root", "root", None, &[&name]));
+    files.push(file(NAME, &format!("/etc/systemd/system/{name}.service"), r.render("app.service.j2", &ctx)?, 0o644, "root", "root", None, &[&name]));
     let mut packages = vec!["python3-venv".to_string()];
-    packages.extend(plan.setting("app", "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
-    Ok(HostDesired { packages, files, services: vec![service("app", &name, OnChange::Restart)], ..Default::default() })
+    packages.extend(plan.setting(NAME, "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
+    Ok(HostDesired { packages, files, services: vec![service(NAME, &name, OnChange::Restart)], ..Default::default() })
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
@@ -78,7 +78,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     // tries it again after fail_timeout, so the next host waits that long —
     // otherwise the last restart could find every server marked failed.
     let pause = plan
-        .hosts_with_role("nginx")
+        .hosts_with_role(super::nginx::NAME)
         .next()
         .map(|_| Duration::from_secs(plan.int_setting(super::nginx::NAME, "fail_timeout") + 1));
     // Hosts whose app is not running serve nothing yet: they come up all at once.
@@ -241,7 +241,7 @@ impl super::role::Role for App {
     /// The write port (HAProxy). When apps reach it through keepalived's VIP,
     /// their own health gate waits for the VIP: they start meanwhile.
     fn needs(&self) -> &'static [&'static str] {
-        &["haproxy", "redis"]
+        &[super::haproxy::NAME, super::redis::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
         &["app"]

@@ -39,7 +39,7 @@ pub fn stanza(plan: &Plan) -> String {
 
 /// The repository host, when the plan has one.
 pub fn repo_host(plan: &Plan) -> Option<&Host> {
-    plan.hosts_with_role("backup").next()
+    plan.hosts_with_role(NAME).next()
 }
 
 /// PostgreSQL parameters every member needs to archive into the repository.
@@ -108,7 +108,7 @@ fn context(ctx: &Value, plan: &Plan) -> Result<Value> {
 
 /// `services.backup.s3` with its defaults (`path`: /pgbackrest/<project>), or null.
 fn s3(plan: &Plan) -> Value {
-    match plan.setting("backup", "s3").and_then(Value::as_object) {
+    match plan.setting(NAME, "s3").and_then(Value::as_object) {
         Some(m) => {
             let mut m = m.clone();
             m.entry("path").or_insert_with(|| json!(format!("/pgbackrest/{}", plan.project)));
@@ -127,7 +127,7 @@ pub const S3_KEY_SECRET_ENV: &str = "RIGGER_S3_KEY_SECRET";
 /// Take the S3 keys from the environment into the state, or make sure the
 /// state has them. Returns whether the state changed.
 pub fn ensure_s3_keys(state: &mut State, plan: &Plan) -> Result<bool> {
-    if plan.setting("backup", "s3").is_none() {
+    if plan.setting(NAME, "s3").is_none() {
         return Ok(false);
     }
     let mut changed = false;
@@ -179,7 +179,7 @@ fn ssh_files(role: &'static str, ctx: &Value, own_key: &str, peer_key: &str, pee
 
 /// The schedule: (backup type, systemd OnCalendar).
 pub fn schedule(plan: &Plan) -> Vec<(String, String)> {
-    plan.setting("backup", "schedule")
+    plan.setting(NAME, "schedule")
         .and_then(Value::as_object)
         .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
         .unwrap_or_default()
@@ -192,14 +192,14 @@ pub fn timer_name(kind: &str) -> String {
 /// The repository host.
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let ctx = context(ctx, plan)?;
-    let members: Vec<String> = plan.hosts_with_role("patroni").map(|h| h.ip.to_string()).collect();
+    let members: Vec<String> = plan.hosts_with_role(super::patroni::NAME).map(|h| h.ip.to_string()).collect();
     let check = s3_config_check(&stanza(plan));
     let validate = (!ctx["backup"]["s3"].is_null()).then_some(("pgbackrest info (offline)", check.as_str()));
-    let mut files = vec![file("backup", CONFIG, r.render("pgbackrest-repo.conf.j2", &ctx)?, 0o640, "postgres", "postgres", validate, &[])];
-    files.extend(ssh_files("backup", &ctx, "backup_repo_ssh_key", "backup_member_ssh_key", &members)?);
+    let mut files = vec![file(NAME, CONFIG, r.render("pgbackrest-repo.conf.j2", &ctx)?, 0o640, "postgres", "postgres", validate, &[])];
+    files.extend(ssh_files(NAME, &ctx, "backup_repo_ssh_key", "backup_member_ssh_key", &members)?);
     let timers: Vec<String> = schedule(plan).iter().map(|(k, _)| timer_name(k)).collect();
     let notify: Vec<&str> = timers.iter().map(String::as_str).collect();
-    files.push(file("backup", "/etc/systemd/system/pgbackrest-backup@.service", r.render("pgbackrest-backup@.service.j2", &ctx)?, 0o644, "root", "root", None, &notify));
+    files.push(file(NAME, "/etc/systemd/system/pgbackrest-backup@.service", r.render("pgbackrest-backup@.service.j2", &ctx)?, 0o644, "root", "root", None, &notify));
     // systemd's own parser checks the calendar expression before the timer is replaced.
     let check_calendar = ("systemd-analyze calendar", "sh -c 'systemd-analyze calendar \"$(sed -n \"s/^OnCalendar=//p\" \"$0\")\" >/dev/null' {}");
     let mut services = Vec::new();
@@ -207,8 +207,8 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
         let mut c = ctx.clone();
         c["timer"] = json!({ "kind": kind, "on_calendar": on_calendar });
         let name = timer_name(&kind);
-        files.push(file("backup", &format!("/etc/systemd/system/{name}"), r.render("pgbackrest-backup.timer.j2", &c)?, 0o644, "root", "root", Some(check_calendar), &[&name]));
-        services.push(service("backup", &name, OnChange::Restart));
+        files.push(file(NAME, &format!("/etc/systemd/system/{name}"), r.render("pgbackrest-backup.timer.j2", &c)?, 0o644, "root", "root", Some(check_calendar), &[&name]));
+        services.push(service(NAME, &name, OnChange::Restart));
     }
     Ok(HostDesired { packages: vec!["pgbackrest".into()], files, services, ..Default::default() })
 }
@@ -219,8 +219,8 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
 pub fn member_desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let Some(repo) = repo_host(plan) else { return Ok(HostDesired::default()) };
     let ctx = context(ctx, plan)?;
-    let mut files = vec![file("patroni", CONFIG, r.render("pgbackrest-member.conf.j2", &ctx)?, 0o640, "postgres", "postgres", None, &[])];
-    files.extend(ssh_files("patroni", &ctx, "backup_member_ssh_key", "backup_repo_ssh_key", &[repo.ip.to_string()])?);
+    let mut files = vec![file(super::patroni::NAME, CONFIG, r.render("pgbackrest-member.conf.j2", &ctx)?, 0o640, "postgres", "postgres", None, &[])];
+    files.extend(ssh_files(super::patroni::NAME, &ctx, "backup_member_ssh_key", "backup_repo_ssh_key", &[repo.ip.to_string()])?);
     Ok(HostDesired { packages: vec!["pgbackrest".into()], files, ..Default::default() })
 }
 
@@ -262,7 +262,7 @@ async fn ssh_trust(run: &RoleRun<'_>, repo: &Host) -> Result<()> {
     let rs = run.session(&repo.name)?;
     let repo_keys = host_keys(rs).await?;
     let mut member_lines = String::new();
-    for m in run.plan.hosts_with_role("patroni") {
+    for m in run.plan.hosts_with_role(super::patroni::NAME) {
         let ms = run.session(&m.name)?;
         for k in host_keys(ms).await? {
             member_lines.push_str(&format!("{} {k}\n", m.ip));
@@ -515,7 +515,7 @@ impl super::role::Role for Backup {
     }
     /// The repository host and archiving: the cluster must be up to take a backup.
     fn needs(&self) -> &'static [&'static str] {
-        &["patroni"]
+        &[super::patroni::NAME]
     }
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
         desired(at.renderer, at.ctx, at.plan)

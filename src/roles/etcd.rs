@@ -27,11 +27,11 @@ pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
         packages: vec!["etcd-server".into(), "etcd-client".into()],
         files: vec![
-            file("etcd", "/etc/default/etcd", r.render("etcd.env.j2", ctx)?, 0o644, "root", "root", None, &["etcd"]),
-            file("etcd", BOOTSTRAP_FILE, r.render("etcd-bootstrap.env.j2", ctx)?, 0o644, "root", "root", None, &[]),
-            file("etcd", DROP_IN, DROP_IN_TEXT.to_string(), 0o644, "root", "root", None, &[]),
+            file(NAME, "/etc/default/etcd", r.render("etcd.env.j2", ctx)?, 0o644, "root", "root", None, &["etcd"]),
+            file(NAME, BOOTSTRAP_FILE, r.render("etcd-bootstrap.env.j2", ctx)?, 0o644, "root", "root", None, &[]),
+            file(NAME, DROP_IN, DROP_IN_TEXT.to_string(), 0o644, "root", "root", None, &[]),
         ],
-        services: vec![service("etcd", "etcd", OnChange::Custom)],
+        services: vec![service(NAME, "etcd", OnChange::Custom)],
         ..Default::default()
     })
 }
@@ -124,7 +124,7 @@ pub async fn member_health(s: &HostSession, port: u64) -> Result<(bool, String)>
 /// Every member answers healthy and the cluster has all members.
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     let port = client_port(run);
-    let expected = run.plan.hosts_with_role("etcd").count();
+    let expected = run.plan.hosts_with_role(NAME).count();
     run.each(|h, s| async move {
         wait_for(&format!("{}: etcd healthy with {expected} members", h.name), Duration::from_secs(120), || async {
             let (healthy, said) = member_health(s, port).await?;

@@ -27,11 +27,11 @@ pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
         packages: vec!["haproxy".into()],
         files: vec![
-            file("haproxy", SAVE_STATE, r.render("haproxy-save-state.py.j2", ctx)?, 0o755, "root", "root", None, &[]),
-            file("haproxy", STATE_DROP_IN, r.render("haproxy-state.conf.j2", ctx)?, 0o644, "root", "root", None, &["haproxy"]),
-            file("haproxy", "/etc/haproxy/haproxy.cfg", r.render("haproxy.cfg.j2", ctx)?, 0o640, "root", "haproxy", Some(("haproxy -c", "haproxy -c -f {}")), &["haproxy"]),
+            file(NAME, SAVE_STATE, r.render("haproxy-save-state.py.j2", ctx)?, 0o755, "root", "root", None, &[]),
+            file(NAME, STATE_DROP_IN, r.render("haproxy-state.conf.j2", ctx)?, 0o644, "root", "root", None, &["haproxy"]),
+            file(NAME, "/etc/haproxy/haproxy.cfg", r.render("haproxy.cfg.j2", ctx)?, 0o640, "root", "haproxy", Some(("haproxy -c", "haproxy -c -f {}")), &["haproxy"]),
         ],
-        services: vec![service("haproxy", "haproxy", OnChange::Reload)],
+        services: vec![service(NAME, "haproxy", OnChange::Reload)],
         ..Default::default()
     })
 }
@@ -56,7 +56,7 @@ fn stats_port(plan: &crate::plan::model::Plan) -> u64 {
 
 /// The gate's commands on `host`, asked ahead in the facts round trip.
 pub fn gate_asks(plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
-    if plan.hosts_with_role("patroni").next().is_none() {
+    if plan.hosts_with_role(super::patroni::NAME).next().is_none() {
         return vec![];
     }
     let password = secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
@@ -87,7 +87,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     let port = stats_port(run.plan);
     let password = run.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
-    let members = run.plan.hosts_with_role("patroni").count();
+    let members = run.plan.hosts_with_role(super::patroni::NAME).count();
     if members == 0 {
         // Only HTTP frontends (Saleor, Storefront): their backends come up in later roles.
         return Ok(());
@@ -194,7 +194,7 @@ impl super::role::Role for Haproxy {
     }
 
     fn needs(&self) -> &'static [&'static str] {
-        &["patroni"]
+        &[super::patroni::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
         &["haproxy"]

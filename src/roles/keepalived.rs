@@ -32,7 +32,7 @@ pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
             &["keepalived"],
         )],
         // Reload (SIGHUP): the holder keeps the VIP while peers or priorities change.
-        services: vec![service("keepalived", "keepalived", OnChange::Reload)],
+        services: vec![service(NAME, "keepalived", OnChange::Reload)],
         ..Default::default()
     })
 }
@@ -53,7 +53,7 @@ pub async fn holds_vip(s: &HostSession, vip: &str) -> Result<bool> {
 /// addresses, and on the first keepalived host the logins through the VIP.
 pub fn gate_asks(plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
     let mut asks = vec![crate::remote::ahead::Ask::sh(ADDRESSES)];
-    if plan.hosts_with_role("keepalived").next().is_some_and(|first| first.name == host.name) {
+    if plan.hosts_with_role(NAME).next().is_some_and(|first| first.name == host.name) {
         let superuser = secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
         asks.extend(crate::client_path::vip_paths(plan).iter().map(|p| crate::client_path::probe_ask(p, &superuser)));
     }
@@ -74,7 +74,7 @@ pub async fn holders(run: &RoleRun<'_>, vip: &str) -> Result<Vec<String>> {
 }
 
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
-    let vip = run.plan.setting("keepalived", "vip").and_then(Value::as_str).unwrap_or_default().to_string();
+    let vip = run.plan.setting(NAME, "vip").and_then(Value::as_str).unwrap_or_default().to_string();
     wait_for(&format!("the VIP {vip} on exactly one HAProxy host"), Duration::from_secs(60), || async {
         let h = holders(run, &vip).await?;
         if h.len() == 1 {
@@ -158,7 +158,7 @@ impl super::role::Role for Keepalived {
     }
 
     fn needs(&self) -> &'static [&'static str] {
-        &["haproxy"]
+        &[super::haproxy::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
         &["keepalived"]

@@ -24,8 +24,8 @@ pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     }
     Ok(HostDesired {
         packages: vec!["nginx".into()],
-        files: vec![file("nginx", "/etc/nginx/nginx.conf", r.render("nginx.conf.j2", ctx)?, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["nginx"])],
-        services: vec![service("nginx", "nginx", OnChange::Reload)],
+        files: vec![file(NAME, "/etc/nginx/nginx.conf", r.render("nginx.conf.j2", ctx)?, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["nginx"])],
+        services: vec![service(NAME, "nginx", OnChange::Reload)],
         ..Default::default()
     })
 }
@@ -87,7 +87,7 @@ impl super::role::Role for Nginx {
     }
 
     fn needs(&self) -> &'static [&'static str] {
-        &["app", "saleor"]
+        &[super::app::NAME, super::saleor::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
         &["nginx"]

@@ -54,8 +54,8 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let v = version(plan);
     Ok(HostDesired {
         packages: vec!["patroni".into(), format!("postgresql-{v}"), "python3-psycopg2".into()],
-        files: vec![file("patroni", "/etc/patroni/config.yml", r.render("patroni.yml.j2", ctx)?, 0o600, "postgres", "postgres", Some(("patroni --validate-config", VALIDATE)), &["patroni"])],
-        services: vec![service("patroni", "patroni", OnChange::Custom)],
+        files: vec![file(NAME, "/etc/patroni/config.yml", r.render("patroni.yml.j2", ctx)?, 0o600, "postgres", "postgres", Some(("patroni --validate-config", VALIDATE)), &["patroni"])],
+        services: vec![service(NAME, "patroni", OnChange::Custom)],
         stop_disable: ["postgresql".to_string(), format!("postgresql@{v}-main")].into_iter().map(|name| StoppedService { role: NAME, name }).collect(),
         ..Default::default()
     })
@@ -208,7 +208,7 @@ async fn start_all(run: &RoleRun<'_>, hosts: &[&Host]) -> Result<()> {
 }
 
 async fn clear_dcs(run: &RoleRun<'_>) -> Result<()> {
-    let Some(etcd) = run.plan.hosts_with_role("etcd").next() else { return Ok(()) };
+    let Some(etcd) = run.plan.hosts_with_role(super::etcd::NAME).next() else { return Ok(()) };
     let Ok(s) = run.session(&etcd.name) else { return Ok(()) };
     let key = format!("/service/{}/", scope(run.plan));
     // The plan's client port, not etcd's default (a generated plan with 12379 found this).
@@ -221,7 +221,7 @@ async fn clear_dcs(run: &RoleRun<'_>) -> Result<()> {
 /// streaming from it (checked in pg_stat_replication on the leader).
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     let port = rest_port(run.plan);
-    let names: Vec<String> = run.plan.hosts_with_role("patroni").map(|h| h.name.clone()).collect();
+    let names: Vec<String> = run.plan.hosts_with_role(NAME).map(|h| h.name.clone()).collect();
     let probe = run.hosts.first().ok_or_else(|| anyhow!("no patroni host"))?;
     wait_for("Patroni: one leader, the others streaming", Duration::from_secs(240), || async {
         let members = cluster(run.session(&probe.name)?, port).await?;
@@ -527,7 +527,7 @@ impl super::role::Role for Patroni {
     }
 
     fn needs(&self) -> &'static [&'static str] {
-        &["etcd"]
+        &[super::etcd::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
         &["patroni"]

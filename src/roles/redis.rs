@@ -21,8 +21,8 @@ use serde_json::Map;
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
         packages: vec!["redis-server".into()],
-        files: vec![file("redis", "/etc/redis/redis.conf", r.render("redis.conf.j2", ctx)?, 0o640, "redis", "redis", None, &["redis-server"])],
-        services: vec![service("redis", "redis-server", OnChange::Restart)],
+        files: vec![file(NAME, "/etc/redis/redis.conf", r.render("redis.conf.j2", ctx)?, 0o640, "redis", "redis", None, &["redis-server"])],
+        services: vec![service(NAME, "redis-server", OnChange::Restart)],
         ..Default::default()
     })
 }
