@@ -357,7 +357,7 @@ async fn carry_out(
 
     // 6. Patroni on the restored member: it finds no cluster in the DCS and takes it over with its data.
     steps.next(format!("{leader}: starting Patroni"));
-    crate::config::run::start(ls, "patroni").await?;
+    crate::config::run::start(ls, patroni::SERVICE).await?;
     let port = plan.int_setting(patroni::NAME, "rest_port");
     crate::config::run::wait_for(&format!("{leader}: Patroni leads the restored cluster"), Duration::from_secs(300), || async {
         let out = ls.sudo(&local_curl(port, "-m 3 -o /dev/null -w '%{http_code}'", "/primary"), None).await?;
@@ -376,7 +376,7 @@ async fn carry_out(
         log_lines.insert(r.clone(), n);
         steps.next(format!("{r}: removing the old data directory, Patroni rebuilds it"));
         s.sudo_ok("removing the old data directory", &format!("rm -rf {}", sh_quote(&data))).await?;
-        crate::config::run::start(s, "patroni").await?;
+        crate::config::run::start(s, patroni::SERVICE).await?;
     }
     if !replicas.is_empty() {
         steps.next(format!("{}: rebuilt from the repository and streaming", replicas.join(", ")));

@@ -15,10 +15,10 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use crate::roles::{app, backup, etcd, haproxy, keepalived, nginx, patroni};
+use crate::roles::{backup, etcd, haproxy, keepalived, nginx, patroni};
 
 /// Services stopped by a Stop step (the others leave through their own steps).
-const OWN_STEP_SERVICES: &[&str] = &["patroni", "etcd", "redis-server"];
+const OWN_STEP_SERVICES: &[&str] = &[patroni::SERVICE, etcd::SERVICE, "redis-server"];
 /// Services HAProxy balances HTTP over: a departing host running one leaves
 /// HAProxy's backends (reload) before it stops.
 const HAPROXY_HTTP_BACKENDS: &[&str] = &["saleor-api", "saleor-dashboard", "storefront"];
@@ -209,7 +209,7 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     // 2. Patroni: who leaves, is the leader among them, is what stays a majority.
     let mut patroni_leaving = Vec::new();
     let patroni_departs = departing.keys().any(|n| departs(n, patroni::NAME));
-    if patroni_departs && (plan.hosts_with_role(patroni::NAME).any(|h| built.contains(&h.name)) || departing.keys().any(|n| runs(n, patroni::NAME))) {
+    if patroni_departs && (plan.hosts_with_role(patroni::NAME).any(|h| built.contains(&h.name)) || departing.keys().any(|n| runs(n, patroni::SERVICE))) {
         if let Some(s) = first_reachable(&config, plan, patroni::NAME, &built).await {
             let members = patroni_members(&s, rest_port(plan)).await;
             s.close().await;
@@ -223,10 +223,10 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
                     d.steps.push(Step::Switchover { leader: m.clone() });
                 }
             }
-        } else if departing.keys().any(|n| runs(n, patroni::NAME)) {
+        } else if departing.keys().any(|n| runs(n, patroni::SERVICE)) {
             bail!(
                 "Patroni members leave ({}) but no remaining Patroni host answers SSH — the leader cannot be switched over safely; fix the remaining hosts first",
-                departing.keys().filter(|n| runs(n, patroni::NAME)).cloned().collect::<Vec<_>>().join(", ")
+                departing.keys().filter(|n| runs(n, patroni::SERVICE)).cloned().collect::<Vec<_>>().join(", ")
             );
         }
     }
@@ -238,7 +238,7 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     if !haproxy_without.is_empty() && !remaining(haproxy::NAME).is_empty() {
         d.steps.push(Step::Reload { role: haproxy::NAME.into(), hosts: remaining(haproxy::NAME), without: haproxy_without });
     }
-    let apps_leaving: Vec<String> = departing.keys().filter(|n| runs(n, app::NAME)).cloned().collect();
+    let apps_leaving: Vec<String> = departing.keys().filter(|n| runs(n, "app")).cloned().collect();
     if !apps_leaving.is_empty() && !remaining(nginx::NAME).is_empty() {
         d.steps.push(Step::Reload { role: nginx::NAME.into(), hosts: remaining(nginx::NAME), without: apps_leaving });
     }
@@ -273,8 +273,8 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
                 super::safety::etcd_removal(plan, members.len(), &etcd_leaving)?;
             }
             d.steps.extend(etcd_leaving.into_iter().map(|member| Step::EtcdRemove { member }));
-        } else if departing.keys().any(|n| runs(n, etcd::NAME)) {
-            bail!("etcd members leave ({}) but no remaining etcd host answers SSH — fix the remaining members first", departing.keys().filter(|n| runs(n, etcd::NAME)).cloned().collect::<Vec<_>>().join(", "));
+        } else if departing.keys().any(|n| runs(n, etcd::SERVICE)) {
+            bail!("etcd members leave ({}) but no remaining etcd host answers SSH — fix the remaining members first", departing.keys().filter(|n| runs(n, etcd::SERVICE)).cloned().collect::<Vec<_>>().join(", "));
         }
     }
 

@@ -150,6 +150,9 @@ pub struct Etcd;
 /// The plan's `roles:` value.
 pub const NAME: &str = "etcd";
 
+/// The systemd unit the role runs (what the reshape and restore stop and start).
+pub const SERVICE: &str = "etcd";
+
 /// The settings under `services: etcd:` — each default is written here only.
 static SETTINGS: &[Setting] = &[
     Setting::new("client_port", PORT, |_| json!(2379), "etcd client port"),
@@ -197,7 +200,7 @@ impl super::role::Role for Etcd {
     }
 
     fn services(&self) -> &'static [&'static str] {
-        &["etcd"]
+        &[SERVICE]
     }
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
         desired(at.renderer, at.ctx)

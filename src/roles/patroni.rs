@@ -460,6 +460,9 @@ pub struct Patroni;
 /// The plan's `roles:` value.
 pub const NAME: &str = "patroni";
 
+/// The systemd unit the role runs (what the reshape and restore stop and start).
+pub const SERVICE: &str = "patroni";
+
 /// The settings under `services: patroni:` — each default is written here only.
 static SETTINGS: &[Setting] = &[
     Setting::new("scope", SettingType::Str, |p| json!(p), "cluster name in the DCS"),
@@ -530,7 +533,7 @@ impl super::role::Role for Patroni {
         &[super::etcd::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
-        &["patroni"]
+        &[SERVICE]
     }
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
         use anyhow::Context;
