@@ -99,7 +99,8 @@ const REFUSAL_GRACE: Duration = Duration::from_secs(15);
 pub async fn gate(client: &HostSession, paths: &[PgPath], password: &str, limit: Duration) -> Result<()> {
     let checks = paths.iter().map(|p| async move {
         let what = format!("login through the {} ({}:{}) from {}, pg_is_in_recovery() = {}", p.label, p.addr, p.port, client.name, !p.primary);
-        let started = std::time::Instant::now();
+        // tokio's clock: std's in a run, pausable in tests.
+        let started = tokio::time::Instant::now();
         loop {
             let why = match probe(client, p, password).await {
                 Ok(Ok(())) => return Ok(()),

@@ -6,6 +6,8 @@ pub mod commands;
 pub mod config;
 pub mod diff;
 pub mod engine;
+#[cfg(test)]
+mod engine_tests;
 pub mod events;
 pub mod flows;
 pub mod graph;

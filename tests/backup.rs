@@ -73,6 +73,9 @@ fn segment_number(wal: &str) -> Option<u64> {
 
 #[test]
 fn backups_archiving_and_point_in_time_restore_on_real_machines() {
+    if !common::machines() {
+        return;
+    }
     let p = plan();
     let apply = rigger(&["apply", p.path(), "--auto-approve"]);
     assert_eq!(apply.code(), 0, "apply:\n{}", apply.text());

@@ -112,6 +112,9 @@ fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, S
 
 #[test]
 fn reference_stack_end_to_end() {
+    if !common::machines() {
+        return;
+    }
     let s = Stack::new();
     let out = rigger(&["apply", &s.plan, "--auto-approve"]);
     assert!(out.status.success(), "apply failed:\n{}", out.text());

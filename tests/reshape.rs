@@ -180,6 +180,9 @@ fn etcd_pids(plan: &LocalPlan, net: &str) -> Vec<String> {
 
 #[test]
 fn reshape_under_load_etcd_patroni_apps() {
+    if !common::machines() {
+        return;
+    }
     let app_src = tempfile::tempdir().expect("temp dir");
     let app_dir = app_src.path().join("demo-app");
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-app"), &app_dir);

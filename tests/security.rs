@@ -183,6 +183,9 @@ fn targets(net: &str, list: &[(u8, u16)]) -> Vec<String> {
 
 #[test]
 fn closed_by_default_probed_like_an_attacker() {
+    if !common::machines() {
+        return;
+    }
     let plan = LocalPlan::from_text("t-sec", |p, c, n| plan_text(p, c, n, "", ""));
     let net = plan.net_prefix.clone();
     let out = rigger(&["apply", plan.path(), "--auto-approve"]);

@@ -165,7 +165,9 @@ fn apply_killed_at_random_points_converges() {
 
 #[test]
 fn local_machines_answer_ssh_with_verified_host_keys() {
-    common::require_machines();
+    if !common::machines() {
+        return;
+    }
     let dir = temp_dir("rigger-yc-machines-");
     let mut cleanup = MachineCleanup::default();
     let (cidr, net) = common::free_subnet();

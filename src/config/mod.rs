@@ -4,3 +4,7 @@ pub mod run;
 pub mod phase;
 pub mod dag;
 pub mod summary;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod patroni_tests;

@@ -74,6 +74,20 @@ fn pending_in(host_entry: Option<&Value>) -> BTreeSet<String> {
 
 /// Connect, gather facts and compute every host's changes.
 pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_old_content: bool, events: &Events) -> Result<ConfigPlan> {
+    let config = crate::remote::ssh_config_path(project);
+    let connect = |name: String| {
+        let config = config.clone();
+        async move { HostSession::connect(&config, &name).await }
+    };
+    prepare_with(project, state, parallelism, with_old_content, events, connect).await
+}
+
+/// `prepare`, with the sessions opened by `connect` (tests hand in scripted hosts).
+pub async fn prepare_with<C, CF>(project: &Project, state: &State, parallelism: usize, with_old_content: bool, events: &Events, connect: C) -> Result<ConfigPlan>
+where
+    C: Fn(String) -> CF,
+    CF: std::future::Future<Output = Result<HostSession>>,
+{
     let plan = &project.plan;
     let renderer = Renderer::new()?;
     let built: BTreeSet<&str> = state.machines().map(|m| m.address.name.as_str()).collect();
@@ -87,18 +101,18 @@ pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_
         desired.insert(h.name.clone(), roles::desired(plan, h, &state.secrets, &renderer)?);
     }
 
-    let config = crate::remote::ssh_config_path(project);
     let started = Instant::now();
     events.started("facts", &format!("connecting to {} hosts", hosts.len()));
+    let connect = &connect;
     let results: Vec<Result<(String, HostSession, HostFacts)>> = stream::iter(hosts.iter().map(|h| {
-        let (config, d) = (config.clone(), &desired[&h.name]);
+        let d = &desired[&h.name];
         let probes = roles::probes(plan, h);
         // A host rigger configured before and owes nothing is likely to need
         // no change: its gates' commands ride along (a first build skips them,
         // its daemons are not up yet).
         let asks = if configured_before(state, &h.name) { roles::gate_asks(plan, h, &state.secrets) } else { vec![] };
         async move {
-            let session = HostSession::connect(&config, &h.name).await?;
+            let session = connect(h.name.clone()).await?;
             let mut query = d.query(probes);
             query.asks = asks;
             let f = facts::gather(&session, &query).await?;
@@ -170,7 +184,8 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
     let present: BTreeSet<&str> = plan.roles();
     let mut roles: Vec<&'static str> = roles::registry::NAMES.iter().copied().filter(|r| present.contains(r)).collect();
     roles.insert(0, roles::registry::FIREWALL.name());
-    let ctx = RoleContext { project, cp, shared, events, secrets: &secrets, facts: &facts };
+    let installs: BTreeMap<String, Install> = cp.hosts.keys().map(|n| (n.clone(), Install::new())).collect();
+    let ctx = RoleContext { project, cp, shared, events, secrets: &secrets, facts: &facts, installs: &installs };
     if cp.is_empty() {
         // Nothing will change: the gates may read the answers asked ahead in
         // the facts round trip, while fresh (a command that failed, or a gate
@@ -220,7 +235,12 @@ pub(super) struct RoleContext<'a> {
     events: &'a Events,
     secrets: &'a BTreeMap<String, String>,
     facts: &'a BTreeMap<String, HostFacts>,
+    /// Each host's missing packages, installed once for all of its roles.
+    installs: &'a BTreeMap<String, Install>,
 }
+
+/// The one install of a host's missing packages (its outcome, shared).
+type Install = tokio::sync::OnceCell<std::result::Result<(), String>>;
 
 /// A role whose files are in place: what its bring-up starts from.
 pub(super) struct StagedRole<'a> {
@@ -247,7 +267,8 @@ pub(super) async fn stage_role<'a>(ctx: &RoleContext<'a>, role: &'static str) ->
     let staged = futures::future::join_all(role_hosts.iter().map(|h| {
         let ch = &changes[&h.name];
         let session = &cp.sessions[&h.name];
-        async move { (h.name.clone(), stage(session, ch, events).await) }
+        let install = (&cp.hosts[&h.name].changes.install, &ctx.installs[&h.name]);
+        async move { (h.name.clone(), stage(session, ch, install, events).await) }
     }))
     .await;
     let mut rejected = Vec::new();
@@ -281,7 +302,7 @@ async fn prepare_role(role: &str, run: &RoleRun<'_>) -> Result<()> {
 
 /// Bring a staged role up to its gate on the hosts whose files are in place.
 pub(super) async fn bring_up_role(ctx: &RoleContext<'_>, staged: StagedRole<'_>) -> Result<()> {
-    let RoleContext { project, cp, shared, events, secrets, facts } = *ctx;
+    let RoleContext { project, cp, shared, events, secrets, facts, .. } = *ctx;
     let plan = &project.plan;
     let StagedRole { role, started, changes, ok_hosts, rejected } = staged;
     let subject = format!("role {role}");
@@ -314,13 +335,20 @@ async fn converge(role: &str, run: &RoleRun<'_>) -> Result<()> {
 }
 
 /// Install, retire, upload. Returns the services whose files changed.
-async fn stage(session: &HostSession, ch: &HostChanges, events: &Events) -> Result<BTreeSet<String>> {
+/// Every role staged on a host waits for the one install of the host's
+/// missing packages (`install`): the roles stage at once, and a role's
+/// checked upload (`keepalived -t`) needs its package in place.
+async fn stage(session: &HostSession, ch: &HostChanges, (packages, once): (&Vec<String>, &Install), events: &Events) -> Result<BTreeSet<String>> {
     let subject = format!("host {}", session.name);
-    if !ch.install.is_empty() {
-        events.progress(&subject, format!("installing {}", ch.install.join(" ")));
-        session
-            .sudo_ok("installing packages", &format!("DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y {} 2>&1", ch.install.join(" ")))
-            .await?;
+    if !packages.is_empty() {
+        let installed = once
+            .get_or_init(|| async {
+                events.progress(&subject, format!("installing {}", packages.join(" ")));
+                let script = format!("DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y {} 2>&1", packages.join(" "));
+                session.sudo_ok("installing packages", &script).await.map(|_| ()).map_err(|e| format!("{e:#}"))
+            })
+            .await;
+        installed.clone().map_err(|e| anyhow!(e))?;
     }
     for s in &ch.stop_disable {
         session.sudo_ok(&format!("stopping {s}"), &format!("systemctl disable --now {s} 2>&1")).await?;

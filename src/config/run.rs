@@ -11,7 +11,9 @@ use anyhow::{anyhow, bail, Result};
 use futures::future::join_all;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock: the same as std's in a run, and one that tests can pause.
+use tokio::time::Instant;
 
 pub struct RoleRun<'a> {
     pub role: &'static str,

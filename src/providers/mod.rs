@@ -6,6 +6,8 @@ pub mod local;
 pub mod yandex;
 pub mod proxmox;
 pub mod rules;
+#[cfg(test)]
+pub mod mock;
 
 use crate::events::Events;
 use crate::plan::model::Plan;

@@ -6,6 +6,9 @@ pub mod access;
 pub mod ahead;
 pub mod persist;
 pub mod session;
+#[cfg(test)]
+pub mod scripted;
+pub mod transport;
 
 use crate::events::Events;
 use crate::project::Project;

@@ -1,19 +1,17 @@
-//! One multiplexed SSH master per host (the `openssh` crate drives the system
-//! ssh with ControlMaster): every later command is a cheap channel on it.
+//! One session per host: what the config phase and the roles run their
+//! scripts through. Beneath it sits a `Transport` (remote::transport): one
+//! multiplexed SSH master per host in real runs, a scripted host in tests.
 
-use anyhow::{anyhow, bail, Context, Result};
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use super::ahead::{Ask, FRESH};
+use super::transport::{As, SshTransport, Transport};
+use anyhow::{anyhow, bail, Result};
+use openssh::{KnownHosts, SessionBuilder};
 use std::path::Path;
 use std::time::Duration;
-use super::ahead::{Ask, FRESH};
-use tokio::io::AsyncWriteExt;
 
 pub struct HostSession {
     pub name: String,
-    session: Session,
-    /// With RIGGER_SSH_PERSIST: where to note the master's control socket so
-    /// the next run reuses it instead of connecting again.
-    keep_as: Option<std::path::PathBuf>,
+    transport: Box<dyn Transport>,
     /// Answers asked ahead in the facts round trip (see remote::ahead), with
     /// when they were handed over; each is used once.
     ahead: std::sync::Mutex<Option<(std::time::Instant, Vec<(Ask, RunOutput)>)>>,
@@ -40,7 +38,7 @@ impl HostSession {
         let keep_as = persist.map(|_| super::persist::record_path(config, name));
         if let Some(record) = &keep_as {
             if let Some(session) = super::persist::resume(record).await {
-                return Ok(HostSession { name: name.to_string(), session, keep_as, ahead: Default::default() });
+                return Ok(HostSession::over(name, Box::new(SshTransport { name: name.to_string(), session, keep_as })));
             }
         }
         let mut b = SessionBuilder::default();
@@ -53,7 +51,12 @@ impl HostSession {
             b.control_persist(openssh::ControlPersist::IdleFor(idle));
         }
         let session = b.connect(name).await.map_err(|e| anyhow!("{name}: cannot open SSH: {e}"))?;
-        Ok(HostSession { name: name.to_string(), session, keep_as, ahead: Default::default() })
+        Ok(HostSession::over(name, Box::new(SshTransport { name: name.to_string(), session, keep_as })))
+    }
+
+    /// A session for host `name` over any transport (tests: a scripted host).
+    pub fn over(name: &str, transport: Box<dyn Transport>) -> HostSession {
+        HostSession { name: name.to_string(), transport, ahead: Default::default() }
     }
 
     /// Hand over answers asked ahead: the next run of each of those commands
@@ -80,32 +83,13 @@ impl HostSession {
         if let Some(out) = self.answered(true, script, stdin) {
             return Ok(out);
         }
-        let mut cmd = self.session.command("sudo");
-        cmd.args(["-n", "sh", "-c", script]);
-        self.run(cmd, stdin).await
+        self.transport.run(As::Root, script, stdin).await
     }
 
     /// Run a shell script as root with `input` streamed to its stdin (large
     /// uploads: nothing is held in memory).
-    pub async fn sudo_stream(&self, script: &str, mut input: impl tokio::io::AsyncRead + Unpin) -> Result<RunOutput> {
-        let mut cmd = self.session.command("sudo");
-        cmd.args(["-n", "sh", "-c", script]);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped());
-        let mut child = cmd.spawn().await.with_context(|| format!("{}: cannot start a remote command", self.name))?;
-        let mut pipe = child.stdin().take().ok_or_else(|| anyhow!("{}: no stdin", self.name))?;
-        let copied = tokio::io::copy(&mut input, &mut pipe).await;
-        let _ = pipe.shutdown().await;
-        drop(pipe);
-        let out = child.wait_with_output().await.with_context(|| format!("{}: the remote command failed to finish", self.name))?;
-        let out = RunOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        if let Err(e) = copied {
-            bail!("{}: streaming to the remote command broke off: {e} ({})", self.name, out.stderr.trim());
-        }
-        Ok(out)
+    pub async fn sudo_stream(&self, script: &str, mut input: impl tokio::io::AsyncRead + Unpin + Send) -> Result<RunOutput> {
+        self.transport.run_streamed(script, &mut input).await
     }
 
     /// Run a shell script as the SSH user.
@@ -113,27 +97,7 @@ impl HostSession {
         if let Some(out) = self.answered(false, script, None) {
             return Ok(out);
         }
-        let mut cmd = self.session.command("sh");
-        cmd.args(["-c", script]);
-        self.run(cmd, None).await
-    }
-
-    async fn run(&self, mut cmd: openssh::OwningCommand<&Session>, stdin: Option<&[u8]>) -> Result<RunOutput> {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child = cmd.spawn().await.with_context(|| format!("{}: cannot start a remote command", self.name))?;
-        if let Some(data) = stdin {
-            let mut pipe = child.stdin().take().ok_or_else(|| anyhow!("{}: no stdin", self.name))?;
-            pipe.write_all(data).await?;
-            pipe.shutdown().await?;
-            drop(pipe);
-        }
-        let out = child.wait_with_output().await.with_context(|| format!("{}: the remote command failed to finish", self.name))?;
-        Ok(RunOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        self.transport.run(As::User, script, None).await
     }
 
     /// Like `sudo`, but a non-zero exit is an error carrying the remote stderr.
@@ -146,12 +110,7 @@ impl HostSession {
     }
 
     pub async fn close(self) {
-        match &self.keep_as {
-            Some(record) => super::persist::keep(self.session, record),
-            None => {
-                let _ = self.session.close().await;
-            }
-        }
+        self.transport.close().await
     }
 }
 

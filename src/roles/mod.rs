@@ -13,6 +13,8 @@ pub mod failover;
 pub mod haproxy;
 pub mod keepalived;
 pub mod registry;
+#[cfg(test)]
+mod desired_tests;
 pub mod role;
 pub mod nginx;
 pub mod node_toolchain;
