@@ -56,10 +56,10 @@ impl Stack {
             plan_text = plan_text.replace(&from, &to);
         }
         if let Some(keep) = only {
-            // A machine with no roles: enough to have the image built.
+            // A machine with no roles: enough to have the image built. The
+            // services' settings go too (settings of roles no host has are an error).
             let start = plan_text.find("\nhosts:\n").expect("hosts:") + 1;
-            let end = plan_text.find("\nservices:\n").expect("services:") + 1;
-            plan_text.replace_range(start..end, &format!("hosts:\n  - {keep}\n\n"));
+            plan_text.replace_range(start.., &format!("hosts:\n  - {keep}\n"));
         }
         let plan = dir.path().join("plan.yaml");
         std::fs::write(&plan, plan_text)?;

@@ -125,10 +125,7 @@ pub async fn gate(client: &HostSession, paths: &[PgPath], password: &str, limit:
 /// The app servers nginx on `session` answered through, over `rounds` requests
 /// to /health (only 200s count): `ip:port` as nginx's X-Upstream names them.
 pub async fn nginx_upstreams(session: &HostSession, nginx_port: u64, rounds: usize) -> Result<BTreeSet<String>> {
-    let script = format!(
-        "for i in $(seq 1 {rounds}); do curl -s -m 5 -o /dev/null -w '%{{http_code}} %header{{x-upstream}}\\n' http://127.0.0.1:{nginx_port}/health; done"
-    );
-    let out = session.sudo(&script, None).await?;
+    let out = session.sudo(&nginx_upstreams_ask(nginx_port, rounds).script, None).await?;
     let mut seen = BTreeSet::new();
     for line in out.stdout.lines() {
         if let Some(("200", upstreams)) = line.split_once(' ') {
@@ -139,6 +136,30 @@ pub async fn nginx_upstreams(session: &HostSession, nginx_port: u64, rounds: usi
         }
     }
     Ok(seen)
+}
+
+/// `nginx_upstreams`' requests as one command: all at once (one after another
+/// they cost a request's latency each; least_conn spreads concurrent ones
+/// no worse), each answer printed as one line.
+pub fn nginx_upstreams_ask(nginx_port: u64, rounds: usize) -> crate::remote::ahead::Ask {
+    crate::remote::ahead::Ask::sudo(
+        format!(
+            "for i in $(seq 1 {rounds}); do ( r=$(curl -s -m 5 -o /dev/null -w '%{{http_code}} %header{{x-upstream}}' http://127.0.0.1:{nginx_port}/health); echo \"$r\" ) & done; wait"
+        ),
+        None,
+    )
+}
+
+/// The nginx gate's commands on `session`'s host, asked ahead: /health, then
+/// which apps answer through it.
+pub fn nginx_gate_asks(plan: &Plan) -> Vec<crate::remote::ahead::Ask> {
+    let port = plan.int_setting(nginx::NAME, "port");
+    vec![nginx_health_ask(port), nginx_upstreams_ask(port, app_upstreams(plan).len() * 3)]
+}
+
+/// /health through nginx answers 200 (its status code on stdout).
+pub fn nginx_health_ask(port: u64) -> crate::remote::ahead::Ask {
+    crate::remote::ahead::Ask::sudo(format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None)
 }
 
 /// `ip:port` of every app server, as nginx names them.

@@ -195,6 +195,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     if let Some(cp) = config_plan {
         cp.close().await;
     }
+    crate::remote::persist::drop_handoffs(&crate::remote::ssh_config_path(&project)).await;
     drop(applier);
     drop(events);
     printer.finish().await;

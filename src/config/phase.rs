@@ -51,10 +51,10 @@ impl ConfigPlan {
         self.hosts.values().all(|h| h.changes.is_empty()) && self.parameter_changes.is_empty() && self.pending_restarts.is_empty() && self.not_built.is_empty()
     }
 
+    /// Close every host's SSH master at once (one after another they cost
+    /// an `ssh -O exit` each at the end of every run).
     pub async fn close(self) {
-        for (_, s) in self.sessions {
-            s.close().await;
-        }
+        futures::future::join_all(self.sessions.into_values().map(HostSession::close)).await;
     }
 }
 
@@ -261,7 +261,7 @@ pub(super) async fn stage_role<'a>(ctx: &RoleContext<'a>, role: &'static str) ->
     let subject = format!("role {role}");
     let started = Instant::now();
     events.started(&subject, &format!("{} host(s)", role_hosts.len()));
-    let changes: BTreeMap<String, HostChanges> = role_hosts.iter().map(|h| (h.name.clone(), cp.hosts[&h.name].changes.for_role(&cp.hosts[&h.name].desired, role))).collect();
+    let mut changes: BTreeMap<String, HostChanges> = role_hosts.iter().map(|h| (h.name.clone(), cp.hosts[&h.name].changes.for_role(&cp.hosts[&h.name].desired, role))).collect();
 
     // Stage 1: packages, services to retire, files — every host at once.
     let staged = futures::future::join_all(role_hosts.iter().map(|h| {
@@ -278,6 +278,10 @@ pub(super) async fn stage_role<'a>(ctx: &RoleContext<'a>, role: &'static str) ->
             Ok(touched) => {
                 if !touched.is_empty() {
                     mark_pending(shared, &name, &touched, true).await?;
+                }
+                // Staging enabled them: the bring-up has nothing left to enable.
+                if let Some(ch) = changes.get_mut(&name) {
+                    ch.enable.clear();
                 }
                 ok_hosts.push(*role_hosts.iter().find(|h| h.name == name).expect("host of the role"));
             }
@@ -354,16 +358,26 @@ async fn stage(session: &HostSession, ch: &HostChanges, (packages, once): (&Vec<
         session.sudo_ok(&format!("stopping {s}"), &format!("systemctl disable --now {s} 2>&1")).await?;
     }
     let mut touched = BTreeSet::new();
-    for fc in &ch.files {
-        events.progress(&subject, format!("writing {}", fc.file.path));
-        ops::upload(session, &fc.file).await?;
-        if fc.content_changed {
-            touched.extend(fc.file.notify.iter().cloned());
-        }
+    if !ch.files.is_empty() {
+        let paths: Vec<&str> = ch.files.iter().map(|fc| fc.file.path.as_str()).collect();
+        events.progress(&subject, format!("writing {}", paths.join(", ")));
+        let files: Vec<&ops::ManagedFile> = ch.files.iter().map(|fc| &fc.file).collect();
+        ops::upload_all(session, &files).await?;
     }
-    // Before any service of the role is started or restarted, systemd knows
-    // its new units (roles never reload systemd themselves).
-    if ch.needs_daemon_reload() {
+    for fc in ch.files.iter().filter(|fc| fc.content_changed) {
+        touched.extend(fc.file.notify.iter().cloned());
+    }
+    // Enabling at boot starts nothing, so it needs no other role up: done
+    // here, off the bring-up's critical path (`systemctl enable` reloads
+    // systemd and runs the SysV helper: a second or two on a busy host).
+    // That reload also makes systemd know the role's new units before any of
+    // its services starts (roles never reload systemd themselves), so a
+    // separate daemon-reload is only needed when nothing is enabled.
+    if !ch.enable.is_empty() {
+        events.progress(&subject, format!("enabling {} at boot", ch.enable.join(" ")));
+        let units: Vec<String> = ch.enable.iter().map(|u| crate::remote::session::sh_quote(u)).collect();
+        session.sudo_ok(&format!("enabling {}", ch.enable.join(" ")), &format!("systemctl enable {} 2>&1", units.join(" "))).await?;
+    } else if ch.needs_daemon_reload() {
         session.sudo_ok("reloading systemd's units", "systemctl daemon-reload").await?;
     }
     Ok(touched)

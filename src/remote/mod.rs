@@ -48,8 +48,16 @@ pub fn targets(project: &Project, state: &crate::state::State) -> Vec<SshTarget>
 
 /// `ssh -F <project ssh_config> <name> <command>`, never prompting.
 pub fn ssh_command(config: &Path, name: &str, remote: &str) -> Command {
+    ssh_command_with(config, name, remote, &[])
+}
+
+/// `ssh_command` with more `-o` options.
+fn ssh_command_with(config: &Path, name: &str, remote: &str, options: &[String]) -> Command {
     let mut c = Command::new("ssh");
     c.arg("-F").arg(config).args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]);
+    for o in options {
+        c.args(["-o", o]);
+    }
     c.arg(name).arg(remote);
     c.stdin(std::process::Stdio::null());
     c
@@ -66,9 +74,24 @@ pub async fn wait_for_ssh(config: &Path, name: &str, limit: Duration, events: &E
     events.started(&subject, "waiting for SSH");
     let mut last_error = String::new();
     let mut pause = Duration::from_millis(200);
+    // The probe that gets in stays up as a master for the config phase
+    // (persist::take_handoff): one handshake per host instead of two. Its
+    // socket sits in a private (0700) folder of its own.
+    use std::os::unix::fs::PermissionsExt;
+    let handoff = tempfile::Builder::new().prefix("rigger-ssh-").permissions(std::fs::Permissions::from_mode(0o700)).tempdir()?;
+    let ctl = handoff.path().join("m");
     while started.elapsed() < limit {
-        let out = ssh_command(config, name, "true").output().await?;
+        // ControlPersist=yes: the master lives until the config phase closes
+        // it (or persist::drop_handoffs at the end of the apply).
+        // (Not with RIGGER_SSH_PERSIST: its masters idle out on their own.)
+        let handing_off = persist::idle_seconds().is_none();
+        let options = if handing_off { vec!["ControlMaster=yes".to_string(), "ControlPersist=yes".to_string(), format!("ControlPath={}", ctl.display())] } else { vec![] };
+        let out = ssh_command_with(config, name, "true", &options).output().await?;
         if out.status.success() {
+            if handing_off && ctl.exists() {
+                persist::note_handoff(&persist::handoff_record(config, name), &ctl);
+                let _ = handoff.keep();
+            }
             events.finished(&subject, "SSH ready", started);
             return Ok(());
         }

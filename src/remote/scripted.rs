@@ -155,9 +155,19 @@ impl ScriptedHost {
 
     fn answer(&self, who: As, script: &str, stdin: Option<&[u8]>) -> RunOutput {
         let mut view = self.view.lock().expect("host view");
-        let (action, out) = self.dispatch(&mut view, script, stdin);
+        // An upload batch writes several files in one script: one record per file.
+        let (actions, out) = match upload_batch(script) {
+            Some(files) => self.upload_batch(&mut view, &files, stdin.unwrap_or_default()),
+            None => {
+                let (action, out) = self.dispatch(&mut view, script, stdin);
+                (vec![action], out)
+            }
+        };
         drop(view);
-        self.sent.lock().expect("sent scripts").push(Sent { who, script: script.into(), stdin: stdin.map(<[u8]>::to_vec), action });
+        let mut sent = self.sent.lock().expect("sent scripts");
+        for action in actions {
+            sent.push(Sent { who, script: script.into(), stdin: stdin.map(<[u8]>::to_vec), action });
+        }
         out
     }
 
@@ -167,9 +177,6 @@ impl ScriptedHost {
         // override) anything else.
         if script.contains("echo \"O ${ID:-unknown}") {
             return (Action::Facts, self.facts(view, script, stdin.unwrap_or_default()));
-        }
-        if let Some(path) = upload_path(script) {
-            return self.upload(view, &path, script, stdin.unwrap_or_default());
         }
         if let Some(rule) = self.rules.iter().find(|r| script.contains(&r.contains)) {
             return (Action::Rule(rule.name.clone()), (rule.answer)(view, script));
@@ -208,6 +215,18 @@ impl ScriptedHost {
                 return (Action::Systemctl("daemon-reload".into(), String::new()), ok(""));
             }
             ["disable", "--now", unit] => ("disable --now", *unit),
+            // `enable` takes several units and, as systemd's does, reloads the
+            // manager's configuration after it (no --no-reload here).
+            ["enable", units @ ..] if units.len() > 1 => {
+                for unit in units {
+                    match view.services.get_mut(*unit) {
+                        Some(s) => s.enabled = true,
+                        None => return (Action::Systemctl("enable".into(), units.join(" ")), fail(5, &format!("Failed to enable unit: Unit file {unit}.service does not exist."))),
+                    }
+                }
+                view.services.values_mut().for_each(|s| s.stale = false);
+                return (Action::Systemctl("enable".into(), units.join(" ")), ok(""));
+            }
             [verb, unit] if !unit.starts_with('-') => (*verb, *unit),
             _ => return (Action::Unanswered, fail(127, &format!("scripted host {}: systemctl {rest}?", self.name))),
         };
@@ -216,7 +235,10 @@ impl ScriptedHost {
             return (action, fail(5, &format!("Failed to {verb} {unit}.service: Unit {unit}.service not found.")));
         };
         match verb {
-            "enable" => s.enabled = true,
+            "enable" => {
+                s.enabled = true;
+                view.services.values_mut().for_each(|s| s.stale = false);
+            }
             "disable --now" => (s.enabled, s.active) = (false, false),
             "start" | "restart" => s.active = true,
             "reload" if !s.active => return (action, fail(1, &format!("Job for {unit}.service failed: the unit is not active."))),
@@ -225,6 +247,27 @@ impl ScriptedHost {
             _ => return (Action::Unanswered, fail(127, &format!("scripted host {}: systemctl {rest}?", self.name))),
         }
         (action, ok(""))
+    }
+
+    /// An upload batch (config::ops::upload_all): each file's part reads its
+    /// length of stdin; a rejected file stops the batch with exit 42 after
+    /// printing `F <index>` for every file it began, as the real script does.
+    fn upload_batch(&self, view: &mut HostView, files: &[UploadPart], stdin: &[u8]) -> (Vec<Action>, RunOutput) {
+        let mut actions = Vec::new();
+        let mut stdout = String::new();
+        let mut at = 0;
+        for (i, part) in files.iter().enumerate() {
+            stdout.push_str(&format!("F {i}\n"));
+            let content = stdin.get(at..at + part.len).unwrap_or_default();
+            at += part.len;
+            let (action, out) = self.upload(view, &part.path, &part.script, content);
+            actions.push(action);
+            if !out.ok() {
+                return (actions, RunOutput { stdout, ..out });
+            }
+        }
+        stdout.push_str("F done\n");
+        (actions, ok(&stdout))
     }
 
     fn upload(&self, view: &mut HostView, path: &str, script: &str, content: &[u8]) -> (Action, RunOutput) {
@@ -317,11 +360,41 @@ fn asks_in(script: &str, stdin: &[u8]) -> Vec<Ask> {
     asks
 }
 
-/// The path an upload script (config::ops::upload) writes.
-fn upload_path(script: &str) -> Option<String> {
-    let first = script.lines().nth(1)?;
-    let quoted = first.strip_prefix("mkdir -p \"$(dirname ")?.strip_suffix(")\"")?;
-    script.contains("cat > \"$t\"").then(|| unquote(quoted))
+/// One file's part of an upload batch: its path, how many bytes of stdin
+/// it reads and its lines of the script.
+struct UploadPart {
+    path: String,
+    len: usize,
+    script: String,
+}
+
+/// The files an upload batch script (config::ops::upload_all) writes, in
+/// order; `None` when the script is not an upload batch.
+fn upload_batch(script: &str) -> Option<Vec<UploadPart>> {
+    let mut lines = script.lines();
+    if lines.next()? != "set -e" {
+        return None;
+    }
+    let mut parts: Vec<Vec<&str>> = Vec::new();
+    for line in lines {
+        if line == "echo \"F done\"" {
+            break;
+        }
+        if line.starts_with("echo \"F ") {
+            parts.push(Vec::new());
+        } else {
+            parts.last_mut()?.push(line);
+        }
+    }
+    parts
+        .into_iter()
+        .map(|lines| {
+            let quoted = lines.first()?.strip_prefix("mkdir -p \"$(dirname ")?.strip_suffix(")\"")?;
+            let len = lines.iter().find_map(|l| l.split(" count=").nth(1))?.split(' ').next()?.parse().ok()?;
+            Some(UploadPart { path: unquote(quoted), len, script: lines.join("\n") })
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|parts| !parts.is_empty())
 }
 
 /// The first sh word of `s` (bare or single-quoted, as sh_quote writes) and the rest.

@@ -38,8 +38,13 @@ impl HostSession {
         let keep_as = persist.map(|_| super::persist::record_path(config, name));
         if let Some(record) = &keep_as {
             if let Some(session) = super::persist::resume(record).await {
-                return Ok(HostSession::over(name, Box::new(SshTransport { name: name.to_string(), session, keep_as })));
+                return Ok(HostSession::over(name, Box::new(SshTransport { name: name.to_string(), session, keep_as, handoff_dir: None })));
             }
+        }
+        // The master `wait_for_ssh` just opened (same config, host key verified).
+        if let Some((session, dir)) = super::persist::take_handoff(&super::persist::handoff_record(config, name)).await {
+            tracing::debug!(host = name, "ssh master taken over from the SSH wait");
+            return Ok(HostSession::over(name, Box::new(SshTransport { name: name.to_string(), session, keep_as, handoff_dir: Some(dir) })));
         }
         let mut b = SessionBuilder::default();
         b.config_file(config)
@@ -50,8 +55,10 @@ impl HostSession {
         if let Some(idle) = persist {
             b.control_persist(openssh::ControlPersist::IdleFor(idle));
         }
+        let started = std::time::Instant::now();
         let session = b.connect(name).await.map_err(|e| anyhow!("{name}: cannot open SSH: {e}"))?;
-        Ok(HostSession::over(name, Box::new(SshTransport { name: name.to_string(), session, keep_as })))
+        tracing::debug!(host = name, ms = started.elapsed().as_millis() as u64, "ssh master up");
+        Ok(HostSession::over(name, Box::new(SshTransport { name: name.to_string(), session, keep_as, handoff_dir: None })))
     }
 
     /// A session for host `name` over any transport (tests: a scripted host).
@@ -75,6 +82,7 @@ impl HostSession {
             return None;
         }
         let i = answers.iter().position(|(a, _)| a.root == root && a.script == script && a.stdin.as_deref() == stdin)?;
+        tracing::debug!(host = self.name.as_str(), command = trace_label(script), "answered ahead");
         Some(answers.swap_remove(i).1)
     }
 
@@ -83,7 +91,7 @@ impl HostSession {
         if let Some(out) = self.answered(true, script, stdin) {
             return Ok(out);
         }
-        self.transport.run(As::Root, script, stdin).await
+        self.run(As::Root, script, stdin).await
     }
 
     /// Run a shell script as root with `input` streamed to its stdin (large
@@ -97,7 +105,16 @@ impl HostSession {
         if let Some(out) = self.answered(false, script, None) {
             return Ok(out);
         }
-        self.transport.run(As::User, script, None).await
+        self.run(As::User, script, None).await
+    }
+
+    async fn run(&self, who: As, script: &str, stdin: Option<&[u8]>) -> Result<RunOutput> {
+        let started = std::time::Instant::now();
+        let out = self.transport.run(who, script, stdin).await;
+        // RUST_LOG=rigger::remote=debug: every live round trip with its host
+        // and duration (where a run's time goes).
+        tracing::debug!(host = self.name.as_str(), ms = started.elapsed().as_millis() as u64, code = out.as_ref().map(|o| o.code).unwrap_or(-1), command = trace_label(script), "round trip");
+        out
     }
 
     /// Like `sudo`, but a non-zero exit is an error carrying the remote stderr.
@@ -112,6 +129,13 @@ impl HostSession {
     pub async fn close(self) {
         self.transport.close().await
     }
+}
+
+/// A command as a trace line names it: its first line, cut short (secrets
+/// travel on stdin, never in a script's text).
+fn trace_label(script: &str) -> String {
+    let first = script.trim_start().lines().next().unwrap_or("");
+    first.chars().take(60).collect()
 }
 
 /// Quote a string for sh.

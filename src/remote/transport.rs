@@ -39,6 +39,9 @@ pub struct SshTransport {
     /// With RIGGER_SSH_PERSIST: where to note the master's control socket so
     /// the next run reuses it instead of connecting again.
     pub(super) keep_as: Option<std::path::PathBuf>,
+    /// The private folder of a master taken over from `wait_for_ssh`
+    /// (persist::take_handoff), removed when the session closes.
+    pub(super) handoff_dir: Option<std::path::PathBuf>,
 }
 
 impl SshTransport {
@@ -96,11 +99,14 @@ impl Transport for SshTransport {
     }
 
     async fn close(self: Box<Self>) {
-        let SshTransport { session, keep_as, .. } = *self;
+        let SshTransport { session, keep_as, handoff_dir, .. } = *self;
         match keep_as {
             Some(record) => super::persist::keep(session, &record),
             None => {
                 let _ = session.close().await;
+                if let Some(dir) = &handoff_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
             }
         }
     }

@@ -173,9 +173,15 @@ async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
     healthy(s, port(plan)).await.map_err(|e| anyhow!("{e:#} (see `journalctl -u {name}` on {})", h.name))
 }
 
+/// The gate's check on one app host: /health answers 200.
+fn health_ask(port: u64) -> crate::remote::ahead::Ask {
+    crate::remote::ahead::Ask::sudo(format!("curl -s -m 5 -o /dev/stderr -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None)
+}
+
 async fn healthy(s: &HostSession, port: u64) -> Result<()> {
+    let ask = health_ask(port);
     wait_for(&format!("{}: the app answers /health", s.name), Duration::from_secs(60), || async {
-        let out = s.sudo(&format!("curl -s -m 5 -o /dev/stderr -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None).await?;
+        let out = s.sudo(&ask.script, None).await?;
         Ok(if out.stdout.trim() == "200" { Ok(()) } else { Err(format!("/health answered {}: {}", out.stdout.trim(), out.stderr.trim())) })
     })
     .await
@@ -249,6 +255,14 @@ impl super::role::Role for App {
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
         desired(at.renderer, at.ctx, at.plan)
     }
+    fn gate_asks(&self, plan: &Plan, _host: &Host, _secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        vec![health_ask(port(plan))]
+    }
+    /// The database checks `database::ensure` makes on the Patroni members.
+    fn gate_asks_elsewhere(&self, plan: &Plan, host: &Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        let db = database_name(plan);
+        database::gate_asks(plan, host, &db, &db, secrets.get("app_db_password").map(String::as_str).unwrap_or_default())
+    }
     async fn prepare(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
         prepare(run).await
     }
@@ -271,6 +285,32 @@ mod tests {
             dir.display()
         );
         crate::plan::load_str(&dir.join("plan.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Each host asks ahead the commands its gates will run there — the app's
+    /// database checks on the Patroni members too — with the passwords on
+    /// stdin, never in a script.
+    #[test]
+    fn every_gate_is_asked_ahead_on_the_host_it_runs_on() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("app.py"), "app = None\n").unwrap();
+        let p = plan(d.path());
+        let secrets: BTreeMap<String, String> = [("app_db_password", "dbpass123"), ("redis_password", "redispass9")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let asks = |host: &str| crate::roles::gate_asks(&p, p.host(host).unwrap(), &secrets);
+        let has = |host: &str, part: &str| asks(host).iter().any(|a| a.script.contains(part));
+        // The app's leader and login checks ride along on every Patroni member (the leader is not known before).
+        for pg in ["pg-1", "pg-2", "pg-3"] {
+            assert!(has(pg, "/primary") && has(pg, "-U app -d app"), "{pg}: {:?}", asks(pg));
+        }
+        assert!(!has("lb-1", "/primary") && !has("app-1", "-U app"));
+        assert!(has("redis", "redis-cli") && has("app-1", ":9001/health") && has("web", "x-upstream"));
+        for host in ["pg-1", "redis", "app-1", "web", "lb-1"] {
+            for a in asks(host) {
+                assert!(!a.script.contains("dbpass123") && !a.script.contains("redispass9"), "{host}: a secret in {}", a.script);
+            }
+        }
+        let login = asks("pg-1").into_iter().find(|a| a.script.contains("-U app")).unwrap();
+        assert_eq!(login.stdin.as_deref(), Some(&b"dbpass123\n"[..]));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! the state's password, nothing is written.
 
 use crate::config::run::{wait_for, RoleRun};
+use crate::plan::model::{Host, Plan};
+use crate::remote::ahead::Ask;
 use crate::remote::session::HostSession;
 use anyhow::{anyhow, bail, Result};
 use std::time::Duration;
@@ -13,9 +15,41 @@ fn identifier_ok(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') && s.len() <= 63 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+fn rest_port(plan: &Plan) -> u64 {
+    plan.int_setting(patroni::NAME, "rest_port")
+}
+
+fn pg_port(plan: &Plan) -> u64 {
+    plan.int_setting(patroni::NAME, "port")
+}
+
+/// Does this member hold the leader lock (`/primary` answers 200)?
+fn primary_ask(plan: &Plan) -> Ask {
+    Ask::sudo(super::rest_auth::local_curl(rest_port(plan), "-o /dev/null -m 3 -w '%{http_code}'", "/primary"), None)
+}
+
+/// Can `user` log in to `database` with `password` (on stdin, not in argv)?
+fn login_ask(plan: &Plan, database: &str, user: &str, password: &str) -> Ask {
+    let pg_port = pg_port(plan);
+    Ask::sudo(
+        format!("read -r PGPASSWORD; export PGPASSWORD; psql -h 127.0.0.1 -p {pg_port} -U {user} -d {database} -Atc 'select 1' 2>&1"),
+        Some(format!("{password}\n").as_bytes()),
+    )
+}
+
+/// `ensure`'s checks on a Patroni member, asked ahead in the facts round
+/// trip (the leader is not known before: every member is asked). The very
+/// commands `ensure` runs, so an answer stands in for the live one.
+pub fn gate_asks(plan: &Plan, host: &Host, database: &str, user: &str, password: &str) -> Vec<Ask> {
+    if !host.has_role(patroni::NAME) || password.is_empty() {
+        return vec![];
+    }
+    vec![primary_ask(plan), login_ask(plan, database, user, password)]
+}
+
 /// The Patroni member that holds the leader lock now.
 pub async fn leader<'a>(run: &RoleRun<'a>) -> Result<&'a HostSession> {
-    let port = run.plan.int_setting(patroni::NAME, "rest_port");
+    let ask = primary_ask(run.plan);
     let members: Vec<String> = run.plan.hosts_with_role(patroni::NAME).map(|h| h.name.clone()).collect();
     if members.is_empty() {
         bail!("the plan has no patroni hosts — role {} needs a database", run.role);
@@ -23,7 +57,7 @@ pub async fn leader<'a>(run: &RoleRun<'a>) -> Result<&'a HostSession> {
     let name = wait_for("a Patroni leader to create the database on", Duration::from_secs(60), || async {
         for m in &members {
             let s = run.session(m)?;
-            let out = s.sudo(&super::rest_auth::local_curl(port, "-o /dev/null -m 3 -w '%{http_code}'", "/primary"), None).await?;
+            let out = s.sudo(&ask.script, None).await?;
             if out.stdout.trim() == "200" {
                 return Ok(Ok(m.clone()));
             }
@@ -45,14 +79,10 @@ pub async fn ensure(run: &RoleRun<'_>, database: &str, user: &str, password: &st
         bail!("no password for database user {user} in the state");
     }
     let s = leader(run).await?;
-    let pg_port = run.plan.int_setting(patroni::NAME, "port");
-    // Can it log in already? (The password travels on stdin, not in argv.)
-    let probe = s
-        .sudo(
-            &format!("read -r PGPASSWORD; export PGPASSWORD; psql -h 127.0.0.1 -p {pg_port} -U {user} -d {database} -Atc 'select 1' 2>&1"),
-            Some(format!("{password}\n").as_bytes()),
-        )
-        .await?;
+    let pg_port = pg_port(run.plan);
+    // Can it log in already?
+    let login = login_ask(run.plan, database, user, password);
+    let probe = s.sudo(&login.script, login.stdin.as_deref()).await?;
     if probe.ok() && probe.stdout.trim() == "1" {
         return Ok(());
     }

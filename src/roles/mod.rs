@@ -111,7 +111,10 @@ pub fn hosts_for<'a>(plan: &'a Plan, role: &'a str) -> Vec<&'a Host> {
 /// (remote::ahead): a no-change apply's gates then need no round trip of
 /// their own. Roles that ask none ask live.
 pub fn gate_asks(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
-    registry::all().filter(|r| r.applies_to(host)).flat_map(|r| r.gate_asks(plan, host, secrets)).collect()
+    let own = registry::all().filter(|r| r.applies_to(host)).flat_map(|r| r.gate_asks(plan, host, secrets));
+    let present = plan.roles();
+    let others = registry::all().filter(|r| present.contains(r.name())).flat_map(|r| r.gate_asks_elsewhere(plan, host, secrets));
+    own.chain(others).collect()
 }
 
 /// The extra facts `host`'s roles gather (Patroni's DCS config and state).

@@ -39,7 +39,7 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     let port = run.plan.int_setting(NAME, "port");
     run.each(|h, s| async move {
         wait_for(&format!("{}: /health through nginx", h.name), Duration::from_secs(60), || async {
-            let out = s.sudo(&format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None).await?;
+            let out = s.sudo(&crate::client_path::nginx_health_ask(port).script, None).await?;
             Ok(if out.stdout.trim() == "200" { Ok(()) } else { Err(format!("/health answered {}", out.stdout.trim())) })
         })
         .await?;
@@ -94,6 +94,9 @@ impl super::role::Role for Nginx {
     }
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
         desired(at.renderer, at.ctx)
+    }
+    fn gate_asks(&self, plan: &crate::plan::model::Plan, _host: &crate::plan::model::Host, _secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        crate::client_path::nginx_gate_asks(plan)
     }
     async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
         converge(run).await

@@ -143,19 +143,26 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     let needs_start = |h: &Host| run.changes_of(&h.name).start.iter().any(|s| s == "patroni");
     let to_start: Vec<&Host> = run.hosts.iter().copied().filter(|h| needs_start(h)).collect();
     let running: Vec<&Host> = run.hosts.iter().copied().filter(|h| !needs_start(h)).collect();
-    for h in &run.hosts {
-        for s in &run.changes_of(&h.name).enable {
-            run.session(&h.name)?.sudo_ok(&format!("enabling {s}"), &format!("systemctl enable {s} 2>&1")).await?;
+    // The config phase's staging enables units already (config::phase::stage);
+    // any left, every member at once (`systemctl enable` reloads systemd:
+    // seconds each on a busy host).
+    run.each(|h, s| async move {
+        for unit in &run.changes_of(&h.name).enable {
+            s.sudo_ok(&format!("enabling {unit}"), &format!("systemctl enable {unit} 2>&1")).await?;
         }
-    }
+        Ok(())
+    })
+    .await?;
 
     if running.is_empty() && !to_start.is_empty() {
-        let mut with_data = Vec::new();
-        for h in &to_start {
+        let has_data = futures::future::join_all(to_start.iter().map(|h| async move {
             let out = run.session(&h.name)?.sudo(&format!("test -f {}/PG_VERSION", sh_quote(&data_dir(plan))), None).await?;
-            if out.ok() {
-                with_data.push(h.name.clone());
-            }
+            anyhow::Ok(out.ok().then(|| h.name.clone()))
+        }))
+        .await;
+        let mut with_data = Vec::new();
+        for r in has_data {
+            with_data.extend(r?);
         }
         if with_data.is_empty() {
             // A brand-new cluster: no node has data, so whatever the DCS holds
@@ -239,10 +246,23 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
         if lagging.is_empty() {
             Ok(Ok(()))
         } else {
+            wake_leader(run.session(&leader)?, port).await;
             Ok(Err(format!("leader {leader}; not streaming yet: {lagging:?}")))
         }
     })
     .await
+}
+
+/// Run the leader's HA loop now instead of at its next `loop_wait`: it
+/// creates the replication slots of members that just joined, which their
+/// streaming waits for (a new replica otherwise streams up to loop_wait plus
+/// PostgreSQL's 5 s retry later). Patroni's API wakes the loop after every
+/// PATCH /config; this one sets `ttl` to the value it has, so nothing
+/// changes. Best effort: the gate goes on polling either way.
+async fn wake_leader(leader: &HostSession, port: u64) {
+    let Ok((200, body)) = rest(leader, port, "GET", "/config", None).await else { return };
+    let Some(ttl) = serde_json::from_str::<Value>(&body).ok().and_then(|c| c.get("ttl").cloned()) else { return };
+    let _ = rest(leader, port, "PATCH", "/config", Some(&json!({ "ttl": ttl }))).await;
 }
 
 /// Members the leader sees streaming (pg_stat_replication), by name.

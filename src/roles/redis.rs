@@ -31,14 +31,24 @@ pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
 /// TLS or not is read from the config Redis runs with (right before and after
 /// TLS is turned on); TLS is verified against the project CA.
 pub async fn ping(s: &HostSession, port: u64, password: &str) -> Result<String> {
-    let tls = format!("if grep -qs '^tls-port' /etc/redis/redis.conf; then t='--tls --cacert {}/ca.crt'; else t=; fi", super::tls::REDIS_DIR);
-    let out = s.sudo(&format!("{tls}; read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli $t -p {port} ping"), Some(format!("{password}\n").as_bytes())).await?;
+    let ask = ping_ask(port, password);
+    let out = s.sudo(&ask.script, ask.stdin.as_deref()).await?;
     Ok(format!("{}{}", out.stdout.trim(), out.stderr.trim()))
+}
+
+/// `ping`'s command (asked ahead in the facts round trip as the gate's check).
+fn ping_ask(port: u64, password: &str) -> crate::remote::ahead::Ask {
+    let tls = format!("if grep -qs '^tls-port' /etc/redis/redis.conf; then t='--tls --cacert {}/ca.crt'; else t=; fi", super::tls::REDIS_DIR);
+    crate::remote::ahead::Ask::sudo(format!("{tls}; read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli $t -p {port} ping"), Some(format!("{password}\n").as_bytes()))
+}
+
+fn port(plan: &crate::plan::model::Plan) -> u64 {
+    plan.int_setting(NAME, "port")
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     run.each(|h, s| async move { run.plain_service_changes(h, s).await }).await?;
-    let port = run.plan.int_setting(NAME, "port");
+    let port = port(run.plan);
     let password = run.secrets.get("redis_password").cloned().unwrap_or_default();
     run.each(|h, s| {
         let password = password.clone();
@@ -106,6 +116,9 @@ impl super::role::Role for Redis {
     }
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
         desired(at.renderer, at.ctx)
+    }
+    fn gate_asks(&self, plan: &crate::plan::model::Plan, _host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        vec![ping_ask(port(plan), secrets.get("redis_password").map(String::as_str).unwrap_or_default())]
     }
     async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
         converge(run).await

@@ -163,6 +163,13 @@ pub trait Role: Sync {
         vec![]
     }
 
+    /// The gate's commands this role runs on hosts of OTHER roles (the app's
+    /// database checks on the Patroni members), asked ahead there. Called for
+    /// every host of a plan that has this role.
+    fn gate_asks_elsewhere(&self, _plan: &Plan, _host: &Host, _secrets: &BTreeMap<String, String>) -> Vec<Ask> {
+        vec![]
+    }
+
     /// Extra facts gathered on the role's hosts: (name, command).
     fn probes(&self, _plan: &Plan) -> Vec<(String, String)> {
         vec![]

@@ -327,6 +327,11 @@ impl super::role::Role for Saleor {
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::config::ops::HostDesired> {
         desired(at.renderer, at.ctx, at.plan)
     }
+    /// The database checks `database::ensure` makes on the Patroni members.
+    fn gate_asks_elsewhere(&self, plan: &Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::remote::ahead::Ask> {
+        let db = text(plan, "database");
+        database::gate_asks(plan, host, &db, &db, secrets.get("saleor_db_password").map(String::as_str).unwrap_or_default())
+    }
     async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
         converge(run).await
     }
