@@ -193,7 +193,7 @@ fn write_manifest(plan: &Path, work: &Path) -> Result<Manifest> {
         let services: Vec<&String> = d.services.iter().map(|s| &s.name).collect();
         nfiles += files.len();
         nservices += services.len() + d.stop_disable.len();
-        hosts.insert(h.name.clone(), json!({ "files": files, "notify": notify, "services": services, "stop_disable": d.stop_disable }));
+        hosts.insert(h.name.clone(), json!({ "files": files, "notify": notify, "services": services, "stop_disable": d.stop_disable.iter().map(|s| &s.name).collect::<Vec<_>>() }));
     }
     let names = hosts.keys().cloned().collect();
     std::fs::write(work.join("manifest.json"), serde_json::to_string_pretty(&json!({ "bench_hosts": hosts }))?)?;

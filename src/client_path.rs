@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use crate::hosts::roles::{app, haproxy, keepalived, nginx, patroni};
 
 /// One way in: `addr:port`, expected to reach the primary (write) or a replica (read).
 #[derive(Debug, Clone, Serialize)]
@@ -25,14 +26,10 @@ pub struct PgPath {
     pub primary: bool,
 }
 
-fn setting(plan: &Plan, role: &str, key: &str, default: u64) -> u64 {
-    plan.setting(role, key).and_then(Value::as_u64).unwrap_or(default)
-}
-
 /// The write and read ports of `hosts` (HAProxy hosts). The read port only
 /// when there is a replica to reach.
 pub fn haproxy_paths(plan: &Plan, hosts: &[&Host]) -> Vec<PgPath> {
-    if plan.hosts_with_role("patroni").next().is_none() {
+    if plan.hosts_with_role(patroni::NAME).next().is_none() {
         return Vec::new();
     }
     let mut out = Vec::new();
@@ -44,17 +41,17 @@ pub fn haproxy_paths(plan: &Plan, hosts: &[&Host]) -> Vec<PgPath> {
 
 /// The write and read ports on the keepalived VIP, when the plan has one.
 pub fn vip_paths(plan: &Plan) -> Vec<PgPath> {
-    let vip = plan.setting("keepalived", "vip").and_then(Value::as_str);
+    let vip = plan.setting(keepalived::NAME, "vip").and_then(Value::as_str);
     match vip {
-        Some(v) if plan.hosts_with_role("keepalived").next().is_some() && plan.hosts_with_role("patroni").next().is_some() => ports(plan, "VIP", v),
+        Some(v) if plan.hosts_with_role(keepalived::NAME).next().is_some() && plan.hosts_with_role(patroni::NAME).next().is_some() => ports(plan, "VIP", v),
         _ => Vec::new(),
     }
 }
 
 fn ports(plan: &Plan, who: &str, addr: &str) -> Vec<PgPath> {
-    let mut out = vec![PgPath { label: format!("{who} write port"), addr: addr.to_string(), port: setting(plan, "haproxy", "write_port", 5000), primary: true }];
-    if plan.hosts_with_role("patroni").count() >= 2 {
-        out.push(PgPath { label: format!("{who} read port"), addr: addr.to_string(), port: setting(plan, "haproxy", "read_port", 5001), primary: false });
+    let mut out = vec![PgPath { label: format!("{who} write port"), addr: addr.to_string(), port: plan.int_setting(haproxy::NAME, "write_port"), primary: true }];
+    if plan.hosts_with_role(patroni::NAME).count() >= 2 {
+        out.push(PgPath { label: format!("{who} read port"), addr: addr.to_string(), port: plan.int_setting(haproxy::NAME, "read_port"), primary: false });
     }
     out
 }
@@ -156,7 +153,7 @@ pub fn nginx_upstreams_ask(nginx_port: u64, rounds: usize) -> crate::hosts::remo
 /// The nginx gate's commands on `session`'s host, asked ahead: /health, then
 /// which apps answer through it.
 pub fn nginx_gate_asks(plan: &Plan) -> Vec<crate::hosts::remote::ahead::Ask> {
-    let port = setting(plan, "nginx", "port", 80);
+    let port = plan.int_setting(nginx::NAME, "port");
     vec![nginx_health_ask(port), nginx_upstreams_ask(port, app_upstreams(plan).len() * 3)]
 }
 
@@ -167,13 +164,13 @@ pub fn nginx_health_ask(port: u64) -> crate::hosts::remote::ahead::Ask {
 
 /// `ip:port` of every app server, as nginx names them.
 pub fn app_upstreams(plan: &Plan) -> BTreeMap<String, String> {
-    let port = setting(plan, "app", "port", 9001);
-    plan.hosts_with_role("app").map(|h| (format!("{}:{port}", h.ip), h.name.clone())).collect()
+    let port = plan.int_setting(app::NAME, "port");
+    plan.hosts_with_role(app::NAME).map(|h| (format!("{}:{port}", h.ip), h.name.clone())).collect()
 }
 
 /// HTTP through nginx on `session` reaches every app (bounded by `limit`).
 pub async fn nginx_gate(plan: &Plan, session: &HostSession, limit: Duration) -> Result<()> {
-    let port = setting(plan, "nginx", "port", 80);
+    let port = plan.int_setting(nginx::NAME, "port");
     let apps = app_upstreams(plan);
     let rounds = apps.len() * 3;
     let names = apps.values().cloned().collect::<Vec<_>>().join(", ");

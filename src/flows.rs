@@ -8,8 +8,8 @@
 //! questions the renderers and the firewall check ask.
 
 use crate::plan::model::{Direction, FirewallGroup, Host, Peer, Plan, Protocol};
+use crate::hosts::roles::registry;
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -83,72 +83,55 @@ pub struct Flow {
     pub service: Service,
 }
 
-fn port(plan: &Plan, role: &str, key: &str, default: u16) -> u16 {
-    plan.setting(role, key).and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()).unwrap_or(default)
+/// A port setting (validation keeps it within 1–65535).
+fn port(plan: &Plan, role: &str, key: &str) -> u16 {
+    u16::try_from(plan.int_setting(role, key)).unwrap_or_else(|_| panic!("services.{role}.{key} is no port"))
 }
 
 /// Every flow the plan's roles need, host to host, sorted and without
-/// duplicates. A host talking to itself is left out (loopback needs no grant).
+/// duplicates: each role says the flows it needs (`Role::flows`). A host
+/// talking to itself is left out (loopback needs no grant).
 pub fn flows(plan: &Plan) -> Vec<Flow> {
-    let with = |role: &str| plan.hosts.iter().filter(|h| h.roles.iter().any(|r| r == role)).collect::<Vec<&Host>>();
-    let (etcd, patroni, haproxy, keepalived) = (with("etcd"), with("patroni"), with("haproxy"), with("keepalived"));
-    let (redis, app, nginx, saleor, storefront) = (with("redis"), with("app"), with("nginx"), with("saleor"), with("storefront"));
-    let backup = with("backup");
-    let mut out: BTreeSet<Flow> = BTreeSet::new();
-    let mut add = |from: &[&Host], to: &[&Host], transport: Transport, port: Option<u16>, service: Service| {
-        for f in from {
-            for t in to {
+    let mut net = FlowSink { plan, out: BTreeSet::new() };
+    for role in registry::ROLES {
+        role.flows(&mut net);
+    }
+    net.out.into_iter().collect()
+}
+
+/// What a role adds its flows to (`Role::flows`), by role names.
+pub struct FlowSink<'a> {
+    pub plan: &'a Plan,
+    out: BTreeSet<Flow>,
+}
+
+impl FlowSink<'_> {
+    /// Whether some host has `role`.
+    pub fn has(&self, role: &str) -> bool {
+        self.plan.hosts_with_role(role).next().is_some()
+    }
+
+    /// A port setting of `role` (its declared default when the plan lacks the role).
+    pub fn port(&self, role: &str, key: &str) -> u16 {
+        port(self.plan, role, key)
+    }
+
+    /// Every host of `from` opens `service` connections to every host of `to`.
+    pub fn add(&mut self, from: &str, to: &str, transport: Transport, port: Option<u16>, service: Service) {
+        for f in self.plan.hosts_with_role(from) {
+            for t in self.plan.hosts_with_role(to) {
                 if f.name != t.name {
-                    out.insert(Flow { from: f.name.clone(), from_ip: f.ip, to: t.name.clone(), to_ip: t.ip, transport, port, service });
+                    self.out.insert(Flow { from: f.name.clone(), from_ip: f.ip, to: t.name.clone(), to_ip: t.ip, transport, port, service });
                 }
             }
         }
-    };
-    let tcp = Transport::Tcp;
-    if !patroni.is_empty() {
-        let (pg, rest) = (port(plan, "patroni", "port", 5432), port(plan, "patroni", "rest_port", 8008));
-        let client = port(plan, "etcd", "client_port", 2379);
-        // HAProxy relays every client session and health-checks Patroni's REST API.
-        add(&haproxy, &patroni, tcp, Some(pg), Service::Postgres);
-        add(&haproxy, &patroni, tcp, Some(rest), Service::PatroniRest);
-        // Members: replication, pg_rewind (an SQL session), and each other's REST API in a leader race.
-        add(&patroni, &patroni, tcp, Some(pg), Service::Replication);
-        add(&patroni, &patroni, tcp, Some(pg), Service::Postgres);
-        add(&patroni, &patroni, tcp, Some(rest), Service::PatroniRest);
-        add(&patroni, &etcd, tcp, Some(client), Service::EtcdClient);
     }
-    if !etcd.is_empty() {
-        add(&etcd, &etcd, tcp, Some(port(plan, "etcd", "peer_port", 2380)), Service::EtcdPeer);
+
+    /// A TCP flow to the port setting `to`.`key`.
+    pub fn tcp(&mut self, from: &str, to: &str, key: &str, service: Service) {
+        let p = self.port(to, key);
+        self.add(from, to, Transport::Tcp, Some(p), service);
     }
-    // Database clients go through HAProxy (every HAProxy host: the VIP lands on any of them).
-    if !patroni.is_empty() {
-        let (write, read) = (port(plan, "haproxy", "write_port", 5000), port(plan, "haproxy", "read_port", 5001));
-        for clients in [&app, &saleor] {
-            add(clients, &haproxy, tcp, Some(write), Service::HaproxyWrite);
-            add(clients, &haproxy, tcp, Some(read), Service::HaproxyRead);
-        }
-    }
-    let redis_port = port(plan, "redis", "port", 6379);
-    add(&app, &redis, tcp, Some(redis_port), Service::Redis);
-    add(&saleor, &redis, tcp, Some(redis_port), Service::Redis);
-    if !app.is_empty() {
-        add(&nginx, &app, tcp, Some(port(plan, "app", "port", 9001)), Service::App);
-    }
-    if !saleor.is_empty() {
-        add(&haproxy, &saleor, tcp, Some(port(plan, "saleor", "api_port", 8000)), Service::SaleorApi);
-        add(&haproxy, &saleor, tcp, Some(port(plan, "saleor", "dashboard_port", 9000)), Service::SaleorDashboard);
-    }
-    if !storefront.is_empty() {
-        add(&haproxy, &storefront, tcp, Some(port(plan, "storefront", "port", 3000)), Service::Storefront);
-        // Server-side rendering calls the API through the load balancer.
-        add(&storefront, &haproxy, tcp, Some(port(plan, "haproxy", "http_port", 80)), Service::HaproxyHttp);
-    }
-    add(&keepalived, &keepalived, Transport::Vrrp, None, Service::Vrrp);
-    // pgBackRest reaches the other side over SSH (roles/backup.rs): archive-push
-    // from every member, backups and restores from the repository host.
-    add(&patroni, &backup, tcp, Some(22), Service::PgBackRestSsh);
-    add(&backup, &patroni, tcp, Some(22), Service::PgBackRestSsh);
-    out.into_iter().collect()
 }
 
 /// The addresses that open `service` connections to `host` (sorted, unique).
@@ -347,47 +330,15 @@ pub struct Listener {
     pub port: u16,
 }
 
-/// Every TCP port the host's roles listen on (sshd's 22 included: every machine has it).
+/// Every TCP port the host's roles listen on (sshd's 22 included: every
+/// machine has it), in the registry's order; each role says its own
+/// (`Role::listens`: the settings that choose them).
 pub fn listeners(plan: &Plan, host: &Host) -> Vec<Listener> {
     let mut out = vec![Listener { role: "ssh", setting: "ssh".into(), port: 22 }];
-    let mut add = |role: &'static str, owner: &str, key: &str, default: u16| {
-        out.push(Listener { role, setting: format!("services.{owner}.{key}"), port: port(plan, owner, key, default) });
-    };
-    let has = |r: &str| host.roles.iter().any(|x| x == r);
-    let saleor_in_plan = plan.hosts_with_role("saleor").next().is_some();
-    if has("etcd") {
-        add("etcd", "etcd", "client_port", 2379);
-        add("etcd", "etcd", "peer_port", 2380);
-    }
-    if has("patroni") {
-        add("patroni", "patroni", "port", 5432);
-        add("patroni", "patroni", "rest_port", 8008);
-    }
-    if has("haproxy") {
-        add("haproxy", "haproxy", "write_port", 5000);
-        add("haproxy", "haproxy", "read_port", 5001);
-        add("haproxy", "haproxy", "stats_port", 8404);
-        if saleor_in_plan {
-            // The shop's HTTP frontend and the dashboard's (haproxy.cfg.j2).
-            add("haproxy", "haproxy", "http_port", 80);
-            add("haproxy", "saleor", "dashboard_port", 9000);
+    for role in registry::ROLES.iter().filter(|r| host.roles.iter().any(|x| x == r.name())) {
+        for (owner, key) in role.listens(plan) {
+            out.push(Listener { role: role.name(), setting: format!("services.{owner}.{key}"), port: port(plan, owner, key) });
         }
-    }
-    if has("redis") {
-        add("redis", "redis", "port", 6379);
-    }
-    if has("app") {
-        add("app", "app", "port", 9001);
-    }
-    if has("nginx") {
-        add("nginx", "nginx", "port", 80);
-    }
-    if has("saleor") {
-        add("saleor", "saleor", "api_port", 8000);
-        add("saleor", "saleor", "dashboard_port", 9000);
-    }
-    if has("storefront") {
-        add("storefront", "storefront", "port", 3000);
     }
     out
 }

@@ -41,29 +41,11 @@ fn abs(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Ports and facts worth having per role, from the plan's service settings.
+/// Ports and facts worth having per role, from the plan's service settings
+/// (`Role::inventory_vars` names them).
 fn role_vars(plan: &Plan, role: &str) -> Vec<(String, Value)> {
-    let get = |k: &str| plan.setting(role, k).cloned().unwrap_or(Value::Null);
-    match role {
-        "etcd" => vec![("etcd_client_port".into(), get("client_port")), ("etcd_peer_port".into(), get("peer_port"))],
-        "patroni" => vec![
-            ("postgres_port".into(), get("port")),
-            ("patroni_rest_port".into(), get("rest_port")),
-            ("patroni_scope".into(), get("scope")),
-        ],
-        "haproxy" => vec![
-            ("haproxy_write_port".into(), get("write_port")),
-            ("haproxy_read_port".into(), get("read_port")),
-            ("haproxy_stats_port".into(), get("stats_port")),
-        ],
-        "keepalived" => vec![("keepalived_vip".into(), get("vip"))],
-        "redis" => vec![("redis_port".into(), get("port"))],
-        "nginx" => vec![("nginx_port".into(), get("port"))],
-        "app" => vec![("app_port".into(), get("port"))],
-        "saleor" => vec![("saleor_api_port".into(), get("api_port")), ("saleor_dashboard_port".into(), get("dashboard_port"))],
-        "storefront" => vec![("storefront_port".into(), get("port"))],
-        _ => vec![],
-    }
+    let vars = crate::hosts::roles::registry::get(role).map_or(&[][..], |r| r.inventory_vars());
+    vars.iter().map(|(var, key)| (var.to_string(), plan.setting(role, key).cloned().unwrap_or(Value::Null))).collect()
 }
 
 pub fn build(project: &Project, state: &State) -> Inventory {

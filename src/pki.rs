@@ -11,6 +11,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::{Duration, OffsetDateTime};
+use crate::hosts::roles::{haproxy, keepalived, patroni};
 
 pub const CA_KEY: &str = "tls_ca_key";
 /// Kept with the secrets too, so templates (which see the secrets) can write it.
@@ -58,11 +59,11 @@ fn ca_params(project: &str) -> Result<CertificateParams> {
 /// Names a host's certificate must carry.
 pub fn sans(plan: &Plan, host: &Host) -> Vec<String> {
     let mut names = vec![host.name.clone(), host.ip.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
-    if host.roles.iter().any(|r| r == "patroni") {
-        if let Some(vip) = plan.setting("keepalived", "vip").and_then(|v| v.as_str()) {
+    if host.roles.iter().any(|r| r == patroni::NAME) {
+        if let Some(vip) = plan.setting(keepalived::NAME, "vip").and_then(|v| v.as_str()) {
             names.push(vip.to_string());
         }
-        names.extend(plan.hosts_with_role("haproxy").map(|h| h.ip.to_string()));
+        names.extend(plan.hosts_with_role(haproxy::NAME).map(|h| h.ip.to_string()));
     }
     let mut seen = std::collections::BTreeSet::new();
     names.retain(|n| seen.insert(n.clone()));

@@ -95,19 +95,16 @@ pub struct CrashRound {
 pub fn write_target(project: &Project, state: &crate::state::State) -> Result<(String, String)> {
     let plan = &project.plan;
     let front = plan
-        .setting("keepalived", "vip")
+        .setting(keepalived::NAME, "vip")
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| {
-            plan.hosts_with_role("haproxy")
+            plan.hosts_with_role(haproxy::NAME)
                 .next()
                 .map(|h| h.ip.to_string())
         })
         .ok_or_else(|| anyhow!("the plan has no HAProxy host to write through"))?;
-    let port = plan
-        .setting("haproxy", "write_port")
-        .and_then(Value::as_u64)
-        .unwrap_or(5000);
+    let port = plan.int_setting(haproxy::NAME, "write_port");
     let password = state
         .secrets
         .get("postgres_superuser_password")
@@ -295,6 +292,7 @@ pub async fn crash_round(
 }
 
 use std::path::Path;
+use crate::hosts::roles::{haproxy, keepalived};
 
 fn verdict(secs: f64) -> &'static str {
     if secs < EXPECTED_RTO.0 {

@@ -9,10 +9,10 @@ use crate::cli::PlanArg;
 use crate::project::Project;
 use crate::hosts::roles::backup;
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 use crate::hosts::remote::session::HostSession;
+use crate::hosts::roles::patroni;
 
 /// Rows written before T, rows written after it, rows of the table dropped after it.
 const BEFORE: i64 = 1000;
@@ -32,7 +32,7 @@ pub async fn run(args: &PlanArg, state_override: Option<&Path>) -> Result<i32> {
     }
     let leader = status.patroni.iter().find(|m| m.role == "leader").map(|m| m.name.clone()).ok_or_else(|| anyhow!("no Patroni leader"))?;
     let config = crate::hosts::remote::ssh_config_path(&project);
-    let port = plan.setting("patroni", "port").and_then(Value::as_u64).unwrap_or(5432);
+    let port = plan.int_setting(patroni::NAME, "port");
     let db = HostSession::connect(&config, &leader).await.context("cannot reach the leader")?;
     println!("drill restore: writing on the leader {leader}");
     sql(

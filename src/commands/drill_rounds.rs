@@ -9,6 +9,7 @@ use crate::cloud::providers::Provider;
 use crate::state::{State, StateStore};
 use anyhow::Result;
 use std::time::{Duration, Instant};
+use crate::hosts::roles::patroni;
 
 pub async fn run(
     project: &Project,
@@ -19,11 +20,7 @@ pub async fn run(
     rounds: u32,
 ) -> Result<i32> {
     let preset = crate::plan::rto::of_plan(&project.plan);
-    let sync = project
-        .plan
-        .setting("patroni", "synchronous_mode")
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false);
+    let sync = project.plan.bool_setting(patroni::NAME, "synchronous_mode");
     println!("drill: {rounds} crash round(s), then a planned switchover (rto preset {}, synchronous_mode {sync})", preset.name);
     let mut rtos = Vec::new();
     let mut lost_total = 0;

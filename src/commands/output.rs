@@ -3,11 +3,13 @@
 
 use crate::cli::OutputCmd;
 use crate::project::Project;
+use crate::hosts::roles::registry;
+use crate::hosts::roles::role::Outputs;
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
-const MASK: &str = "(sensitive — rigger output --show-secrets)";
+pub const MASK: &str = "(sensitive — rigger output --show-secrets)";
 
 pub fn run(args: &OutputCmd, state_override: Option<&Path>) -> Result<i32> {
     // `rigger output ca` means the default plan, unless a plan file is called `ca`.
@@ -50,59 +52,50 @@ pub fn run(args: &OutputCmd, state_override: Option<&Path>) -> Result<i32> {
 
 pub fn collect(project: &Project, state: &crate::state::State, show_secrets: bool) -> Map<String, Value> {
     let plan = &project.plan;
-    let exists = |name: &str| state.machines().any(|m| m.address.name == name);
-    let ips = |role: &str| -> Vec<String> { plan.hosts_with_role(role).filter(|h| exists(&h.name)).map(|h| h.ip.to_string()).collect() };
-    let setting = |role: &str, key: &str| plan.setting(role, key).cloned().unwrap_or(Value::Null);
-    let secret = |name: &str| -> Value {
-        match state.secrets.get(name) {
-            Some(v) if show_secrets => json!(v),
-            Some(_) => json!(MASK),
-            None => Value::Null,
-        }
-    };
+    let at = Outputs { plan, state, show_secrets };
     let mut o = Map::new();
     o.insert("project".into(), json!(plan.project));
     o.insert("machines".into(), json!(state.machines().count()));
-    let lb_ips = ips("haproxy");
-    let front = plan.setting("keepalived", "vip").and_then(Value::as_str).map(str::to_string).or_else(|| lb_ips.first().cloned());
-    if let Some(front) = &front {
-        o.insert("postgres_write".into(), json!(format!("postgres://postgres@{front}:{}/postgres", setting("haproxy", "write_port"))));
-        o.insert("postgres_read".into(), json!(format!("postgres://postgres@{front}:{}/postgres", setting("haproxy", "read_port"))));
-        if plan.setting("keepalived", "vip").is_some() {
-            o.insert("vip".into(), json!(front));
-        }
-    }
-    if !lb_ips.is_empty() {
-        o.insert("haproxy_stats".into(), json!(lb_ips.iter().map(|ip| format!("http://{ip}:{}/stats", setting("haproxy", "stats_port"))).collect::<Vec<_>>()));
-        o.insert("haproxy_stats_user".into(), json!("admin"));
-        o.insert("haproxy_stats_password".into(), secret("haproxy_stats_password"));
-    }
-    let pg = ips("patroni");
-    if !pg.is_empty() {
-        o.insert("patroni_rest".into(), json!(pg.iter().map(|ip| format!("{}://{ip}:{}/", crate::hosts::roles::tls::scheme(plan), setting("patroni", "rest_port"))).collect::<Vec<_>>()));
-        o.insert("postgres_superuser".into(), json!("postgres"));
-        o.insert("postgres_superuser_password".into(), secret("postgres_superuser_password"));
-    }
-    let etcd = ips("etcd");
-    if !etcd.is_empty() {
-        o.insert("etcd_endpoints".into(), json!(etcd.iter().map(|ip| format!("{}://{ip}:{}", crate::hosts::roles::tls::scheme(plan), setting("etcd", "client_port"))).collect::<Vec<_>>().join(",")));
-    }
-    if let Some(r) = ips("redis").first() {
-        o.insert("redis".into(), json!(format!("redis://{r}:{}/0", setting("redis", "port"))));
-    }
-    if let Some(n) = ips("nginx").first() {
-        o.insert("web".into(), json!(format!("http://{n}:{}/", setting("nginx", "port"))));
-    }
-    let apps = ips("app");
-    if !apps.is_empty() {
-        o.insert("apps".into(), json!(apps.iter().map(|ip| format!("http://{ip}:{}/", setting("app", "port"))).collect::<Vec<_>>()));
-    }
-    if let (Some(front), false) = (&front, ips("saleor").is_empty()) {
-        o.insert("saleor_api".into(), json!(format!("http://{front}/graphql/")));
-        o.insert("saleor_dashboard".into(), json!(format!("http://{front}:{}/", setting("saleor", "dashboard_port"))));
-    }
-    if let Some(s) = ips("storefront").first() {
-        o.insert("storefront".into(), json!(format!("http://{s}:{}/", setting("storefront", "port"))));
+    // Each role says where it answers.
+    for role in registry::ROLES {
+        role.outputs(&at, &mut o);
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::resource::{Address, Kind, LiveResource};
+
+    /// Every host of the plan built, every secret present.
+    fn built(plan: &crate::plan::model::Plan) -> crate::state::State {
+        let mut state = crate::state::State::new(&plan.project, "local");
+        for h in &plan.hosts {
+            let address = Address::new(Kind::Machine, h.name.clone());
+            state.resources.insert(address.clone(), LiveResource { address, id: h.name.clone(), attrs: Default::default(), outputs: Default::default() });
+        }
+        for name in crate::plan::services::secret_names(&plan.roles()) {
+            state.secrets.insert(name.to_string(), format!("s-{name}"));
+        }
+        state
+    }
+
+    fn outputs(plan: &str, show_secrets: bool) -> String {
+        let project = Project::load(std::path::Path::new(plan), None).unwrap();
+        serde_json::to_string(&collect(&project, &built(&project.plan), show_secrets)).unwrap()
+    }
+
+    // Each role describes its own outputs (Role::outputs); these are the
+    // figures the single match on role names gave before, checked equal on
+    // every file in plans/ when the roles took them over.
+    #[test]
+    fn every_role_says_where_it_answers_secrets_masked() {
+        assert_eq!(outputs("plans/local-ha.yaml", false), r#"{"apps":["http://10.20.0.41:9001/","http://10.20.0.42:9001/","http://10.20.0.43:9001/"],"etcd_endpoints":"https://10.20.0.51:2379,https://10.20.0.52:2379,https://10.20.0.53:2379","haproxy_stats":["http://10.20.0.11:8404/stats","http://10.20.0.12:8404/stats"],"haproxy_stats_password":"(sensitive — rigger output --show-secrets)","haproxy_stats_user":"admin","machines":13,"patroni_rest":["https://10.20.0.21:8008/","https://10.20.0.22:8008/","https://10.20.0.23:8008/"],"postgres_read":"postgres://postgres@10.20.0.10:5001/postgres","postgres_superuser":"postgres","postgres_superuser_password":"(sensitive — rigger output --show-secrets)","postgres_write":"postgres://postgres@10.20.0.10:5000/postgres","project":"local-ha","redis":"redis://10.20.0.31:6379/0","vip":"10.20.0.10","web":"http://10.20.0.5:80/"}"#);
+    }
+
+    #[test]
+    fn the_shop_behind_the_load_balancer_without_a_vip_secrets_shown() {
+        assert_eq!(outputs("plans/yandex-saleor-ha.yaml", true), r#"{"etcd_endpoints":"https://10.20.0.21:2379,https://10.20.0.22:2379,https://10.20.0.23:2379","haproxy_stats":["http://10.20.0.10:8404/stats"],"haproxy_stats_password":"s-haproxy_stats_password","haproxy_stats_user":"admin","machines":6,"patroni_rest":["https://10.20.0.21:8008/","https://10.20.0.22:8008/","https://10.20.0.23:8008/"],"postgres_read":"postgres://postgres@10.20.0.10:5001/postgres","postgres_superuser":"postgres","postgres_superuser_password":"s-postgres_superuser_password","postgres_write":"postgres://postgres@10.20.0.10:5000/postgres","project":"saleor-ha","redis":"redis://10.20.0.30:6379/0","saleor_api":"http://10.20.0.10/graphql/","saleor_dashboard":"http://10.20.0.10:9000/","storefront":"http://10.20.0.40:3000/"}"#);
+    }
 }

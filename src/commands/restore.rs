@@ -29,6 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+use crate::hosts::roles::etcd;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
@@ -193,8 +194,8 @@ pub async fn restore(project: &Project, target: &Target, auto_approve: bool, ver
 }
 
 async fn cluster_leader(plan: &Plan, sessions: &BTreeMap<String, HostSession>) -> Option<String> {
-    let port = plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008);
-    for h in plan.hosts_with_role("patroni") {
+    let port = plan.int_setting(patroni::NAME, "rest_port");
+    for h in plan.hosts_with_role(patroni::NAME) {
         let Some(s) = sessions.get(&h.name) else { continue };
         let Ok(out) = s.sudo(&local_curl(port, "-m 3", "/cluster"), None).await else { continue };
         let Ok(v) = serde_json::from_str::<Value>(&out.stdout) else { continue };
@@ -217,7 +218,7 @@ async fn plan_and_restore(project: &Project, cp: &phase::ConfigPlan, repo: &str,
     let rs = session(repo)?;
     let info = pgbackrest::info(rs, &stanza).await?;
     let chosen = choose_backup(&info, target, Utc::now())?.clone();
-    let members: Vec<String> = plan.hosts_with_role("patroni").map(|h| h.name.clone()).collect();
+    let members: Vec<String> = plan.hosts_with_role(patroni::NAME).map(|h| h.name.clone()).collect();
     for m in &members {
         session(m)?;
     }
@@ -296,11 +297,11 @@ async fn carry_out(
     }
 
     // 3. The cluster's keys out of the DCS, so the restored member starts a new history.
-    let etcd = plan.hosts_with_role("etcd").next().ok_or_else(|| anyhow!("the plan has no etcd host"))?;
+    let etcd = plan.hosts_with_role(etcd::NAME).next().ok_or_else(|| anyhow!("the plan has no etcd host"))?;
     let key = format!("/service/{}/", patroni_scope(plan));
     steps.next(format!("{}: removing the cluster's DCS keys {key}", etcd.name));
     session(&etcd.name)?
-        .sudo_ok("clearing the cluster's DCS keys", &crate::hosts::roles::tls::etcdctl(plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379), &format!("del --prefix {}", sh_quote(&key))))
+        .sudo_ok("clearing the cluster's DCS keys", &crate::hosts::roles::tls::etcdctl(plan.int_setting(etcd::NAME, "client_port"), &format!("del --prefix {}", sh_quote(&key))))
         .await?;
 
     // 4. The leader's data directory from the repository.
@@ -356,8 +357,8 @@ async fn carry_out(
 
     // 6. Patroni on the restored member: it finds no cluster in the DCS and takes it over with its data.
     steps.next(format!("{leader}: starting Patroni"));
-    crate::hosts::run::start(ls, "patroni").await?;
-    let port = plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008);
+    crate::hosts::run::start(ls, patroni::SERVICE).await?;
+    let port = plan.int_setting(patroni::NAME, "rest_port");
     crate::hosts::run::wait_for(&format!("{leader}: Patroni leads the restored cluster"), Duration::from_secs(300), || async {
         let out = ls.sudo(&local_curl(port, "-m 3 -o /dev/null -w '%{http_code}'", "/primary"), None).await?;
         Ok(if out.stdout.trim() == "200" { Ok(()) } else { Err(format!("/primary answers {}", out.stdout.trim())) })
@@ -375,7 +376,7 @@ async fn carry_out(
         log_lines.insert(r.clone(), n);
         steps.next(format!("{r}: removing the old data directory, Patroni rebuilds it"));
         s.sudo_ok("removing the old data directory", &format!("rm -rf {}", sh_quote(&data))).await?;
-        crate::hosts::run::start(s, "patroni").await?;
+        crate::hosts::run::start(s, patroni::SERVICE).await?;
     }
     if !replicas.is_empty() {
         steps.next(format!("{}: rebuilt from the repository and streaming", replicas.join(", ")));

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
+use crate::hosts::roles::{etcd, haproxy, keepalived, nginx, patroni, redis};
 
 #[derive(Serialize, Default)]
 pub struct Status {
@@ -124,22 +125,21 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
             }
         }
     }
-    let setting = |role: &str, key: &str, default: u64| plan.setting(role, key).and_then(Value::as_u64).unwrap_or(default);
 
-    for h in plan.hosts_with_role("etcd") {
+    for h in plan.hosts_with_role(etcd::NAME) {
         let Some(s) = sessions.get(&h.name) else { continue };
-        let (healthy, detail) = crate::hosts::roles::etcd::member_health(s, setting("etcd", "client_port", 2379)).await?;
+        let (healthy, detail) = crate::hosts::roles::etcd::member_health(s, plan.int_setting(etcd::NAME, "client_port")).await?;
         status.etcd.push(EtcdMember { host: h.name.clone(), healthy, detail });
     }
 
-    let rest = setting("patroni", "rest_port", 8008);
-    if let Some(s) = plan.hosts_with_role("patroni").find_map(|h| sessions.get(&h.name)) {
+    let rest = plan.int_setting(patroni::NAME, "rest_port");
+    if let Some(s) = plan.hosts_with_role(patroni::NAME).find_map(|h| sessions.get(&h.name)) {
         let out = s.sudo(&crate::hosts::roles::rest_auth::local_curl(rest, "-m 3", "/cluster"), None).await?;
         let cluster: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
         let members: Vec<Value> = cluster["members"].as_array().cloned().unwrap_or_default();
         let leader = members.iter().find(|m| m["role"] == "leader").and_then(|m| m["name"].as_str()).map(str::to_string);
         let streaming: Vec<String> = match leader.as_ref().and_then(|l| sessions.get(l)) {
-            Some(ls) => crate::hosts::roles::patroni::streaming_replicas(ls, setting("patroni", "port", 5432)).await?,
+            Some(ls) => crate::hosts::roles::patroni::streaming_replicas(ls, plan.int_setting(patroni::NAME, "port")).await?,
             None => vec![],
         };
         for m in members {
@@ -164,17 +164,17 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         }
     }
 
-    let stats_port = setting("haproxy", "stats_port", 8404);
+    let stats_port = plan.int_setting(haproxy::NAME, "stats_port");
     let password = state.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
-    for h in plan.hosts_with_role("haproxy") {
+    for h in plan.hosts_with_role(haproxy::NAME) {
         let Some(s) = sessions.get(&h.name) else { continue };
         let servers = crate::hosts::roles::haproxy::servers(s, stats_port, &password).await?;
         status.haproxy.push(HaproxyView { host: h.name.clone(), servers: servers.into_iter().map(|x| (x.backend, x.server, x.status)).collect() });
     }
 
-    if let Some(vip) = plan.setting("keepalived", "vip").and_then(Value::as_str) {
+    if let Some(vip) = plan.setting(keepalived::NAME, "vip").and_then(Value::as_str) {
         let mut holders = Vec::new();
-        for h in plan.hosts_with_role("keepalived") {
+        for h in plan.hosts_with_role(keepalived::NAME) {
             let Some(s) = sessions.get(&h.name) else { continue };
             if crate::hosts::roles::keepalived::holds_vip(s, vip).await? {
                 holders.push(h.name.clone());
@@ -183,9 +183,9 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         status.vip = Some(VipView { address: vip.to_string(), holders });
     }
 
-    let redis_port = setting("redis", "port", 6379);
+    let redis_port = plan.int_setting(redis::NAME, "port");
     let redis_password = state.secrets.get("redis_password").cloned().unwrap_or_default();
-    for h in plan.hosts_with_role("redis") {
+    for h in plan.hosts_with_role(redis::NAME) {
         let Some(s) = sessions.get(&h.name) else { continue };
         let ok = crate::hosts::roles::redis::ping(s, redis_port, &redis_password).await? == "PONG";
         status.redis.push(RedisView { host: h.name.clone(), ok });
@@ -204,12 +204,12 @@ async fn client_paths(plan: &crate::plan::model::Plan, state: &crate::state::Sta
     use crate::client_path as cp;
     let superuser = state.secrets.get("postgres_superuser_password").cloned().unwrap_or_default();
     let mut jobs: Vec<(&HostSession, cp::PgPath)> = Vec::new();
-    for h in plan.hosts_with_role("haproxy") {
+    for h in plan.hosts_with_role(haproxy::NAME) {
         if let Some(s) = sessions.get(&h.name) {
             jobs.extend(cp::haproxy_paths(plan, &[h]).into_iter().map(|p| (s, p)));
         }
     }
-    if let Some(s) = plan.hosts_with_role("keepalived").find_map(|h| sessions.get(&h.name)) {
+    if let Some(s) = plan.hosts_with_role(keepalived::NAME).find_map(|h| sessions.get(&h.name)) {
         jobs.extend(cp::vip_paths(plan).into_iter().map(|p| (s, p)));
     }
     let probes = jobs.iter().map(|(s, p)| {
@@ -222,8 +222,8 @@ async fn client_paths(plan: &crate::plan::model::Plan, state: &crate::state::Sta
         out.push(PathView { path, ok: r.is_ok(), detail: r.err().unwrap_or_default() });
     }
     let apps = cp::app_upstreams(plan);
-    let nginx_port = plan.setting("nginx", "port").and_then(Value::as_u64).unwrap_or(80);
-    for h in plan.hosts_with_role("nginx") {
+    let nginx_port = plan.int_setting(nginx::NAME, "port");
+    for h in plan.hosts_with_role(nginx::NAME) {
         let Some(s) = sessions.get(&h.name) else { continue };
         let seen = cp::nginx_upstreams(s, nginx_port, apps.len() * 3).await?;
         let missing: Vec<&str> = apps.iter().filter(|(u, _)| !seen.contains(*u)).map(|(_, n)| n.as_str()).collect();

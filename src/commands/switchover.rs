@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use crate::hosts::roles::patroni;
 
 pub async fn run(args: &SwitchoverCmd, state_override: Option<&Path>) -> Result<i32> {
     let project = Project::load(&args.plan, state_override)?;
@@ -75,7 +76,7 @@ pub async fn switch(
 async fn connect_patroni(project: &Project) -> Result<BTreeMap<String, HostSession>> {
     let config = crate::hosts::remote::ssh_config_path(project);
     let mut sessions = BTreeMap::new();
-    for h in project.plan.hosts_with_role("patroni") {
+    for h in project.plan.hosts_with_role(patroni::NAME) {
         sessions.insert(
             h.name.clone(),
             HostSession::connect(&config, &h.name).await?,

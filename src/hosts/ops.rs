@@ -51,13 +51,21 @@ pub struct HostDesired {
     pub files: Vec<ManagedFile>,
     pub services: Vec<ManagedService>,
     /// Services that must be stopped and disabled (e.g. the distro's own PostgreSQL).
-    pub stop_disable: Vec<String>,
+    pub stop_disable: Vec<StoppedService>,
+}
+
+/// A service a role wants stopped and disabled, and the role that wants it
+/// (whose staging stops it).
+#[derive(Debug, Clone)]
+pub struct StoppedService {
+    pub role: &'static str,
+    pub name: String,
 }
 
 impl HostDesired {
     pub fn query(&self, probes: Vec<(String, String)>) -> super::facts::FactQuery {
         let mut services: Vec<String> = self.services.iter().map(|s| s.name.clone()).collect();
-        services.extend(self.stop_disable.iter().cloned());
+        services.extend(self.stop_disable.iter().map(|s| s.name.clone()));
         super::facts::FactQuery { files: self.files.iter().map(|f| f.path.clone()).collect(), services, packages: self.packages.clone(), probes, asks: vec![] }
     }
 }
@@ -118,6 +126,7 @@ impl HostChanges {
     pub fn for_role(&self, desired: &HostDesired, role: &str) -> HostChanges {
         let services: BTreeSet<&str> = desired.services.iter().filter(|s| s.role == role).map(|s| s.name.as_str()).collect();
         let keep = |v: &Vec<String>| v.iter().filter(|s| services.contains(s.as_str())).cloned().collect::<Vec<_>>();
+        let stopped: BTreeSet<&str> = desired.stop_disable.iter().filter(|s| s.role == role).map(|s| s.name.as_str()).collect();
         HostChanges {
             host: self.host.clone(),
             install: if role_first(desired, role) { self.install.clone() } else { vec![] },
@@ -127,7 +136,7 @@ impl HostChanges {
             restart: keep(&self.restart),
             reload: keep(&self.reload),
             custom: keep(&self.custom),
-            stop_disable: if role == "patroni" { self.stop_disable.clone() } else { vec![] },
+            stop_disable: self.stop_disable.iter().filter(|s| stopped.contains(s.as_str())).cloned().collect(),
             stale_units: keep(&self.stale_units),
         }
     }
@@ -190,9 +199,9 @@ pub fn compute(desired: &HostDesired, facts: &HostFacts, pending: &BTreeSet<Stri
         }
     }
     for s in &desired.stop_disable {
-        let fact = facts.services.get(s).cloned().unwrap_or_default();
+        let fact = facts.services.get(&s.name).cloned().unwrap_or_default();
         if fact.running() || fact.enabled == "enabled" {
-            ch.stop_disable.push(s.clone());
+            ch.stop_disable.push(s.name.clone());
         }
     }
     ch
@@ -399,5 +408,17 @@ mod tests {
         assert!(ch.needs_daemon_reload() && ch.is_empty(), "{ch:?}");
         assert!(ch.for_role(&desired(), "haproxy").needs_daemon_reload());
         assert!(!ch.for_role(&desired(), "redis").needs_daemon_reload());
+    }
+
+    #[test]
+    fn a_service_to_stop_goes_to_the_role_that_wants_it_stopped() {
+        let mut d = desired();
+        d.stop_disable.push(StoppedService { role: "haproxy", name: "nginx".into() });
+        let mut f = facts(&sha256_hex(b"x"), "active");
+        f.services.insert("nginx".into(), ServiceFact { active: "active".into(), enabled: "enabled".into(), stale: false });
+        let ch = compute(&d, &f, &BTreeSet::new());
+        assert_eq!(ch.stop_disable, vec!["nginx"]);
+        assert_eq!(ch.for_role(&d, "haproxy").stop_disable, vec!["nginx"], "the role that asked stops it");
+        assert!(ch.for_role(&d, "redis").stop_disable.is_empty(), "no other role does");
     }
 }

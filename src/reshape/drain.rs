@@ -15,9 +15,10 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use crate::hosts::roles::{backup, etcd, haproxy, keepalived, nginx, patroni};
 
 /// Services stopped by a Stop step (the others leave through their own steps).
-const OWN_STEP_SERVICES: &[&str] = &["patroni", "etcd", "redis-server"];
+const OWN_STEP_SERVICES: &[&str] = &[patroni::SERVICE, etcd::SERVICE, "redis-server"];
 /// Services HAProxy balances HTTP over: a departing host running one leaves
 /// HAProxy's backends (reload) before it stops.
 const HAPROXY_HTTP_BACKENDS: &[&str] = &["saleor-api", "saleor-dashboard", "storefront"];
@@ -118,15 +119,15 @@ pub async fn patroni_members(s: &HostSession, rest_port: u64) -> Result<BTreeMap
 }
 
 pub fn rest_port(plan: &Plan) -> u64 {
-    plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008)
+    plan.int_setting(patroni::NAME, "rest_port")
 }
 
 pub fn etcd_client_port(plan: &Plan) -> u64 {
-    plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379)
+    plan.int_setting(etcd::NAME, "client_port")
 }
 
 pub fn vip(plan: &Plan) -> Option<String> {
-    plan.setting("keepalived", "vip").and_then(Value::as_str).map(str::to_string)
+    plan.setting(keepalived::NAME, "vip").and_then(Value::as_str).map(str::to_string)
 }
 
 /// Machines the cloud changes delete.
@@ -175,7 +176,7 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     let mut probes: BTreeMap<String, HostProbe> = BTreeMap::new();
     for (name, roles) in &departing {
         let services: Vec<&str> = roles.iter().flat_map(|r| crate::hosts::roles::registry::services(r).iter().copied()).collect();
-        let vip = vip.as_deref().filter(|_| roles.iter().any(|r| r == "keepalived"));
+        let vip = vip.as_deref().filter(|_| roles.iter().any(|r| r == keepalived::NAME));
         match HostSession::connect(&config, name).await {
             Ok(s) => {
                 let p = probe(&s, &services, vip).await;
@@ -193,7 +194,7 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     let runs = |name: &str, svc: &str| probes.get(name).is_some_and(|p| p.active.iter().any(|a| a == svc));
 
     // 1. The VIP moves off a departing holder first.
-    let remaining_lbs: Vec<String> = plan.hosts_with_role("keepalived").map(|h| h.name.clone()).filter(|n| built.contains(n)).collect();
+    let remaining_lbs: Vec<String> = plan.hosts_with_role(keepalived::NAME).map(|h| h.name.clone()).filter(|n| built.contains(n)).collect();
     if let Some(v) = &vip {
         for name in departing.keys() {
             if probes.get(name).is_some_and(|p| p.holds_vip) {
@@ -207,13 +208,13 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
 
     // 2. Patroni: who leaves, is the leader among them, is what stays a majority.
     let mut patroni_leaving = Vec::new();
-    let patroni_departs = departing.keys().any(|n| departs(n, "patroni"));
-    if patroni_departs && (plan.hosts_with_role("patroni").any(|h| built.contains(&h.name)) || departing.keys().any(|n| runs(n, "patroni"))) {
-        if let Some(s) = first_reachable(&config, plan, "patroni", &built).await {
+    let patroni_departs = departing.keys().any(|n| departs(n, patroni::NAME));
+    if patroni_departs && (plan.hosts_with_role(patroni::NAME).any(|h| built.contains(&h.name)) || departing.keys().any(|n| runs(n, patroni::SERVICE))) {
+        if let Some(s) = first_reachable(&config, plan, patroni::NAME, &built).await {
             let members = patroni_members(&s, rest_port(plan)).await;
             s.close().await;
             let members = members?;
-            patroni_leaving = members.keys().filter(|m| departs(m, "patroni")).cloned().collect();
+            patroni_leaving = members.keys().filter(|m| departs(m, patroni::NAME)).cloned().collect();
             if !patroni_leaving.is_empty() {
                 super::safety::patroni_removal(plan, members.len(), &patroni_leaving)?;
             }
@@ -222,10 +223,10 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
                     d.steps.push(Step::Switchover { leader: m.clone() });
                 }
             }
-        } else if departing.keys().any(|n| runs(n, "patroni")) {
+        } else if departing.keys().any(|n| runs(n, patroni::SERVICE)) {
             bail!(
                 "Patroni members leave ({}) but no remaining Patroni host answers SSH — the leader cannot be switched over safely; fix the remaining hosts first",
-                departing.keys().filter(|n| runs(n, "patroni")).cloned().collect::<Vec<_>>().join(", ")
+                departing.keys().filter(|n| runs(n, patroni::SERVICE)).cloned().collect::<Vec<_>>().join(", ")
             );
         }
     }
@@ -234,12 +235,12 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     let remaining = |role: &str| plan.hosts_with_role(role).map(|h| h.name.clone()).filter(|n| built.contains(n)).collect::<Vec<_>>();
     let http_leaving: Vec<String> = departing.keys().filter(|n| HAPROXY_HTTP_BACKENDS.iter().any(|s| runs(n, s))).cloned().collect();
     let haproxy_without: Vec<String> = patroni_leaving.iter().chain(&http_leaving).cloned().collect();
-    if !haproxy_without.is_empty() && !remaining("haproxy").is_empty() {
-        d.steps.push(Step::Reload { role: "haproxy".into(), hosts: remaining("haproxy"), without: haproxy_without });
+    if !haproxy_without.is_empty() && !remaining(haproxy::NAME).is_empty() {
+        d.steps.push(Step::Reload { role: haproxy::NAME.into(), hosts: remaining(haproxy::NAME), without: haproxy_without });
     }
     let apps_leaving: Vec<String> = departing.keys().filter(|n| runs(n, "app")).cloned().collect();
-    if !apps_leaving.is_empty() && !remaining("nginx").is_empty() {
-        d.steps.push(Step::Reload { role: "nginx".into(), hosts: remaining("nginx"), without: apps_leaving });
+    if !apps_leaving.is_empty() && !remaining(nginx::NAME).is_empty() {
+        d.steps.push(Step::Reload { role: nginx::NAME.into(), hosts: remaining(nginx::NAME), without: apps_leaving });
     }
 
     // 4. The departing hosts stop serving.
@@ -259,27 +260,27 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     }
 
     // 5. etcd members leave one at a time.
-    let etcd_departs = departing.keys().any(|n| departs(n, "etcd"));
-    if etcd_departs && plan.hosts_with_role("etcd").any(|h| built.contains(&h.name)) {
-        if let Some(s) = first_reachable(&config, plan, "etcd", &built).await {
+    let etcd_departs = departing.keys().any(|n| departs(n, etcd::NAME));
+    if etcd_departs && plan.hosts_with_role(etcd::NAME).any(|h| built.contains(&h.name)) {
+        if let Some(s) = first_reachable(&config, plan, etcd::NAME, &built).await {
             let members = super::etcd_members::list(&s, etcd_client_port(plan)).await;
             s.close().await;
             let members = members?;
             // By name, so the order shown is the order run (etcd lists members by id).
-            let mut etcd_leaving: Vec<String> = members.iter().filter(|m| departs(&m.name, "etcd")).map(|m| m.name.clone()).collect();
+            let mut etcd_leaving: Vec<String> = members.iter().filter(|m| departs(&m.name, etcd::NAME)).map(|m| m.name.clone()).collect();
             etcd_leaving.sort();
             if !etcd_leaving.is_empty() {
                 super::safety::etcd_removal(plan, members.len(), &etcd_leaving)?;
             }
             d.steps.extend(etcd_leaving.into_iter().map(|member| Step::EtcdRemove { member }));
-        } else if departing.keys().any(|n| runs(n, "etcd")) {
-            bail!("etcd members leave ({}) but no remaining etcd host answers SSH — fix the remaining members first", departing.keys().filter(|n| runs(n, "etcd")).cloned().collect::<Vec<_>>().join(", "));
+        } else if departing.keys().any(|n| runs(n, etcd::SERVICE)) {
+            bail!("etcd members leave ({}) but no remaining etcd host answers SSH — fix the remaining members first", departing.keys().filter(|n| runs(n, etcd::SERVICE)).cloned().collect::<Vec<_>>().join(", "));
         }
     }
 
     // A repository on the host's disk goes with it (an S3 one stays in its bucket).
-    if plan.setting("backup", "s3").is_none() {
-        for name in departing.keys().filter(|n| departs(n, "backup") && crate::state::applied_roles(state, n).iter().any(|r| r == "backup")) {
+    if plan.setting(backup::NAME, "s3").is_none() {
+        for name in departing.keys().filter(|n| departs(n, backup::NAME) && crate::state::applied_roles(state, n).iter().any(|r| r == backup::NAME)) {
             d.notes.push(format!(
                 "{name} holds the pgBackRest repository (on its disk): the backups and archived WAL there are lost with {} — copy /var/lib/pgbackrest elsewhere first if you need them; a new backup host starts an empty repository",
                 if leaving.contains(name) { "its machine" } else { "the role (the files stay on its disk, unused)" }

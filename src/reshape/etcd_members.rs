@@ -111,7 +111,7 @@ pub async fn join(existing: &HostSession, j: &HostSession, joiner: &str, joiner_
         bail!("{joiner}: writing {JOIN_FILE} failed: {}", out.stderr.trim());
     }
     // `systemctl start` returns once etcd reports ready (Type=notify), bounded by the unit's start timeout.
-    crate::hosts::run::start(j, "etcd").await?;
+    crate::hosts::run::start(j, crate::hosts::roles::etcd::SERVICE).await?;
     wait_for(&format!("{joiner}: etcd joined and healthy"), JOIN_WAIT, || async {
         let (healthy, said) = crate::hosts::roles::etcd::member_health(j, client_port).await?;
         if !healthy {

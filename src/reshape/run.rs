@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use crate::hosts::roles::{etcd, haproxy, patroni};
 
 const VIP_WAIT: Duration = Duration::from_secs(30);
 const SWITCHOVER_WAIT: Duration = Duration::from_secs(90);
@@ -76,12 +77,12 @@ async fn each_step(project: &Project, state: &State, drain: &DrainPlan, steps: &
         events.started(&subject, &super::describe(step));
         let r = match step {
             Step::MoveVip { holder, vip, to } => move_vip(sessions, holder, vip, to).await,
-            Step::Switchover { leader } => switchover(plan, sessions, &remaining("patroni"), leader, events, &subject).await,
+            Step::Switchover { leader } => switchover(plan, sessions, &remaining(patroni::NAME), leader, events, &subject).await,
             Step::Reload { role, hosts, .. } => reload(plan, state, sessions, role, hosts).await,
             Step::Stop { host, services } => stop(sessions, host, services).await,
-            Step::PatroniLeave { member } => patroni_leave(plan, sessions, &remaining("patroni"), &remaining("etcd"), member, events, &subject).await,
+            Step::PatroniLeave { member } => patroni_leave(plan, sessions, &remaining(patroni::NAME), &remaining(etcd::NAME), member, events, &subject).await,
             Step::EtcdRemove { member } => {
-                let Some(keeper) = first(sessions, &remaining("etcd")).await else { bail!("no remaining etcd member answers SSH") };
+                let Some(keeper) = first(sessions, &remaining(etcd::NAME)).await else { bail!("no remaining etcd member answers SSH") };
                 sessions.get(member).await;
                 let keeper_session = sessions.open.get(&keeper).and_then(Option::as_ref).ok_or_else(|| anyhow!("{keeper}: no session"))?;
                 let leaving = sessions.open.get(member.as_str()).and_then(Option::as_ref);
@@ -200,8 +201,8 @@ async fn reload(plan: &Plan, state: &State, sessions: &mut Sessions, role: &str,
                 s.sudo_ok(&format!("reloading {}", svc.name), &format!("systemctl reload {}", svc.name)).await?;
             }
         }
-        if role == "haproxy" && plan.hosts_with_role("patroni").next().is_some() {
-            let port = plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404);
+        if role == haproxy::NAME && plan.hosts_with_role(patroni::NAME).next().is_some() {
+            let port = plan.int_setting(haproxy::NAME, "stats_port");
             let password = state.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
             wait_for(&format!("{name}: HAProxy routes writes to one primary"), HAPROXY_WAIT, || async {
                 let list = crate::hosts::roles::haproxy::servers(s, port, &password).await?;
@@ -230,7 +231,7 @@ async fn patroni_leave(plan: &Plan, sessions: &mut Sessions, remaining: &[String
     if let Some(s) = sessions.get(member).await {
         s.sudo_ok("stopping patroni", "systemctl disable --now patroni 2>&1").await?;
     }
-    let scope = plan.setting("patroni", "scope").and_then(Value::as_str).unwrap_or(&plan.project).to_string();
+    let scope = plan.str_setting(patroni::NAME, "scope");
     let key = format!("/service/{scope}/members/{member}");
     let keeper = first(sessions, etcd).await.ok_or_else(|| anyhow!("no remaining etcd member answers SSH"))?;
     let e = sessions.must(&keeper).await?;

@@ -52,6 +52,12 @@ pub trait PlanRules: Sync {
     fn ssh_from_subnet_gateway(&self) -> bool {
         false
     }
+
+    /// Whether the machines reach the internet's registries (Docker images,
+    /// Node.js and npm packages), so roles may install from them on the hosts.
+    fn machines_reach_registries(&self) -> bool {
+        true
+    }
 }
 
 /// Every provider kind, in the order `unknown provider kind` lists them.

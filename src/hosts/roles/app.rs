@@ -19,17 +19,21 @@ use crate::render::Renderer;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 pub fn name(plan: &Plan) -> String {
-    plan.setting("app", "name").and_then(Value::as_str).unwrap_or("app").to_string()
+    plan.str_setting(NAME, "name")
 }
 
 fn port(plan: &Plan) -> u64 {
-    plan.setting("app", "port").and_then(Value::as_u64).unwrap_or(9001)
+    plan.int_setting(NAME, "port")
 }
 
 fn database_name(plan: &Plan) -> String {
-    plan.setting("app", "database").and_then(Value::as_str).unwrap_or("app").to_string()
+    plan.str_setting(NAME, "database")
 }
 
 fn home(plan: &Plan) -> String {
@@ -54,14 +58,14 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
         "database_read_url": endpoints::database_url(plan, &db, password, &db, true).ok_or_else(|| missing("haproxy hosts (the read port)"))?,
         "redis_url": endpoints::redis_url(plan, redis_password, 0).ok_or_else(|| missing("a redis host"))?,
     });
-    let path = plan.setting("app", "path").and_then(Value::as_str).unwrap_or("examples/demo-app");
-    let local = resolve_path(&plan.dir, path);
-    let mut files = source_dir::files("app", &local, &format!("{}/src", home(plan)), &[&name])?;
-    files.push(file("app", &format!("/etc/{name}/{name}.env"), r.render("app.env.j2", &ctx)?, 0o600, "root", "root", None, &[&name]));
-    files.push(file("app", &format!("/etc/systemd/system/{name}.service"), r.render("app.service.j2", &ctx)?, 0o644, "root", "root", None, &[&name]));
+    let path = plan.str_setting(NAME, "path");
+    let local = resolve_path(&plan.dir, &path);
+    let mut files = source_dir::files(NAME, &local, &format!("{}/src", home(plan)), &[&name])?;
+    files.push(file(NAME, &format!("/etc/{name}/{name}.env"), r.render("app.env.j2", &ctx)?, 0o600, "root", "root", None, &[&name]));
+    files.push(file(NAME, &format!("/etc/systemd/system/{name}.service"), r.render("app.service.j2", &ctx)?, 0o644, "root", "root", None, &[&name]));
     let mut packages = vec!["python3-venv".to_string()];
-    packages.extend(plan.setting("app", "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
-    Ok(HostDesired { packages, files, services: vec![service("app", &name, OnChange::Restart)], ..Default::default() })
+    packages.extend(plan.setting(NAME, "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
+    Ok(HostDesired { packages, files, services: vec![service(NAME, &name, OnChange::Restart)], ..Default::default() })
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
@@ -74,9 +78,9 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     // tries it again after fail_timeout, so the next host waits that long —
     // otherwise the last restart could find every server marked failed.
     let pause = plan
-        .hosts_with_role("nginx")
+        .hosts_with_role(super::nginx::NAME)
         .next()
-        .map(|_| Duration::from_secs(plan.setting("nginx", "fail_timeout").and_then(Value::as_u64).unwrap_or(10) + 1));
+        .map(|_| Duration::from_secs(plan.int_setting(super::nginx::NAME, "fail_timeout") + 1));
     // Hosts whose app is not running serve nothing yet: they come up all at once.
     let app_name = name(plan);
     let is_down = |h: &Host| run.changes_of(&h.name).start.contains(&app_name);
@@ -192,15 +196,58 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
 /// The app role, as the registry lists it.
 pub struct App;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "app";
+
+/// The settings under `services: app:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("path", SettingType::Str, |_| json!("examples/demo-app"), "local directory with the application"),
+    Setting::new("port", PORT, |_| json!(9001), "port the app listens on"),
+    Setting::new("module", SettingType::Str, |_| json!("app:app"), "ASGI module:attribute"),
+    Setting::new("database", SettingType::Str, |_| json!("app"), "database name"),
+    Setting::new("name", SettingType::Str, |_| json!("app"), "names the service, its user and /opt/<name>"),
+    Setting::new("packages", SettingType::List, |_| json!([]), "distro packages the app needs (e.g. python3-fastapi)"),
+];
+
+/// The secrets the role needs (generated once, kept in the state).
+const SECRETS: &[&str] = &["app_db_password"];
+
 #[async_trait::async_trait]
 impl super::role::Role for App {
     fn name(&self) -> &'static str {
-        "app"
+        NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        let apps = at.ips(NAME);
+        if !apps.is_empty() {
+            o.insert("apps".into(), json!(apps.iter().map(|ip| format!("http://{ip}:{}/", at.setting(NAME, "port"))).collect::<Vec<_>>()));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("app_port", "port")]
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.tcp(super::nginx::NAME, NAME, "port", Service::App);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "port")]
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
+    fn secrets(&self) -> &'static [&'static str] {
+        SECRETS
     }
     /// The write port (HAProxy). When apps reach it through keepalived's VIP,
     /// their own health gate waits for the VIP: they start meanwhile.
     fn needs(&self) -> &'static [&'static str] {
-        &["haproxy", "redis"]
+        &[super::haproxy::NAME, super::redis::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
         &["app"]

@@ -19,6 +19,10 @@ use crate::render::Renderer;
 use crate::state::State;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
+use crate::plan::services::{Setting, SettingType};
+use crate::flows::{FlowSink, Service, Transport};
+use super::role::PlanCheck;
+use crate::plan::diag::{suggestion, Diags};
 
 /// postgres's home on Debian (postgresql-common, which pgbackrest depends on, creates the user).
 const PG_HOME: &str = "/var/lib/postgresql";
@@ -30,12 +34,12 @@ pub const KINDS: &[&str] = &["full", "diff", "incr"];
 
 /// The pgBackRest stanza: the Patroni cluster's scope.
 pub fn stanza(plan: &Plan) -> String {
-    plan.setting("patroni", "scope").and_then(Value::as_str).unwrap_or(&plan.project).to_string()
+    plan.str_setting(super::patroni::NAME, "scope")
 }
 
 /// The repository host, when the plan has one.
 pub fn repo_host(plan: &Plan) -> Option<&Host> {
-    plan.hosts_with_role("backup").next()
+    plan.hosts_with_role(NAME).next()
 }
 
 /// PostgreSQL parameters every member needs to archive into the repository.
@@ -43,7 +47,7 @@ pub fn archive_parameters(plan: &Plan) -> Vec<(String, Value)> {
     if repo_host(plan).is_none() {
         return vec![];
     }
-    let timeout = plan.setting("backup", "archive_timeout").and_then(Value::as_u64).unwrap_or(60);
+    let timeout = plan.int_setting(NAME, "archive_timeout");
     vec![
         ("archive_mode".into(), json!("on")),
         ("archive_command".into(), json!(format!("pgbackrest --stanza={} archive-push %p", stanza(plan)))),
@@ -104,7 +108,7 @@ fn context(ctx: &Value, plan: &Plan) -> Result<Value> {
 
 /// `services.backup.s3` with its defaults (`path`: /pgbackrest/<project>), or null.
 fn s3(plan: &Plan) -> Value {
-    match plan.setting("backup", "s3").and_then(Value::as_object) {
+    match plan.setting(NAME, "s3").and_then(Value::as_object) {
         Some(m) => {
             let mut m = m.clone();
             m.entry("path").or_insert_with(|| json!(format!("/pgbackrest/{}", plan.project)));
@@ -123,7 +127,7 @@ pub const S3_KEY_SECRET_ENV: &str = "RIGGER_S3_KEY_SECRET";
 /// Take the S3 keys from the environment into the state, or make sure the
 /// state has them. Returns whether the state changed.
 pub fn ensure_s3_keys(state: &mut State, plan: &Plan) -> Result<bool> {
-    if plan.setting("backup", "s3").is_none() {
+    if plan.setting(NAME, "s3").is_none() {
         return Ok(false);
     }
     let mut changed = false;
@@ -175,7 +179,7 @@ fn ssh_files(role: &'static str, ctx: &Value, own_key: &str, peer_key: &str, pee
 
 /// The schedule: (backup type, systemd OnCalendar).
 pub fn schedule(plan: &Plan) -> Vec<(String, String)> {
-    plan.setting("backup", "schedule")
+    plan.setting(NAME, "schedule")
         .and_then(Value::as_object)
         .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
         .unwrap_or_default()
@@ -188,14 +192,14 @@ pub fn timer_name(kind: &str) -> String {
 /// The repository host.
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let ctx = context(ctx, plan)?;
-    let members: Vec<String> = plan.hosts_with_role("patroni").map(|h| h.ip.to_string()).collect();
+    let members: Vec<String> = plan.hosts_with_role(super::patroni::NAME).map(|h| h.ip.to_string()).collect();
     let check = s3_config_check(&stanza(plan));
     let validate = (!ctx["backup"]["s3"].is_null()).then_some(("pgbackrest info (offline)", check.as_str()));
-    let mut files = vec![file("backup", CONFIG, r.render("pgbackrest-repo.conf.j2", &ctx)?, 0o640, "postgres", "postgres", validate, &[])];
-    files.extend(ssh_files("backup", &ctx, "backup_repo_ssh_key", "backup_member_ssh_key", &members)?);
+    let mut files = vec![file(NAME, CONFIG, r.render("pgbackrest-repo.conf.j2", &ctx)?, 0o640, "postgres", "postgres", validate, &[])];
+    files.extend(ssh_files(NAME, &ctx, "backup_repo_ssh_key", "backup_member_ssh_key", &members)?);
     let timers: Vec<String> = schedule(plan).iter().map(|(k, _)| timer_name(k)).collect();
     let notify: Vec<&str> = timers.iter().map(String::as_str).collect();
-    files.push(file("backup", "/etc/systemd/system/pgbackrest-backup@.service", r.render("pgbackrest-backup@.service.j2", &ctx)?, 0o644, "root", "root", None, &notify));
+    files.push(file(NAME, "/etc/systemd/system/pgbackrest-backup@.service", r.render("pgbackrest-backup@.service.j2", &ctx)?, 0o644, "root", "root", None, &notify));
     // systemd's own parser checks the calendar expression before the timer is replaced.
     let check_calendar = ("systemd-analyze calendar", "sh -c 'systemd-analyze calendar \"$(sed -n \"s/^OnCalendar=//p\" \"$0\")\" >/dev/null' {}");
     let mut services = Vec::new();
@@ -203,8 +207,8 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
         let mut c = ctx.clone();
         c["timer"] = json!({ "kind": kind, "on_calendar": on_calendar });
         let name = timer_name(&kind);
-        files.push(file("backup", &format!("/etc/systemd/system/{name}"), r.render("pgbackrest-backup.timer.j2", &c)?, 0o644, "root", "root", Some(check_calendar), &[&name]));
-        services.push(service("backup", &name, OnChange::Restart));
+        files.push(file(NAME, &format!("/etc/systemd/system/{name}"), r.render("pgbackrest-backup.timer.j2", &c)?, 0o644, "root", "root", Some(check_calendar), &[&name]));
+        services.push(service(NAME, &name, OnChange::Restart));
     }
     Ok(HostDesired { packages: vec!["pgbackrest".into()], files, services, ..Default::default() })
 }
@@ -215,8 +219,8 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
 pub fn member_desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let Some(repo) = repo_host(plan) else { return Ok(HostDesired::default()) };
     let ctx = context(ctx, plan)?;
-    let mut files = vec![file("patroni", CONFIG, r.render("pgbackrest-member.conf.j2", &ctx)?, 0o640, "postgres", "postgres", None, &[])];
-    files.extend(ssh_files("patroni", &ctx, "backup_member_ssh_key", "backup_repo_ssh_key", &[repo.ip.to_string()])?);
+    let mut files = vec![file(super::patroni::NAME, CONFIG, r.render("pgbackrest-member.conf.j2", &ctx)?, 0o640, "postgres", "postgres", None, &[])];
+    files.extend(ssh_files(super::patroni::NAME, &ctx, "backup_member_ssh_key", "backup_repo_ssh_key", &[repo.ip.to_string()])?);
     Ok(HostDesired { packages: vec!["pgbackrest".into()], files, ..Default::default() })
 }
 
@@ -258,7 +262,7 @@ async fn ssh_trust(run: &RoleRun<'_>, repo: &Host) -> Result<()> {
     let rs = run.session(&repo.name)?;
     let repo_keys = host_keys(rs).await?;
     let mut member_lines = String::new();
-    for m in run.plan.hosts_with_role("patroni") {
+    for m in run.plan.hosts_with_role(super::patroni::NAME) {
         let ms = run.session(&m.name)?;
         for k in host_keys(ms).await? {
             member_lines.push_str(&format!("{} {k}\n", m.ip));
@@ -423,14 +427,95 @@ pub fn age(secs: i64) -> String {
 /// The backup role, as the registry lists it.
 pub struct Backup;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "backup";
+
+/// The settings under `services: backup:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("schedule", SettingType::Map, |_| json!({ "full": "Sun *-*-* 01:00:00", "diff": "Mon..Sat *-*-* 01:00:00" }), "systemd OnCalendar per backup type (full, diff, incr)"),
+    Setting::new("retention_full", SettingType::Int { min: 1, max: 100 }, |_| json!(2), "full backups kept (older ones and their WAL are expired)"),
+    Setting::new("retention_diff", SettingType::Int { min: 1, max: 1000 }, |_| json!(7), "differential backups kept"),
+    Setting::new("compress", SettingType::Str, |_| json!("lz4"), "pgBackRest compress-type: lz4, zst, gz, bz2 or none"),
+    Setting::new("process_max", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "parallel processes for backup and restore"),
+    Setting::new("archive_timeout", SettingType::Int { min: 10, max: 3600 }, |_| json!(60), "s: PostgreSQL switches WAL at least this often (bounds the data a lost leader takes with it)"),
+    Setting::optional("s3", SettingType::Map, "an S3 repository instead of the backup host's disk: { bucket, endpoint, region }"),
+];
+
+/// The secrets the role needs (generated once, kept in the state).
+const SECRETS: &[&str] = &["backup_cipher_pass"];
+
 #[async_trait::async_trait]
 impl super::role::Role for Backup {
     fn name(&self) -> &'static str {
-        "backup"
+        NAME
+    }
+
+    /// One repository host of its own, a Patroni cluster to back up, a
+    /// schedule systemd can read the keys of.
+    fn check(&self, at: &PlanCheck<'_>, d: &mut Diags) {
+        let backup = at.with(NAME);
+        if backup.is_empty() {
+            return;
+        }
+        let pos = at.role_pos(NAME);
+        for h in backup.iter().filter(|h| h.has_role(super::patroni::NAME)) {
+            d.error(pos, format!("host `{}` is both the backup repository and a Patroni member — losing that machine would lose the database and its backups together; give `backup` to a host of its own", h.name));
+        }
+        if backup.len() > 1 {
+            d.error(pos, format!("{} hosts have the role `backup` — pgBackRest keeps one repository; give the role to one host (count 1)", backup.len()));
+        }
+        if at.with(super::patroni::NAME).is_empty() {
+            d.error(pos, "the role `backup` backs up the Patroni cluster — add hosts with the role `patroni`");
+        }
+        let schedule = at.setting(NAME, "schedule").and_then(Value::as_object);
+        let schedule_pos = at.setting_node(NAME, "schedule").map(|n| n.pos).unwrap_or(pos);
+        for key in schedule.into_iter().flat_map(|m| m.keys()) {
+            if !["full", "diff", "incr"].contains(&key.as_str()) {
+                d.error(schedule_pos, format!("services.backup.schedule: unknown backup type `{key}` — {}", suggestion(key, &["full", "diff", "incr"])));
+            }
+        }
+        if let Some(s3) = at.setting(NAME, "s3").and_then(Value::as_object) {
+            let s3_pos = at.setting_node(NAME, "s3").map(|n| n.pos).unwrap_or(pos);
+            for key in ["bucket", "endpoint", "region"] {
+                if !s3.contains_key(key) {
+                    d.error(s3_pos, format!("services.backup.s3 needs `{key}` — e.g. s3: {{ bucket: my-backups, endpoint: storage.yandexcloud.net, region: ru-central1 }}"));
+                }
+            }
+            const S3_KEYS: &[&str] = &["bucket", "endpoint", "region", "path"];
+            for key in s3.keys().filter(|k| !S3_KEYS.contains(&k.as_str())) {
+                d.error(s3_pos, format!("services.backup.s3: unknown key `{key}` — {} (the keys come from the environment: RIGGER_S3_KEY, RIGGER_S3_KEY_SECRET)", suggestion(key, S3_KEYS)));
+            }
+            for (key, value) in s3 {
+                if !value.is_string() {
+                    d.error(s3_pos, format!("services.backup.s3.{key} must be a string"));
+                }
+            }
+            if s3.get("endpoint").and_then(Value::as_str).is_some_and(|e| e.contains("://") || e.contains('/')) {
+                d.error(s3_pos, "services.backup.s3.endpoint is a host name, not a URL — write e.g. endpoint: storage.yandexcloud.net (pgBackRest always speaks HTTPS)");
+            }
+            if s3.get("path").and_then(Value::as_str).is_some_and(|p| !p.starts_with('/')) {
+                d.error(s3_pos, "services.backup.s3.path is a path inside the bucket and starts with `/` — e.g. path: /pgbackrest");
+            }
+        }
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        // pgBackRest reaches the other side over SSH: archive-push from every
+        // member, backups and restores from the repository host.
+        net.add(super::patroni::NAME, NAME, Transport::Tcp, Some(22), Service::PgBackRestSsh);
+        net.add(NAME, super::patroni::NAME, Transport::Tcp, Some(22), Service::PgBackRestSsh);
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
+    fn secrets(&self) -> &'static [&'static str] {
+        SECRETS
     }
     /// The repository host and archiving: the cluster must be up to take a backup.
     fn needs(&self) -> &'static [&'static str] {
-        &["patroni"]
+        &[super::patroni::NAME]
     }
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::hosts::ops::HostDesired> {
         desired(at.renderer, at.ctx, at.plan)

@@ -8,19 +8,19 @@ use crate::plan::model::{Host, Plan};
 use crate::hosts::remote::ahead::Ask;
 use crate::hosts::remote::session::HostSession;
 use anyhow::{anyhow, bail, Result};
-use serde_json::Value;
 use std::time::Duration;
+use super::patroni;
 
 fn identifier_ok(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') && s.len() <= 63 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn rest_port(plan: &Plan) -> u64 {
-    plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008)
+    plan.int_setting(patroni::NAME, "rest_port")
 }
 
 fn pg_port(plan: &Plan) -> u64 {
-    plan.setting("patroni", "port").and_then(Value::as_u64).unwrap_or(5432)
+    plan.int_setting(patroni::NAME, "port")
 }
 
 /// Does this member hold the leader lock (`/primary` answers 200)?
@@ -41,7 +41,7 @@ fn login_ask(plan: &Plan, database: &str, user: &str, password: &str) -> Ask {
 /// trip (the leader is not known before: every member is asked). The very
 /// commands `ensure` runs, so an answer stands in for the live one.
 pub fn gate_asks(plan: &Plan, host: &Host, database: &str, user: &str, password: &str) -> Vec<Ask> {
-    if !host.roles.iter().any(|r| r == "patroni") || password.is_empty() {
+    if !host.has_role(patroni::NAME) || password.is_empty() {
         return vec![];
     }
     vec![primary_ask(plan), login_ask(plan, database, user, password)]
@@ -50,7 +50,7 @@ pub fn gate_asks(plan: &Plan, host: &Host, database: &str, user: &str, password:
 /// The Patroni member that holds the leader lock now.
 pub async fn leader<'a>(run: &RoleRun<'a>) -> Result<&'a HostSession> {
     let ask = primary_ask(run.plan);
-    let members: Vec<String> = run.plan.hosts_with_role("patroni").map(|h| h.name.clone()).collect();
+    let members: Vec<String> = run.plan.hosts_with_role(patroni::NAME).map(|h| h.name.clone()).collect();
     if members.is_empty() {
         bail!("the plan has no patroni hosts — role {} needs a database", run.role);
     }

@@ -70,7 +70,7 @@ fn patroni_points_at_every_etcd_member_and_lets_in_exactly_the_hosts_that_connec
     assert!(hba.iter().any(|l| l.contains("replication") && l.contains("10.9.0.22/32")), "members replicate: {hba:?}");
     assert!(!hba.iter().any(|l| l.contains("0.0.0.0/0")), "{hba:?}");
     // The distro's own PostgreSQL must not run beside Patroni's.
-    assert!(d.stop_disable.iter().any(|s| s == "postgresql"));
+    assert!(d.stop_disable.iter().any(|s| s.name == "postgresql" && s.role == "patroni"), "patroni stops it");
     // The password is in the Patroni config only, never in another file.
     let superuser = &s["postgres_superuser_password"];
     for f in d.files.iter().filter(|f| f.path != cfg.path) {

@@ -5,21 +5,22 @@
 
 use crate::plan::model::Plan;
 use serde_json::Value;
+use super::{haproxy, keepalived, redis};
 
 /// The address clients use for HAProxy: the keepalived VIP, else the first HAProxy host.
 pub fn lb_address(plan: &Plan) -> Option<String> {
-    if plan.hosts_with_role("keepalived").next().is_some() {
-        if let Some(vip) = plan.setting("keepalived", "vip").and_then(Value::as_str) {
+    if plan.hosts_with_role(keepalived::NAME).next().is_some() {
+        if let Some(vip) = plan.setting(keepalived::NAME, "vip").and_then(Value::as_str) {
             return Some(vip.to_string());
         }
     }
-    plan.hosts_with_role("haproxy").next().map(|h| h.ip.to_string())
+    plan.hosts_with_role(haproxy::NAME).next().map(|h| h.ip.to_string())
 }
 
 /// The load balancer's public address, when there is no VIP and the cloud
 /// gave the first HAProxy host one (known once the machine exists).
 pub fn public_lb_address(plan: &Plan) -> Option<String> {
-    let first = plan.hosts_with_role("haproxy").next()?;
+    let first = plan.hosts_with_role(haproxy::NAME).next()?;
     // lb_address names the VIP when there is one, else this host.
     if lb_address(plan)? != first.ip.to_string() {
         return None;
@@ -27,9 +28,6 @@ pub fn public_lb_address(plan: &Plan) -> Option<String> {
     plan.public_addresses.get(&first.name).cloned()
 }
 
-fn port(plan: &Plan, role: &str, key: &str, default: u64) -> u64 {
-    plan.setting(role, key).and_then(Value::as_u64).unwrap_or(default)
-}
 
 /// Percent-encode for the user-info part of a URL (generated secrets are
 /// letters and digits; a password given through the environment may not be).
@@ -42,7 +40,7 @@ pub fn userinfo(s: &str) -> String {
 /// `postgresql://user:pass@LB:PORT/db` through the write (or read) port.
 pub fn database_url(plan: &Plan, user: &str, password: &str, database: &str, read: bool) -> Option<String> {
     let lb = lb_address(plan)?;
-    let p = if read { port(plan, "haproxy", "read_port", 5001) } else { port(plan, "haproxy", "write_port", 5000) };
+    let p = if read { plan.int_setting(haproxy::NAME, "read_port") } else { plan.int_setting(haproxy::NAME, "write_port") };
     // With TLS on, clients verify the server against the project CA and its
     // name (the VIP or HAProxy address is in every PostgreSQL certificate).
     let tls = if plan.security.tls { format!("?sslmode=verify-full&sslrootcert={}", super::tls::CLIENT_CA) } else { String::new() };
@@ -53,9 +51,9 @@ pub fn database_url(plan: &Plan, user: &str, password: &str, database: &str, rea
 /// `rediss://` verified against the project CA (redis-py, Celery and kombu
 /// read `ssl_cert_reqs` and `ssl_ca_certs` from the query).
 pub fn redis_url(plan: &Plan, password: &str, db: u32) -> Option<String> {
-    let h = plan.hosts_with_role("redis").next()?;
+    let h = plan.hosts_with_role(redis::NAME).next()?;
     let (scheme, tls) = if plan.security.tls { ("rediss", format!("?ssl_cert_reqs=required&ssl_ca_certs={}", super::tls::CLIENT_CA)) } else { ("redis", String::new()) };
-    Some(format!("{scheme}://:{}@{}:{}/{db}{tls}", userinfo(password), h.ip, port(plan, "redis", "port", 6379)))
+    Some(format!("{scheme}://:{}@{}:{}/{db}{tls}", userinfo(password), h.ip, plan.int_setting(redis::NAME, "port")))
 }
 
 #[cfg(test)]

@@ -14,16 +14,24 @@ use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use serde_json::json;
+use crate::plan::model::Plan;
+use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
+use super::role::PlanCheck;
+use crate::plan::diag::Diags;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
         packages: vec!["etcd-server".into(), "etcd-client".into()],
         files: vec![
-            file("etcd", "/etc/default/etcd", r.render("etcd.env.j2", ctx)?, 0o644, "root", "root", None, &["etcd"]),
-            file("etcd", BOOTSTRAP_FILE, r.render("etcd-bootstrap.env.j2", ctx)?, 0o644, "root", "root", None, &[]),
-            file("etcd", DROP_IN, DROP_IN_TEXT.to_string(), 0o644, "root", "root", None, &[]),
+            file(NAME, "/etc/default/etcd", r.render("etcd.env.j2", ctx)?, 0o644, "root", "root", None, &["etcd"]),
+            file(NAME, BOOTSTRAP_FILE, r.render("etcd-bootstrap.env.j2", ctx)?, 0o644, "root", "root", None, &[]),
+            file(NAME, DROP_IN, DROP_IN_TEXT.to_string(), 0o644, "root", "root", None, &[]),
         ],
-        services: vec![service("etcd", "etcd", OnChange::Custom)],
+        services: vec![service(NAME, "etcd", OnChange::Custom)],
         ..Default::default()
     })
 }
@@ -36,11 +44,11 @@ const DROP_IN: &str = "/etc/systemd/system/etcd.service.d/rigger-bootstrap.conf"
 const DROP_IN_TEXT: &str = "# Managed by rigger: settings etcd reads only when it bootstraps its data directory.\n[Service]\nEnvironmentFile=-/etc/default/etcd-bootstrap\nEnvironmentFile=-/etc/default/etcd-join\n";
 
 fn peer_port(run: &RoleRun) -> u64 {
-    run.plan.setting("etcd", "peer_port").and_then(Value::as_u64).unwrap_or(2380)
+    run.plan.int_setting(NAME, "peer_port")
 }
 
 fn client_port(run: &RoleRun) -> u64 {
-    run.plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379)
+    run.plan.int_setting(NAME, "client_port")
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
@@ -104,7 +112,7 @@ fn member_list_script(port: u64) -> String {
 
 /// The gate's commands on `host`, asked ahead in the facts round trip.
 pub fn gate_asks(plan: &crate::plan::model::Plan) -> Vec<crate::hosts::remote::ahead::Ask> {
-    let port = plan.setting("etcd", "client_port").and_then(Value::as_u64).unwrap_or(2379);
+    let port = plan.int_setting(NAME, "client_port");
     vec![crate::hosts::remote::ahead::Ask::sudo(health_script(port), None), crate::hosts::remote::ahead::Ask::sudo(member_list_script(port), None)]
 }
 
@@ -116,7 +124,7 @@ pub async fn member_health(s: &HostSession, port: u64) -> Result<(bool, String)>
 /// Every member answers healthy and the cluster has all members.
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     let port = client_port(run);
-    let expected = run.plan.hosts_with_role("etcd").count();
+    let expected = run.plan.hosts_with_role(NAME).count();
     run.each(|h, s| async move {
         wait_for(&format!("{}: etcd healthy with {expected} members", h.name), Duration::from_secs(120), || async {
             let (healthy, said) = member_health(s, port).await?;
@@ -139,13 +147,60 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
 /// The etcd role, as the registry lists it.
 pub struct Etcd;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "etcd";
+
+/// The systemd unit the role runs (what the reshape and restore stop and start).
+pub const SERVICE: &str = "etcd";
+
+/// The settings under `services: etcd:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("client_port", PORT, |_| json!(2379), "etcd client port"),
+    Setting::new("peer_port", PORT, |_| json!(2380), "etcd peer port"),
+    Setting::new("election_timeout", SettingType::Int { min: 100, max: 50000 }, |_| json!(5000), "ms"),
+    Setting::new("heartbeat_interval", SettingType::Int { min: 10, max: 10000 }, |_| json!(1000), "ms"),
+    Setting::new("cluster_token", SettingType::Str, |p| json!(format!("{p}-etcd")), "initial cluster token"),
+];
+
 #[async_trait::async_trait]
 impl super::role::Role for Etcd {
     fn name(&self) -> &'static str {
-        "etcd"
+        NAME
     }
+
+    fn check(&self, at: &PlanCheck<'_>, d: &mut Diags) {
+        let etcd = at.with(NAME).len();
+        if etcd > 0 && (etcd < 3 || etcd % 2 == 0) {
+            d.error(at.role_pos(NAME), format!("etcd needs an odd number of members, at least 3, for a quorum — the plan has {etcd}"));
+        }
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        let etcd = at.ips(NAME);
+        if !etcd.is_empty() {
+            o.insert("etcd_endpoints".into(), json!(etcd.iter().map(|ip| format!("{}://{ip}:{}", super::tls::scheme(at.plan), at.setting(NAME, "client_port"))).collect::<Vec<_>>().join(",")));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("etcd_client_port", "client_port"), ("etcd_peer_port", "peer_port")]
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.tcp(super::patroni::NAME, NAME, "client_port", Service::EtcdClient);
+        net.tcp(NAME, NAME, "peer_port", Service::EtcdPeer);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "client_port"), (NAME, "peer_port")]
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
     fn services(&self) -> &'static [&'static str] {
-        &["etcd"]
+        &[SERVICE]
     }
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::hosts::ops::HostDesired> {
         desired(at.renderer, at.ctx)

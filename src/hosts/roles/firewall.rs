@@ -152,11 +152,15 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 /// The host firewall, as the registry lists it: no plan role, see `applies_to`.
 pub struct Firewall;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "firewall";
+
 #[async_trait::async_trait]
 impl super::role::Role for Firewall {
     fn name(&self) -> &'static str {
-        "firewall"
+        NAME
     }
+
     fn applies_to(&self, host: &Host) -> bool {
         applies_to(host)
     }

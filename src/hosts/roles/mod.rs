@@ -53,7 +53,7 @@ pub fn pg_parameters(plan: &Plan) -> BTreeMap<String, Value> {
     // WAL archiving into the backup role's repository (every member, so a
     // promoted replica keeps archiving).
     p.extend(backup::archive_parameters(plan));
-    if let Some(Value::Object(given)) = plan.setting("patroni", "parameters") {
+    if let Some(Value::Object(given)) = plan.setting(patroni::NAME, "parameters") {
         for (k, v) in given {
             p.insert(k.clone(), v.clone());
         }
@@ -71,13 +71,13 @@ pub fn template_context(plan: &Plan, host: &Host, secrets: &BTreeMap<String, Str
     let subnet = plan.subnet(&host.subnet).map(|s| {
         json!({ "name": s.name, "cidr": s.cidr.trunc().to_string(), "gateway": s.gateway.to_string(), "prefix": s.cidr.prefix_len() })
     });
-    let vip = plan.setting("keepalived", "vip").and_then(Value::as_str).and_then(|v| v.parse::<std::net::Ipv4Addr>().ok());
+    let vip = plan.setting(keepalived::NAME, "vip").and_then(Value::as_str).and_then(|v| v.parse::<std::net::Ipv4Addr>().ok());
     let vrid = plan
-        .setting("keepalived", "virtual_router_id")
+        .setting(keepalived::NAME, "virtual_router_id")
         .and_then(Value::as_u64)
         .or_else(|| vip.map(|v| u64::from(v.octets()[3]).max(1)))
         .unwrap_or(51);
-    let lb_position = plan.hosts_with_role("keepalived").position(|h| h.name == host.name).unwrap_or(0) as u64;
+    let lb_position = plan.hosts_with_role(keepalived::NAME).position(|h| h.name == host.name).unwrap_or(0) as u64;
     json!({
         "project": plan.project,
         "host": { "name": host.name, "ip": host.ip.to_string(), "roles": host.roles, "group": host.group, "index": host.index },

@@ -12,6 +12,11 @@ use crate::render::Renderer;
 use anyhow::{bail, Result};
 use serde_json::Value;
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use serde_json::json;
+use crate::plan::model::Plan;
+use super::role::Outputs;
+use serde_json::Map;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     if ctx["members"]["app"].as_array().is_none_or(Vec::is_empty) {
@@ -19,8 +24,8 @@ pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     }
     Ok(HostDesired {
         packages: vec!["nginx".into()],
-        files: vec![file("nginx", "/etc/nginx/nginx.conf", r.render("nginx.conf.j2", ctx)?, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["nginx"])],
-        services: vec![service("nginx", "nginx", OnChange::Reload)],
+        files: vec![file(NAME, "/etc/nginx/nginx.conf", r.render("nginx.conf.j2", ctx)?, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["nginx"])],
+        services: vec![service(NAME, "nginx", OnChange::Reload)],
         ..Default::default()
     })
 }
@@ -31,7 +36,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 }
 
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
-    let port = run.plan.setting("nginx", "port").and_then(Value::as_u64).unwrap_or(80);
+    let port = run.plan.int_setting(NAME, "port");
     run.each(|h, s| async move {
         wait_for(&format!("{}: /health through nginx", h.name), Duration::from_secs(60), || async {
             let out = s.sudo(&crate::client_path::nginx_health_ask(port).script, None).await?;
@@ -47,13 +52,42 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
 /// The nginx role, as the registry lists it.
 pub struct Nginx;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "nginx";
+
+/// The settings under `services: nginx:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("port", PORT, |_| json!(80), "HTTP port"),
+    Setting::new("max_fails", SettingType::Int { min: 0, max: 100 }, |_| json!(3), "passive health check"),
+    Setting::new("fail_timeout", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
+];
+
 #[async_trait::async_trait]
 impl super::role::Role for Nginx {
     fn name(&self) -> &'static str {
-        "nginx"
+        NAME
     }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        if let Some(n) = at.ips(NAME).first() {
+            o.insert("web".into(), json!(format!("http://{n}:{}/", at.setting(NAME, "port"))));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("nginx_port", "port")]
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "port")]
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
     fn needs(&self) -> &'static [&'static str] {
-        &["app", "saleor"]
+        &[super::app::NAME, super::saleor::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
         &["nginx"]

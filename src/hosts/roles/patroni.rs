@@ -7,7 +7,7 @@
 //! Gate: one leader, every other member streaming from it.
 
 use super::{file, service};
-use crate::hosts::ops::{HostDesired, OnChange};
+use crate::hosts::ops::{HostDesired, OnChange, StoppedService};
 use crate::hosts::run::{start, wait_for, RoleRun};
 use crate::plan::model::{Host, Plan};
 use crate::hosts::remote::session::{sh_quote, HostSession};
@@ -16,22 +16,28 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
+use super::role::PlanCheck;
+use crate::plan::diag::Diags;
 
 pub fn version(plan: &Plan) -> u64 {
-    plan.setting("patroni", "postgres_version").and_then(Value::as_u64).unwrap_or(15)
+    plan.int_setting(NAME, "postgres_version")
 }
 
 /// PostgreSQL's port (its socket's name too).
 pub fn pg_port(plan: &Plan) -> u64 {
-    plan.setting("patroni", "port").and_then(serde_json::Value::as_u64).unwrap_or(5432)
+    plan.int_setting(NAME, "port")
 }
 
 pub(crate) fn rest_port(plan: &Plan) -> u64 {
-    plan.setting("patroni", "rest_port").and_then(Value::as_u64).unwrap_or(8008)
+    plan.int_setting(NAME, "rest_port")
 }
 
 fn scope(plan: &Plan) -> String {
-    plan.setting("patroni", "scope").and_then(Value::as_str).unwrap_or(&plan.project).to_string()
+    plan.str_setting(NAME, "scope")
 }
 
 pub fn data_dir(plan: &Plan) -> String {
@@ -48,9 +54,9 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let v = version(plan);
     Ok(HostDesired {
         packages: vec!["patroni".into(), format!("postgresql-{v}"), "python3-psycopg2".into()],
-        files: vec![file("patroni", "/etc/patroni/config.yml", r.render("patroni.yml.j2", ctx)?, 0o600, "postgres", "postgres", Some(("patroni --validate-config", VALIDATE)), &["patroni"])],
-        services: vec![service("patroni", "patroni", OnChange::Custom)],
-        stop_disable: vec!["postgresql".into(), format!("postgresql@{v}-main")],
+        files: vec![file(NAME, "/etc/patroni/config.yml", r.render("patroni.yml.j2", ctx)?, 0o600, "postgres", "postgres", Some(("patroni --validate-config", VALIDATE)), &["patroni"])],
+        services: vec![service(NAME, "patroni", OnChange::Custom)],
+        stop_disable: ["postgresql".to_string(), format!("postgresql@{v}-main")].into_iter().map(|name| StoppedService { role: NAME, name }).collect(),
         ..Default::default()
     })
 }
@@ -137,7 +143,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     let needs_start = |h: &Host| run.changes_of(&h.name).start.iter().any(|s| s == "patroni");
     let to_start: Vec<&Host> = run.hosts.iter().copied().filter(|h| needs_start(h)).collect();
     let running: Vec<&Host> = run.hosts.iter().copied().filter(|h| !needs_start(h)).collect();
-    // The config phase's staging enables units already (config::phase::stage);
+    // The config phase's staging enables units already (hosts::phase::stage);
     // any left, every member at once (`systemctl enable` reloads systemd:
     // seconds each on a busy host).
     run.each(|h, s| async move {
@@ -209,11 +215,11 @@ async fn start_all(run: &RoleRun<'_>, hosts: &[&Host]) -> Result<()> {
 }
 
 async fn clear_dcs(run: &RoleRun<'_>) -> Result<()> {
-    let Some(etcd) = run.plan.hosts_with_role("etcd").next() else { return Ok(()) };
+    let Some(etcd) = run.plan.hosts_with_role(super::etcd::NAME).next() else { return Ok(()) };
     let Ok(s) = run.session(&etcd.name) else { return Ok(()) };
     let key = format!("/service/{}/", scope(run.plan));
     // The plan's client port, not etcd's default (a generated plan with 12379 found this).
-    let port = run.plan.setting("etcd", "client_port").and_then(serde_json::Value::as_u64).unwrap_or(2379);
+    let port = run.plan.int_setting(super::etcd::NAME, "client_port");
     s.sudo_ok("clearing stale Patroni keys", &super::tls::etcdctl(port, &format!("del --prefix {}", sh_quote(&key)))).await?;
     Ok(())
 }
@@ -222,7 +228,7 @@ async fn clear_dcs(run: &RoleRun<'_>) -> Result<()> {
 /// streaming from it (checked in pg_stat_replication on the leader).
 pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     let port = rest_port(run.plan);
-    let names: Vec<String> = run.plan.hosts_with_role("patroni").map(|h| h.name.clone()).collect();
+    let names: Vec<String> = run.plan.hosts_with_role(NAME).map(|h| h.name.clone()).collect();
     let probe = run.hosts.first().ok_or_else(|| anyhow!("no patroni host"))?;
     wait_for("Patroni: one leader, the others streaming", Duration::from_secs(240), || async {
         let members = cluster(run.session(&probe.name)?, port).await?;
@@ -295,7 +301,7 @@ async fn sync_parameters(run: &RoleRun<'_>) -> Result<bool> {
     // Patroni applies a DCS change in its own loop, a moment later, on every
     // member: wait until each has rewritten its config and PostgreSQL has
     // loaded it, so the apply ends with the change in effect.
-    let loop_wait = plan.setting("patroni", "loop_wait").and_then(Value::as_u64).unwrap_or(10);
+    let loop_wait = plan.int_setting(NAME, "loop_wait");
     for h in &run.hosts {
         let s = run.session(&h.name)?;
         let since = patched_at[&h.name];
@@ -471,16 +477,83 @@ async fn restart_member(run: &RoleRun<'_>, name: &str) -> Result<()> {
 /// The patroni role, as the registry lists it.
 pub struct Patroni;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "patroni";
+
+/// The systemd unit the role runs (what the reshape and restore stop and start).
+pub const SERVICE: &str = "patroni";
+
+/// The settings under `services: patroni:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("scope", SettingType::Str, |p| json!(p), "cluster name in the DCS"),
+    Setting::new("postgres_version", SettingType::Int { min: 12, max: 17 }, |_| json!(15), "PostgreSQL major version"),
+    Setting::new("synchronous_mode", SettingType::Bool, |_| json!(false), "synchronous replication"),
+    Setting::new("rto", SettingType::Str, |_| json!(crate::plan::rto::DEFAULT), "failover preset: fast | normal | safe (sets ttl, loop_wait, retry_timeout and HAProxy's checks)"),
+    Setting::new("ttl", SettingType::Int { min: 10, max: 3600 }, |_| json!(30), "leader key TTL, s"),
+    Setting::new("loop_wait", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
+    Setting::new("retry_timeout", SettingType::Int { min: 1, max: 3600 }, |_| json!(10), "s"),
+    Setting::new("maximum_lag_on_failover", SettingType::Int { min: 0, max: i64::MAX }, |_| json!(1048576), "bytes"),
+    Setting::new("port", PORT, |_| json!(5432), "PostgreSQL port"),
+    Setting::new("rest_port", PORT, |_| json!(8008), "Patroni REST port"),
+    Setting::new("parameters", SettingType::Map, |_| json!({}), "PostgreSQL parameters"),
+    Setting::new("databases", SettingType::List, |_| json!([]), "databases to create (owned by an app user)"),
+];
+
+/// The secrets the role needs (generated once, kept in the state).
+const SECRETS: &[&str] = &["postgres_superuser_password", "replication_password", "rewind_password", "patroni_rest_password"];
+
 #[async_trait::async_trait]
 impl super::role::Role for Patroni {
     fn name(&self) -> &'static str {
-        "patroni"
+        NAME
     }
+
+    fn check(&self, at: &PlanCheck<'_>, d: &mut Diags) {
+        if !at.with(NAME).is_empty() && at.with(super::etcd::NAME).is_empty() {
+            d.error(at.role_pos(NAME), "patroni keeps its leader lock in etcd — add hosts with the role `etcd` (3 of them)");
+        }
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        let pg = at.ips(NAME);
+        if !pg.is_empty() {
+            o.insert("patroni_rest".into(), json!(pg.iter().map(|ip| format!("{}://{ip}:{}/", super::tls::scheme(at.plan), at.setting(NAME, "rest_port"))).collect::<Vec<_>>()));
+            o.insert("postgres_superuser".into(), json!("postgres"));
+            o.insert("postgres_superuser_password".into(), at.secret("postgres_superuser_password"));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("postgres_port", "port"), ("patroni_rest_port", "rest_port"), ("patroni_scope", "scope")]
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        // HAProxy relays every client session and health-checks Patroni's REST API.
+        net.tcp(super::haproxy::NAME, NAME, "port", Service::Postgres);
+        net.tcp(super::haproxy::NAME, NAME, "rest_port", Service::PatroniRest);
+        // Members: replication, pg_rewind (an SQL session), and each other's REST API in a leader race.
+        net.tcp(NAME, NAME, "port", Service::Replication);
+        net.tcp(NAME, NAME, "port", Service::Postgres);
+        net.tcp(NAME, NAME, "rest_port", Service::PatroniRest);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "port"), (NAME, "rest_port")]
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
+    fn secrets(&self) -> &'static [&'static str] {
+        SECRETS
+    }
+
     fn needs(&self) -> &'static [&'static str] {
-        &["etcd"]
+        &[super::etcd::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
-        &["patroni"]
+        &[SERVICE]
     }
     fn desired(&self, at: &super::role::HostInput<'_>) -> anyhow::Result<crate::hosts::ops::HostDesired> {
         use anyhow::Context;

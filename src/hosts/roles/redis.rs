@@ -11,12 +11,18 @@ use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use serde_json::json;
+use crate::plan::model::Plan;
+use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 pub fn desired(r: &Renderer, ctx: &Value) -> Result<HostDesired> {
     Ok(HostDesired {
         packages: vec!["redis-server".into()],
-        files: vec![file("redis", "/etc/redis/redis.conf", r.render("redis.conf.j2", ctx)?, 0o640, "redis", "redis", None, &["redis-server"])],
-        services: vec![service("redis", "redis-server", OnChange::Restart)],
+        files: vec![file(NAME, "/etc/redis/redis.conf", r.render("redis.conf.j2", ctx)?, 0o640, "redis", "redis", None, &["redis-server"])],
+        services: vec![service(NAME, "redis-server", OnChange::Restart)],
         ..Default::default()
     })
 }
@@ -37,7 +43,7 @@ fn ping_ask(port: u64, password: &str) -> crate::hosts::remote::ahead::Ask {
 }
 
 fn port(plan: &crate::plan::model::Plan) -> u64 {
-    plan.setting("redis", "port").and_then(Value::as_u64).unwrap_or(6379)
+    plan.int_setting(NAME, "port")
 }
 
 pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
@@ -60,11 +66,51 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 /// The redis role, as the registry lists it.
 pub struct Redis;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "redis";
+
+/// The settings under `services: redis:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("port", PORT, |_| json!(6379), "Redis port"),
+    Setting::new("maxmemory", SettingType::Str, |_| json!("256mb"), "Redis maxmemory"),
+];
+
+/// The secrets the role needs (generated once, kept in the state).
+const SECRETS: &[&str] = &["redis_password"];
+
 #[async_trait::async_trait]
 impl super::role::Role for Redis {
     fn name(&self) -> &'static str {
-        "redis"
+        NAME
     }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        if let Some(r) = at.ips(NAME).first() {
+            o.insert("redis".into(), json!(format!("redis://{r}:{}/0", at.setting(NAME, "port"))));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("redis_port", "port")]
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.tcp(super::app::NAME, NAME, "port", Service::Redis);
+        net.tcp(super::saleor::NAME, NAME, "port", Service::Redis);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "port")]
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
+    fn secrets(&self) -> &'static [&'static str] {
+        SECRETS
+    }
+
     fn services(&self) -> &'static [&'static str] {
         &["redis-server"]
     }

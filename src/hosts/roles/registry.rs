@@ -106,4 +106,28 @@ mod tests {
         }
         assert!(runnable("no-such-role").is_none());
     }
+
+    #[test]
+    fn every_setting_a_role_reads_by_name_is_declared() {
+        // A plan with every role, so conditional ports (HAProxy's HTTP frontend with Saleor) are listed too.
+        let text = concat!(
+            "version: 1\nproject: t\nprovider: { kind: local }\nnetwork: { name: main, subnets: [{ name: a, cidr: 10.20.0.0/24 }] }\nhosts:\n",
+            "  - { name: pg, count: 3, roles: [etcd, patroni] }\n  - { name: lb, count: 2, roles: [haproxy, keepalived] }\n",
+            "  - { name: web, roles: [app, nginx, redis] }\n  - { name: shop, roles: [saleor, storefront] }\n  - { name: repo, roles: [backup] }\n",
+            "services:\n  keepalived: { vip: 10.20.0.200 }\n",
+        );
+        let plan = crate::plan::load_str(std::path::Path::new("p.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
+        let declared = |role: &str, key: &str| get(role).is_some_and(|r| r.settings().iter().any(|s| s.key == key));
+        for r in ROLES {
+            for (owner, key) in r.listens(&plan) {
+                assert!(declared(owner, key), "{} listens on services.{owner}.{key}, which {owner} does not declare", r.name());
+                assert!(plan.int_setting(owner, key) > 0);
+            }
+            for (var, key) in r.inventory_vars() {
+                assert!(declared(r.name(), key), "inventory variable {var} carries services.{}.{key}, which is not declared", r.name());
+            }
+        }
+        let ports: usize = plan.hosts.iter().map(|h| crate::flows::listeners(&plan, h).len()).sum();
+        assert!(ports > plan.hosts.len(), "the roles listen somewhere");
+    }
 }

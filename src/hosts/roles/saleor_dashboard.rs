@@ -20,6 +20,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use super::saleor;
 
 pub const NGINX_CONF: &str = "/etc/saleor/dashboard-nginx.conf";
 pub const HOST_DIR: &str = "/opt/saleor/dashboard";
@@ -44,12 +45,12 @@ impl Dashboard {
 
 /// `services.saleor.dashboard_source` (a tarball of saleor-dashboard), or `None`.
 pub fn dashboard(plan: &Plan, api_url: &str) -> Result<Option<Dashboard>> {
-    let Some(given) = plan.setting("saleor", "dashboard_source").and_then(Value::as_str) else { return Ok(None) };
+    let Some(given) = plan.setting(saleor::NAME, "dashboard_source").and_then(Value::as_str) else { return Ok(None) };
     let source = resolve_path(&plan.dir, given);
     if !source.is_file() {
         bail!("services.saleor.dashboard_source: {} is not a file — point it at the saleor-dashboard source tarball (.tar.gz), relative to the plan file", source.display());
     }
-    let node_version = plan.setting("saleor", "node_version").and_then(Value::as_str).unwrap_or(super::node_toolchain::DEFAULT_NODE_VERSION).to_string();
+    let node_version = plan.str_setting(saleor::NAME, "node_version");
     let mut h = Sha256::new();
     h.update(super::saleor_source::file_hash(&source)?.as_bytes());
     h.update(api_url.as_bytes());
@@ -132,7 +133,7 @@ pub async fn push(s: &HostSession, d: &Dashboard, built: &PathBuf, events: &Even
 
 /// The index through the load balancer's dashboard port names the API URL.
 pub async fn gate(run: &RoleRun<'_>, s: &HostSession, d: &Dashboard) -> Result<()> {
-    let port = run.plan.setting("saleor", "dashboard_port").and_then(Value::as_u64).unwrap_or(9000);
+    let port = run.plan.int_setting(saleor::NAME, "dashboard_port");
     let Some(lb) = super::endpoints::lb_address(run.plan) else { return Ok(()) };
     let url = format!("http://{lb}:{port}/");
     wait_for(&format!("the dashboard's index through HAProxy at {url} names {}", d.api_url), Duration::from_secs(60), || async {

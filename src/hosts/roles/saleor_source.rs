@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use super::{haproxy, saleor};
 
 pub const HOME: &str = "/opt/saleor";
 /// The wheel store on each host, shared by its releases.
@@ -58,12 +59,12 @@ impl Source {
 
 /// `services.saleor.source`, resolved and hashed; `None` in image mode.
 pub fn source(plan: &Plan) -> Result<Option<Source>> {
-    let Some(given) = plan.setting("saleor", "source").and_then(Value::as_str) else { return Ok(None) };
+    let Some(given) = plan.setting(saleor::NAME, "source").and_then(Value::as_str) else { return Ok(None) };
     let path = resolve_path(&plan.dir, given);
     if !path.exists() {
         bail!("services.saleor.source: {} does not exist — point it at Saleor's source (a .tar.gz or a folder), relative to the plan file", path.display());
     }
-    let requirements = match plan.setting("saleor", "requirements").and_then(Value::as_str) {
+    let requirements = match plan.setting(saleor::NAME, "requirements").and_then(Value::as_str) {
         Some(r) => resolve_path(&plan.dir, r),
         None => default_requirements(&path),
     };
@@ -468,7 +469,7 @@ pub async fn worker_gate(s: &HostSession, src: &Source) -> Result<()> {
 async fn lb_server_state(run: &RoleRun<'_>, server: &str, state: &str) -> Result<()> {
     let command = format!("set server saleor_api/{server} state {state}");
     let py = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock'); s.sendall(sys.argv[1].encode() + b'\\n'); print(s.recv(4096).decode().strip())";
-    for lb in run.plan.hosts_with_role("haproxy") {
+    for lb in run.plan.hosts_with_role(haproxy::NAME) {
         let out = run.session(&lb.name)?.sudo(&format!("python3 -c {} {}", sh_quote(py), sh_quote(&command)), None).await?;
         if !out.ok() || !out.stdout.trim().is_empty() {
             bail!("{}: HAProxy refused `{command}`: {}{}", lb.name, out.stdout.trim(), out.stderr.trim());
@@ -479,9 +480,9 @@ async fn lb_server_state(run: &RoleRun<'_>, server: &str, state: &str) -> Result
 
 /// The HAProxy backend `saleor_api` reports `server` UP on every HAProxy host.
 async fn lb_sees(run: &RoleRun<'_>, server: &str) -> Result<()> {
-    let port = run.plan.setting("haproxy", "stats_port").and_then(Value::as_u64).unwrap_or(8404);
+    let port = run.plan.int_setting(haproxy::NAME, "stats_port");
     let password = run.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
-    for lb in run.plan.hosts_with_role("haproxy") {
+    for lb in run.plan.hosts_with_role(haproxy::NAME) {
         let s = run.session(&lb.name)?;
         wait_for(&format!("{}: HAProxy takes {server} back into saleor_api", lb.name), Duration::from_secs(60), || async {
             let list = super::haproxy::servers(s, port, &password).await?;
@@ -497,13 +498,13 @@ async fn lb_sees(run: &RoleRun<'_>, server: &str) -> Result<()> {
 }
 
 fn api_port(plan: &Plan) -> u64 {
-    plan.setting("saleor", "api_port").and_then(Value::as_u64).unwrap_or(8000)
+    plan.int_setting(saleor::NAME, "api_port")
 }
 
 /// The source-mode bring-up: database, wheelhouse, releases, migrate, rolling restarts, gates.
 pub async fn converge(run: &RoleRun<'_>, src: &Source) -> Result<()> {
     let plan = run.plan;
-    let db = plan.setting("saleor", "database").and_then(Value::as_str).unwrap_or("saleor").to_string();
+    let db = plan.str_setting(saleor::NAME, "database");
     database::ensure(run, &db, &db, run.secrets.get("saleor_db_password").map(String::as_str).unwrap_or_default()).await?;
     let first: &Host = run.hosts.first().ok_or_else(|| anyhow!("no saleor host"))?;
     // Is the release on every host already? Then no wheelhouse is needed at all.
@@ -582,7 +583,7 @@ pub async fn gate(run: &RoleRun<'_>, src: &Source) -> Result<()> {
     run.each(|_, s| async move { api_gate(s, port, Duration::from_secs(120)).await }).await?;
     let first = run.session(&run.hosts.first().ok_or_else(|| anyhow!("no saleor host"))?.name)?;
     if let Some(lb) = super::endpoints::lb_address(run.plan) {
-        let http = run.plan.setting("haproxy", "http_port").and_then(Value::as_u64).unwrap_or(80);
+        let http = run.plan.int_setting(haproxy::NAME, "http_port");
         let url = format!("http://{lb}:{http}/graphql/");
         wait_for(&format!("Saleor answers POST {{ shop {{ name }} }} through HAProxy at {url}"), Duration::from_secs(60), || async {
             let out = first.sudo(&post_shop(&url), None).await?;

@@ -17,20 +17,24 @@ use super::{file, saleor, service, source_dir, storefront_source};
 use crate::hosts::ops::{HostDesired, OnChange};
 use crate::hosts::run::{indent, wait_for, RoleRun};
 use crate::plan::load::resolve_path;
-use crate::plan::model::{Plan, ProviderConfig};
+use crate::plan::model::Plan;
 use crate::render::Renderer;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 use std::time::Duration;
+use crate::plan::services::{Setting, SettingType, PORT};
+use crate::flows::{FlowSink, Service};
+use super::role::Outputs;
+use serde_json::Map;
 
 const ENV: &str = "/etc/storefront/storefront.env";
 
 fn port(plan: &Plan) -> u64 {
-    plan.setting("storefront", "port").and_then(Value::as_u64).unwrap_or(3000)
+    plan.int_setting(NAME, "port")
 }
 
 fn builds_here(plan: &Plan) -> bool {
-    !matches!(plan.provider, ProviderConfig::Local(_))
+    crate::cloud::providers::rules::rules_of(&plan.provider).machines_reach_registries()
 }
 
 pub fn context(plan: &Plan) -> Result<Value> {
@@ -53,7 +57,7 @@ fn hairpin(plan: &Plan) -> Option<Value> {
     if private == address.to_string() {
         return None;
     }
-    let lb_port = plan.setting("haproxy", "http_port").and_then(Value::as_u64).unwrap_or(80);
+    let lb_port = plan.int_setting(super::haproxy::NAME, "http_port");
     Some(json!({ "public": address.to_string(), "port": port, "private": private, "lb_port": if port == 80 { lb_port } else { port as u64 } }))
 }
 
@@ -65,27 +69,27 @@ fn hairpin_desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired
     let mut ctx = ctx.clone();
     ctx["hairpin"] = h;
     let files = vec![
-        file("storefront", "/etc/rigger/storefront-hairpin.nft", r.render("storefront-hairpin.nft.j2", &ctx)?, 0o644, "root", "root", Some(("nft -c", "nft -c -f {}")), &[HAIRPIN_UNIT]),
-        file("storefront", &format!("/etc/systemd/system/{HAIRPIN_UNIT}.service"), r.render("storefront-hairpin.service.j2", &ctx)?, 0o644, "root", "root", None, &[HAIRPIN_UNIT]),
+        file(NAME, "/etc/rigger/storefront-hairpin.nft", r.render("storefront-hairpin.nft.j2", &ctx)?, 0o644, "root", "root", Some(("nft -c", "nft -c -f {}")), &[HAIRPIN_UNIT]),
+        file(NAME, &format!("/etc/systemd/system/{HAIRPIN_UNIT}.service"), r.render("storefront-hairpin.service.j2", &ctx)?, 0o644, "root", "root", None, &[HAIRPIN_UNIT]),
     ];
-    Ok(HostDesired { packages: vec!["nftables".into()], files, services: vec![service("storefront", HAIRPIN_UNIT, OnChange::Restart)], ..Default::default() })
+    Ok(HostDesired { packages: vec!["nftables".into()], files, services: vec![service(NAME, HAIRPIN_UNIT, OnChange::Restart)], ..Default::default() })
 }
 
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let mut ctx = ctx.clone();
     ctx["storefront"] = context(plan)?;
-    let mut d = HostDesired { services: vec![service("storefront", "storefront", OnChange::Restart)], ..Default::default() };
+    let mut d = HostDesired { services: vec![service(NAME, "storefront", OnChange::Restart)], ..Default::default() };
     if let Some(b) = storefront_source::build_of(plan)? {
         ctx["build"] = json!({ "dir": b.dir(), "node": b.node(), "build": b.build });
-        d.files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
-        d.files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront-source.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        d.files.push(file(NAME, ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        d.files.push(file(NAME, "/etc/systemd/system/storefront.service", r.render("storefront-source.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
     } else {
-        let path = plan.setting("storefront", "path").and_then(Value::as_str).unwrap_or("storefront");
-        d.files = source_dir::files("storefront", &resolve_path(&plan.dir, path), "/opt/storefront/src", &["storefront"])?;
-        d.files.push(file("storefront", ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
-        d.files.push(file("storefront", "/etc/systemd/system/storefront.service", r.render("storefront.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        let path = plan.str_setting(NAME, "path");
+        d.files = source_dir::files(NAME, &resolve_path(&plan.dir, &path), "/opt/storefront/src", &["storefront"])?;
+        d.files.push(file(NAME, ENV, r.render("storefront.env.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
+        d.files.push(file(NAME, "/etc/systemd/system/storefront.service", r.render("storefront.service.j2", &ctx)?, 0o644, "root", "root", None, &["storefront"]));
         if builds_here(plan) {
-            d.packages = plan.setting("storefront", "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            d.packages = plan.setting(NAME, "packages").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
         }
     }
     // The hairpin, in either mode: its unit starts before the Storefront's.
@@ -108,7 +112,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
             run.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
-    let build = plan.setting("storefront", "build_command").and_then(Value::as_str).unwrap_or("corepack pnpm install --frozen-lockfile && corepack pnpm build").to_string();
+    let build = plan.str_setting(NAME, "build_command");
     for h in &run.hosts {
         let s = run.session(&h.name)?;
         let ch = run.changes_of(&h.name);
@@ -140,13 +144,49 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
 /// The storefront role, as the registry lists it.
 pub struct Storefront;
 
+/// The plan's `roles:` value.
+pub const NAME: &str = "storefront";
+
+/// The settings under `services: storefront:` — each default is written here only.
+static SETTINGS: &[Setting] = &[
+    Setting::new("path", SettingType::Str, |_| json!("storefront"), "local directory with the Next.js storefront"),
+    Setting::new("port", PORT, |_| json!(3000), "port"),
+    Setting::new("packages", SettingType::List, |_| json!(["nodejs", "npm"]), "distro packages for Node.js (the Storefront wants Node >= 20)"),
+    Setting::new("build_command", SettingType::Str, |_| json!("corepack pnpm install --frozen-lockfile && corepack pnpm build"), "run in the build folder as the storefront user, with the env file loaded"),
+    Setting::optional("source", SettingType::Str, "source mode: the Storefront's source (a .tar.gz or a folder), built on the control host (pnpm install + next build, standalone) after the Saleor API answers, and run on the hosts with a Node runtime rigger ships (instead of `path`)"),
+    Setting::new("node_version", SettingType::Str, |_| json!(super::node_toolchain::DEFAULT_NODE_VERSION), "source mode: the Node release rigger downloads (npm registry) to build the Storefront and ships to its hosts"),
+];
+
 #[async_trait::async_trait]
 impl super::role::Role for Storefront {
     fn name(&self) -> &'static str {
-        "storefront"
+        NAME
     }
+
+    fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {
+        if let Some(s) = at.ips(NAME).first() {
+            o.insert("storefront".into(), json!(format!("http://{s}:{}/", at.setting(NAME, "port"))));
+        }
+    }
+
+    fn inventory_vars(&self) -> &'static [(&'static str, &'static str)] {
+        &[("storefront_port", "port")]
+    }
+
+    fn flows(&self, net: &mut FlowSink<'_>) {
+        net.tcp(super::haproxy::NAME, NAME, "port", Service::Storefront);
+    }
+
+    fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
+        vec![(NAME, "port")]
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+
     fn needs(&self) -> &'static [&'static str] {
-        &["saleor"]
+        &[super::saleor::NAME]
     }
     fn services(&self) -> &'static [&'static str] {
         &["storefront"]

@@ -31,6 +31,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use super::{haproxy, saleor, storefront};
 
 pub const HOME: &str = "/opt/storefront";
 /// The channel the Storefront's code redirects to and pre-renders.
@@ -68,7 +69,7 @@ impl Build {
 
 /// `services.storefront.source`, resolved and hashed; `None` in the host-build mode.
 pub fn build_of(plan: &Plan) -> Result<Option<Build>> {
-    let Some(given) = plan.setting("storefront", "source").and_then(Value::as_str) else { return Ok(None) };
+    let Some(given) = plan.setting(storefront::NAME, "source").and_then(Value::as_str) else { return Ok(None) };
     let source = resolve_path(&plan.dir, given);
     if !source.exists() {
         bail!("services.storefront.source: {} does not exist — point it at the Storefront's source (a .tar.gz or a folder), relative to the plan file", source.display());
@@ -76,7 +77,7 @@ pub fn build_of(plan: &Plan) -> Result<Option<Build>> {
     let ctx = super::storefront::context(plan)?;
     let api_url = ctx["api_url"].as_str().unwrap_or_default().to_string();
     let public_url = ctx["public_url"].as_str().unwrap_or_default().to_string();
-    let node_version = plan.setting("storefront", "node_version").and_then(Value::as_str).unwrap_or(node_toolchain::DEFAULT_NODE_VERSION).to_string();
+    let node_version = plan.str_setting(storefront::NAME, "node_version");
     let mut h = Sha256::new();
     for part in [saleor_source::file_hash(&source)?.as_str(), &api_url, &public_url, &node_version, FONT_PACKAGE.0, FONT_PACKAGE.1, CHANNEL] {
         h.update(part.as_bytes());
@@ -234,7 +235,7 @@ pub async fn push(s: &HostSession, b: &Build, built: &Path, node: &Toolchain, ev
 /// The Storefront's channel exists in Saleor (created on the first Saleor host if not).
 async fn ensure_channel(run: &RoleRun<'_>) -> Result<()> {
     let Some(src) = saleor_source::source(run.plan)? else { return Ok(()) };
-    let first = run.plan.hosts_with_role("saleor").next().ok_or_else(|| anyhow!("the storefront needs a saleor host"))?;
+    let first = run.plan.hosts_with_role(saleor::NAME).next().ok_or_else(|| anyhow!("the storefront needs a saleor host"))?;
     let s = run.session(&first.name)?;
     let py = format!(
         "import os, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'saleor.settings'); django.setup(); \
@@ -287,7 +288,7 @@ pub async fn converge(run: &RoleRun<'_>, b: &Build) -> Result<()> {
             push(run.session(&h.name)?, b, &built, &node, run.events).await?;
         }
     }
-    let port = plan.setting("storefront", "port").and_then(Value::as_u64).unwrap_or(3000);
+    let port = plan.int_setting(storefront::NAME, "port");
     // One host at a time, each rendering the listing before the next goes.
     for h in &run.hosts {
         let s = run.session(&h.name)?;
@@ -295,7 +296,7 @@ pub async fn converge(run: &RoleRun<'_>, b: &Build) -> Result<()> {
         page_gate(s, &h.name, &format!("http://127.0.0.1:{port}{}", listing_path()), Duration::from_secs(120)).await.map_err(|e| anyhow!("{e:#} (see `journalctl -u storefront` on {})", h.name))?;
     }
     if let Some(lb) = super::endpoints::lb_address(plan) {
-        let http = plan.setting("haproxy", "http_port").and_then(Value::as_u64).unwrap_or(80);
+        let http = plan.int_setting(haproxy::NAME, "http_port");
         let first = run.session(&run.hosts.first().ok_or_else(|| anyhow!("no storefront host"))?.name)?;
         page_gate(first, "through HAProxy", &format!("http://{lb}:{http}{}", listing_path()), Duration::from_secs(60)).await?;
     }

@@ -9,6 +9,7 @@ use crate::pki::{host_cert_name, host_key_name, CA_CERT};
 use crate::plan::model::{Host, Plan};
 use anyhow::{anyhow, Result};
 use std::collections::BTreeMap;
+use super::{etcd, haproxy, patroni, redis, saleor};
 
 /// The project CA on every host, for clients that verify servers with it.
 pub const CLIENT_CA: &str = "/etc/rigger/ca.crt";
@@ -49,26 +50,26 @@ pub fn files(plan: &Plan, host: &Host, secrets: &BTreeMap<String, String>) -> Re
     let role: &'static str = host.roles.first().and_then(|r| super::registry::get(r)).unwrap_or(super::registry::FIREWALL).name();
     let mut out = vec![file(role, CLIENT_CA, ca.clone(), 0o644, "root", "root", None, &[])];
     let host_pair = || Ok::<_, anyhow::Error>((get(&host_cert_name(&host.name))?, get(&host_key_name(&host.name))?));
-    if host.roles.iter().any(|r| r == "etcd") {
+    if host.roles.iter().any(|r| r == etcd::NAME) {
         // etcd reads its certificate and key on every TLS handshake: a reissued
         // one (a renewal, or an HAProxy host added to a Patroni host's names)
         // needs no restart — which would restart every member at once.
-        out.extend(daemon_files("etcd", ETCD_DIR, "etcd", &ca, host_pair()?, &["etcd"], &[]));
+        out.extend(daemon_files(super::etcd::NAME, ETCD_DIR, "etcd", &ca, host_pair()?, &["etcd"], &[]));
     }
-    if host.roles.iter().any(|r| r == "redis") {
-        out.extend(daemon_files("redis", REDIS_DIR, "redis", &ca, host_pair()?, &["redis-server"], &["redis-server"]));
+    if host.roles.iter().any(|r| r == redis::NAME) {
+        out.extend(daemon_files(super::redis::NAME, REDIS_DIR, "redis", &ca, host_pair()?, &["redis-server"], &["redis-server"]));
     }
-    if host.roles.iter().any(|r| r == "saleor") {
+    if host.roles.iter().any(|r| r == saleor::NAME) {
         // Saleor's cache client (Django's) takes no CA from its URL: it trusts
         // the project CA through SSL_CERT_DIR (its units `openssl rehash` it).
-        out.push(file("saleor", &format!("{TRUST_DIR}/rigger-ca.pem"), ca.clone(), 0o644, "root", "root", None, &[]));
+        out.push(file(super::saleor::NAME, &format!("{TRUST_DIR}/rigger-ca.pem"), ca.clone(), 0o644, "root", "root", None, &[]));
     }
-    if host.roles.iter().any(|r| r == "haproxy") {
+    if host.roles.iter().any(|r| r == haproxy::NAME) {
         // HAProxy's checks verify Patroni's REST certificates with it (check-ssl).
-        out.push(file("haproxy", HAPROXY_CA, ca.clone(), 0o644, "root", "root", None, &["haproxy"]));
+        out.push(file(super::haproxy::NAME, HAPROXY_CA, ca.clone(), 0o644, "root", "root", None, &["haproxy"]));
     }
-    if host.roles.iter().any(|r| r == "patroni") {
-        out.extend(daemon_files("patroni", PG_DIR, "postgres", &ca, host_pair()?, &["patroni"], &["patroni"]));
+    if host.roles.iter().any(|r| r == patroni::NAME) {
+        out.extend(daemon_files(super::patroni::NAME, PG_DIR, "postgres", &ca, host_pair()?, &["patroni"], &["patroni"]));
     }
     Ok(out)
 }

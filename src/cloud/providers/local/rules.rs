@@ -44,6 +44,12 @@ impl PlanRules for LocalRules {
     fn ssh_from_subnet_gateway(&self) -> bool {
         true
     }
+
+    /// The machines are containers off a debootstrap image with the distro
+    /// mirror only: no Docker Engine, no Node.js 20, no npm registry.
+    fn machines_reach_registries(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
