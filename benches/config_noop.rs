@@ -164,7 +164,7 @@ fn write_manifest(plan: &Path, work: &Path) -> Result<Manifest> {
     let mut hosts = serde_json::Map::new();
     let (mut nfiles, mut nservices) = (0, 0);
     for h in &project.plan.hosts {
-        let d = rigger::roles::desired(&project.plan, h, &state.secrets, &renderer)?;
+        let d = rigger::hosts::roles::desired(&project.plan, h, &state.secrets, &renderer)?;
         if d.files.is_empty() && d.services.is_empty() {
             continue;
         }
@@ -186,7 +186,7 @@ fn write_manifest(plan: &Path, work: &Path) -> Result<Manifest> {
         let notify: Vec<Value> = notify
             .into_iter()
             .map(|(service, files)| {
-                let reload = d.services.iter().any(|s| s.name == service && s.on_change == rigger::config::ops::OnChange::Reload);
+                let reload = d.services.iter().any(|s| s.name == service && s.on_change == rigger::hosts::ops::OnChange::Reload);
                 json!({ "service": service, "on_change": if reload { "reloaded" } else { "restarted" }, "files": files })
             })
             .collect();
@@ -250,7 +250,7 @@ fn rigger_steps(stderr: &str) -> (f64, f64) {
 fn rigger_noop(stack: &Stack, persist: bool) -> Result<(f64, String)> {
     let mut cmd = stack.rigger(&["apply", &stack.plan_arg(), "--auto-approve"]);
     if persist {
-        cmd.env(rigger::remote::persist::ENV, "60");
+        cmd.env(rigger::hosts::remote::persist::ENV, "60");
     }
     let (out, secs) = timed(&mut cmd)?;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));

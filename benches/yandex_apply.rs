@@ -17,7 +17,7 @@
 //! RIGGER_BENCH_ONLY=reference|250 to run one of the two.
 
 use rigger::plan::model::ProviderConfig;
-use rigger::resource::Address;
+use rigger::cloud::resource::Address;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -54,7 +54,7 @@ fn requests(endpoint: &str) -> u64 {
 fn critical_path_length(plan_path: &Path) -> anyhow::Result<usize> {
     let plan = rigger::plan::load::load(plan_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ProviderConfig::Yandex(cfg) = &plan.provider else { anyhow::bail!("not a Yandex plan") };
-    let specs = rigger::providers::yandex::resources::specs(&plan, cfg)?;
+    let specs = rigger::cloud::providers::yandex::resources::specs(&plan, cfg)?;
     let deps: BTreeMap<&Address, &Vec<Address>> = specs.iter().map(|s| (&s.address, &s.depends_on)).collect();
     fn depth<'a>(a: &'a Address, deps: &BTreeMap<&'a Address, &'a Vec<Address>>, memo: &mut BTreeMap<&'a Address, usize>) -> usize {
         if let Some(d) = memo.get(a) {
@@ -109,7 +109,7 @@ const QUOTAS_250: &[&str] = &[
 fn resource_count(plan_path: &Path) -> anyhow::Result<usize> {
     let plan = rigger::plan::load::load(plan_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ProviderConfig::Yandex(cfg) = &plan.provider else { anyhow::bail!("not a Yandex plan") };
-    Ok(rigger::providers::yandex::resources::specs(&plan, cfg)?.len())
+    Ok(rigger::cloud::providers::yandex::resources::specs(&plan, cfg)?.len())
 }
 
 fn main() -> anyhow::Result<()> {

@@ -6,15 +6,15 @@
 //! backends UP, Patroni's /cluster) says nothing about pg_hba or a firewall on
 //! the way; this does. Used by the haproxy/keepalived/nginx gates and `status`.
 
-use crate::config::run::wait_for;
+use crate::hosts::run::wait_for;
 use crate::plan::model::{Host, Plan};
-use crate::remote::session::{sh_quote, HostSession};
+use crate::hosts::remote::session::{sh_quote, HostSession};
 use anyhow::{anyhow, Result};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use crate::roles::{app, haproxy, keepalived, nginx, patroni};
+use crate::hosts::roles::{app, haproxy, keepalived, nginx, patroni};
 
 /// One way in: `addr:port`, expected to reach the primary (write) or a replica (read).
 #[derive(Debug, Clone, Serialize)]
@@ -64,7 +64,7 @@ fn is_refusal(message: &str) -> bool {
 /// One login through `path`, psql running on `client` (its own 8 s bound).
 /// `Ok(Err(why))`: the path does not work, with the server's own message.
 /// The login through `path` as a command (the password on stdin).
-pub fn probe_ask(path: &PgPath, password: &str) -> crate::remote::ahead::Ask {
+pub fn probe_ask(path: &PgPath, password: &str) -> crate::hosts::remote::ahead::Ask {
     let conninfo = format!("host={} port={} user=postgres dbname=postgres connect_timeout=4", path.addr, path.port);
     let script = format!(
         "command -v psql >/dev/null || {{ echo 'psql is not installed on this host (package postgresql-client)'; exit 3; }}\n\
@@ -72,7 +72,7 @@ pub fn probe_ask(path: &PgPath, password: &str) -> crate::remote::ahead::Ask {
          timeout 8 psql {} -XAtc 'select pg_is_in_recovery()' 2>&1",
         sh_quote(&conninfo)
     );
-    crate::remote::ahead::Ask::sudo(script, Some(format!("{password}\n").as_bytes()))
+    crate::hosts::remote::ahead::Ask::sudo(script, Some(format!("{password}\n").as_bytes()))
 }
 
 pub async fn probe(client: &HostSession, path: &PgPath, password: &str) -> Result<Result<(), String>> {
@@ -141,8 +141,8 @@ pub async fn nginx_upstreams(session: &HostSession, nginx_port: u64, rounds: usi
 /// `nginx_upstreams`' requests as one command: all at once (one after another
 /// they cost a request's latency each; least_conn spreads concurrent ones
 /// no worse), each answer printed as one line.
-pub fn nginx_upstreams_ask(nginx_port: u64, rounds: usize) -> crate::remote::ahead::Ask {
-    crate::remote::ahead::Ask::sudo(
+pub fn nginx_upstreams_ask(nginx_port: u64, rounds: usize) -> crate::hosts::remote::ahead::Ask {
+    crate::hosts::remote::ahead::Ask::sudo(
         format!(
             "for i in $(seq 1 {rounds}); do ( r=$(curl -s -m 5 -o /dev/null -w '%{{http_code}} %header{{x-upstream}}' http://127.0.0.1:{nginx_port}/health); echo \"$r\" ) & done; wait"
         ),
@@ -152,14 +152,14 @@ pub fn nginx_upstreams_ask(nginx_port: u64, rounds: usize) -> crate::remote::ahe
 
 /// The nginx gate's commands on `session`'s host, asked ahead: /health, then
 /// which apps answer through it.
-pub fn nginx_gate_asks(plan: &Plan) -> Vec<crate::remote::ahead::Ask> {
+pub fn nginx_gate_asks(plan: &Plan) -> Vec<crate::hosts::remote::ahead::Ask> {
     let port = plan.int_setting(nginx::NAME, "port");
     vec![nginx_health_ask(port), nginx_upstreams_ask(port, app_upstreams(plan).len() * 3)]
 }
 
 /// /health through nginx answers 200 (its status code on stdout).
-pub fn nginx_health_ask(port: u64) -> crate::remote::ahead::Ask {
-    crate::remote::ahead::Ask::sudo(format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None)
+pub fn nginx_health_ask(port: u64) -> crate::hosts::remote::ahead::Ask {
+    crate::hosts::remote::ahead::Ask::sudo(format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/health"), None)
 }
 
 /// `ip:port` of every app server, as nginx names them.

@@ -8,7 +8,7 @@
 //! questions the renderers and the firewall check ask.
 
 use crate::plan::model::{Direction, FirewallGroup, Host, Peer, Plan, Protocol};
-use crate::roles::registry;
+use crate::hosts::roles::registry;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

@@ -44,13 +44,13 @@ fn abs(p: &std::path::Path) -> PathBuf {
 /// Ports and facts worth having per role, from the plan's service settings
 /// (`Role::inventory_vars` names them).
 fn role_vars(plan: &Plan, role: &str) -> Vec<(String, Value)> {
-    let vars = crate::roles::registry::get(role).map_or(&[][..], |r| r.inventory_vars());
+    let vars = crate::hosts::roles::registry::get(role).map_or(&[][..], |r| r.inventory_vars());
     vars.iter().map(|(var, key)| (var.to_string(), plan.setting(role, key).cloned().unwrap_or(Value::Null))).collect()
 }
 
 pub fn build(project: &Project, state: &State) -> Inventory {
     let plan = &project.plan;
-    let targets = crate::remote::targets(project, state);
+    let targets = crate::hosts::remote::targets(project, state);
     let mut hosts = Vec::new();
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Plan order, then anything the state has that the plan no longer names.
@@ -214,7 +214,7 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{Address, Kind, LiveResource};
+    use crate::cloud::resource::{Address, Kind, LiveResource};
     use crate::state::State;
 
     fn project_with(bastion: bool) -> Project {

@@ -11,7 +11,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::{Duration, OffsetDateTime};
-use crate::roles::{haproxy, keepalived, patroni};
+use crate::hosts::roles::{haproxy, keepalived, patroni};
 
 pub const CA_KEY: &str = "tls_ca_key";
 /// Kept with the secrets too, so templates (which see the secrets) can write it.

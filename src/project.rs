@@ -2,7 +2,7 @@
 //! its SSH key pair, and the provider that builds it.
 
 use crate::plan::model::{Plan, ProviderConfig};
-use crate::providers::{self, Provider};
+use crate::cloud::providers::{self, Provider};
 use crate::state;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -86,7 +86,7 @@ impl Project {
 
     /// The local provider needs a few host tools; on a Debian host where rigger
     /// runs as root, install the missing ones (the README's one command does it all).
-    pub fn ensure_host_tools(&self, events: &crate::events::Events) -> Result<()> {
+    pub fn ensure_host_tools(&self, events: &rigger_events::Events) -> Result<()> {
         if !matches!(self.plan.provider, ProviderConfig::Local(_)) {
             return Ok(());
         }
@@ -122,7 +122,7 @@ impl Project {
 /// counted against root's limit (128 by default): a dozen machines exhaust it
 /// and the next one dies at boot with "Too many open files". Raise it (as LXD
 /// and Incus advise for hosts of many containers).
-fn raise_inotify_limit(events: &crate::events::Events) {
+fn raise_inotify_limit(events: &rigger_events::Events) {
     const PATH: &str = "/proc/sys/fs/inotify/max_user_instances";
     const WANTED: u64 = 1024;
     let now = std::fs::read_to_string(PATH).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(WANTED);

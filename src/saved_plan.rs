@@ -1,10 +1,10 @@
 //! `rigger plan --out FILE`: a plan saved for a later `apply FILE`, which
 //! refuses it if the plan file, the state or the hosts changed since.
 
-use crate::config::phase::ConfigPlan;
-use crate::config::summary::{self, HostPlanSummary};
-use crate::diff::{Action, Change};
-use crate::resource::Kind;
+use crate::hosts::phase::ConfigPlan;
+use crate::hosts::summary::{self, HostPlanSummary};
+use crate::cloud::diff::{Action, Change};
+use crate::cloud::resource::Kind;
 use crate::state::write_atomic;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -128,7 +128,7 @@ impl SavedPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::Address;
+    use crate::cloud::resource::Address;
     use std::time::Instant;
 
     fn cp(not_built: Vec<String>) -> ConfigPlan {

@@ -4,7 +4,7 @@
 //! Written atomically (temp file in the same folder, fsync, rename, fsync the
 //! folder) after every resource change, mode 0600 because it holds secrets.
 
-use crate::resource::{Address, LiveResource};
+use crate::cloud::resource::{Address, LiveResource};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -52,7 +52,7 @@ impl State {
     }
 
     pub fn machines(&self) -> impl Iterator<Item = &LiveResource> {
-        self.resources.values().filter(|r| r.address.kind == crate::resource::Kind::Machine)
+        self.resources.values().filter(|r| r.address.kind == crate::cloud::resource::Kind::Machine)
     }
 
     /// The secret `name`: from env `RIGGER_SECRET_<NAME>` if set, else the one kept

@@ -5,15 +5,15 @@
 //! simulator gives fits the schema's `returns`, and the simulator refuses and
 //! accepts exactly what the schema does, in PVE's error form.
 
-use rigger::events::Events;
+use rigger_events::Events;
 use rigger::plan::model::*;
-use rigger::providers::proxmox::client::{ApiError, Auth, ClientOptions, ProxmoxClient};
-use rigger::providers::proxmox::tls::{self, TlsMode};
-use rigger::providers::proxmox::{ProviderTimeouts, ProxmoxProvider};
-use rigger::providers::{Deps, Provider};
-use rigger::resource::{LiveResource, ResourceSpec};
-use rigger::sim::proxmox::definitions::{check_answer, ApiSchema, Verdict};
-use rigger::sim::proxmox::{self as sim, ProxmoxSimHandle, ProxmoxSimOptions, QEMU_TEMPLATE_NAME};
+use rigger::cloud::providers::proxmox::client::{ApiError, Auth, ClientOptions, ProxmoxClient};
+use rigger::cloud::providers::proxmox::tls::{self, TlsMode};
+use rigger::cloud::providers::proxmox::{ProviderTimeouts, ProxmoxProvider};
+use rigger::cloud::providers::{Deps, Provider};
+use rigger::cloud::resource::{LiveResource, ResourceSpec};
+use rigger_sim::proxmox::definitions::{check_answer, ApiSchema, Verdict};
+use rigger_sim::proxmox::{self as sim, ProxmoxSimHandle, ProxmoxSimOptions, QEMU_TEMPLATE_NAME};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

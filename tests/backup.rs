@@ -207,7 +207,7 @@ fn s3_repository_rendered_and_checked_offline(p: &LocalPlan) {
     secrets.insert("backup_s3_key".into(), keys[0].1.into());
     secrets.insert("backup_s3_key_secret".into(), keys[1].1.into());
     let renderer = rigger::render::Renderer::new().unwrap();
-    let desired = rigger::roles::desired(&plan, plan.host("bk").unwrap(), &secrets, &renderer).unwrap();
+    let desired = rigger::hosts::roles::desired(&plan, plan.host("bk").unwrap(), &secrets, &renderer).unwrap();
     let conf = desired.files.iter().find(|f| f.path == "/etc/pgbackrest/pgbackrest.conf").expect("the repository config");
     let check = conf.validate.as_ref().expect("an S3 config is checked before it is installed").command.clone();
     let run_check = |content: &str| {
@@ -215,7 +215,7 @@ fn s3_repository_rendered_and_checked_offline(p: &LocalPlan) {
         let b64 = base64::engine::general_purpose::STANDARD.encode(content);
         let script = format!("echo {b64} | base64 -d > /tmp/s3-check.conf && {}", check.replace("{}", "/tmp/s3-check.conf"));
         let config = p.dir().join(".rigger").join(format!("{}.ssh_config", p.project));
-        let out = Command::new("ssh").arg("-F").arg(&config).args(["-o", "BatchMode=yes", "bk", &format!("sudo sh -c {}", rigger::remote::session::sh_quote(&script))]).output().unwrap();
+        let out = Command::new("ssh").arg("-F").arg(&config).args(["-o", "BatchMode=yes", "bk", &format!("sudo sh -c {}", rigger::hosts::remote::session::sh_quote(&script))]).output().unwrap();
         (out.status.success(), out.text())
     };
     let (ok, said) = run_check(&conf.content);

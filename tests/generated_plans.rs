@@ -65,14 +65,14 @@ fn check(seed: u64, apps: bool) -> Result<(), String> {
     }
     // Plan: the cloud layer's resources and graph, and every host's files.
     let provider = project.provider().map_err(|e| fail(format!("{e:#}")))?;
-    rigger::engine::specs(provider.as_ref(), &project).map_err(|e| fail(format!("specs: {e:#}")))?;
+    rigger::cloud::engine::specs(provider.as_ref(), &project).map_err(|e| fail(format!("specs: {e:#}")))?;
     let renderer = rigger::render::Renderer::new().map_err(|e| fail(format!("{e:#}")))?;
     // The secrets an apply would generate (passwords, the project CA, host certificates).
     let mut state = rigger::state::State::new(&plan.project, "local");
     rigger::commands::ensure_generated(&mut state, plan).map_err(|e| fail(format!("secrets: {e:#}")))?;
     let secrets: BTreeMap<String, String> = state.secrets;
     for h in &plan.hosts {
-        rigger::roles::desired(plan, h, &secrets, &renderer).map_err(|e| fail(format!("{}: {e:#}", h.name)))?;
+        rigger::hosts::roles::desired(plan, h, &secrets, &renderer).map_err(|e| fail(format!("{}: {e:#}", h.name)))?;
     }
     // Every Patroni member's pg_hba lets in every HAProxy host and every other member.
     for m in plan.hosts_with_role("patroni") {

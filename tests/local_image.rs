@@ -4,8 +4,8 @@
 
 mod common;
 
-use rigger::events::Events;
-use rigger::providers::local::image::ensure_image;
+use rigger_events::Events;
+use nspawn_machines::image::ensure_image;
 
 #[tokio::test]
 async fn debian_12_image_is_built_once_and_prepared_for_machines() {

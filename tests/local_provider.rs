@@ -6,11 +6,12 @@
 
 mod common;
 
-use rigger::events::Events;
+use rigger_events::Events;
 use rigger::plan::model::*;
-use rigger::providers::local::{machine, names, LocalProvider};
-use rigger::providers::{Deps, Provider};
-use rigger::resource::{Address, Kind, LiveResource, ResourceSpec};
+use nspawn_machines::{machine, names};
+use rigger::cloud::providers::local::LocalProvider;
+use rigger::cloud::providers::{Deps, Provider};
+use rigger::cloud::resource::{Address, Kind, LiveResource, ResourceSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -150,7 +151,7 @@ impl Drop for Guard<'_> {
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
             let rootfs = project_dir.join(host).join("rootfs");
             let _ = Command::new("umount").arg(&rootfs).output();
-            let _ = rigger::providers::local::cgroup::remove(&name);
+            let _ = nspawn_machines::cgroup::remove(&name);
         }
         let bridge = names::bridge(&f.project, &f.network);
         let _ = Command::new("ip").args(["rule", "del", "iif", &bridge, "to", &f.cidr.to_string(), "lookup", "main", "pref", "10000"]).output();

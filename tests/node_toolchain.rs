@@ -6,8 +6,8 @@
 //! (~45 MB, then cached in /var/lib/rigger/artifacts/node-toolchain); the
 //! second needs nothing but loopback: a tampered download is refused.
 
-use rigger::events::Events;
-use rigger::roles::node_toolchain::{self, DEFAULT_NODE_VERSION, NPM_VERSION, PNPM_VERSION};
+use rigger_events::Events;
+use rigger::hosts::roles::node_toolchain::{self, DEFAULT_NODE_VERSION, NPM_VERSION, PNPM_VERSION};
 
 #[tokio::test]
 async fn node_npm_and_pnpm_come_from_the_registry_and_shadow_the_hosts_node() {
@@ -21,7 +21,7 @@ async fn node_npm_and_pnpm_come_from_the_registry_and_shadow_the_hosts_node() {
     let out = t.command("sh").args(["-c", "command -v node; node -p process.version"]).output().await.expect("sh");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(text, format!("{}\nv{DEFAULT_NODE_VERSION}\n", t.node().display()), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(t.node().starts_with(rigger::roles::saleor_source::artifacts_dir()), "{}", t.node().display());
+    assert!(t.node().starts_with(rigger::hosts::roles::saleor_source::artifacts_dir()), "{}", t.node().display());
     // A second call is served from the cache (same folder, nothing re-downloaded is observable as the same bin path).
     let again = node_toolchain::ensure(DEFAULT_NODE_VERSION, &Events::silent()).await.expect("the cached toolchain");
     assert_eq!(again.bin, t.bin);

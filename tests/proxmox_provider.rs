@@ -2,14 +2,14 @@
 //! machines (retrying failed creates as the core does), refresh to a zero
 //! diff, delete everything. Several seeds.
 
-use rigger::events::Events;
+use rigger_events::Events;
 use rigger::plan::model::*;
-use rigger::providers::proxmox::client::{Auth, ClientOptions, ProxmoxClient};
-use rigger::providers::proxmox::tls::{self, TlsMode};
-use rigger::providers::proxmox::{ProviderTimeouts, ProxmoxProvider};
-use rigger::providers::{Deps, Provider};
-use rigger::resource::{LiveResource, ResourceSpec};
-use rigger::sim::proxmox::{self as sim, ProxmoxSimOptions, QEMU_TEMPLATE_NAME};
+use rigger::cloud::providers::proxmox::client::{Auth, ClientOptions, ProxmoxClient};
+use rigger::cloud::providers::proxmox::tls::{self, TlsMode};
+use rigger::cloud::providers::proxmox::{ProviderTimeouts, ProxmoxProvider};
+use rigger::cloud::providers::{Deps, Provider};
+use rigger::cloud::resource::{LiveResource, ResourceSpec};
+use rigger_sim::proxmox::{self as sim, ProxmoxSimOptions, QEMU_TEMPLATE_NAME};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -195,7 +195,7 @@ async fn create_refresh_delete_with_faults_seed_3() {
 /// re-apply converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_sees_status_and_interrupted_creations() {
-    use rigger::diff::{self, Action};
+    use rigger::cloud::diff::{self, Action};
     let mut opts = ProxmoxSimOptions::new("127.0.0.1:0".parse().unwrap());
     opts.op_time_ms = 20;
     opts.auth_fail_delay_ms = 10;

@@ -3,7 +3,7 @@
 //! Skipped only when python3 is missing; proxmoxer itself must be installed
 //! (`pip install proxmoxer requests`, as `.ci/run` does).
 
-use rigger::sim::proxmox::{self as sim, ProxmoxSimOptions};
+use rigger_sim::proxmox::{self as sim, ProxmoxSimOptions};
 use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,10 @@
 //! The Proxmox simulator over real HTTPS on loopback, driven by rigger's client.
 
 use reqwest::Method;
-use rigger::providers::proxmox::client::{ApiError, Auth, ClientOptions, ProxmoxClient};
-use rigger::providers::proxmox::tasks::Upid;
-use rigger::providers::proxmox::tls::{self, TlsMode};
-use rigger::sim::proxmox::{self as sim, ProxmoxSimHandle, ProxmoxSimOptions};
+use rigger::cloud::providers::proxmox::client::{ApiError, Auth, ClientOptions, ProxmoxClient};
+use rigger::cloud::providers::proxmox::tasks::Upid;
+use rigger::cloud::providers::proxmox::tls::{self, TlsMode};
+use rigger_sim::proxmox::{self as sim, ProxmoxSimHandle, ProxmoxSimOptions};
 use serde_json::Value;
 
 const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";

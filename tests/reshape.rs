@@ -131,7 +131,7 @@ fn writer(conninfo: String, password: String, log: Arc<Mutex<WriteLog>>, stop: A
 /// etcdctl the way rigger runs it (TLS with the host's client certificate when the
 /// cluster has it), as root: the key is readable by etcd and root only.
 fn etcdctl_as_root(args: &str) -> String {
-    format!("sudo -n sh -c {}", rigger::remote::session::sh_quote(&rigger::roles::tls::etcdctl(2379, args)))
+    format!("sudo -n sh -c {}", rigger::hosts::remote::session::sh_quote(&rigger::hosts::roles::tls::etcdctl(2379, args)))
 }
 
 /// TLS verified against the project CA (the plan keeps rigger's default `security.tls`:
@@ -283,7 +283,7 @@ fn reshape_under_load_etcd_patroni_apps() {
     if leader != "pgx" {
         let body = format!(r#"{{"leader":"{leader}","candidate":"pgx"}}"#);
         // As root with rigger's REST credentials (Patroni asks unsafe requests for them).
-        let said = plan.patroni_rest(&pg1, &format!("-m 60 {} -X POST -H 'Content-Type: application/json' --data-binary '{body}'", rigger::roles::rest_auth::curl_args()), "/switchover");
+        let said = plan.patroni_rest(&pg1, &format!("-m 60 {} -X POST -H 'Content-Type: application/json' --data-binary '{body}'", rigger::hosts::roles::rest_auth::curl_args()), "/switchover");
         println!("switchover to pgx: {said}");
         let deadline = Instant::now() + Duration::from_secs(90);
         while !patroni_cluster(&plan, &pg1).iter().any(|(n, r)| n == "pgx" && r == "leader") {

@@ -14,7 +14,7 @@
 mod common;
 
 use common::{rigger, LocalPlan, OutputText};
-use rigger::config::ops::HostDesired;
+use rigger::hosts::ops::HostDesired;
 use rigger::plan::model::Plan;
 use rigger::render::Renderer;
 use std::collections::BTreeMap;
@@ -29,7 +29,7 @@ fn secrets(plan: &Plan) -> BTreeMap<String, String> {
 
 fn render(plan: &Plan, secrets: &BTreeMap<String, String>) -> BTreeMap<String, HostDesired> {
     let r = Renderer::new().expect("templates");
-    plan.hosts.iter().map(|h| (h.name.clone(), rigger::roles::desired(plan, h, secrets, &r).unwrap_or_else(|e| panic!("{}: {e:#}", h.name)))).collect()
+    plan.hosts.iter().map(|h| (h.name.clone(), rigger::hosts::roles::desired(plan, h, secrets, &r).unwrap_or_else(|e| panic!("{}: {e:#}", h.name)))).collect()
 }
 
 fn content<'a>(d: &'a HostDesired, path: &str) -> &'a str {
@@ -113,7 +113,7 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
     let env_file = saleor.files.iter().find(|f| f.path == "/etc/saleor/saleor.env").expect("saleor env");
     assert_eq!((env_file.mode, env_file.owner.as_str()), (0o600, "root"), "the env file holds secrets");
     let env = env_vars(&env_file.content);
-    for var in rigger::roles::saleor::REQUIRED_ENV {
+    for var in rigger::hosts::roles::saleor::REQUIRED_ENV {
         assert!(env.get(*var).is_some_and(|v| !v.is_empty()), "saleor.env lacks {var}:\n{}", env_file.content);
     }
     assert_eq!(env["DEBUG"], "False");

@@ -2,14 +2,14 @@
 //! small stack in dependency order, refresh to zero diff, update in place,
 //! delete everything, and check the simulator never made a duplicate.
 
-use rigger::events::Events;
+use rigger_events::Events;
 use rigger::plan::model::*;
-use rigger::providers::yandex::auth::{AuthorizedKey, Credentials};
-use rigger::providers::yandex::client::{PollPolicy, RetryPolicy, YandexClient};
-use rigger::providers::yandex::YandexProvider;
-use rigger::providers::{Deps, Provider};
-use rigger::resource::{Address, LiveResource, ResourceSpec};
-use rigger::sim::yandex::{SimHandle, YandexSimOptions};
+use rigger::cloud::providers::yandex::auth::{AuthorizedKey, Credentials};
+use rigger::cloud::providers::yandex::client::{PollPolicy, RetryPolicy, YandexClient};
+use rigger::cloud::providers::yandex::YandexProvider;
+use rigger::cloud::providers::{Deps, Provider};
+use rigger::cloud::resource::{Address, LiveResource, ResourceSpec};
+use rigger_sim::yandex::{SimHandle, YandexSimOptions};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
@@ -210,7 +210,7 @@ async fn whole_lifecycle(seed: u64, client_retries: bool) {
     if !client_retries {
         let mut adopted = 0;
         while let Ok(e) = rx.try_recv() {
-            if matches!(&e, rigger::events::Event::Note { message, .. } if message.contains("adopting")) {
+            if matches!(&e, rigger_events::Event::Note { message, .. } if message.contains("adopting")) {
                 adopted += 1;
             }
         }
@@ -275,7 +275,7 @@ async fn whole_lifecycle(seed: u64, client_retries: bool) {
 /// message (an Operation's `response`/`metadata` by their `@type`), and every
 /// refusal is a google.rpc.Status.
 fn assert_fits_the_published_protos(sim: &SimHandle, seed: u64) {
-    use rigger::sim::yandex::definitions::{json_name, Definitions, Side};
+    use rigger_sim::yandex::definitions::{json_name, Definitions, Side};
     use serde_json::Value;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/api/yandex-cloudapi");
     assert!(root.is_dir(), "{} is missing: the definition checks need shared/ beside the checkout", root.display());

@@ -2,10 +2,10 @@
 //! validation, idempotency, paging.
 
 use reqwest::Method;
-use rigger::providers::yandex::auth::{AuthorizedKey, Credentials};
-use rigger::providers::yandex::client::{Service, YandexClient};
-use rigger::providers::yandex::error::YandexError;
-use rigger::sim::yandex::{keys, SimHandle, YandexSimOptions};
+use rigger::cloud::providers::yandex::auth::{AuthorizedKey, Credentials};
+use rigger::cloud::providers::yandex::client::{Service, YandexClient};
+use rigger::cloud::providers::yandex::error::YandexError;
+use rigger_sim::yandex::{keys, SimHandle, YandexSimOptions};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 

@@ -1,6 +1,6 @@
 use crate::cli::ApplyCmd;
-use crate::config::phase::{self, ConfigPlan};
-use crate::engine::{self, Applier, Shared};
+use crate::hosts::phase::{self, ConfigPlan};
+use crate::cloud::engine::{self, Applier, Shared};
 use crate::project::Project;
 use crate::saved_plan::{SavedHosts, SavedPlan};
 use crate::ui::{self, printer::Printer, Paint};
@@ -45,7 +45,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             s.check_current(lineage.as_deref(), serial)?;
             print!("{}", ui::plan::render_human(&s.changes, &paint));
             if drains(infra_only, args.no_ssh_wait, &s.changes, &paint) {
-                let d = crate::reshape::drain::compute(&project, &state, &s.changes, infra_only, &crate::events::Events::silent()).await?;
+                let d = crate::reshape::drain::compute(&project, &state, &s.changes, infra_only, &rigger_events::Events::silent()).await?;
                 print!("{}", ui::drain::render_human(&d, &paint));
                 drain = Some(d);
             }
@@ -68,7 +68,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             let mut prepared = None;
             if let Ok(live) = &live {
                 state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
-                crate::remote::access::write(&project, &state)?;
+                crate::hosts::remote::access::write(&project, &state)?;
                 if !infra_only && state.machines().next().is_some() {
                     prepared = Some(phase::prepare(&project.with_cloud_addresses(&state), &state, args.parallelism, true, &events).await);
                 }
@@ -86,10 +86,10 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                     None
                 }
             };
-            let changes = engine::restrict_to_targets(crate::diff::compute(&specs, &live), &specs, &args.targets)?;
+            let changes = engine::restrict_to_targets(crate::cloud::diff::compute(&specs, &live), &specs, &args.targets)?;
             print!("{}", ui::plan::render_human(&changes, &paint));
             if drains(infra_only, args.no_ssh_wait, &changes, &paint) {
-                let d = match crate::reshape::drain::compute(&project, &state, &changes, infra_only, &crate::events::Events::silent()).await {
+                let d = match crate::reshape::drain::compute(&project, &state, &changes, infra_only, &rigger_events::Events::silent()).await {
                     Ok(d) => d,
                     Err(e) => {
                         if let Some(cp) = config_plan_ok {
@@ -143,7 +143,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     // A departing Redis keeps serving until the config phase has pointed the
     // apps elsewhere: then the deletions wait until after it.
     let (now, deferred): (Vec<_>, Vec<_>) = match drain.as_ref().filter(|d| d.defers_deletions()) {
-        Some(_) => changes.iter().cloned().partition(|c| c.action != crate::diff::Action::Delete),
+        Some(_) => changes.iter().cloned().partition(|c| c.action != crate::cloud::diff::Action::Delete),
         None => (changes.clone(), vec![]),
     };
     if result.is_ok() {
@@ -176,7 +176,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         }
         if let (Some(saved), Some(cp)) = (&saved_hosts, &config_plan) {
             let secrets = shared.lock().await.state.secrets.clone();
-            result = saved.check(&crate::config::summary::summarize(cp, &secrets));
+            result = saved.check(&crate::hosts::summary::summarize(cp, &secrets));
         }
         if let (Some(cp), true) = (&config_plan, result.is_ok()) {
             result = phase::apply(&project, cp, &shared, &events).await;
@@ -195,13 +195,13 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
     if let Some(cp) = config_plan {
         cp.close().await;
     }
-    crate::remote::persist::drop_handoffs(&crate::remote::ssh_config_path(&project)).await;
+    crate::hosts::remote::persist::drop_handoffs(&crate::hosts::remote::ssh_config_path(&project)).await;
     drop(applier);
     drop(events);
     printer.finish().await;
     result?;
 
-    let summary = crate::diff::Summary::of(&changes);
+    let summary = crate::cloud::diff::Summary::of(&changes);
     println!(
         "\nApply complete! Resources: {} added, {} changed, {} destroyed ({:.1}s).",
         summary.add,
@@ -214,7 +214,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
 
 /// Whether this apply drains what leaves. `--no-ssh-wait` promises not to dial
 /// the machines, so machines it deletes go undrained (said here).
-fn drains(infra_only: bool, no_ssh_wait: bool, changes: &[crate::diff::Change], paint: &Paint) -> bool {
+fn drains(infra_only: bool, no_ssh_wait: bool, changes: &[crate::cloud::diff::Change], paint: &Paint) -> bool {
     if infra_only && no_ssh_wait {
         let leaving = crate::reshape::drain::leaving(changes);
         if !leaving.is_empty() {
@@ -225,16 +225,16 @@ fn drains(infra_only: bool, no_ssh_wait: bool, changes: &[crate::diff::Change], 
     true
 }
 
-async fn wait_for_all_ssh(provider: &dyn crate::providers::Provider, project: &Project, shared: &Arc<Mutex<Shared>>, events: &crate::events::Events) -> Result<()> {
+async fn wait_for_all_ssh(provider: &dyn crate::cloud::providers::Provider, project: &Project, shared: &Arc<Mutex<Shared>>, events: &rigger_events::Events) -> Result<()> {
     let (targets, machines) = {
         let sh = shared.lock().await;
-        (crate::remote::targets(project, &sh.state), sh.state.machines().cloned().collect::<Vec<_>>())
+        (crate::hosts::remote::targets(project, &sh.state), sh.state.machines().cloned().collect::<Vec<_>>())
     };
-    let config = crate::remote::ssh_config_path(project);
+    let config = crate::hosts::remote::ssh_config_path(project);
     let mut set = tokio::task::JoinSet::new();
     for t in targets {
         let (events, config) = (events.clone(), config.clone());
-        set.spawn(async move { crate::remote::wait_for_ssh(&config, &t.name, SSH_WAIT, &events).await });
+        set.spawn(async move { crate::hosts::remote::wait_for_ssh(&config, &t.name, SSH_WAIT, &events).await });
     }
     let mut errors = Vec::new();
     while let Some(r) = set.join_next().await {

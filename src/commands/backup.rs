@@ -4,8 +4,8 @@
 
 use crate::cli::{BackupCmd, BackupsCmd};
 use crate::project::Project;
-use crate::remote::session::HostSession;
-use crate::roles::{backup, pgbackrest};
+use crate::hosts::remote::session::HostSession;
+use crate::hosts::roles::{backup, pgbackrest};
 use crate::ui::printer::Printer;
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -22,7 +22,7 @@ pub async fn open_repo(plan_path: &Path, state_override: Option<&Path>) -> Resul
     if !state.machines().any(|m| m.address.name == repo) {
         bail!("the backup host {repo} is not built yet — run `rigger apply {}` first", plan_path.display());
     }
-    let session = HostSession::connect(&crate::remote::ssh_config_path(&project), &repo).await?;
+    let session = HostSession::connect(&crate::hosts::remote::ssh_config_path(&project), &repo).await?;
     Ok((project, session))
 }
 

@@ -1,6 +1,6 @@
 use crate::cli::DestroyCmd;
-use crate::diff::{Action, Change};
-use crate::engine::{self, Applier, Shared};
+use crate::cloud::diff::{Action, Change};
+use crate::cloud::engine::{self, Applier, Shared};
 use crate::project::Project;
 use crate::state::{State, StateStore};
 use crate::ui::{self, printer::Printer, Paint};

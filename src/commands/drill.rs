@@ -6,7 +6,7 @@
 
 use crate::cli::DrillCmd;
 use crate::project::Project;
-use crate::providers::Power;
+use crate::cloud::providers::Power;
 use crate::state::StateStore;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -220,7 +220,7 @@ impl Writer {
 /// Kill (or shut down) the leader's machine while writing; measure; power it on again.
 pub async fn crash_round(
     project: &Project,
-    provider: &dyn crate::providers::Provider,
+    provider: &dyn crate::cloud::providers::Provider,
     store: &StateStore,
     state: &mut crate::state::State,
     shutdown: bool,
@@ -243,10 +243,10 @@ pub async fn crash_round(
     let live = state
         .resources
         .values()
-        .find(|r| r.address.kind == crate::resource::Kind::Machine && r.address.name == leader)
+        .find(|r| r.address.kind == crate::cloud::resource::Kind::Machine && r.address.name == leader)
         .cloned()
         .ok_or_else(|| anyhow!("{leader} is not in the state"))?;
-    let events = crate::events::Events::silent();
+    let events = rigger_events::Events::silent();
     let kill_at = Instant::now();
     let killed = provider
         .power(
@@ -292,7 +292,7 @@ pub async fn crash_round(
 }
 
 use std::path::Path;
-use crate::roles::{haproxy, keepalived};
+use crate::hosts::roles::{haproxy, keepalived};
 
 fn verdict(secs: f64) -> &'static str {
     if secs < EXPECTED_RTO.0 {

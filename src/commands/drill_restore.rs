@@ -7,12 +7,12 @@
 use super::restore::{self, Target};
 use crate::cli::PlanArg;
 use crate::project::Project;
-use crate::roles::backup;
+use crate::hosts::roles::backup;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 use std::time::Duration;
-use crate::remote::session::HostSession;
-use crate::roles::patroni;
+use crate::hosts::remote::session::HostSession;
+use crate::hosts::roles::patroni;
 
 /// Rows written before T, rows written after it, rows of the table dropped after it.
 const BEFORE: i64 = 1000;
@@ -31,7 +31,7 @@ pub async fn run(args: &PlanArg, state_override: Option<&Path>) -> Result<i32> {
         bail!("the stack is not healthy before the drill — see `rigger status`; a restore drill needs a healthy cluster to mean anything");
     }
     let leader = status.patroni.iter().find(|m| m.role == "leader").map(|m| m.name.clone()).ok_or_else(|| anyhow!("no Patroni leader"))?;
-    let config = crate::remote::ssh_config_path(&project);
+    let config = crate::hosts::remote::ssh_config_path(&project);
     let port = plan.int_setting(patroni::NAME, "port");
     let db = HostSession::connect(&config, &leader).await.context("cannot reach the leader")?;
     println!("drill restore: writing on the leader {leader}");

@@ -5,11 +5,11 @@
 
 use super::drill::{crash_round, write_target, Writer};
 use crate::project::Project;
-use crate::providers::Provider;
+use crate::cloud::providers::Provider;
 use crate::state::{State, StateStore};
 use anyhow::Result;
 use std::time::{Duration, Instant};
-use crate::roles::patroni;
+use crate::hosts::roles::patroni;
 
 pub async fn run(
     project: &Project,

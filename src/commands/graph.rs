@@ -2,7 +2,7 @@
 //! machines, and the roles on them in the order the config phase brings them up.
 
 use crate::cli::{GraphCmd, GraphFormat};
-use crate::graph::Graph;
+use crate::cloud::graph::Graph;
 use crate::plan::model::{Peer, Plan};
 use anyhow::Result;
 
@@ -26,10 +26,10 @@ pub fn plan_graph(plan: &Plan) -> Graph<String> {
         g.add(format!("machine.{}", h.name), deps);
     }
     // The same needs the config phase walks (roles::needs), so the picture is the run.
-    let present: Vec<&str> = crate::roles::registry::NAMES.iter().copied().filter(|r| roles.contains(r)).collect();
+    let present: Vec<&str> = crate::hosts::roles::registry::NAMES.iter().copied().filter(|r| roles.contains(r)).collect();
     for role in &present {
         let machines = plan.hosts_with_role(role).map(|h| format!("machine.{}", h.name));
-        let before = crate::roles::registry::needs(role, &present).into_iter().map(|n| format!("role.{n}"));
+        let before = crate::hosts::roles::registry::needs(role, &present).into_iter().map(|n| format!("role.{n}"));
         g.add(format!("role.{role}"), machines.chain(before).collect::<Vec<_>>());
     }
     g

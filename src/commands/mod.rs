@@ -66,8 +66,8 @@ pub fn ensure_generated(state: &mut State, plan: &crate::plan::model::Plan) -> R
     for name in secret_names(&plan.roles()) {
         state.ensure_secret(name);
     }
-    crate::roles::backup::ensure_key_pairs(state, plan)?;
-    crate::roles::backup::ensure_s3_keys(state, plan)?;
+    crate::hosts::roles::backup::ensure_key_pairs(state, plan)?;
+    crate::hosts::roles::backup::ensure_s3_keys(state, plan)?;
     crate::pki::ensure(state, plan)?;
     Ok(())
 }

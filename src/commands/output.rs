@@ -3,8 +3,8 @@
 
 use crate::cli::OutputCmd;
 use crate::project::Project;
-use crate::roles::registry;
-use crate::roles::role::Outputs;
+use crate::hosts::roles::registry;
+use crate::hosts::roles::role::Outputs;
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -66,7 +66,7 @@ pub fn collect(project: &Project, state: &crate::state::State, show_secrets: boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{Address, Kind, LiveResource};
+    use crate::cloud::resource::{Address, Kind, LiveResource};
 
     /// Every host of the plan built, every secret present.
     fn built(plan: &crate::plan::model::Plan) -> crate::state::State {

@@ -1,6 +1,6 @@
 use crate::cli::PlanCmd;
-use crate::diff::Summary;
-use crate::engine;
+use crate::cloud::diff::Summary;
+use crate::cloud::engine;
 use crate::project::Project;
 use crate::saved_plan::{self, SavedHosts, SavedPlan};
 use crate::ui::{self, plan::StateRef, Paint};
@@ -22,18 +22,18 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let config_plan = match (&live, args.infra_only) {
         (Ok(live), false) => {
             state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
-            crate::remote::access::write(&project, &state)?;
-            Some(crate::config::phase::prepare(&project.with_cloud_addresses(&state), &state, PLAN_PARALLELISM, true, &events).await)
+            crate::hosts::remote::access::write(&project, &state)?;
+            Some(crate::hosts::phase::prepare(&project.with_cloud_addresses(&state), &state, PLAN_PARALLELISM, true, &events).await)
         }
         _ => None,
     };
     drop(events);
     printer.finish().await;
-    let changes = crate::diff::compute(&specs, &live?);
+    let changes = crate::cloud::diff::compute(&specs, &live?);
     let config_plan = config_plan.transpose()?;
     // Host-side steps before machines are deleted (drain before destroy); refused here when unsafe.
     // `--infra-only` plans dial no host: the drain `apply` runs is not looked at.
-    let drain = if args.infra_only { None } else { Some(crate::reshape::drain::compute(&project, &state, &changes, false, &crate::events::Events::silent()).await?) };
+    let drain = if args.infra_only { None } else { Some(crate::reshape::drain::compute(&project, &state, &changes, false, &rigger_events::Events::silent()).await?) };
 
     let paint = Paint { on: ui::color_enabled() };
     if args.json {

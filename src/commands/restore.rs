@@ -12,14 +12,14 @@
 //! unknown label) is refused before that.
 
 use crate::cli::RestoreCmd;
-use crate::config::phase;
-use crate::engine::Shared;
-use crate::events::Events;
+use crate::hosts::phase;
+use crate::cloud::engine::Shared;
+use rigger_events::Events;
 use crate::plan::model::Plan;
 use crate::project::Project;
-use crate::remote::session::{sh_quote, HostSession};
-use crate::roles::rest_auth::local_curl;
-use crate::roles::{backup, patroni, pgbackrest};
+use crate::hosts::remote::session::{sh_quote, HostSession};
+use crate::hosts::roles::rest_auth::local_curl;
+use crate::hosts::roles::{backup, patroni, pgbackrest};
 use crate::ui::printer::Printer;
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -29,7 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
-use crate::roles::etcd;
+use crate::hosts::roles::etcd;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
@@ -289,7 +289,7 @@ async fn carry_out(
         steps.next(format!("{m}: stopping Patroni"));
         let s = session(m)?;
         s.sudo_ok("stopping patroni", "systemctl stop patroni").await?;
-        crate::config::run::wait_for(&format!("{m}: PostgreSQL stopped"), Duration::from_secs(120), || async {
+        crate::hosts::run::wait_for(&format!("{m}: PostgreSQL stopped"), Duration::from_secs(120), || async {
             let out = s.sudo(&format!("test -f {}/postmaster.pid && echo running", sh_quote(&data)), None).await?;
             Ok(if out.stdout.contains("running") { Err("postmaster.pid still there".to_string()) } else { Ok(()) })
         })
@@ -301,7 +301,7 @@ async fn carry_out(
     let key = format!("/service/{}/", patroni_scope(plan));
     steps.next(format!("{}: removing the cluster's DCS keys {key}", etcd.name));
     session(&etcd.name)?
-        .sudo_ok("clearing the cluster's DCS keys", &crate::roles::tls::etcdctl(plan.int_setting(etcd::NAME, "client_port"), &format!("del --prefix {}", sh_quote(&key))))
+        .sudo_ok("clearing the cluster's DCS keys", &crate::hosts::roles::tls::etcdctl(plan.int_setting(etcd::NAME, "client_port"), &format!("del --prefix {}", sh_quote(&key))))
         .await?;
 
     // 4. The leader's data directory from the repository.
@@ -327,7 +327,7 @@ async fn carry_out(
         let tail = ls.sudo(&format!("tail -n 15 {log}"), None).await.map(|o| o.stdout).unwrap_or_default();
         bail!("{leader}: PostgreSQL did not recover from the restored data:\n    {}", tail.trim().replace('\n', "\n    "));
     }
-    let promoted = crate::config::run::wait_for(&format!("{leader}: recovery reaches the target and promotes"), Duration::from_secs(3600), || async {
+    let promoted = crate::hosts::run::wait_for(&format!("{leader}: recovery reaches the target and promotes"), Duration::from_secs(3600), || async {
         let out = ls.sudo(&psql("select pg_is_in_recovery()"), None).await?;
         if out.stdout.trim() == "f" {
             return Ok(Ok(()));
@@ -357,9 +357,9 @@ async fn carry_out(
 
     // 6. Patroni on the restored member: it finds no cluster in the DCS and takes it over with its data.
     steps.next(format!("{leader}: starting Patroni"));
-    crate::config::run::start(ls, patroni::SERVICE).await?;
+    crate::hosts::run::start(ls, patroni::SERVICE).await?;
     let port = plan.int_setting(patroni::NAME, "rest_port");
-    crate::config::run::wait_for(&format!("{leader}: Patroni leads the restored cluster"), Duration::from_secs(300), || async {
+    crate::hosts::run::wait_for(&format!("{leader}: Patroni leads the restored cluster"), Duration::from_secs(300), || async {
         let out = ls.sudo(&local_curl(port, "-m 3 -o /dev/null -w '%{http_code}'", "/primary"), None).await?;
         Ok(if out.stdout.trim() == "200" { Ok(()) } else { Err(format!("/primary answers {}", out.stdout.trim())) })
     })
@@ -376,14 +376,14 @@ async fn carry_out(
         log_lines.insert(r.clone(), n);
         steps.next(format!("{r}: removing the old data directory, Patroni rebuilds it"));
         s.sudo_ok("removing the old data directory", &format!("rm -rf {}", sh_quote(&data))).await?;
-        crate::config::run::start(s, patroni::SERVICE).await?;
+        crate::hosts::run::start(s, patroni::SERVICE).await?;
     }
     if !replicas.is_empty() {
         steps.next(format!("{}: rebuilt from the repository and streaming", replicas.join(", ")));
     }
     for r in replicas {
         let s = session(r)?;
-        crate::config::run::wait_for(&format!("{r}: rebuilt and streaming"), Duration::from_secs(1800), || async {
+        crate::hosts::run::wait_for(&format!("{r}: rebuilt and streaming"), Duration::from_secs(1800), || async {
             let out = s.sudo(&local_curl(port, "-m 3", "/patroni"), None).await?;
             let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
             Ok(if v["role"] == "replica" && (v["state"] == "streaming" || v["state"] == "running") { Ok(()) } else { Err(format!("role {}, state {}", v["role"], v["state"])) })
@@ -439,7 +439,7 @@ pub async fn flush_archive(s: &HostSession) -> Result<()> {
     if segment.len() != 24 {
         bail!("{}: unexpected answer to pg_switch_wal: {out:?}", s.name);
     }
-    crate::config::run::wait_for(&format!("{}: WAL {segment} archived", s.name), Duration::from_secs(120), || async {
+    crate::hosts::run::wait_for(&format!("{}: WAL {segment} archived", s.name), Duration::from_secs(120), || async {
         let out = s.sudo(&psql("select coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') from pg_stat_archiver"), None).await?;
         let line = out.stdout.trim().to_string();
         let (archived, failed) = line.split_once('|').unwrap_or((&line, ""));
@@ -460,7 +460,7 @@ fn archived_at_least(last: &str, segment: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::roles::pgbackrest::{Backup, StanzaInfo};
+    use crate::hosts::roles::pgbackrest::{Backup, StanzaInfo};
 
     fn info() -> StanzaInfo {
         let b = |label: &str, stop: i64| Backup { label: label.into(), kind: "full".into(), start: stop - 5, stop, size: 1, repo_size: 1, wal_start: String::new(), wal_stop: String::new(), prior: None };

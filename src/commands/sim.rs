@@ -2,8 +2,8 @@
 //! then remove the machines it booted.
 
 use crate::cli::{SimCmd, SimMachines, SimYandexCmd};
-use crate::sim::local_machines::LocalMachines;
-use crate::sim::yandex::{self, MachineBackend, NoMachines, SimHandle, YandexSimOptions};
+use rigger_sim::local_machines::LocalMachines;
+use rigger_sim::yandex::{self, MachineBackend, NoMachines, SimHandle, YandexSimOptions};
 use crate::ui::printer::Printer;
 use anyhow::{ensure, Context, Result};
 use std::io::Write;

@@ -3,7 +3,7 @@
 //! machines it booted are stopped and removed with it.
 
 use crate::cli::{ProxmoxSimArgs, SimMachines};
-use crate::sim::proxmox::{self as sim, local_machines::LocalMachines, MachineBackend, NoMachines, ProxmoxSimOptions};
+use rigger_sim::proxmox::{self as sim, local_machines::LocalMachines, MachineBackend, NoMachines, ProxmoxSimOptions};
 use crate::ui::printer::Printer;
 use anyhow::{bail, Context, Result};
 use std::io::Write;

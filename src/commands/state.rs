@@ -1,6 +1,6 @@
 use crate::cli::StateCmd;
 use crate::project::Project;
-use crate::resource::Address;
+use crate::cloud::resource::Address;
 use anyhow::{bail, Result};
 use std::path::Path;
 

@@ -4,14 +4,14 @@
 
 use crate::cli::StatusCmd;
 use crate::project::Project;
-use crate::remote::session::HostSession;
+use crate::hosts::remote::session::HostSession;
 use crate::ui::{self, Paint};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use crate::roles::{etcd, haproxy, keepalived, nginx, patroni, redis};
+use crate::hosts::roles::{etcd, haproxy, keepalived, nginx, patroni, redis};
 
 #[derive(Serialize, Default)]
 pub struct Status {
@@ -21,7 +21,7 @@ pub struct Status {
     pub vip: Option<VipView>,
     pub redis: Vec<RedisView>,
     /// The backup role: newest backup, WAL archiving (None without a backup host).
-    pub backup: Option<crate::roles::backup::BackupStatus>,
+    pub backup: Option<crate::hosts::roles::backup::BackupStatus>,
     /// The client's paths: logins through every HAProxy port and the VIP, HTTP through nginx to every app.
     pub paths: Vec<PathView>,
     /// Hosts that could not be reached, with why.
@@ -105,7 +105,7 @@ pub async fn run(args: &StatusCmd, state_override: Option<&Path>) -> Result<i32>
 
 pub async fn gather(project: &Project, state: &crate::state::State) -> Result<Status> {
     let plan = &project.plan;
-    let config = crate::remote::ssh_config_path(project);
+    let config = crate::hosts::remote::ssh_config_path(project);
     let built: Vec<String> = state.machines().map(|m| m.address.name.clone()).collect();
     let wanted: Vec<&crate::plan::model::Host> = plan.hosts.iter().filter(|h| built.contains(&h.name) && !h.roles.is_empty()).collect();
     let connected = futures::future::join_all(wanted.iter().map(|h| {
@@ -128,18 +128,18 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
 
     for h in plan.hosts_with_role(etcd::NAME) {
         let Some(s) = sessions.get(&h.name) else { continue };
-        let (healthy, detail) = crate::roles::etcd::member_health(s, plan.int_setting(etcd::NAME, "client_port")).await?;
+        let (healthy, detail) = crate::hosts::roles::etcd::member_health(s, plan.int_setting(etcd::NAME, "client_port")).await?;
         status.etcd.push(EtcdMember { host: h.name.clone(), healthy, detail });
     }
 
     let rest = plan.int_setting(patroni::NAME, "rest_port");
     if let Some(s) = plan.hosts_with_role(patroni::NAME).find_map(|h| sessions.get(&h.name)) {
-        let out = s.sudo(&crate::roles::rest_auth::local_curl(rest, "-m 3", "/cluster"), None).await?;
+        let out = s.sudo(&crate::hosts::roles::rest_auth::local_curl(rest, "-m 3", "/cluster"), None).await?;
         let cluster: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
         let members: Vec<Value> = cluster["members"].as_array().cloned().unwrap_or_default();
         let leader = members.iter().find(|m| m["role"] == "leader").and_then(|m| m["name"].as_str()).map(str::to_string);
         let streaming: Vec<String> = match leader.as_ref().and_then(|l| sessions.get(l)) {
-            Some(ls) => crate::roles::patroni::streaming_replicas(ls, plan.int_setting(patroni::NAME, "port")).await?,
+            Some(ls) => crate::hosts::roles::patroni::streaming_replicas(ls, plan.int_setting(patroni::NAME, "port")).await?,
             None => vec![],
         };
         for m in members {
@@ -148,8 +148,8 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
             // loop_wait old); ask the member itself whether it owes a restart.
             let pending_restart = match sessions.get(&name) {
                 Some(ms) => {
-                    let live = ms.sudo(&crate::roles::rest_auth::local_curl(rest, "-m 3", "/patroni"), None).await?;
-                    crate::roles::patroni::restart_pending(&live.stdout)
+                    let live = ms.sudo(&crate::hosts::roles::rest_auth::local_curl(rest, "-m 3", "/patroni"), None).await?;
+                    crate::hosts::roles::patroni::restart_pending(&live.stdout)
                 }
                 None => m["pending_restart"].as_bool().unwrap_or(false),
             };
@@ -168,7 +168,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
     let password = state.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
     for h in plan.hosts_with_role(haproxy::NAME) {
         let Some(s) = sessions.get(&h.name) else { continue };
-        let servers = crate::roles::haproxy::servers(s, stats_port, &password).await?;
+        let servers = crate::hosts::roles::haproxy::servers(s, stats_port, &password).await?;
         status.haproxy.push(HaproxyView { host: h.name.clone(), servers: servers.into_iter().map(|x| (x.backend, x.server, x.status)).collect() });
     }
 
@@ -176,7 +176,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         let mut holders = Vec::new();
         for h in plan.hosts_with_role(keepalived::NAME) {
             let Some(s) = sessions.get(&h.name) else { continue };
-            if crate::roles::keepalived::holds_vip(s, vip).await? {
+            if crate::hosts::roles::keepalived::holds_vip(s, vip).await? {
                 holders.push(h.name.clone());
             }
         }
@@ -187,11 +187,11 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
     let redis_password = state.secrets.get("redis_password").cloned().unwrap_or_default();
     for h in plan.hosts_with_role(redis::NAME) {
         let Some(s) = sessions.get(&h.name) else { continue };
-        let ok = crate::roles::redis::ping(s, redis_port, &redis_password).await? == "PONG";
+        let ok = crate::hosts::roles::redis::ping(s, redis_port, &redis_password).await? == "PONG";
         status.redis.push(RedisView { host: h.name.clone(), ok });
     }
     let leader = status.patroni.iter().find(|m| m.role == "leader").map(|m| m.name.clone());
-    status.backup = crate::roles::backup::status(plan, &sessions, leader.as_deref()).await;
+    status.backup = crate::hosts::roles::backup::status(plan, &sessions, leader.as_deref()).await;
     status.paths = client_paths(plan, state, &sessions).await?;
     for (_, s) in sessions {
         s.close().await;
@@ -273,7 +273,7 @@ pub fn render(s: &Status, paint: &Paint) -> String {
         out.push_str(&format!("{} redis {}\n", mark(r.ok, paint), r.host));
     }
     if let Some(b) = &s.backup {
-        out.push_str(&crate::roles::backup::render_status(b, &mark(b.backups > 0 && b.error.is_none(), paint), &mark(b.archive.as_ref().is_some_and(|a| !a.failing), paint)));
+        out.push_str(&crate::hosts::roles::backup::render_status(b, &mark(b.backups > 0 && b.error.is_none(), paint), &mark(b.archive.as_ref().is_some_and(|a| !a.failing), paint)));
     }
     for p in &s.paths {
         let detail = if p.ok { String::new() } else { format!(": {}", p.detail) };

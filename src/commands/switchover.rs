@@ -5,14 +5,14 @@
 
 use crate::cli::SwitchoverCmd;
 use crate::project::Project;
-use crate::remote::session::HostSession;
-use crate::roles::failover;
+use crate::hosts::remote::session::HostSession;
+use crate::hosts::roles::failover;
 use crate::state::State;
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use crate::roles::patroni;
+use crate::hosts::roles::patroni;
 
 pub async fn run(args: &SwitchoverCmd, state_override: Option<&Path>) -> Result<i32> {
     let project = Project::load(&args.plan, state_override)?;
@@ -43,7 +43,7 @@ pub async fn switch(
     if !before.healthy() {
         bail!("the stack is not healthy — see `rigger status`; a switchover needs one leader and streaming replicas");
     }
-    let port = crate::roles::patroni::rest_port(&project.plan);
+    let port = crate::hosts::roles::patroni::rest_port(&project.plan);
     let sessions = connect_patroni(project).await?;
     let result = async {
         let leader = before
@@ -52,7 +52,7 @@ pub async fn switch(
             .find(|m| m.role == "leader")
             .map(|m| m.name.clone())
             .ok_or_else(|| anyhow!("no Patroni leader"))?;
-        let members = crate::roles::patroni::cluster(
+        let members = crate::hosts::roles::patroni::cluster(
             sessions
                 .get(&leader)
                 .ok_or_else(|| anyhow!("{leader}: no SSH session"))?,
@@ -74,7 +74,7 @@ pub async fn switch(
 }
 
 async fn connect_patroni(project: &Project) -> Result<BTreeMap<String, HostSession>> {
-    let config = crate::remote::ssh_config_path(project);
+    let config = crate::hosts::remote::ssh_config_path(project);
     let mut sessions = BTreeMap::new();
     for h in project.plan.hosts_with_role(patroni::NAME) {
         sessions.insert(

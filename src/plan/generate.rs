@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::fmt::Write;
-use crate::roles::{app, etcd, haproxy, keepalived, nginx, patroni, redis};
+use crate::hosts::roles::{app, etcd, haproxy, keepalived, nginx, patroni, redis};
 
 /// Where generated plans may put things.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 use super::diag::{suggestion, Diags, PlanErrors};
 use super::model::*;
 use super::services::{self, SettingType};
-use crate::roles::registry::NAMES as ROLES;
+use crate::hosts::roles::registry::NAMES as ROLES;
 use super::read::{At, HostDefaults, HostEntry, Reader};
 pub use super::read::{resolve_path, valid_name};
 use super::yaml::{self, Node, Pos, Value as Y};
@@ -12,10 +12,10 @@ use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-use crate::providers::rules::{self, rules_of};
+use crate::cloud::providers::rules::{self, rules_of};
 use std::path::{Path, PathBuf};
-use crate::roles::{haproxy, keepalived, patroni};
-use crate::roles::role::PlanCheck;
+use crate::hosts::roles::{haproxy, keepalived, patroni};
+use crate::hosts::roles::role::PlanCheck;
 
 /// Load and validate a plan file. No network access.
 pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
@@ -685,7 +685,7 @@ impl Reader<'_> {
         let role_pos = |role: &str| raw.iter().flat_map(|h| h.roles.iter()).find(|r| r.v == role).map(|r| r.pos).unwrap_or_default();
         let empty = BTreeMap::new();
         let at = PlanCheck { hosts, services: services.as_ref().unwrap_or(&empty), network, root, role_pos: &role_pos };
-        for role in crate::roles::registry::ROLES {
+        for role in crate::hosts::roles::registry::ROLES {
             role.check(&at, self.d);
         }
     }

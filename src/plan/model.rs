@@ -40,9 +40,9 @@ pub enum ProviderConfig {
 }
 
 // Each provider's block is its own type, read and checked by its plan rules.
-pub use crate::providers::local::rules::LocalConfig;
-pub use crate::providers::proxmox::rules::ProxmoxConfig;
-pub use crate::providers::yandex::rules::YandexConfig;
+pub use crate::cloud::providers::local::rules::LocalConfig;
+pub use crate::cloud::providers::proxmox::rules::ProxmoxConfig;
+pub use crate::cloud::providers::yandex::rules::YandexConfig;
 
 impl ProviderConfig {
     pub fn kind(&self) -> &'static str {

@@ -1,6 +1,6 @@
 //! Reading plan YAML with positions: the shape helpers every part of the plan
 //! reader uses — the generic plan loader and each provider's own rules
-//! (src/providers/*/rules.rs) — reporting into one diagnostics collector.
+//! (src/cloud/providers/*/rules.rs) — reporting into one diagnostics collector.
 
 use super::diag::{suggestion, Diags};
 use super::size::parse_size;

@@ -10,7 +10,7 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use crate::roles::patroni;
+use crate::hosts::roles::patroni;
 
 pub struct Preset {
     pub name: &'static str,
@@ -207,8 +207,8 @@ mod tests {
             let plan = load(&format!("{{ rto: {} }}", p.name)).unwrap();
             let r = crate::render::Renderer::new().unwrap();
             let secrets = BTreeMap::from([("haproxy_stats_password".to_string(), "x".to_string())]);
-            let ctx = crate::roles::template_context(&plan, plan.host("pg-1").unwrap(), &secrets);
-            let d = crate::roles::haproxy::desired(&r, &ctx).unwrap();
+            let ctx = crate::hosts::roles::template_context(&plan, plan.host("pg-1").unwrap(), &secrets);
+            let d = crate::hosts::roles::haproxy::desired(&r, &ctx).unwrap();
             let cfg = &d.files.iter().find(|f| f.path == "/etc/haproxy/haproxy.cfg").unwrap().content;
             let primary = cfg.split("listen primary").nth(1).unwrap().split("listen replicas").next().unwrap();
             // A demoting leader still answers 200 with its PostgreSQL stopped.

@@ -3,7 +3,7 @@
 
 use super::diag::{suggestion, Diags};
 use super::model::{Direction, Host, Peer, Plan, Protocol, Rule, Security};
-use crate::providers::rules::rules_of;
+use crate::cloud::providers::rules::rules_of;
 use super::yaml::Node;
 use std::net::Ipv4Addr;
 

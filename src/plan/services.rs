@@ -6,7 +6,7 @@
 //! which fall back to that same default.
 
 use super::model::Plan;
-use crate::roles::registry;
+use crate::hosts::roles::registry;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,17 +5,17 @@
 //! `reshape::run` before any deletion. Requests that would cost the quorum
 //! or the data are refused here, with why and what to do.
 
-use crate::diff::{Action, Change};
-use crate::events::Events;
+use crate::cloud::diff::{Action, Change};
+use rigger_events::Events;
 use crate::plan::model::Plan;
 use crate::project::Project;
-use crate::remote::session::HostSession;
-use crate::resource::Kind;
+use crate::hosts::remote::session::HostSession;
+use crate::cloud::resource::Kind;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use crate::roles::{backup, etcd, haproxy, keepalived, nginx, patroni};
+use crate::hosts::roles::{backup, etcd, haproxy, keepalived, nginx, patroni};
 
 /// Services stopped by a Stop step (the others leave through their own steps).
 const OWN_STEP_SERVICES: &[&str] = &[patroni::SERVICE, etcd::SERVICE, "redis-server"];
@@ -100,7 +100,7 @@ async fn probe(s: &HostSession, services: &[&str], vip: Option<&str>) -> Result<
     let out = s.sudo(&format!("for u in {list}; do printf '%s %s\\n' $u $(systemctl is-active $u); done"), None).await?;
     let active = out.stdout.lines().filter_map(|l| l.split_once(' ')).filter(|(_, st)| st.trim() == "active").map(|(u, _)| u.to_string()).collect();
     let holds_vip = match vip {
-        Some(v) => crate::roles::keepalived::holds_vip(s, v).await.unwrap_or(false),
+        Some(v) => crate::hosts::roles::keepalived::holds_vip(s, v).await.unwrap_or(false),
         None => false,
     };
     Ok(HostProbe { active, holds_vip })
@@ -108,7 +108,7 @@ async fn probe(s: &HostSession, services: &[&str], vip: Option<&str>) -> Result<
 
 /// The Patroni cluster as a remaining member reports it: name → role.
 pub async fn patroni_members(s: &HostSession, rest_port: u64) -> Result<BTreeMap<String, String>> {
-    let out = s.sudo(&crate::roles::rest_auth::local_curl(rest_port, "-m 5", "/cluster"), None).await?;
+    let out = s.sudo(&crate::hosts::roles::rest_auth::local_curl(rest_port, "-m 5", "/cluster"), None).await?;
     let v: Value = serde_json::from_str(out.stdout.trim()).map_err(|e| anyhow::anyhow!("{}: GET /cluster is not JSON ({e}): {}", s.name, out.stdout.trim()))?;
     Ok(v["members"]
         .as_array()
@@ -164,18 +164,18 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
         what.push(format!("the hosts losing roles {}", retiring.keys().cloned().collect::<Vec<_>>().join(", ")));
     }
     events.started("drain", &format!("looking at {}", what.join(" and ")));
-    let config = crate::remote::ssh_config_path(project);
+    let config = crate::hosts::remote::ssh_config_path(project);
     let built: Vec<String> = state.machines().map(|m| m.address.name.clone()).filter(|n| !leaving.contains(n)).collect();
     let vip = vip(plan);
 
     // Who departs from which role: a leaving machine from all of them.
-    let all_roles: Vec<String> = crate::roles::registry::NAMES.iter().map(|r| r.to_string()).collect();
+    let all_roles: Vec<String> = crate::hosts::roles::registry::NAMES.iter().map(|r| r.to_string()).collect();
     let departing: BTreeMap<String, Vec<String>> = leaving.iter().map(|n| (n.clone(), all_roles.clone())).chain(retiring.clone()).collect();
     let departs = |name: &str, role: &str| departing.get(name).is_some_and(|roles| roles.iter().any(|r| r == role));
 
     let mut probes: BTreeMap<String, HostProbe> = BTreeMap::new();
     for (name, roles) in &departing {
-        let services: Vec<&str> = roles.iter().flat_map(|r| crate::roles::registry::services(r).iter().copied()).collect();
+        let services: Vec<&str> = roles.iter().flat_map(|r| crate::hosts::roles::registry::services(r).iter().copied()).collect();
         let vip = vip.as_deref().filter(|_| roles.iter().any(|r| r == keepalived::NAME));
         match HostSession::connect(&config, name).await {
             Ok(s) => {
@@ -247,7 +247,7 @@ pub async fn compute(project: &Project, state: &crate::state::State, changes: &[
     for (name, roles) in &departing {
         let services: Vec<String> = roles
             .iter()
-            .flat_map(|r| crate::roles::registry::services(r).iter())
+            .flat_map(|r| crate::hosts::roles::registry::services(r).iter())
             .filter(|s| !OWN_STEP_SERVICES.contains(s) && runs(name, s))
             .map(|s| s.to_string())
             .collect();

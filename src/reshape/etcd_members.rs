@@ -4,8 +4,8 @@
 //! (what etcd checks when it joins); a leaving member is removed with
 //! `member remove` and then stopped.
 
-use crate::config::run::wait_for;
-use crate::remote::session::{sh_quote, HostSession};
+use crate::hosts::run::wait_for;
+use crate::hosts::remote::session::{sh_quote, HostSession};
 use anyhow::{anyhow, bail, Result};
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ pub struct Member {
 
 fn etcdctl(port: u64, args: &str) -> String {
     // TLS-aware (security.tls): the member's live config decides the scheme and certificate.
-    format!("{} 2>&1", crate::roles::tls::etcdctl(port, &format!("--command-timeout=5s {args}")))
+    format!("{} 2>&1", crate::hosts::roles::tls::etcdctl(port, &format!("--command-timeout=5s {args}")))
 }
 
 /// Parse `etcdctl member list` (simple format: `id, status, name, peers, clients, learner`).
@@ -111,9 +111,9 @@ pub async fn join(existing: &HostSession, j: &HostSession, joiner: &str, joiner_
         bail!("{joiner}: writing {JOIN_FILE} failed: {}", out.stderr.trim());
     }
     // `systemctl start` returns once etcd reports ready (Type=notify), bounded by the unit's start timeout.
-    crate::config::run::start(j, crate::roles::etcd::SERVICE).await?;
+    crate::hosts::run::start(j, crate::hosts::roles::etcd::SERVICE).await?;
     wait_for(&format!("{joiner}: etcd joined and healthy"), JOIN_WAIT, || async {
-        let (healthy, said) = crate::roles::etcd::member_health(j, client_port).await?;
+        let (healthy, said) = crate::hosts::roles::etcd::member_health(j, client_port).await?;
         if !healthy {
             return Ok(Err(said));
         }
@@ -178,7 +178,7 @@ pub async fn remove(remaining: &HostSession, leaving: Option<&HostSession>, name
         .await?;
     }
     wait_for(&format!("etcd healthy without {name}"), LEAVE_WAIT, || async {
-        let (healthy, said) = crate::roles::etcd::member_health(remaining, client_port).await?;
+        let (healthy, said) = crate::hosts::roles::etcd::member_health(remaining, client_port).await?;
         if !healthy {
             return Ok(Err(said));
         }

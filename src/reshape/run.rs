@@ -4,19 +4,19 @@
 //! the apply before anything is deleted.
 
 use super::drain::{etcd_client_port, patroni_members, rest_port, DrainPlan, Step};
-use crate::config::run::wait_for;
-use crate::roles::patroni::rest;
-use crate::events::Events;
+use crate::hosts::run::wait_for;
+use crate::hosts::roles::patroni::rest;
+use rigger_events::Events;
 use crate::plan::model::Plan;
 use crate::project::Project;
-use crate::remote::session::{sh_quote, HostSession};
+use crate::hosts::remote::session::{sh_quote, HostSession};
 use crate::render::Renderer;
 use crate::state::State;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use crate::roles::{etcd, haproxy, patroni};
+use crate::hosts::roles::{etcd, haproxy, patroni};
 
 const VIP_WAIT: Duration = Duration::from_secs(30);
 const SWITCHOVER_WAIT: Duration = Duration::from_secs(90);
@@ -62,7 +62,7 @@ pub async fn execute_after_config(project: &Project, state: &State, drain: &Drai
 }
 
 async fn run_steps(project: &Project, state: &State, drain: &DrainPlan, steps: &[Step], label: &str, events: &Events) -> Result<()> {
-    let mut sessions = Sessions { config: crate::remote::ssh_config_path(project), open: BTreeMap::new() };
+    let mut sessions = Sessions { config: crate::hosts::remote::ssh_config_path(project), open: BTreeMap::new() };
     let r = each_step(project, state, drain, steps, label, &mut sessions, events).await;
     sessions.close().await;
     r
@@ -124,7 +124,7 @@ async fn move_vip(sessions: &mut Sessions, holder: &str, vip: &str, to: &[String
     wait_for(&format!("the VIP {vip} on a remaining HAProxy host ({})", to.join(", ")), VIP_WAIT, || async {
         for n in &others {
             if let Some(s) = sessions.open.get(n).and_then(Option::as_ref) {
-                if crate::roles::keepalived::holds_vip(s, vip).await? {
+                if crate::hosts::roles::keepalived::holds_vip(s, vip).await? {
                     return Ok(Ok(()));
                 }
             }
@@ -183,13 +183,13 @@ async fn reload(plan: &Plan, state: &State, sessions: &mut Sessions, role: &str,
     let renderer = Renderer::new()?;
     for name in hosts {
         let host = plan.host(name).ok_or_else(|| anyhow!("{name}: not in the plan"))?;
-        let desired = crate::roles::desired(plan, host, &state.secrets, &renderer)?;
+        let desired = crate::hosts::roles::desired(plan, host, &state.secrets, &renderer)?;
         let s = sessions.must(name).await?;
         let mut changed = Vec::new();
         for f in desired.files.iter().filter(|f| f.role == role) {
             let have = s.sudo(&format!("sha256sum {} 2>/dev/null | cut -d' ' -f1", sh_quote(&f.path)), None).await?.stdout.trim().to_string();
-            if have != crate::config::ops::sha256_hex(f.content.as_bytes()) {
-                crate::config::ops::upload(s, f).await?;
+            if have != crate::hosts::ops::sha256_hex(f.content.as_bytes()) {
+                crate::hosts::ops::upload(s, f).await?;
                 changed.push(f.path.clone());
             }
         }
@@ -205,7 +205,7 @@ async fn reload(plan: &Plan, state: &State, sessions: &mut Sessions, role: &str,
             let port = plan.int_setting(haproxy::NAME, "stats_port");
             let password = state.secrets.get("haproxy_stats_password").cloned().unwrap_or_default();
             wait_for(&format!("{name}: HAProxy routes writes to one primary"), HAPROXY_WAIT, || async {
-                let list = crate::roles::haproxy::servers(s, port, &password).await?;
+                let list = crate::hosts::roles::haproxy::servers(s, port, &password).await?;
                 let up = list.iter().filter(|x| x.backend == "primary" && x.status.starts_with("UP")).count();
                 Ok(if up == 1 { Ok(()) } else { Err(format!("write backend has {up} servers up")) })
             })
@@ -237,7 +237,7 @@ async fn patroni_leave(plan: &Plan, sessions: &mut Sessions, remaining: &[String
     let e = sessions.must(&keeper).await?;
     e.sudo_ok(
         "removing the Patroni member key",
-        &format!("{} 2>&1", crate::roles::tls::etcdctl(u64::from(etcd_client_port(plan)), &format!("del {}", sh_quote(&key)))),
+        &format!("{} 2>&1", crate::hosts::roles::tls::etcdctl(u64::from(etcd_client_port(plan)), &format!("del {}", sh_quote(&key)))),
     )
     .await?;
     // The slot Patroni keeps for the member on the leader: its name with

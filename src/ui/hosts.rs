@@ -3,7 +3,7 @@
 //! reload — like `ansible --check --diff`, beside the cloud changes.
 
 use super::Paint;
-use crate::config::phase::ConfigPlan;
+use crate::hosts::phase::ConfigPlan;
 use serde::Serialize;
 use similar::TextDiff;
 use std::collections::BTreeMap;
@@ -140,7 +140,7 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
 
 /// The host changes a saved plan holds, as `apply FILE` shows them before it
 /// checks them against the hosts (no diffs: the file holds hashes, not content).
-pub fn render_saved(s: &crate::config::summary::HostPlanSummary, paint: &Paint) -> String {
+pub fn render_saved(s: &crate::hosts::summary::HostPlanSummary, paint: &Paint) -> String {
     let changed: Vec<_> = s.hosts.iter().filter(|(_, h)| **h != Default::default()).collect();
     if changed.is_empty() && s.parameter_changes.is_empty() && s.pending_restarts.is_empty() {
         return format!("{} Every host matched its roles when the plan was saved.\n", paint.green("No host changes."));
@@ -215,11 +215,11 @@ pub fn json(cp: &ConfigPlan) -> Vec<HostChangeJson> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::phase::HostPlan;
+    use crate::hosts::phase::HostPlan;
 
     #[test]
     fn a_service_that_only_needs_enabling_is_a_change_shown_and_counted() {
-        let changes = crate::config::ops::HostChanges { host: "web".into(), enable: vec!["nginx".into()], ..Default::default() };
+        let changes = crate::hosts::ops::HostChanges { host: "web".into(), enable: vec!["nginx".into()], ..Default::default() };
         let hp = HostPlan { desired: Default::default(), facts: Default::default(), changes, old_content: BTreeMap::new() };
         let cp = ConfigPlan {
             hosts: [("web".to_string(), hp)].into(),
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn saved_host_changes_are_shown_by_hash_and_an_unchanged_host_is_not_listed() {
-        use crate::config::summary::{FileSummary, HostChangeSummary, HostPlanSummary};
+        use crate::hosts::summary::{FileSummary, HostChangeSummary, HostPlanSummary};
         let file = FileSummary { path: "/etc/redis/redis.conf".into(), reasons: vec!["content".into()], mode: "0640".into(), owner: "redis".into(), group: "redis".into(), sha256: "d155".into() };
         let mut s = HostPlanSummary::default();
         s.hosts.insert("cache".into(), HostChangeSummary { files: vec![file], restart: vec!["redis-server".into()], ..Default::default() });

@@ -2,8 +2,8 @@
 //! scripts. Both only read `Change`s; neither computes anything.
 
 use super::Paint;
-use crate::diff::{Action, Change, Summary};
-use crate::resource::Attrs;
+use crate::cloud::diff::{Action, Change, Summary};
+use crate::cloud::resource::Attrs;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeSet;

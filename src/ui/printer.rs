@@ -1,7 +1,7 @@
 //! The one printer: consumes events from every worker. On a terminal, a
 //! spinner per running step; otherwise one plain line per step, to stderr.
 
-use crate::events::{Event, Events};
+use rigger_events::{Event, Events};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;

@@ -166,8 +166,8 @@ impl LocalPlan {
     /// (as root on the member: HTTPS verified with the project CA when TLS is
     /// on, `-K` rigger's credentials for unsafe endpoints when ARGS ask).
     pub fn patroni_rest(&self, ip: &str, args: &str, path: &str) -> String {
-        let cmd = rigger::roles::rest_auth::local_curl(8008, args, path);
-        self.ssh(ip, &format!("sudo -n sh -c {}", rigger::remote::session::sh_quote(&cmd)))
+        let cmd = rigger::hosts::roles::rest_auth::local_curl(8008, args, path);
+        self.ssh(ip, &format!("sudo -n sh -c {}", rigger::hosts::remote::session::sh_quote(&cmd)))
     }
 
     /// No machine, namespace, address, overlay or folder of this project is left.
@@ -314,7 +314,7 @@ impl ProxmoxSim {
 
     /// `GET <endpoint><path>` (the simulator's own `/_sim/…` views), TLS pinned to the printed fingerprint.
     pub fn debug_get(&self, path: &str) -> serde_json::Value {
-        use rigger::providers::proxmox::tls::{self, TlsMode};
+        use rigger::cloud::providers::proxmox::tls::{self, TlsMode};
         let fingerprint = tls::parse_fingerprint(&self.fingerprint).expect("fingerprint");
         let config = tls::client_config(&TlsMode::Pinned(fingerprint)).expect("tls config").expect("a TLS config");
         let url = format!("{}{path}", self.endpoint);

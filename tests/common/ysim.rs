@@ -136,10 +136,10 @@ impl MachineCleanup {
         let mut found = Vec::new();
         let run = |args: &[&str]| String::from_utf8_lossy(&Command::new(args[0]).args(&args[1..]).output().map(|o| o.stdout).unwrap_or_default()).into_owned();
         let netns = run(&["ip", "netns", "list"]);
-        let running = rigger::providers::local::machine::running_machines().unwrap_or_default();
+        let running = nspawn_machines::machine::running_machines().unwrap_or_default();
         let links = run(&["ip", "-o", "link"]);
         for id in &self.instance_ids {
-            let name = rigger::sim::yandex::local::machine_name(id);
+            let name = rigger_sim::yandex::local::machine_name(id);
             if netns.lines().any(|l| l.split_whitespace().next() == Some(name.as_str())) {
                 found.push(format!("netns {name}"));
             }
@@ -151,7 +151,7 @@ impl MachineCleanup {
             }
         }
         for id in &self.network_ids {
-            let bridge = rigger::providers::local::names::bridge(rigger::sim::yandex::local::OWNER, id);
+            let bridge = nspawn_machines::names::bridge(rigger_sim::yandex::local::OWNER, id);
             if links.contains(&format!(" {bridge}:")) {
                 found.push(format!("bridge {bridge}"));
             }
@@ -160,12 +160,12 @@ impl MachineCleanup {
     }
 
     pub fn remove_everything(&self) {
-        use rigger::providers::local::{machine, names, net};
+        use nspawn_machines::{machine, names, net};
         let Ok(rt) = tokio::runtime::Runtime::new() else { return };
         rt.block_on(async {
-            let owner = rigger::sim::yandex::local::OWNER;
+            let owner = rigger_sim::yandex::local::OWNER;
             for id in &self.instance_ids {
-                let name = rigger::sim::yandex::local::machine_name(id);
+                let name = rigger_sim::yandex::local::machine_name(id);
                 let paths = machine::MachinePaths::new(&Path::new("/var/lib/rigger/machines").join(owner), &name);
                 let _ = machine::destroy(&paths, &name, &name, &names::veth_host(owner, &name)).await;
             }

@@ -1,0 +1,263 @@
+//! Facts about a host, gathered in ONE round trip: OS, checksums and modes of
+//! the managed files, service states, missing packages, and a few role probes
+//! (e.g. Patroni's /cluster). Operations are then computed locally from these.
+
+use crate::hosts::remote::ahead::{self, Ask};
+use crate::hosts::remote::session::{sh_quote, HostSession, RunOutput};
+use anyhow::{bail, Result};
+use base64::Engine;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFact {
+    pub sha256: String,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceFact {
+    /// `active`, `inactive`, `failed`, `activating`, …
+    pub active: String,
+    /// `enabled`, `disabled`, `masked`, `static`, or `unknown`.
+    pub enabled: String,
+    /// systemd says the unit's files changed on disk since it loaded them.
+    pub stale: bool,
+}
+
+impl ServiceFact {
+    pub fn running(&self) -> bool {
+        self.active == "active" || self.active == "activating" || self.active == "reloading"
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    pub os: String,
+    /// Absent = the file does not exist.
+    pub files: BTreeMap<String, Option<FileFact>>,
+    pub services: BTreeMap<String, ServiceFact>,
+    pub missing_packages: Vec<String>,
+    /// Probe name → its stdout (empty when the probe failed).
+    pub probes: BTreeMap<String, String>,
+    /// Answers to the gates' commands asked ahead (remote::ahead).
+    pub answers: Vec<(Ask, RunOutput)>,
+}
+
+/// What to ask a host about.
+#[derive(Debug, Clone, Default)]
+pub struct FactQuery {
+    pub files: Vec<String>,
+    pub services: Vec<String>,
+    pub packages: Vec<String>,
+    /// name → shell command whose output is kept.
+    pub probes: Vec<(String, String)>,
+    /// Commands the health gates will run, asked ahead.
+    pub asks: Vec<Ask>,
+}
+
+impl FactQuery {
+    /// One shell script, one fork per kind of fact rather than per item: a
+    /// systemctl call costs tens of milliseconds on a loaded host, and there
+    /// are two per service otherwise. The probes run in the background while
+    /// the rest is gathered.
+    pub fn script(&self) -> String {
+        let quoted = |items: &[String]| items.iter().map(|i| sh_quote(i)).collect::<Vec<_>>().join(" ");
+        let mut s = String::new();
+        let background = !self.probes.is_empty() || !self.asks.is_empty();
+        if background {
+            s.push_str("probes=$(mktemp -d)\n");
+            s.push_str(&ahead::start_script(&self.asks));
+            for (i, (_, cmd)) in self.probes.iter().enumerate() {
+                s.push_str(&format!("( {cmd} ) >\"$probes/{i}\" 2>/dev/null </dev/null &\n"));
+            }
+        }
+        s.push_str(". /etc/os-release 2>/dev/null; echo \"O ${ID:-unknown}-${VERSION_ID:-unknown}\"\n");
+        if !self.files.is_empty() {
+            let files = quoted(&self.files);
+            s.push_str(&format!("sha256sum -- {files} 2>/dev/null | sed 's/^/H /'\n"));
+            s.push_str(&format!("stat -c 'M %a %U %G %n' -- {files} 2>/dev/null\n"));
+        }
+        if !self.services.is_empty() {
+            s.push_str(&format!(
+                "echo \"U $(systemctl show -p Id,ActiveState,UnitFileState,NeedDaemonReload -- {} 2>/dev/null | base64 -w0)\"\n",
+                quoted(&self.services)
+            ));
+        }
+        if !self.packages.is_empty() {
+            s.push_str(&format!(
+                "dpkg-query -W -f='I ${{Package}} ${{db:Status-Status}}\\n' -- {} 2>/dev/null\n",
+                quoted(&self.packages)
+            ));
+        }
+        if background {
+            s.push_str("wait\n");
+            for (i, (name, _)) in self.probes.iter().enumerate() {
+                s.push_str(&format!("echo \"X {} $(base64 -w0 <\"$probes/{i}\")\"\n", sh_quote(name)));
+            }
+            s.push_str(&ahead::report_script(&self.asks));
+            s.push_str("rm -rf \"$probes\"\n");
+        }
+        s
+    }
+
+    pub fn parse(&self, output: &str) -> Result<HostFacts> {
+        parse(self, output)
+    }
+}
+
+fn decode(b64: &str) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `systemctl show` blocks, one per unit in the order asked; an alias shows
+/// under its target's Id, so the order (not the Id) names the unit.
+fn service_facts(query: &FactQuery, shown: &str) -> BTreeMap<String, ServiceFact> {
+    let blocks: Vec<BTreeMap<&str, &str>> = shown
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| b.lines().filter_map(|l| l.split_once('=')).collect())
+        .collect();
+    let by_id = |name: &str| blocks.iter().find(|b| b.get("Id").is_some_and(|id| *id == name || *id == format!("{name}.service")));
+    query
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let block = if blocks.len() == query.services.len() { blocks.get(i) } else { by_id(name) };
+            let get = |k: &str| block.and_then(|b| b.get(k)).map(|v| v.trim()).filter(|v| !v.is_empty());
+            let fact = ServiceFact {
+                active: get("ActiveState").unwrap_or("unknown").to_string(),
+                enabled: get("UnitFileState").unwrap_or("unknown").to_string(),
+                stale: get("NeedDaemonReload") == Some("yes"),
+            };
+            (name.clone(), fact)
+        })
+        .collect()
+}
+
+pub fn parse(query: &FactQuery, output: &str) -> Result<HostFacts> {
+    let mut facts = HostFacts::default();
+    let mut sums: BTreeMap<String, String> = BTreeMap::new();
+    let mut stats: BTreeMap<String, (u32, String, String)> = BTreeMap::new();
+    let mut installed = std::collections::BTreeSet::new();
+    let mut shown = None;
+    for line in output.lines() {
+        let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match tag {
+            "O" => facts.os = rest.trim().to_string(),
+            // sha256sum: "<hash>  <path>".
+            "H" => {
+                let Some((hash, path)) = rest.split_once("  ") else { bail!("unexpected facts line: {line}") };
+                sums.insert(path.to_string(), hash.to_string());
+            }
+            "M" => {
+                let f: Vec<&str> = rest.splitn(4, ' ').collect();
+                if f.len() != 4 {
+                    bail!("unexpected facts line: {line}");
+                }
+                stats.insert(f[3].to_string(), (u32::from_str_radix(f[0], 8).unwrap_or(0), f[1].to_string(), f[2].to_string()));
+            }
+            "U" => shown = Some(decode(rest)),
+            "I" => {
+                if let Some((name, status)) = rest.split_once(' ') {
+                    if status.trim() == "installed" {
+                        installed.insert(name.to_string());
+                    }
+                }
+            }
+            "X" => {
+                let (name, b64) = rest.split_once(' ').unwrap_or((rest, ""));
+                facts.probes.insert(name.to_string(), decode(b64));
+            }
+            "A" => facts.answers.extend(ahead::parse(&query.asks, rest)),
+            _ => {}
+        }
+    }
+    for path in &query.files {
+        let fact = match (sums.get(path), stats.get(path)) {
+            (Some(sha), Some((mode, owner, group))) => Some(FileFact { sha256: sha.clone(), mode: *mode, owner: owner.clone(), group: group.clone() }),
+            _ => None,
+        };
+        facts.files.insert(path.clone(), fact);
+    }
+    if !query.services.is_empty() {
+        facts.services = service_facts(query, shown.as_deref().unwrap_or(""));
+    }
+    facts.missing_packages = query.packages.iter().filter(|p| !installed.contains(p.split(':').next().unwrap_or(p))).cloned().collect();
+    Ok(facts)
+}
+
+/// Ask the host everything at once.
+pub async fn gather(session: &HostSession, query: &FactQuery) -> Result<HostFacts> {
+    let input = ahead::stdin(&query.asks);
+    let out = session.sudo(&query.script(), (!input.is_empty()).then_some(input.as_slice())).await?;
+    if !out.ok() {
+        bail!("{}: gathering facts failed (exit {}): {}", session.name, out.code, out.stderr.trim());
+    }
+    query.parse(&out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query() -> FactQuery {
+        FactQuery {
+            files: vec!["/etc/haproxy/haproxy.cfg".into(), "/etc/patroni/config.yml".into()],
+            services: vec!["etcd".into(), "patroni".into(), "sshd".into()],
+            packages: vec!["keepalived".into(), "haproxy".into()],
+            probes: vec![("cluster".into(), "curl -s http://x/cluster".into())],
+            asks: vec![],
+        }
+    }
+
+    #[test]
+    fn parses_every_kind_of_line() {
+        let shown = "Id=etcd.service\nActiveState=active\nUnitFileState=enabled\n\nId=patroni.service\nActiveState=inactive\nUnitFileState=disabled\nNeedDaemonReload=yes\n\nId=ssh.service\nActiveState=active\nUnitFileState=enabled\n";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(shown);
+        let out = format!("O debian-12\nH abc  /etc/haproxy/haproxy.cfg\nM 640 root haproxy /etc/haproxy/haproxy.cfg\nU {b64}\nI haproxy installed\nI keepalived not-installed\nX cluster eyJhIjoxfQ==\n");
+        let f = query().parse(&out).unwrap();
+        assert_eq!(f.os, "debian-12");
+        let cfg = f.files["/etc/haproxy/haproxy.cfg"].as_ref().unwrap();
+        assert_eq!((cfg.sha256.as_str(), cfg.mode, cfg.group.as_str()), ("abc", 0o640, "haproxy"));
+        assert!(f.files["/etc/patroni/config.yml"].is_none());
+        assert!(f.services["etcd"].running());
+        assert!(!f.services["patroni"].running());
+        assert_eq!(f.services["patroni"].enabled, "disabled");
+        assert!(f.services["patroni"].stale && !f.services["etcd"].stale);
+        // An alias (sshd → ssh.service) is named by its place in the answer.
+        assert!(f.services["sshd"].running());
+        assert_eq!(f.missing_packages, vec!["keepalived"]);
+        assert_eq!(f.probes["cluster"], "{\"a\":1}");
+    }
+
+    #[test]
+    fn a_unit_systemd_does_not_know_is_inactive_and_unknown() {
+        let q = FactQuery { services: vec!["nosuch".into()], ..Default::default() };
+        let b64 = base64::engine::general_purpose::STANDARD.encode("Id=nosuch.service\nActiveState=inactive\nUnitFileState=\n");
+        let f = q.parse(&format!("U {b64}\n")).unwrap();
+        assert_eq!(f.services["nosuch"], ServiceFact { active: "inactive".into(), enabled: "unknown".into(), stale: false });
+    }
+
+    /// The script as the host's sh runs it, against this machine's own files,
+    /// services and packages.
+    #[test]
+    fn the_script_runs_in_sh_and_parses() {
+        let q = FactQuery {
+            files: vec!["/etc/hostname".into(), "/no/such/file".into()],
+            services: vec![],
+            packages: vec!["no-such-package-rigger".into()],
+            probes: vec![("echo".into(), "echo hello".into()), ("fails".into(), "false".into())],
+            asks: vec![],
+        };
+        let out = std::process::Command::new("sh").args(["-c", &q.script()]).output().unwrap();
+        let f = q.parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(f.files["/etc/hostname"].as_ref().map(|x| x.sha256.len()), Some(64));
+        assert!(f.files["/no/such/file"].is_none());
+        assert_eq!(f.missing_packages, vec!["no-such-package-rigger"]);
+        assert_eq!((f.probes["echo"].as_str(), f.probes["fails"].as_str()), ("hello\n", ""));
+    }
+}
