@@ -261,7 +261,7 @@ pub(super) async fn stage_role<'a>(ctx: &RoleContext<'a>, role: &'static str) ->
     let subject = format!("role {role}");
     let started = Instant::now();
     events.started(&subject, &format!("{} host(s)", role_hosts.len()));
-    let mut changes: BTreeMap<String, HostChanges> = role_hosts.iter().map(|h| (h.name.clone(), cp.hosts[&h.name].changes.for_role(&cp.hosts[&h.name].desired, role))).collect();
+    let changes: BTreeMap<String, HostChanges> = role_hosts.iter().map(|h| (h.name.clone(), cp.hosts[&h.name].changes.for_role(&cp.hosts[&h.name].desired, role))).collect();
 
     // Stage 1: packages, services to retire, files — every host at once.
     let staged = futures::future::join_all(role_hosts.iter().map(|h| {
@@ -278,10 +278,6 @@ pub(super) async fn stage_role<'a>(ctx: &RoleContext<'a>, role: &'static str) ->
             Ok(touched) => {
                 if !touched.is_empty() {
                     mark_pending(shared, &name, &touched, true).await?;
-                }
-                // Staging enabled them: the bring-up has nothing left to enable.
-                if let Some(ch) = changes.get_mut(&name) {
-                    ch.enable.clear();
                 }
                 ok_hosts.push(*role_hosts.iter().find(|h| h.name == name).expect("host of the role"));
             }

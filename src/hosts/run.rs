@@ -56,14 +56,11 @@ impl<'a> RoleRun<'a> {
         Ok(())
     }
 
-    /// Enable, start, restart and reload on one host exactly as its changes
-    /// say (custom-handled services are left to the role).
+    /// Start, restart and reload on one host exactly as its changes say
+    /// (the staging enabled them at boot already) (custom-handled services are left to the role).
     pub async fn plain_service_changes(&self, host: &Host, session: &HostSession) -> Result<()> {
         let ch = self.changes_of(&host.name);
         let subject = format!("{} {}", self.role, host.name);
-        for s in &ch.enable {
-            session.sudo_ok(&format!("enabling {s}"), &format!("systemctl enable {s} 2>&1")).await?;
-        }
         for s in &ch.start {
             self.events.progress(&subject, format!("starting {s}"));
             start(session, s).await?;

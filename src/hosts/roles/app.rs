@@ -112,7 +112,7 @@ async fn prepare_host(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()
     let plan = run.plan;
     let (name, dir) = (name(plan), home(plan));
     let ch = run.changes_of(&h.name);
-    if !ch.start.contains(&name) && !ch.restart.contains(&name) && ch.enable.is_empty() {
+    if !ch.start.contains(&name) && !ch.restart.contains(&name) {
         return Ok(());
     }
     let subject = format!("app {}", h.name);
@@ -152,16 +152,13 @@ async fn roll(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()> {
     let ch = run.changes_of(&h.name);
     let starting = ch.start.contains(&name);
     let changed = ch.restart.contains(&name);
-    if !starting && !changed && ch.enable.is_empty() {
+    if !starting && !changed {
         return Ok(());
     }
     let subject = format!("app {}", h.name);
     let touched = |suffix: &str| ch.files.iter().any(|f| f.file.path.ends_with(suffix));
     if touched(&format!("/src/{}", source_dir::MANIFEST)) {
         s.sudo_ok("removing files deleted from the app's folder", &source_dir::prune_script(&format!("{dir}/src"))).await?;
-    }
-    if !ch.enable.is_empty() {
-        s.sudo_ok(&format!("enabling {name}"), &format!("systemctl enable {name} 2>&1")).await?;
     }
     if starting {
         run.events.progress(&subject, format!("starting {name}"));

@@ -68,9 +68,6 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
         let joining = joiners.contains(&h.name);
         async move {
             let ch = run.changes_of(&h.name);
-            for svc in &ch.enable {
-                s.sudo_ok("enabling etcd", &format!("systemctl enable {svc} 2>&1")).await?;
-            }
             if ch.start.iter().any(|x| x == "etcd") && !joining {
                 run.events.progress(&format!("etcd {}", h.name), "starting etcd");
                 s.sudo_ok("starting etcd", "systemctl start --no-block etcd").await?;

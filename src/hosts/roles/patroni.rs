@@ -143,17 +143,6 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     let needs_start = |h: &Host| run.changes_of(&h.name).start.iter().any(|s| s == "patroni");
     let to_start: Vec<&Host> = run.hosts.iter().copied().filter(|h| needs_start(h)).collect();
     let running: Vec<&Host> = run.hosts.iter().copied().filter(|h| !needs_start(h)).collect();
-    // The config phase's staging enables units already (hosts::phase::stage);
-    // any left, every member at once (`systemctl enable` reloads systemd:
-    // seconds each on a busy host).
-    run.each(|h, s| async move {
-        for unit in &run.changes_of(&h.name).enable {
-            s.sudo_ok(&format!("enabling {unit}"), &format!("systemctl enable {unit} 2>&1")).await?;
-        }
-        Ok(())
-    })
-    .await?;
-
     if running.is_empty() && !to_start.is_empty() {
         let has_data = futures::future::join_all(to_start.iter().map(|h| async move {
             let out = run.session(&h.name)?.sudo(&format!("test -f {}/PG_VERSION", sh_quote(&data_dir(plan))), None).await?;
