@@ -20,9 +20,28 @@ pub fn idle_seconds() -> Option<NonZeroUsize> {
 
 /// Where the control socket of `host`'s master is noted.
 pub fn record_path(ssh_config: &Path, host: &str) -> PathBuf {
+    note_path(ssh_config, ".masters", host)
+}
+
+/// `host`'s note in the folder beside the ssh_config named by `suffix`.
+fn note_path(ssh_config: &Path, suffix: &str, host: &str) -> PathBuf {
     let mut dir = ssh_config.as_os_str().to_owned();
-    dir.push(".masters");
+    dir.push(suffix);
     PathBuf::from(dir).join(host)
+}
+
+/// Write a master's control socket path to `record` (0600); a note that
+/// cannot be written is removed rather than left half-written.
+fn write_note(record: &Path, ctl: &Path) {
+    if let Some(dir) = record.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(record).and_then(|mut f| f.write_all(ctl.to_string_lossy().as_bytes()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(record);
+    }
 }
 
 /// The master noted for this host, if it still answers.
@@ -45,24 +64,14 @@ pub async fn resume(record: &Path) -> Option<Session> {
 /// Leave the master running and note where its socket is.
 pub fn keep(session: Session, record: &Path) {
     let (ctl, _log) = session.detach();
-    if let Some(dir) = record.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let written = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(record).and_then(|mut f| f.write_all(ctl.to_string_lossy().as_bytes()));
-    if written.is_err() {
-        let _ = std::fs::remove_file(record);
-    }
+    write_note(record, &ctl);
 }
 
 /// Where `wait_for_ssh` notes the master its last, successful probe left
 /// running for the config phase (the first apply's hosts then need one
 /// handshake, not two).
 pub fn handoff_record(ssh_config: &Path, host: &str) -> PathBuf {
-    let mut dir = ssh_config.as_os_str().to_owned();
-    dir.push(".handoff");
-    PathBuf::from(dir).join(host)
+    note_path(ssh_config, ".handoff", host)
 }
 
 /// Close the probes' masters no config phase took over (an apply that
@@ -82,15 +91,7 @@ pub async fn drop_handoffs(ssh_config: &Path) {
 
 /// Note the probe's master (its socket `ctl`) for the config phase.
 pub fn note_handoff(record: &Path, ctl: &Path) {
-    if let Some(dir) = record.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let written = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(record).and_then(|mut f| f.write_all(ctl.to_string_lossy().as_bytes()));
-    if written.is_err() {
-        let _ = std::fs::remove_file(record);
-    }
+    write_note(record, ctl);
 }
 
 /// The master noted for the config phase, if it still answers; the note is
