@@ -91,7 +91,7 @@ impl Project {
             return Ok(());
         }
         raise_inotify_limit(events);
-        let wanted = [("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap"), ("ssh-keygen", "openssh-client"), ("ip", "iproute2")];
+        let wanted = [("systemd-nspawn", "systemd-container"), ("mmdebstrap", "mmdebstrap"), ("dpkg-architecture", "dpkg-dev"), ("ssh-keygen", "openssh-client"), ("ip", "iproute2")];
         let missing: Vec<&str> = wanted.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
         if missing.is_empty() {
             return Ok(());

@@ -1,6 +1,6 @@
 //! The local provider against real machines: a network, a subnet, a firewall
 //! group and two systemd-nspawn machines, reached with the system `ssh` client
-//! under strict host key checking. Needs root, systemd-container, debootstrap
+//! under strict host key checking. Needs root, systemd-container, mmdebstrap
 //! (the image is built on first use). Everything the test makes is removed at
 //! the end, and by a guard if the test fails halfway.
 

@@ -23,7 +23,8 @@ pub enum CommandError {
 pub fn install_hint(program: &str) -> String {
     let package = match program {
         "systemd-nspawn" => "systemd-container",
-        "debootstrap" => "debootstrap",
+        "mmdebstrap" => "mmdebstrap",
+        "dpkg-architecture" => "dpkg-dev",
         "ip" => "iproute2",
         "ssh-keygen" => "openssh-client",
         "mount" | "umount" | "setsid" => "util-linux",

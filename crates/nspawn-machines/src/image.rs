@@ -1,5 +1,11 @@
-//! The machine image: a Debian root filesystem built once with debootstrap and
+//! The machine image: a Debian root filesystem built once with mmdebstrap and
 //! shared read-only by every machine (it is the lower layer of their overlays).
+//!
+//! mmdebstrap rather than debootstrap: it resolves dependencies with apt and
+//! downloads in one batch, and with its eatmydata hook dpkg skips the fsyncs
+//! that nothing needs while the image is being built (a crash restarts the
+//! build anyway). Measured on this project's 2-core host: about 60 s against
+//! 290 s for debootstrap with the same package list.
 //!
 //! Layout under `<root>/images/<name>/`:
 //! - `rootfs/`         the finished image; never modified once in place
@@ -45,8 +51,18 @@ const NETWORK_CONFIGURERS: &[&str] = &[
 /// Timers that only make sense with internet access (machines have none).
 const NEEDLESS_TIMERS: &[&str] = &["apt-daily.timer", "apt-daily-upgrade.timer"];
 
-/// Bump when `prepare_for_machines` changes, so existing images are rebuilt.
-const RECIPE_VERSION: u32 = 2;
+/// Bump when the build recipe (`mmdebstrap`'s hooks, `prepare_for_machines`)
+/// changes, so existing images are rebuilt.
+const RECIPE_VERSION: u32 = 3;
+
+/// mmdebstrap's own hook that runs dpkg under eatmydata while building, and
+/// removes it from the image at the end. It needs `dpkg-architecture` (dpkg-dev).
+const EATMYDATA_HOOKS: &str = "/usr/share/mmdebstrap/hooks/eatmydata";
+
+/// Run after the essential packages, before the rest: Patroni creates and owns
+/// every PostgreSQL cluster, so postgresql-common must not create `main`
+/// (whose data directory would collide with a Patroni scope named `main`).
+const NO_MAIN_CLUSTER_HOOK: &str = r#"mkdir -p "$1/etc/postgresql-common/createcluster.d" && echo "create_main_cluster = false" >"$1/etc/postgresql-common/createcluster.d/rigger.conf""#;
 
 const FALLBACK_MIRROR: &str = "http://deb.debian.org/debian";
 
@@ -154,13 +170,13 @@ async fn lock_exclusive(path: PathBuf) -> Result<std::fs::File> {
 async fn build(dir: &Path, mut manifest: Manifest, events: &Events) -> Result<()> {
     let subject = format!("image {}", manifest.image);
     let started = Instant::now();
-    events.started(&subject, "building with debootstrap (once; cached afterwards)");
+    events.started(&subject, "building with mmdebstrap (once; cached afterwards)");
     let result = async {
-        crate::preflight::require_program("debootstrap")?;
+        crate::preflight::require_program("mmdebstrap")?;
         remove_stale_builds(dir).await?;
         let build_dir = dir.join(format!(".build-{}", std::process::id()));
         manifest.mirror = apt_mirror();
-        debootstrap(&build_dir, &manifest, &subject, events).await?;
+        mmdebstrap(&build_dir, &manifest, &subject, events).await?;
         events.progress(&subject, "preparing the image for machines");
         prepare_for_machines(&build_dir).await?;
         replace_rootfs(dir, &build_dir, events, &subject).await?;
@@ -185,7 +201,7 @@ async fn remove_stale_builds(dir: &Path) -> Result<()> {
         let stale_build = name.starts_with(".build-");
         let unused_old = name.starts_with("rootfs.old-") && !mounts::used_as_lower(&path)?;
         if stale_build || unused_old {
-            // debootstrap mounts /proc and /sys inside its target; never delete through a mount.
+            // The bootstrap mounts /proc and /sys inside its target; never delete through a mount.
             mounts::unmount_all_under(&path).await?;
             remove_dir_all_blocking(path).await?;
         }
@@ -236,22 +252,30 @@ fn mirror_in(text: &str) -> Option<String> {
         .find(|uri| uri.ends_with("/debian") && uri.contains("debian.org"))
 }
 
-async fn debootstrap(target: &Path, manifest: &Manifest, subject: &str, events: &Events) -> Result<()> {
+async fn mmdebstrap(target: &Path, manifest: &Manifest, subject: &str, events: &Events) -> Result<()> {
     let target_s = target.to_string_lossy().into_owned();
     let include = format!("--include={}", manifest.packages.join(","));
     let variant = format!("--variant={}", manifest.variant);
-    let args = ["--components=main", variant.as_str(), include.as_str(), manifest.suite.as_str(), target_s.as_str(), manifest.mirror.as_str()];
-    events.note(subject, cmd::render("debootstrap", &args));
-    let mut child = tokio::process::Command::new("debootstrap")
-        .args(args)
+    let essential_hook = format!("--essential-hook={NO_MAIN_CLUSTER_HOOK}");
+    let mut args = vec!["--components=main", variant.as_str(), include.as_str(), essential_hook.as_str()];
+    let eatmydata = format!("--hook-dir={EATMYDATA_HOOKS}");
+    if Path::new(EATMYDATA_HOOKS).is_dir() && crate::preflight::require_program("dpkg-architecture").is_ok() {
+        args.push(eatmydata.as_str());
+    } else {
+        events.note(subject, format!("building without eatmydata (slower): needs {EATMYDATA_HOOKS} (mmdebstrap) and dpkg-architecture ({})", crate::cmd::install_hint("dpkg-architecture")));
+    }
+    args.extend(["--format=directory", manifest.suite.as_str(), target_s.as_str(), manifest.mirror.as_str()]);
+    events.note(subject, cmd::render("mmdebstrap", &args));
+    let mut child = tokio::process::Command::new("mmdebstrap")
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| cmd::spawn_error("debootstrap", &args, e))?;
-    let stdout = child.stdout.take().context("debootstrap stdout")?;
-    let stderr = child.stderr.take().context("debootstrap stderr")?;
+        .map_err(|e| cmd::spawn_error("mmdebstrap", &args, e))?;
+    let stdout = child.stdout.take().context("mmdebstrap stdout")?;
+    let stderr = child.stderr.take().context("mmdebstrap stderr")?;
     let mut out_lines = BufReader::new(stdout).lines();
     let mut err_lines = BufReader::new(stderr).lines();
     // The last lines, for the error message if it fails.
@@ -259,35 +283,33 @@ async fn debootstrap(target: &Path, manifest: &Manifest, subject: &str, events: 
     let (mut out_open, mut err_open) = (true, true);
     while out_open || err_open {
         let line = tokio::select! {
-            l = out_lines.next_line(), if out_open => l.context("reading debootstrap output")?.or_else(|| { out_open = false; None }),
-            l = err_lines.next_line(), if err_open => l.context("reading debootstrap output")?.or_else(|| { err_open = false; None }),
+            l = out_lines.next_line(), if out_open => l.context("reading mmdebstrap output")?.or_else(|| { out_open = false; None }),
+            l = err_lines.next_line(), if err_open => l.context("reading mmdebstrap output")?.or_else(|| { err_open = false; None }),
         };
         let Some(line) = line else { continue };
         if let Some(message) = line.strip_prefix("I: ") {
-            events.progress(subject, format!("debootstrap: {message}"));
+            events.progress(subject, format!("mmdebstrap: {message}"));
         } else {
-            events.note(subject, format!("debootstrap: {line}"));
+            events.note(subject, format!("mmdebstrap: {line}"));
         }
         tail.push_back(line);
         if tail.len() > 30 {
             tail.pop_front();
         }
     }
-    let status = child.wait().await.context("waiting for debootstrap")?;
+    let status = child.wait().await.context("waiting for mmdebstrap")?;
     if !status.success() {
-        let log = target.join("debootstrap/debootstrap.log");
         bail!(
-            "`{}` failed ({status}); last output:\n{}\nfull log: {} — check that {} is reachable and lists these packages",
-            cmd::render("debootstrap", &args),
+            "`{}` failed ({status}); last output:\n{}\ncheck that {} is reachable and lists these packages",
+            cmd::render("mmdebstrap", &args),
             Vec::from(tail).join("\n"),
-            log.display(),
             manifest.mirror
         );
     }
     Ok(())
 }
 
-/// Turns a fresh debootstrap into a template for many machines: no identity of
+/// Turns a fresh bootstrap into a template for many machines: no identity of
 /// its own, sshd on, role services off, nothing that would touch eth0.
 async fn prepare_for_machines(rootfs: &Path) -> Result<()> {
     let r = rootfs.to_string_lossy().into_owned();
@@ -310,18 +332,17 @@ async fn prepare_for_machines(rootfs: &Path) -> Result<()> {
     disable.extend(NEEDLESS_TIMERS);
     cmd::run("chroot", &disable).await?;
 
-    // The distro's own PostgreSQL cluster must not start with the machine; Patroni
-    // owns PostgreSQL. `manual` keeps the cluster's files but stops auto-start.
-    let clusters = rootfs.join("etc/postgresql");
-    if let Ok(versions) = std::fs::read_dir(&clusters) {
-        for version in versions.flatten() {
-            for cluster in std::fs::read_dir(version.path()).into_iter().flatten().flatten() {
-                let start_conf = cluster.path().join("start.conf");
-                if start_conf.exists() {
-                    std::fs::write(&start_conf, "manual\n").with_context(|| format!("writing {}", start_conf.display()))?;
-                }
-            }
-        }
+    // Patroni creates and owns every PostgreSQL cluster; the essential hook told
+    // postgresql-common not to make one (see NO_MAIN_CLUSTER_HOOK).
+    let clusters: Vec<String> = std::fs::read_dir(rootfs.join("etc/postgresql"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|version| std::fs::read_dir(version.path()).into_iter().flatten().flatten())
+        .map(|cluster| cluster.path().display().to_string())
+        .collect();
+    if !clusters.is_empty() {
+        bail!("the image has PostgreSQL clusters of its own ({}); Patroni must own every cluster — the build's essential hook did not take", clusters.join(", "));
     }
     // Downloaded .debs are not needed once installed; they are half the image.
     if let Ok(debs) = std::fs::read_dir(rootfs.join("var/cache/apt/archives")) {
@@ -332,7 +353,7 @@ async fn prepare_for_machines(rootfs: &Path) -> Result<()> {
         }
     }
     if rootfs.join("etc/network/interfaces").exists() || rootfs.join("sbin/dhclient").exists() {
-        bail!("the image has ifupdown or a DHCP client, which would reconfigure eth0; expected a minbase debootstrap without them");
+        bail!("the image has ifupdown or a DHCP client, which would reconfigure eth0; expected a minbase bootstrap without them");
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 /// Root, systemd-nspawn, iproute2, util-linux, ssh-keygen and overlayfs.
-/// (debootstrap is checked only when the image has to be built.)
+/// (mmdebstrap is checked only when the image has to be built.)
 pub fn check_host() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the local provider must run as root (it creates network namespaces, bridges and overlay mounts): run rigger with sudo");

@@ -1,8 +1,8 @@
 //! The local provider, rigger's embedded default: each machine is a
 //! `systemd-nspawn --boot` container of a Debian 12 image (built once with
-//! debootstrap), with its own overlay and its own network namespace on a bridge
+//! mmdebstrap), with its own overlay and its own network namespace on a bridge
 //! per plan network, at the plan's IP. Needs root, systemd-container and
-//! debootstrap; no account, no internet at run time.
+//! mmdebstrap; no account, no internet at run time.
 //!
 //! Resources and what they are here:
 //! - `network.<name>`:  a Linux bridge (attrs: `bridge`)

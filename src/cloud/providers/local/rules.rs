@@ -45,7 +45,7 @@ impl PlanRules for LocalRules {
         true
     }
 
-    /// The machines are containers off a debootstrap image with the distro
+    /// The machines are containers off a Debian image with the distro
     /// mirror only: no Docker Engine, no Node.js 20, no npm registry.
     fn machines_reach_registries(&self) -> bool {
         false
