@@ -139,7 +139,7 @@ pub async fn gather(project: &Project, state: &crate::state::State) -> Result<St
         let members: Vec<Value> = cluster["members"].as_array().cloned().unwrap_or_default();
         let leader = members.iter().find(|m| m["role"] == "leader").and_then(|m| m["name"].as_str()).map(str::to_string);
         let streaming: Vec<String> = match leader.as_ref().and_then(|l| sessions.get(l)) {
-            Some(ls) => crate::hosts::roles::patroni::streaming_replicas(ls, plan.int_setting(patroni::NAME, "port")).await?,
+            Some(ls) => crate::hosts::roles::patroni::streaming_replicas(ls, plan).await?,
             None => vec![],
         };
         for m in members {
@@ -227,7 +227,7 @@ async fn client_paths(plan: &crate::plan::model::Plan, state: &crate::state::Sta
         let Some(s) = sessions.get(&h.name) else { continue };
         let seen = cp::nginx_upstreams(s, nginx_port, apps.len() * 3).await?;
         let missing: Vec<&str> = apps.iter().filter(|(u, _)| !seen.contains(*u)).map(|(_, n)| n.as_str()).collect();
-        let detail = if missing.is_empty() { String::new() } else { format!("no 200 from {} through nginx", missing.join(", ")) };
+        let detail = if missing.is_empty() { String::new() } else { format!("no answer from {} through nginx", missing.join(", ")) };
         out.push(PathView { path: format!("HTTP through nginx {} to every app", h.name), ok: missing.is_empty(), detail });
     }
     Ok(out)

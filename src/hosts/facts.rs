@@ -70,7 +70,11 @@ impl FactQuery {
             s.push_str("probes=$(mktemp -d)\n");
             s.push_str(&ahead::start_script(&self.asks));
             for (i, (_, cmd)) in self.probes.iter().enumerate() {
-                s.push_str(&format!("( {cmd} ) >\"$probes/{i}\" 2>/dev/null </dev/null &\n"));
+                if self.ask_running(cmd).is_none() {
+                    // Through a pipe, like the asks: a command that opens
+                    // /dev/stdout itself would truncate a file.
+                    s.push_str(&format!("( {cmd} ) 2>/dev/null </dev/null | cat >\"$probes/{i}\" &\n"));
+                }
             }
         }
         s.push_str(". /etc/os-release 2>/dev/null; echo \"O ${ID:-unknown}-${VERSION_ID:-unknown}\"\n");
@@ -93,13 +97,21 @@ impl FactQuery {
         }
         if background {
             s.push_str("wait\n");
-            for (i, (name, _)) in self.probes.iter().enumerate() {
-                s.push_str(&format!("echo \"X {} $(base64 -w0 <\"$probes/{i}\")\"\n", sh_quote(name)));
+            for (i, (name, cmd)) in self.probes.iter().enumerate() {
+                let file = self.ask_running(cmd).map(|j| format!("out{j}")).unwrap_or_else(|| i.to_string());
+                s.push_str(&format!("echo \"X {} $(base64 -w0 <\"$probes/{file}\")\"\n", sh_quote(name)));
             }
             s.push_str(&ahead::report_script(&self.asks));
             s.push_str("rm -rf \"$probes\"\n");
         }
         s
+    }
+
+    /// The ask that already runs a probe's command (as root, no input): the
+    /// probe reads its stdout instead of running it a second time (Patroni's
+    /// REST calls cost tens of milliseconds of CPU each).
+    fn ask_running(&self, cmd: &str) -> Option<usize> {
+        self.asks.iter().position(|a| a.root && a.stdin.is_none() && a.script == cmd)
     }
 
     pub fn parse(&self, output: &str) -> Result<HostFacts> {
@@ -250,7 +262,9 @@ mod tests {
             files: vec!["/etc/hostname".into(), "/no/such/file".into()],
             services: vec![],
             packages: vec!["no-such-package-rigger".into()],
-            probes: vec![("echo".into(), "echo hello".into()), ("fails".into(), "false".into())],
+            // `curl -o /dev/stdout -w …` writes like the third probe: the
+            // file behind a plain redirect would lose its first lines.
+            probes: vec![("echo".into(), "echo hello".into()), ("fails".into(), "false".into()), ("reopens".into(), "echo body >/dev/stdout; echo status".into())],
             asks: vec![],
         };
         let out = std::process::Command::new("sh").args(["-c", &q.script()]).output().unwrap();
@@ -259,5 +273,25 @@ mod tests {
         assert!(f.files["/no/such/file"].is_none());
         assert_eq!(f.missing_packages, vec!["no-such-package-rigger"]);
         assert_eq!((f.probes["echo"].as_str(), f.probes["fails"].as_str()), ("hello\n", ""));
+        assert_eq!(f.probes["reopens"], "body\nstatus\n");
+    }
+
+    /// A probe that a gate also asks runs once; both read the one answer.
+    #[test]
+    fn a_probe_the_gate_also_asks_runs_once() {
+        let q = FactQuery {
+            files: vec![],
+            services: vec![],
+            packages: vec![],
+            probes: vec![("shared".into(), "printf 'body\\n200'".into()), ("own".into(), "echo own".into())],
+            asks: vec![Ask::sudo("printf 'body\\n200'", None), Ask::sudo("echo gate-only", None)],
+        };
+        let script = q.script();
+        assert_eq!(script.matches("printf").count(), 1, "{script}");
+        let out = std::process::Command::new("sh").args(["-c", &script]).env("SUDO_USER", "root").output().unwrap();
+        let f = q.parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!((f.probes["shared"].as_str(), f.probes["own"].as_str()), ("body\n200", "own\n"));
+        let answers: Vec<(Ask, RunOutput)> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_prefix("A ")).filter_map(|l| ahead::parse(&q.asks, l)).collect();
+        assert_eq!(answers.iter().map(|(_, o)| o.stdout.as_str()).collect::<Vec<_>>(), ["body\n200", "gate-only\n"]);
     }
 }

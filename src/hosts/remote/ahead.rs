@@ -50,8 +50,10 @@ pub fn start_script(asks: &[Ask]) -> String {
         let user = if a.root { String::new() } else { "runuser -u \"$SUDO_USER\" -- ".into() };
         // stdout through a pipe, as over SSH: a command writing to
         // /dev/stdout itself (curl -o /dev/stdout) would truncate a file.
+        // A pipeline in the background, with no subshell around it: each
+        // process forked here costs CPU on every host of every run.
         s.push_str(&format!(
-            "( ( timeout {LIMIT_SECS} {user}sh -c {} <{input} 2>\"$probes/err{i}\"; echo $? >\"$probes/code{i}\" ) | cat >\"$probes/out{i}\" ) &\n",
+            "( timeout {LIMIT_SECS} {user}sh -c {} <{input} 2>\"$probes/err{i}\"; echo $? >\"$probes/code{i}\" ) | cat >\"$probes/out{i}\" &\n",
             sh_quote(&a.script)
         ));
     }
@@ -61,7 +63,8 @@ pub fn start_script(asks: &[Ask]) -> String {
 /// After `wait`: one `A` line per ask.
 pub fn report_script(asks: &[Ask]) -> String {
     (0..asks.len())
-        .map(|i| format!("echo \"A {i} $(cat \"$probes/code{i}\") $(base64 -w0 <\"$probes/out{i}\") $(base64 -w0 <\"$probes/err{i}\")\"\n"))
+        // `read`, a builtin, rather than `$(cat …)`: one fork less per ask.
+        .map(|i| format!("read -r code <\"$probes/code{i}\" || code=; echo \"A {i} $code $(base64 -w0 <\"$probes/out{i}\") $(base64 -w0 <\"$probes/err{i}\")\"\n"))
         .collect()
 }
 

@@ -326,17 +326,26 @@ impl ScriptedHost {
             let state = if view.packages.contains(&p) { "installed" } else { "not-installed" };
             out.push_str(&format!("I {p} {state}\n"));
         }
-        // Probes: `( cmd ) >"$probes/i"`, reported as `X name b64`.
-        let probe_cmds: Vec<&str> = script.lines().filter_map(|l| l.strip_prefix("( ")?.split_once(" ) >\"$probes/").map(|(c, _)| c)).collect();
-        let probe_names: Vec<String> = script.lines().filter_map(|l| l.strip_prefix("echo \"X ")?.split_once(" $(base64").map(|(n, _)| unquote(n))).collect();
-        for (name, cmd) in probe_names.iter().zip(probe_cmds) {
-            let answer = self.rules.iter().find(|r| cmd.contains(&r.contains)).map(|r| (r.answer)(view, cmd)).filter(RunOutput::ok);
-            out.push_str(&format!("X {name} {}\n", b64.encode(answer.map(|a| a.stdout).unwrap_or_default())));
-        }
         // Asks: answered as the gate would be answered live.
         let asks = asks_in(script, stdin);
-        for (i, ask) in asks.iter().enumerate() {
-            let (_, answer) = self.dispatch(view, &ask.script, ask.stdin.as_deref());
+        let answers: Vec<RunOutput> = asks.iter().map(|ask| self.dispatch(view, &ask.script, ask.stdin.as_deref()).1).collect();
+        // Probes: `( cmd ) … | cat >"$probes/i"`, reported as `X name b64` from
+        // that file, or from an ask's `outJ` when an ask runs the same command.
+        let probe_cmds: BTreeMap<&str, &str> = script
+            .lines()
+            .filter_map(|l| l.strip_prefix("( ")?.split_once(" ) 2>/dev/null </dev/null | cat >\"$probes/"))
+            .filter_map(|(c, rest)| Some((rest.split_once('"')?.0, c)))
+            .collect();
+        for line in script.lines().filter_map(|l| l.strip_prefix("echo \"X ")) {
+            let Some((name, rest)) = line.split_once(" $(base64 -w0 <\"$probes/") else { continue };
+            let file = rest.split_once('"').map(|(f, _)| f).unwrap_or_default();
+            let stdout = match file.strip_prefix("out").and_then(|j| j.parse::<usize>().ok()) {
+                Some(j) => answers.get(j).map(|a| a.stdout.clone()),
+                None => probe_cmds.get(file).and_then(|cmd| self.rules.iter().find(|r| cmd.contains(&r.contains)).map(|r| (r.answer)(view, cmd))).filter(RunOutput::ok).map(|a| a.stdout),
+            };
+            out.push_str(&format!("X {} {}\n", unquote(name), b64.encode(stdout.unwrap_or_default())));
+        }
+        for (i, answer) in answers.iter().enumerate() {
             out.push_str(&format!("A {i} {} {} {}\n", answer.code, b64.encode(&answer.stdout), b64.encode(&answer.stderr)));
         }
         ok(&out)
@@ -348,7 +357,7 @@ fn asks_in(script: &str, stdin: &[u8]) -> Vec<Ask> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut inputs = String::from_utf8_lossy(stdin).lines().map(|l| b64.decode(l).unwrap_or_default()).collect::<Vec<_>>().into_iter();
     let mut asks = Vec::new();
-    for line in script.lines().filter(|l| l.starts_with("( ( timeout ")) {
+    for line in script.lines().filter(|l| l.starts_with("( timeout ")) {
         let root = !line.contains("runuser -u");
         let Some(rest) = line.split_once("sh -c ").map(|(_, r)| r) else { continue };
         let (quoted, _) = first_word(rest);

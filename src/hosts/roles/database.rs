@@ -32,7 +32,7 @@ fn primary_ask(plan: &Plan) -> Ask {
 fn login_ask(plan: &Plan, database: &str, user: &str, password: &str) -> Ask {
     let pg_port = pg_port(plan);
     Ask::sudo(
-        format!("read -r PGPASSWORD; export PGPASSWORD; psql -h 127.0.0.1 -p {pg_port} -U {user} -d {database} -Atc 'select 1' 2>&1"),
+        format!("read -r PGPASSWORD; export PGPASSWORD; {} -h 127.0.0.1 -p {pg_port} -U {user} -d {database} -Atc 'select 1' 2>&1", patroni::psql_bin(plan)),
         Some(format!("{password}\n").as_bytes()),
     )
 }

@@ -190,7 +190,13 @@ mod tests {
         let probe = |config: &str, state: &str| -> std::collections::BTreeMap<String, String> {
             [("patroni_config", config), ("patroni_state", state)].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
         };
-        let (down, up, owing, none) = (probe(" ", ""), probe(r#"{"postgresql":{"parameters":{"max_connections":"50"}}}"#, r#"{"pending_restart":false}"#), probe("{}", r#"{"pending_restart":true}"#), Default::default());
+        // Answers as the gate's REST asks print them: the body, then the status.
+        let (down, up, owing, none) = (
+            probe("\n000", "\n000"),
+            probe("{\"postgresql\":{\"parameters\":{\"max_connections\":\"50\"}}}\n200", "{\"pending_restart\":false}\n200"),
+            probe("{}\n200", "{\"pending_restart\":true}\n200"),
+            Default::default(),
+        );
         let probes: std::collections::BTreeMap<&str, &std::collections::BTreeMap<String, String>> = [("pg-1", &down), ("pg-2", &up), ("pg-3", &owing), ("cache", &none)].into_iter().collect();
         let owed = super::registry::get("patroni").unwrap().cluster_changes(&p, &probes);
         // pg-1 answered nothing: pg-2's config is the one read.

@@ -61,12 +61,20 @@ pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     })
 }
 
-/// The probes the plan needs: the DCS config as Patroni serves it.
+/// The probes the plan needs: the DCS config and the member's state as Patroni
+/// serves them. They are the gate's own `/config` and `/patroni` asks, so the
+/// facts round trip runs each request once (`FactQuery` shares them); an
+/// answer is the body and then the status line (`answered_ok`).
 pub fn probes(plan: &Plan) -> Vec<(String, String)> {
-    vec![
-        ("patroni_config".into(), super::rest_auth::local_curl(rest_port(plan), "-m 3", "/config")),
-        ("patroni_state".into(), super::rest_auth::local_curl(rest_port(plan), "-m 3", "/patroni")),
-    ]
+    let port = rest_port(plan);
+    vec![("patroni_config".into(), rest_script(port, "GET", "/config", None)), ("patroni_state".into(), rest_script(port, "GET", "/patroni", None))]
+}
+
+/// The body of a `rest_script` answer (body, newline, status code) when
+/// Patroni answered 200.
+fn answered_ok(answer: &str) -> Option<&str> {
+    let (body, code) = answer.trim_end().rsplit_once('\n')?;
+    (code.trim() == "200").then_some(body)
 }
 
 /// Parameters whose DCS value differs from the plan's: (name, now, wanted).
@@ -99,19 +107,29 @@ fn as_text(v: &Value) -> String {
 fn rest_script(port: u64, method: &str, path: &str, body: Option<&Value>) -> String {
     let data = body.map(|b| format!(" -H 'Content-Type: application/json' --data-binary {}", sh_quote(&b.to_string()))).unwrap_or_default();
     let auth = super::rest_auth::curl_args();
-    super::rest_auth::local_curl(port, &format!("-m 60 {auth} -o /dev/stdout -w '\\n%{{http_code}}' -X {method}{data}"), path)
+    super::rest_auth::local_curl(port, &format!("-m 60 {auth} -w '\\n%{{http_code}}' -X {method}{data}"), path)
 }
 
-fn streaming_script(pg_port: u64) -> String {
-    format!("runuser -u postgres -- psql -h /var/run/postgresql -p {pg_port} -Atc \"select application_name from pg_stat_replication where state = 'streaming'\"")
+/// The member's own psql binary (the server package ships it), not Debian's
+/// Perl wrapper `/usr/bin/psql`, which costs about 40 ms of CPU per call:
+/// health checks call it on every member in every run.
+pub fn psql_bin(plan: &Plan) -> String {
+    format!("/usr/lib/postgresql/{}/bin/psql", version(plan))
+}
+
+fn streaming_script(plan: &Plan) -> String {
+    format!("runuser -u postgres -- {} -h /var/run/postgresql -p {} -Atc \"select application_name from pg_stat_replication where state = 'streaming'\"", psql_bin(plan), pg_port(plan))
 }
 
 /// The gate's commands on a member, asked ahead in the facts round trip:
-/// the cluster, the DCS config, its own state and (on the leader) who streams.
-pub fn gate_asks(plan: &Plan) -> Vec<crate::hosts::remote::ahead::Ask> {
+/// the cluster (on the first member, the one `gate` asks), the DCS config,
+/// its own state and (on the leader, not known ahead) who streams.
+pub fn gate_asks(plan: &Plan, host: &crate::plan::model::Host) -> Vec<crate::hosts::remote::ahead::Ask> {
     let port = rest_port(plan);
-    let mut asks: Vec<crate::hosts::remote::ahead::Ask> = ["/cluster", "/config", "/patroni"].iter().map(|p| crate::hosts::remote::ahead::Ask::sudo(rest_script(port, "GET", p, None), None)).collect();
-    asks.push(crate::hosts::remote::ahead::Ask::sudo(streaming_script(pg_port(plan)), None));
+    let first = plan.hosts_with_role(NAME).next().is_some_and(|h| h.name == host.name);
+    let paths = if first { &["/cluster", "/config", "/patroni"][..] } else { &["/config", "/patroni"][..] };
+    let mut asks: Vec<crate::hosts::remote::ahead::Ask> = paths.iter().map(|p| crate::hosts::remote::ahead::Ask::sudo(rest_script(port, "GET", p, None), None)).collect();
+    asks.push(crate::hosts::remote::ahead::Ask::sudo(streaming_script(plan), None));
     asks
 }
 
@@ -230,7 +248,7 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
         if !missing.is_empty() {
             return Ok(Err(format!("not in the cluster yet: {missing:?}")));
         }
-        let streaming = streaming_replicas(run.session(&leader)?, pg_port(run.plan)).await?;
+        let streaming = streaming_replicas(run.session(&leader)?, run.plan).await?;
         let lagging: Vec<&String> = names.iter().filter(|n| **n != leader && !streaming.contains(n)).collect();
         if lagging.is_empty() {
             Ok(Ok(()))
@@ -255,9 +273,9 @@ async fn wake_leader(leader: &HostSession, port: u64) {
 }
 
 /// Members the leader sees streaming (pg_stat_replication), by name.
-/// `pg_port` names the socket (`services.patroni.port`).
-pub async fn streaming_replicas(leader: &HostSession, pg_port: u64) -> Result<Vec<String>> {
-    let out = leader.sudo(&streaming_script(pg_port), None).await?;
+/// The socket is named by `services.patroni.port`.
+pub async fn streaming_replicas(leader: &HostSession, plan: &Plan) -> Result<Vec<String>> {
+    let out = leader.sudo(&streaming_script(plan), None).await?;
     Ok(out.stdout.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
 }
 
@@ -555,8 +573,8 @@ impl super::role::Role for Patroni {
         Ok(d)
     }
     fn gate_asks(&self, plan: &crate::plan::model::Plan, host: &crate::plan::model::Host, secrets: &std::collections::BTreeMap<String, String>) -> Vec<crate::hosts::remote::ahead::Ask> {
-        let _ = (host, secrets);
-        gate_asks(plan)
+        let _ = secrets;
+        gate_asks(plan, host)
     }
     /// The DCS config and the member's state, for the parameter changes and pending restarts.
     fn probes(&self, plan: &crate::plan::model::Plan) -> Vec<(String, String)> {
@@ -568,11 +586,11 @@ impl super::role::Role for Patroni {
     fn cluster_changes(&self, plan: &Plan, probes: &std::collections::BTreeMap<&str, &std::collections::BTreeMap<String, String>>) -> super::role::ClusterChanges {
         let parameters = probes
             .values()
-            .filter_map(|p| p.get("patroni_config").filter(|c| !c.trim().is_empty()))
+            .filter_map(|p| p.get("patroni_config").and_then(|c| answered_ok(c)))
             .next()
             .map(|c| [crate::plan::rto::dcs_changes(plan, c), parameter_changes(plan, c)].concat())
             .unwrap_or_default();
-        let pending_restarts = probes.iter().filter(|(_, p)| p.get("patroni_state").is_some_and(|s| restart_pending(s))).map(|(n, _)| n.to_string()).collect();
+        let pending_restarts = probes.iter().filter(|(_, p)| p.get("patroni_state").and_then(|s| answered_ok(s)).is_some_and(restart_pending)).map(|(n, _)| n.to_string()).collect();
         super::role::ClusterChanges { parameters, pending_restarts }
     }
     async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
