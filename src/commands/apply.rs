@@ -70,7 +70,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
                 crate::hosts::remote::access::write(&project, &state)?;
                 if !infra_only && state.machines().next().is_some() {
-                    prepared = Some(phase::prepare(&project.with_cloud_addresses(&state), &state, args.parallelism, true, &events).await);
+                    prepared = Some(phase::prepare(&project.with_cloud_addresses(&state), &state, args.parallelism, phase::Gather::APPLY_PREVIEW, &events).await);
                 }
             }
             drop(events);
@@ -166,7 +166,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 old.close().await;
             }
             let state = shared.lock().await.state.clone();
-            config_plan = match phase::prepare(&project, &state, args.parallelism, false, &events).await {
+            config_plan = match phase::prepare(&project, &state, args.parallelism, phase::Gather::APPLY, &events).await {
                 Ok(cp) => Some(cp),
                 Err(e) => {
                     result = Err(e);

@@ -23,7 +23,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
         (Ok(live), false) => {
             state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
             crate::hosts::remote::access::write(&project, &state)?;
-            Some(crate::hosts::phase::prepare(&project.with_cloud_addresses(&state), &state, PLAN_PARALLELISM, true, &events).await)
+            Some(crate::hosts::phase::prepare(&project.with_cloud_addresses(&state), &state, PLAN_PARALLELISM, crate::hosts::phase::Gather::PLAN, &events).await)
         }
         _ => None,
     };

@@ -162,7 +162,7 @@ pub async fn restore(project: &Project, target: &Target, auto_approve: bool, ver
     let with_addresses = project.with_cloud_addresses(&state);
     let project = &with_addresses;
     let (events, printer) = Printer::start(verbose);
-    let prepared = phase::prepare(project, &state, 15, false, &events).await;
+    let prepared = phase::prepare(project, &state, 15, phase::Gather::APPLY, &events).await;
     drop(events);
     printer.finish().await;
     let cp = prepared?;
@@ -180,7 +180,7 @@ pub async fn restore(project: &Project, target: &Target, auto_approve: bool, ver
     let (events, printer) = Printer::start(verbose);
     let state_now = shared.lock().await.state.clone();
     let gates = async {
-        let cp = phase::prepare(project, &state_now, 15, false, &events).await?;
+        let cp = phase::prepare(project, &state_now, 15, phase::Gather::APPLY, &events).await?;
         let r = phase::apply(project, &cp, &shared, &events).await;
         cp.close().await;
         r

@@ -72,18 +72,38 @@ fn pending_in(host_entry: Option<&Value>) -> BTreeSet<String> {
     host_entry.and_then(|h| h.get("pending")).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
 }
 
+/// What a facts round trip gathers besides the facts.
+#[derive(Debug, Clone, Copy)]
+pub struct Gather {
+    /// The current content of files that will change (a plan shows the diff).
+    pub old_content: bool,
+    /// The health gates' commands, asked ahead: only an apply runs gates, and
+    /// they are most of a no-change round trip's cost (client logins).
+    pub gates_ahead: bool,
+}
+
+impl Gather {
+    /// `rigger plan`: diffs, no gates.
+    pub const PLAN: Gather = Gather { old_content: true, gates_ahead: false };
+    /// An apply's preview before the cloud step: diffs, and the gates ahead
+    /// for when nothing changes.
+    pub const APPLY_PREVIEW: Gather = Gather { old_content: true, gates_ahead: true };
+    /// An apply's look at the hosts it is about to configure.
+    pub const APPLY: Gather = Gather { old_content: false, gates_ahead: true };
+}
+
 /// Connect, gather facts and compute every host's changes.
-pub async fn prepare(project: &Project, state: &State, parallelism: usize, with_old_content: bool, events: &Events) -> Result<ConfigPlan> {
+pub async fn prepare(project: &Project, state: &State, parallelism: usize, gather: Gather, events: &Events) -> Result<ConfigPlan> {
     let config = crate::hosts::remote::ssh_config_path(project);
     let connect = |name: String| {
         let config = config.clone();
         async move { HostSession::connect(&config, &name).await }
     };
-    prepare_with(project, state, parallelism, with_old_content, events, connect).await
+    prepare_with(project, state, parallelism, gather, events, connect).await
 }
 
 /// `prepare`, with the sessions opened by `connect` (tests hand in scripted hosts).
-pub async fn prepare_with<C, CF>(project: &Project, state: &State, parallelism: usize, with_old_content: bool, events: &Events, connect: C) -> Result<ConfigPlan>
+pub async fn prepare_with<C, CF>(project: &Project, state: &State, parallelism: usize, gather: Gather, events: &Events, connect: C) -> Result<ConfigPlan>
 where
     C: Fn(String) -> CF,
     CF: std::future::Future<Output = Result<HostSession>>,
@@ -110,7 +130,7 @@ where
         // A host rigger configured before and owes nothing is likely to need
         // no change: its gates' commands ride along (a first build skips them,
         // its daemons are not up yet).
-        let asks = if configured_before(state, &h.name) { roles::gate_asks(plan, h, &state.secrets) } else { vec![] };
+        let asks = if gather.gates_ahead && configured_before(state, &h.name) { roles::gate_asks(plan, h, &state.secrets) } else { vec![] };
         async move {
             let session = connect(h.name.clone()).await?;
             let mut query = d.query(probes);
@@ -148,7 +168,7 @@ where
         let f = all_facts.remove(&name).unwrap_or_default();
         let changes = ops::compute(&d, &f, &pending(state, &name));
         let mut old_content = BTreeMap::new();
-        if with_old_content {
+        if gather.old_content {
             for fc in changes.files.iter().filter(|c| c.content_changed) {
                 if let Ok(out) = sessions[&name].sudo(&format!("cat {} 2>/dev/null", crate::hosts::remote::session::sh_quote(&fc.file.path)), None).await {
                     old_content.insert(fc.file.path.clone(), out.stdout);

@@ -81,7 +81,7 @@ impl World {
     pub(super) async fn prepare(&self) -> Result<ConfigPlan> {
         let state = self.shared.lock().await.state.clone();
         let hosts = &self.hosts;
-        phase::prepare_with(&self.project, &state, 4, false, &Events::silent(), |name| async move { Ok(hosts[&name].session()) }).await
+        phase::prepare_with(&self.project, &state, 4, phase::Gather::APPLY, &Events::silent(), |name| async move { Ok(hosts[&name].session()) }).await
     }
 
     /// One config phase, as `apply` runs it: prepare, then apply.
