@@ -250,7 +250,10 @@ fn rigger_steps(stderr: &str) -> (f64, f64) {
 fn rigger_noop(stack: &Stack, persist: bool) -> Result<(f64, String)> {
     let mut cmd = stack.rigger(&["apply", &stack.plan_arg(), "--auto-approve"]);
     if persist {
-        cmd.env(rigger::hosts::remote::persist::ENV, "60");
+        // Longer than a whole round (Ansible alone takes about a minute): with
+        // 60 s the masters had gone idle-expired by the next round's run, which
+        // then measured fresh handshakes under the "masters kept" label.
+        cmd.env(rigger::hosts::remote::persist::ENV, "300");
     }
     let (out, secs) = timed(&mut cmd)?;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -391,15 +394,22 @@ fn machines_running() -> usize {
 #[derive(Default)]
 struct Series {
     times: Vec<f64>,
+    /// CPU seconds the whole host spent while each timed run ran (all cores).
+    cpus: Vec<f64>,
     error: Option<String>,
 }
 
 impl Series {
-    fn record(&mut self, label: &str, r: Result<f64>) {
+    /// Times `run` and the host's CPU time meanwhile, and records both.
+    fn measure(&mut self, label: &str, run: impl FnOnce() -> Result<f64>) {
+        let before = host_cpu_seconds();
+        let r = run();
+        let cpu = host_cpu_seconds() - before;
         match r {
             Ok(t) => {
-                println!("  {label:<24} {t:>7.2} s");
+                println!("  {label:<24} {t:>7.2} s   cpu {cpu:>5.2} s");
                 self.times.push(t);
+                self.cpus.push(cpu);
             }
             Err(e) => {
                 println!("  {label:<24} FAILED: {e:#}");
@@ -407,6 +417,17 @@ impl Series {
             }
         }
     }
+}
+
+/// Busy CPU time of the whole host so far (every core; /proc/stat's user,
+/// nice, system, irq, softirq and steal, in USER_HZ = 1/100 s). The machines
+/// share the host's kernel, so their work counts too: on a host whose cores
+/// are all busy, the wall time follows the CPU time, and this shows why.
+fn host_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return 0.0 };
+    let f: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum::<f64>() / 100.0
 }
 
 fn main() -> Result<()> {
@@ -489,42 +510,38 @@ fn main() -> Result<()> {
     let _ = rigger_noop(&stack, true);
     for rep in 1..=reps {
         println!("round {rep}/{reps} (load {})", load());
-        match rigger_noop(&stack, false) {
-            Ok((t, note)) => {
-                r.record("rigger apply (no-op)", Ok(t));
-                println!("  {:<24} {note}", "");
-            }
-            Err(e) => r.record("rigger apply (no-op)", Err(e)),
-        }
+        r.measure("rigger apply (no-op)", || {
+            let (t, note) = rigger_noop(&stack, false)?;
+            println!("  {:<24} {note}", "");
+            Ok(t)
+        });
         check_interrupted()?;
-        match rigger_noop(&stack, true) {
-            Ok((t, note)) => {
-                rp.record("rigger, masters kept", Ok(t));
-                println!("  {:<24} {note}", "");
-            }
-            Err(e) => rp.record("rigger, masters kept", Err(e)),
-        }
+        rp.measure("rigger, masters kept", || {
+            let (t, note) = rigger_noop(&stack, true)?;
+            println!("  {:<24} {note}", "");
+            Ok(t)
+        });
         check_interrupted()?;
-        f13.record(&format!("ssh floor, {} hosts", all_hosts.len()), floor(&ssh_config, &all_hosts));
+        f13.measure(&format!("ssh floor, {} hosts", all_hosts.len()), || floor(&ssh_config, &all_hosts));
         check_interrupted()?;
-        f9.record(&format!("ssh floor, {} hosts", manifest.hosts.len()), floor(&ssh_config, &manifest.hosts));
+        f9.measure(&format!("ssh floor, {} hosts", manifest.hosts.len()), || floor(&ssh_config, &manifest.hosts));
         check_interrupted()?;
         if let Ok(exe) = &ansible {
-            a.record("ansible-playbook", ansible_run(exe, &work, &manifest.hosts, rep));
+            a.measure("ansible-playbook", || ansible_run(exe, &work, &manifest.hosts, rep));
             check_interrupted()?;
         }
         if let Ok(exe) = &pyinfra {
-            p.record("pyinfra", pyinfra_run(exe, &work, &manifest.hosts));
+            p.measure("pyinfra", || pyinfra_run(exe, &work, &manifest.hosts));
             check_interrupted()?;
         }
     }
 
     let rigger_median = median(&r.times);
     println!("\nmedians of {reps} runs (no-change config job; ratio = tool / rigger):");
-    println!("  {:<40} {:>9} {:>12}", "", "median", "vs rigger");
+    println!("  {:<40} {:>9} {:>12} {:>10}", "", "median", "vs rigger", "host cpu");
     let row = |label: &str, s: &Series, why: Option<&String>| match (median(&s.times), rigger_median) {
-        (Some(m), Some(rm)) => println!("  {label:<40} {m:>7.2} s {:>11.2}x", m / rm),
-        (Some(m), None) => println!("  {label:<40} {m:>7.2} s {:>12}", "—"),
+        (Some(m), Some(rm)) => println!("  {label:<40} {m:>7.2} s {:>11.2}x {:>8.2} s", m / rm, median(&s.cpus).unwrap_or(0.0)),
+        (Some(m), None) => println!("  {label:<40} {m:>7.2} s {:>12} {:>8.2} s", "—", median(&s.cpus).unwrap_or(0.0)),
         (None, _) => println!("  {label:<40} not measured: {}", why.or(s.error.as_ref()).map(String::as_str).unwrap_or("no successful run")),
     };
     row("rigger apply (refresh+facts+gates)", &r, None);
@@ -535,6 +552,9 @@ fn main() -> Result<()> {
     row("pyinfra (files.template+systemd)", &p, pyinfra.as_ref().err());
     if let (Some(rm), Some(fm)) = (rigger_median, median(&f13.times)) {
         println!("  rigger / floor ({} hosts): {:.2}x", all_hosts.len(), rm / fm);
+    }
+    if let (Some(rc), Some(fc)) = (median(&r.cpus), median(&f13.cpus)) {
+        println!("  host CPU, rigger / floor ({} hosts): {rc:.2} s / {fc:.2} s = {:.2}x on {} cores", all_hosts.len(), rc / fc, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     }
     if let (Some(rm), Some(fm)) = (median(&rp.times), median(&f13.times)) {
         println!("  rigger with SSH masters kept / floor ({} hosts): {:.2}x", all_hosts.len(), rm / fm);
