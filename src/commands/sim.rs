@@ -2,7 +2,7 @@
 //! then remove the machines it booted.
 
 use crate::cli::{SimCmd, SimMachines, SimYandexCmd};
-use rigger_sim::local_machines::LocalMachines;
+use rigger_sim::yandex::local_machines::LocalMachines;
 use rigger_sim::yandex::{self, MachineBackend, NoMachines, SimHandle, YandexSimOptions};
 use crate::ui::printer::Printer;
 use anyhow::{ensure, Context, Result};

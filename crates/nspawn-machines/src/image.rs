@@ -86,10 +86,14 @@ impl Manifest {
     }
 }
 
+/// The one image rigger builds for local machines: the local provider's
+/// default and only image, and what every simulated instance boots.
+pub const DEBIAN_12: &str = "debian-12";
+
 /// Debian suite for an image name the local provider knows how to build.
 fn suite_for(image: &str) -> Result<&'static str> {
     match image {
-        "debian-12" => Ok("bookworm"),
+        DEBIAN_12 => Ok("bookworm"),
         other => bail!("unknown local image {other:?}: the local provider builds \"debian-12\"; set provider.image to it"),
     }
 }

@@ -11,6 +11,5 @@
 //! `nspawn_machines` (`machine::lay_down`, `machine::bring_up`), used by both
 //! backends and by the local provider.
 
-pub mod local_machines;
 pub mod proxmox;
 pub mod yandex;

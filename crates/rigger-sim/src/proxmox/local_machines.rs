@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// The local image every guest boots, whatever its template.
-const IMAGE: &str = "debian-12";
+const IMAGE: &str = image::DEBIAN_12;
 
 pub struct LocalMachines {
     /// `pvesim-<port>`

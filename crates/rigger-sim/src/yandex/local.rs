@@ -1,10 +1,10 @@
 //! `--machines local` for the Yandex simulator: a running instance is a real
-//! local machine at its primary address (see `crate::local_machines`), with the
+//! local machine at its primary address (see `crate::yandex::local_machines`), with the
 //! user from its `ssh-keys` metadata, as cloud-init creates it on a real VM.
 //! Security groups are not enforced on these machines.
 
 use super::{ConsoleKeys, Instance, MachineBackend, MachineEvent};
-use crate::local_machines::{LocalMachines, MachineRequest};
+use crate::yandex::local_machines::{LocalMachines, MachineRequest};
 use std::sync::Arc;
 
 /// Folder under `/var/lib/rigger/machines/` and prefix of every machine name.
@@ -37,7 +37,7 @@ fn ssh_user_and_key(instance: &Instance) -> Option<(String, String)> {
 
 impl MachineBackend for LocalBackend {
     fn public_address_taken(&self) -> Option<fn(&str) -> bool> {
-        Some(crate::local_machines::routed_on_host)
+        Some(crate::yandex::local_machines::routed_on_host)
     }
 
     fn handle(&self, event: MachineEvent) {

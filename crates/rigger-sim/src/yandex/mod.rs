@@ -7,6 +7,7 @@ pub mod definitions;
 mod handlers;
 pub mod keys;
 pub mod local;
+pub mod local_machines;
 pub mod state;
 mod validation;
 mod wire;

@@ -14,7 +14,7 @@ pub struct LocalConfig {
 }
 
 const BLOCK_KEYS: &[&str] = &["kind", "image"];
-const IMAGE: &str = "debian-12";
+const IMAGE: &str = nspawn_machines::image::DEBIAN_12;
 
 pub struct LocalRules;
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 
 /// The image every simulated instance boots, whatever image the API was asked for.
-pub const IMAGE: &str = "debian-12";
+pub const IMAGE: &str = image::DEBIAN_12;
 
 /// Whether this host already routes `address` (another simulator's machine
 /// owns it): two simulators with machines must not hand out the same one.
