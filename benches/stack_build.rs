@@ -117,7 +117,8 @@ fn main() -> Result<()> {
     if fresh_image {
         // A missing manifest is an incomplete image: the next apply rebuilds it
         // (the old root filesystem is moved aside while machines still use it).
-        let manifest = nspawn_machines::image::images_dir(std::path::Path::new(nspawn_machines::image::DEFAULT_ROOT)).join("debian-12/manifest.json");
+        use nspawn_machines::image::{images_dir, DEBIAN_12, DEFAULT_ROOT};
+        let manifest = images_dir(std::path::Path::new(DEFAULT_ROOT)).join(DEBIAN_12).join("manifest.json");
         match std::fs::remove_file(&manifest) {
             Ok(()) => println!("fresh image: removed {}; round 1 builds the image", manifest.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("fresh image: no cached image; round 1 builds it"),

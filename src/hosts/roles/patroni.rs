@@ -70,11 +70,20 @@ pub fn probes(plan: &Plan) -> Vec<(String, String)> {
     vec![("patroni_config".into(), rest_script(port, "GET", "/config", None)), ("patroni_state".into(), rest_script(port, "GET", "/patroni", None))]
 }
 
-/// The body of a `rest_script` answer (body, newline, status code) when
-/// Patroni answered 200.
+/// A `rest_script` answer (the body, a newline, the status code) as
+/// (status, body); status 0 when curl printed none.
+fn rest_answer(stdout: &str) -> (u16, &str) {
+    let text = stdout.trim_end();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text));
+    (code.trim().parse().unwrap_or(0), body)
+}
+
+/// The body of a `rest_script` answer when Patroni answered 200.
 fn answered_ok(answer: &str) -> Option<&str> {
-    let (body, code) = answer.trim_end().rsplit_once('\n')?;
-    (code.trim() == "200").then_some(body)
+    match rest_answer(answer) {
+        (200, body) => Some(body),
+        _ => None,
+    }
 }
 
 /// Parameters whose DCS value differs from the plan's: (name, now, wanted).
@@ -135,9 +144,8 @@ pub fn gate_asks(plan: &Plan, host: &crate::plan::model::Host) -> Vec<crate::hos
 
 pub async fn rest(s: &HostSession, port: u64, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
     let out = s.sudo(&rest_script(port, method, path, body), None).await?;
-    let text = out.stdout.trim_end();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text));
-    Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+    let (code, body) = rest_answer(&out.stdout);
+    Ok((code, body.to_string()))
 }
 
 /// The cluster as Patroni reports it: member name → (role, state).
