@@ -51,7 +51,7 @@ pub async fn resume(record: &Path) -> Option<Session> {
     if !ctl.exists() {
         return None;
     }
-    let session = Session::resume(ctl.into(), None);
+    let session = Session::resume_mux(ctl.into(), None);
     match session.check().await {
         Ok(()) => Some(session),
         Err(_) => {
@@ -101,7 +101,7 @@ pub async fn take_handoff(record: &Path) -> Option<(Session, PathBuf)> {
     let _ = std::fs::remove_file(record);
     let ctl = PathBuf::from(ctl.trim());
     let dir = ctl.parent()?.to_path_buf();
-    let session = Session::resume(ctl.clone().into_boxed_path(), None);
+    let session = Session::resume_mux(ctl.clone().into_boxed_path(), None);
     match session.check().await {
         Ok(()) => Some((session, dir)),
         Err(_) => {

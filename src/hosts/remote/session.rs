@@ -56,7 +56,7 @@ impl HostSession {
             b.control_persist(openssh::ControlPersist::IdleFor(idle));
         }
         let started = std::time::Instant::now();
-        let session = b.connect(name).await.map_err(|e| anyhow!("{name}: cannot open SSH: {e}"))?;
+        let session = b.connect_mux(name).await.map_err(|e| anyhow!("{name}: cannot open SSH: {e}"))?;
         tracing::debug!(host = name, ms = started.elapsed().as_millis() as u64, "ssh master up");
         Ok(HostSession::over(name, Box::new(SshTransport { name: name.to_string(), session, keep_as, handoff_dir: None })))
     }
