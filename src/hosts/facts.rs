@@ -64,19 +64,8 @@ impl FactQuery {
     /// the rest is gathered.
     pub fn script(&self) -> String {
         let quoted = |items: &[String]| items.iter().map(|i| sh_quote(i)).collect::<Vec<_>>().join(" ");
-        let mut s = String::new();
-        let background = !self.probes.is_empty() || !self.asks.is_empty();
-        if background {
-            s.push_str("probes=$(mktemp -d)\n");
-            s.push_str(&ahead::start_script(&self.asks));
-            for (i, (_, cmd)) in self.probes.iter().enumerate() {
-                if self.ask_running(cmd).is_none() {
-                    // Through a pipe, like the asks: a command that opens
-                    // /dev/stdout itself would truncate a file.
-                    s.push_str(&format!("( {cmd} ) 2>/dev/null </dev/null | cat >\"$probes/{i}\" &\n"));
-                }
-            }
-        }
+        let jobs = self.jobs();
+        let mut s = ahead::start_script(&self.asks, &jobs);
         s.push_str(". /etc/os-release 2>/dev/null; echo \"O ${ID:-unknown}-${VERSION_ID:-unknown}\"\n");
         if !self.files.is_empty() {
             let files = quoted(&self.files);
@@ -95,16 +84,16 @@ impl FactQuery {
                 quoted(&self.packages)
             ));
         }
-        if background {
-            s.push_str("wait\n");
-            for (i, (name, cmd)) in self.probes.iter().enumerate() {
-                let file = self.ask_running(cmd).map(|j| format!("out{j}")).unwrap_or_else(|| i.to_string());
-                s.push_str(&format!("echo \"X {} $(base64 -w0 <\"$probes/{file}\")\"\n", sh_quote(name)));
-            }
-            s.push_str(&ahead::report_script(&self.asks));
-            s.push_str("rm -rf \"$probes\"\n");
-        }
+        s.push_str(&ahead::report_script(&jobs));
         s
+    }
+
+    /// What runs in the background while the rest is gathered: every ask,
+    /// and each probe that no ask already runs.
+    fn jobs(&self) -> Vec<ahead::Job<'_>> {
+        let asks = self.asks.iter().enumerate().map(|(i, a)| ahead::Job::Ask(i, a));
+        let probes = self.probes.iter().enumerate().filter(|(_, (_, cmd))| self.ask_running(cmd).is_none()).map(|(i, (_, cmd))| ahead::Job::Probe(i, cmd.as_str()));
+        asks.chain(probes).collect()
     }
 
     /// The ask that already runs a probe's command (as root, no input): the
@@ -156,8 +145,12 @@ pub fn parse(query: &FactQuery, output: &str) -> Result<HostFacts> {
     let mut stats: BTreeMap<String, (u32, String, String)> = BTreeMap::new();
     let mut installed = std::collections::BTreeSet::new();
     let mut shown = None;
+    let mut report = ahead::Report::default();
     for line in output.lines() {
         let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if report.take(tag, rest) {
+            continue;
+        }
         match tag {
             "O" => facts.os = rest.trim().to_string(),
             // sha256sum: "<hash>  <path>".
@@ -180,11 +173,6 @@ pub fn parse(query: &FactQuery, output: &str) -> Result<HostFacts> {
                     }
                 }
             }
-            "X" => {
-                let (name, b64) = rest.split_once(' ').unwrap_or((rest, ""));
-                facts.probes.insert(name.to_string(), decode(b64));
-            }
-            "A" => facts.answers.extend(ahead::parse(&query.asks, rest)),
             _ => {}
         }
     }
@@ -198,6 +186,14 @@ pub fn parse(query: &FactQuery, output: &str) -> Result<HostFacts> {
     if !query.services.is_empty() {
         facts.services = service_facts(query, shown.as_deref().unwrap_or(""));
     }
+    for (i, (name, cmd)) in query.probes.iter().enumerate() {
+        let stdout = match query.ask_running(cmd) {
+            Some(j) => report.ask_stdout(j),
+            None => report.probe(i),
+        };
+        facts.probes.insert(name.clone(), stdout);
+    }
+    facts.answers = report.answers(&query.asks);
     facts.missing_packages = query.packages.iter().filter(|p| !installed.contains(p.split(':').next().unwrap_or(p))).cloned().collect();
     Ok(facts)
 }
@@ -230,7 +226,7 @@ mod tests {
     fn parses_every_kind_of_line() {
         let shown = "Id=etcd.service\nActiveState=active\nUnitFileState=enabled\n\nId=patroni.service\nActiveState=inactive\nUnitFileState=disabled\nNeedDaemonReload=yes\n\nId=ssh.service\nActiveState=active\nUnitFileState=enabled\n";
         let b64 = base64::engine::general_purpose::STANDARD.encode(shown);
-        let out = format!("O debian-12\nH abc  /etc/haproxy/haproxy.cfg\nM 640 root haproxy /etc/haproxy/haproxy.cfg\nU {b64}\nI haproxy installed\nI keepalived not-installed\nX cluster eyJhIjoxfQ==\n");
+        let out = format!("O debian-12\nH abc  /etc/haproxy/haproxy.cfg\nM 640 root haproxy /etc/haproxy/haproxy.cfg\nU {b64}\nI haproxy installed\nI keepalived not-installed\nZ 7:/tmp/tmp.x/p0.out \nB eyJhIjoxfQ==\n");
         let f = query().parse(&out).unwrap();
         assert_eq!(f.os, "debian-12");
         let cfg = f.files["/etc/haproxy/haproxy.cfg"].as_ref().unwrap();
@@ -287,11 +283,11 @@ mod tests {
             asks: vec![Ask::sudo("printf 'body\\n200'", None), Ask::sudo("echo gate-only", None)],
         };
         let script = q.script();
-        assert_eq!(script.matches("printf").count(), 1, "{script}");
+        assert_eq!(script.matches("body").count(), 1, "{script}");
         let out = std::process::Command::new("sh").args(["-c", &script]).env("SUDO_USER", "root").output().unwrap();
         let f = q.parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
         assert_eq!((f.probes["shared"].as_str(), f.probes["own"].as_str()), ("body\n200", "own\n"));
-        let answers: Vec<(Ask, RunOutput)> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_prefix("A ")).filter_map(|l| ahead::parse(&q.asks, l)).collect();
+        let answers = f.answers;
         assert_eq!(answers.iter().map(|(_, o)| o.stdout.as_str()).collect::<Vec<_>>(), ["body\n200", "gate-only\n"]);
     }
 }

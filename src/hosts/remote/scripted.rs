@@ -326,47 +326,74 @@ impl ScriptedHost {
             let state = if view.packages.contains(&p) { "installed" } else { "not-installed" };
             out.push_str(&format!("I {p} {state}\n"));
         }
-        // Asks: answered as the gate would be answered live.
-        let asks = asks_in(script, stdin);
-        let answers: Vec<RunOutput> = asks.iter().map(|ask| self.dispatch(view, &ask.script, ask.stdin.as_deref()).1).collect();
-        // Probes: `( cmd ) … | cat >"$probes/i"`, reported as `X name b64` from
-        // that file, or from an ask's `outJ` when an ask runs the same command.
-        let probe_cmds: BTreeMap<&str, &str> = script
-            .lines()
-            .filter_map(|l| l.strip_prefix("( ")?.split_once(" ) 2>/dev/null </dev/null | cat >\"$probes/"))
-            .filter_map(|(c, rest)| Some((rest.split_once('"')?.0, c)))
-            .collect();
-        for line in script.lines().filter_map(|l| l.strip_prefix("echo \"X ")) {
-            let Some((name, rest)) = line.split_once(" $(base64 -w0 <\"$probes/") else { continue };
-            let file = rest.split_once('"').map(|(f, _)| f).unwrap_or_default();
-            let stdout = match file.strip_prefix("out").and_then(|j| j.parse::<usize>().ok()) {
-                Some(j) => answers.get(j).map(|a| a.stdout.clone()),
-                None => probe_cmds.get(file).and_then(|cmd| self.rules.iter().find(|r| cmd.contains(&r.contains)).map(|r| (r.answer)(view, cmd))).filter(RunOutput::ok).map(|a| a.stdout),
-            };
-            out.push_str(&format!("X {} {}\n", unquote(name), b64.encode(stdout.unwrap_or_default())));
+        // Background jobs (remote::ahead): the asks, answered as the gate
+        // would be answered live, and the probes, by the test's rules.
+        let jobs = jobs_in(script, stdin);
+        let mut files: Vec<(String, String)> = Vec::new();
+        for (i, ask) in jobs.asks.iter().enumerate() {
+            let answer = self.dispatch(view, &ask.script, ask.stdin.as_deref()).1;
+            out.push_str(&format!("A {i} {}\n", answer.code));
+            files.push((format!("a{i}.out"), answer.stdout));
+            files.push((format!("a{i}.err"), answer.stderr));
         }
-        for (i, answer) in answers.iter().enumerate() {
-            out.push_str(&format!("A {i} {} {} {}\n", answer.code, b64.encode(&answer.stdout), b64.encode(&answer.stderr)));
+        for (i, cmd) in &jobs.probes {
+            let answer = self.rules.iter().find(|r| cmd.contains(&r.contains)).map(|r| (r.answer)(view, cmd)).filter(RunOutput::ok);
+            files.push((format!("p{i}.out"), answer.map(|a| a.stdout).unwrap_or_default()));
+        }
+        if !files.is_empty() {
+            let sizes: Vec<String> = files.iter().map(|(name, content)| format!("{}:/tmp/tmp.scripted/{name}", content.len())).collect();
+            let bytes: String = files.iter().map(|(_, content)| content.as_str()).collect();
+            out.push_str(&format!("Z {}\nB {}\n", sizes.join(" "), b64.encode(bytes)));
         }
         ok(&out)
     }
 }
 
-/// The asks riding in a facts script (remote::ahead::start_script), with their stdin.
-fn asks_in(script: &str, stdin: &[u8]) -> Vec<Ask> {
+/// The background jobs of a facts script (remote::ahead::start_script): the
+/// asks with their stdin, and the probes by index.
+struct Jobs {
+    asks: Vec<Ask>,
+    probes: Vec<(usize, String)>,
+}
+
+fn jobs_in(script: &str, stdin: &[u8]) -> Jobs {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut inputs = String::from_utf8_lossy(stdin).lines().map(|l| b64.decode(l).unwrap_or_default()).collect::<Vec<_>>().into_iter();
-    let mut asks = Vec::new();
-    for line in script.lines().filter(|l| l.starts_with("( timeout ")) {
-        let root = !line.contains("runuser -u");
-        let Some(rest) = line.split_once("sh -c ").map(|(_, r)| r) else { continue };
-        let (quoted, _) = first_word(rest);
-        let i = asks.len();
-        // Inputs come one line each, in the order of the asks that have one.
-        let input = if line.contains(&format!("<\"$probes/in{i}\"")) { inputs.next() } else { None };
-        asks.push(Ask { root, script: unquote(&quoted), stdin: input });
+    // The inputs: one line each, in the order of the asks that have one,
+    // as themselves or base64 (the script's line for each says which).
+    let mut lines = stdin.split_inclusive(|b| *b == b'\n');
+    let mut inputs = BTreeMap::new();
+    for line in script.lines().filter(|l| l.starts_with("IFS= read -r l;")) {
+        let Some(i) = line.rsplit_once("/i").and_then(|(_, r)| r.trim_end_matches('"').parse::<usize>().ok()) else { continue };
+        let raw = lines.next().unwrap_or_default();
+        let input = if line.contains("base64 -d") { b64.decode(raw.trim_ascii()).unwrap_or_default() } else { raw.to_vec() };
+        inputs.insert(i, input);
     }
-    asks
+    let mut jobs = Jobs { asks: Vec::new(), probes: Vec::new() };
+    // The jobs run in one `timeout … sh -c '<batch>'`.
+    let Some(batch) = script.split_once("\ntimeout ").and_then(|(_, r)| r.split_once(" sh -c ")).map(|(_, r)| unquote(&first_word(r).0)) else { return jobs };
+    let mut body: Option<Vec<&str>> = None;
+    for line in batch.lines() {
+        match body.as_mut() {
+            None if line == "{ ( (" => body = Some(Vec::new()),
+            None => {}
+            Some(b) if !line.starts_with(") <") => b.push(line),
+            Some(b) => {
+                let text = b.join("\n");
+                let file = |prefix: &str| line.rsplit_once(&format!("/{prefix}")).and_then(|(_, r)| r.split('.').next()?.parse::<usize>().ok());
+                if let Some(i) = file("p") {
+                    jobs.probes.push((i, text));
+                } else if let Some(i) = file("a") {
+                    let ask = match text.strip_prefix("exec runuser -u \"$SUDO_USER\" -- sh -c ") {
+                        Some(quoted) => Ask::sh(unquote(quoted)),
+                        None => Ask::sudo(text, None),
+                    };
+                    jobs.asks.push(Ask { stdin: inputs.remove(&i), ..ask });
+                }
+                body = None;
+            }
+        }
+    }
+    jobs
 }
 
 /// One file's part of an upload batch: its path, how many bytes of stdin

@@ -44,7 +44,8 @@ pub fn gate_asks(plan: &Plan, host: &Host, database: &str, user: &str, password:
     if !host.has_role(patroni::NAME) || password.is_empty() {
         return vec![];
     }
-    vec![primary_ask(plan), login_ask(plan, database, user, password)]
+    // Every member answers /primary (`leader` asks them in turn); the login is the leader's.
+    vec![primary_ask(plan), login_ask(plan, database, user, password).skip_unless(patroni::leader_guess(plan))]
 }
 
 /// The Patroni member that holds the leader lock now.

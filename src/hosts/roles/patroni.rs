@@ -130,6 +130,13 @@ fn streaming_script(plan: &Plan) -> String {
     format!("runuser -u postgres -- {} -h /var/run/postgresql -p {} -Atc \"select application_name from pg_stat_replication where state = 'streaming'\"", psql_bin(plan), pg_port(plan))
 }
 
+/// A member that may be the leader: no `standby.signal` in its data
+/// directory (a shell test, no process). Questions only the leader is asked
+/// are asked ahead there only.
+pub fn leader_guess(plan: &Plan) -> String {
+    format!("[ ! -e {}/standby.signal ]", sh_quote(&data_dir(plan)))
+}
+
 /// The gate's commands on a member, asked ahead in the facts round trip:
 /// the cluster (on the first member, the one `gate` asks), the DCS config,
 /// its own state and (on the leader, not known ahead) who streams.
@@ -138,7 +145,7 @@ pub fn gate_asks(plan: &Plan, host: &crate::plan::model::Host) -> Vec<crate::hos
     let first = plan.hosts_with_role(NAME).next().is_some_and(|h| h.name == host.name);
     let paths = if first { &["/cluster", "/config", "/patroni"][..] } else { &["/config", "/patroni"][..] };
     let mut asks: Vec<crate::hosts::remote::ahead::Ask> = paths.iter().map(|p| crate::hosts::remote::ahead::Ask::sudo(rest_script(port, "GET", p, None), None)).collect();
-    asks.push(crate::hosts::remote::ahead::Ask::sudo(streaming_script(plan), None));
+    asks.push(crate::hosts::remote::ahead::Ask::sudo(streaming_script(plan), None).skip_unless(leader_guess(plan)));
     asks
 }
 
