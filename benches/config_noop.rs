@@ -9,6 +9,7 @@
 //!
 //! - rigger: `rigger apply <plan> --auto-approve` with nothing to change (refresh,
 //!   facts, health gates of every role), checked to change nothing;
+//! - `rigger plan`: the same facts round trip with no gate asked (the facts' share);
 //! - the floor: `ssh -F <rigger's ssh_config> HOST true` to every host at once,
 //!   fresh connections (no ControlMaster) — to all 13 hosts, and to the 9 hosts
 //!   rigger configures (app and nginx have no role rigger configures yet);
@@ -18,6 +19,10 @@
 //!   change, `systemd` for started+enabled / stopped+disabled; checked `changed=0`;
 //! - pyinfra (PyPI) running benches/config_noop/deploy.py (`files.template`,
 //!   `systemd.service`) with an inventory built from rigger's; checked to change nothing.
+//!
+//! Each row also records every machine's CPU time (its cgroup, net of the idle
+//! load measured for 2 s before each round), printed per machine at the end:
+//! what the facts and the gates cost on each kind of host.
 //!
 //! Then `rigger drill` once (kills the Patroni leader's machine) and its RTO against
 //! the 30–60 s of the architecture documents. The project is destroyed at the end,
@@ -396,13 +401,22 @@ struct Series {
     times: Vec<f64>,
     /// CPU seconds the whole host spent while each timed run ran (all cores).
     cpus: Vec<f64>,
+    /// Each run's CPU seconds per machine (host name), net of its idle load.
+    machines: Vec<BTreeMap<String, f64>>,
     error: Option<String>,
 }
 
 impl Series {
     /// Times `run` and the host's CPU time meanwhile, and records both.
     fn measure(&mut self, label: &str, run: impl FnOnce() -> Result<f64>) {
+        self.measure_machines(label, None, run)
+    }
+
+    /// `measure`, and each machine's CPU time meanwhile, less what it spends
+    /// idle (`machines`: the machines and their idle rates this round).
+    fn measure_machines(&mut self, label: &str, machines: Option<(&MachineCpu, &BTreeMap<String, f64>)>, run: impl FnOnce() -> Result<f64>) {
         let before = host_cpu_seconds();
+        let machines_before = machines.and_then(|(m, _)| m.snapshot());
         let r = run();
         let cpu = host_cpu_seconds() - before;
         match r {
@@ -410,6 +424,11 @@ impl Series {
                 println!("  {label:<24} {t:>7.2} s   cpu {cpu:>5.2} s");
                 self.times.push(t);
                 self.cpus.push(cpu);
+                if let (Some((m, idle)), Some(b)) = (machines, machines_before) {
+                    if let Some(a) = m.snapshot() {
+                        self.machines.push(a.iter().map(|(h, used)| (h.clone(), used - b.get(h).copied().unwrap_or(*used) - idle.get(h).copied().unwrap_or(0.0) * t)).collect());
+                    }
+                }
             }
             Err(e) => {
                 println!("  {label:<24} FAILED: {e:#}");
@@ -417,6 +436,70 @@ impl Series {
             }
         }
     }
+}
+
+/// The stack's machines, by host name, and their cgroups' CPU time
+/// (nspawn_machines::cgroup::cpu_used; none where a machine has no cgroup
+/// of its own, e.g. on a host that runs systemd).
+struct MachineCpu {
+    machines: Vec<(String, String)>,
+}
+
+impl MachineCpu {
+    fn new(project: &str, hosts: &[String]) -> MachineCpu {
+        MachineCpu { machines: hosts.iter().map(|h| (h.clone(), nspawn_machines::names::machine(project, h))).collect() }
+    }
+
+    /// CPU seconds per host so far; None unless every machine has a cgroup of its own.
+    fn snapshot(&self) -> Option<BTreeMap<String, f64>> {
+        self.machines.iter().map(|(host, machine)| Some((host.clone(), nspawn_machines::cgroup::cpu_used(machine)?.as_secs_f64()))).collect()
+    }
+
+    /// Each machine's idle load, CPU seconds per second, over `secs`.
+    fn idle_rates(&self, secs: f64) -> Option<BTreeMap<String, f64>> {
+        let before = self.snapshot()?;
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+        let after = self.snapshot()?;
+        Some(after.iter().map(|(h, a)| (h.clone(), (a - before[h]) / secs)).collect())
+    }
+}
+
+/// The median of each machine's CPU over a series' runs, in milliseconds.
+fn machine_medians(s: &Series) -> BTreeMap<String, f64> {
+    let hosts: Vec<&String> = s.machines.first().map(|m| m.keys().collect()).unwrap_or_default();
+    hosts.into_iter().filter_map(|h| Some((h.clone(), median(&s.machines.iter().filter_map(|m| m.get(h).copied()).collect::<Vec<_>>())? * 1000.0))).collect()
+}
+
+/// Per machine: what a no-change apply, a plan (facts, no gates) and the
+/// floor cost, and so what the facts and the gates add on each host.
+fn print_machine_table(apply: &Series, plan: &Series, floor: &Series) {
+    let (a, p, f) = (machine_medians(apply), machine_medians(plan), machine_medians(floor));
+    if a.is_empty() || p.is_empty() || f.is_empty() {
+        println!("
+CPU per machine: not measured (the machines have no cgroup of their own here)");
+        return;
+    }
+    println!("
+CPU per machine, ms, net of its idle load (medians): what the facts (plan - floor) and the gates (apply - plan) add");
+    println!("  {:<10} {:>7} {:>7} {:>7} {:>7} {:>7}", "host", "apply", "plan", "floor", "facts", "gates");
+    let mut total = [0.0; 3];
+    for (h, av) in &a {
+        let (pv, fv) = (p.get(h).copied().unwrap_or(0.0), f.get(h).copied().unwrap_or(0.0));
+        println!("  {h:<10} {av:>7.0} {pv:>7.0} {fv:>7.0} {:>7.0} {:>7.0}", pv - fv, av - pv);
+        for (t, v) in total.iter_mut().zip([*av, pv, fv]) {
+            *t += v;
+        }
+    }
+    println!("  {:<10} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0}", "all", total[0], total[1], total[2], total[1] - total[2], total[0] - total[1]);
+}
+
+/// `rigger plan --detailed-exitcode`: the facts round trip, no gate; checked to find nothing to do.
+fn rigger_plan(stack: &Stack) -> Result<f64> {
+    let (out, secs) = timed(&mut stack.rigger(&["plan", &stack.plan_arg(), "--detailed-exitcode"]))?;
+    if out.status.code() != Some(0) {
+        bail!("rigger plan found changes (exit {:?}):\n{}", out.status.code(), tail(&text(&out.stdout), 15));
+    }
+    Ok(secs)
 }
 
 /// Busy CPU time of the whole host so far (every core; /proc/stat's user,
@@ -505,16 +588,21 @@ fn main() -> Result<()> {
     }
 
     let (mut r, mut f13, mut f9, mut a, mut p) = (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
-    let mut rp = Series::default();
+    let (mut rp, mut plan) = (Series::default(), Series::default());
+    let machine_cpu = MachineCpu::new(&stack.project, &all_hosts);
     // Untimed: leaves the SSH masters running for the persistent row's first round.
     let _ = rigger_noop(&stack, true);
     for rep in 1..=reps {
         println!("round {rep}/{reps} (load {})", load());
-        r.measure("rigger apply (no-op)", || {
+        let idle = machine_cpu.idle_rates(2.0);
+        let machines = idle.as_ref().map(|i| (&machine_cpu, i));
+        r.measure_machines("rigger apply (no-op)", machines, || {
             let (t, note) = rigger_noop(&stack, false)?;
             println!("  {:<24} {note}", "");
             Ok(t)
         });
+        check_interrupted()?;
+        plan.measure_machines("rigger plan (facts)", machines, || rigger_plan(&stack));
         check_interrupted()?;
         rp.measure("rigger, masters kept", || {
             let (t, note) = rigger_noop(&stack, true)?;
@@ -522,7 +610,7 @@ fn main() -> Result<()> {
             Ok(t)
         });
         check_interrupted()?;
-        f13.measure(&format!("ssh floor, {} hosts", all_hosts.len()), || floor(&ssh_config, &all_hosts));
+        f13.measure_machines(&format!("ssh floor, {} hosts", all_hosts.len()), machines, || floor(&ssh_config, &all_hosts));
         check_interrupted()?;
         f9.measure(&format!("ssh floor, {} hosts", manifest.hosts.len()), || floor(&ssh_config, &manifest.hosts));
         check_interrupted()?;
@@ -546,6 +634,7 @@ fn main() -> Result<()> {
     };
     row("rigger apply (refresh+facts+gates)", &r, None);
     row("rigger, RIGGER_SSH_PERSIST (masters kept)", &rp, None);
+    row("rigger plan (facts round trip, no gates)", &plan, None);
     row(&format!("floor: parallel ssh true, {} hosts", all_hosts.len()), &f13, None);
     row(&format!("floor: parallel ssh true, {} hosts", manifest.hosts.len()), &f9, None);
     row("ansible-playbook (template+systemd)", &a, ansible.as_ref().err());
@@ -562,6 +651,10 @@ fn main() -> Result<()> {
     if let (Some(rm), Some(fm)) = (rigger_median, median(&f9.times)) {
         println!("  rigger / floor ({} hosts rigger dials): {:.2}x", manifest.hosts.len(), rm / fm);
     }
+    if let (Some(pm), Some(fm)) = (median(&plan.times), median(&f13.times)) {
+        println!("  rigger plan / floor ({} hosts): {:.2}x", all_hosts.len(), pm / fm);
+    }
+    print_machine_table(&r, &plan, &f13);
 
     check_interrupted()?;
     println!("\nrigger drill (kills the Patroni leader's machine)…");

@@ -82,6 +82,23 @@ pub async fn remove_when_empty(machine: &str) {
     }
 }
 
+/// The CPU time the machine's processes have used so far, from its cgroup2
+/// node's `cpu.stat` (what its own processes cost, sshd and the checks run
+/// in it included). None where it has no node of its own: on a host that
+/// runs systemd, or without a cgroup2 mount.
+pub fn cpu_used(machine: &str) -> Option<std::time::Duration> {
+    if host_runs_systemd() {
+        return None;
+    }
+    hierarchies().into_iter().find_map(|h| usage(&std::fs::read_to_string(machine_dir(&h, machine).join("cpu.stat")).ok()?))
+}
+
+/// `usage_usec` of a cgroup2 `cpu.stat`.
+fn usage(cpu_stat: &str) -> Option<std::time::Duration> {
+    let usec = cpu_stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
+    Some(std::time::Duration::from_micros(usec))
+}
+
 /// One attempt at removing the machine's cgroups; true when none is left.
 pub fn remove(machine: &str) -> bool {
     if host_runs_systemd() {
@@ -121,6 +138,12 @@ mod tests {
         assert_eq!(systemd_hierarchy(memory), None);
         assert_eq!(systemd_hierarchy(v2), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(systemd_hierarchy(other), None);
+    }
+
+    #[test]
+    fn reads_the_cpu_time_of_a_cgroup2_node() {
+        assert_eq!(usage("usage_usec 1500250\nuser_usec 1000000\nsystem_usec 500250\n"), Some(std::time::Duration::from_micros(1_500_250)));
+        assert_eq!(usage("user_usec 1\n"), None);
     }
 
     #[test]
