@@ -330,7 +330,7 @@ impl ScriptedHost {
         // would be answered live, and the probes, by the test's rules.
         let jobs = jobs_in(script, stdin);
         let mut files: Vec<(String, String)> = Vec::new();
-        for (i, ask) in jobs.asks.iter().enumerate() {
+        for (i, ask) in &jobs.asks {
             let answer = self.dispatch(view, &ask.script, ask.stdin.as_deref()).1;
             out.push_str(&format!("A {i} {}\n", answer.code));
             files.push((format!("a{i}.out"), answer.stdout));
@@ -350,9 +350,9 @@ impl ScriptedHost {
 }
 
 /// The background jobs of a facts script (remote::ahead::start_script): the
-/// asks with their stdin, and the probes by index.
+/// asks with their stdin and the probes, each by the index its files carry.
 struct Jobs {
-    asks: Vec<Ask>,
+    asks: Vec<(usize, Ask)>,
     probes: Vec<(usize, String)>,
 }
 
@@ -387,7 +387,7 @@ fn jobs_in(script: &str, stdin: &[u8]) -> Jobs {
                         Some(quoted) => Ask::sh(unquote(quoted)),
                         None => Ask::sudo(text, None),
                     };
-                    jobs.asks.push(Ask { stdin: inputs.remove(&i), ..ask });
+                    jobs.asks.push((i, Ask { stdin: inputs.remove(&i), ..ask }));
                 }
                 body = None;
             }
