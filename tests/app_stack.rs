@@ -167,6 +167,9 @@ fn nginx_apps_haproxy_patroni_redis_end_to_end() {
     std::fs::write(app_dir.join("app.py"), code).expect("write app.py");
     let out = rigger(&["plan", plan.path()]);
     assert_eq!(out.stdout_text().matches("restart app").count(), 3, "{}", out.stdout_text());
+    let web = format!("{net}.5");
+    let conf_before = plan.ssh(&web, "sudo sha256sum /etc/nginx/nginx.conf");
+    let errors_before: usize = plan.ssh(&web, "sudo cat /var/log/nginx/error.log | wc -l").trim().parse().expect("line count");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let probe = {
         let (stop, url) = (stop.clone(), format!("{nginx}/"));
@@ -185,7 +188,14 @@ fn nginx_apps_haproxy_patroni_redis_end_to_end() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ok, failed) = probe.join().expect("probe thread");
     assert!(out.status.success(), "{}", out.text());
-    assert!(failed.is_empty() && ok > 0, "{} requests failed during the rolling restart ({ok} ok): {failed:?}", failed.len());
+    assert!(failed.is_empty() && ok > 0, "{} requests failed during the rolling restart ({ok} ok), the first: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    // Each host was held out of nginx's upstream while it restarted: nginx
+    // never met a server going down (its passive check would log the
+    // refused or cut connection), and the config is back as it was.
+    let errors = plan.ssh(&web, &format!("sudo tail -n +{} /var/log/nginx/error.log", errors_before + 1));
+    assert!(!errors.contains("upstream"), "nginx sent requests to a restarting app:\n{errors}");
+    assert_eq!(plan.ssh(&web, "sudo sha256sum /etc/nginx/nginx.conf"), conf_before, "nginx.conf is not back as it was");
+    assert_eq!(out.stderr_text().matches("back in nginx's upstream on web").count(), 3, "{}", out.stderr_text());
     let after = app_pids(&plan, &apps);
     for (i, (a, b)) in pids.iter().zip(&after).enumerate() {
         assert_ne!(a, b, "app-{} did not restart for the new code", i + 1);

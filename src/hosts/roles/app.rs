@@ -5,8 +5,9 @@
 //! DATABASE_READ_URL through the read port and REDIS_URL, secrets from the
 //! state. Its database and login role are created on the Patroni leader first.
 //! Code and config are checksum-compared files: a host restarts only when one
-//! of its own files changed, and hosts restart one at a time, each answering
-//! /health before the next goes, so the load balancer always has the others.
+//! of its own files changed, and hosts restart one at a time, each held out
+//! of nginx's upstream while it restarts and answering /health before the
+//! next goes, so the load balancer always has the others.
 //! Gate: /health answers 200 on every app host.
 
 use super::{database, endpoints, file, service, source_dir};
@@ -73,30 +74,41 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
     let db = database_name(plan);
     let password = run.secrets.get("app_db_password").cloned().unwrap_or_default();
     database::ensure(run, &db, &db, &password).await?;
-    // One host at a time: the others keep serving behind the load balancer.
-    // nginx's passive check may have marked a restarted host failed; it only
-    // tries it again after fail_timeout, so the next host waits that long —
-    // otherwise the last restart could find every server marked failed.
-    let pause = plan
-        .hosts_with_role(super::nginx::NAME)
-        .next()
-        .map(|_| Duration::from_secs(plan.int_setting(super::nginx::NAME, "fail_timeout") + 1));
     // Hosts whose app is not running serve nothing yet: they come up all at once.
     let app_name = name(plan);
     let is_down = |h: &Host| run.changes_of(&h.name).start.contains(&app_name);
     run.each(|h, s| async move { if is_down(h) { roll(run, h, s).await } else { Ok(()) } }).await?;
-    // (nginx may have marked them failed while they were down.)
-    let mut previous_restarted = run.hosts.iter().any(|h| is_down(h));
+    // The running ones restart one at a time, each held out of nginx's
+    // upstream first (the others keep serving) and taken back once it
+    // answers /health. Taking it back reloads nginx, so no failure its
+    // passive check counted holds the host out any longer.
+    let several = run.hosts.len() > 1;
     for h in run.hosts.iter().filter(|h| !is_down(h)) {
-        let ch = run.changes_of(&h.name);
-        // A host that is down already (start) costs nothing to bring up at once.
-        let going_down = ch.restart.contains(&name(plan));
-        if let (true, true, Some(pause)) = (previous_restarted, going_down, pause) {
-            run.events.progress(&format!("app {}", h.name), format!("waiting {}s for nginx to take the previous host back (fail_timeout)", pause.as_secs()));
-            tokio::time::sleep(pause).await;
+        let restarting = run.changes_of(&h.name).restart.contains(&app_name);
+        if !(restarting && several && plan.hosts_with_role(super::nginx::NAME).next().is_some()) {
+            roll(run, h, run.session(&h.name)?).await?;
+            continue;
         }
-        roll(run, h, run.session(&h.name)?).await?;
-        previous_restarted = going_down || ch.start.contains(&name(plan));
+        let (subject, started) = (format!("app {}", h.name), std::time::Instant::now());
+        run.events.started(&subject, "restarting behind nginx: held out of its upstream first");
+        let held = super::nginx::hold_out(run, &h.name, h.ip, port(plan)).await.inspect_err(|e| run.events.failed(&subject, "holding it out of nginx", &format!("{e:#}")))?;
+        let on = held.hosts().join(", ");
+        let rolled = roll(run, h, run.session(&h.name)?).await;
+        let back = super::nginx::take_back(run, held).await;
+        let error = match (rolled, back) {
+            (Ok(()), Ok(())) if on.is_empty() => {
+                run.events.finished(&subject, "restarted (no running nginx had it in its upstream)", started);
+                continue;
+            }
+            (Ok(()), Ok(())) => {
+                run.events.finished(&subject, &format!("restarted, and back in nginx's upstream on {on}"), started);
+                continue;
+            }
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => e,
+            (Err(e), Err(back)) => e.context(format!("and putting it back into nginx's upstream failed too: {back:#}")),
+        };
+        run.events.failed(&subject, "restart", &format!("{error:#}"));
+        return Err(error);
     }
     gate(run).await
 }

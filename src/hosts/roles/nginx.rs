@@ -49,6 +49,145 @@ pub async fn gate(run: &RoleRun<'_>) -> Result<()> {
     .await
 }
 
+/// The live config's path; rigger owns the whole file (see `desired`).
+const CONF: &str = "/etc/nginx/nginx.conf";
+/// Where `hold_out` keeps the config it replaced, for `take_back`
+/// (/run: gone with a reboot, when nginx has long read the file again).
+const BEFORE_HOLD: &str = "/run/rigger/nginx.conf.before-hold";
+/// How long a reload waits for the workers from before it to finish their
+/// requests: nginx's proxy_read_timeout (30 s, in the template) and a margin.
+const OLD_WORKERS_WAIT_TENTHS: u32 = 350;
+
+/// An app server held out of nginx's upstream, on the nginx hosts that had it.
+#[derive(Debug, Default)]
+pub struct HeldOut {
+    server: String,
+    hosts: Vec<String>,
+}
+
+impl HeldOut {
+    /// The nginx hosts that hold the server out.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+}
+
+/// The BRE of the upstream line the template writes for `ip:port`, with the
+/// text before the `;` as group 1.
+fn server_line(ip: std::net::Ipv4Addr, port: u64) -> String {
+    format!(r"^\([[:space:]]*server {}:{port} [^;]*\);$", ip.to_string().replace('.', r"\."))
+}
+
+/// Reload nginx (master `$m`) and wait until it runs on the new config: new
+/// workers have started and the ones from before have finished their
+/// requests. Prints DONE, or BUSY and the old workers' pids when some still
+/// serve long requests after the wait (the caller says so and goes on).
+fn reload_and_wait() -> String {
+    format!(
+        r#"old=" $(pgrep -P "$m" | tr '\n' ' ')"
+systemctl reload nginx >&2 || exit 4
+i=0
+while :; do
+  for p in $(pgrep -P "$m"); do case "$old" in *" $p "*) ;; *) new=$p;; esac; done
+  [ -n "$new" ] && break
+  i=$((i+1)); if [ $i -ge 100 ]; then echo "no new nginx worker 10 s after the reload: nginx did not take the config (see /var/log/nginx/error.log)" >&2; exit 5; fi
+  sleep 0.1
+done
+i=0
+while :; do
+  left=; for p in $old; do [ -d /proc/$p ] && left="$left $p"; done
+  [ -z "$left" ] && break
+  i=$((i+1)); if [ $i -ge {OLD_WORKERS_WAIT_TENTHS} ]; then echo "BUSY$left"; exit 0; fi
+  sleep 0.1
+done
+echo DONE"#
+    )
+}
+
+/// The script that marks `ip:port` `down` in the live config and reloads.
+/// First line of its output: NOT_RUNNING / NOT_LISTED / ALREADY_DOWN (nothing
+/// to hold out: no request goes there from this nginx), or the reload's.
+fn hold_out_script(ip: std::net::Ipv4Addr, port: u64) -> String {
+    let line = server_line(ip, port);
+    let down = format!(r"^[[:space:]]*server {}:{port} .* down;$", ip.to_string().replace('.', r"\."));
+    format!(
+        r#"c={CONF}
+m=$(cat /run/nginx.pid 2>/dev/null)
+if [ -z "$m" ] || ! kill -0 "$m" 2>/dev/null; then echo NOT_RUNNING; exit 0; fi
+if grep -q '{down}' "$c"; then echo ALREADY_DOWN; exit 0; fi
+if ! grep -q '{line}' "$c"; then echo NOT_LISTED; exit 0; fi
+mkdir -p "$(dirname {BEFORE_HOLD})"
+sed 's/{line}/\1 down;/' "$c" > "$c.rigger-hold" && chmod 644 "$c.rigger-hold" || exit 2
+if ! nginx -t -q -c "$c.rigger-hold" >&2; then rm -f "$c.rigger-hold"; exit 3; fi
+cp -p "$c" {BEFORE_HOLD} && mv "$c.rigger-hold" "$c" || exit 2
+{}"#,
+        reload_and_wait()
+    )
+}
+
+/// The script that puts the config from before `hold_out` back and reloads.
+fn take_back_script() -> String {
+    format!(
+        r#"c={CONF}
+[ -f {BEFORE_HOLD} ] || {{ echo NOTHING_HELD; exit 0; }}
+mv {BEFORE_HOLD} "$c" || exit 2
+m=$(cat /run/nginx.pid 2>/dev/null)
+if [ -z "$m" ] || ! kill -0 "$m" 2>/dev/null; then echo NOT_RUNNING; exit 0; fi
+{}"#,
+        reload_and_wait()
+    )
+}
+
+/// Run `script` on `hosts` at once: what each printed, and the errors.
+async fn on_hosts(run: &RoleRun<'_>, hosts: &[String], what: &str, script: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let results = futures::future::join_all(hosts.iter().map(|name| async move {
+        let out = run.session(name)?.sudo(script, None).await?;
+        if !out.ok() {
+            bail!("{name}: {what} failed (exit {}): {}", out.code, out.stderr.trim());
+        }
+        Ok((name.clone(), out.stdout.trim().to_string()))
+    }))
+    .await;
+    let (mut said, mut errors) = (Vec::new(), Vec::new());
+    for r in results {
+        match r {
+            Ok(x) => said.push(x),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    for (name, out) in &said {
+        if let Some(pids) = out.strip_prefix("BUSY") {
+            run.events.progress(&format!("nginx {name}"), format!("workers from before the reload (pids{pids}) still serve requests after {} s; going on", OLD_WORKERS_WAIT_TENTHS / 10));
+        }
+    }
+    (said, errors)
+}
+
+/// Take the app server `ip:port` out of every running nginx's upstream
+/// (marked `down`, reloaded) and wait until the workers from before have
+/// finished their requests: from then on no request goes there, so it can
+/// restart without a client noticing. `take_back` undoes it; so does a
+/// failure here, on the hosts that had taken it out.
+pub async fn hold_out(run: &RoleRun<'_>, server: &str, ip: std::net::Ipv4Addr, port: u64) -> Result<HeldOut> {
+    let nginx: Vec<String> = run.plan.hosts_with_role(NAME).map(|h| h.name.clone()).collect();
+    let (said, errors) = on_hosts(run, &nginx, &format!("holding {server} out of nginx's upstream"), &hold_out_script(ip, port)).await;
+    let hosts = said.into_iter().filter(|(_, out)| out == "DONE" || out.starts_with("BUSY")).map(|(name, _)| name).collect();
+    let held = HeldOut { server: server.to_string(), hosts };
+    if errors.is_empty() {
+        return Ok(held);
+    }
+    let undone = take_back(run, held).await.err().map(|e| format!("\n(and putting the others back: {e:#})")).unwrap_or_default();
+    bail!("{}{undone}", errors.join("\n"))
+}
+
+/// Put back the config `hold_out` replaced, where it replaced one. The new
+/// workers start with no failures counted against any server, so the host
+/// serves again at once (no waiting out fail_timeout).
+pub async fn take_back(run: &RoleRun<'_>, held: HeldOut) -> Result<()> {
+    let (_, errors) = on_hosts(run, &held.hosts, &format!("taking {} back into nginx's upstream", held.server), &take_back_script()).await;
+    if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("\n")) }
+}
+
 /// The nginx role, as the registry lists it.
 pub struct Nginx;
 
@@ -100,5 +239,60 @@ impl super::role::Role for Nginx {
     }
     async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
         converge(run).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn sed(expr: &str, text: &str) -> String {
+        let mut child = std::process::Command::new("sed")
+            .arg(expr)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    }
+
+    fn grep(pattern: &str, text: &str) -> bool {
+        let mut child = std::process::Command::new("grep").args(["-q", pattern]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        child.wait().unwrap().success()
+    }
+
+    const UPSTREAM: &str = "    upstream app {\n        least_conn;\n        server 10.9.0.4:9001 max_fails=3 fail_timeout=10s;\n        server 10.9.0.41:9001 max_fails=3 fail_timeout=10s;\n        server 10.9.0.42:9001 max_fails=3 fail_timeout=10s;\n        keepalive 16;\n    }\n";
+
+    #[test]
+    fn holding_out_marks_exactly_that_server_down() {
+        let ip: Ipv4Addr = "10.9.0.4".parse().unwrap();
+        let line = server_line(ip, 9001);
+        let held = sed(&format!(r"s/{line}/\1 down;/"), UPSTREAM);
+        assert_eq!(held, UPSTREAM.replace("10.9.0.4:9001 max_fails=3 fail_timeout=10s;", "10.9.0.4:9001 max_fails=3 fail_timeout=10s down;"));
+        // 10.9.0.4 is not 10.9.0.41, nor another port, nor a dot-wildcard.
+        assert!(grep(&line, UPSTREAM) && !grep(&server_line("10.9.0.5".parse().unwrap(), 9001), UPSTREAM));
+        assert!(!grep(&server_line(ip, 900), UPSTREAM) && !grep(&server_line("10.9.0.4".parse().unwrap(), 90011), UPSTREAM));
+        assert!(!grep(&server_line(ip, 9001), &UPSTREAM.replace("10.9.0.4:", "10x9y0z4:")));
+        // The script sees a held server as held, and does not mark it twice.
+        let script = hold_out_script(ip, 9001);
+        let down = script.lines().find(|l| l.contains("ALREADY_DOWN")).unwrap().split('\'').nth(1).unwrap().to_string();
+        assert!(grep(&down, &held) && !grep(&down, UPSTREAM));
+        assert!(script.find("ALREADY_DOWN") < script.find("sed "));
+    }
+
+    #[test]
+    fn the_scripts_parse_and_take_back_restores_before_reloading() {
+        for script in [hold_out_script("10.9.0.4".parse().unwrap(), 9001), take_back_script()] {
+            let out = std::process::Command::new("sh").args(["-n", "-c", &script]).output().unwrap();
+            assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
+        }
+        let back = take_back_script();
+        assert!(back.find(&format!("mv {BEFORE_HOLD}")) < back.find("systemctl reload"));
+        // The config from before is kept only once the candidate passed nginx -t.
+        let hold = hold_out_script("10.9.0.4".parse().unwrap(), 9001);
+        assert!(hold.find("nginx -t") < hold.find(&format!("cp -p \"$c\" {BEFORE_HOLD}")));
     }
 }
