@@ -41,6 +41,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
         if let Some(cp) = &config_plan {
             doc["host_changes"] = serde_json::to_value(ui::hosts::json(cp))?;
             doc["parameter_changes"] = serde_json::to_value(&cp.parameter_changes)?;
+            doc["unread"] = serde_json::to_value(&cp.unread)?;
         }
         if let Some(d) = drain.as_ref().filter(|d| !d.leaving.is_empty() || !d.retiring.is_empty()) {
             doc["drain"] = serde_json::to_value(d)?;

@@ -218,3 +218,24 @@ async fn a_read_port_that_reaches_the_primary_fails_the_gate_with_what_it_reache
     assert!(err.contains("role haproxy:") && err.contains("login through the lb read port (10.9.0.11:5001) from lb"), "{err}");
     assert!(err.contains("reached the primary (pg_is_in_recovery() = false), not a replica"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_running_patroni_that_does_not_answer_leaves_the_plan_unsure_not_empty() {
+    let (members, pg) = (Members::default(), Cluster::default());
+    let w = World::new(PLAN, |name| member(name, &members, &pg));
+    // Before the first build nothing runs: nothing is unknown, starting it is the change.
+    let cp = w.prepare().await.unwrap();
+    assert!(cp.unread.is_empty(), "{:?}", cp.unread);
+    cp.close().await;
+    w.run().await.unwrap();
+    w.clear();
+    // The REST API stops answering while systemd still says Patroni runs.
+    pg.lock().unwrap().running.clear();
+    let cp = w.prepare().await.unwrap();
+    assert!(!cp.is_empty(), "a plan that could not read the DCS says it is empty");
+    assert!(cp.parameter_changes.is_empty() && cp.pending_restarts.is_empty());
+    assert!(cp.unread.iter().any(|u| u.contains("GET /config") && u.contains("pg-1, pg-2, pg-3")), "{:?}", cp.unread);
+    let text = crate::ui::hosts::render_human(&cp, &Default::default(), &crate::ui::Paint { on: false });
+    assert!(text.contains("Not read") && text.contains("GET /patroni did not answer") && !text.contains("No host changes"), "{text}");
+    cp.close().await;
+}

@@ -41,6 +41,9 @@ pub struct ConfigPlan {
     pub parameter_changes: Vec<(String, Option<String>, String)>,
     /// Patroni members whose PostgreSQL still owes a restart.
     pub pending_restarts: Vec<String>,
+    /// What the probes could not read although the daemon runs (roles'
+    /// ClusterChanges::unread): apply reads it again live.
+    pub unread: Vec<String>,
     pub sessions: BTreeMap<String, HostSession>,
     /// When the facts (and the answers asked ahead) were gathered.
     pub gathered: Instant,
@@ -48,7 +51,7 @@ pub struct ConfigPlan {
 
 impl ConfigPlan {
     pub fn is_empty(&self) -> bool {
-        self.hosts.values().all(|h| h.changes.is_empty()) && self.parameter_changes.is_empty() && self.pending_restarts.is_empty() && self.not_built.is_empty()
+        self.hosts.values().all(|h| h.changes.is_empty()) && self.parameter_changes.is_empty() && self.pending_restarts.is_empty() && self.unread.is_empty() && self.not_built.is_empty()
     }
 
     /// Close every host's SSH master at once (one after another they cost
@@ -178,14 +181,15 @@ where
         host_plans.insert(name, HostPlan { desired: d, facts: f, changes, old_content });
     }
     // What the roles' clusters owe beyond files (Patroni's DCS settings and pending restarts).
-    let probes: BTreeMap<&str, &BTreeMap<String, String>> = host_plans.iter().map(|(n, hp)| (n.as_str(), &hp.facts.probes)).collect();
-    let (mut parameter_changes, mut pending_restarts) = (Vec::new(), Vec::new());
+    let facts: BTreeMap<&str, &HostFacts> = host_plans.iter().map(|(n, hp)| (n.as_str(), &hp.facts)).collect();
+    let (mut parameter_changes, mut pending_restarts, mut unread) = (Vec::new(), Vec::new(), Vec::new());
     for role in roles::registry::all() {
-        let owed = role.cluster_changes(plan, &probes);
+        let owed = role.cluster_changes(plan, &facts);
         parameter_changes.extend(owed.parameters);
         pending_restarts.extend(owed.pending_restarts);
+        unread.extend(owed.unread);
     }
-    Ok(ConfigPlan { hosts: host_plans, not_built, parameter_changes, pending_restarts, sessions, gathered: started })
+    Ok(ConfigPlan { hosts: host_plans, not_built, parameter_changes, pending_restarts, unread, sessions, gathered: started })
 }
 
 /// Rigger finished configuring this host before and it owes no restart.

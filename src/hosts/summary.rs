@@ -213,6 +213,7 @@ mod tests {
             not_built: vec![],
             parameter_changes: vec![],
             pending_restarts: vec![],
+            unread: vec![],
             sessions: BTreeMap::new(),
             gathered: std::time::Instant::now(),
         }

@@ -59,7 +59,8 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
     }
     let changed: Vec<_> = cp.hosts.iter().filter(|(_, hp)| !hp.changes.is_empty()).collect();
     if changed.is_empty() && cp.parameter_changes.is_empty() && cp.pending_restarts.is_empty() {
-        if !cp.hosts.is_empty() {
+        out.push_str(&unread(cp, paint));
+        if !cp.hosts.is_empty() && cp.unread.is_empty() {
             out.push_str(&format!("{} Every host matches its roles.\n", paint.green("No host changes.")));
         }
         return out;
@@ -119,6 +120,7 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
             cp.pending_restarts.join(", ")
         ));
     }
+    out.push_str(&unread(cp, paint));
     let s = HostSummary::of(cp);
     let mut rarer = String::new();
     for (n, what) in [(s.enable, "to enable at boot"), (s.stop, "to stop and disable")] {
@@ -135,6 +137,19 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
         s.reload,
         s.parameters
     ));
+    out
+}
+
+/// What the plan could not read although the daemons run: it may owe changes there.
+fn unread(cp: &ConfigPlan, paint: &Paint) -> String {
+    if cp.unread.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("  {} (apply reads them again, live, before it acts):\n", paint.yellow("Not read, so this plan cannot say whether they change"));
+    for what in &cp.unread {
+        out.push_str(&format!("      {} {what}\n", paint.yellow("?")));
+    }
+    out.push('\n');
     out
 }
 
@@ -226,6 +241,7 @@ mod tests {
             not_built: vec![],
             parameter_changes: vec![],
             pending_restarts: vec![],
+            unread: vec![],
             sessions: BTreeMap::new(),
             gathered: std::time::Instant::now(),
         };

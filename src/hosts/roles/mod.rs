@@ -187,8 +187,10 @@ mod tests {
     #[test]
     fn patroni_reads_its_cluster_changes_from_the_first_member_that_answered() {
         let p = plan();
-        let probe = |config: &str, state: &str| -> std::collections::BTreeMap<String, String> {
-            [("patroni_config", config), ("patroni_state", state)].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        let probe = |config: &str, state: &str| crate::hosts::facts::HostFacts {
+            probes: [("patroni_config", config), ("patroni_state", state)].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            services: [("patroni".to_string(), crate::hosts::facts::ServiceFact { active: "active".into(), ..Default::default() })].into(),
+            ..Default::default()
         };
         // Answers as the gate's REST asks print them: the body, then the status.
         let (down, up, owing, none) = (
@@ -197,13 +199,25 @@ mod tests {
             probe("{}\n200", "{\"pending_restart\":true}\n200"),
             Default::default(),
         );
-        let probes: std::collections::BTreeMap<&str, &std::collections::BTreeMap<String, String>> = [("pg-1", &down), ("pg-2", &up), ("pg-3", &owing), ("cache", &none)].into_iter().collect();
-        let owed = super::registry::get("patroni").unwrap().cluster_changes(&p, &probes);
+        let facts: std::collections::BTreeMap<&str, &crate::hosts::facts::HostFacts> = [("pg-1", &down), ("pg-2", &up), ("pg-3", &owing), ("cache", &none)].into_iter().collect();
+        let patroni = super::registry::get("patroni").unwrap();
+        let owed = patroni.cluster_changes(&p, &facts);
         // pg-1 answered nothing: pg-2's config is the one read.
         assert!(owed.parameters.contains(&("max_connections".into(), Some("50".into()), "100".into())), "{:?}", owed.parameters);
         assert_eq!(owed.pending_restarts, ["pg-3"]);
+        // pg-1's Patroni runs but said nothing: whether it owes a restart is not known, and said so.
+        assert_eq!(owed.unread, ["whether PostgreSQL owes a restart on pg-1: GET /patroni did not answer"]);
+        // No member answered /config: the DCS settings are unknown, not unchanged.
+        let facts: std::collections::BTreeMap<&str, &crate::hosts::facts::HostFacts> = [("pg-1", &down), ("cache", &none)].into_iter().collect();
+        let owed = patroni.cluster_changes(&p, &facts);
+        assert!(owed.parameters.is_empty() && owed.unread.len() == 2 && owed.unread[0].contains("GET /config"), "{:?}", owed.unread);
+        // A member whose Patroni does not run (not installed yet) is no unknown: starting it is the change.
+        let stopped = crate::hosts::facts::HostFacts { services: Default::default(), ..probe("\n000", "\n000") };
+        let facts: std::collections::BTreeMap<&str, &crate::hosts::facts::HostFacts> = [("pg-1", &stopped)].into_iter().collect();
+        assert!(patroni.cluster_changes(&p, &facts).unread.is_empty());
         // Roles with no cluster of their own owe nothing beyond files.
-        let redis = super::registry::get("redis").unwrap().cluster_changes(&p, &probes);
-        assert!(redis.parameters.is_empty() && redis.pending_restarts.is_empty());
+        let facts: std::collections::BTreeMap<&str, &crate::hosts::facts::HostFacts> = [("pg-1", &down), ("pg-2", &up), ("pg-3", &owing), ("cache", &none)].into_iter().collect();
+        let redis = super::registry::get("redis").unwrap().cluster_changes(&p, &facts);
+        assert!(redis.parameters.is_empty() && redis.pending_restarts.is_empty() && redis.unread.is_empty());
     }
 }

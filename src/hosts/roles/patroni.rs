@@ -598,15 +598,26 @@ impl super::role::Role for Patroni {
     /// The DCS settings to PATCH (failover timing and PostgreSQL parameters,
     /// read from the first member that answered) and the members whose
     /// PostgreSQL owes a restart.
-    fn cluster_changes(&self, plan: &Plan, probes: &std::collections::BTreeMap<&str, &std::collections::BTreeMap<String, String>>) -> super::role::ClusterChanges {
-        let parameters = probes
+    /// A member whose Patroni runs but whose REST API did not answer leaves
+    /// the plan unable to say what it owes: that is said (`unread`), not
+    /// shown as "no change".
+    fn cluster_changes(&self, plan: &Plan, facts: &std::collections::BTreeMap<&str, &crate::hosts::facts::HostFacts>) -> super::role::ClusterChanges {
+        let probe = |f: &crate::hosts::facts::HostFacts, name: &str| f.probes.get(name).and_then(|c| answered_ok(c)).map(str::to_string);
+        let parameters = facts
             .values()
-            .filter_map(|p| p.get("patroni_config").and_then(|c| answered_ok(c)))
-            .next()
-            .map(|c| [crate::plan::rto::dcs_changes(plan, c), parameter_changes(plan, c)].concat())
-            .unwrap_or_default();
-        let pending_restarts = probes.iter().filter(|(_, p)| p.get("patroni_state").and_then(|s| answered_ok(s)).is_some_and(restart_pending)).map(|(n, _)| n.to_string()).collect();
-        super::role::ClusterChanges { parameters, pending_restarts }
+            .find_map(|f| probe(f, "patroni_config"))
+            .map(|c| [crate::plan::rto::dcs_changes(plan, &c), parameter_changes(plan, &c)].concat());
+        let pending_restarts = facts.iter().filter(|(_, f)| probe(f, "patroni_state").is_some_and(|s| restart_pending(&s))).map(|(n, _)| n.to_string()).collect();
+        let running: Vec<&str> = facts.iter().filter(|(_, f)| f.services.get("patroni").is_some_and(crate::hosts::facts::ServiceFact::running)).map(|(n, _)| *n).collect();
+        let mut unread = Vec::new();
+        if parameters.is_none() && !running.is_empty() {
+            unread.push(format!("Patroni's DCS settings: no member answered GET /config (Patroni runs on {})", running.join(", ")));
+        }
+        let silent: Vec<&str> = running.iter().copied().filter(|n| facts.get(n).is_some_and(|f| probe(f, "patroni_state").is_none())).collect();
+        if !silent.is_empty() {
+            unread.push(format!("whether PostgreSQL owes a restart on {}: GET /patroni did not answer", silent.join(", ")));
+        }
+        super::role::ClusterChanges { parameters: parameters.unwrap_or_default(), pending_restarts, unread }
     }
     async fn converge(&self, run: &RoleRun<'_>) -> anyhow::Result<()> {
         converge(run).await

@@ -34,6 +34,9 @@ pub struct ClusterChanges {
     pub parameters: Vec<(String, Option<String>, String)>,
     /// Hosts whose daemon owes a restart.
     pub pending_restarts: Vec<String>,
+    /// What could not be read although the daemon runs (its API did not
+    /// answer): the plan cannot say whether it owes a change there.
+    pub unread: Vec<String>,
 }
 
 /// What `rigger output` knows of a built stack, for the roles to describe
@@ -175,9 +178,9 @@ pub trait Role: Sync {
         vec![]
     }
 
-    /// The cluster changes the probes show (`probes`: host → probe name →
-    /// output, every configured host).
-    fn cluster_changes(&self, _plan: &Plan, _probes: &BTreeMap<&str, &BTreeMap<String, String>>) -> ClusterChanges {
+    /// The cluster changes the facts' probes show (`facts`: every
+    /// configured host's).
+    fn cluster_changes(&self, _plan: &Plan, _facts: &BTreeMap<&str, &crate::hosts::facts::HostFacts>) -> ClusterChanges {
         ClusterChanges::default()
     }
 
