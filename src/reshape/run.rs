@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use crate::hosts::roles::{etcd, haproxy, patroni};
+use crate::hosts::roles::{etcd, haproxy, nginx, patroni};
 
 const VIP_WAIT: Duration = Duration::from_secs(30);
 const SWITCHOVER_WAIT: Duration = Duration::from_secs(90);
@@ -78,7 +78,7 @@ async fn each_step(project: &Project, state: &State, drain: &DrainPlan, steps: &
         let r = match step {
             Step::MoveVip { holder, vip, to } => move_vip(sessions, holder, vip, to).await,
             Step::Switchover { leader } => switchover(plan, sessions, &remaining(patroni::NAME), leader, events, &subject).await,
-            Step::Reload { role, hosts, .. } => reload(plan, state, sessions, role, hosts).await,
+            Step::Reload { role, hosts, .. } => reload(plan, state, sessions, role, hosts, events, &subject).await,
             Step::Stop { host, services } => stop(sessions, host, services).await,
             Step::PatroniLeave { member } => patroni_leave(plan, sessions, &remaining(patroni::NAME), &remaining(etcd::NAME), member, events, &subject).await,
             Step::EtcdRemove { member } => {
@@ -179,7 +179,7 @@ async fn switchover(plan: &Plan, sessions: &mut Sessions, remaining: &[String], 
 
 /// Put the plan's config of `role` on the remaining hosts (only if it differs)
 /// and reload; for HAProxy, wait until the write backend has its one server up.
-async fn reload(plan: &Plan, state: &State, sessions: &mut Sessions, role: &str, hosts: &[String]) -> Result<()> {
+async fn reload(plan: &Plan, state: &State, sessions: &mut Sessions, role: &str, hosts: &[String], events: &Events, subject: &str) -> Result<()> {
     let renderer = Renderer::new()?;
     for name in hosts {
         let host = plan.host(name).ok_or_else(|| anyhow!("{name}: not in the plan"))?;
@@ -198,7 +198,15 @@ async fn reload(plan: &Plan, state: &State, sessions: &mut Sessions, role: &str,
         }
         if !changed.is_empty() {
             for svc in desired.services.iter().filter(|x| x.role == role) {
-                s.sudo_ok(&format!("reloading {}", svc.name), &format!("systemctl reload {}", svc.name)).await?;
+                if role == nginx::NAME {
+                    // Done once the workers that could still talk to the leaving apps are gone.
+                    let said = s.sudo_ok("reloading nginx", &nginx::reload_script()).await?;
+                    if let Some(busy) = nginx::still_busy(&said) {
+                        events.progress(subject, format!("{name}: {busy}"));
+                    }
+                } else {
+                    s.sudo_ok(&format!("reloading {}", svc.name), &format!("systemctl reload {}", svc.name)).await?;
+                }
             }
         }
         if role == haproxy::NAME && plan.hosts_with_role(patroni::NAME).next().is_some() {

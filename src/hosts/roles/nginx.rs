@@ -104,6 +104,24 @@ echo DONE"#
     )
 }
 
+/// Reload nginx and wait as `reload_and_wait` does, for a config already in
+/// place (the reshape's reload without the leaving apps: their machines go
+/// only once no worker from before the reload can still be talking to them).
+/// When nginx does not run, a plain `systemctl reload` says why.
+pub fn reload_script() -> String {
+    format!(
+        r#"m=$(cat /run/nginx.pid 2>/dev/null)
+if [ -z "$m" ] || ! kill -0 "$m" 2>/dev/null; then systemctl reload nginx 2>&1; exit $?; fi
+{}"#,
+        reload_and_wait()
+    )
+}
+
+/// What a reload that waited says of workers still busy after the wait, if any.
+pub fn still_busy(said: &str) -> Option<String> {
+    said.trim().strip_prefix("BUSY").map(|pids| format!("workers from before the reload (pids{pids}) still serve requests after {} s; going on", OLD_WORKERS_WAIT_TENTHS / 10))
+}
+
 /// The script that marks `ip:port` `down` in the live config and reloads.
 /// First line of its output: NOT_RUNNING / NOT_LISTED / ALREADY_DOWN (nothing
 /// to hold out: no request goes there from this nginx), or the reload's.
@@ -156,8 +174,8 @@ async fn on_hosts(run: &RoleRun<'_>, hosts: &[String], what: &str, script: &str)
         }
     }
     for (name, out) in &said {
-        if let Some(pids) = out.strip_prefix("BUSY") {
-            run.events.progress(&format!("nginx {name}"), format!("workers from before the reload (pids{pids}) still serve requests after {} s; going on", OLD_WORKERS_WAIT_TENTHS / 10));
+        if let Some(busy) = still_busy(out) {
+            run.events.progress(&format!("nginx {name}"), busy);
         }
     }
     (said, errors)
@@ -285,10 +303,12 @@ mod tests {
 
     #[test]
     fn the_scripts_parse_and_take_back_restores_before_reloading() {
-        for script in [hold_out_script("10.9.0.4".parse().unwrap(), 9001), take_back_script()] {
+        for script in [hold_out_script("10.9.0.4".parse().unwrap(), 9001), take_back_script(), reload_script()] {
             let out = std::process::Command::new("sh").args(["-n", "-c", &script]).output().unwrap();
             assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
         }
+        assert_eq!(still_busy("BUSY 41 42\n").as_deref(), Some("workers from before the reload (pids 41 42) still serve requests after 35 s; going on"));
+        assert_eq!(still_busy("DONE\n"), None);
         let back = take_back_script();
         assert!(back.find(&format!("mv {BEFORE_HOLD}")) < back.find("systemctl reload"));
         // The config from before is kept only once the candidate passed nginx -t.
