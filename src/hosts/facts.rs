@@ -88,12 +88,19 @@ impl FactQuery {
         s
     }
 
-    /// What runs in the background while the rest is gathered: every ask,
-    /// and each probe that no ask already runs.
+    /// What runs in the background while the rest is gathered: each ask
+    /// once, and each probe that no ask already runs.
     fn jobs(&self) -> Vec<ahead::Job<'_>> {
-        let asks = self.asks.iter().enumerate().map(|(i, a)| ahead::Job::Ask(i, a));
+        let asks = self.asks.iter().enumerate().filter(|(i, _)| self.same_ask_before(*i).is_none()).map(|(i, a)| ahead::Job::Ask(i, a));
         let probes = self.probes.iter().enumerate().filter(|(_, (_, cmd))| self.ask_running(cmd).is_none()).map(|(i, (_, cmd))| ahead::Job::Probe(i, cmd.as_str()));
         asks.chain(probes).collect()
+    }
+
+    /// An earlier ask that is the same command (two gates may ask the same,
+    /// e.g. Patroni's /primary for the app's database and Saleor's): it
+    /// runs once and each copy gets its answer.
+    fn same_ask_before(&self, i: usize) -> Option<usize> {
+        self.asks[..i].iter().position(|a| *a == self.asks[i])
     }
 
     /// The ask that already runs a probe's command (as root, no input): the
@@ -194,6 +201,11 @@ pub fn parse(query: &FactQuery, output: &str) -> Result<HostFacts> {
         facts.probes.insert(name.clone(), stdout);
     }
     facts.answers = report.answers(&query.asks);
+    // Each copy of an ask that ran once is answered too (answers are used once each).
+    let copies: Vec<(Ask, RunOutput)> = (0..query.asks.len())
+        .filter_map(|i| query.same_ask_before(i).and_then(|j| facts.answers.iter().find(|(a, _)| *a == query.asks[j])).cloned())
+        .collect();
+    facts.answers.extend(copies);
     facts.missing_packages = query.packages.iter().filter(|p| !installed.contains(p.split(':').next().unwrap_or(p))).cloned().collect();
     Ok(facts)
 }
@@ -289,5 +301,20 @@ mod tests {
         assert_eq!((f.probes["shared"].as_str(), f.probes["own"].as_str()), ("body\n200", "own\n"));
         let answers = f.answers;
         assert_eq!(answers.iter().map(|(_, o)| o.stdout.as_str()).collect::<Vec<_>>(), ["body\n200", "gate-only\n"]);
+    }
+
+    /// Two gates asking the same command: it runs once, each gets an answer.
+    #[test]
+    fn the_same_ask_twice_runs_once_and_answers_both() {
+        let same = Ask::sudo("echo \"run $$\"", None);
+        let q = FactQuery { asks: vec![same.clone(), Ask::sudo("echo other", None), same.clone()], ..Default::default() };
+        let script = q.script();
+        assert_eq!(script.matches("run $$").count(), 1, "{script}");
+        let out = std::process::Command::new("sh").args(["-c", &script]).env("SUDO_USER", "root").output().unwrap();
+        let f = q.parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        let of_same: Vec<&RunOutput> = f.answers.iter().filter(|(a, _)| *a == same).map(|(_, o)| o).collect();
+        assert_eq!(of_same.len(), 2, "{:?}", f.answers);
+        assert!(of_same[0].stdout.starts_with("run ") && of_same[0].stdout == of_same[1].stdout);
+        assert_eq!(f.answers.len(), 3);
     }
 }
