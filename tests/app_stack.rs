@@ -184,9 +184,12 @@ fn nginx_apps_haproxy_patroni_redis_end_to_end() {
             (ok, failed)
         })
     };
+    let rollout = std::time::Instant::now();
     let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    let rollout = rollout.elapsed();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ok, failed) = probe.join().expect("probe thread");
+    println!("rolling restart of 3 apps behind nginx: apply {:.1}s, {ok} requests through nginx meanwhile, {} failed", rollout.as_secs_f64(), failed.len());
     assert!(out.status.success(), "{}", out.text());
     assert!(failed.is_empty() && ok > 0, "{} requests failed during the rolling restart ({ok} ok), the first: {:?}", failed.len(), &failed[..failed.len().min(3)]);
     // Each host was held out of nginx's upstream while it restarted: nginx
