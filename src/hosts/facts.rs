@@ -203,7 +203,8 @@ pub fn parse(query: &FactQuery, output: &str) -> Result<HostFacts> {
     facts.answers = report.answers(&query.asks);
     // Each copy of an ask that ran once is answered too (answers are used once each).
     let copies: Vec<(Ask, RunOutput)> = (0..query.asks.len())
-        .filter_map(|i| query.same_ask_before(i).and_then(|j| facts.answers.iter().find(|(a, _)| *a == query.asks[j])).cloned())
+        .filter(|&i| query.same_ask_before(i).is_some())
+        .filter_map(|i| facts.answers.iter().find(|(a, _)| *a == query.asks[i]).cloned())
         .collect();
     facts.answers.extend(copies);
     facts.missing_packages = query.packages.iter().filter(|p| !installed.contains(p.split(':').next().unwrap_or(p))).cloned().collect();

@@ -95,20 +95,19 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
         let on = held.hosts().join(", ");
         let rolled = roll(run, h, run.session(&h.name)?).await;
         let back = super::nginx::take_back(run, held).await;
-        let error = match (rolled, back) {
-            (Ok(()), Ok(())) if on.is_empty() => {
-                run.events.finished(&subject, "restarted (no running nginx had it in its upstream)", started);
-                continue;
-            }
-            (Ok(()), Ok(())) => {
-                run.events.finished(&subject, &format!("restarted, and back in nginx's upstream on {on}"), started);
-                continue;
-            }
-            (Err(e), Ok(())) | (Ok(()), Err(e)) => e,
-            (Err(e), Err(back)) => e.context(format!("and putting it back into nginx's upstream failed too: {back:#}")),
+        let done = match (rolled, back) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(e), Err(back)) => Err(e.context(format!("and putting it back into nginx's upstream failed too: {back:#}"))),
         };
-        run.events.failed(&subject, "restart", &format!("{error:#}"));
-        return Err(error);
+        match done {
+            Ok(()) if on.is_empty() => run.events.finished(&subject, "restarted (no running nginx had it in its upstream)", started),
+            Ok(()) => run.events.finished(&subject, &format!("restarted, and back in nginx's upstream on {on}"), started),
+            Err(e) => {
+                run.events.failed(&subject, "restart", &format!("{e:#}"));
+                return Err(e);
+            }
+        }
     }
     gate(run).await
 }

@@ -72,10 +72,21 @@ impl HeldOut {
     }
 }
 
+/// The BRE of the start of the upstream line the template writes for `ip:port`.
+fn server_start(ip: std::net::Ipv4Addr, port: u64) -> String {
+    format!(r"[[:space:]]*server {}:{port} ", ip.to_string().replace('.', r"\."))
+}
+
 /// The BRE of the upstream line the template writes for `ip:port`, with the
 /// text before the `;` as group 1.
 fn server_line(ip: std::net::Ipv4Addr, port: u64) -> String {
-    format!(r"^\([[:space:]]*server {}:{port} [^;]*\);$", ip.to_string().replace('.', r"\."))
+    format!(r"^\({}[^;]*\);$", server_start(ip, port))
+}
+
+/// Sets `$m` to the running nginx master's pid, or runs `otherwise` (which
+/// ends the script) when nginx does not run.
+fn master_or(otherwise: &str) -> String {
+    format!("m=$(cat /run/nginx.pid 2>/dev/null)\nif [ -z \"$m\" ] || ! kill -0 \"$m\" 2>/dev/null; then {otherwise}; fi\n")
 }
 
 /// Reload nginx (master `$m`) and wait until it runs on the new config: new
@@ -110,9 +121,8 @@ echo DONE"#
 /// When nginx does not run, a plain `systemctl reload` says why.
 pub fn reload_script() -> String {
     format!(
-        r#"m=$(cat /run/nginx.pid 2>/dev/null)
-if [ -z "$m" ] || ! kill -0 "$m" 2>/dev/null; then systemctl reload nginx 2>&1; exit $?; fi
-{}"#,
+        "{}{}",
+        master_or("systemctl reload nginx 2>&1; exit $?"),
         reload_and_wait()
     )
 }
@@ -127,18 +137,17 @@ pub fn still_busy(said: &str) -> Option<String> {
 /// to hold out: no request goes there from this nginx), or the reload's.
 fn hold_out_script(ip: std::net::Ipv4Addr, port: u64) -> String {
     let line = server_line(ip, port);
-    let down = format!(r"^[[:space:]]*server {}:{port} .* down;$", ip.to_string().replace('.', r"\."));
+    let down = format!(r"^{}.* down;$", server_start(ip, port));
     format!(
         r#"c={CONF}
-m=$(cat /run/nginx.pid 2>/dev/null)
-if [ -z "$m" ] || ! kill -0 "$m" 2>/dev/null; then echo NOT_RUNNING; exit 0; fi
-if grep -q '{down}' "$c"; then echo ALREADY_DOWN; exit 0; fi
+{}if grep -q '{down}' "$c"; then echo ALREADY_DOWN; exit 0; fi
 if ! grep -q '{line}' "$c"; then echo NOT_LISTED; exit 0; fi
 mkdir -p "$(dirname {BEFORE_HOLD})"
 sed 's/{line}/\1 down;/' "$c" > "$c.rigger-hold" && chmod 644 "$c.rigger-hold" || exit 2
 if ! nginx -t -q -c "$c.rigger-hold" >&2; then rm -f "$c.rigger-hold"; exit 3; fi
 cp -p "$c" {BEFORE_HOLD} && mv "$c.rigger-hold" "$c" || exit 2
 {}"#,
+        master_or("echo NOT_RUNNING; exit 0"),
         reload_and_wait()
     )
 }
@@ -149,9 +158,8 @@ fn take_back_script() -> String {
         r#"c={CONF}
 [ -f {BEFORE_HOLD} ] || {{ echo NOTHING_HELD; exit 0; }}
 mv {BEFORE_HOLD} "$c" || exit 2
-m=$(cat /run/nginx.pid 2>/dev/null)
-if [ -z "$m" ] || ! kill -0 "$m" 2>/dev/null; then echo NOT_RUNNING; exit 0; fi
-{}"#,
+{}{}"#,
+        master_or("echo NOT_RUNNING; exit 0"),
         reload_and_wait()
     )
 }
@@ -265,21 +273,20 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn sed(expr: &str, text: &str) -> String {
-        let mut child = std::process::Command::new("sed")
-            .arg(expr)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+    /// `program args` with `text` on stdin: whether it succeeded, and its stdout.
+    fn piped(program: &str, args: &[&str], text: &str) -> (bool, String) {
+        let mut child = std::process::Command::new(program).args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
         std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
-        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap())
+    }
+
+    fn sed(expr: &str, text: &str) -> String {
+        piped("sed", &[expr], text).1
     }
 
     fn grep(pattern: &str, text: &str) -> bool {
-        let mut child = std::process::Command::new("grep").args(["-q", pattern]).stdin(std::process::Stdio::piped()).spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
-        child.wait().unwrap().success()
+        piped("grep", &["-q", pattern], text).0
     }
 
     const UPSTREAM: &str = "    upstream app {\n        least_conn;\n        server 10.9.0.4:9001 max_fails=3 fail_timeout=10s;\n        server 10.9.0.41:9001 max_fails=3 fail_timeout=10s;\n        server 10.9.0.42:9001 max_fails=3 fail_timeout=10s;\n        keepalive 16;\n    }\n";

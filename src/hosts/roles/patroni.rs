@@ -608,12 +608,13 @@ impl super::role::Role for Patroni {
             .find_map(|f| probe(f, "patroni_config"))
             .map(|c| [crate::plan::rto::dcs_changes(plan, &c), parameter_changes(plan, &c)].concat());
         let pending_restarts = facts.iter().filter(|(_, f)| probe(f, "patroni_state").is_some_and(|s| restart_pending(&s))).map(|(n, _)| n.to_string()).collect();
-        let running: Vec<&str> = facts.iter().filter(|(_, f)| f.services.get("patroni").is_some_and(crate::hosts::facts::ServiceFact::running)).map(|(n, _)| *n).collect();
+        let runs = |f: &crate::hosts::facts::HostFacts| f.services.get(SERVICE).is_some_and(crate::hosts::facts::ServiceFact::running);
+        let running: Vec<&str> = facts.iter().filter(|(_, f)| runs(f)).map(|(n, _)| *n).collect();
         let mut unread = Vec::new();
         if parameters.is_none() && !running.is_empty() {
             unread.push(format!("Patroni's DCS settings: no member answered GET /config (Patroni runs on {})", running.join(", ")));
         }
-        let silent: Vec<&str> = running.iter().copied().filter(|n| facts.get(n).is_some_and(|f| probe(f, "patroni_state").is_none())).collect();
+        let silent: Vec<&str> = facts.iter().filter(|(_, f)| runs(f) && probe(f, "patroni_state").is_none()).map(|(n, _)| *n).collect();
         if !silent.is_empty() {
             unread.push(format!("whether PostgreSQL owes a restart on {}: GET /patroni did not answer", silent.join(", ")));
         }
