@@ -74,6 +74,12 @@ impl HostSession {
         }
     }
 
+    /// Whether `ask` has a fresh answer waiting (its next run costs no round trip).
+    pub fn has_answer_ahead(&self, ask: &Ask) -> bool {
+        let Ok(guard) = self.ahead.lock() else { return false };
+        guard.as_ref().is_some_and(|(at, answers)| at.elapsed() <= FRESH && answers.iter().any(|(a, _)| a.root == ask.root && a.script == ask.script && a.stdin == ask.stdin))
+    }
+
     fn answered(&self, root: bool, script: &str, stdin: Option<&[u8]>) -> Option<RunOutput> {
         let mut guard = self.ahead.lock().ok()?;
         let (at, answers) = guard.as_mut()?;

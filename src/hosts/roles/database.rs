@@ -44,17 +44,22 @@ pub fn gate_asks(plan: &Plan, host: &Host, database: &str, user: &str, password:
     if !host.has_role(patroni::NAME) || password.is_empty() {
         return vec![];
     }
-    // Every member answers /primary (`leader` asks them in turn); the login is the leader's.
-    vec![primary_ask(plan), login_ask(plan, database, user, password).skip_unless(patroni::leader_guess(plan))]
+    // Only a member that may lead is asked /primary ahead (`leader` asks
+    // those with an answer first), and the login is the leader's.
+    vec![primary_ask(plan).skip_unless(patroni::leader_guess(plan)), login_ask(plan, database, user, password).skip_unless(patroni::leader_guess(plan))]
 }
 
 /// The Patroni member that holds the leader lock now.
 pub async fn leader<'a>(run: &RoleRun<'a>) -> Result<&'a HostSession> {
     let ask = primary_ask(run.plan);
-    let members: Vec<String> = run.plan.hosts_with_role(patroni::NAME).map(|h| h.name.clone()).collect();
+    let mut members: Vec<String> = run.plan.hosts_with_role(patroni::NAME).map(|h| h.name.clone()).collect();
     if members.is_empty() {
         bail!("the plan has no patroni hosts — role {} needs a database", run.role);
     }
+    // Members answered ahead first: the leader is among them, and a replica
+    // asked before it would cost a live round trip.
+    let ready = |m: &String| run.session(m).is_ok_and(|s| s.has_answer_ahead(&ask));
+    members.sort_by_key(|m| !ready(m));
     let name = wait_for("a Patroni leader to create the database on", Duration::from_secs(60), || async {
         for m in &members {
             let s = run.session(m)?;
