@@ -56,7 +56,7 @@ pub fn newest_successful_creation(tasks: &Value, vmid: u64) -> Option<String> {
         .iter()
         .filter(|t| t.get("type").and_then(Value::as_str) == Some("vzcreate"))
         .filter(|t| t.get("id").and_then(Value::as_str) == Some(vmid.to_string().as_str()))
-        .filter(|t| t.get("status").and_then(Value::as_str) == Some("OK"))
+        .filter(|t| t.get("status").and_then(Value::as_str).is_some_and(super::tasks::succeeded))
         .max_by_key(|t| (t.get("starttime").and_then(Value::as_u64).unwrap_or(0), t.get("pid").and_then(Value::as_u64).unwrap_or(0)))
         .and_then(|t| t.get("upid").and_then(Value::as_str))
         .map(str::to_string)
@@ -134,8 +134,11 @@ mod tests {
             { "upid": "UPID:b", "type": "vzcreate", "id": "100", "status": "got timeout", "starttime": 20, "pid": 2 },
             { "upid": "UPID:c", "type": "vzcreate", "id": "100", "status": "OK", "starttime": 15, "pid": 3 },
             { "upid": "UPID:d", "type": "vzstart", "id": "100", "status": "OK", "starttime": 30, "pid": 4 },
+            // A creation that ended with warnings made the container all the same.
+            { "upid": "UPID:e", "type": "vzcreate", "id": "102", "status": "WARNINGS: 2", "starttime": 40, "pid": 5 },
         ]);
         assert_eq!(newest_successful_creation(&tasks, 100).as_deref(), Some("UPID:c"));
+        assert_eq!(newest_successful_creation(&tasks, 102).as_deref(), Some("UPID:e"));
         assert_eq!(newest_successful_creation(&tasks, 101), None);
     }
 }

@@ -6,6 +6,12 @@ use super::client::{ApiError, ProxmoxClient};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// A stopped task's `exitstatus` (or the task list's `status`) that means it
+/// succeeded: `OK`, or `WARNINGS: N` (done, with warnings in its log).
+pub fn succeeded(exitstatus: &str) -> bool {
+    exitstatus == "OK" || exitstatus.starts_with("WARNINGS")
+}
+
 /// `UPID:{node}:{pid}:{pstart}:{starttime}:{type}:{id}:{user}:`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upid {
@@ -50,7 +56,7 @@ impl ProxmoxClient {
                 Ok(status) => {
                     if status.get("status").and_then(Value::as_str) == Some("stopped") {
                         let exit = status.get("exitstatus").and_then(Value::as_str).unwrap_or("unknown").to_string();
-                        if exit == "OK" || exit.starts_with("WARNINGS") {
+                        if succeeded(&exit) {
                             return Ok(());
                         }
                         let log = self.task_log_tail(&node, upid, 10).await;
