@@ -131,6 +131,13 @@ async fn validation_errors_like_the_real_api() {
         "{e}"
     );
 
+    // Above 36 cores the protos allow only multiples of 4 (ResourcesSpec.cores).
+    let mut instance = instance;
+    instance["resourcesSpec"] = json!({"memory": (38u64 << 30).to_string(), "cores": "38", "coreFraction": "100"});
+    let e = c.run(Method::POST, Service::Compute, "/compute/v1/instances", Some(&instance)).await.unwrap_err();
+    assert_eq!(api_code(&e), 3, "{e}");
+    assert!(e.to_string().contains("cores"), "{e}");
+
     // A network that still has a subnet cannot go.
     let e = c.run(Method::DELETE, Service::Vpc, &format!("/vpc/v1/networks/{network}"), None).await.unwrap_err();
     assert_eq!(api_code(&e), 9, "{e}");

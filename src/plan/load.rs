@@ -58,6 +58,8 @@ const SSH_KEYS: &[&str] = &["user", "private_key_file", "public_key_file", "bast
 const NETWORK_KEYS: &[&str] = &["name", "subnets"];
 const SUBNET_KEYS: &[&str] = &["name", "cidr", "zone", "gateway"];
 const FIREWALL_KEYS: &[&str] = &["name", "rules"];
+/// The longest firewall rule description a cloud takes (Yandex Cloud's limit).
+const MAX_RULE_DESCRIPTION: usize = 256;
 const RULE_KEYS: &[&str] = &["direction", "protocol", "ports", "from", "to", "from_group", "to_group", "description"];
 const DEFAULTS_KEYS: &[&str] = &["image", "cores", "memory", "disk", "core_fraction"];
 const HOST_KEYS: &[&str] = &["name", "count", "roles", "subnet", "ip", "image", "cores", "memory", "disk", "core_fraction", "firewall", "public_ip"];
@@ -387,7 +389,13 @@ impl Reader<'_> {
                 return None;
             }
         };
-        let description = self.optional(node, "description").and_then(|n| self.string(n, "description")).map(|s| s.v);
+        let description = self.optional(node, "description").and_then(|n| self.string(n, "description"));
+        if let Some(d) = description.as_ref().filter(|d| d.v.chars().count() > MAX_RULE_DESCRIPTION) {
+            // Yandex Cloud's SecurityGroupRuleSpec.description takes at most 256
+            // characters; a plan that moves between providers keeps to that.
+            self.d.error(d.pos, format!("the rule's description is {} characters long, at most {MAX_RULE_DESCRIPTION} fit — shorten it", d.v.chars().count()));
+        }
+        let description = description.map(|s| s.v);
         Some((Rule { direction, protocol, ports, peer, description }, group_ref))
     }
 
@@ -409,10 +417,10 @@ impl Reader<'_> {
             base.cores = n.v as u32;
         }
         if let Some(b) = self.optional(node, "memory").and_then(|n| self.size(n, "defaults.memory")) {
-            base.memory = b;
+            base.memory = b.v;
         }
         if let Some(b) = self.optional(node, "disk").and_then(|n| self.size(n, "defaults.disk")) {
-            base.disk = b;
+            base.disk = b.v;
         }
         if let Some(n) = self.optional(node, "core_fraction").and_then(|n| self.int(n, "defaults.core_fraction", 1, 100)) {
             base.core_fraction = n.v as u32;
@@ -436,7 +444,7 @@ impl Reader<'_> {
         }
         let subnet = self.optional(node, "subnet").and_then(|n| self.string(n, &what("subnet")));
         let ip = self.optional(node, "ip").and_then(|n| self.ip(n, &what("ip")));
-        let image = self.optional(node, "image").and_then(|n| self.string(n, &what("image"))).map(|s| s.v);
+        let image = self.optional(node, "image").and_then(|n| self.string(n, &what("image")));
         let cores = self.optional(node, "cores").and_then(|n| self.int(n, &what("cores"), 1, 256)).map(|a| At { v: a.v as u32, pos: a.pos });
         let memory = self.optional(node, "memory").and_then(|n| self.size(n, &what("memory")));
         let disk = self.optional(node, "disk").and_then(|n| self.size(n, &what("disk")));
@@ -553,10 +561,10 @@ impl Reader<'_> {
                     roles: h.roles.iter().map(|r| r.v.clone()).collect(),
                     subnet: subnet.name.clone(),
                     ip: ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                    image: h.image.clone().unwrap_or_else(|| defaults.image.clone()),
+                    image: h.image(&defaults).to_string(),
                     cores,
-                    memory_bytes: h.memory.unwrap_or(defaults.memory),
-                    disk_bytes: h.disk.unwrap_or(defaults.disk),
+                    memory_bytes: h.memory(&defaults),
+                    disk_bytes: h.disk(&defaults),
                     core_fraction,
                     firewall: h.firewall.iter().map(|f| f.v.clone()).collect(),
                     public_ip: h.public_ip,

@@ -31,10 +31,10 @@ pub struct HostEntry {
     pub roles: Vec<At<String>>,
     pub subnet: Option<At<String>>,
     pub ip: Option<At<Ipv4Addr>>,
-    pub image: Option<String>,
+    pub image: Option<At<String>>,
     pub cores: Option<At<u32>>,
-    pub memory: Option<u64>,
-    pub disk: Option<u64>,
+    pub memory: Option<At<u64>>,
+    pub disk: Option<At<u64>>,
     pub core_fraction: Option<At<u32>>,
     pub firewall: Vec<At<String>>,
     pub public_ip: bool,
@@ -66,6 +66,18 @@ impl HostEntry {
     /// Core fraction (percent of a core guaranteed) after `defaults:`.
     pub fn core_fraction(&self, defaults: &HostDefaults) -> u32 {
         self.core_fraction.as_ref().map(|c| c.v).unwrap_or(defaults.core_fraction)
+    }
+    /// Memory in bytes after `defaults:`.
+    pub fn memory(&self, defaults: &HostDefaults) -> u64 {
+        self.memory.as_ref().map(|m| m.v).unwrap_or(defaults.memory)
+    }
+    /// Boot disk size in bytes after `defaults:`.
+    pub fn disk(&self, defaults: &HostDefaults) -> u64 {
+        self.disk.as_ref().map(|d| d.v).unwrap_or(defaults.disk)
+    }
+    /// Image after `defaults:`.
+    pub fn image<'a>(&'a self, defaults: &'a HostDefaults) -> &'a str {
+        self.image.as_ref().map(|i| i.v.as_str()).unwrap_or(&defaults.image)
     }
     /// The guest number of the entry's `i`-th machine (1-based), where the provider numbers them.
     pub fn vmid_of(&self, i: u32) -> Option<u32> {
@@ -155,10 +167,10 @@ impl Reader<'_> {
         }
     }
 
-    pub fn size(&mut self, node: &Node, what: &str) -> Option<u64> {
+    pub fn size(&mut self, node: &Node, what: &str) -> Option<At<u64>> {
         let s = self.string(node, what)?;
         match parse_size(&s.v) {
-            Ok(b) => Some(b),
+            Ok(b) => Some(At { v: b, pos: s.pos }),
             Err(e) => {
                 self.d.error(s.pos, format!("{what}: {e}"));
                 None

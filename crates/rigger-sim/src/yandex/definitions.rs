@@ -39,6 +39,8 @@ pub struct Rules {
     pub pattern: Option<String>,
     pub min_value: Option<f64>,
     pub max_value: Option<f64>,
+    /// A list of the values allowed (`2,4,…,36,40,44,…,80` for cores).
+    pub allowed_values: Option<Vec<f64>>,
     pub max_items: Option<usize>,
     pub min_items: Option<usize>,
     pub map_key_pattern: Option<String>,
@@ -444,7 +446,10 @@ fn read_field_options(r: &mut Reader, rules: &mut Rules) -> Result<()> {
             "required" => rules.required = value == "true",
             "length" => (rules.min_len, rules.max_len) = range(&value).map(|(a, b)| (a.map(|v| v as usize), b.map(|v| v as usize))).unwrap_or((None, None)),
             "pattern" => rules.pattern = Some(value),
-            "value" => (rules.min_value, rules.max_value) = range(&value).unwrap_or((None, None)),
+            "value" => match value_list(&value) {
+                Some(list) => rules.allowed_values = Some(list),
+                None => (rules.min_value, rules.max_value) = range(&value).unwrap_or((None, None)),
+            },
             "size" => (rules.min_items, rules.max_items) = range(&value).map(|(a, b)| (a.map(|v| v as usize), b.map(|v| v as usize))).unwrap_or((None, None)),
             _ => {}
         }
@@ -470,6 +475,15 @@ fn range(text: &str) -> Option<(Option<f64>, Option<f64>)> {
         return Some((num(a), num(b)));
     }
     None
+}
+
+/// validation.proto's list form, `0,5,20,50,100`: the only values allowed.
+fn value_list(text: &str) -> Option<Vec<f64>> {
+    let t = text.trim().trim_end_matches('.');
+    if !t.contains(',') {
+        return None;
+    }
+    t.split(',').map(|v| v.trim().parse::<f64>().ok()).collect()
 }
 
 /// The generated sentences the published files carry instead of options.
@@ -506,6 +520,8 @@ fn rules_from_doc(doc: &[String]) -> Rules {
         rules.min_value = Some(a);
         rules.max_value = Some(b);
     }
+    let marker = "The value must satisfy:";
+    rules.allowed_values = text.find(marker).and_then(|i| value_list(text[i + marker.len()..].split_whitespace().next()?));
     rules.pattern = quoted_after("The value must match the regular expression");
     rules.max_items = number_after("The number of elements must be less than or equal to").map(|v| v as usize);
     rules.min_items = number_after("The number of elements must be greater than or equal to").map(|v| v as usize);
@@ -853,6 +869,10 @@ fn check_value_range(at: &str, n: f64, rules: &Rules, request: bool, problems: &
     if request && (rules.max_value.is_some_and(|m| n > m) || rules.min_value.is_some_and(|m| n < m)) {
         problems.push(format!("{at}: {n} outside {:?}..{:?}", rules.min_value, rules.max_value));
     }
+    if let Some(list) = rules.allowed_values.as_ref().filter(|l| request && !l.contains(&n)) {
+        let list: Vec<String> = list.iter().map(f64::to_string).collect();
+        problems.push(format!("{at}: {n} is not one of {}", list.join(",")));
+    }
 }
 
 fn is_default(v: &Value) -> bool {
@@ -942,5 +962,30 @@ mod tests {
         for expected in ["folder_id: not the proto3 JSON name", "name: \"Web\" does not match", "size: 3 — 64-bit integers", "labels: 3 elements", "kind: \"HUGE\"", "colour: ", "folderId: required"] {
             assert!(problems.iter().any(|p| p.contains(expected)), "no {expected:?} in {problems:#?}");
         }
+    }
+
+    /// "The value must satisfy: 2,4,…" and `(value) = "0,1"`: only those values.
+    #[test]
+    fn a_list_of_values_allows_only_those() {
+        let mut raw = Raw::default();
+        read_file(
+            r#"syntax = "proto3";
+            package yandex.cloud.demo.v1;
+            message Spec {
+              // The value must satisfy: 2,4,36,40,80.
+              int64 cores = 1;
+              int64 fraction = 2 [(value) = "0,5,100"];
+              // The value must satisfy: 1m-10m.
+              string period = 3;
+            }"#,
+            &mut raw,
+        )
+        .unwrap();
+        let defs = resolve(raw);
+        let spec = "yandex.cloud.demo.v1.Spec";
+        assert_eq!(defs.check(spec, &serde_json::json!({ "cores": "40", "fraction": "5", "period": "5m" }), Side::Request), Vec::<String>::new());
+        let problems = defs.check(spec, &serde_json::json!({ "cores": "38", "fraction": "50" }), Side::Request);
+        assert!(problems.iter().any(|p| p.contains("cores: 38 is not one of 2,4,36,40,80")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("fraction: 50 is not one of 0,5,100")), "{problems:#?}");
     }
 }

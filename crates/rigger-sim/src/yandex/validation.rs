@@ -89,10 +89,11 @@ pub fn resources(platform: &str, cores: i64, memory: i64, core_fraction: i64) ->
         "standard-v2" => (&[5, 20, 50, 100], 80),
         _ => (&[20, 50, 100], 80),
     };
-    if !(2..=max_cores).contains(&cores) || cores % 2 != 0 {
-        return Err(ApiError::invalid(format!(
-            "the specified number of cores is not available on platform \"{platform}\"; allowed number of cores: 2, 4, 6, ..., {max_cores}"
-        )));
+    // ResourcesSpec.cores: even up to 36, then multiples of 4.
+    let sold = |c: i64| matches!(c, 2..=36 if c % 2 == 0) || matches!(c, 40..=80 if c % 4 == 0);
+    if cores > max_cores || !sold(cores) {
+        let allowed = if max_cores > 36 { format!("2, 4, ..., 36, 40, 44, ..., {max_cores}") } else { format!("2, 4, ..., {max_cores}") };
+        return Err(ApiError::invalid(format!("the specified number of cores is not available on platform \"{platform}\"; allowed number of cores: {allowed}")));
     }
     if !fractions.contains(&core_fraction) {
         let list = fractions.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
