@@ -269,3 +269,72 @@ async fn refresh_sees_status_and_interrupted_creations() {
     assert!(diff::compute(&specs, &refresh().await).iter().all(|c| c.action == Action::NoOp));
     handle.stop().await;
 }
+
+/// A guest that HA (or an admin) migrated to another node of the cluster is
+/// still the plan's machine: refresh reads it on its node (no duplicate is
+/// planned), a start and a delete are sent to that node, and a guest listed
+/// nowhere is still created on the plan's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_migrated_to_another_node_is_followed_there() {
+    use rigger::cloud::diff::{self, Action};
+    let mut opts = ProxmoxSimOptions::new("127.0.0.1:0".parse().unwrap());
+    opts.op_time_ms = 20;
+    opts.auth_fail_delay_ms = 10;
+    let handle = sim::start(opts).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan(dir.path(), &handle.base_url());
+    plan.hosts.truncate(2);
+    let ProviderConfig::Proxmox(config) = &plan.provider else { unreachable!() };
+    let tls = TlsMode::Pinned(tls::parse_fingerprint(handle.fingerprint.as_deref().unwrap()).unwrap());
+    let token = (handle.options.token_id.clone(), handle.options.token_secret.clone());
+    let auth = Auth::Token { id: token.0.clone(), secret: token.1.clone() };
+    let client = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth.clone(), tls.clone())).unwrap();
+    let provider = ProxmoxProvider::new(client, config.clone(), plan.project.clone()).with_timeouts(ProviderTimeouts {
+        running: Duration::from_secs(60),
+        agent: Duration::from_secs(60),
+        attempts: 3,
+        lock: Duration::from_secs(60),
+    });
+    let api = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth, tls.clone())).unwrap();
+    let specs = provider.specs(&plan).unwrap();
+    create_with_retries(&provider, &specs[0]).await;
+
+    // pg-1 (CT 101) moves to node pve2; the simulated node pve no longer has its config.
+    let http = reqwest::Client::builder().use_preconfigured_tls(tls::client_config(&tls).unwrap().unwrap()).build().unwrap();
+    let moved = http
+        .post(format!("{}/_sim/guests/101/node?node=pve2", handle.base_url()))
+        .header("Authorization", format!("PVEAPIToken={}={}", token.0, token.1))
+        .send()
+        .await
+        .unwrap();
+    assert!(moved.status().is_success());
+    let e = api.get("/nodes/pve/lxc/101/config", &[]).await.unwrap_err();
+    assert!(e.is_missing_guest(), "{e}");
+
+    let refresh = || async { provider.refresh(&[], &Events::silent()).await.expect("refresh") };
+    let live = refresh().await;
+    let pg1 = live.iter().find(|l| l.address.name == "pg-1").expect("pg-1 is still seen, on its new node");
+    assert_eq!(pg1.output_str("node"), Some("pve2"));
+    let changes = diff::compute(&specs, &live);
+    let by_name = |n: &str| changes.iter().find(|c| c.address.name == n).unwrap().clone();
+    assert_eq!(by_name("pg-1").action, Action::NoOp, "{changes:?}");
+    // pg-2 is in no listing: it is created on the plan's node.
+    assert_eq!(by_name("pg-2").action, Action::Create);
+    let pg2 = create_with_retries(&provider, &specs[1]).await;
+    assert_eq!(pg2.output_str("node"), Some("pve"));
+
+    // Stopped on pve2: the start goes there.
+    api.run_task(reqwest::Method::POST, "/nodes/pve2/lxc/101/status/stop", &[]).await.unwrap();
+    let changes = diff::compute(&specs, &refresh().await);
+    let pg1 = changes.iter().find(|c| c.address.name == "pg-1").unwrap();
+    assert_eq!((pg1.action, pg1.changed.clone()), (Action::Update, vec!["status".to_string()]));
+    provider.update(&specs[0], pg1.live.as_ref().unwrap(), &Deps::new(), &Events::silent()).await.expect("started on pve2");
+    assert!(diff::compute(&specs, &refresh().await).iter().all(|c| c.action == Action::NoOp));
+
+    // And deleted there.
+    for live in refresh().await {
+        delete_with_retries(&provider, &live).await;
+    }
+    assert!(handle.guests().iter().all(|g| g.vmid != 101 && g.vmid != 102), "{:?}", handle.guests());
+    handle.stop().await;
+}

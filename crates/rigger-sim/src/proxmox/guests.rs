@@ -166,7 +166,9 @@ fn root_disk_key(guest: &Guest) -> &'static str {
     }
 }
 
-pub fn resource_entry(node: &str, guest: &Guest) -> Value {
+/// The guest as `/cluster/resources` lists it (`simulated`: the simulated node's name).
+pub fn resource_entry(simulated: &str, guest: &Guest) -> Value {
+    let node = guest.node(simulated);
     let maxdisk = guest.config.get(root_disk_key(guest)).and_then(|v| volume_size(v)).unwrap_or(0);
     let mut entry = json!({
         "id": format!("{}/{}", guest.kind.as_str(), guest.vmid),
@@ -325,6 +327,7 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
         Guest {
             vmid,
             kind: GuestKind::Lxc,
+            elsewhere: None,
             config,
             running: false,
             started_at: None,
@@ -453,7 +456,7 @@ pub fn insert_qemu_template(state: &mut State) {
     .collect();
     state.guests.insert(
         QEMU_TEMPLATE_VMID,
-        Guest { vmid: QEMU_TEMPLATE_VMID, kind: GuestKind::Qemu, config, running: false, started_at: None, ssh_public_keys: String::new(), host_keys: Vec::new() },
+        Guest { vmid: QEMU_TEMPLATE_VMID, kind: GuestKind::Qemu, elsewhere: None, config, running: false, started_at: None, ssh_public_keys: String::new(), host_keys: Vec::new() },
     );
 }
 
@@ -505,7 +508,7 @@ pub fn qemu_clone(sim: &Arc<Sim>, source: u32, params: &Params, caller: &Caller)
                 let placeholder: BTreeMap<String, String> = [("lock".to_string(), "clone".to_string())].into();
                 state.guests.insert(
                     newid,
-                    Guest { vmid: newid, kind: GuestKind::Qemu, config: placeholder, running: false, started_at: None, ssh_public_keys: String::new(), host_keys: Vec::new() },
+                    Guest { vmid: newid, kind: GuestKind::Qemu, elsewhere: None, config: placeholder, running: false, started_at: None, ssh_public_keys: String::new(), host_keys: Vec::new() },
                 );
             }
             ctx.log(format!("create full clone of drive scsi0 (local-lvm:base-{source}-disk-0)"));

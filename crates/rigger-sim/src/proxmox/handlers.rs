@@ -75,6 +75,22 @@ pub const SIM_STATS_PATH: &str = "/_sim/stats";
 /// Not Proxmox: `POST /_sim/guests/{vmid}/lock?lock=create` leaves a stopped
 /// guest locked as a worker killed mid-creation does (no task holds the lock);
 /// `DELETE` lifts it as `pct unlock` / `qm unlock` on the node would.
+/// Not Proxmox: `POST /_sim/guests/{vmid}/node?node=pve2` moves the guest's
+/// config to another cluster node, as an HA migration or `pct migrate` would.
+fn sim_guest_node(sim: &Sim, method: &str, path: &str, query: Option<&str>) -> Option<HandlerResult> {
+    let vmid: u32 = path.strip_prefix("/_sim/guests/")?.strip_suffix("/node")?.parse().ok()?;
+    if method != "POST" {
+        return Some(Err(not_implemented(method, path)));
+    }
+    let node = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("node="))?.to_string();
+    let mut state = lock_state(sim);
+    let Some(guest) = state.guests.get_mut(&vmid) else {
+        return Some(Err(Reply::fail(format!("no guest {vmid}"))));
+    };
+    guest.elsewhere = (node != sim.opts.node).then_some(node);
+    Some(Ok(Value::Null))
+}
+
 fn sim_guest_lock(sim: &Sim, method: &str, path: &str, query: Option<&str>) -> Option<HandlerResult> {
     let vmid: u32 = path.strip_prefix("/_sim/guests/")?.strip_suffix("/lock")?.parse().ok()?;
     let mut state = lock_state(sim);
@@ -134,6 +150,9 @@ async fn route(sim: &Arc<Sim>, method: &str, uri: &Uri, headers: &HeaderMap, bod
     if uri.path().starts_with("/_sim/guests/") {
         authenticate(sim, method, headers).await?;
         if let Some(result) = sim_guest_lock(sim, method, uri.path(), uri.query()) {
+            return result;
+        }
+        if let Some(result) = sim_guest_node(sim, method, uri.path(), uri.query()) {
             return result;
         }
     }
@@ -201,12 +220,43 @@ async fn dispatch(sim: &Arc<Sim>, method: &str, path: &str, segs: &[&str], param
         ("GET", ["access", "ticket"]) => Ok(Value::Null),
         (_, ["nodes", node, rest @ ..]) => {
             if *node != sim.opts.node {
-                return Err(Reply::fail(format!(
-                    "hostname lookup '{node}' failed - failed to get address info for: {node}: Name or service not known"
-                )));
+                return elsewhere_route(sim, method, path, node, rest, params, caller).await;
+            }
+            if let Some(reply) = guest_elsewhere(sim, node, rest) {
+                return Err(reply);
             }
             node_route(sim, method, path, rest, params, caller).await
         }
+        _ => Err(not_implemented(method, path)),
+    }
+}
+
+/// A guest-path request (`lxc/{vmid}/…`) for a guest whose config lives on
+/// another node than `node`: PVE answers it like a missing guest (the call is
+/// proxied to `node`, which has no such config file).
+fn guest_elsewhere(sim: &Sim, node: &str, rest: &[&str]) -> Option<Reply> {
+    let [kind @ ("lxc" | "qemu"), vmid, ..] = rest else { return None };
+    let vmid: u32 = vmid.parse().ok()?;
+    let state = lock_state(sim);
+    let guest = state.guests.get(&vmid)?;
+    let dir = if *kind == "lxc" { "lxc" } else { "qemu-server" };
+    (guest.node(&sim.opts.node) != node).then(|| Reply::fail(format!("Configuration file 'nodes/{node}/{dir}/{vmid}.conf' does not exist")))
+}
+
+/// Another node of the cluster: it answers for the guests moved there (and
+/// the simulated node's tasks, which every node can read); an unknown name
+/// is not resolved, as on a real cluster.
+async fn elsewhere_route(sim: &Arc<Sim>, method: &str, path: &str, node: &str, rest: &[&str], params: &Params, caller: &Caller) -> HandlerResult {
+    let known = lock_state(sim).guests.values().any(|g| g.elsewhere.as_deref() == Some(node));
+    if !known {
+        return Err(Reply::fail(format!("hostname lookup '{node}' failed - failed to get address info for: {node}: Name or service not known")));
+    }
+    match rest {
+        ["lxc" | "qemu", _, ..] => match guest_elsewhere(sim, node, rest) {
+            Some(reply) => Err(reply),
+            None => node_route(sim, method, path, rest, params, caller).await,
+        },
+        ["tasks", ..] => node_route(sim, method, path, rest, params, caller).await,
         _ => Err(not_implemented(method, path)),
     }
 }

@@ -47,6 +47,9 @@ impl GuestKind {
 pub struct Guest {
     pub vmid: u32,
     pub kind: GuestKind,
+    /// The cluster node it lives on when not the simulated one (moved there
+    /// as an HA migration would: `/_sim/guests/{vmid}/node`).
+    pub elsewhere: Option<String>,
     /// The config file as the node stores it (normalised values).
     pub config: BTreeMap<String, String>,
     pub running: bool,
@@ -59,6 +62,10 @@ pub struct Guest {
 }
 
 impl Guest {
+    /// The node that holds its config file.
+    pub fn node<'a>(&'a self, simulated: &'a str) -> &'a str {
+        self.elsewhere.as_deref().unwrap_or(simulated)
+    }
     pub fn name(&self) -> String {
         let key = if self.kind == GuestKind::Lxc { "hostname" } else { "name" };
         self.config.get(key).cloned().unwrap_or_else(|| format!("{}{}", self.kind.noun(), self.vmid))

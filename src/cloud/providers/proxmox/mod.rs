@@ -77,11 +77,15 @@ pub struct ProxmoxProvider {
     config: ProxmoxConfig,
     project: String,
     timeouts: ProviderTimeouts,
+    /// Where each guest lives, from the newest cluster-wide listing: a guest
+    /// is addressed on its own node (HA or an admin may have migrated it);
+    /// one not listed yet is on `config.node`, where rigger creates guests.
+    nodes: std::sync::Mutex<BTreeMap<u64, String>>,
 }
 
 impl ProxmoxProvider {
     pub fn new(client: ProxmoxClient, config: ProxmoxConfig, project: impl Into<String>) -> ProxmoxProvider {
-        ProxmoxProvider { client: Arc::new(client), config, project: project.into(), timeouts: ProviderTimeouts::default() }
+        ProxmoxProvider { client: Arc::new(client), config, project: project.into(), timeouts: ProviderTimeouts::default(), nodes: Default::default() }
     }
 
     /// From the plan's provider block: endpoint from the plan or
@@ -123,13 +127,25 @@ impl ProxmoxProvider {
         &self.config.node
     }
 
-    fn guest_path(&self, kind: &str, vmid: u64) -> String {
-        format!("/nodes/{}/{kind}/{vmid}", self.node())
+    /// The node that holds the guest's config (every call about the guest is
+    /// made there: elsewhere PVE answers that its config file does not exist).
+    fn node_of(&self, vmid: u64) -> String {
+        self.nodes.lock().ok().and_then(|n| n.get(&vmid).cloned()).unwrap_or_else(|| self.node().to_string())
     }
 
+    fn guest_path(&self, kind: &str, vmid: u64) -> String {
+        format!("/nodes/{}/{kind}/{vmid}", self.node_of(vmid))
+    }
+
+    /// Every guest of the cluster (`/cluster/resources`), each on its node.
     async fn guests(&self) -> Result<Vec<Value>, ApiError> {
         let list = self.client.get("/cluster/resources", &[("type", "vm".into())]).await?;
-        Ok(list.as_array().cloned().unwrap_or_default())
+        let list = list.as_array().cloned().unwrap_or_default();
+        if let Ok(mut nodes) = self.nodes.lock() {
+            nodes.clear();
+            nodes.extend(list.iter().filter_map(|g| Some((g.get("vmid").and_then(as_u64)?, g.get("node").and_then(Value::as_str)?.to_string()))));
+        }
+        Ok(list)
     }
 
     async fn find_by_vmid(&self, vmid: u64) -> Result<Option<Value>, ApiError> {
@@ -172,7 +188,7 @@ impl ProxmoxProvider {
         }
         bail!(
             "VMID {vmid} on node {} already belongs to {their_kind} '{their_name}' (tags: {}), not to {kind} '{hostname}' of project {}; pick a free vmid in the plan",
-            self.node(),
+            entry.get("node").and_then(Value::as_str).unwrap_or(self.node()),
             tags.unwrap_or("none"),
             self.project
         )
@@ -186,7 +202,7 @@ impl ProxmoxProvider {
         match self.settle_lock(kind, vmid).await? {
             Settled::Gone => Ok(None),
             Settled::Unlocked(status) => Ok(Some(status)),
-            Settled::Stale { name, lock } => Err(locks::stale(kind, vmid, &name, &lock, self.node())),
+            Settled::Stale { name, lock } => Err(locks::stale(kind, vmid, &name, &lock, &self.node_of(vmid))),
         }
     }
 
@@ -205,7 +221,7 @@ impl ProxmoxProvider {
                 return Ok(Settled::Unlocked(status));
             };
             let name = status.get("name").and_then(Value::as_str).unwrap_or("?").to_string();
-            let holder = locks::holder(&self.client, self.node(), vmid, &lock).await?;
+            let holder = locks::holder(&self.client, &self.node_of(vmid), vmid, &lock).await?;
             if holder.is_none() && locks::set_by_creation(&lock) {
                 unheld += 1;
                 if unheld >= 2 {
@@ -273,7 +289,7 @@ impl ProxmoxProvider {
         let config = self.client.get(&format!("{base}/config"), &[]).await?;
         let status = self.client.get(&format!("{base}/status/current"), &[]).await?;
         let state = status.get("status").and_then(Value::as_str).unwrap_or("unknown");
-        live_machine(kind, vmid, self.node(), state, None, &config).ok_or_else(|| anyhow!("{kind} {vmid} has no name in its config"))
+        live_machine(kind, vmid, &self.node_of(vmid), state, None, &config).ok_or_else(|| anyhow!("{kind} {vmid} has no name in its config"))
     }
 
     fn meta(&self, spec: &ResourceSpec) -> Meta {
@@ -347,14 +363,21 @@ impl ProxmoxProvider {
         if let Ok(vmid) = template.parse::<u64>() {
             return Ok(vmid);
         }
-        self.guests()
-            .await?
+        let guests = self.guests().await?;
+        let templates: Vec<&Value> = guests
             .iter()
-            .find(|g| {
+            .filter(|g| {
                 g.get("type").and_then(Value::as_str) == Some("qemu")
                     && g.get("template").and_then(as_u64) == Some(1)
                     && g.get("name").and_then(Value::as_str) == Some(template)
             })
+            .collect();
+        // The node's own copy first (a template is often kept on every node).
+        let here = |g: &&&Value| g.get("node").and_then(Value::as_str) == Some(self.node());
+        templates
+            .iter()
+            .find(here)
+            .or(templates.first())
             .and_then(|g| g.get("vmid").and_then(as_u64))
             .ok_or_else(|| anyhow!("no QEMU template VM named '{template}' on node {}; set the host's image to a template's name or VMID", self.node()))
     }
@@ -399,13 +422,18 @@ impl ProxmoxProvider {
                     Some(vmid) => vmid,
                     None => as_u64(&self.client.get("/cluster/nextid", &[]).await?).context("cluster/nextid answered no number")?,
                 };
-                let params = vec![
+                let mut params = vec![
                     ("newid", vmid.to_string()),
                     ("name", hostname.to_string()),
                     ("full", "1".into()),
                     ("storage", attr_str(spec, "storage").unwrap_or(&self.config.storage).to_string()),
                     ("description", self.meta(spec).render()),
                 ];
+                // A template on another node clones from there onto ours
+                // (PVE allows it when the template's disks are on shared storage).
+                if self.node_of(template) != self.node() {
+                    params.push(("target", self.node().to_string()));
+                }
                 events.progress(&subject, format!("cloning template {template} to VM {vmid}"));
                 self.client.run_task(Method::POST, &format!("{}/clone", self.guest_path("qemu", template)), &params).await?;
                 vmid
@@ -767,7 +795,7 @@ impl Provider for ProxmoxProvider {
                 },
             };
             match self.client.get(&format!("{}/config", self.guest_path(kind, *vmid)), &[]).await {
-                Ok(config) => Ok(live_machine(kind, *vmid, self.node(), &status, stale.as_deref(), &config)),
+                Ok(config) => Ok(live_machine(kind, *vmid, &self.node_of(*vmid), &status, stale.as_deref(), &config)),
                 // Deleted between the list and the read.
                 Err(e) if e.is_missing_guest() => Ok(None),
                 Err(e) => Err(anyhow::Error::from(e)),
