@@ -188,6 +188,53 @@ async fn create_refresh_delete_with_faults_seed_3() {
     round_trip(3).await;
 }
 
+/// A quiet simulator (no faults) and the provider on it, for the first two
+/// hosts of `plan`; `api` is a second client for what an admin does meanwhile.
+struct Quiet {
+    handle: sim::ProxmoxSimHandle,
+    _dir: tempfile::TempDir,
+    plan: Plan,
+    provider: ProxmoxProvider,
+    api: ProxmoxClient,
+    http: reqwest::Client,
+}
+
+impl Quiet {
+    async fn start(lock: Duration) -> Quiet {
+        let mut opts = ProxmoxSimOptions::new("127.0.0.1:0".parse().unwrap());
+        opts.op_time_ms = 20;
+        opts.auth_fail_delay_ms = 10;
+        let handle = sim::start(opts).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = plan(dir.path(), &handle.base_url());
+        plan.hosts.truncate(2);
+        let ProviderConfig::Proxmox(config) = &plan.provider else { unreachable!() };
+        let tls = TlsMode::Pinned(tls::parse_fingerprint(handle.fingerprint.as_deref().unwrap()).unwrap());
+        let auth = Auth::Token { id: handle.options.token_id.clone(), secret: handle.options.token_secret.clone() };
+        let client = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth.clone(), tls.clone())).unwrap();
+        let timeouts = ProviderTimeouts { running: Duration::from_secs(60), agent: Duration::from_secs(60), attempts: 3, lock };
+        let provider = ProxmoxProvider::new(client, config.clone(), plan.project.clone()).with_timeouts(timeouts);
+        let api = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth, tls.clone())).unwrap();
+        let http = reqwest::Client::builder().use_preconfigured_tls(tls::client_config(&tls).unwrap().unwrap()).build().unwrap();
+        Quiet { handle, _dir: dir, plan, provider, api, http }
+    }
+
+    /// One of the simulator's own (not Proxmox) requests, e.g. `/_sim/guests/102/lock`.
+    async fn sim_request(&self, method: reqwest::Method, path_and_query: &str) -> bool {
+        let o = &self.handle.options;
+        let reply = self.http.request(method, format!("{}{path_and_query}", self.handle.base_url())).header("Authorization", format!("PVEAPIToken={}={}", o.token_id, o.token_secret)).send().await.unwrap();
+        reply.status().is_success()
+    }
+
+    async fn refresh(&self) -> Vec<LiveResource> {
+        self.provider.refresh(&[], &Events::silent()).await.expect("refresh")
+    }
+
+    async fn stop(self) {
+        self.handle.stop().await;
+    }
+}
+
 /// What the GUI would show, the plan shows: a stopped guest is started in
 /// place; a guest an interrupted creation left locked is planned as a
 /// replacement with the lock as the reason, and deleting it ends at once with
@@ -196,32 +243,15 @@ async fn create_refresh_delete_with_faults_seed_3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_sees_status_and_interrupted_creations() {
     use rigger::cloud::diff::{self, Action};
-    let mut opts = ProxmoxSimOptions::new("127.0.0.1:0".parse().unwrap());
-    opts.op_time_ms = 20;
-    opts.auth_fail_delay_ms = 10;
-    let handle = sim::start(opts).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut plan = plan(dir.path(), &handle.base_url());
-    plan.hosts.truncate(2);
-    let ProviderConfig::Proxmox(config) = &plan.provider else { unreachable!() };
-    let tls = TlsMode::Pinned(tls::parse_fingerprint(handle.fingerprint.as_deref().unwrap()).unwrap());
-    let token = (handle.options.token_id.clone(), handle.options.token_secret.clone());
-    let auth = Auth::Token { id: token.0.clone(), secret: token.1.clone() };
-    let client = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth.clone(), tls.clone())).unwrap();
     // A long lock wait: the interrupted creation must not be waited for at all.
-    let provider = ProxmoxProvider::new(client, config.clone(), plan.project.clone()).with_timeouts(ProviderTimeouts {
-        running: Duration::from_secs(60),
-        agent: Duration::from_secs(60),
-        attempts: 3,
-        lock: Duration::from_secs(600),
-    });
-    let api = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth, tls.clone())).unwrap();
-    let specs = provider.specs(&plan).unwrap();
+    let q = Quiet::start(Duration::from_secs(600)).await;
+    let (provider, api, handle) = (&q.provider, &q.api, &q.handle);
+    let specs = provider.specs(&q.plan).unwrap();
     for spec in &specs {
-        create_with_retries(&provider, spec).await;
+        create_with_retries(provider, spec).await;
     }
     let render = |changes: &[diff::Change]| rigger::ui::plan::render_human(changes, &rigger::ui::Paint { on: false });
-    let refresh = || async { provider.refresh(&[], &Events::silent()).await.expect("refresh") };
+    let refresh = || q.refresh();
     assert!(diff::compute(&specs, &refresh().await).iter().all(|c| c.action == Action::NoOp));
 
     // pg-1 stopped (as from the GUI): an in-place start.
@@ -236,13 +266,7 @@ async fn refresh_sees_status_and_interrupted_creations() {
 
     // pg-2 left `lock: create` by a creation that died (no task holds it).
     api.run_task(reqwest::Method::POST, "/nodes/pve/lxc/102/status/stop", &[]).await.unwrap();
-    let http = reqwest::Client::builder().use_preconfigured_tls(tls::client_config(&tls).unwrap().unwrap()).build().unwrap();
-    let sim_lock = |method: reqwest::Method| {
-        http.request(method, format!("{}/_sim/guests/102/lock?lock=create", handle.base_url()))
-            .header("Authorization", format!("PVEAPIToken={}={}", token.0, token.1))
-            .send()
-    };
-    assert!(sim_lock(reqwest::Method::POST).await.unwrap().status().is_success());
+    assert!(q.sim_request(reqwest::Method::POST, "/_sim/guests/102/lock?lock=create").await);
     let changes = diff::compute(&specs, &refresh().await);
     let pg2 = changes.iter().find(|c| c.address.name == "pg-2").unwrap().clone();
     assert_eq!(pg2.action, Action::Replace, "{pg2:?}");
@@ -261,13 +285,13 @@ async fn refresh_sees_status_and_interrupted_creations() {
     assert!(handle.guests().iter().any(|g| g.vmid == 102 && g.lock.as_deref() == Some("create")));
 
     // `pct unlock 102` on the node: the next plan starts it, and re-apply converges.
-    assert!(sim_lock(reqwest::Method::DELETE).await.unwrap().status().is_success());
+    assert!(q.sim_request(reqwest::Method::DELETE, "/_sim/guests/102/lock").await);
     let changes = diff::compute(&specs, &refresh().await);
     let pg2 = changes.iter().find(|c| c.address.name == "pg-2").unwrap();
     assert_eq!((pg2.action, pg2.changed.clone()), (Action::Update, vec!["status".to_string()]));
     provider.update(&specs[1], pg2.live.as_ref().unwrap(), &Deps::new(), &Events::silent()).await.expect("start in place");
     assert!(diff::compute(&specs, &refresh().await).iter().all(|c| c.action == Action::NoOp));
-    handle.stop().await;
+    q.stop().await;
 }
 
 /// A guest that HA (or an admin) migrated to another node of the cluster is
@@ -277,41 +301,17 @@ async fn refresh_sees_status_and_interrupted_creations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_migrated_to_another_node_is_followed_there() {
     use rigger::cloud::diff::{self, Action};
-    let mut opts = ProxmoxSimOptions::new("127.0.0.1:0".parse().unwrap());
-    opts.op_time_ms = 20;
-    opts.auth_fail_delay_ms = 10;
-    let handle = sim::start(opts).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut plan = plan(dir.path(), &handle.base_url());
-    plan.hosts.truncate(2);
-    let ProviderConfig::Proxmox(config) = &plan.provider else { unreachable!() };
-    let tls = TlsMode::Pinned(tls::parse_fingerprint(handle.fingerprint.as_deref().unwrap()).unwrap());
-    let token = (handle.options.token_id.clone(), handle.options.token_secret.clone());
-    let auth = Auth::Token { id: token.0.clone(), secret: token.1.clone() };
-    let client = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth.clone(), tls.clone())).unwrap();
-    let provider = ProxmoxProvider::new(client, config.clone(), plan.project.clone()).with_timeouts(ProviderTimeouts {
-        running: Duration::from_secs(60),
-        agent: Duration::from_secs(60),
-        attempts: 3,
-        lock: Duration::from_secs(60),
-    });
-    let api = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth, tls.clone())).unwrap();
-    let specs = provider.specs(&plan).unwrap();
-    create_with_retries(&provider, &specs[0]).await;
+    let q = Quiet::start(Duration::from_secs(60)).await;
+    let (provider, api, handle) = (&q.provider, &q.api, &q.handle);
+    let specs = provider.specs(&q.plan).unwrap();
+    create_with_retries(provider, &specs[0]).await;
 
     // pg-1 (CT 101) moves to node pve2; the simulated node pve no longer has its config.
-    let http = reqwest::Client::builder().use_preconfigured_tls(tls::client_config(&tls).unwrap().unwrap()).build().unwrap();
-    let moved = http
-        .post(format!("{}/_sim/guests/101/node?node=pve2", handle.base_url()))
-        .header("Authorization", format!("PVEAPIToken={}={}", token.0, token.1))
-        .send()
-        .await
-        .unwrap();
-    assert!(moved.status().is_success());
+    assert!(q.sim_request(reqwest::Method::POST, "/_sim/guests/101/node?node=pve2").await);
     let e = api.get("/nodes/pve/lxc/101/config", &[]).await.unwrap_err();
     assert!(e.is_missing_guest(), "{e}");
 
-    let refresh = || async { provider.refresh(&[], &Events::silent()).await.expect("refresh") };
+    let refresh = || q.refresh();
     let live = refresh().await;
     let pg1 = live.iter().find(|l| l.address.name == "pg-1").expect("pg-1 is still seen, on its new node");
     assert_eq!(pg1.output_str("node"), Some("pve2"));
@@ -320,7 +320,7 @@ async fn a_guest_migrated_to_another_node_is_followed_there() {
     assert_eq!(by_name("pg-1").action, Action::NoOp, "{changes:?}");
     // pg-2 is in no listing: it is created on the plan's node.
     assert_eq!(by_name("pg-2").action, Action::Create);
-    let pg2 = create_with_retries(&provider, &specs[1]).await;
+    let pg2 = create_with_retries(provider, &specs[1]).await;
     assert_eq!(pg2.output_str("node"), Some("pve"));
 
     // Stopped on pve2: the start goes there.
@@ -333,8 +333,8 @@ async fn a_guest_migrated_to_another_node_is_followed_there() {
 
     // And deleted there.
     for live in refresh().await {
-        delete_with_retries(&provider, &live).await;
+        delete_with_retries(provider, &live).await;
     }
     assert!(handle.guests().iter().all(|g| g.vmid != 101 && g.vmid != 102), "{:?}", handle.guests());
-    handle.stop().await;
+    q.stop().await;
 }
