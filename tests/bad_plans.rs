@@ -97,3 +97,18 @@ proptest! {
         let _ = rigger::plan::load_str(Path::new("random.yaml"), &text);
     }
 }
+
+/// A mistyped command line exits 1 (an error), never 2: scripts read 2 from
+/// `plan --detailed-exitcode` as "the plan has changes". Help exits 0.
+#[test]
+fn a_mistyped_command_line_exits_1_not_2() {
+    let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_rigger")).args(args).output().expect("run rigger");
+    for args in [&["plan", "--detailed-exitcode", "--bogus"][..], &["inventory", "--format", "xml"], &["no-such-command"], &["apply", "--parallelism", "many"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("error:"), "{args:?} says what is wrong");
+    }
+    let help = run(&["plan", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--detailed-exitcode"));
+}
