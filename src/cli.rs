@@ -229,6 +229,9 @@ pub struct ProxmoxSimArgs {
     /// Plain HTTP instead of HTTPS
     #[arg(long)]
     pub http: bool,
+    /// The node's size, e.g. node.memory=65536 (MiB), node.cores=16, guests=20 (repeatable; defaults 32768 MiB, 8 cores, no guest limit)
+    #[arg(long = "quota", value_name = "NAME=N")]
+    pub quotas: Vec<String>,
     /// Verify every request against this Proxmox VE API schema (pve-docs' apidata.js; default: env RIGGER_PROXMOX_APIDATA, else ../shared/reference/api/proxmox/apidata.js beside the source checkout)
     #[arg(long, value_name = "FILE")]
     pub api_definitions: Option<std::path::PathBuf>,
@@ -319,7 +322,8 @@ pub struct ApplyCmd {
     /// With --infra-only: return as soon as the API reports the machines running
     #[arg(long, requires = "infra_only")]
     pub no_ssh_wait: bool,
-    /// Only this host (and what it needs); repeatable
+    /// Only this host: the cloud step makes it and what it needs (network,
+    /// subnet, groups), the config phase changes it alone; repeatable
     #[arg(long = "target", value_name = "HOST")]
     pub targets: Vec<String>,
 }

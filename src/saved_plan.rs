@@ -132,7 +132,7 @@ mod tests {
     use std::time::Instant;
 
     fn cp(not_built: Vec<String>) -> ConfigPlan {
-        ConfigPlan { hosts: BTreeMap::new(), not_built, parameter_changes: vec![], pending_restarts: vec![], unread: vec![], sessions: BTreeMap::new(), gathered: Instant::now() }
+        ConfigPlan { hosts: BTreeMap::new(), not_built, parameter_changes: vec![], pending_restarts: vec![], unread: vec![], sessions: BTreeMap::new(), gathered: Instant::now(), scope: None }
     }
 
     fn change(kind: Kind, name: &str, action: Action) -> Change {

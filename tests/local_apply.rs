@@ -143,3 +143,52 @@ fn a_saved_plan_carries_the_host_changes_and_is_refused_when_a_host_changed() {
     assert!(out.status.success(), "apply:\n{}", out.text());
     assert!(!plan.ssh(&ip, &format!("sudo -n cat {CONF}")).contains("edited by hand"));
 }
+
+/// `apply --target HOST` changes that host and nothing else: a hand edit on
+/// every host is put back on the target only; a new machine, targeted, is
+/// created and configured while the others stay as they are; a saved plan is
+/// applied whole, so `--target` on one is refused; the whole plan then puts
+/// the rest back.
+#[test]
+fn apply_target_changes_only_the_targeted_hosts() {
+    if !common::machines() {
+        return;
+    }
+    const CONF: &str = "/etc/nftables.conf";
+    let plan = LocalPlan::new("t-target", 2);
+    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    assert!(out.status.success(), "apply failed:\n{}", out.text());
+    let ip = |i: u32| format!("{}.{}", plan.net_prefix, 10 + i);
+    let edited = |i: u32| plan.ssh(&ip(i), &format!("sudo -n cat {CONF}")).contains("# edited by hand");
+    for i in [1, 2] {
+        plan.ssh(&ip(i), &format!("echo '# edited by hand' | sudo -n tee -a {CONF} >/dev/null"));
+    }
+
+    let out = rigger(&["apply", plan.path(), "--auto-approve", "--target", "m-1"]);
+    assert!(out.status.success(), "apply --target m-1 failed:\n{}", out.text());
+    assert!(out.stdout_text().contains("m-1") && !out.stdout_text().contains("m-2"), "only m-1's changes are shown:\n{}", out.stdout_text());
+    assert!(!edited(1), "the target's file is put back");
+    assert!(edited(2), "a host that is not a target is left alone");
+
+    // One machine more, targeted: made and configured; m-2 still untouched.
+    let text = std::fs::read_to_string(plan.path()).unwrap();
+    std::fs::write(plan.path(), text.replace("count: 2", "count: 3")).unwrap();
+    let out = rigger(&["apply", plan.path(), "--auto-approve", "--target", "m-3"]);
+    assert!(out.status.success(), "apply --target m-3 failed:\n{}", out.text());
+    assert!(out.stdout_text().contains("1 added"), "{}", out.stdout_text());
+    assert!(plan.ssh(&ip(3), &format!("sudo -n cat {CONF}")).contains("table inet rigger"), "the new target is configured");
+    assert!(edited(2), "a host that is not a target is left alone");
+
+    // A saved plan is applied whole.
+    let saved = plan.dir().join("saved.json").display().to_string();
+    let out = rigger(&["plan", plan.path(), "--out", &saved]);
+    assert!(out.status.success(), "plan --out: {}", out.text());
+    let out = rigger(&["apply", &saved, "--target", "m-1"]);
+    assert_eq!(out.code(), 1, "{}", out.text());
+    assert!(out.stderr_text().contains("is a saved plan: it is applied whole, --target does not narrow it"), "{}", out.text());
+    assert!(edited(2), "a refused apply changes nothing");
+
+    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    assert!(out.status.success(), "apply failed:\n{}", out.text());
+    assert!(!edited(2), "the whole plan puts m-2 back");
+}

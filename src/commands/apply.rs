@@ -16,6 +16,14 @@ const SSH_WAIT: Duration = Duration::from_secs(180);
 pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) -> Result<i32> {
     let started = Instant::now();
     let saved = SavedPlan::read_if_saved(&args.plan)?;
+    if let Some(s) = &saved {
+        if !args.targets.is_empty() {
+            anyhow::bail!("{} is a saved plan: it is applied whole, --target does not narrow it — apply the plan file with --target instead", args.plan.display());
+        }
+        if let Some(other) = state_override.filter(|p| *p != s.state_path) {
+            anyhow::bail!("{} was saved against the state {}, not {} — drop --state, or make a new plan with it", args.plan.display(), s.state_path.display(), other.display());
+        }
+    }
     let project = match &saved {
         Some(s) => Project::load(&s.plan_file, Some(&s.state_path))?,
         None => Project::load(&args.plan, state_override)?,
@@ -70,7 +78,10 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
                 crate::hosts::remote::access::write(&project, &state)?;
                 if !infra_only && state.machines().next().is_some() {
-                    prepared = Some(phase::prepare(&project.with_cloud_addresses(&state), &state, args.parallelism, phase::Gather::APPLY_PREVIEW, &events).await);
+                    prepared = Some(phase::prepare(&project.with_cloud_addresses(&state), &state, args.parallelism, phase::Gather::APPLY_PREVIEW, &events).await.map(|mut cp| {
+                        cp.limit_to(&project.plan, &args.targets);
+                        cp
+                    }));
                 }
             }
             drop(events);
@@ -167,7 +178,10 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             }
             let state = shared.lock().await.state.clone();
             config_plan = match phase::prepare(&project, &state, args.parallelism, phase::Gather::APPLY, &events).await {
-                Ok(cp) => Some(cp),
+                Ok(mut cp) => {
+                    cp.limit_to(&project.plan, &args.targets);
+                    Some(cp)
+                }
                 Err(e) => {
                     result = Err(e);
                     None

@@ -47,11 +47,42 @@ pub struct ConfigPlan {
     pub sessions: BTreeMap<String, HostSession>,
     /// When the facts (and the answers asked ahead) were gathered.
     pub gathered: Instant,
+    /// `apply --target`: the only hosts that change (None: every host).
+    /// The others keep their sessions and facts, so the targets' roles
+    /// still see the whole stack and their gates still reach it.
+    pub scope: Option<BTreeSet<String>>,
 }
 
 impl ConfigPlan {
     pub fn is_empty(&self) -> bool {
         self.hosts.values().all(|h| h.changes.is_empty()) && self.parameter_changes.is_empty() && self.pending_restarts.is_empty() && self.unread.is_empty() && self.not_built.is_empty()
+    }
+
+    /// Limit the changes to `targets` (`apply --target`; none: every host).
+    /// Other hosts change nothing, and a host not built yet is only missing
+    /// if it is a target. Cluster-wide settings (Patroni's DCS parameters)
+    /// stay in the plan only when a target runs that cluster.
+    pub fn limit_to(&mut self, plan: &Plan, targets: &[String]) {
+        if targets.is_empty() {
+            return;
+        }
+        let scope: BTreeSet<String> = targets.iter().cloned().collect();
+        for (name, hp) in self.hosts.iter_mut().filter(|(n, _)| !scope.contains(*n)) {
+            tracing::debug!(host = name.as_str(), "out of --target: no changes");
+            hp.changes = HostChanges::default();
+        }
+        self.not_built.retain(|h| scope.contains(h));
+        self.pending_restarts.retain(|h| scope.contains(h));
+        if !plan.hosts_with_role(roles::patroni::NAME).any(|h| scope.contains(&h.name)) {
+            self.parameter_changes.clear();
+            self.unread.clear();
+        }
+        self.scope = Some(scope);
+    }
+
+    /// Whether `host` may change in this run.
+    pub fn in_scope(&self, host: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.contains(host))
     }
 
     /// Close every host's SSH master at once (one after another they cost
@@ -189,7 +220,7 @@ where
         pending_restarts.extend(owed.pending_restarts);
         unread.extend(owed.unread);
     }
-    Ok(ConfigPlan { hosts: host_plans, not_built, parameter_changes, pending_restarts, unread, sessions, gathered: started })
+    Ok(ConfigPlan { hosts: host_plans, not_built, parameter_changes, pending_restarts, unread, sessions, gathered: started, scope: None })
 }
 
 /// Rigger finished configuring this host before and it owes no restart.
@@ -239,7 +270,7 @@ pub async fn apply(project: &Project, cp: &ConfigPlan, shared: &Arc<Mutex<Shared
 pub async fn record_applied_roles(plan: &Plan, cp: &ConfigPlan, shared: &Arc<Mutex<Shared>>) -> Result<()> {
     let mut sh = shared.lock().await;
     let mut changed = false;
-    for name in cp.hosts.keys() {
+    for name in cp.hosts.keys().filter(|n| cp.in_scope(n)) {
         if let Some(h) = plan.host(name) {
             let roles: Vec<String> = h.roles.iter().filter(|r| roles::registry::is_role(r)).cloned().collect();
             changed |= crate::state::record_roles(&mut sh.state, name, &roles);
@@ -281,7 +312,7 @@ pub(super) struct StagedRole<'a> {
 pub(super) async fn stage_role<'a>(ctx: &RoleContext<'a>, role: &'static str) -> Result<StagedRole<'a>> {
     let RoleContext { project, cp, shared, events, .. } = *ctx;
     let plan = &project.plan;
-    let role_hosts: Vec<&Host> = roles::hosts_for(plan, role).into_iter().filter(|h| cp.hosts.contains_key(&h.name)).collect();
+    let role_hosts: Vec<&Host> = roles::hosts_for(plan, role).into_iter().filter(|h| cp.hosts.contains_key(&h.name) && cp.in_scope(&h.name)).collect();
     let subject = format!("role {role}");
     let started = Instant::now();
     events.started(&subject, &format!("{} host(s)", role_hosts.len()));

@@ -216,6 +216,7 @@ mod tests {
             unread: vec![],
             sessions: BTreeMap::new(),
             gathered: std::time::Instant::now(),
+            scope: None,
         }
     }
 

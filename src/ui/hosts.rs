@@ -244,6 +244,7 @@ mod tests {
             unread: vec![],
             sessions: BTreeMap::new(),
             gathered: std::time::Instant::now(),
+            scope: None,
         };
         // One `is_empty` decides `plan --detailed-exitcode` and apply's confirmation.
         assert!(!cp.is_empty());
