@@ -279,3 +279,51 @@ async fn tasks_locks_and_normalised_config() {
     assert_eq!(client.get("/cluster/nextid", &[]).await.unwrap(), "101");
     handle.stop().await;
 }
+
+/// `--quota`: the node's size. A guest asking more cores than the node has,
+/// or more memory than is free beside the running guests, does not start (in
+/// its task, as PVE reports a failed start); a guest past `guests` is not
+/// created; the node reports its size.
+#[tokio::test]
+async fn the_nodes_limits_hold() {
+    let mut opts = ProxmoxSimOptions::new("127.0.0.1:0".parse().unwrap());
+    opts.op_time_ms = 20;
+    opts.auth_fail_delay_ms = 10;
+    for q in ["node.cores=4", "node.memory=2048", "guests=2"] {
+        opts.limits.set(q).unwrap();
+    }
+    assert!(opts.limits.clone().set("node.disks=3").unwrap_err().to_string().contains("use one of node.cores, node.memory, guests"));
+    let handle = sim::start(opts).await.expect("simulator starts");
+    let client = token_client(&handle, pinned(&handle));
+    let node = client.get("/nodes/pve/status", &[]).await.unwrap();
+    assert_eq!((node["maxcpu"].as_u64(), node["maxmem"].as_u64()), (Some(4), Some(2048 << 20)));
+
+    let create = |vmid: &str, ip: &str, memory: &str, cores: &str| {
+        let mut params = create_params(vmid, &format!("ct-{vmid}"), ip);
+        for (k, v) in params.iter_mut() {
+            match *k {
+                "memory" => *v = memory.to_string(),
+                "cores" => *v = cores.to_string(),
+                _ => {}
+            }
+        }
+        params
+    };
+    client.run_task(Method::POST, "/nodes/pve/lxc", &create("101", "192.168.50.21", "1536", "8")).await.unwrap();
+    client.run_task(Method::POST, "/nodes/pve/lxc", &create("102", "192.168.50.22", "1024", "2")).await.unwrap();
+    // Two guests: a third is refused.
+    let err = client.post("/nodes/pve/lxc", &create("103", "192.168.50.23", "512", "1")).await.unwrap_err();
+    assert!(err.mentions("simulator quota guests=2"), "{err}");
+
+    // 8 cores on a 4-core node.
+    let err = client.run_task(Method::POST, "/nodes/pve/lxc/101/status/start", &[]).await.unwrap_err();
+    assert!(err.mentions("MAX 4 vcpus allowed per VM on this node"), "{err}");
+    client.put("/nodes/pve/lxc/101/config", &p(&[("cores", "4")])).await.unwrap();
+    client.run_task(Method::POST, "/nodes/pve/lxc/101/status/start", &[]).await.unwrap();
+    // 1536 MiB run; 1024 more do not fit in 2048.
+    let err = client.run_task(Method::POST, "/nodes/pve/lxc/102/status/start", &[]).await.unwrap_err();
+    assert!(err.mentions("Cannot allocate memory"), "{err}");
+    client.run_task(Method::POST, "/nodes/pve/lxc/101/status/stop", &[]).await.unwrap();
+    client.run_task(Method::POST, "/nodes/pve/lxc/102/status/start", &[]).await.unwrap();
+    handle.stop().await;
+}

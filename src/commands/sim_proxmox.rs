@@ -14,6 +14,10 @@ pub async fn run(args: &ProxmoxSimArgs, verbose: bool) -> Result<i32> {
     if !(0.0..=1.0).contains(&args.faults) {
         bail!("--faults {} is not a probability: give a rate between 0 and 1, e.g. 0.1", args.faults);
     }
+    let mut limits = sim::NodeLimits::default();
+    for assignment in &args.quotas {
+        limits.set(assignment)?;
+    }
     // Bind first: with port 0 the machines are named after the chosen port.
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("the listener's address")?;
@@ -22,6 +26,7 @@ pub async fn run(args: &ProxmoxSimArgs, verbose: bool) -> Result<i32> {
     opts.op_time_ms = args.op_time;
     opts.faults = args.faults;
     opts.http = args.http;
+    opts.limits = limits;
     if let Some(path) = &args.api_definitions {
         opts.api_definitions = Some(path.clone());
     }

@@ -286,6 +286,7 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
     let node = sim.opts.node.clone();
 
     let mut state = lock_state(sim);
+    room_for_a_guest(sim, &state)?;
     if state.guests.contains_key(&vmid) {
         drop(state);
         let message = format!("unable to create CT {vmid} - CT {vmid} already exists on node '{node}'");
@@ -491,6 +492,7 @@ pub fn qemu_clone(sim: &Arc<Sim>, source: u32, params: &Params, caller: &Caller)
         if state.guests.contains_key(&newid) {
             return Err(Reply::fail(format!("unable to create VM {newid}: config file already exists")));
         }
+        room_for_a_guest(sim, &state)?;
     }
     let name = params.get("name").cloned();
     let description = params.get("description").cloned();
@@ -672,6 +674,37 @@ pub fn status_current(sim: &Sim, kind: GuestKind, vmid: u32) -> HandlerResult {
 }
 
 /// Start a guest: synchronous checks, then a `vzstart`/`qmstart` task.
+/// `--quota guests=N`: the node holds at most N guests (templates aside).
+fn room_for_a_guest(sim: &Sim, state: &State) -> Result<(), Reply> {
+    let Some(limit) = sim.opts.limits.guests else { return Ok(()) };
+    let held = state.guests.values().filter(|g| !g.is_template()).count() as u64;
+    if held >= limit {
+        return Err(Reply::fail(format!("node '{}' holds {held} guests, its limit (simulator quota guests={limit}) — raise it with --quota guests=N", sim.opts.node)));
+    }
+    Ok(())
+}
+
+/// Whether the node can run `vmid` next to the guests already running
+/// (`--quota node.cores`, `node.memory`); the task's error when not.
+fn fits_the_node(sim: &Sim, state: &State, vmid: u32) -> Result<(), String> {
+    let limits = &sim.opts.limits;
+    let Some(guest) = state.guests.get(&vmid) else { return Ok(()) };
+    let cores: u64 = guest.config.get("cores").and_then(|c| c.parse().ok()).unwrap_or(1);
+    if cores > limits.cores {
+        return Err(format!("MAX {} vcpus allowed per VM on this node", limits.cores));
+    }
+    let others: u64 = state.guests.values().filter(|g| g.running && g.vmid != vmid).map(Guest::memory_mb).sum();
+    if others + guest.memory_mb() > limits.memory_mib {
+        return Err(format!(
+            "Cannot allocate memory: {} MiB asked, {} MiB of the node's {} MiB free (simulator quota node.memory)",
+            guest.memory_mb(),
+            limits.memory_mib.saturating_sub(others),
+            limits.memory_mib
+        ));
+    }
+    Ok(())
+}
+
 fn start(sim: &Arc<Sim>, kind: GuestKind, vmid: u32, user: &str) -> Result<String, Reply> {
     {
         let mut state = lock_state(sim);
@@ -698,6 +731,10 @@ fn start(sim: &Arc<Sim>, kind: GuestKind, vmid: u32, user: &str) -> Result<Strin
                 if guest.running {
                     return Err(format!("{} {vmid} already running", kind.noun()));
                 }
+                fits_the_node(&ctx.sim, &state, vmid).map_err(|why| match kind {
+                    GuestKind::Lxc => format!("startup for container '{vmid}' failed: {why}"),
+                    GuestKind::Qemu => format!("start failed: {why}"),
+                })?;
                 boot_of(guest)
             };
             let host_keys = ctx.sim.machines.start(&boot).await?;

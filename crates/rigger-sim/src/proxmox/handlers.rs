@@ -472,8 +472,8 @@ fn roll_fault(sim: &Sim, method: &str, segs: &[&str]) -> Fault {
 fn node_entry(sim: &Sim, with_fingerprint: bool) -> Value {
     let mut entry = json!({
         "node": sim.opts.node, "id": format!("node/{}", sim.opts.node), "type": "node",
-        "status": "online", "level": "", "maxcpu": 8, "cpu": 0.03,
-        "maxmem": 34359738368u64, "mem": 4294967296u64, "maxdisk": 100861726720u64, "disk": 4294967296u64, "uptime": 86400,
+        "status": "online", "level": "", "maxcpu": sim.opts.limits.cores, "cpu": 0.03,
+        "maxmem": sim.opts.limits.memory_mib << 20, "mem": 4294967296u64, "maxdisk": 100861726720u64, "disk": 4294967296u64, "uptime": 86400,
     });
     if with_fingerprint {
         entry["ssl_fingerprint"] = json!(sim.fingerprint);

@@ -64,6 +64,50 @@ pub struct ProxmoxSimOptions {
     pub api_definitions: Option<std::path::PathBuf>,
     /// Keep every request and its answer (for the definition tests).
     pub record_requests: bool,
+    /// The node's limits (`--quota`).
+    pub limits: NodeLimits,
+}
+
+/// What one node holds (`rigger sim proxmox --quota NAME=N`). PVE itself has
+/// no quotas; these are the node's size, so a plan's fit can be tried offline.
+#[derive(Clone, Debug)]
+pub struct NodeLimits {
+    /// `node.cores`: the node's CPUs; a guest asking more does not start
+    /// (qemu-server's "MAX N vcpus allowed per VM on this node").
+    pub cores: u64,
+    /// `node.memory`, MiB: a guest whose start would take the running guests'
+    /// memory past it does not start ("Cannot allocate memory").
+    pub memory_mib: u64,
+    /// `guests`: at most this many guests (templates aside); unlimited by default.
+    pub guests: Option<u64>,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits { cores: 8, memory_mib: 32768, guests: None }
+    }
+}
+
+impl NodeLimits {
+    pub const NAMES: &'static [&'static str] = &["node.cores", "node.memory", "guests"];
+
+    /// `NAME=N` (node.memory in MiB).
+    pub fn set(&mut self, assignment: &str) -> anyhow::Result<()> {
+        let (name, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--quota {assignment:?}: expected NAME=N, e.g. node.memory=65536"))?;
+        let n: u64 = value.trim().parse().map_err(|_| anyhow::anyhow!("--quota {name}={value}: {value:?} is not a whole number"))?;
+        if n == 0 {
+            anyhow::bail!("--quota {name}=0: a node needs at least 1");
+        }
+        match name.trim() {
+            "node.cores" => self.cores = n,
+            "node.memory" => self.memory_mib = n,
+            "guests" => self.guests = Some(n),
+            other => anyhow::bail!("--quota {other}: no such limit of a Proxmox node — use one of {}", Self::NAMES.join(", ")),
+        }
+        Ok(())
+    }
 }
 
 /// One request the simulator answered (`record_requests`).
@@ -98,6 +142,7 @@ impl ProxmoxSimOptions {
             keepalive_timeout: Duration::from_secs(5),
             api_definitions: definitions::default_path(),
             record_requests: false,
+            limits: NodeLimits::default(),
         }
     }
 }
@@ -283,6 +328,9 @@ impl ProxmoxSimHandle {
         if let Some(fp) = &self.fingerprint {
             out.push_str(&format!("  tls_fingerprint: {fp}\n"));
         }
+        let l = &o.limits;
+        let guests = l.guests.map(|g| g.to_string()).unwrap_or_else(|| "no limit".into());
+        out.push_str(&format!("  node: {} cores, {} MiB, guests {guests} (--quota node.cores|node.memory|guests=N)\n", l.cores, l.memory_mib));
         out.push_str(&format!(
             "  op-time {} ms, latency {} ms, faults {}, seed {}\n  store: GET {}{} (same token)\n\n",
             o.op_time_ms,
