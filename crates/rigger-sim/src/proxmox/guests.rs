@@ -110,7 +110,12 @@ fn schema(parts: &[&'static [Param]]) -> Vec<Param> {
 // ---- lookups and rendering --------------------------------------------------
 
 fn missing(sim: &Sim, kind: GuestKind, vmid: u32) -> Reply {
-    Reply::fail(format!("Configuration file 'nodes/{}/{}/{vmid}.conf' does not exist", sim.opts.node, kind.config_dir()))
+    missing_on(&sim.opts.node, kind, vmid)
+}
+
+/// What `node` answers for a guest whose config it does not hold.
+pub fn missing_on(node: &str, kind: GuestKind, vmid: u32) -> Reply {
+    Reply::fail(format!("Configuration file 'nodes/{node}/{}/{vmid}.conf' does not exist", kind.config_dir()))
 }
 
 fn guest_mut<'a>(sim: &Sim, state: &'a mut State, kind: GuestKind, vmid: u32) -> Result<&'a mut Guest, Reply> {
@@ -673,7 +678,6 @@ pub fn status_current(sim: &Sim, kind: GuestKind, vmid: u32) -> HandlerResult {
     Ok(status)
 }
 
-/// Start a guest: synchronous checks, then a `vzstart`/`qmstart` task.
 /// `--quota guests=N`: the node holds at most N guests (templates aside).
 fn room_for_a_guest(sim: &Sim, state: &State) -> Result<(), Reply> {
     let Some(limit) = sim.opts.limits.guests else { return Ok(()) };
@@ -705,6 +709,7 @@ fn fits_the_node(sim: &Sim, state: &State, vmid: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Start a guest: synchronous checks, then a `vzstart`/`qmstart` task.
 fn start(sim: &Arc<Sim>, kind: GuestKind, vmid: u32, user: &str) -> Result<String, Reply> {
     {
         let mut state = lock_state(sim);

@@ -72,25 +72,14 @@ pub const SIM_GUESTS_PATH: &str = "/_sim/guests";
 /// Not Proxmox either: how many faults were injected so far.
 pub const SIM_STATS_PATH: &str = "/_sim/stats";
 
+/// `key`'s value in a query string (`a=1&b=2`).
+fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
 /// Not Proxmox: `POST /_sim/guests/{vmid}/lock?lock=create` leaves a stopped
 /// guest locked as a worker killed mid-creation does (no task holds the lock);
 /// `DELETE` lifts it as `pct unlock` / `qm unlock` on the node would.
-/// Not Proxmox: `POST /_sim/guests/{vmid}/node?node=pve2` moves the guest's
-/// config to another cluster node, as an HA migration or `pct migrate` would.
-fn sim_guest_node(sim: &Sim, method: &str, path: &str, query: Option<&str>) -> Option<HandlerResult> {
-    let vmid: u32 = path.strip_prefix("/_sim/guests/")?.strip_suffix("/node")?.parse().ok()?;
-    if method != "POST" {
-        return Some(Err(not_implemented(method, path)));
-    }
-    let node = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("node="))?.to_string();
-    let mut state = lock_state(sim);
-    let Some(guest) = state.guests.get_mut(&vmid) else {
-        return Some(Err(Reply::fail(format!("no guest {vmid}"))));
-    };
-    guest.elsewhere = (node != sim.opts.node).then_some(node);
-    Some(Ok(Value::Null))
-}
-
 fn sim_guest_lock(sim: &Sim, method: &str, path: &str, query: Option<&str>) -> Option<HandlerResult> {
     let vmid: u32 = path.strip_prefix("/_sim/guests/")?.strip_suffix("/lock")?.parse().ok()?;
     let mut state = lock_state(sim);
@@ -99,12 +88,7 @@ fn sim_guest_lock(sim: &Sim, method: &str, path: &str, query: Option<&str>) -> O
     };
     Some(match method {
         "POST" => {
-            let lock = query
-                .into_iter()
-                .flat_map(|q| q.split('&'))
-                .find_map(|kv| kv.strip_prefix("lock="))
-                .unwrap_or("create")
-                .to_string();
+            let lock = query_value(query, "lock").unwrap_or("create").to_string();
             if guest.running {
                 Err(Reply::fail(format!("guest {vmid} is running: stop it first (an interrupted creation leaves it stopped)")))
             } else {
@@ -118,6 +102,22 @@ fn sim_guest_lock(sim: &Sim, method: &str, path: &str, query: Option<&str>) -> O
         }
         _ => Err(not_implemented(method, path)),
     })
+}
+
+/// Not Proxmox: `POST /_sim/guests/{vmid}/node?node=pve2` moves the guest's
+/// config to another cluster node, as an HA migration or `pct migrate` would.
+fn sim_guest_node(sim: &Sim, method: &str, path: &str, query: Option<&str>) -> Option<HandlerResult> {
+    let vmid: u32 = path.strip_prefix("/_sim/guests/")?.strip_suffix("/node")?.parse().ok()?;
+    if method != "POST" {
+        return Some(Err(not_implemented(method, path)));
+    }
+    let node = query_value(query, "node")?.to_string();
+    let mut state = lock_state(sim);
+    let Some(guest) = state.guests.get_mut(&vmid) else {
+        return Some(Err(Reply::fail(format!("no guest {vmid}"))));
+    };
+    guest.elsewhere = (node != sim.opts.node).then_some(node);
+    Some(Ok(Value::Null))
 }
 
 fn sim_guests(sim: &Sim) -> Value {
@@ -235,12 +235,15 @@ async fn dispatch(sim: &Arc<Sim>, method: &str, path: &str, segs: &[&str], param
 /// another node than `node`: PVE answers it like a missing guest (the call is
 /// proxied to `node`, which has no such config file).
 fn guest_elsewhere(sim: &Sim, node: &str, rest: &[&str]) -> Option<Reply> {
-    let [kind @ ("lxc" | "qemu"), vmid, ..] = rest else { return None };
-    let vmid: u32 = vmid.parse().ok()?;
+    let kind = match rest.first()? {
+        &"lxc" => GuestKind::Lxc,
+        &"qemu" => GuestKind::Qemu,
+        _ => return None,
+    };
+    let vmid: u32 = rest.get(1)?.parse().ok()?;
     let state = lock_state(sim);
     let guest = state.guests.get(&vmid)?;
-    let dir = if *kind == "lxc" { "lxc" } else { "qemu-server" };
-    (guest.node(&sim.opts.node) != node).then(|| Reply::fail(format!("Configuration file 'nodes/{node}/{dir}/{vmid}.conf' does not exist")))
+    (guest.node(&sim.opts.node) != node).then(|| guests::missing_on(node, kind, vmid))
 }
 
 /// Another node of the cluster: it answers for the guests moved there (and
