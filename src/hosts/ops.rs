@@ -29,6 +29,16 @@ pub struct ManagedFile {
     pub notify: Vec<String>,
 }
 
+impl ManagedFile {
+    /// A file others may not read holds, or may hold, secrets: its content is
+    /// never read back or shown. The live copy may hold secrets the state no
+    /// longer knows (a TLS key being replaced, a password being rotated, a
+    /// state made anew), so masking the state's values cannot cover it.
+    pub fn content_is_private(&self) -> bool {
+        self.mode & 0o004 == 0
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Checker {
     /// What the user knows it as, e.g. `haproxy -c`.

@@ -175,6 +175,33 @@ async fn a_changed_template_uploads_that_file_and_restarts_its_service_only() {
     assert_eq!(writes(w.host("lb-1")), vec![], "the lb's files did not change");
 }
 
+/// `rigger plan`'s diff never reads back or shows a file others may not
+/// read: its live copy may hold a secret the state no longer knows (here a
+/// Redis password rotated with RIGGER_SECRET_REDIS_PASSWORD), which masking
+/// the state's values cannot catch.
+#[tokio::test]
+async fn a_private_files_old_content_is_neither_read_nor_shown() {
+    let cat = || {
+        Rule::new("cat a file", "cat /", |v, cmd| {
+            let path = cmd.trim_start_matches("cat ").split(' ').next().unwrap_or_default();
+            ok(v.files.get(path).map(|f| f.content.as_str()).unwrap_or_default())
+        })
+    };
+    let w = World::new(PLAN, |name| ScriptedHost::new(name, fresh_debian(), daemons(name).into_iter().chain([cat()]).collect()));
+    w.run().await.unwrap();
+    let old = w.shared.lock().await.state.secrets["redis_password"].clone();
+    assert!(w.host("cache").view().files["/etc/redis/redis.conf"].content.contains(&old));
+    let mut state = w.shared.lock().await.state.clone();
+    state.secrets.insert("redis_password".into(), "rotated-redis-password".into());
+    let hosts = &w.hosts;
+    let cp = phase::prepare_with(&w.project, &state, 4, phase::Gather::PLAN, &Events::silent(), |name| async move { Ok(hosts[&name].session()) }).await.unwrap();
+    let text = crate::ui::hosts::render_human(&cp, &state.secrets, &crate::ui::Paint { on: false });
+    cp.close().await;
+    assert!(text.contains("~ /etc/redis/redis.conf (content)\n          (content not shown: mode 0640, it may hold secrets)"), "{text}");
+    assert!(!text.contains(&old) && !text.contains("rotated-redis-password"), "{text}");
+    assert!(w.host("cache").sent().iter().all(|s| !s.script.contains("cat /etc/redis/redis.conf")), "the private file was read back");
+}
+
 #[tokio::test]
 async fn a_role_starts_only_after_the_roles_it_needs_are_up() {
     // keepalived needs haproxy: on the lb, haproxy starts (and passes its gate) first.

@@ -77,7 +77,9 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
         }
         for fc in &c.files {
             out.push_str(&format!("      {} {} ({})\n", paint.yellow("~"), fc.file.path, fc.reasons.join(", ")));
-            if fc.content_changed {
+            if fc.content_changed && fc.file.content_is_private() {
+                out.push_str(&format!("          {}\n", paint.dim(&format!("(content not shown: mode {:04o}, it may hold secrets)", fc.file.mode))));
+            } else if fc.content_changed {
                 let old = mask(hp.old_content.get(&fc.file.path).map(String::as_str).unwrap_or(""), secrets);
                 let new = mask(&fc.file.content, secrets);
                 let diff = TextDiff::from_lines(&old, &new);
