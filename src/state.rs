@@ -134,8 +134,13 @@ impl StateStore {
     /// Take the lock (failing at once, naming the holder, if another run has it).
     pub fn open(path: &Path, command: &str) -> Result<StateStore> {
         let dir = path.parent().context("state path has no folder")?;
+        // Only a folder made here is closed to others: `--state /tmp/x.json`
+        // must not take /tmp (or the user's current folder) away from them.
+        let made = !dir.exists();
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        if made {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot close {} to other users", dir.display()))?;
+        }
         let lock_path = lock_path(path);
         let mut lock = OpenOptions::new()
             .read(true)
@@ -171,6 +176,7 @@ impl StateStore {
         use std::io::Seek;
         lock.seek(std::io::SeekFrom::Start(0))?;
         lock.write_all(serde_json::to_string(&info)?.as_bytes())?;
+        keep_backup(path)?;
         // The lock lives as long as this open file: the store keeps it.
         Ok(StateStore { path: path.to_path_buf(), _lock: lock })
     }
@@ -195,8 +201,11 @@ impl StateStore {
 pub fn read_state(path: &Path) -> Result<Option<State>> {
     match fs::read(path) {
         Ok(bytes) => {
-            let state: State = serde_json::from_slice(&bytes)
-                .with_context(|| format!("the state file {} is not valid — restore it from {}.backup or from version control", path.display(), path.display()))?;
+            let state: State = serde_json::from_slice(&bytes).with_context(|| {
+                let backup = backup_path(path);
+                let what_to_do = if backup.exists() { format!("restore it from {} (the state as the last run found it)", backup.display()) } else { "there is no backup of it; mend it by hand".to_string() };
+                format!("the state file {} is not valid — {what_to_do}", path.display())
+            })?;
             if state.version != STATE_VERSION {
                 bail!("the state file {} has version {}, this rigger reads {STATE_VERSION}", path.display(), state.version);
             }
@@ -205,6 +214,23 @@ pub fn read_state(path: &Path) -> Result<Option<State>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// The state as this run found it, kept beside it (`<state>.backup`, 0600)
+/// once per locked run: what to go back to after a hand edit gone wrong. A
+/// state that does not read as one is not copied over the last good backup.
+fn keep_backup(path: &Path) -> Result<()> {
+    let Ok(bytes) = fs::read(path) else { return Ok(()) };
+    if serde_json::from_slice::<State>(&bytes).is_err() {
+        return Ok(());
+    }
+    write_atomic(&backup_path(path), &bytes)
+}
+
+pub fn backup_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".backup");
+    PathBuf::from(s)
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -243,6 +269,39 @@ fn try_flock(file: &File) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_folder_made_for_the_state_is_closed_to_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        drop(StateStore::open(&shared.join("p.state.json"), "rigger plan").unwrap());
+        assert_eq!(fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o1777, "a folder the user named keeps its mode");
+        drop(StateStore::open(&dir.path().join("made/p.state.json"), "rigger plan").unwrap());
+        assert_eq!(fs::metadata(dir.path().join("made")).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn each_run_keeps_the_state_it_found_and_a_broken_state_names_that_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".rigger/p.state.json");
+        let store = StateStore::open(&path, "rigger apply").unwrap();
+        assert!(!backup_path(&path).exists(), "nothing to keep on a first run");
+        let mut state = State::new("p", "local");
+        store.save(&mut state).unwrap();
+        drop(store);
+        drop(StateStore::open(&path, "rigger apply").unwrap());
+        let backup = backup_path(&path);
+        assert_eq!(fs::read(&backup).unwrap(), fs::read(&path).unwrap());
+        assert_eq!(fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
+        // A hand edit breaks the state: the next run keeps the good backup and names it.
+        fs::write(&path, b"{ broken").unwrap();
+        let store = StateStore::open(&path, "rigger apply").unwrap();
+        let err = format!("{:#}", store.load().err().unwrap());
+        assert!(err.contains(&format!("restore it from {}", backup.display())), "{err}");
+        assert!(serde_json::from_slice::<State>(&fs::read(&backup).unwrap()).is_ok(), "the good backup was not overwritten");
+    }
 
     #[test]
     fn second_open_fails_naming_the_holder() {
