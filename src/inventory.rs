@@ -8,7 +8,7 @@ use crate::state::State;
 use anyhow::Result;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One machine as other tools see it.
 #[derive(Debug, Clone)]
@@ -94,19 +94,26 @@ pub fn build(project: &Project, state: &State) -> Inventory {
     let key_file = abs(&plan.ssh.private_key_file);
     all_vars.insert("ansible_user".into(), json!(plan.ssh.user));
     all_vars.insert("ansible_ssh_private_key_file".into(), json!(key_file.display().to_string()));
-    let mut common = format!("-o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes", known_hosts.display());
+    let mut common = strict_options(&known_hosts);
     let bastion = plan.ssh.bastion.clone().filter(|b| targets.iter().any(|t| &t.name == b));
     if let Some(jump) = targets.iter().find_map(|t| t.jump.clone()) {
         // The jump's own ssh needs the same strict options.
         common.push_str(&format!(
-            " -o ProxyCommand=\"ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes -i {} -W %h:%p {jump}\"",
-            known_hosts.display(),
+            " -o ProxyCommand=\"ssh {} -i {} -W %h:%p {jump}\"",
+            strict_options(&known_hosts),
             key_file.display()
         ));
     }
     all_vars.insert("ansible_ssh_common_args".into(), json!(common));
     all_vars.insert("rigger_project".into(), json!(plan.project));
     Inventory { project: plan.project.clone(), hosts, groups, all_vars, known_hosts, key_file, user: plan.ssh.user.clone(), bastion }
+}
+
+/// ssh's options for the project's hosts: their keys are the project's
+/// known_hosts and nothing else (not the system-wide /etc/ssh/ssh_known_hosts,
+/// which rigger does not keep), checked strictly; only the project's key.
+fn strict_options(known_hosts: &Path) -> String {
+    format!("-o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null -o IdentitiesOnly=yes", known_hosts.display())
 }
 
 fn ini_value(v: &Value) -> String {
@@ -125,7 +132,7 @@ impl Inventory {
         if self.bastion.as_deref() == Some(h.name.as_str()) {
             vars.insert(
                 "ansible_ssh_common_args".into(),
-                json!(format!("-o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes", self.known_hosts.display())),
+                json!(strict_options(&self.known_hosts)),
             );
         }
         vars
@@ -199,6 +206,7 @@ impl Inventory {
             out.push_str(&format!("  IdentityFile {}\n", self.key_file.display()));
             out.push_str("  IdentitiesOnly yes\n");
             out.push_str(&format!("  UserKnownHostsFile {}\n", self.known_hosts.display()));
+            out.push_str("  GlobalKnownHostsFile /dev/null\n");
             out.push_str("  StrictHostKeyChecking yes\n");
             if let Some(b) = &self.bastion {
                 if b != &h.name {
@@ -276,5 +284,22 @@ mod tests {
         let args = vars["ansible_ssh_common_args"].as_str().unwrap_or_else(|| inv.all_vars["ansible_ssh_common_args"].as_str().unwrap());
         assert!(args.contains("ProxyCommand") && args.contains("rigger@203.0.113.5"), "{args}");
         assert!(inv.host_json("lb-1")["ansible_ssh_common_args"].as_str().is_some_and(|a| !a.contains("ProxyCommand")));
+    }
+
+    /// A key in the system-wide /etc/ssh/ssh_known_hosts vouches for none of
+    /// the project's hosts: rigger's sessions, the ssh_config it hands out,
+    /// Ansible's hosts, the bastion and the jump through it.
+    #[test]
+    fn only_the_projects_known_hosts_vouch_for_its_hosts() {
+        let p = project_with(true);
+        let inv = build(&p, &state(&[("lb-1", "203.0.113.5"), ("pg-1", "10.20.0.21")]));
+        let cfg = inv.to_ssh_config();
+        for block in cfg.split("\nHost ").skip(1) {
+            assert!(block.contains("  GlobalKnownHostsFile /dev/null\n"), "{block}");
+        }
+        let pg = inv.host_json("pg-1");
+        let args = pg["ansible_ssh_common_args"].as_str().unwrap_or_else(|| inv.all_vars["ansible_ssh_common_args"].as_str().unwrap());
+        assert_eq!(args.matches("-o GlobalKnownHostsFile=/dev/null").count(), 2, "the host's ssh and the jump's: {args}");
+        assert!(inv.host_json("lb-1")["ansible_ssh_common_args"].as_str().unwrap().contains("-o GlobalKnownHostsFile=/dev/null"));
     }
 }
