@@ -15,7 +15,7 @@ pub enum OnChange {
     Custom,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ManagedFile {
     pub role: &'static str,
     pub path: String,
@@ -27,6 +27,22 @@ pub struct ManagedFile {
     pub validate: Option<Checker>,
     /// Services whose behaviour depends on this file.
     pub notify: Vec<String>,
+}
+
+/// A file's content often holds secrets: `{:?}` gives its size only.
+impl std::fmt::Debug for ManagedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedFile")
+            .field("role", &self.role)
+            .field("path", &self.path)
+            .field("content", &format!("({} bytes)", self.content.len()))
+            .field("mode", &format!("{:04o}", self.mode))
+            .field("owner", &self.owner)
+            .field("group", &self.group)
+            .field("validate", &self.validate)
+            .field("notify", &self.notify)
+            .finish()
+    }
 }
 
 impl ManagedFile {
@@ -297,6 +313,13 @@ fn indent(s: &str) -> String {
 mod tests {
     use super::super::facts::{FileFact, ServiceFact};
     use super::*;
+
+    #[test]
+    fn debug_output_gives_a_files_size_not_its_content() {
+        let f = crate::hosts::roles::file("redis", "/etc/redis/redis.conf", "requirepass hunter2-secret\n".into(), 0o640, "redis", "redis", None, &[]);
+        let shown = format!("{f:?}");
+        assert!(shown.contains("(27 bytes)") && shown.contains("0640") && !shown.contains("hunter2"), "{shown}");
+    }
 
     /// The batch script as the host's sh runs it (here the local sh): each
     /// content lands in its own file, byte for byte, the empty one too; a

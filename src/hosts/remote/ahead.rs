@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// A command as a gate runs it: as root (`sudo`) or as the SSH user (`sh`),
 /// with what it reads on stdin.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ask {
     pub root: bool,
     pub script: String,
@@ -21,6 +21,18 @@ pub struct Ask {
     /// Patroni replica for a question only the leader is asked). A wrong
     /// guess costs a live round trip, never a wrong answer.
     pub skip_unless: Option<String>,
+}
+
+/// What an ask reads on stdin is often a password: `{:?}` gives its size only.
+impl std::fmt::Debug for Ask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ask")
+            .field("root", &self.root)
+            .field("script", &self.script)
+            .field("stdin", &self.stdin.as_ref().map(|s| format!("({} bytes)", s.len())))
+            .field("skip_unless", &self.skip_unless)
+            .finish()
+    }
 }
 
 impl Ask {
@@ -77,7 +89,9 @@ fn start_script_within(asks: &[Ask], jobs: &[Job<'_>], limit_secs: u32) -> Strin
     if jobs.is_empty() {
         return String::new();
     }
-    let mut s = String::from("rigger_ahead=$(mktemp -d)\n");
+    // The folder holds the asks' inputs (passwords among them): it goes
+    // however the script ends, a dropped connection (SIGPIPE/SIGHUP) too.
+    let mut s = String::from("rigger_ahead=$(mktemp -d)\ntrap 'rm -rf \"$rigger_ahead\"' EXIT\ntrap 'exit 129' HUP INT TERM PIPE\n");
     for (i, a) in asks.iter().enumerate() {
         match &a.stdin {
             Some(input) if plain_line(input) => s.push_str(&format!("IFS= read -r l; printf '%s\\n' \"$l\" >\"{DIR}/i{i}\"\n")),
@@ -142,7 +156,6 @@ pub fn report_script(jobs: &[Job<'_>]) -> String {
         }
     }
     s.push_str("if [ $# -gt 0 ]; then echo \"Z $(stat --printf '%s:%n ' -- \"$@\")\"; printf 'B '; cat -- \"$@\" | base64 -w0; echo; fi\n");
-    s.push_str(&format!("rm -rf \"{DIR}\"\n"));
     s
 }
 
@@ -230,6 +243,12 @@ impl Report {
 mod tests {
     use super::*;
 
+    #[test]
+    fn debug_output_gives_the_size_of_stdin_not_the_password() {
+        let shown = format!("{:?}", Ask::sudo("read -r PGPASSWORD", Some(b"hunter2-secret\n")));
+        assert!(shown.contains("(15 bytes)") && !shown.contains("hunter2"), "{shown}");
+    }
+
     /// Every ask as a job, run by the local sh (as root or not) within `limit_secs`.
     fn run(asks: &[Ask], probes: &[&str], limit_secs: u32) -> (String, Report) {
         let mut jobs: Vec<Job<'_>> = asks.iter().enumerate().map(|(i, a)| Job::Ask(i, a)).collect();
@@ -285,6 +304,22 @@ mod tests {
         assert_eq!(report.probe(0), "probe\n");
         // The secret travels on stdin, never in the script text.
         assert!(!script.contains("s3cret"));
+    }
+
+    /// The inputs' folder (passwords) goes however the script ends: here
+    /// the connection drops (SIGHUP) before the report.
+    #[test]
+    fn the_inputs_folder_is_removed_when_the_script_is_cut_off() {
+        let asks = vec![Ask::sudo("cat", Some(b"pw-on-disk\n"))];
+        let jobs = vec![Job::Ask(0, &asks[0])];
+        let script = format!("{}echo \"$rigger_ahead\"; kill -HUP $$; sleep 5; echo not-reached\n", start_script_within(&asks, &jobs, 10));
+        let mut child = std::process::Command::new("sh").args(["-c", &script]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&stdin(&asks)).unwrap();
+        let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+        let dir = out.lines().next().unwrap_or_default();
+        assert!(dir.starts_with('/') && !out.contains("not-reached"), "{out}");
+        assert!(!std::path::Path::new(dir).exists(), "{dir} was left behind");
     }
 
     /// One deadline bounds every job: a hung one is cut off (and gives no

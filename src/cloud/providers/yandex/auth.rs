@@ -60,11 +60,22 @@ impl AuthorizedKey {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Credentials {
     /// An IAM token used as is (env `YC_TOKEN`); it cannot be refreshed.
     IamToken(String),
     ServiceAccount(AuthorizedKey),
+}
+
+/// The token never shows, whatever prints the credentials (`{:?}` in an
+/// error or a trace).
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::IamToken(_) => f.write_str("IamToken(..)"),
+            Credentials::ServiceAccount(key) => f.debug_tuple("ServiceAccount").field(key).finish(),
+        }
+    }
 }
 
 impl Credentials {
@@ -89,6 +100,15 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_holds_no_token_or_key() {
+        let token = Credentials::IamToken("t1.9euelZqSecretTokenValue".into());
+        assert_eq!(format!("{token:?}"), "IamToken(..)");
+        let key = Credentials::ServiceAccount(AuthorizedKey { id: "aje1".into(), service_account_id: "ajes".into(), private_key: "-----BEGIN PRIVATE KEY-----\nsecret".into() });
+        let shown = format!("{key:?}");
+        assert!(shown.contains("aje1") && !shown.contains("secret"), "{shown}");
+    }
 
     #[test]
     fn marker_line_is_stripped() {
