@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client;
 pub mod console;
 pub mod error;
+mod lifecycle;
 pub mod operations;
 pub mod resources;
 pub mod rules;
@@ -301,26 +302,6 @@ impl YandexProvider {
         live.ok_or_else(|| anyhow!("{} {id} has a name outside project {}", a.what, self.naming.project))
     }
 
-    /// After an adopted create (its operation may still run), wait until the instance settles.
-    async fn wait_instance_settled(&self, id: &str) -> Result<()> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let v = self.client.get(Service::Compute, &format!("/compute/v1/instances/{id}"), &[]).await?;
-            let status = v.get("status").and_then(Value::as_str).unwrap_or("");
-            match status {
-                "PROVISIONING" | "STARTING" | "UPDATING" => {}
-                "ERROR" | "CRASHED" => bail!("instance {id} is {status}"),
-                _ => return Ok(()),
-            }
-            if started.elapsed() > self.client.poll.timeout {
-                bail!("instance {id} is still {status} after {:?}", self.client.poll.timeout);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 3 / 2).min(self.client.poll.max);
-        }
-    }
-
     /// The host keys on the instance's serial console, if printed yet.
     async fn console_host_keys(&self, id: &str) -> Result<Option<Vec<String>>> {
         let path = format!("/compute/v1/instances/{id}:serialPortOutput");
@@ -368,17 +349,15 @@ impl YandexProvider {
         Ok(live)
     }
 
-    async fn instance_status(&self, id: &str) -> Result<String> {
-        let v = self.client.get(Service::Compute, &format!("/compute/v1/instances/{id}"), &[]).await?;
-        Ok(v.get("status").and_then(Value::as_str).unwrap_or("").to_string())
-    }
-
     async fn update_machine(&self, spec: &ResourceSpec, live: &LiveResource, deps: &Deps, events: &Events) -> Result<()> {
         let subject = spec.address.to_string();
         let want = &spec.attrs;
         let have = &live.attrs;
         let differs = |k: &str| want.get(k) != have.get(k);
         let path = format!("/compute/v1/instances/{}", live.id);
+        // Nothing else may be changing it meanwhile; an instance that cannot run
+        // (ERROR, being deleted) fails here, before any change.
+        let status = self.settle(&live.id, &subject, events).await?;
 
         if differs("metadata") {
             events.progress(&subject, "updating metadata");
@@ -405,9 +384,10 @@ impl YandexProvider {
             let body = json!({"networkInterfaceIndex": "0", "updateMask": "securityGroupIds", "securityGroupIds": ids});
             self.client.run(Method::PATCH, Service::Compute, &format!("{path}/updateNetworkInterface"), Some(&body)).await?;
         }
+        let mut patched = Ok(());
         if ["cores", "memory", "core_fraction", "platform"].iter().any(|k| differs(k)) {
             // Resources change only while the instance is stopped.
-            if self.instance_status(&live.id).await? != "STOPPED" {
+            if status != "STOPPED" {
                 events.progress(&subject, "stopping to change cores/memory");
                 self.client.run(Method::POST, Service::Compute, &format!("{path}:stop"), Some(&json!({}))).await?;
             }
@@ -417,13 +397,18 @@ impl YandexProvider {
                 "resourcesSpec": {"memory": int_str(&want["memory"]), "cores": int_str(&want["cores"]), "coreFraction": int_str(&want["core_fraction"])},
             });
             events.progress(&subject, "changing cores/memory");
-            let patched = self.client.run(Method::PATCH, Service::Compute, &path, Some(&body)).await;
-            events.progress(&subject, "starting");
-            let started = self.client.run(Method::POST, Service::Compute, &format!("{path}:start"), Some(&json!({}))).await;
-            patched?;
-            started?;
+            patched = self.client.run(Method::PATCH, Service::Compute, &path, Some(&body)).await.map(drop);
         }
-        Ok(())
+        // Started even when the change failed: it was running before. An instance
+        // left stopped (a failed start, a run killed here, a stop behind rigger's
+        // back) shows as status STOPPED in the next plan, which starts it.
+        let started = if want.get("status").and_then(Value::as_str) == Some(lifecycle::RUNNING) {
+            self.ensure_running(&live.id, &subject, events).await
+        } else {
+            Ok(())
+        };
+        patched?;
+        started
     }
 }
 
@@ -524,7 +509,7 @@ impl Provider for YandexProvider {
             let id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
             events.note(&subject, format!("{} {cloud_name} already exists ({id}); adopting it", a.what));
             if kind == Kind::Machine {
-                self.wait_instance_settled(&id).await?;
+                self.ensure_running(&id, &subject, events).await?;
                 let keys = self.wait_host_keys(&id, &subject, events).await?;
                 return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
             }
@@ -548,7 +533,7 @@ impl Provider for YandexProvider {
             Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {} {cloud_name}", a.what))),
         };
         if kind == Kind::Machine {
-            self.wait_instance_settled(&id).await?;
+            self.ensure_running(&id, &subject, events).await?;
             let keys = self.wait_host_keys(&id, &subject, events).await?;
             return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
         }

@@ -8,6 +8,7 @@
 
 use crate::plan::model::{FirewallGroup, Host, Peer, Plan, Protocol, Rule, YandexConfig};
 use crate::cloud::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
+use super::lifecycle;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -153,6 +154,10 @@ fn machine_spec(plan: &Plan, cfg: &YandexConfig, naming: &Naming, h: &Host, meta
             ("security_groups", json!(groups)),
             ("metadata", json!(metadata)),
             ("labels", json!(naming.labels())),
+            // Status is desired too: a STOPPED instance (stopped behind rigger's
+            // back, or left so by a failed start or a killed run) is started in
+            // place; why an ERROR one is not replaced: lifecycle.rs.
+            ("status", json!(lifecycle::RUNNING)),
         ]),
         replace_on: set(&["zone", "image", "subnet", "ip", "hostname", "disk_size", "disk_type", "public_ip"]),
         sensitive: BTreeSet::new(),
@@ -447,6 +452,7 @@ pub fn live_instance(v: &Value, disk: Option<&Value>, naming: &Naming, names: &N
             ("security_groups", json!(groups)),
             ("metadata", metadata),
             ("labels", user_labels(v)),
+            ("status", json!(s(v, "/status"))),
         ]),
         outputs,
     )
