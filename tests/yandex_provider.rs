@@ -5,7 +5,7 @@
 use rigger_events::Events;
 use rigger::plan::model::*;
 use rigger::cloud::providers::yandex::auth::{AuthorizedKey, Credentials};
-use rigger::cloud::providers::yandex::client::{PollPolicy, RetryPolicy, YandexClient};
+use rigger::cloud::providers::yandex::client::{PollPolicy, RetryPolicy, Service, YandexClient};
 use rigger::cloud::providers::yandex::YandexProvider;
 use rigger::cloud::providers::{Deps, Provider};
 use rigger::cloud::diff::{Action, Change};
@@ -419,6 +419,16 @@ async fn plan_changes(p: &YandexProvider, specs: &[ResourceSpec], known: &[LiveR
     rigger::cloud::diff::compute(specs, &live).into_iter().map(|c| (c.address.clone(), c)).collect()
 }
 
+fn progress_messages(rx: &mut tokio::sync::mpsc::UnboundedReceiver<rigger_events::Event>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if let rigger_events::Event::Progress { message, .. } | rigger_events::Event::Note { message, .. } = e {
+            out.push(message);
+        }
+    }
+    out
+}
+
 /// An instance left STOPPED — by a start that failed after its cores changed,
 /// or stopped behind rigger's back — plans a start, shown as its status, and
 /// the update starts it; then nothing is left to do.
@@ -494,5 +504,49 @@ async fn an_instance_in_error_fails_clearly_and_is_kept() {
     let after = plan_changes(&p, &specs, &known).await;
     assert_eq!(after[&pg2].live.as_ref().map(|l| l.id.clone()), Some(id), "the instance is kept");
     assert_eq!(after[&pg2].live.as_ref().and_then(|l| l.output_str("status").map(str::to_string)).as_deref(), Some("ERROR"));
+    sim.stop().await;
+}
+
+/// A replacement killed while its delete ran leaves a same-named instance
+/// DELETING; the re-run's create waits until it is gone and makes a new one
+/// instead of adopting the dying id — and gives up, naming it, after the bound.
+#[tokio::test]
+async fn a_create_waits_out_a_same_named_instance_being_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, plan, live) = built_stack(dir.path()).await;
+    let p = provider(&plan, true);
+    let specs = p.specs(&plan).unwrap();
+    let known: Vec<LiveResource> = live.values().cloned().collect();
+    let delete_held = |address: &str, ms: u64| {
+        let (p, sim, old) = (&p, &sim, live[&Address::parse(address).unwrap()].id.clone());
+        async move {
+            sim_knob(sim, &format!("/_sim/instances/{old}/hold-delete?ms={ms}")).await;
+            // The delete starts; its operation is never waited for (the run was killed).
+            p.client().mutate(reqwest::Method::DELETE, Service::Compute, &format!("/compute/v1/instances/{old}"), None).await.unwrap();
+            old
+        }
+    };
+
+    let old = delete_held("machine.pg-1", 1500).await;
+    let pg1 = Address::parse("machine.pg-1").unwrap();
+    let changes = plan_changes(&p, &specs, &known).await;
+    assert_eq!(changes[&pg1].action, Action::Create, "the refresh skips the dying instance");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let spec = specs.iter().find(|s| s.address == pg1).unwrap();
+    let made = p.create(spec, &deps_of(spec, &live), &Events::new(tx)).await.unwrap();
+    assert_ne!(made.id, old, "the dying instance was adopted");
+    assert_eq!(made.output_str("status"), Some("RUNNING"));
+    let said = progress_messages(&mut rx);
+    assert!(said.iter().any(|m| m.contains(&format!("itest-pg-1 ({old}) is still being deleted"))), "{said:?}");
+    let inventory = sim.inventory();
+    assert_eq!(inventory.instances.iter().filter(|n| *n == "itest-pg-1").count(), 1);
+    assert_eq!(inventory.history.iter().filter(|c| c.name == "itest-pg-1").count(), 2);
+
+    // Bounded: a delete that outlasts the wait is an error naming the instance.
+    let old = delete_held("machine.pg-2", 5000).await;
+    let impatient = provider_waiting(&plan, true, Duration::from_millis(500));
+    let spec = specs.iter().find(|s| s.address.name == "pg-2").unwrap();
+    let e = impatient.create(spec, &deps_of(spec, &live), &Events::silent()).await.unwrap_err();
+    assert!(format!("{e:#}").contains(&format!("instance itest-pg-2 ({old}) is still being deleted")), "{e:#}");
     sim.stop().await;
 }

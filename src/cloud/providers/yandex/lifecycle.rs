@@ -1,8 +1,10 @@
 //! Where an instance is in its life, and waiting for the point rigger needs:
-//! settled (no operation is changing it), and running (the plan wants every
-//! instance RUNNING, so a stopped one is started).
+//! settled (no operation is changing it), running (the plan wants every
+//! instance RUNNING, so a stopped one is started), and — before a create — no
+//! same-named resource still being deleted, which must not be adopted.
 
-use super::YandexProvider;
+use super::{api, YandexProvider};
+use crate::cloud::resource::Kind;
 use anyhow::{bail, Context, Result};
 use reqwest::Method;
 use rigger_events::Events;
@@ -97,6 +99,32 @@ impl YandexProvider {
         match self.settle(id, subject, events).await?.as_str() {
             RUNNING => Ok(()),
             other => bail!("instance {id} is {other} after its start"),
+        }
+    }
+
+    /// What a create may adopt: the resource with this cloud name, once a
+    /// same-named one being deleted is gone. Adopting a dying one would save an
+    /// id about to vanish (a replacement killed while its delete ran, then
+    /// re-run: the refresh skips the dying instance, the plan says create).
+    pub(super) async fn find_to_adopt(&self, kind: Kind, cloud_name: &str, subject: &str, events: &Events) -> Result<Option<Value>> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        let mut shown = false;
+        loop {
+            let found = self.find_by_name(kind, cloud_name).await?;
+            let Some(dying) = found.as_ref().filter(|r| r.get("status").and_then(Value::as_str) == Some(DELETING)) else {
+                return Ok(found);
+            };
+            let (what, id) = (api(kind).what, dying.get("id").and_then(Value::as_str).unwrap_or_default());
+            if started.elapsed() > self.client.poll.timeout {
+                bail!("{what} {cloud_name} ({id}) is still being deleted after {:?}; re-run once it is gone", self.client.poll.timeout);
+            }
+            if !shown {
+                events.progress(subject, format!("{what} {cloud_name} ({id}) is still being deleted; waiting until it is gone to create it anew"));
+                shown = true;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 3 / 2).min(self.client.poll.max);
         }
     }
 }

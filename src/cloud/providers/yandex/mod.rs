@@ -505,7 +505,7 @@ impl Provider for YandexProvider {
         let known_metadata = spec.attrs.get("metadata");
 
         // A previous attempt may have created it and lost the answer: adopt it.
-        if let Some(existing) = self.find_by_name(kind, &cloud_name).await? {
+        if let Some(existing) = self.find_to_adopt(kind, &cloud_name, &subject, events).await? {
             let id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
             events.note(&subject, format!("{} {cloud_name} already exists ({id}); adopting it", a.what));
             if kind == Kind::Machine {
@@ -525,7 +525,7 @@ impl Provider for YandexProvider {
                 // Created meanwhile by a retry whose answer we never saw.
                 events.note(&subject, format!("{} {cloud_name} appeared meanwhile; adopting it", a.what));
                 let existing = self
-                    .find_by_name(kind, &cloud_name)
+                    .find_to_adopt(kind, &cloud_name, &subject, events)
                     .await?
                     .ok_or_else(|| anyhow!("{e}; yet no {} named {cloud_name} can be found", a.what))?;
                 existing.get("id").and_then(Value::as_str).unwrap_or_default().to_string()
