@@ -485,6 +485,24 @@ impl Provider for YandexProvider {
             let disk = v.pointer("/bootDisk/diskId").and_then(Value::as_str).and_then(|id| disks.get(id)).copied();
             let name = v.get("name").and_then(Value::as_str).and_then(|n| self.naming.plan_name(n)).unwrap_or_default();
             let known = known_metadata.get(&Address::new(Kind::Machine, name)).copied();
+            let full;
+            let v = match known.filter(|m| resources::metadata_matches(v, m)) {
+                Some(_) => v,
+                // List answers carry no metadata, and the state remembers none that
+                // matches (a create whose answer was lost, a state made anew): read
+                // it whole, so the plan compares the real metadata, not a digest.
+                None => {
+                    let id = v.get("id").and_then(Value::as_str).unwrap_or_default();
+                    match self.client.get(Service::Compute, &format!("/compute/v1/instances/{id}"), &[("view", "FULL".into())]).await {
+                        Ok(whole) => {
+                            full = whole;
+                            &full
+                        }
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading instance {id} with its metadata"))),
+                    }
+                }
+            };
             let Some(mut live) = resources::live_instance(v, disk, &self.naming, &names, known) else { continue };
             let keys = match known_host_keys.get(live.id.as_str()) {
                 Some(keys) => Some((*keys).clone()),
