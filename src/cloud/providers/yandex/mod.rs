@@ -399,9 +399,9 @@ impl YandexProvider {
             events.progress(&subject, "changing cores/memory");
             patched = self.client.run(Method::PATCH, Service::Compute, &path, Some(&body)).await.map(drop);
         }
-        // Started even when the change failed: it was running before. An instance
-        // left stopped (a failed start, a run killed here, a stop behind rigger's
-        // back) shows as status STOPPED in the next plan, which starts it.
+        // Started even when the change failed: the plan wants it running. One
+        // left stopped anyway (a failed start, a run killed here, a stop behind
+        // rigger's back) shows as status STOPPED in the next plan, which starts it.
         let started = if want.get("status").and_then(Value::as_str) == Some(lifecycle::RUNNING) {
             self.ensure_running(&live.id, &subject, events).await
         } else {
