@@ -162,6 +162,49 @@ fn apply_killed_at_random_points_converges() {
     assert_empty(&sim.inventory());
 }
 
+/// The id of the live instance with this cloud name (the newest made under it).
+fn instance_id(inventory: &Value, cloud_name: &str) -> String {
+    let history = inventory["history"].as_array().expect("history");
+    let made = history.iter().rev().find(|c| c["kind"] == "instance" && c["name"] == cloud_name);
+    made.and_then(|c| c["id"].as_str()).unwrap_or_else(|| panic!("no instance {cloud_name}: {inventory}")).to_string()
+}
+
+/// An instance left STOPPED — its start failed after its cores changed, so
+/// the failed apply's attributes all match — is started by the next apply,
+/// and `rigger plan` shows that start before.
+#[test]
+fn an_instance_left_stopped_is_started_by_the_next_apply() {
+    let dir = temp_dir("rigger-yc-stopped-");
+    let sim = SimProcess::start(dir.path(), &["--op-time", "20", "--seed", "5"]);
+    let plan = SimPlan::new("ystop", &sim, dir, "10.20.0.0/24", "10.20.0", API_ONLY_HOSTS, None);
+    let out = plan.rigger(&["apply", "--infra-only", "--no-ssh-wait", "--auto-approve"]);
+    assert!(out.status.success(), "first apply:\n{}", out.text());
+
+    // Four cores and 4 GiB everywhere (stop, change, start); pg-1's start fails, as when the zone lacks capacity.
+    let id = instance_id(&sim.inventory(), "ystop-pg-1");
+    sim.post(&format!("/_sim/instances/{id}/fail-start?times=1"));
+    let text = std::fs::read_to_string(&plan.path).expect("read plan");
+    std::fs::write(&plan.path, text.replace("cores: 2, memory: 2GiB", "cores: 4, memory: 4GiB")).expect("write plan");
+    let out = plan.rigger(&["apply", "--infra-only", "--no-ssh-wait", "--auto-approve"]);
+    assert!(!out.status.success(), "the start was to fail:\n{}", out.text());
+    assert!(out.text().contains("Start instance") && out.text().contains("RESOURCE_EXHAUSTED"), "{}", out.text());
+
+    let out = plan.rigger(&["plan", "--infra-only", "--detailed-exitcode"]);
+    assert_eq!(out.code(), 2, "the stopped instance must plan a start:\n{}", out.text());
+    let shown = out.stdout_text();
+    assert!(shown.contains("machine.pg-1 will be updated in place") && shown.contains(r#"status = "STOPPED" -> "RUNNING""#), "{shown}");
+    assert!(shown.contains("0 to add, 1 to change, 0 to destroy"), "{shown}");
+
+    let out = plan.rigger(&["apply", "--infra-only", "--no-ssh-wait", "--auto-approve"]);
+    assert!(out.status.success(), "apply after the failed start:\n{}", out.text());
+    let out = plan.rigger(&["plan", "--infra-only", "--detailed-exitcode"]);
+    assert_eq!(out.code(), 0, "re-plan must be empty:\n{}", out.text());
+    assert_eq!(instance_id(&sim.inventory(), "ystop-pg-1"), id, "started in place, not replaced");
+
+    let out = plan.rigger(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "destroy:\n{}", out.text());
+    assert_empty(&sim.inventory());
+}
 
 #[test]
 fn local_machines_answer_ssh_with_verified_host_keys() {

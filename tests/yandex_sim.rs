@@ -227,3 +227,57 @@ async fn lists_page_with_next_page_token() {
     assert_eq!(one[0]["v4CidrBlocks"][0], "10.0.3.0/24");
     sim.stop().await;
 }
+
+/// The simulator's own knobs (`/_sim/instances/…`, not the cloud's API): what
+/// happens to an instance without an API call, answered in the protos' forms.
+#[tokio::test]
+async fn instance_knobs_set_a_status_fail_a_start_and_hold_a_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start(&dir).await;
+    let c = client(&sim);
+    let op = c.run(Method::POST, Service::Vpc, "/vpc/v1/networks", Some(&json!({"folderId": FOLDER, "name": "net"}))).await.unwrap();
+    let network = op.resource_id("networkId").unwrap();
+    let body = json!({"folderId": FOLDER, "name": "app", "networkId": network, "zoneId": "ru-central1-a", "v4CidrBlocks": ["10.1.0.0/24"]});
+    let subnet = c.run(Method::POST, Service::Vpc, "/vpc/v1/subnets", Some(&body)).await.unwrap().resource_id("subnetId").unwrap();
+    let image = c.get(Service::Compute, "/compute/v1/images:latestByFamily", &[("folderId", "standard-images".into()), ("family", "debian-12".into())]).await.unwrap();
+    let instance = json!({
+        "folderId": FOLDER, "name": "vm", "zoneId": "ru-central1-a", "platformId": "standard-v3",
+        "resourcesSpec": {"memory": "2147483648", "cores": "2", "coreFraction": "100"},
+        "bootDiskSpec": {"autoDelete": true, "diskSpec": {"size": "21474836480", "imageId": image["id"]}},
+        "networkInterfaceSpecs": [{"subnetId": subnet}],
+    });
+    let id = c.run(Method::POST, Service::Compute, "/compute/v1/instances", Some(&instance)).await.unwrap().resource_id("instanceId").unwrap();
+    let path = format!("/compute/v1/instances/{id}");
+    let status = |v: Value| v["status"].as_str().unwrap_or_default().to_string();
+    let http = reqwest::Client::new();
+    let knob = |route: &str| http.post(format!("{}/_sim/instances/{id}/{route}", sim.endpoint())).send();
+
+    // A status: only the ones no operation heads for, by their Instance.Status names.
+    let refused = knob("status?status=SLEEPING").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.json::<Value>().await.unwrap()["code"], 3);
+    let stopped = knob("status?status=STOPPED").await.unwrap();
+    assert_eq!(status(stopped.json().await.unwrap()), "STOPPED");
+
+    // A failing start: the Operation is done with a google.rpc.Status error; the instance stays STOPPED.
+    assert!(knob("fail-start?times=1").await.unwrap().status().is_success());
+    let start = c.mutate(Method::POST, Service::Compute, &format!("{path}:start"), Some(&json!({}))).await.unwrap();
+    let e = c.wait(start.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("RESOURCE_EXHAUSTED"), "{e}");
+    let op = c.get(Service::Operation, &format!("/operations/{}", start.id), &[]).await.unwrap();
+    assert_eq!((op["done"].clone(), op["error"]["code"].clone(), op.get("response")), (json!(true), json!(8), None), "{op}");
+    assert_eq!(status(c.get(Service::Compute, &path, &[]).await.unwrap()), "STOPPED");
+    c.run(Method::POST, Service::Compute, &format!("{path}:start"), Some(&json!({}))).await.unwrap();
+    assert_eq!(status(c.get(Service::Compute, &path, &[]).await.unwrap()), "RUNNING");
+
+    // A held delete: DELETING until its time is up, then gone.
+    assert!(knob("hold-delete?ms=400").await.unwrap().status().is_success());
+    let started = std::time::Instant::now();
+    let delete = c.mutate(Method::DELETE, Service::Compute, &path, None).await.unwrap();
+    assert!(!delete.done);
+    assert_eq!(status(c.get(Service::Compute, &path, &[]).await.unwrap()), "DELETING");
+    c.wait(delete).await.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+    assert!(c.get(Service::Compute, &path, &[]).await.unwrap_err().is_not_found());
+    sim.stop().await;
+}

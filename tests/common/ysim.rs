@@ -57,6 +57,18 @@ impl SimProcess {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("inventory is not JSON ({e}): {answer}"))
     }
 
+    /// `POST /_sim/…` (the simulator's own routes for tests); the answer's JSON.
+    pub fn post(&self, path_and_query: &str) -> Value {
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to the simulator");
+        write!(stream, "POST {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "POST {path_and_query}: {answer}");
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("POST {path_and_query}: not JSON ({e}): {answer}"))
+    }
+
     /// SIGTERM and wait: the simulator removes the machines it booted on the way out.
     pub fn stop(&mut self) {
         // Once reaped, the pid may belong to another process: never signal it again.

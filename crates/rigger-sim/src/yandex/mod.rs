@@ -6,6 +6,7 @@ pub mod console;
 pub mod definitions;
 mod handlers;
 pub mod keys;
+pub mod knobs;
 pub mod local;
 pub mod local_machines;
 pub mod state;

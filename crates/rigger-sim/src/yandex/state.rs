@@ -3,6 +3,7 @@
 //! their time has come, so no background task is needed.
 
 use super::wire::{int64, now_rfc3339, ApiError, ApiResult, Code};
+use super::knobs::Knobs;
 use super::{MachineEvent, Quotas};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -218,6 +219,9 @@ pub enum Completion {
     InstanceStatus { id: String, status: &'static str, respond: bool },
     /// The resource (and what goes with it) is removed; the response is Empty.
     Remove(Kind, String),
+    /// The operation fails: the instance is back at `status` and the
+    /// operation carries `error` (a google.rpc.Status) instead of a response.
+    InstanceFailed { id: String, status: &'static str, error: Value },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,6 +317,8 @@ pub struct World {
     pub public_address_taken: Option<fn(&str) -> bool>,
     /// Seam for `--machines local`: events handed to the MachineBackend after the lock is released.
     pub machine_events: Vec<MachineEvent>,
+    /// What tests make happen that the API alone cannot (`/_sim/instances/…`).
+    pub knobs: Knobs,
 }
 
 /// Yandex ids are 20 characters: a 3-letter service prefix and 17 of [a-v0-9].
@@ -341,6 +347,7 @@ impl World {
             next_public: 10,
             public_address_taken: None,
             machine_events: Vec::new(),
+            knobs: Knobs::default(),
         };
         w.seed_images();
         w
@@ -392,6 +399,11 @@ impl World {
 
     /// Start an operation that finishes after `op_time` with `completion`.
     pub fn start_operation(&mut self, folder_id: &str, description: &str, metadata: Value, completion: Completion) -> Value {
+        self.start_operation_taking(self.op_time, folder_id, description, metadata, completion)
+    }
+
+    /// The same, running for `duration` instead of `op_time`.
+    pub fn start_operation_taking(&mut self, duration: Duration, folder_id: &str, description: &str, metadata: Value, completion: Completion) -> Value {
         let id = self.id(operation_prefix(&completion));
         let now = now_rfc3339();
         let op = Operation {
@@ -404,7 +416,7 @@ impl World {
             done: false,
             response: None,
             error: None,
-            finish_at: Instant::now() + self.op_time,
+            finish_at: Instant::now() + duration,
             completion,
         };
         self.operations.insert(id.clone(), op);
@@ -418,41 +430,55 @@ impl World {
         let due: Vec<String> = self.operations.values().filter(|o| !o.done && o.finish_at <= now).map(|o| o.id.clone()).collect();
         for id in due {
             let completion = self.operations[&id].completion.clone();
-            let response = self.complete(&completion);
+            let outcome = self.complete(&completion);
             if let Some(op) = self.operations.get_mut(&id) {
                 op.done = true;
                 op.modified_at = now_rfc3339();
-                op.response = Some(response);
+                // `result` is a oneof: a response or an error, never both.
+                match outcome {
+                    Ok(response) => op.response = Some(response),
+                    Err(error) => op.error = Some(error),
+                }
             }
         }
     }
 
-    fn complete(&mut self, completion: &Completion) -> Value {
+    /// The operation's response, or the error it fails with.
+    fn complete(&mut self, completion: &Completion) -> Result<Value, Value> {
         let empty = json!({"@type": "type.googleapis.com/google.protobuf.Empty"});
         match completion {
-            Completion::Respond(kind, id) => self.resource_json(*kind, id).unwrap_or(empty),
+            Completion::Respond(kind, id) => Ok(self.resource_json(*kind, id).unwrap_or(empty)),
             Completion::InstanceStatus { id, status, respond } => {
-                if let Some(inst) = self.instances.get_mut(id) {
-                    inst.status = (*status).to_string();
-                    let inst = inst.clone();
-                    let event = match *status {
-                        "RUNNING" => self.running_event(inst),
-                        "STOPPED" => Some(MachineEvent::Stopped(inst.id)),
-                        _ => None,
-                    };
-                    self.machine_events.extend(event);
-                }
+                self.set_instance_status(id, status);
                 if *respond {
-                    self.resource_json(Kind::Instance, id).unwrap_or(empty)
+                    Ok(self.resource_json(Kind::Instance, id).unwrap_or(empty))
                 } else {
-                    empty
+                    Ok(empty)
                 }
+            }
+            Completion::InstanceFailed { id, status, error } => {
+                self.set_instance_status(id, status);
+                Err(error.clone())
             }
             Completion::Remove(kind, id) => {
                 self.remove(*kind, id);
-                empty
+                Ok(empty)
             }
         }
+    }
+
+    /// An instance reaches `status`; a backend boots its machine for RUNNING
+    /// and stops it for any status in which the guest does not run.
+    pub fn set_instance_status(&mut self, id: &str, status: &str) {
+        let Some(inst) = self.instances.get_mut(id) else { return };
+        inst.status = status.to_string();
+        let inst = inst.clone();
+        let event = match status {
+            "RUNNING" => self.running_event(inst),
+            "STOPPED" | "ERROR" | "CRASHED" => Some(MachineEvent::Stopped(inst.id)),
+            _ => None,
+        };
+        self.machine_events.extend(event);
     }
 
     /// What a backend needs to boot a machine for a running instance: the
@@ -478,6 +504,7 @@ impl World {
             }
             Kind::Instance => {
                 if let Some(inst) = self.instances.remove(id) {
+                    self.knobs.forget(id);
                     if inst.boot_disk.auto_delete {
                         self.disks.remove(&inst.boot_disk.disk_id);
                     }
@@ -550,7 +577,7 @@ impl World {
 
 fn operation_prefix(c: &Completion) -> &'static str {
     match c {
-        Completion::Respond(Kind::Instance, _) | Completion::InstanceStatus { .. } | Completion::Remove(Kind::Instance, _) => "fhm",
+        Completion::Respond(Kind::Instance, _) | Completion::InstanceStatus { .. } | Completion::InstanceFailed { .. } | Completion::Remove(Kind::Instance, _) => "fhm",
         _ => "enp",
     }
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client;
 pub mod console;
 pub mod error;
+mod lifecycle;
 pub mod operations;
 pub mod resources;
 pub mod rules;
@@ -301,26 +302,6 @@ impl YandexProvider {
         live.ok_or_else(|| anyhow!("{} {id} has a name outside project {}", a.what, self.naming.project))
     }
 
-    /// After an adopted create (its operation may still run), wait until the instance settles.
-    async fn wait_instance_settled(&self, id: &str) -> Result<()> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let v = self.client.get(Service::Compute, &format!("/compute/v1/instances/{id}"), &[]).await?;
-            let status = v.get("status").and_then(Value::as_str).unwrap_or("");
-            match status {
-                "PROVISIONING" | "STARTING" | "UPDATING" => {}
-                "ERROR" | "CRASHED" => bail!("instance {id} is {status}"),
-                _ => return Ok(()),
-            }
-            if started.elapsed() > self.client.poll.timeout {
-                bail!("instance {id} is still {status} after {:?}", self.client.poll.timeout);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 3 / 2).min(self.client.poll.max);
-        }
-    }
-
     /// The host keys on the instance's serial console, if printed yet.
     async fn console_host_keys(&self, id: &str) -> Result<Option<Vec<String>>> {
         let path = format!("/compute/v1/instances/{id}:serialPortOutput");
@@ -368,17 +349,15 @@ impl YandexProvider {
         Ok(live)
     }
 
-    async fn instance_status(&self, id: &str) -> Result<String> {
-        let v = self.client.get(Service::Compute, &format!("/compute/v1/instances/{id}"), &[]).await?;
-        Ok(v.get("status").and_then(Value::as_str).unwrap_or("").to_string())
-    }
-
     async fn update_machine(&self, spec: &ResourceSpec, live: &LiveResource, deps: &Deps, events: &Events) -> Result<()> {
         let subject = spec.address.to_string();
         let want = &spec.attrs;
         let have = &live.attrs;
         let differs = |k: &str| want.get(k) != have.get(k);
         let path = format!("/compute/v1/instances/{}", live.id);
+        // Nothing else may be changing it meanwhile; an instance that cannot run
+        // (ERROR, being deleted) fails here, before any change.
+        let status = self.settle(&live.id, &subject, events).await?;
 
         if differs("metadata") {
             events.progress(&subject, "updating metadata");
@@ -405,9 +384,10 @@ impl YandexProvider {
             let body = json!({"networkInterfaceIndex": "0", "updateMask": "securityGroupIds", "securityGroupIds": ids});
             self.client.run(Method::PATCH, Service::Compute, &format!("{path}/updateNetworkInterface"), Some(&body)).await?;
         }
+        let mut patched = Ok(());
         if ["cores", "memory", "core_fraction", "platform"].iter().any(|k| differs(k)) {
             // Resources change only while the instance is stopped.
-            if self.instance_status(&live.id).await? != "STOPPED" {
+            if status != "STOPPED" {
                 events.progress(&subject, "stopping to change cores/memory");
                 self.client.run(Method::POST, Service::Compute, &format!("{path}:stop"), Some(&json!({}))).await?;
             }
@@ -417,13 +397,18 @@ impl YandexProvider {
                 "resourcesSpec": {"memory": int_str(&want["memory"]), "cores": int_str(&want["cores"]), "coreFraction": int_str(&want["core_fraction"])},
             });
             events.progress(&subject, "changing cores/memory");
-            let patched = self.client.run(Method::PATCH, Service::Compute, &path, Some(&body)).await;
-            events.progress(&subject, "starting");
-            let started = self.client.run(Method::POST, Service::Compute, &format!("{path}:start"), Some(&json!({}))).await;
-            patched?;
-            started?;
+            patched = self.client.run(Method::PATCH, Service::Compute, &path, Some(&body)).await.map(drop);
         }
-        Ok(())
+        // Started even when the change failed: the plan wants it running. One
+        // left stopped anyway (a failed start, a run killed here, a stop behind
+        // rigger's back) shows as status STOPPED in the next plan, which starts it.
+        let started = if want.get("status").and_then(Value::as_str) == Some(lifecycle::RUNNING) {
+            self.ensure_running(&live.id, &subject, events).await
+        } else {
+            Ok(())
+        };
+        patched?;
+        started
     }
 }
 
@@ -500,6 +485,24 @@ impl Provider for YandexProvider {
             let disk = v.pointer("/bootDisk/diskId").and_then(Value::as_str).and_then(|id| disks.get(id)).copied();
             let name = v.get("name").and_then(Value::as_str).and_then(|n| self.naming.plan_name(n)).unwrap_or_default();
             let known = known_metadata.get(&Address::new(Kind::Machine, name)).copied();
+            let full;
+            let v = match known.filter(|m| resources::metadata_matches(v, m)) {
+                Some(_) => v,
+                // List answers carry no metadata, and the state remembers none that
+                // matches (a create whose answer was lost, a state made anew): read
+                // it whole, so the plan compares the real metadata, not a digest.
+                None => {
+                    let id = v.get("id").and_then(Value::as_str).unwrap_or_default();
+                    match self.client.get(Service::Compute, &format!("/compute/v1/instances/{id}"), &[("view", "FULL".into())]).await {
+                        Ok(whole) => {
+                            full = whole;
+                            &full
+                        }
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading instance {id} with its metadata"))),
+                    }
+                }
+            };
             let Some(mut live) = resources::live_instance(v, disk, &self.naming, &names, known) else { continue };
             let keys = match known_host_keys.get(live.id.as_str()) {
                 Some(keys) => Some((*keys).clone()),
@@ -520,11 +523,11 @@ impl Provider for YandexProvider {
         let known_metadata = spec.attrs.get("metadata");
 
         // A previous attempt may have created it and lost the answer: adopt it.
-        if let Some(existing) = self.find_by_name(kind, &cloud_name).await? {
+        if let Some(existing) = self.find_to_adopt(kind, &cloud_name, &subject, events).await? {
             let id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
             events.note(&subject, format!("{} {cloud_name} already exists ({id}); adopting it", a.what));
             if kind == Kind::Machine {
-                self.wait_instance_settled(&id).await?;
+                self.ensure_running(&id, &subject, events).await?;
                 let keys = self.wait_host_keys(&id, &subject, events).await?;
                 return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
             }
@@ -540,7 +543,7 @@ impl Provider for YandexProvider {
                 // Created meanwhile by a retry whose answer we never saw.
                 events.note(&subject, format!("{} {cloud_name} appeared meanwhile; adopting it", a.what));
                 let existing = self
-                    .find_by_name(kind, &cloud_name)
+                    .find_to_adopt(kind, &cloud_name, &subject, events)
                     .await?
                     .ok_or_else(|| anyhow!("{e}; yet no {} named {cloud_name} can be found", a.what))?;
                 existing.get("id").and_then(Value::as_str).unwrap_or_default().to_string()
@@ -548,7 +551,7 @@ impl Provider for YandexProvider {
             Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {} {cloud_name}", a.what))),
         };
         if kind == Kind::Machine {
-            self.wait_instance_settled(&id).await?;
+            self.ensure_running(&id, &subject, events).await?;
             let keys = self.wait_host_keys(&id, &subject, events).await?;
             return self.read_machine_with_keys(&id, deps, known_metadata, keys).await;
         }

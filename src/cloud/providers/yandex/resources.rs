@@ -8,6 +8,7 @@
 
 use crate::plan::model::{FirewallGroup, Host, Peer, Plan, Protocol, Rule, YandexConfig};
 use crate::cloud::resource::{Address, Attrs, Kind, LiveResource, ResourceSpec};
+use super::lifecycle;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -153,6 +154,10 @@ fn machine_spec(plan: &Plan, cfg: &YandexConfig, naming: &Naming, h: &Host, meta
             ("security_groups", json!(groups)),
             ("metadata", json!(metadata)),
             ("labels", json!(naming.labels())),
+            // Status is desired too: a STOPPED instance (stopped behind rigger's
+            // back, or left so by a failed start or a killed run) is started in
+            // place; why an ERROR one is not replaced: lifecycle.rs.
+            ("status", json!(lifecycle::RUNNING)),
         ]),
         replace_on: set(&["zone", "image", "subnet", "ip", "hostname", "disk_size", "disk_type", "public_ip"]),
         sensitive: BTreeSet::new(),
@@ -173,6 +178,11 @@ pub fn instance_metadata(user: &str, public_key: &str) -> BTreeMap<String, Strin
                - {public_key}\n"
     );
     BTreeMap::from([("ssh-keys".to_string(), format!("{user}:{public_key}")), ("user-data".to_string(), user_data)])
+}
+
+/// Whether `metadata` is what the instance's digest label says it was given.
+pub fn metadata_matches(instance: &Value, metadata: &Value) -> bool {
+    instance.pointer(&format!("/labels/{METADATA_LABEL}")).and_then(Value::as_str) == Some(metadata_digest(metadata).as_str())
 }
 
 /// A short digest that fits a label value.
@@ -385,8 +395,9 @@ pub fn live_security_group(v: &Value, naming: &Naming, names: &Names) -> Option<
 }
 
 /// `metadata` is not in List answers: when the digest label still matches what the
-/// state remembers, the remembered metadata is current; otherwise report the digest
-/// alone, which differs from any plan and so leads to an update.
+/// state remembers, the remembered metadata is current; otherwise refresh reads the
+/// instance with `view=FULL`. An answer with neither reports the digest alone,
+/// which differs from any plan and so leads to an update.
 pub fn live_instance(v: &Value, disk: Option<&Value>, naming: &Naming, names: &Names, known_metadata: Option<&Value>) -> Option<LiveResource> {
     let nic = v.pointer("/networkInterfaces/0").cloned().unwrap_or(Value::Null);
     let private_ip = s(&nic, "/primaryV4Address/address").to_string();
@@ -401,11 +412,10 @@ pub fn live_instance(v: &Value, disk: Option<&Value>, naming: &Naming, names: &N
         .map(|id| Names::name(&names.groups, id))
         .collect();
     groups.sort_by_key(|g| g.to_string());
-    let digest = s(v, &format!("/labels/{METADATA_LABEL}")).to_string();
     let metadata = match (v.get("metadata"), known_metadata) {
         (Some(m), _) if m.is_object() => m.clone(),
-        (_, Some(known)) if metadata_digest(known) == digest => known.clone(),
-        _ => json!({ METADATA_LABEL: digest }),
+        (_, Some(known)) if metadata_matches(v, known) => known.clone(),
+        _ => json!({ METADATA_LABEL: s(v, &format!("/labels/{METADATA_LABEL}")) }),
     };
     let zone = s(v, "/zoneId");
     let hostname = s(v, "/fqdn").split('.').next().unwrap_or("").to_string();
@@ -447,6 +457,7 @@ pub fn live_instance(v: &Value, disk: Option<&Value>, naming: &Naming, names: &N
             ("security_groups", json!(groups)),
             ("metadata", metadata),
             ("labels", user_labels(v)),
+            ("status", json!(s(v, "/status"))),
         ]),
         outputs,
     )

@@ -456,7 +456,15 @@ pub async fn instance_action(State(sim): Shared, Path(id_and_verb): Path<String>
             inst.status = during.into();
         }
         let description = format!("{}{} instance", verb[..1].to_uppercase(), &verb[1..]);
-        Ok(w.start_operation(&folder, &description, meta(kind, id), Completion::InstanceStatus { id: id.to_string(), status: to, respond }))
+        // A start the platform fails (a test's knob): back to STOPPED, the operation carries the error.
+        let completion = if verb == "start" && w.knobs.take_failing_start(id) {
+            let zone = w.instances.get(id).map(|i| i.zone_id.clone()).unwrap_or_default();
+            let error = ApiError::new(Code::ResourceExhausted, format!("Not enough resources in zone {zone} to start instance {id}; try again later"));
+            Completion::InstanceFailed { id: id.to_string(), status: "STOPPED", error: json!({"code": error.code as i32, "message": error.message, "details": []}) }
+        } else {
+            Completion::InstanceStatus { id: id.to_string(), status: to, respond }
+        };
+        Ok(w.start_operation(&folder, &description, meta(kind, id), completion))
     })
     .map(Json)
 }
@@ -535,7 +543,9 @@ pub async fn delete_instance(State(sim): Shared, Path(id): Path<String>) -> Repl
         if let Some(inst) = w.instances.get_mut(&id) {
             inst.status = "DELETING".into();
         }
-        Ok(w.start_operation(&folder, "Delete instance", meta("DeleteInstanceMetadata", &id), Completion::Remove(Kind::Instance, id.clone())))
+        // Held by a test's knob: the instance stays DELETING that long, as a real delete does for a while.
+        let duration = w.knobs.delete_time(&id).unwrap_or(w.op_time);
+        Ok(w.start_operation_taking(duration, &folder, "Delete instance", meta("DeleteInstanceMetadata", &id), Completion::Remove(Kind::Instance, id.clone())))
     })
     .map(Json)
 }

@@ -3,6 +3,7 @@
 
 mod compute;
 mod iam;
+mod sim;
 mod vpc;
 
 use super::wire::{ApiError, ApiResult, Code};
@@ -50,6 +51,9 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/compute/v1/instances/{id}/updateMetadata", post(compute::update_metadata))
         .route("/compute/v1/instances/{id}/updateNetworkInterface", patch(compute::update_network_interface))
         .route("/_sim/inventory", get(inventory))
+        .route("/_sim/instances/{id}/status", post(sim::set_status))
+        .route("/_sim/instances/{id}/fail-start", post(sim::fail_start))
+        .route("/_sim/instances/{id}/hold-delete", post(sim::hold_delete))
         .fallback(|| async { ApiError::new(Code::NotFound, "Not Found: no such method") })
         .layer(middleware::from_fn_with_state(sim.clone(), gate))
         .with_state(sim)
