@@ -524,3 +524,30 @@ async fn delete_leaves_a_guest_it_cannot_prove_is_the_machine() {
     assert_eq!(q.handle.guests().iter().filter(|g| !g.template).count(), 2, "both guests are still there");
     q.stop().await;
 }
+
+/// Machines without planned VMIDs created at once take different VMIDs from
+/// the start: /cluster/nextid would offer each the same one, and the loser
+/// would wait out the winner's creation before trying another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_creates_without_vmids_do_not_collide() {
+    let q = Quiet::start_with(Duration::from_secs(60), SLOW_CREATE_MS).await;
+    let mut plan = q.plan.clone();
+    for host in &mut plan.hosts {
+        host.vmid = None;
+    }
+    let specs = q.provider.specs(&plan).unwrap();
+    let (events, mut rx) = recorded_events();
+    let deps = Deps::new();
+    let created = futures::future::join_all(specs.iter().map(|spec| q.provider.create(spec, &deps, &events))).await;
+    let mut vmids: Vec<String> = created.into_iter().map(|c| c.expect("created").id).collect();
+    vmids.sort();
+    assert_eq!(vmids, ["100", "101"]);
+    let mut retries = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let rigger_events::Event::Note { subject, message } = event {
+            retries.push(format!("{subject}: {message}"));
+        }
+    }
+    assert!(retries.iter().all(|n| !n.contains("failed, retrying")), "{retries:#?}");
+    q.stop().await;
+}

@@ -11,6 +11,8 @@
 //! - the VMID each create POSTed is remembered: when the answer is lost (the
 //!   client sends the POST again, PVE answers `CT N already exists`), the
 //!   next attempt adopts that guest instead of allocating another VMID;
+//! - VMIDs are allocated one at a time, skipping those this process POSTed,
+//!   so parallel creates are not all offered the same one;
 //! - before a VMID is allocated, creations this process did not start are
 //!   waited for (bounded), then their configs read: one may be this machine,
 //!   started by a run that was interrupted or whose answer was lost;
@@ -50,6 +52,34 @@ impl ProxmoxProvider {
     /// this machine, so a create does not wait for its neighbours.
     fn posted_for_others(&self, subject: &str) -> BTreeSet<u64> {
         self.posted.lock().map(|p| p.iter().filter(|(s, _)| s.as_str() != subject).map(|(_, v)| *v).collect()).unwrap_or_default()
+    }
+
+    /// A VMID for `subject` from `/cluster/nextid`, recorded as POSTed for
+    /// it. nextid offers the lowest VMID without a config, and a clone's
+    /// config appears only once its worker runs: parallel creates would be
+    /// offered the same VMID, so allocations take turns and skip the VMIDs
+    /// this process has POSTed (`/cluster/nextid?vmid=N` refuses a taken one).
+    pub(super) async fn allocate_vmid(&self, subject: &str) -> Result<u64> {
+        let _turn = self.allocating.lock().await;
+        let ours: BTreeSet<u64> = self.posted.lock().map(|p| p.values().copied().collect()).unwrap_or_default();
+        let mut vmid = as_u64(&self.client.get("/cluster/nextid", &[]).await?).context("cluster/nextid answered no number")?;
+        while ours.contains(&vmid) {
+            vmid = self.next_free_from(vmid + 1).await?;
+        }
+        self.remember_post(subject, vmid);
+        Ok(vmid)
+    }
+
+    /// The lowest free VMID from `vmid` on: pve-manager's nextid answers a
+    /// taken one with 400, `errors.vmid = "VM N already exists"`.
+    async fn next_free_from(&self, mut vmid: u64) -> Result<u64> {
+        loop {
+            match self.client.get("/cluster/nextid", &[("vmid", vmid.to_string())]).await {
+                Ok(_) => return Ok(vmid),
+                Err(e) if e.status() == Some(400) && e.mentions("already exists") => vmid += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Whether guest `vmid` is this machine, by its config (the listing's

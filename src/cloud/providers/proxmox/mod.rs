@@ -89,6 +89,8 @@ pub struct ProxmoxProvider {
     /// The VMID each create POSTed, by machine address: a retry after a lost
     /// answer adopts that guest rather than allocating another VMID.
     posted: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// One VMID allocation at a time (see `allocate_vmid`).
+    allocating: tokio::sync::Mutex<()>,
 }
 
 impl ProxmoxProvider {
@@ -100,6 +102,7 @@ impl ProxmoxProvider {
             timeouts: ProviderTimeouts::default(),
             nodes: Default::default(),
             posted: Default::default(),
+            allocating: Default::default(),
         }
     }
 
@@ -351,7 +354,7 @@ impl ProxmoxProvider {
             None => {
                 let vmid = match planned {
                     Some(vmid) => vmid,
-                    None => as_u64(&self.client.get("/cluster/nextid", &[]).await?).context("cluster/nextid answered no number")?,
+                    None => self.allocate_vmid(&subject).await?,
                 };
                 let gib = attr_str(spec, "disk").and_then(parse_size).unwrap_or(8 << 30).div_ceil(1 << 30);
                 let params = vec![
@@ -440,7 +443,7 @@ impl ProxmoxProvider {
                 let template = self.resolve_template(attr_str(spec, "template").unwrap_or("")).await?;
                 let vmid = match planned {
                     Some(vmid) => vmid,
-                    None => as_u64(&self.client.get("/cluster/nextid", &[]).await?).context("cluster/nextid answered no number")?,
+                    None => self.allocate_vmid(&subject).await?,
                 };
                 let mut params = vec![
                     ("newid", vmid.to_string()),
