@@ -197,26 +197,38 @@ struct Quiet {
     provider: ProxmoxProvider,
     api: ProxmoxClient,
     http: reqwest::Client,
+    auth: Auth,
+    tls: TlsMode,
+    timeouts: ProviderTimeouts,
 }
 
 impl Quiet {
     async fn start(lock: Duration) -> Quiet {
+        Quiet::start_with(lock, 20).await
+    }
+
+    /// `op_time_ms`: how long the simulator's tasks run (a creation takes all of it).
+    async fn start_with(lock: Duration, op_time_ms: u64) -> Quiet {
         let mut opts = ProxmoxSimOptions::new("127.0.0.1:0".parse().unwrap());
-        opts.op_time_ms = 20;
+        opts.op_time_ms = op_time_ms;
         opts.auth_fail_delay_ms = 10;
         let handle = sim::start(opts).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut plan = plan(dir.path(), &handle.base_url());
         plan.hosts.truncate(2);
-        let ProviderConfig::Proxmox(config) = &plan.provider else { unreachable!() };
         let tls = TlsMode::Pinned(tls::parse_fingerprint(handle.fingerprint.as_deref().unwrap()).unwrap());
         let auth = Auth::Token { id: handle.options.token_id.clone(), secret: handle.options.token_secret.clone() };
-        let client = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth.clone(), tls.clone())).unwrap();
         let timeouts = ProviderTimeouts { running: Duration::from_secs(60), agent: Duration::from_secs(60), attempts: 3, lock };
-        let provider = ProxmoxProvider::new(client, config.clone(), plan.project.clone()).with_timeouts(timeouts);
-        let api = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth, tls.clone())).unwrap();
+        let api = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth.clone(), tls.clone())).unwrap();
         let http = reqwest::Client::builder().use_preconfigured_tls(tls::client_config(&tls).unwrap().unwrap()).build().unwrap();
-        Quiet { handle, _dir: dir, plan, provider, api, http }
+        let provider = fresh_provider(&plan, &handle, &auth, &tls, &timeouts);
+        Quiet { handle, _dir: dir, plan, provider, api, http, auth, tls, timeouts }
+    }
+
+    /// Another provider on the same node, as a re-run of rigger (a new
+    /// process) has: it knows nothing of what the last one was doing.
+    fn fresh_provider(&self) -> ProxmoxProvider {
+        fresh_provider(&self.plan, &self.handle, &self.auth, &self.tls, &self.timeouts)
     }
 
     /// One of the simulator's own (not Proxmox) requests, e.g. `/_sim/guests/102/lock`.
@@ -233,6 +245,12 @@ impl Quiet {
     async fn stop(self) {
         self.handle.stop().await;
     }
+}
+
+fn fresh_provider(plan: &Plan, handle: &sim::ProxmoxSimHandle, auth: &Auth, tls: &TlsMode, timeouts: &ProviderTimeouts) -> ProxmoxProvider {
+    let ProviderConfig::Proxmox(config) = &plan.provider else { unreachable!() };
+    let client = ProxmoxClient::new(ClientOptions::new(handle.base_url(), auth.clone(), tls.clone())).unwrap();
+    ProxmoxProvider::new(client, config.clone(), plan.project.clone()).with_timeouts(timeouts.clone())
 }
 
 /// What the GUI would show, the plan shows: a stopped guest is started in
@@ -336,5 +354,200 @@ async fn a_guest_migrated_to_another_node_is_followed_there() {
         delete_with_retries(provider, &live).await;
     }
     assert!(handle.guests().iter().all(|g| g.vmid != 101 && g.vmid != 102), "{:?}", handle.guests());
+    q.stop().await;
+}
+
+/// How long a creation task runs in the tests below: longer than the
+/// client's re-send and the provider's retry, as a template's extraction on a
+/// real node is (tens of seconds there). PVE writes the container's hostname
+/// and tags only after it, so until then nothing names the guest.
+const SLOW_CREATE_MS: u64 = 3000;
+
+/// Wait until no guest is being created (every creation task has ended).
+async fn creations_ended(handle: &sim::ProxmoxSimHandle) -> Vec<sim::GuestSummary> {
+    for _ in 0..200 {
+        let guests = handle.guests();
+        if guests.iter().all(|g| g.lock.is_none()) {
+            return guests.into_iter().filter(|g| !g.template).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("creations still running: {:?}", handle.guests());
+}
+
+/// Start a create and interrupt it (Ctrl-C) once the node has accepted it:
+/// the guest exists, locked `create`, with no name or tags yet.
+async fn interrupted_after_the_post(provider: &ProxmoxProvider, spec: &ResourceSpec, handle: &sim::ProxmoxSimHandle) {
+    let (deps, events) = (Deps::new(), Events::silent());
+    let create = provider.create(spec, &deps, &events);
+    let accepted = async {
+        while !handle.guests().iter().any(|g| g.lock.as_deref() == Some("create")) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        result = create => panic!("{}: the create ended before it could be interrupted: {:?}", spec.address, result.map(|l| l.id)),
+        () = accepted => {}
+    }
+}
+
+/// An events sink whose progress lines the test reads afterwards.
+fn recorded_events() -> (Events, tokio::sync::mpsc::UnboundedReceiver<rigger_events::Event>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (Events::new(tx), rx)
+}
+
+fn progress_lines(rx: &mut tokio::sync::mpsc::UnboundedReceiver<rigger_events::Event>) -> Vec<String> {
+    let mut lines = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let rigger_events::Event::Progress { message, .. } = event {
+            lines.push(message);
+        }
+    }
+    lines
+}
+
+/// The node accepts the create of a machine without a planned VMID, and the
+/// answer is lost (the connection resets): the client sends the POST again,
+/// PVE answers `CT 100 already exists`, and the provider tries once more
+/// while the guest still has no name. It adopts the guest it asked for
+/// instead of allocating a second VMID for the same machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_is_lost_makes_one_guest() {
+    let q = Quiet::start_with(Duration::from_secs(60), SLOW_CREATE_MS).await;
+    let mut plan = q.plan.clone();
+    plan.hosts[0].vmid = None;
+    let specs = q.provider.specs(&plan).unwrap();
+    assert!(q.sim_request(reqwest::Method::POST, "/_sim/lose-answer?method=POST&path=/api2/json/nodes/pve/lxc").await);
+
+    let live = create_with_retries(&q.provider, &specs[0]).await;
+    assert_eq!(q.handle.faults_injected(), 1, "the create's answer was lost once");
+    let guests = creations_ended(&q.handle).await;
+    assert_eq!(guests.len(), 1, "exactly one guest for pg-1: {guests:?}");
+    assert_eq!((guests[0].name.as_str(), guests[0].vmid.to_string()), ("pg-1", live.id.clone()));
+    assert_eq!(q.refresh().await.len(), 1);
+    q.stop().await;
+}
+
+/// rigger is interrupted (Ctrl-C) right after the node accepted a create, and
+/// run again while the creation task still runs. Without a planned VMID the
+/// re-run waits for that creation, saying so, and adopts the guest; with a
+/// planned VMID it waits too instead of calling the VMID someone else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_while_the_create_task_runs_adopts_the_guest() {
+    let q = Quiet::start_with(Duration::from_secs(60), SLOW_CREATE_MS).await;
+    let mut plan = q.plan.clone();
+    plan.hosts[0].vmid = None; // pg-1: VMID from /cluster/nextid; pg-2: VMID 102
+    let specs = q.provider.specs(&plan).unwrap();
+    for spec in &specs {
+        interrupted_after_the_post(&q.provider, spec, &q.handle).await;
+        let rerun = q.fresh_provider();
+        let (events, mut rx) = recorded_events();
+        let live = rerun.create(spec, &Deps::new(), &events).await.unwrap_or_else(|e| panic!("{}: the re-run failed: {e:#}", spec.address));
+        assert_eq!(live.address, spec.address);
+        let lines = progress_lines(&mut rx);
+        assert!(lines.iter().any(|l| l.contains("waiting for") && l.contains("creation")), "{}: no word of the wait: {lines:?}", spec.address);
+    }
+    let guests = creations_ended(&q.handle).await;
+    let names: Vec<(&str, u32)> = guests.iter().map(|g| (g.name.as_str(), g.vmid)).collect();
+    assert_eq!(names, vec![("pg-1", 100), ("pg-2", 102)], "one guest per machine");
+    assert_eq!(q.refresh().await.len(), 2);
+    q.stop().await;
+}
+
+/// A planned VMID held by a creation no task runs any more (pvedaemon was
+/// restarted mid-way): the error names the lock and the way out, not "pick a
+/// free vmid".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_vmid_left_locked_by_a_dead_creation_names_the_way_out() {
+    let q = Quiet::start(Duration::from_secs(60)).await;
+    let specs = q.provider.specs(&q.plan).unwrap();
+    let params: Vec<(&str, String)> = vec![
+        ("vmid", "102".into()),
+        ("ostemplate", sim::DEFAULT_LXC_TEMPLATE.into()),
+        ("hostname", "unfinished".into()),
+        ("rootfs", "local-lvm:8".into()),
+    ];
+    q.api.run_task(reqwest::Method::POST, "/nodes/pve/lxc", &params).await.unwrap();
+    assert!(q.sim_request(reqwest::Method::POST, "/_sim/guests/102/lock?lock=create").await);
+    let err = q.provider.create(&specs[1], &Deps::new(), &Events::silent()).await.unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("CT 102 ('unfinished') is locked (create) and no task on node pve holds the lock"), "{message}");
+    assert!(message.contains("`pct unlock 102`") && message.contains("`pct destroy 102 --purge`"), "{message}");
+    q.stop().await;
+}
+
+/// Two guests of the project with one name (a create duplicated before this
+/// was fixed, or by hand): refresh says so, naming both and which to remove,
+/// instead of showing one and leaving the other unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_refuses_two_guests_of_one_name() {
+    let q = Quiet::start(Duration::from_secs(60)).await;
+    let specs = q.provider.specs(&q.plan).unwrap();
+    let pg1 = create_with_retries(&q.provider, &specs[0]).await;
+    assert_eq!(pg1.id, "101");
+    let params: Vec<(&str, String)> = vec![
+        ("vmid", "105".into()),
+        ("ostemplate", sim::DEFAULT_LXC_TEMPLATE.into()),
+        ("hostname", "pg-1".into()),
+        ("rootfs", "local-lvm:8".into()),
+        ("net0", "name=eth0,bridge=vmbr0,ip=192.168.50.21/24,gw=192.168.50.1".into()),
+        ("tags", specs[0].attrs["tags"].as_str().unwrap().into()),
+    ];
+    q.api.run_task(reqwest::Method::POST, "/nodes/pve/lxc", &params).await.unwrap();
+
+    // The state knows pg-1 as CT 101: the other one is the duplicate.
+    let err = q.provider.refresh(std::slice::from_ref(&pg1), &Events::silent()).await.unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("2 guests named 'pg-1'") && message.contains("CT 101") && message.contains("CT 105"), "{message}");
+    assert!(message.contains("`pct destroy 105 --purge`") && !message.contains("`pct destroy 101"), "{message}");
+    q.stop().await;
+}
+
+/// Delete removes only a guest it can prove is the machine: tagged as the
+/// project's AND named as the machine. Renamed (its VMID now holds another
+/// machine) or untagged, it is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_leaves_a_guest_it_cannot_prove_is_the_machine() {
+    let q = Quiet::start(Duration::from_secs(60)).await;
+    let specs = q.provider.specs(&q.plan).unwrap();
+    let pg1 = create_with_retries(&q.provider, &specs[0]).await;
+    let pg2 = create_with_retries(&q.provider, &specs[1]).await;
+
+    q.api.put("/nodes/pve/lxc/101/config", &[("hostname", "app-9".to_string())]).await.unwrap();
+    let message = format!("{:#}", q.provider.delete(&pg1, &Events::silent()).await.unwrap_err());
+    assert!(message.contains("refusing to delete VMID 101 ('app-9')"), "{message}");
+
+    q.api.put("/nodes/pve/lxc/102/config", &[("delete", "tags".to_string())]).await.unwrap();
+    let message = format!("{:#}", q.provider.delete(&pg2, &Events::silent()).await.unwrap_err());
+    assert!(message.contains("refusing to delete VMID 102 ('pg-2')"), "{message}");
+    assert_eq!(q.handle.guests().iter().filter(|g| !g.template).count(), 2, "both guests are still there");
+    q.stop().await;
+}
+
+/// Machines without planned VMIDs created at once take different VMIDs from
+/// the start: /cluster/nextid would offer each the same one, and the loser
+/// would wait out the winner's creation before trying another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_creates_without_vmids_do_not_collide() {
+    let q = Quiet::start_with(Duration::from_secs(60), SLOW_CREATE_MS).await;
+    let mut plan = q.plan.clone();
+    for host in &mut plan.hosts {
+        host.vmid = None;
+    }
+    let specs = q.provider.specs(&plan).unwrap();
+    let (events, mut rx) = recorded_events();
+    let deps = Deps::new();
+    let created = futures::future::join_all(specs.iter().map(|spec| q.provider.create(spec, &deps, &events))).await;
+    let mut vmids: Vec<String> = created.into_iter().map(|c| c.expect("created").id).collect();
+    vmids.sort();
+    assert_eq!(vmids, ["100", "101"]);
+    let mut retries = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let rigger_events::Event::Note { subject, message } = event {
+            retries.push(format!("{subject}: {message}"));
+        }
+    }
+    assert!(retries.iter().all(|n| !n.contains("failed, retrying")), "{retries:#?}");
     q.stop().await;
 }

@@ -218,9 +218,10 @@ async fn tasks_locks_and_normalised_config() {
     assert_eq!(parsed.user, "root@pam!rigger");
     assert!(upid.ends_with(':'));
 
-    // While the task runs, the container is locked; a second create of the same VMID fails in its task.
-    let dup = client.post("/nodes/pve/lxc", &create_params("100", "web-dup", "192.168.50.22")).await.unwrap();
-    let err = client.wait_task(dup.as_str().unwrap()).await.unwrap_err();
+    // A second create of the same VMID is refused at once (pve-cluster's
+    // check_vmid_unused runs before the worker forks).
+    let err = client.post("/nodes/pve/lxc", &create_params("100", "web-dup", "192.168.50.22")).await.unwrap_err();
+    assert_eq!(err.status(), Some(500), "{err}");
     assert!(err.mentions("CT 100 already exists on node 'pve'"), "{err}");
     client.wait_task(&upid).await.unwrap();
     let log = client.task_log_tail("pve", &upid, 5).await;
@@ -325,5 +326,64 @@ async fn the_nodes_limits_hold() {
     assert!(err.mentions("Cannot allocate memory"), "{err}");
     client.run_task(Method::POST, "/nodes/pve/lxc/101/status/stop", &[]).await.unwrap();
     client.run_task(Method::POST, "/nodes/pve/lxc/102/status/start", &[]).await.unwrap();
+    handle.stop().await;
+}
+
+/// As on PVE, a container being created holds only `lock: create` (its
+/// hostname, tags and description come once the template is extracted) and
+/// is listed with no name or tags of its own. `/_sim/lose-answer` carries the
+/// next such request out and closes its connection unanswered.
+#[tokio::test]
+async fn a_container_being_created_shows_only_its_lock() {
+    let mut opts = ProxmoxSimOptions::new("127.0.0.1:0".parse().unwrap());
+    opts.op_time_ms = 1500;
+    opts.auth_fail_delay_ms = 10;
+    let handle = sim::start(opts).await.expect("simulator starts");
+    let client = token_client(&handle, pinned(&handle));
+    let http = reqwest::Client::builder().use_preconfigured_tls(tls::client_config(&pinned(&handle)).unwrap().unwrap()).build().unwrap();
+    let token = format!("PVEAPIToken={}={}", handle.options.token_id, handle.options.token_secret);
+    let knob = http
+        .post(format!("{}/_sim/lose-answer?method=POST&path=/api2/json/nodes/pve/lxc", handle.base_url()))
+        .header("Authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert!(knob.status().is_success());
+    let lost = http
+        .post(format!("{}/api2/json/nodes/pve/lxc", handle.base_url()))
+        .header("Authorization", &token)
+        .form(&create_params("100", "web-1", "192.168.50.21"))
+        .send()
+        .await;
+    let err = lost.expect_err("the answer is lost: the connection closes unanswered");
+    assert!(!err.is_status() && !err.is_timeout(), "{err}");
+    assert_eq!(handle.faults_injected(), 1);
+
+    // The work was done: the container exists, locked, with nothing else yet.
+    let config = client.get("/nodes/pve/lxc/100/config", &[]).await.unwrap();
+    let keys: Vec<&str> = config.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["digest", "lock"], "{config}");
+    assert_eq!(config["lock"], "create");
+    let resources = client.get("/cluster/resources", &[("type", "vm".into())]).await.unwrap();
+    let entry = resources.as_array().unwrap().iter().find(|r| r["vmid"] == 100).expect("listed").clone();
+    assert!(entry.get("tags").is_none() && entry["name"] != "web-1" && entry["lock"] == "create", "{entry}");
+    let active = client.get("/nodes/pve/tasks", &[("source", "active".into())]).await.unwrap();
+    assert!(active.as_array().unwrap().iter().any(|t| t["type"] == "vzcreate" && t["id"] == "100"), "{active}");
+
+    // The same POST again (as a client re-sends it): refused, the work already begun.
+    let err = client.post("/nodes/pve/lxc", &create_params("100", "web-1", "192.168.50.21")).await.unwrap_err();
+    assert!(err.mentions("CT 100 already exists on node 'pve'"), "{err}");
+
+    // Once the task ends, the config is whole and unlocked.
+    let mut config = Value::Null;
+    for _ in 0..100 {
+        config = client.get("/nodes/pve/lxc/100/config", &[]).await.unwrap();
+        if config.get("lock").is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!((config["hostname"].as_str(), config["tags"].as_str()), (Some("web-1"), Some("alpha;beta")), "{config}");
+    assert!(config.get("lock").is_none(), "{config}");
     handle.stop().await;
 }

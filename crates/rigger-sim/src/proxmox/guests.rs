@@ -288,16 +288,13 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
     let rootfs = params.get("rootfs").cloned().unwrap_or_else(|| format!("{storage}:4"));
     let (rootfs_storage, rootfs_bytes, rootfs_options) = parse_new_rootfs(&rootfs)?;
     let start_after = params.get("start").is_some_and(|v| parse_bool(v));
-    let node = sim.opts.node.clone();
 
     let mut state = lock_state(sim);
     room_for_a_guest(sim, &state)?;
-    if state.guests.contains_key(&vmid) {
-        drop(state);
-        let message = format!("unable to create CT {vmid} - CT {vmid} already exists on node '{node}'");
-        return Ok(json!(tasks::spawn(sim, "vzcreate", &vmid.to_string(), &caller.user, move |_ctx| {
-            async move { Err(message) }.boxed()
-        })));
+    // pve-container's create_vm calls pve-cluster's check_vmid_unused before
+    // it forks the worker: a plain `die`, so 500 with the text as the reason.
+    if let Some(taken) = state.guests.get(&vmid) {
+        return Err(Reply::fail(format!("{} {vmid} already exists on node '{}'", taken.kind.noun(), taken.node(&sim.opts.node))));
     }
     let mut config = BTreeMap::new();
     let ostype = ["debian", "ubuntu", "alpine", "centos", "fedora", "archlinux"]
@@ -327,20 +324,22 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
             config.insert(key.clone(), value);
         }
     }
-    config.insert("lock".into(), "create".into());
-    state.guests.insert(
+    let planned = Guest {
         vmid,
-        Guest {
-            vmid,
-            kind: GuestKind::Lxc,
-            elsewhere: None,
-            config,
-            running: false,
-            started_at: None,
-            ssh_public_keys: params.get("ssh-public-keys").cloned().unwrap_or_default(),
-            host_keys: Vec::new(),
-        },
-    );
+        kind: GuestKind::Lxc,
+        elsewhere: None,
+        config,
+        running: false,
+        started_at: None,
+        ssh_public_keys: params.get("ssh-public-keys").cloned().unwrap_or_default(),
+        host_keys: Vec::new(),
+    };
+    // pve-guest-common's create_and_lock_config writes a config holding only
+    // `lock: create` before the worker forks; the worker writes hostname,
+    // tags, description and the rest only once the template is extracted.
+    // Until then the guest is listed with no name and no tags.
+    let locked = Guest { config: [("lock".to_string(), "create".to_string())].into(), ..planned.clone() };
+    state.guests.insert(vmid, locked);
     drop(state);
 
     let user = caller.user.clone();
@@ -356,11 +355,10 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
             .map_err(|fault| format!("unable to create CT {vmid} - {fault}"))?;
             ctx.log("Total bytes read: 524288000 (500MiB, 213MiB/s)");
             ctx.log("Detected container architecture: amd64");
-            let boot = {
-                let state = lock_state(&sim);
-                let guest = state.guests.get(&vmid).ok_or_else(|| format!("CT {vmid} vanished during creation"))?;
-                boot_of(guest)
-            };
+            if !lock_state(&sim).guests.contains_key(&vmid) {
+                return Err(format!("CT {vmid} vanished during creation"));
+            }
+            let boot = boot_of(&planned);
             let host_keys = match sim.machines.create_container(&boot).await {
                 Ok(keys) => keys,
                 Err(error) => {
@@ -378,10 +376,13 @@ pub fn lxc_create(sim: &Arc<Sim>, params: &Params, caller: &Caller) -> HandlerRe
                 }
             }
             {
+                // The whole config at once, without the lock (PVE writes it
+                // after extraction, then again after the host keys; one write
+                // here keeps a start from racing the keys).
                 let mut state = lock_state(&sim);
                 let guest = state.guests.get_mut(&vmid).ok_or_else(|| format!("CT {vmid} vanished during creation"))?;
                 guest.host_keys = host_keys;
-                guest.config.remove("lock");
+                guest.config = planned.config;
             }
             if start_after {
                 match start(&sim, GuestKind::Lxc, vmid, &user) {

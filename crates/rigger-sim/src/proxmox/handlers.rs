@@ -48,7 +48,19 @@ pub struct Caller {
     pub user: String,
 }
 
-pub async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Response<Body> {
+/// The work was done but the client gets no answer: the connection ends.
+#[derive(Debug)]
+pub struct AnswerLost;
+
+impl std::fmt::Display for AnswerLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("answer lost (simulated)")
+    }
+}
+
+impl std::error::Error for AnswerLost {}
+
+pub async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Result<Response<Body>, AnswerLost> {
     if sim.opts.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(sim.opts.latency_ms)).await;
     }
@@ -56,6 +68,7 @@ pub async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Response<Body>
     if parts.uri.path().starts_with("/api2/json") {
         sim.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    let lose = take_lost_answer(&sim, parts.method.as_str(), parts.uri.path());
     let reply = match axum::body::to_bytes(Body::new(body), 1 << 20).await {
         Ok(body) => match route(&sim, parts.method.as_str(), &parts.uri, &parts.headers, &body).await {
             Ok(data) => Reply::data(data),
@@ -63,7 +76,40 @@ pub async fn handle(sim: Arc<Sim>, request: Request<Incoming>) -> Response<Body>
         },
         Err(_) => Reply::error(400, "unable to read request body"),
     };
-    reply.into_response()
+    if lose {
+        return Err(AnswerLost);
+    }
+    Ok(reply.into_response())
+}
+
+/// Not Proxmox: `POST /_sim/lose-answer?method=POST&path=/api2/json/nodes/pve/lxc`
+/// — the next such request is carried out, then its connection is closed
+/// with no answer, as a reset connection or a timed-out proxy leaves a
+/// client after the node did the work.
+pub const SIM_LOSE_ANSWER_PATH: &str = "/_sim/lose-answer";
+
+fn sim_lose_answer(sim: &Sim, query: Option<&str>) -> HandlerResult {
+    let decoded = |key: &str| query_value(query, key).map(|v| percent_decode_str(v).decode_utf8_lossy().into_owned());
+    let (Some(method), Some(path)) = (decoded("method"), decoded("path")) else {
+        return Err(Reply::error(400, "say which request: ?method=POST&path=/api2/json/..."));
+    };
+    if let Ok(mut lose) = sim.lose_answers.lock() {
+        lose.push((method.to_ascii_uppercase(), path));
+    }
+    Ok(Value::Null)
+}
+
+/// Whether this request's answer is to be lost (once per `/_sim/lose-answer`).
+fn take_lost_answer(sim: &Sim, method: &str, path: &str) -> bool {
+    let Ok(mut lose) = sim.lose_answers.lock() else { return false };
+    match lose.iter().position(|(m, p)| m == method && p == path) {
+        Some(i) => {
+            lose.remove(i);
+            sim.faults_injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Not Proxmox: the simulator's own view of its store, for tests and people
@@ -146,6 +192,10 @@ async fn route(sim: &Arc<Sim>, method: &str, uri: &Uri, headers: &HeaderMap, bod
             "faults_injected": sim.faults_injected.load(std::sync::atomic::Ordering::Relaxed),
             "requests": sim.requests.load(std::sync::atomic::Ordering::Relaxed),
         }));
+    }
+    if method == "POST" && uri.path() == SIM_LOSE_ANSWER_PATH {
+        authenticate(sim, method, headers).await?;
+        return sim_lose_answer(sim, uri.query());
     }
     if uri.path().starts_with("/_sim/guests/") {
         authenticate(sim, method, headers).await?;

@@ -229,6 +229,8 @@ pub(crate) struct Sim {
     pub requests: std::sync::atomic::AtomicU64,
     pub definitions: Option<Arc<definitions::ApiSchema>>,
     pub recorded: Mutex<Vec<RecordedRequest>>,
+    /// Requests (method, path) whose next answer is lost (`/_sim/lose-answer`).
+    pub lose_answers: Mutex<Vec<(String, String)>>,
 }
 
 /// A guest as the store holds it (for tests and the CLI's summary).
@@ -386,6 +388,7 @@ async fn start_on(listener: TcpListener, mut opts: ProxmoxSimOptions, machines: 
     let sim = Arc::new(Sim {
         definitions,
         recorded: Mutex::new(Vec::new()),
+        lose_answers: Mutex::new(Vec::new()),
         fingerprint: cert.fingerprint.clone(),
         state: Mutex::new(State::new(StdRng::seed_from_u64(opts.seed))),
         file_locks: Arc::new(FileLocks::default()),

@@ -1,6 +1,7 @@
 //! Connections: optional TLS, HTTP/1.1 only (like pveproxy), idle keep-alive
 //! connections closed after `keepalive_timeout`, and every response ≥ 400 sent
-//! with `Connection: close` so the connection ends after it.
+//! with `Connection: close` so the connection ends after it. A request whose
+//! answer is to be lost (`/_sim/lose-answer`) ends its connection unanswered.
 
 use super::{handlers, Sim};
 use hyper::server::conn::http1;
@@ -37,7 +38,8 @@ async fn serve_connection(stream: TcpStream, sim: Arc<Sim>, acceptor: Option<Tls
     builder.timer(TokioTimer::new()).header_read_timeout(sim.opts.keepalive_timeout).keep_alive(true);
     let service = service_fn(move |request| {
         let sim = Arc::clone(&sim);
-        async move { Ok::<_, std::convert::Infallible>(handlers::handle(sim, request).await) }
+        // A service error makes hyper close the connection without a response.
+        async move { handlers::handle(sim, request).await }
     });
     match acceptor {
         Some(acceptor) => {

@@ -31,7 +31,7 @@ pub async fn holder(client: &ProxmoxClient, node: &str, vmid: u64, lock: &str) -
     }))
 }
 
-fn noun(kind: &str) -> &'static str {
+pub fn noun(kind: &str) -> &'static str {
     if kind == "qemu" {
         "VM"
     } else {
@@ -39,7 +39,7 @@ fn noun(kind: &str) -> &'static str {
     }
 }
 
-fn tool(kind: &str) -> &'static str {
+pub fn tool(kind: &str) -> &'static str {
     if kind == "qemu" {
         "qm"
     } else {

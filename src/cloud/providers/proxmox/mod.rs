@@ -9,9 +9,13 @@
 //!
 //! Ownership: every guest carries the tags `rigger` and the project's tag;
 //! refresh lists `/cluster/resources?type=vm` once and reads configs only for
-//! the guests so tagged. A create adopts an existing guest with the same VMID
-//! (or, without one, the same name), the same kind and the project's tags, and
-//! refuses a VMID that belongs to anything else.
+//! the guests so tagged, and refuses two of them with one name. A create
+//! adopts an existing guest with the same VMID (or, without one, the same
+//! name), the same kind and the project's tags, and refuses a VMID that
+//! belongs to anything else; a guest still being created has no name or tags
+//! yet, so creations are waited for first and the VMID a create POSTed is
+//! remembered (`creating.rs`). Delete removes only a guest tagged as the
+//! project's and named as the machine.
 //!
 //! First login (`prepare_login`, before rigger waits for SSH as `ssh.user`):
 //! LXC containers get the plan's user from root over SSH (`first_login.rs`);
@@ -20,6 +24,7 @@
 //! across refreshes, since the API cannot report them again.
 
 pub mod client;
+mod creating;
 pub mod first_login;
 pub mod host_keys;
 pub mod locks;
@@ -81,11 +86,24 @@ pub struct ProxmoxProvider {
     /// is addressed on its own node (HA or an admin may have migrated it);
     /// one not listed yet is on `config.node`, where rigger creates guests.
     nodes: std::sync::Mutex<BTreeMap<u64, String>>,
+    /// The VMID each create POSTed, by machine address: a retry after a lost
+    /// answer adopts that guest rather than allocating another VMID.
+    posted: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// One VMID allocation at a time (see `allocate_vmid`).
+    allocating: tokio::sync::Mutex<()>,
 }
 
 impl ProxmoxProvider {
     pub fn new(client: ProxmoxClient, config: ProxmoxConfig, project: impl Into<String>) -> ProxmoxProvider {
-        ProxmoxProvider { client: Arc::new(client), config, project: project.into(), timeouts: ProviderTimeouts::default(), nodes: Default::default() }
+        ProxmoxProvider {
+            client: Arc::new(client),
+            config,
+            project: project.into(),
+            timeouts: ProviderTimeouts::default(),
+            nodes: Default::default(),
+            posted: Default::default(),
+            allocating: Default::default(),
+        }
     }
 
     /// From the plan's provider block: endpoint from the plan or
@@ -178,11 +196,25 @@ impl ProxmoxProvider {
     }
 
     /// An existing guest at `vmid` may be adopted only if it is this machine.
-    fn check_adoptable(&self, entry: &Value, kind: &str, hostname: &str) -> Result<()> {
+    /// Name and tags come from its config: the listing's name lags on PVE
+    /// (pvestatd fills it in on its next pass).
+    async fn check_adoptable(&self, entry: &Value, kind: &str, hostname: &str) -> Result<()> {
         let vmid = entry.get("vmid").and_then(as_u64).unwrap_or(0);
         let their_kind = entry.get("type").and_then(Value::as_str).unwrap_or("?");
-        let their_name = entry.get("name").and_then(Value::as_str).unwrap_or("?");
-        let tags = entry.get("tags").and_then(Value::as_str);
+        let mut their_name = entry.get("name").and_then(Value::as_str).unwrap_or("?").to_string();
+        let mut tags = entry.get("tags").and_then(Value::as_str).map(str::to_string);
+        if their_kind == kind {
+            match self.client.get(&format!("{}/config", self.guest_path(kind, vmid)), &[]).await {
+                Ok(config) => {
+                    let name_key = if kind == "lxc" { "hostname" } else { "name" };
+                    their_name = config.get(name_key).and_then(Value::as_str).unwrap_or("?").to_string();
+                    tags = config.get("tags").and_then(Value::as_str).map(str::to_string);
+                }
+                Err(e) if e.is_missing_guest() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let tags = tags.as_deref();
         if their_kind == kind && their_name == hostname && owned_by(tags, &self.project) {
             return Ok(());
         }
@@ -305,8 +337,14 @@ impl ProxmoxProvider {
         let hostname = attr_str(spec, "hostname").context("spec without hostname")?;
         let planned = spec.attrs.get("vmid").and_then(as_u64);
         let existing = match planned {
-            Some(vmid) => self.find_by_vmid(vmid).await?.map(|entry| self.check_adoptable(&entry, "lxc", hostname).map(|_| vmid)).transpose()?,
-            None => self.find_by_name("lxc", hostname).await?,
+            Some(vmid) => match self.planned_guest("lxc", vmid, hostname, &subject, events).await? {
+                Some(entry) => {
+                    self.check_adoptable(&entry, "lxc", hostname).await?;
+                    Some(vmid)
+                }
+                None => None,
+            },
+            None => self.find_own("lxc", hostname, &subject, events).await?,
         };
         let vmid = match existing {
             Some(vmid) => {
@@ -316,7 +354,7 @@ impl ProxmoxProvider {
             None => {
                 let vmid = match planned {
                     Some(vmid) => vmid,
-                    None => as_u64(&self.client.get("/cluster/nextid", &[]).await?).context("cluster/nextid answered no number")?,
+                    None => self.allocate_vmid(&subject).await?,
                 };
                 let gib = attr_str(spec, "disk").and_then(parse_size).unwrap_or(8 << 30).div_ceil(1 << 30);
                 let params = vec![
@@ -336,27 +374,15 @@ impl ProxmoxProvider {
                     ("start", "1".into()),
                 ];
                 events.progress(&subject, format!("creating container {vmid}"));
+                self.remember_post(&subject, vmid);
                 self.client.run_task(Method::POST, &format!("/nodes/{}/lxc", self.node()), &params).await?;
                 vmid
             }
         };
         self.ensure_running("lxc", vmid, &subject, events).await?;
-        self.read_live("lxc", vmid).await
-    }
-
-    async fn wait_for_clones(&self) -> Result<()> {
-        let cloning: Vec<u64> = self
-            .guests()
-            .await?
-            .iter()
-            .filter(|g| g.get("type").and_then(Value::as_str) == Some("qemu") && g.get("lock").and_then(Value::as_str) == Some("clone"))
-            .filter_map(|g| g.get("vmid").and_then(as_u64))
-            .collect();
-        for vmid in cloning {
-            // A clone interrupted long ago (anyone's) is no reason to wait.
-            self.settle_lock("qemu", vmid).await?;
-        }
-        Ok(())
+        let live = self.read_live("lxc", vmid).await?;
+        self.forget_post(&subject);
+        Ok(live)
     }
 
     async fn resolve_template(&self, template: &str) -> Result<u64> {
@@ -387,20 +413,17 @@ impl ProxmoxProvider {
         let hostname = attr_str(spec, "hostname").context("spec without hostname")?;
         let planned = spec.attrs.get("vmid").and_then(as_u64);
         let existing = match planned {
-            Some(vmid) => match self.find_by_vmid(vmid).await? {
+            Some(vmid) => match self.planned_guest("qemu", vmid, hostname, &subject, events).await? {
                 Some(entry) if entry.get("type").and_then(Value::as_str) != Some("qemu") => {
-                    self.check_adoptable(&entry, "qemu", hostname)?;
+                    self.check_adoptable(&entry, "qemu", hostname).await?;
                     None
                 }
                 Some(_) => Some(vmid),
                 None => None,
             },
-            None => {
-                // A clone in progress has no name yet (its config holds only
-                // `lock: clone`): let running clones finish before looking.
-                self.wait_for_clones().await?;
-                self.find_by_name("qemu", hostname).await?
-            }
+            // A clone in progress has no name yet (its config holds only
+            // `lock: clone`): `find_own` lets running clones finish first.
+            None => self.find_own("qemu", hostname, &subject, events).await?,
         };
         let vmid = match existing {
             Some(vmid) => {
@@ -410,7 +433,7 @@ impl ProxmoxProvider {
                 let ours = Meta::parse(description).project.as_deref() == Some(self.project.as_str());
                 if !ours {
                     if let Some(entry) = self.find_by_vmid(vmid).await? {
-                        self.check_adoptable(&entry, "qemu", hostname)?;
+                        self.check_adoptable(&entry, "qemu", hostname).await?;
                     }
                 }
                 events.note(&subject, format!("adopting existing VM {vmid}"));
@@ -420,7 +443,7 @@ impl ProxmoxProvider {
                 let template = self.resolve_template(attr_str(spec, "template").unwrap_or("")).await?;
                 let vmid = match planned {
                     Some(vmid) => vmid,
-                    None => as_u64(&self.client.get("/cluster/nextid", &[]).await?).context("cluster/nextid answered no number")?,
+                    None => self.allocate_vmid(&subject).await?,
                 };
                 let mut params = vec![
                     ("newid", vmid.to_string()),
@@ -435,6 +458,7 @@ impl ProxmoxProvider {
                     params.push(("target", self.node().to_string()));
                 }
                 events.progress(&subject, format!("cloning template {template} to VM {vmid}"));
+                self.remember_post(&subject, vmid);
                 self.client.run_task(Method::POST, &format!("{}/clone", self.guest_path("qemu", template)), &params).await?;
                 vmid
             }
@@ -442,7 +466,9 @@ impl ProxmoxProvider {
         self.configure_qemu(spec, vmid, &subject, events).await?;
         self.ensure_running("qemu", vmid, &subject, events).await?;
         self.wait_agent_ip(vmid, attr_str(spec, "ip").unwrap_or(""), &subject, events).await?;
-        self.read_live("qemu", vmid).await
+        let live = self.read_live("qemu", vmid).await?;
+        self.forget_post(&subject);
+        Ok(live)
     }
 
     /// Cloud-init and sizing for a clone; idempotent, so an adopted VM converges too.
@@ -492,10 +518,24 @@ impl ProxmoxProvider {
 
     async fn delete_once(&self, live: &LiveResource, kind: &str, vmid: u64) -> Result<()> {
         let Some(entry) = self.find_by_vmid(vmid).await? else { return Ok(()) };
-        let tags = entry.get("tags").and_then(Value::as_str);
-        let name = entry.get("name").and_then(Value::as_str).unwrap_or("");
-        if !owned_by(tags, &self.project) && name != live.address.name {
+        if entry.get("type").and_then(Value::as_str) != Some(kind) {
+            // The machine is gone; its VMID now holds another kind of guest.
+            return Ok(());
+        }
+        // Only a guest rigger can prove is this machine: tagged as the
+        // project's and named as the machine (its config's name, since the
+        // listing's lags), else a reused VMID could take another guest down.
+        let config = match self.client.get(&format!("{}/config", self.guest_path(kind, vmid)), &[]).await {
+            Ok(config) => config,
+            Err(e) if e.is_missing_guest() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let name = config.get(if kind == "lxc" { "hostname" } else { "name" }).and_then(Value::as_str).unwrap_or("");
+        if !owned_by(config.get("tags").and_then(Value::as_str), &self.project) {
             bail!("refusing to delete VMID {vmid} ('{name}'): it is not tagged as project {}'s", self.project);
+        }
+        if name != live.address.name {
+            bail!("refusing to delete VMID {vmid} ('{name}'): it is not {} any more (renamed, or the VMID reused)", live.address);
         }
         let Some(status) = self.wait_unlocked(kind, vmid).await? else { return Ok(()) };
         let base = self.guest_path(kind, vmid);
@@ -810,6 +850,7 @@ impl Provider for ProxmoxProvider {
             }
             live.push(guest);
         }
+        creating::one_guest_per_name(&live, known, &self.project)?;
         Ok(live)
     }
 
