@@ -478,10 +478,10 @@ async fn a_planned_vmid_left_locked_by_a_dead_creation_names_the_way_out() {
 }
 
 /// Two guests of the project with one name (a create duplicated before this
-/// was fixed, or by hand): refresh says so, naming both and which to remove,
-/// instead of showing one and leaving the other unseen.
+/// was fixed, or by hand): a plan says so, naming both and which to remove,
+/// instead of showing one and leaving the other unseen; destroy sees both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_refuses_two_guests_of_one_name() {
+async fn a_plan_refuses_two_guests_of_one_name_and_destroy_sees_both() {
     let q = Quiet::start(Duration::from_secs(60)).await;
     let specs = q.provider.specs(&q.plan).unwrap();
     let pg1 = create_with_retries(&q.provider, &specs[0]).await;
@@ -496,8 +496,12 @@ async fn refresh_refuses_two_guests_of_one_name() {
     ];
     q.api.run_task(reqwest::Method::POST, "/nodes/pve/lxc", &params).await.unwrap();
 
-    // The state knows pg-1 as CT 101: the other one is the duplicate.
-    let err = q.provider.refresh(std::slice::from_ref(&pg1), &Events::silent()).await.unwrap_err();
+    // The state knows pg-1 as CT 101: the other one is the duplicate. A
+    // plan is refused; a destroy (a refresh without the check) sees both.
+    let known = std::slice::from_ref(&pg1);
+    let live = q.provider.refresh(known, &Events::silent()).await.unwrap();
+    assert_eq!(live.iter().filter(|g| g.address.name == "pg-1").count(), 2, "destroy removes both");
+    let err = q.provider.refuse_to_plan(&live, known).unwrap_err();
     let message = format!("{err:#}");
     assert!(message.contains("2 guests named 'pg-1'") && message.contains("CT 101") && message.contains("CT 105"), "{message}");
     assert!(message.contains("`pct destroy 105 --purge`") && !message.contains("`pct destroy 101"), "{message}");

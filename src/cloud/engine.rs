@@ -39,6 +39,15 @@ pub async fn refresh(provider: &dyn Provider, state: &State, refresh: bool, even
     Ok(live)
 }
 
+/// `refresh`, for a plan: what the provider cannot plan against (one machine
+/// found twice) is refused here; a destroy refreshes without this check.
+pub async fn refresh_to_plan(provider: &dyn Provider, state: &State, refresh: bool, events: &Events) -> Result<Vec<LiveResource>> {
+    let live = self::refresh(provider, state, refresh, events).await?;
+    let known: Vec<LiveResource> = state.resources.values().cloned().collect();
+    provider.refuse_to_plan(&live, &known)?;
+    Ok(live)
+}
+
 /// Restrict changes to the given hosts' machines and what they depend on.
 pub fn restrict_to_targets(changes: Vec<Change>, specs: &[ResourceSpec], targets: &[String]) -> Result<Vec<Change>> {
     if targets.is_empty() {

@@ -72,7 +72,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         }
         None => {
             let (events, printer) = Printer::start(verbose);
-            let live = engine::refresh(provider.as_ref(), &state, true, &events).await;
+            let live = engine::refresh_to_plan(provider.as_ref(), &state, true, &events).await;
             let mut prepared = None;
             if let Ok(live) = &live {
                 state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();

@@ -18,7 +18,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let super::LoadedState { store: _lock, mut state, lineage, serial } = super::load_state(&project, provider.kind(), "rigger plan")?;
     let specs = engine::specs(provider.as_ref(), &project)?;
     let (events, printer) = ui::printer::Printer::start(verbose);
-    let live = engine::refresh(provider.as_ref(), &state, args.refresh, &events).await;
+    let live = engine::refresh_to_plan(provider.as_ref(), &state, args.refresh, &events).await;
     let config_plan = match (&live, args.infra_only) {
         (Ok(live), false) => {
             state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();

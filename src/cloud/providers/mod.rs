@@ -33,6 +33,14 @@ pub trait Provider: Send + Sync {
     /// list by label can still look them up.
     async fn refresh(&self, known: &[LiveResource], events: &Events) -> Result<Vec<LiveResource>>;
 
+    /// Why a refresh's answer cannot be planned against (e.g. one machine
+    /// found twice: a plan would pick one of them). `plan` and `apply` ask;
+    /// `destroy` does not, since it removes every copy.
+    fn refuse_to_plan(&self, live: &[LiveResource], known: &[LiveResource]) -> Result<()> {
+        let _ = (live, known);
+        Ok(())
+    }
+
     /// Create one resource. Must be safe to call again after a lost answer:
     /// find the resource by name/label first and adopt it.
     async fn create(&self, spec: &ResourceSpec, deps: &Deps, events: &Events) -> Result<LiveResource>;

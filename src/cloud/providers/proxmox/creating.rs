@@ -18,7 +18,8 @@
 //!   started by a run that was interrupted or whose answer was lost;
 //! - a planned VMID held by a creation is waited for too, not taken for
 //!   someone else's guest;
-//! - refresh refuses two guests of the project with one name.
+//! - a plan refuses two guests of the project with one name (a destroy
+//!   removes both).
 
 use super::client::as_u64;
 use super::resources::{owned_by, Meta};
@@ -195,7 +196,7 @@ impl ProxmoxProvider {
     }
 }
 
-/// Refresh: each machine is one guest. Two of the project's guests with one
+/// Before a plan: each machine is one guest. Two of the project's guests with one
 /// name are a create made twice (or a copy made by hand): say which, and
 /// which to remove — the one the state does not know, else the newer VMIDs.
 pub fn one_guest_per_name(live: &[LiveResource], known: &[LiveResource], project: &str) -> Result<()> {

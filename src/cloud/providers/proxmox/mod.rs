@@ -807,6 +807,10 @@ impl Provider for ProxmoxProvider {
         plan.hosts.iter().map(|host| resources::machine_spec(plan, &self.config, host, &keys)).collect()
     }
 
+    fn refuse_to_plan(&self, live: &[LiveResource], known: &[LiveResource]) -> Result<()> {
+        creating::one_guest_per_name(live, known, &self.project)
+    }
+
     async fn refresh(&self, known: &[LiveResource], events: &Events) -> Result<Vec<LiveResource>> {
         events.progress("proxmox", "listing guests");
         let ours: Vec<(String, u64, String, Option<String>)> = self
@@ -850,7 +854,6 @@ impl Provider for ProxmoxProvider {
             }
             live.push(guest);
         }
-        creating::one_guest_per_name(&live, known, &self.project)?;
         Ok(live)
     }
 
