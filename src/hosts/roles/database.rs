@@ -94,8 +94,11 @@ pub async fn ensure(run: &RoleRun<'_>, database: &str, user: &str, password: &st
     }
     run.events.progress(&format!("{} {}", run.role, s.name), format!("creating database {database} owned by {user} on the leader"));
     let literal = password.replace('\'', "''");
+    // The password is in the statement: should it fail, PostgreSQL would log
+    // the statement (log_min_error_statement) where the journal's readers see it.
     let sql = format!(
-        "SELECT 'CREATE ROLE {user} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}')\\gexec\n\
+        "SET log_statement = 'none';\nSET log_min_error_statement = 'panic';\nSET log_min_duration_statement = -1;\n\
+         SELECT 'CREATE ROLE {user} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}')\\gexec\n\
          ALTER ROLE {user} WITH LOGIN PASSWORD '{literal}';\n\
          SELECT 'CREATE DATABASE {database} OWNER {user}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{database}')\\gexec\n"
     );
