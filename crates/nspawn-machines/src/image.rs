@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/rigger";
@@ -129,7 +129,7 @@ pub async fn ensure_image_in(root: &Path, name: &str, events: &Events) -> Result
         return Ok(rootfs);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let lock = lock_exclusive(dir.join(".lock")).await?;
+    let lock = lock_exclusive(dir.join(".lock"), &format!("image {name}"), IMAGE_LOCK_WAIT, events).await?;
     let result = async {
         if is_complete(&dir, &wanted) {
             return Ok(rootfs.clone());
@@ -155,20 +155,38 @@ fn is_complete(dir: &Path, wanted: &Manifest) -> bool {
     found.same_recipe(wanted) && dir.join("rootfs/usr/lib/systemd/systemd").exists()
 }
 
-/// An exclusive `flock` on `path`, taken without blocking the runtime.
-async fn lock_exclusive(path: PathBuf) -> Result<std::fs::File> {
-    tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
-        file.lock().with_context(|| format!("locking {}", path.display()))?;
-        Ok(file)
-    })
-    .await
-    .context("lock task panicked")?
+/// How long a run waits for another process building the same image (a
+/// build from Debian's mirror takes minutes; a fresh machine's, a few).
+const IMAGE_LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// An exclusive `flock` on `path`. When another process holds it (a
+/// parallel run building the same image), say so and wait, bounded by
+/// `limit`; the kernel releases a dead holder's lock, so only a live one
+/// is waited for.
+async fn lock_exclusive(path: PathBuf, subject: &str, limit: Duration, events: &Events) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+        if started.elapsed() >= limit {
+            bail!("{subject}: another process has been building it for {}s (it holds {}); wait for it to finish or stop it, then run again", limit.as_secs(), path.display());
+        }
+        if !said {
+            events.progress(subject, format!("another process is building this image (it holds {}); waiting for it, at most {}s", path.display(), limit.as_secs()));
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn build(dir: &Path, mut manifest: Manifest, events: &Events) -> Result<()> {
@@ -390,6 +408,22 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another holder of the image lock is waited for, bounded, and named;
+    /// once it lets go the lock is taken.
+    #[tokio::test]
+    async fn a_held_image_lock_is_waited_for_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".lock");
+        let holder = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).unwrap();
+        holder.lock().unwrap();
+        let err = lock_exclusive(path.clone(), "image t", Duration::from_millis(600), &Events::silent()).await.unwrap_err().to_string();
+        assert!(err.contains("another process has been building it") && err.contains(&path.display().to_string()), "{err}");
+        let waiter = tokio::spawn(async move { lock_exclusive(path, "image t", Duration::from_secs(30), &Events::silent()).await });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        drop(holder);
+        waiter.await.unwrap().expect("taken once the holder let go");
+    }
 
     #[test]
     fn finds_mirror_in_deb822() {
