@@ -378,6 +378,12 @@ impl Reader<'_> {
                     Y::Seq(items) => items.clone(),
                     _ => vec![c.clone()],
                 };
+                // An empty list would render as a rule with no source, which
+                // a host firewall reads as "from anywhere".
+                if list.is_empty() {
+                    self.d.at(c, format!("`{cidr_key}: []` names no address — list at least one CIDR block, e.g. `{cidr_key}: [10.20.0.0/24]` (0.0.0.0/0 for anywhere), or remove the rule"));
+                    return None;
+                }
                 let nets: Vec<Ipv4Net> = list.iter().filter_map(|n| self.cidr(n, cidr_key)).map(|a| a.v).collect();
                 if nets.len() != list.len() {
                     return None;
