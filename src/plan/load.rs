@@ -667,9 +667,8 @@ impl Reader<'_> {
         match ty {
             SettingType::Int { min, max } => self.int(node, what, min, max).map(|a| json!(a.v)),
             SettingType::Bool => self.boolean(node, what).map(Value::Bool),
-            SettingType::Str => self.string(node, what).map(|s| Value::String(s.v)),
             SettingType::Ip => self.ip(node, what).map(|a| Value::String(a.v.to_string())),
-            SettingType::List => Some(Value::Array(self.string_list(node, what).into_iter().map(|s| Value::String(s.v)).collect())),
+            SettingType::List => Some(Value::Array(self.string_list(node, what).into_iter().filter_map(|s| self.text(s, SettingType::Str, what)).map(Value::String).collect())),
             SettingType::Map => {
                 let entries = node.as_map();
                 if entries.is_none() {
@@ -677,11 +676,26 @@ impl Reader<'_> {
                 }
                 let mut m = serde_json::Map::new();
                 for (k, v) in entries.unwrap_or_default() {
-                    if let (Some(k), Some(s)) = (k.as_scalar(), self.string(v, what)) {
-                        m.insert(k.to_string(), Value::String(s.v));
+                    let key = k.as_scalar().map(|key| At { v: key.to_string(), pos: k.pos });
+                    let key = key.and_then(|key| self.text(key, SettingType::Str, what));
+                    let value = self.string(v, what).and_then(|s| self.text(s, SettingType::Str, what));
+                    if let (Some(k), Some(v)) = (key, value) {
+                        m.insert(k, Value::String(v));
                     }
                 }
                 Some(Value::Object(m))
+            }
+            text_type => self.string(node, what).and_then(|s| self.text(s, text_type, what)).map(Value::String),
+        }
+    }
+
+    /// A text setting checked against its type (`setting_text`), at its position.
+    fn text(&mut self, s: At<String>, ty: SettingType, what: &str) -> Option<String> {
+        match super::setting_text::check(ty, what, &s.v) {
+            Ok(()) => Some(s.v),
+            Err(e) => {
+                self.d.error(s.pos, e);
+                None
             }
         }
     }

@@ -103,7 +103,7 @@ pub const NAME: &str = "keepalived";
 static SETTINGS: &[Setting] = &[
     Setting::required("vip", SettingType::Ip, "the virtual IP, inside a subnet"),
     Setting::optional("virtual_router_id", SettingType::Int { min: 1, max: 255 }, "defaults to the VIP's last octet"),
-    Setting::new("interface", SettingType::Str, |_| json!("eth0"), "interface that carries the VIP"),
+    Setting::new("interface", SettingType::Interface, |_| json!("eth0"), "interface that carries the VIP"),
 ];
 
 #[async_trait::async_trait]

@@ -507,7 +507,7 @@ pub const SERVICE: &str = "patroni";
 
 /// The settings under `services: patroni:` — each default is written here only.
 static SETTINGS: &[Setting] = &[
-    Setting::new("scope", SettingType::Str, |p| json!(p), "cluster name in the DCS"),
+    Setting::new("scope", SettingType::Name, |p| json!(p), "cluster name in the DCS"),
     Setting::new("postgres_version", SettingType::Int { min: 12, max: 17 }, |_| json!(15), "PostgreSQL major version"),
     Setting::new("synchronous_mode", SettingType::Bool, |_| json!(false), "synchronous replication"),
     Setting::new("rto", SettingType::Str, |_| json!(crate::plan::rto::DEFAULT), "failover preset: fast | normal | safe (sets ttl, loop_wait, retry_timeout and HAProxy's checks)"),

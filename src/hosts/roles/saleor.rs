@@ -269,7 +269,7 @@ static SETTINGS: &[Setting] = &[
     Setting::new("api_port", PORT, |_| json!(8000), "API port"),
     Setting::new("dashboard_port", PORT, |_| json!(9000), "dashboard port"),
     Setting::new("allowed_hosts", SettingType::List, |_| json!([]), "ALLOWED_HOSTS (the load balancer is always added)"),
-    Setting::new("database", SettingType::Str, |_| json!("saleor"), "database name"),
+    Setting::new("database", SettingType::Identifier, |_| json!("saleor"), "database name"),
     Setting::optional("public_url", SettingType::Str, "the shop's public base URL, e.g. http://shop.example.com (default: http://<load balancer>)"),
     Setting::new("allowed_client_hosts", SettingType::List, |_| json!([]), "ALLOWED_CLIENT_HOSTS besides the public URL"),
     Setting::new("default_from_email", SettingType::Str, |_| json!("noreply@example.com"), "DEFAULT_FROM_EMAIL"),
