@@ -19,14 +19,21 @@ use crate::hosts::roles::role::PlanCheck;
 
 /// Load and validate a plan file. No network access.
 pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| PlanErrors {
-        file: path.to_path_buf(),
-        diagnostics: vec![super::diag::Diagnostic {
-            pos: Pos { line: 1, col: 1 },
-            message: format!("cannot read the plan file: {e} — check the path (PLAN defaults to rigger.yaml)"),
-        }],
+    let error = |pos: Pos, message: String| PlanErrors { file: path.to_path_buf(), diagnostics: vec![super::diag::Diagnostic { pos, message }] };
+    let bytes = std::fs::read(path).map_err(|e| error(Pos::default(), format!("cannot read the plan file: {e} — check the path (PLAN defaults to rigger.yaml)")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let (pos, byte) = first_bad_byte(e.as_bytes(), e.utf8_error().valid_up_to());
+        error(pos, format!("the plan file is not UTF-8 text (byte 0x{byte:02X} here) — save the file as UTF-8"))
     })?;
     load_str(path, &text)
+}
+
+/// Where the byte at `at` is, as an editor shows it (columns count characters).
+fn first_bad_byte(bytes: &[u8], at: usize) -> (Pos, u8) {
+    let before = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    (Pos { line, col }, bytes[at])
 }
 
 pub fn load_str(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
