@@ -246,6 +246,10 @@ impl super::role::Role for App {
         vec![(NAME, "port")]
     }
 
+    fn check(&self, at: &super::role::PlanCheck<'_>, d: &mut crate::plan::diag::Diags) {
+        at.require(NAME, &[(super::haproxy::NAME, "its DATABASE_URL goes through HAProxy's write and read ports"), (super::patroni::NAME, "its database is created on the Patroni leader"), (super::redis::NAME, "its REDIS_URL")], d);
+    }
+
     fn settings(&self) -> &'static [Setting] {
         SETTINGS
     }

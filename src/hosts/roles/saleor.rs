@@ -317,6 +317,10 @@ impl super::role::Role for Saleor {
         SECRETS
     }
     /// The write port (HAProxy) and Redis, as the app role.
+    fn check(&self, at: &super::role::PlanCheck<'_>, d: &mut crate::plan::diag::Diags) {
+        at.require(NAME, &[(super::haproxy::NAME, "its DATABASE_URL goes through HAProxy's write port, and the shop is reached through HAProxy"), (super::patroni::NAME, "its database is created on the Patroni leader"), (super::redis::NAME, "its cache and Celery broker")], d);
+    }
+
     fn needs(&self) -> &'static [&'static str] {
         &[super::haproxy::NAME, super::redis::NAME]
     }
