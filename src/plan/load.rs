@@ -113,6 +113,7 @@ impl Reader<'_> {
 
         let (network, firewall_groups) = (network?, firewall);
         let provider = provider?;
+        self.refuse_unused_keys(root, &provider);
         let hosts = self.expand_hosts(&raw_hosts, &network, &firewall_groups, &defaults, &provider, root);
         self.check_roles(&hosts, &raw_hosts, &services, &network, root);
         let ssh = ssh?;
@@ -144,6 +145,22 @@ impl Reader<'_> {
             self.check_flows(&plan, root);
         }
         Some(plan)
+    }
+
+    /// Keys the plan's provider has no use for (`PlanRules::unused_keys`), at the key.
+    fn refuse_unused_keys(&mut self, root: &Node, provider: &ProviderConfig) {
+        let rules = rules_of(provider);
+        let entries = |list: Option<&Node>| list.and_then(|l| l.as_seq()).map(<[Node]>::to_vec).unwrap_or_default();
+        let hosts = entries(root.get("hosts"));
+        let subnets = entries(root.get("network").and_then(|n| n.get("subnets")));
+        for (place, key) in rules.unused_keys() {
+            let (list, what) = if *place == "host" { (&hosts, "a host") } else { (&subnets, "a subnet") };
+            for entry in list {
+                if let Some((k, _)) = entry.as_map().and_then(|m| m.iter().find(|(k, _)| k.as_scalar() == Some(key))) {
+                    self.d.at(k, format!("the {} provider does not use `{key}` in {what} — remove it", rules.kind()));
+                }
+            }
+        }
     }
 
     /// The plan's firewall rules must let through every flow its roles need
@@ -450,9 +467,11 @@ impl Reader<'_> {
             Some(n) => self.string_list(n, &what("roles")),
             None => Vec::new(),
         };
-        for r in &roles {
+        for (i, r) in roles.iter().enumerate() {
             if !ROLES.contains(&r.v.as_str()) {
                 self.d.error(r.pos, format!("unknown role `{}` — {}", r.v, suggestion(&r.v, &ROLES)));
+            } else if roles[..i].iter().any(|earlier| earlier.v == r.v) {
+                self.d.error(r.pos, format!("role `{}` is listed twice for host `{}` — remove one", r.v, name.v));
             }
         }
         let subnet = self.optional(node, "subnet").and_then(|n| self.string(n, &what("subnet")));
