@@ -474,6 +474,11 @@ impl Reader<'_> {
                 self.d.error(r.pos, format!("role `{}` is listed twice for host `{}` — remove one", r.v, name.v));
             }
         }
+        // A misspelt `roles` is reported as such, not as hosts lacking their role.
+        let keys_known = node.as_map().unwrap_or_default().iter().all(|(k, _)| k.as_scalar().is_some_and(|k| host_keys().contains(&k)));
+        if keys_known {
+            self.check_inventory_group(&name, count.is_some(), &roles);
+        }
         let subnet = self.optional(node, "subnet").and_then(|n| self.string(n, &what("subnet")));
         let ip = self.optional(node, "ip").and_then(|n| self.ip(n, &what("ip")));
         let image = self.optional(node, "image").and_then(|n| self.string(n, &what("image")));
@@ -495,6 +500,19 @@ impl Reader<'_> {
             rules.read_host_keys(node, &mut entry, self);
         }
         Some(entry)
+    }
+
+    /// The Ansible inventory (src/inventory.rs) has a group per role and per
+    /// entry with `count`, beside Ansible's own `all` and `ungrouped`: an entry
+    /// must not take one of those names, or its machines would join a group
+    /// that means something else.
+    fn check_inventory_group(&mut self, name: &At<String>, counted: bool, roles: &[At<String>]) {
+        let group = crate::inventory::group_name(&name.v);
+        if ["all", "ungrouped"].contains(&group.as_str()) {
+            self.d.error(name.pos, format!("host entry `{}` takes the name of Ansible's own group `{group}` (every inventory has it) — rename the entry", name.v));
+        } else if counted && ROLES.contains(&group.as_str()) && !roles.iter().any(|r| r.v == group) {
+            self.d.error(name.pos, format!("host entry `{}` has `count`, so its machines form the inventory group `{group}` — which is the group of the role `{group}`, a role these hosts lack; rename the entry (e.g. `{}-hosts`) or give it the role", name.v, name.v));
+        }
     }
 
     // ---- meaning ---------------------------------------------------------

@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn overlapping_vmid_ranges_are_refused_at_the_later_entry() {
-        let e = load("{ kind: proxmox }", "  - { name: etcd, count: 3, vmid: 109 }\n  - { name: pg, count: 3, vmid: 107 }\n").unwrap_err();
+        let e = load("{ kind: proxmox }", "  - { name: etcd, count: 3, vmid: 109, roles: [etcd] }\n  - { name: pg, count: 3, vmid: 107 }\n").unwrap_err();
         assert_eq!(e, "p.yaml:7:33: VMIDs 107-109 of host `pg` overlap 109-111 of host `etcd` (line 6) — move one range");
     }
 
