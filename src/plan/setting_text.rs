@@ -60,7 +60,10 @@ pub fn identifier_ok(s: &str) -> bool {
 /// A database that is also its owner's login role.
 fn identifier(what: &str, text: &str) -> Result<(), String> {
     if !identifier_ok(text) {
-        return Err(format!("{what} `{text}` is not a plain PostgreSQL name — use lower-case letters, digits and `_`, starting with a letter (at most 63), e.g. {}", text.to_ascii_lowercase().replace(['-', ' ', '.'], "_").trim_start_matches(|c: char| !c.is_ascii_lowercase())));
+        let fixed = text.to_ascii_lowercase().replace(['-', ' ', '.'], "_");
+        let fixed = fixed.trim_start_matches(|c: char| !c.is_ascii_lowercase());
+        let example = if identifier_ok(fixed) { fixed } else { "shop_db" };
+        return Err(format!("{what} `{text}` is not a plain PostgreSQL name — use lower-case letters, digits and `_`, starting with a letter (at most 63), e.g. {example}"));
     }
     if text.starts_with("pg_") || RESERVED_SQL.contains(&text) {
         return Err(format!("{what} `{text}` is a name PostgreSQL or Patroni keeps for itself (the app's login role would take it over) — pick another, e.g. the app's own name"));
