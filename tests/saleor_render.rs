@@ -152,6 +152,8 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
     // 2. Machines of the test's own (local, own subnet) in the shape of stack 1's front:
     //    HAProxy, a Saleor host, a Storefront host. Only the machines: the
     //    containers cannot run here, stand-ins answer where they would.
+    //    A valid plan gives Saleor its database layer: one Patroni member
+    //    beside HAProxy, etcd's three members on the three machines.
     // (What follows boots machines; everything above runs anywhere.)
     if !common::machines() {
         return;
@@ -163,9 +165,9 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
              network:\n  name: main\n  subnets:\n    - {{ name: app, cidr: {cidr} }}\n\
              firewall:\n  - name: inside\n    rules:\n      - {{ direction: ingress, protocol: any, from: {cidr} }}\n\
              defaults: {{ cores: 1, memory: 512MiB, disk: 2GiB }}\n\
-             hosts:\n  - {{ name: lb, roles: [haproxy], ip: {net}.10, firewall: [inside] }}\n\
-             \x20 - {{ name: saleor, roles: [saleor, redis], ip: {net}.30, firewall: [inside] }}\n\
-             \x20 - {{ name: storefront, roles: [storefront], ip: {net}.40, firewall: [inside] }}\n\
+             hosts:\n  - {{ name: lb, roles: [haproxy, etcd, patroni], ip: {net}.10, firewall: [inside] }}\n\
+             \x20 - {{ name: saleor, roles: [saleor, redis, etcd], ip: {net}.30, firewall: [inside] }}\n\
+             \x20 - {{ name: storefront, roles: [storefront, etcd], ip: {net}.40, firewall: [inside] }}\n\
              services:\n  storefront: {{ path: {} }}\n",
             std::env::temp_dir().join(format!("rigger-{project}-storefront")).display()
         )
@@ -240,7 +242,7 @@ fn saleor_and_storefront_render_verify_and_route_through_haproxy() {
     assert!(code == 200 && body.contains("stand-in storefront"), "{code} {body}");
 
     // On local machines the saleor role puts its files in place, then stops
-    // before `docker pull` and says why (no database layer in this plan: HAProxy has only the HTTP frontends).
+    // before `docker pull` and says why.
     let out = rigger(&["apply", local.path(), "--auto-approve"]);
     assert_eq!(out.code(), 1, "{}", out.text());
     assert!(out.text().contains("stopping before `docker pull`"), "{}", out.text());

@@ -19,14 +19,21 @@ use crate::hosts::roles::role::PlanCheck;
 
 /// Load and validate a plan file. No network access.
 pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| PlanErrors {
-        file: path.to_path_buf(),
-        diagnostics: vec![super::diag::Diagnostic {
-            pos: Pos { line: 1, col: 1 },
-            message: format!("cannot read the plan file: {e} — check the path (PLAN defaults to rigger.yaml)"),
-        }],
+    let error = |pos: Pos, message: String| PlanErrors { file: path.to_path_buf(), diagnostics: vec![super::diag::Diagnostic { pos, message }] };
+    let bytes = std::fs::read(path).map_err(|e| error(Pos::default(), format!("cannot read the plan file: {e} — check the path (PLAN defaults to rigger.yaml)")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let (pos, byte) = first_bad_byte(e.as_bytes(), e.utf8_error().valid_up_to());
+        error(pos, format!("the plan file is not UTF-8 text (byte 0x{byte:02X} here) — save the file as UTF-8"))
     })?;
     load_str(path, &text)
+}
+
+/// Where the byte at `at` is, as an editor shows it (columns count characters).
+fn first_bad_byte(bytes: &[u8], at: usize) -> (Pos, u8) {
+    let before = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    (Pos { line, col }, bytes[at])
 }
 
 pub fn load_str(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
@@ -106,6 +113,7 @@ impl Reader<'_> {
 
         let (network, firewall_groups) = (network?, firewall);
         let provider = provider?;
+        self.refuse_unused_keys(root, &provider);
         let hosts = self.expand_hosts(&raw_hosts, &network, &firewall_groups, &defaults, &provider, root);
         self.check_roles(&hosts, &raw_hosts, &services, &network, root);
         let ssh = ssh?;
@@ -137,6 +145,22 @@ impl Reader<'_> {
             self.check_flows(&plan, root);
         }
         Some(plan)
+    }
+
+    /// Keys the plan's provider has no use for (`PlanRules::unused_keys`), at the key.
+    fn refuse_unused_keys(&mut self, root: &Node, provider: &ProviderConfig) {
+        let rules = rules_of(provider);
+        let entries = |list: Option<&Node>| list.and_then(|l| l.as_seq()).map(<[Node]>::to_vec).unwrap_or_default();
+        let hosts = entries(root.get("hosts"));
+        let subnets = entries(root.get("network").and_then(|n| n.get("subnets")));
+        for (place, key) in rules.unused_keys() {
+            let (list, what) = if *place == "host" { (&hosts, "a host") } else { (&subnets, "a subnet") };
+            for entry in list {
+                if let Some((k, _)) = entry.as_map().and_then(|m| m.iter().find(|(k, _)| k.as_scalar() == Some(key))) {
+                    self.d.at(k, format!("the {} provider does not use `{key}` in {what} — remove it", rules.kind()));
+                }
+            }
+        }
     }
 
     /// The plan's firewall rules must let through every flow its roles need
@@ -378,6 +402,12 @@ impl Reader<'_> {
                     Y::Seq(items) => items.clone(),
                     _ => vec![c.clone()],
                 };
+                // An empty list would render as a rule with no source, which
+                // a host firewall reads as "from anywhere".
+                if list.is_empty() {
+                    self.d.at(c, format!("`{cidr_key}: []` names no address — list at least one CIDR block, e.g. `{cidr_key}: [10.20.0.0/24]` (0.0.0.0/0 for anywhere), or remove the rule"));
+                    return None;
+                }
                 let nets: Vec<Ipv4Net> = list.iter().filter_map(|n| self.cidr(n, cidr_key)).map(|a| a.v).collect();
                 if nets.len() != list.len() {
                     return None;
@@ -437,10 +467,17 @@ impl Reader<'_> {
             Some(n) => self.string_list(n, &what("roles")),
             None => Vec::new(),
         };
-        for r in &roles {
+        for (i, r) in roles.iter().enumerate() {
             if !ROLES.contains(&r.v.as_str()) {
                 self.d.error(r.pos, format!("unknown role `{}` — {}", r.v, suggestion(&r.v, &ROLES)));
+            } else if roles[..i].iter().any(|earlier| earlier.v == r.v) {
+                self.d.error(r.pos, format!("role `{}` is listed twice for host `{}` — remove one", r.v, name.v));
             }
+        }
+        // A misspelt `roles` is reported as such, not as hosts lacking their role.
+        let keys_known = node.as_map().unwrap_or_default().iter().all(|(k, _)| k.as_scalar().is_some_and(|k| host_keys().contains(&k)));
+        if keys_known {
+            self.check_inventory_group(&name, count.is_some(), &roles);
         }
         let subnet = self.optional(node, "subnet").and_then(|n| self.string(n, &what("subnet")));
         let ip = self.optional(node, "ip").and_then(|n| self.ip(n, &what("ip")));
@@ -463,6 +500,19 @@ impl Reader<'_> {
             rules.read_host_keys(node, &mut entry, self);
         }
         Some(entry)
+    }
+
+    /// The Ansible inventory (src/inventory.rs) has a group per role and per
+    /// entry with `count`, beside Ansible's own `all` and `ungrouped`: an entry
+    /// must not take one of those names, or its machines would join a group
+    /// that means something else.
+    fn check_inventory_group(&mut self, name: &At<String>, counted: bool, roles: &[At<String>]) {
+        let group = crate::inventory::group_name(&name.v);
+        if ["all", "ungrouped"].contains(&group.as_str()) {
+            self.d.error(name.pos, format!("host entry `{}` takes the name of Ansible's own group `{group}` (every inventory has it) — rename the entry", name.v));
+        } else if counted && ROLES.contains(&group.as_str()) && !roles.iter().any(|r| r.v == group) {
+            self.d.error(name.pos, format!("host entry `{}` has `count`, so its machines form the inventory group `{group}` — which is the group of the role `{group}`, a role these hosts lack; rename the entry (e.g. `{}-hosts`) or give it the role", name.v, name.v));
+        }
     }
 
     // ---- meaning ---------------------------------------------------------
@@ -661,9 +711,8 @@ impl Reader<'_> {
         match ty {
             SettingType::Int { min, max } => self.int(node, what, min, max).map(|a| json!(a.v)),
             SettingType::Bool => self.boolean(node, what).map(Value::Bool),
-            SettingType::Str => self.string(node, what).map(|s| Value::String(s.v)),
             SettingType::Ip => self.ip(node, what).map(|a| Value::String(a.v.to_string())),
-            SettingType::List => Some(Value::Array(self.string_list(node, what).into_iter().map(|s| Value::String(s.v)).collect())),
+            SettingType::List => Some(Value::Array(self.string_list(node, what).into_iter().filter_map(|s| self.text(s, SettingType::Str, what)).map(Value::String).collect())),
             SettingType::Map => {
                 let entries = node.as_map();
                 if entries.is_none() {
@@ -671,11 +720,26 @@ impl Reader<'_> {
                 }
                 let mut m = serde_json::Map::new();
                 for (k, v) in entries.unwrap_or_default() {
-                    if let (Some(k), Some(s)) = (k.as_scalar(), self.string(v, what)) {
-                        m.insert(k.to_string(), Value::String(s.v));
+                    let key = k.as_scalar().map(|key| At { v: key.to_string(), pos: k.pos });
+                    let key = key.and_then(|key| self.text(key, SettingType::Str, what));
+                    let value = self.string(v, what).and_then(|s| self.text(s, SettingType::Str, what));
+                    if let (Some(k), Some(v)) = (key, value) {
+                        m.insert(k, Value::String(v));
                     }
                 }
                 Some(Value::Object(m))
+            }
+            text_type => self.string(node, what).and_then(|s| self.text(s, text_type, what)).map(Value::String),
+        }
+    }
+
+    /// A text setting checked against its type (`setting_text`), at its position.
+    fn text(&mut self, s: At<String>, ty: SettingType, what: &str) -> Option<String> {
+        match super::setting_text::check(ty, what, &s.v) {
+            Ok(()) => Some(s.v),
+            Err(e) => {
+                self.d.error(s.pos, e);
+                None
             }
         }
     }

@@ -4,6 +4,7 @@ pub mod diag;
 pub mod read;
 pub mod size;
 pub mod services;
+pub mod setting_text;
 pub mod rto;
 pub mod load;
 pub mod security;

@@ -105,6 +105,8 @@ impl Reader<'_> {
         for (k, _) in entries {
             match k.as_scalar() {
                 Some(key) if allowed.contains(&key) => {}
+                // No "did you mean": the key is YAML's own, not a typo.
+                Some("<<") => self.d.at(k, format!("YAML merge keys (`<<`) are not supported in {what} — write the keys out here (an alias `*name` may still repeat a whole value)")),
                 Some(key) => self.d.at(k, format!("unknown key `{key}` in {what} — {}", suggestion(key, allowed))),
                 None => self.d.at(k, format!("keys in {what} must be plain words")),
             }

@@ -13,7 +13,20 @@ use serde_json::Value;
 pub enum SettingType {
     Int { min: i64, max: i64 },
     Bool,
+    /// Free text on one line (no control characters: it lands in config files).
     Str,
+    /// A cluster name or token: letters, digits, `-`, `_`, `.`.
+    Name,
+    /// A PostgreSQL database and login role name, not one PostgreSQL or Patroni keeps.
+    Identifier,
+    /// A systemd unit, system user and folder name, not one the stack or the distro has.
+    UnitName,
+    /// A Linux network interface name.
+    Interface,
+    /// A whole number with one of the daemon's units ("" for plain bytes).
+    Size { units: &'static [&'static str], ignore_case: bool },
+    /// One of a fixed set of words.
+    OneOf(&'static [&'static str]),
     /// An IPv4 address.
     Ip,
     /// A mapping of free-form settings (e.g. PostgreSQL parameters).
@@ -45,6 +58,12 @@ impl Setting {
         Setting { key, ty, default: None, required: true, help }
     }
 }
+
+/// Patroni's byte units (its REST API's `?lag=`).
+pub const PATRONI_SIZE: SettingType = SettingType::Size { units: &["", "B", "kB", "MB", "GB", "TB"], ignore_case: false };
+
+/// Redis's memory units (redis.conf, any case).
+pub const REDIS_SIZE: SettingType = SettingType::Size { units: &["", "b", "k", "kb", "m", "mb", "g", "gb"], ignore_case: true };
 
 /// A TCP port.
 pub const PORT: SettingType = SettingType::Int { min: 1, max: 65535 };
@@ -111,9 +130,10 @@ mod tests {
                 let fits = match s.ty {
                     SettingType::Int { min, max } => d.as_i64().is_some_and(|v| (min..=max).contains(&v)),
                     SettingType::Bool => d.is_boolean(),
-                    SettingType::Str | SettingType::Ip => d.is_string(),
+                    SettingType::Ip => d.is_string(),
                     SettingType::Map => d.is_object(),
                     SettingType::List => d.is_array(),
+                    text => d.as_str().is_some_and(|t| crate::plan::setting_text::check(text, s.key, t).is_ok()),
                 };
                 assert!(fits, "services.{}.{}: the default {d} is not a {:?}", r.name(), s.key, s.ty);
                 assert!(!s.required, "services.{}.{} is required and has a default", r.name(), s.key);

@@ -87,18 +87,35 @@ enum Frame {
     Map(Pos, usize, Vec<(Node, Node)>, Option<Node>),
 }
 
+/// The most nodes a plan may have once its aliases are expanded. A real plan
+/// has a few thousand; nested aliases ("billion laughs") would otherwise copy
+/// a node exponentially often and exhaust memory before any check runs.
+pub const MAX_NODES: usize = 100_000;
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
     root: Option<Node>,
-    anchors: Vec<(usize, Node)>,
+    /// Anchor id, its node, and how many nodes it holds.
+    anchors: Vec<(usize, Node, usize)>,
+    /// Nodes so far, aliases counted at their full size.
+    nodes: usize,
     error: Option<SyntaxError>,
+}
+
+/// How many nodes `node` holds, itself included.
+fn size(node: &Node) -> usize {
+    1 + match &node.value {
+        Value::Seq(items) => items.iter().map(size).sum(),
+        Value::Map(entries) => entries.iter().map(|(k, v)| size(k) + size(v)).sum(),
+        _ => 0,
+    }
 }
 
 impl Builder {
     fn push_value(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
-            self.anchors.push((anchor, node.clone()));
+            self.anchors.push((anchor, node.clone(), size(&node)));
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
@@ -129,6 +146,7 @@ impl MarkedEventReceiver for Builder {
         let pos = Pos::from_marker(mark);
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
+                self.nodes += 1;
                 let quoted = !matches!(style, TScalarStyle::Plain);
                 let value = if !quoted && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL") {
                     Value::Null
@@ -137,8 +155,14 @@ impl MarkedEventReceiver for Builder {
                 };
                 self.push_value(Node { value, pos }, anchor);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(pos, anchor, Vec::new())),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(pos, anchor, Vec::new(), None)),
+            Event::SequenceStart(anchor, _) => {
+                self.nodes += 1;
+                self.stack.push(Frame::Seq(pos, anchor, Vec::new()))
+            }
+            Event::MappingStart(anchor, _) => {
+                self.nodes += 1;
+                self.stack.push(Frame::Map(pos, anchor, Vec::new(), None))
+            }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(p, anchor, items)) = self.stack.pop() {
                     self.push_value(Node { value: Value::Seq(items), pos: p }, anchor);
@@ -152,7 +176,21 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Alias(id) => {
-                let node = self.anchors.iter().rev().find(|(a, _)| *a == id).map(|(_, n)| Node { pos, ..n.clone() });
+                let anchored = self.anchors.iter().rev().find(|(a, ..)| *a == id);
+                let size = anchored.map_or(1, |(_, _, n)| *n);
+                let node = if self.nodes + size > MAX_NODES {
+                    // Copy nothing more: the first error is the one reported.
+                    if self.error.is_none() {
+                        self.error = Some(SyntaxError {
+                            pos,
+                            message: format!("this alias takes the plan past {MAX_NODES} values once aliases are expanded (aliases nested in aliases) — write the values out, or use fewer levels of aliases"),
+                        });
+                    }
+                    None
+                } else {
+                    anchored.map(|(_, n, _)| Node { pos, ..n.clone() })
+                };
+                self.nodes += size;
                 self.push_value(node.unwrap_or(Node { value: Value::Null, pos }), 0);
             }
             _ => {}
@@ -162,14 +200,24 @@ impl MarkedEventReceiver for Builder {
 
 /// Parse one YAML document. An empty file is a `Null` root.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    // A byte-order mark some editors write is not part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, false).map_err(|e| SyntaxError {
+    let syntax = |e: yaml_rust2::ScanError| SyntaxError {
         pos: Pos::from_marker(*e.marker()),
         message: format!("YAML syntax error: {} — fix the YAML at this point", e.info()),
-    })?;
+    };
+    parser.load(&mut builder, false).map_err(syntax)?;
     if let Some(err) = builder.error {
         return Err(err);
+    }
+    // A plan is one document: what follows a second `---` would be ignored.
+    if let (Event::DocumentStart, mark) = parser.next_token().map_err(syntax)? {
+        return Err(SyntaxError {
+            pos: Pos::from_marker(mark),
+            message: "a second YAML document starts here, and a plan file holds one — remove this `---` and what follows, or merge it into the plan above".into(),
+        });
     }
     Ok(builder.root.unwrap_or(Node { value: Value::Null, pos: Pos { line: 1, col: 1 } }))
 }
@@ -191,6 +239,33 @@ mod tests {
         let e = parse("a: 1\na: 2\n").unwrap_err();
         assert_eq!(e.pos.line, 2);
         assert!(e.message.contains("duplicate key"));
+    }
+
+    #[test]
+    fn a_second_document_is_an_error_at_its_start() {
+        let e = parse("a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!((e.pos.line, e.pos.col), (2, 1), "{}", e.message);
+        assert!(e.message.contains("second YAML document"));
+        assert!(parse("---\na: 1\n...\n").is_ok(), "one explicit document is fine");
+    }
+
+    #[test]
+    fn nested_aliases_stop_at_the_budget_not_at_memory() {
+        let mut text = String::from("x0: &a0 [l,l,l,l,l,l,l,l,l]\n");
+        for i in 1..12 {
+            text.push_str(&format!("x{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 9].join(",")));
+        }
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("aliases nested in aliases"), "{}", e.message);
+        assert!(e.pos.line > 1);
+        // A plain alias or two stays far below the budget.
+        assert!(parse("x: &d {a: [1, 2, 3]}\ny: *d\nz: *d\n").is_ok());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_key() {
+        let n = parse("\u{feff}version: 1\n").unwrap();
+        assert_eq!(n.get("version").unwrap().pos, Pos { line: 1, col: 10 });
     }
 
     #[test]

@@ -31,6 +31,13 @@ pub trait PlanRules: Sync {
     /// have run). Only when the plan uses this provider.
     fn check_subnet(&self, _cidr: &At<Ipv4Net>, _d: &mut Diags) {}
 
+    /// Generic plan keys this provider has no use for, as (where, key) with
+    /// where `host` or `subnet`: refused where the plan writes them, since a
+    /// key read by nothing would look like it took effect.
+    fn unused_keys(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
     /// The keys of a host entry only this provider reads.
     fn host_keys(&self) -> &'static [&'static str] {
         &[]

@@ -43,7 +43,8 @@ fn home(plan: &Plan) -> String {
 
 pub fn desired(r: &Renderer, ctx: &Value, plan: &Plan) -> Result<HostDesired> {
     let name = name(plan);
-    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || name.is_empty() {
+    // The loader checks it (setting_text); a plan built by hand may not have been loaded.
+    if !crate::plan::setting_text::unit_name_ok(&name) {
         return Err(anyhow!("services.app.name {name:?}: lowercase letters, digits and - (it names the user, the folder and the service)"));
     }
     let secrets = &ctx["secret"];
@@ -212,8 +213,8 @@ static SETTINGS: &[Setting] = &[
     Setting::new("path", SettingType::Str, |_| json!("examples/demo-app"), "local directory with the application"),
     Setting::new("port", PORT, |_| json!(9001), "port the app listens on"),
     Setting::new("module", SettingType::Str, |_| json!("app:app"), "ASGI module:attribute"),
-    Setting::new("database", SettingType::Str, |_| json!("app"), "database name"),
-    Setting::new("name", SettingType::Str, |_| json!("app"), "names the service, its user and /opt/<name>"),
+    Setting::new("database", SettingType::Identifier, |_| json!("app"), "database name"),
+    Setting::new("name", SettingType::UnitName, |_| json!("app"), "names the service, its user and /opt/<name>"),
     Setting::new("packages", SettingType::List, |_| json!([]), "distro packages the app needs (e.g. python3-fastapi)"),
 ];
 
@@ -243,6 +244,10 @@ impl super::role::Role for App {
 
     fn listens(&self, _plan: &Plan) -> Vec<(&'static str, &'static str)> {
         vec![(NAME, "port")]
+    }
+
+    fn check(&self, at: &super::role::PlanCheck<'_>, d: &mut crate::plan::diag::Diags) {
+        at.require(NAME, &[(super::haproxy::NAME, "its DATABASE_URL goes through HAProxy's write and read ports"), (super::patroni::NAME, "its database is created on the Patroni leader"), (super::redis::NAME, "its REDIS_URL")], d);
     }
 
     fn settings(&self) -> &'static [Setting] {

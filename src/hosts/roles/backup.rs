@@ -435,7 +435,7 @@ static SETTINGS: &[Setting] = &[
     Setting::new("schedule", SettingType::Map, |_| json!({ "full": "Sun *-*-* 01:00:00", "diff": "Mon..Sat *-*-* 01:00:00" }), "systemd OnCalendar per backup type (full, diff, incr)"),
     Setting::new("retention_full", SettingType::Int { min: 1, max: 100 }, |_| json!(2), "full backups kept (older ones and their WAL are expired)"),
     Setting::new("retention_diff", SettingType::Int { min: 1, max: 1000 }, |_| json!(7), "differential backups kept"),
-    Setting::new("compress", SettingType::Str, |_| json!("lz4"), "pgBackRest compress-type: lz4, zst, gz, bz2 or none"),
+    Setting::new("compress", SettingType::OneOf(&["lz4", "zst", "gz", "bz2", "none"]), |_| json!("lz4"), "pgBackRest compress-type: lz4, zst, gz, bz2 or none"),
     Setting::new("process_max", SettingType::Int { min: 1, max: 64 }, |_| json!(2), "parallel processes for backup and restore"),
     Setting::new("archive_timeout", SettingType::Int { min: 10, max: 3600 }, |_| json!(60), "s: PostgreSQL switches WAL at least this often (bounds the data a lost leader takes with it)"),
     Setting::optional("s3", SettingType::Map, "an S3 repository instead of the backup host's disk: { bucket, endpoint, region }"),

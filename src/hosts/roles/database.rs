@@ -11,9 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use std::time::Duration;
 use super::patroni;
 
-fn identifier_ok(s: &str) -> bool {
-    s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') && s.len() <= 63 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
+use crate::plan::setting_text::identifier_ok;
 
 fn rest_port(plan: &Plan) -> u64 {
     plan.int_setting(patroni::NAME, "rest_port")

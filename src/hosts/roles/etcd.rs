@@ -156,7 +156,7 @@ static SETTINGS: &[Setting] = &[
     Setting::new("peer_port", PORT, |_| json!(2380), "etcd peer port"),
     Setting::new("election_timeout", SettingType::Int { min: 100, max: 50000 }, |_| json!(5000), "ms"),
     Setting::new("heartbeat_interval", SettingType::Int { min: 10, max: 10000 }, |_| json!(1000), "ms"),
-    Setting::new("cluster_token", SettingType::Str, |p| json!(format!("{p}-etcd")), "initial cluster token"),
+    Setting::new("cluster_token", SettingType::Name, |p| json!(format!("{p}-etcd")), "initial cluster token"),
 ];
 
 #[async_trait::async_trait]

@@ -57,6 +57,8 @@ pub fn ruleset(plan: &Plan, host: &Host) -> String {
 fn render_rule(plan: &Plan, rule: &Rule) -> Option<String> {
     let mut parts: Vec<String> = Vec::new();
     let sources: Vec<String> = match &rule.peer {
+        // No source at all must never widen to "anywhere" (the loader refuses it too).
+        Peer::Cidrs(nets) if nets.is_empty() => return None,
         Peer::Cidrs(nets) if nets.iter().any(|n| n.prefix_len() == 0) => vec![],
         Peer::Cidrs(nets) => nets.iter().map(|n| if n.prefix_len() == 32 { n.addr().to_string() } else { n.trunc().to_string() }).collect(),
         Peer::Group(g) => {
@@ -198,6 +200,14 @@ mod tests {
         assert!(text.contains("ip saddr 10.9.0.11 accept"), "{text}");
         assert!(text.contains("ip saddr 10.9.0.1 tcp dport 22 accept"), "the control host's SSH: {text}");
         assert!(!text.contains("0.0.0.0/0"), "egress is not rendered: {text}");
+    }
+
+    #[test]
+    fn a_rule_with_no_source_address_lets_nothing_in() {
+        // A plan built by hand (the loader refuses `from: []`): no source is not "anywhere".
+        let mut plan = load_str(Path::new("/tmp/fw.yaml"), PLAN).unwrap();
+        plan.firewall[0].rules[1].peer = crate::plan::model::Peer::Cidrs(vec![]);
+        assert_eq!(super::render_rule(&plan, &plan.firewall[0].rules[1]), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
 use std::time::Duration;
-use crate::plan::services::{Setting, SettingType, PORT};
+use crate::plan::services::{Setting, PATRONI_SIZE, PORT};
 use serde_json::json;
 use crate::plan::model::Plan;
 use crate::flows::{FlowSink, Service};
@@ -135,7 +135,7 @@ static SETTINGS: &[Setting] = &[
     Setting::new("read_port", PORT, |_| json!(5001), "port that round-robins the replicas"),
     Setting::new("stats_port", PORT, |_| json!(8404), "stats page (password protected)"),
     Setting::new("http_port", PORT, |_| json!(80), "HTTP frontend for Saleor and the Storefront (when the plan has them)"),
-    Setting::new("max_replica_lag", SettingType::Str, |_| json!("100MB"), "replicas lagging more are taken out of the read port"),
+    Setting::new("max_replica_lag", PATRONI_SIZE, |_| json!("100MB"), "replicas lagging more are taken out of the read port"),
 ];
 
 /// The secrets the role needs (generated once, kept in the state).

@@ -103,7 +103,7 @@ pub const NAME: &str = "keepalived";
 static SETTINGS: &[Setting] = &[
     Setting::required("vip", SettingType::Ip, "the virtual IP, inside a subnet"),
     Setting::optional("virtual_router_id", SettingType::Int { min: 1, max: 255 }, "defaults to the VIP's last octet"),
-    Setting::new("interface", SettingType::Str, |_| json!("eth0"), "interface that carries the VIP"),
+    Setting::new("interface", SettingType::Interface, |_| json!("eth0"), "interface that carries the VIP"),
 ];
 
 #[async_trait::async_trait]
@@ -122,11 +122,27 @@ impl super::role::Role for Keepalived {
         for h in at.with(NAME).into_iter().filter(|h| !h.has_role(super::haproxy::NAME)) {
             d.error(at.role_pos(NAME), format!("host `{}` has keepalived but not haproxy — keepalived guards HAProxy; give both roles to the same hosts", h.name));
         }
+        // VRRP adverts and the VIP's gratuitous ARP stay inside one L2 segment.
+        let mut subnets: Vec<&str> = at.with(NAME).iter().map(|h| h.subnet.as_str()).collect();
+        subnets.sort();
+        subnets.dedup();
+        if subnets.len() > 1 {
+            let where_: Vec<String> = at.with(NAME).iter().map(|h| format!("{} in `{}`", h.name, h.subnet)).collect();
+            d.error(at.role_pos(NAME), format!("the keepalived hosts are in different subnets ({}) — VRRP moves the VIP within one subnet: put them all in one", where_.join(", ")));
+        }
+        let own = match subnets.as_slice() {
+            [one] => at.network.subnets.iter().find(|s| s.name == *one),
+            _ => None,
+        };
         let vip = at.setting(NAME, "vip").and_then(Value::as_str).and_then(|s| s.parse::<Ipv4Addr>().ok());
         let vip_pos = at.setting_node(NAME, "vip").map(|n| n.pos).unwrap_or_default();
         if let Some(vip) = vip {
             match at.network.subnets.iter().find(|s| s.cidr.contains(&vip)) {
                 None => d.error(vip_pos, format!("the VIP {vip} is outside every subnet — a VRRP VIP must be in the subnet of the HAProxy hosts")),
+                Some(s) if own.is_some_and(|o| o.name != s.name) => {
+                    let o = own.expect("checked");
+                    d.error(vip_pos, format!("the VIP {vip} is in subnet `{}`, but the keepalived hosts are in `{}` ({}) — a VRRP VIP must be in the subnet of the HAProxy hosts: pick a free address in {}", s.name, o.name, o.cidr, o.cidr))
+                }
                 Some(s) if vip == s.gateway || vip == s.cidr.network() || vip == s.cidr.broadcast() => {
                     d.error(vip_pos, format!("the VIP {vip} is the gateway, network or broadcast address of `{}` — pick a free address", s.name))
                 }

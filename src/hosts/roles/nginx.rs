@@ -251,6 +251,10 @@ impl super::role::Role for Nginx {
         SETTINGS
     }
 
+    fn check(&self, at: &super::role::PlanCheck<'_>, d: &mut crate::plan::diag::Diags) {
+        at.require(NAME, &[(super::app::NAME, "it balances the app hosts")], d);
+    }
+
     fn needs(&self) -> &'static [&'static str] {
         &[super::app::NAME, super::saleor::NAME]
     }

@@ -505,9 +505,29 @@ pub const NAME: &str = "patroni";
 /// The systemd unit the role runs (what the reshape and restore stop and start).
 pub const SERVICE: &str = "patroni";
 
+/// `databases:` creates nothing itself: the roles that own a database create
+/// it with its login role and password (`database::ensure`). So the list may
+/// only name databases those roles make, and anything else is refused rather
+/// than silently left out.
+fn check_databases(at: &PlanCheck<'_>, d: &mut Diags) {
+    let Some(items) = at.setting_node(NAME, "databases").and_then(|n| n.as_seq()) else { return };
+    let made: Vec<(&str, &str)> = [super::app::NAME, super::saleor::NAME]
+        .into_iter()
+        .filter(|role| !at.with(role).is_empty())
+        .filter_map(|role| at.setting(role, "database").and_then(Value::as_str).map(|db| (role, db)))
+        .collect();
+    for item in items {
+        let Some(db) = item.as_scalar() else { continue };
+        if !made.iter().any(|(_, m)| *m == db) {
+            let have = if made.is_empty() { "this plan's roles create none".to_string() } else { made.iter().map(|(r, m)| format!("{m} (services.{r}.database)")).collect::<Vec<_>>().join(", ") };
+            d.at(item, format!("services.patroni.databases: creating database `{db}` on its own is not supported — a database comes with the role that uses it: set services.app.database or services.saleor.database (made here: {have}), or remove it from the list"));
+        }
+    }
+}
+
 /// The settings under `services: patroni:` — each default is written here only.
 static SETTINGS: &[Setting] = &[
-    Setting::new("scope", SettingType::Str, |p| json!(p), "cluster name in the DCS"),
+    Setting::new("scope", SettingType::Name, |p| json!(p), "cluster name in the DCS"),
     Setting::new("postgres_version", SettingType::Int { min: 12, max: 17 }, |_| json!(15), "PostgreSQL major version"),
     Setting::new("synchronous_mode", SettingType::Bool, |_| json!(false), "synchronous replication"),
     Setting::new("rto", SettingType::Str, |_| json!(crate::plan::rto::DEFAULT), "failover preset: fast | normal | safe (sets ttl, loop_wait, retry_timeout and HAProxy's checks)"),
@@ -518,7 +538,7 @@ static SETTINGS: &[Setting] = &[
     Setting::new("port", PORT, |_| json!(5432), "PostgreSQL port"),
     Setting::new("rest_port", PORT, |_| json!(8008), "Patroni REST port"),
     Setting::new("parameters", SettingType::Map, |_| json!({}), "PostgreSQL parameters"),
-    Setting::new("databases", SettingType::List, |_| json!([]), "databases to create (owned by an app user)"),
+    Setting::new("databases", SettingType::List, |_| json!([]), "the databases the app and saleor roles create (services.app.database, services.saleor.database); only those may be listed"),
 ];
 
 /// The secrets the role needs (generated once, kept in the state).
@@ -534,6 +554,7 @@ impl super::role::Role for Patroni {
         if !at.with(NAME).is_empty() && at.with(super::etcd::NAME).is_empty() {
             d.error(at.role_pos(NAME), "patroni keeps its leader lock in etcd — add hosts with the role `etcd` (3 of them)");
         }
+        check_databases(at, d);
     }
 
     fn outputs(&self, at: &Outputs<'_>, o: &mut Map<String, Value>) {

@@ -11,7 +11,7 @@ use crate::render::Renderer;
 use anyhow::Result;
 use serde_json::Value;
 use std::time::Duration;
-use crate::plan::services::{Setting, SettingType, PORT};
+use crate::plan::services::{Setting, PORT, REDIS_SIZE};
 use serde_json::json;
 use crate::plan::model::Plan;
 use crate::flows::{FlowSink, Service};
@@ -72,7 +72,7 @@ pub const NAME: &str = "redis";
 /// The settings under `services: redis:` — each default is written here only.
 static SETTINGS: &[Setting] = &[
     Setting::new("port", PORT, |_| json!(6379), "Redis port"),
-    Setting::new("maxmemory", SettingType::Str, |_| json!("256mb"), "Redis maxmemory"),
+    Setting::new("maxmemory", REDIS_SIZE, |_| json!("256mb"), "Redis maxmemory"),
 ];
 
 /// The secrets the role needs (generated once, kept in the state).

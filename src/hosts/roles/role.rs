@@ -86,6 +86,18 @@ impl PlanCheck<'_> {
         self.hosts.iter().filter(|h| h.has_role(role)).collect()
     }
 
+    /// When the plan uses `role`, each of `needed` (a role, and what `role`
+    /// uses it for) must be on some host: found here, before any machine
+    /// exists, not when the config phase renders `role`'s files.
+    pub fn require(&self, role: &str, needed: &[(&str, &str)], d: &mut Diags) {
+        if self.with(role).is_empty() {
+            return;
+        }
+        for (other, why) in needed.iter().filter(|(other, _)| self.with(other).is_empty()) {
+            d.error(self.role_pos(role), format!("the role `{role}` needs a host with the role `{other}` ({why}) — add `{other}` to a host, or remove `{role}`"));
+        }
+    }
+
     /// Where the plan first gives a host `role` (the position of its errors).
     pub fn role_pos(&self, role: &str) -> Pos {
         (self.role_pos)(role)

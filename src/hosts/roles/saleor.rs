@@ -269,7 +269,7 @@ static SETTINGS: &[Setting] = &[
     Setting::new("api_port", PORT, |_| json!(8000), "API port"),
     Setting::new("dashboard_port", PORT, |_| json!(9000), "dashboard port"),
     Setting::new("allowed_hosts", SettingType::List, |_| json!([]), "ALLOWED_HOSTS (the load balancer is always added)"),
-    Setting::new("database", SettingType::Str, |_| json!("saleor"), "database name"),
+    Setting::new("database", SettingType::Identifier, |_| json!("saleor"), "database name"),
     Setting::optional("public_url", SettingType::Str, "the shop's public base URL, e.g. http://shop.example.com (default: http://<load balancer>)"),
     Setting::new("allowed_client_hosts", SettingType::List, |_| json!([]), "ALLOWED_CLIENT_HOSTS besides the public URL"),
     Setting::new("default_from_email", SettingType::Str, |_| json!("noreply@example.com"), "DEFAULT_FROM_EMAIL"),
@@ -317,6 +317,10 @@ impl super::role::Role for Saleor {
         SECRETS
     }
     /// The write port (HAProxy) and Redis, as the app role.
+    fn check(&self, at: &super::role::PlanCheck<'_>, d: &mut crate::plan::diag::Diags) {
+        at.require(NAME, &[(super::haproxy::NAME, "its DATABASE_URL goes through HAProxy's write port, and the shop is reached through HAProxy"), (super::patroni::NAME, "its database is created on the Patroni leader"), (super::redis::NAME, "its cache and Celery broker")], d);
+    }
+
     fn needs(&self) -> &'static [&'static str] {
         &[super::haproxy::NAME, super::redis::NAME]
     }

@@ -185,6 +185,10 @@ impl super::role::Role for Storefront {
         SETTINGS
     }
 
+    fn check(&self, at: &super::role::PlanCheck<'_>, d: &mut crate::plan::diag::Diags) {
+        at.require(NAME, &[(super::saleor::NAME, "it is built against and calls Saleor's API")], d);
+    }
+
     fn needs(&self) -> &'static [&'static str] {
         &[super::saleor::NAME]
     }
@@ -206,7 +210,7 @@ mod tests {
     fn plan(dir: &std::path::Path) -> Plan {
         std::fs::write(dir.join("storefront.tar.gz"), b"not really a tarball").unwrap();
         let text = "version: 1\nproject: t\nprovider: { kind: local }\nnetwork:\n  name: main\n  subnets:\n    - { name: app, cidr: 10.9.0.0/24 }\n\
-                    hosts:\n  - { name: lb, roles: [haproxy], ip: 10.9.0.10 }\n  - { name: shop, roles: [storefront], ip: 10.9.0.40 }\n\
+                    hosts:\n  - { name: lb, roles: [haproxy], ip: 10.9.0.10 }\n  - { name: pg, count: 3, roles: [etcd, patroni], ip: 10.9.0.21 }\n  - { name: api, roles: [saleor, redis], ip: 10.9.0.31 }\n  - { name: shop, roles: [storefront], ip: 10.9.0.40 }\n\
                     services:\n  storefront: { source: storefront.tar.gz }\n";
         crate::plan::load_str(&dir.join("plan.yaml"), text).unwrap_or_else(|e| panic!("{e}"))
     }

@@ -329,7 +329,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("storefront.tar.gz"), b"not really a tarball").unwrap();
         let text = "version: 1\nproject: t\nprovider: { kind: local }\nnetwork:\n  name: main\n  subnets:\n    - { name: app, cidr: 10.9.0.0/24 }\n\
-                    hosts:\n  - { name: lb, roles: [haproxy], ip: 10.9.0.11 }\n  - { name: shop, roles: [storefront], ip: 10.9.0.31 }\n\
+                    hosts:\n  - { name: lb, roles: [haproxy], ip: 10.9.0.11 }\n  - { name: pg, count: 3, roles: [etcd, patroni], ip: 10.9.0.21 }\n  - { name: api, roles: [saleor, redis], ip: 10.9.0.41 }\n  - { name: shop, roles: [storefront], ip: 10.9.0.31 }\n\
                     services:\n  storefront: { source: storefront.tar.gz }\n";
         let p = crate::plan::load_str(&d.path().join("plan.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
         let b = build_of(&p).unwrap().expect("source mode");

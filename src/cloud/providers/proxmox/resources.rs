@@ -158,7 +158,12 @@ pub fn machine_spec(plan: &Plan, cfg: &ProxmoxConfig, host: &Host, ssh_keys: &st
     }
     attrs.insert("hostname".into(), json!(host.name));
     attrs.insert("cores".into(), json!(host.cores.max(1)));
-    attrs.insert("memory".into(), json!(host.memory_bytes.div_ceil(MIB).max(16)));
+    // The loader refuses less than PVE's minimum: a plan's size is never raised quietly.
+    let memory = host.memory_bytes.div_ceil(MIB);
+    if memory < super::rules::MIN_MEMORY_MIB {
+        bail!("host {}: memory {memory} MiB is below Proxmox's minimum of {} MiB", host.name, super::rules::MIN_MEMORY_MIB);
+    }
+    attrs.insert("memory".into(), json!(memory));
     attrs.insert("storage".into(), json!(cfg.storage));
     attrs.insert("disk".into(), json!(size_text(host.disk_bytes)));
     attrs.insert("bridge".into(), json!(cfg.bridge));

@@ -26,6 +26,36 @@ const BLOCK_KEYS: &[&str] = &["kind", "endpoint", "node", "token_id", "tls_finge
 
 pub struct ProxmoxRules;
 
+/// PVE's VMID range (apidata: pve-vmid, 100 - 999999999).
+pub const MIN_VMID: i64 = 100;
+pub const MAX_VMID: u32 = 999_999_999;
+/// The least memory PVE gives a container or a VM (apidata: memory, minimum 16 MiB).
+pub const MIN_MEMORY_MIB: u64 = 16;
+
+/// What one entry's guests must be for PVE to create them as the plan says.
+fn check_guest(h: &HostEntry, defaults: &HostDefaults, d: &mut Diags) {
+    let memory = h.memory(defaults);
+    if memory < MIN_MEMORY_MIB << 20 {
+        let pos = h.memory.as_ref().map_or(h.name.pos, |m| m.pos);
+        d.error(pos, format!("host `{}` asks for {memory} bytes of memory, below Proxmox's minimum of {MIN_MEMORY_MIB}MiB — give it at least 512MiB", h.name.v));
+    }
+    match h.guest_kind() {
+        // A VM is cloned from a template VM (its name or VMID); a container
+        // template (a storage volume, `local:vztmpl/…`) cannot be cloned.
+        GuestKind::Qemu if h.image(defaults).contains(':') => {
+            let pos = h.image.as_ref().map(|i| i.pos).or(h.kind.as_ref().map(|k| k.pos)).unwrap_or(h.name.pos);
+            d.error(pos, format!("host `{}` is a QEMU VM, but its image `{}` is a container template — set `image:` to a QEMU template VM's name or VMID, e.g. debian-12-cloudinit", h.name.v, h.image(defaults)));
+        }
+        // Containers are created from provider.template; a host's image would be ignored.
+        GuestKind::Lxc => {
+            if let Some(i) = &h.image {
+                d.error(i.pos, format!("host `{}` is an LXC container, which is created from provider.template — remove `image` here (or set `kind: qemu` to clone a VM template)", h.name.v));
+            }
+        }
+        GuestKind::Qemu => {}
+    }
+}
+
 impl PlanRules for ProxmoxRules {
     fn kind(&self) -> &'static str {
         "proxmox"
@@ -76,7 +106,7 @@ impl PlanRules for ProxmoxRules {
 
     fn read_host_keys(&self, node: &Node, host: &mut HostEntry, r: &mut Reader) {
         let what = |k: &str| format!("{k} of host `{}`", host.name.v);
-        host.vmid = r.optional(node, "vmid").and_then(|n| r.int(n, &what("vmid"), 100, 999_999_999)).map(|a| At { v: a.v as u32, pos: a.pos });
+        host.vmid = r.optional(node, "vmid").and_then(|n| r.int(n, &what("vmid"), MIN_VMID, MAX_VMID as i64)).map(|a| At { v: a.v as u32, pos: a.pos });
         host.kind = match r.optional(node, "kind").and_then(|n| r.string(n, &what("kind"))) {
             Some(k) => match k.v.as_str() {
                 "lxc" => Some(At { v: GuestKind::Lxc, pos: k.pos }),
@@ -92,7 +122,7 @@ impl PlanRules for ProxmoxRules {
 
     /// VMIDs are node-wide: an entry's range (vmid .. vmid+count-1) must not
     /// overlap another's. Other providers' plans must not carry these keys.
-    fn check_hosts(&self, hosts: &[HostEntry], _defaults: &HostDefaults, in_use: bool, d: &mut Diags) {
+    fn check_hosts(&self, hosts: &[HostEntry], defaults: &HostDefaults, in_use: bool, d: &mut Diags) {
         let mut ranges: Vec<(u32, u32, &str, usize)> = Vec::new();
         for h in hosts {
             if let (Some(v), false) = (&h.vmid, in_use) {
@@ -101,8 +131,14 @@ impl PlanRules for ProxmoxRules {
             if let (Some(k), false) = (&h.kind, in_use) {
                 d.error(k.pos, format!("`kind` (lxc|qemu) is only used by the proxmox provider — remove it from host `{}`", h.name.v));
             }
+            if in_use {
+                check_guest(h, defaults, d);
+            }
             if let Some(v) = &h.vmid {
                 let (lo, hi) = (v.v, v.v + h.count() - 1);
+                if hi > MAX_VMID {
+                    d.error(v.pos, format!("VMIDs {lo}-{hi} of host `{}` run past Proxmox's last VMID {MAX_VMID} — start lower", h.name.v));
+                }
                 for (olo, ohi, other, line) in &ranges {
                     if lo <= *ohi && *olo <= hi {
                         d.error(v.pos, format!("VMIDs {lo}-{hi} of host `{}` overlap {olo}-{ohi} of host `{other}` (line {line}) — move one range", h.name.v));
@@ -125,7 +161,7 @@ mod tests {
 
     #[test]
     fn overlapping_vmid_ranges_are_refused_at_the_later_entry() {
-        let e = load("{ kind: proxmox }", "  - { name: etcd, count: 3, vmid: 109 }\n  - { name: pg, count: 3, vmid: 107 }\n").unwrap_err();
+        let e = load("{ kind: proxmox }", "  - { name: etcd, count: 3, vmid: 109, roles: [etcd] }\n  - { name: pg, count: 3, vmid: 107 }\n").unwrap_err();
         assert_eq!(e, "p.yaml:7:33: VMIDs 107-109 of host `pg` overlap 109-111 of host `etcd` (line 6) — move one range");
     }
 
@@ -153,10 +189,11 @@ mod tests {
 
     #[test]
     fn the_block_reads_into_the_proxmox_config_and_guests_get_their_numbers() {
-        let plan = load("{ kind: proxmox, node: pve2 }", "  - { name: pg, count: 2, vmid: 200, kind: qemu }\n").expect("valid");
+        let plan = load("{ kind: proxmox, node: pve2 }", "  - { name: pg, count: 2, vmid: 200, kind: qemu, image: debian-12-cloudinit }\n").expect("valid");
         let ProviderConfig::Proxmox(p) = &plan.provider else { panic!("a proxmox config") };
         assert_eq!((p.node.as_str(), p.storage.as_str(), p.bridge.as_str()), ("pve2", "local-lvm", "vmbr0"));
-        assert_eq!(plan.hosts[1].image, p.template);
+        // A VM clones its own template; a container would use p.template.
+        assert_eq!(plan.hosts[1].image, "debian-12-cloudinit");
         assert_eq!((plan.hosts[1].vmid, plan.hosts[1].guest_kind), (Some(201), GuestKind::Qemu));
         // rigger's SSH comes from wherever it runs, not from a gateway the plan names.
         assert_eq!(crate::plan::security::ssh_source(&plan, &plan.hosts[0]), None);
