@@ -138,6 +138,11 @@ pub fn warnings(plan: &Plan) -> Vec<String> {
         };
         w.push(format!("security.{part} is false in this plan — {what}"));
     }
+    if let crate::plan::model::ProviderConfig::Proxmox(p) = &plan.provider {
+        if p.insecure && p.tls_fingerprint.is_none() {
+            w.push("provider.insecure is true — the Proxmox API's certificate is not checked, so the API token goes to whoever answers at the endpoint; pin the node's certificate with provider.tls_fingerprint instead".to_string());
+        }
+    }
     if plan.security.firewall {
         let open: Vec<&str> = plan.hosts.iter().filter(|h| h.firewall.is_empty()).map(|h| h.name.as_str()).collect();
         if !open.is_empty() {

@@ -2,6 +2,7 @@
 //! own terms, lists what exists for a project, and creates/updates/deletes one
 //! resource at a time. The core does the diffing, ordering, parallelism and state.
 
+pub mod endpoint;
 pub mod local;
 pub mod yandex;
 pub mod proxmox;

@@ -117,6 +117,9 @@ impl ProxmoxProvider {
             .clone()
             .or_else(|| std::env::var(ENV_ENDPOINT).ok())
             .ok_or_else(|| anyhow!("provider.endpoint is not set and {ENV_ENDPOINT} is empty: say where Proxmox listens (https://HOST:8006)"))?;
+        if let Some(why) = super::endpoint::refuses_credentials(&endpoint) {
+            bail!("the Proxmox endpoint (provider.endpoint or {ENV_ENDPOINT}) {why}");
+        }
         let token_id = config
             .token_id
             .clone()

@@ -67,9 +67,16 @@ impl PlanRules for ProxmoxRules {
         if let (Some(e), Some(n)) = (&endpoint, node.get("endpoint")) {
             if !(e.starts_with("https://") || e.starts_with("http://")) {
                 r.d.at(n, format!("provider.endpoint `{e}` is not a URL — write it like https://pve.example:8006"));
+            } else if let Some(why) = crate::cloud::providers::endpoint::refuses_credentials(e) {
+                r.d.at(n, format!("provider.endpoint {why}"));
             }
         }
         let fingerprint = r.provider_string(node, "tls_fingerprint");
+        if let (Some(e), Some(n)) = (&endpoint, node.get("tls_fingerprint")) {
+            if crate::cloud::providers::endpoint::is_plain_http(e) {
+                r.d.at(n, format!("provider.tls_fingerprint pins a TLS certificate, but provider.endpoint `{e}` is plain http:// — use https:// or remove the fingerprint"));
+            }
+        }
         if let (Some(f), Some(n)) = (&fingerprint, node.get("tls_fingerprint")) {
             let hex: String = f.chars().filter(|c| *c != ':').collect();
             if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {

@@ -67,6 +67,9 @@ impl YandexProvider {
     pub fn new(cfg: &YandexConfig, project: &str) -> Result<YandexProvider> {
         let credentials = Credentials::resolve(cfg.service_account_key_file.as_deref())?;
         let endpoint = cfg.endpoint.clone().or_else(|| std::env::var("RIGGER_YANDEX_ENDPOINT").ok().filter(|e| !e.is_empty()));
+        if let Some(why) = endpoint.as_deref().and_then(super::endpoint::refuses_credentials) {
+            anyhow::bail!("the Yandex Cloud endpoint (provider.endpoint or RIGGER_YANDEX_ENDPOINT) {why}");
+        }
         Ok(Self::with_client(YandexClient::new(credentials, endpoint)?, cfg, project))
     }
 

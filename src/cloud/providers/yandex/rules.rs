@@ -38,6 +38,8 @@ impl PlanRules for YandexRules {
         if let (Some(e), Some(n)) = (&endpoint, node.get("endpoint")) {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 r.d.at(n, format!("provider.endpoint `{e}` is not a URL — write it like http://127.0.0.1:8930"));
+            } else if let Some(why) = crate::cloud::providers::endpoint::refuses_credentials(e) {
+                r.d.at(n, format!("provider.endpoint {why}"));
             }
         }
         let platform = r.provider_string(node, "platform").unwrap_or_else(|| "standard-v3".into());
