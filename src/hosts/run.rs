@@ -96,19 +96,37 @@ pub fn indent(s: &str) -> String {
 
 /// Poll `check` until it yields a value or `limit` passes. `check` returns
 /// `Ok(None)` (not yet, with the reason kept for the error) or `Ok(Some(v))`.
-pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
+/// A check that hangs (a command on a host that never returns) is bounded
+/// too: it gets what is left of `limit`, at least `LAST_CHECK_GRACE`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Result<T, String>>>,
+{
+    wait_for_within(what, limit, LAST_CHECK_GRACE, check).await
+}
+
+/// The least time a check started near the end of a wait gets to answer.
+const LAST_CHECK_GRACE: Duration = Duration::from_secs(10);
+
+async fn wait_for_within<T, F, Fut>(what: &str, limit: Duration, grace: Duration, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Result<T, String>>>,
 {
     let started = Instant::now();
     let mut pause = Duration::from_millis(300);
-    let mut last;
+    let mut last = String::new();
     loop {
-        match check().await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(reason)) => last = reason,
-            Err(e) => last = format!("{e:#}"),
+        let allowed = limit.saturating_sub(started.elapsed()).max(grace);
+        match tokio::time::timeout(allowed, check()).await {
+            Ok(Ok(Ok(v))) => return Ok(v),
+            Ok(Ok(Err(reason))) => last = reason,
+            Ok(Err(e)) => last = format!("{e:#}"),
+            Err(_) => {
+                let before = if last.is_empty() { String::new() } else { format!("; before it: {last}") };
+                bail!("{what}: not reached after {}s — the last check gave no answer within {}s{before}", started.elapsed().as_secs(), allowed.as_secs_f32().ceil());
+            }
         }
         if started.elapsed() >= limit {
             bail!("{what}: not reached after {}s — last seen: {last}", limit.as_secs());
@@ -118,5 +136,32 @@ where
         // bootstrap, replicas joining) would otherwise find its condition up
         // to 2 s late; a check is one cheap channel on the SSH master.
         pause = (pause * 3 / 2).min(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A check that never returns (a command hung on a host) does not hold
+    /// the wait past its limit: the error says so, and what was seen before.
+    #[tokio::test]
+    async fn a_check_that_never_answers_is_cut_off_by_the_wait() {
+        let started = Instant::now();
+        let mut calls = 0;
+        let waited = wait_for_within("a daemon answering", Duration::from_millis(500), Duration::from_millis(200), || {
+            calls += 1;
+            let first = calls == 1;
+            async move {
+                if first {
+                    return Ok(Err("still starting".to_string()));
+                }
+                std::future::pending::<Result<Result<(), String>>>().await
+            }
+        })
+        .await;
+        let err = waited.unwrap_err().to_string();
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(err.starts_with("a daemon answering: not reached after") && err.contains("gave no answer within") && err.ends_with("before it: still starting"), "{err}");
     }
 }
