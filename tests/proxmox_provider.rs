@@ -455,6 +455,21 @@ async fn a_rerun_while_the_create_task_runs_adopts_the_guest() {
     q.stop().await;
 }
 
+/// A creation outlasting the lock wait (a full clone of a large disk takes
+/// minutes) is waited for as long as its task may run, not given up on after
+/// `timeouts.lock`, which bounds the other locks (backup, migrate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_longer_than_the_lock_wait_is_waited_out() {
+    let q = Quiet::start_with(Duration::from_millis(300), SLOW_CREATE_MS).await;
+    let specs = q.provider.specs(&q.plan).unwrap();
+    interrupted_after_the_post(&q.provider, &specs[1], &q.handle).await;
+    let started = std::time::Instant::now();
+    let live = q.fresh_provider().create(&specs[1], &Deps::new(), &Events::silent()).await.unwrap_or_else(|e| panic!("the re-run gave up: {e:#}"));
+    assert!(started.elapsed() > Duration::from_millis(300), "the creation was still running when the re-run began");
+    assert_eq!((live.address.name.as_str(), live.id.as_str()), ("pg-2", "102"));
+    q.stop().await;
+}
+
 /// A planned VMID held by a creation no task runs any more (pvedaemon was
 /// restarted mid-way): the error names the lock and the way out, not "pick a
 /// free vmid".

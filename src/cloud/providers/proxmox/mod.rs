@@ -241,7 +241,8 @@ impl ProxmoxProvider {
         }
     }
 
-    /// Wait (bounded) while a running task holds the guest's lock; report a
+    /// Wait (bounded: a creation as long as its task may run, another lock
+    /// `timeouts.lock`) while a running task holds the guest's lock; report a
     /// lock left by an interrupted creation instead of waiting for it.
     async fn settle_lock(&self, kind: &str, vmid: u64) -> Result<Settled> {
         let started = Instant::now();
@@ -265,7 +266,11 @@ impl ProxmoxProvider {
             } else {
                 unheld = 0;
             }
-            if started.elapsed() > self.timeouts.lock {
+            // A creation (vzcreate, a full clone) runs as long as its task may:
+            // copying a large disk takes minutes. Other locks (backup, migrate,
+            // a config change) are waited for only as long as `timeouts.lock`.
+            let bound = if holder.is_some() && locks::set_by_creation(&lock) { self.client.options().task_timeout.max(self.timeouts.lock) } else { self.timeouts.lock };
+            if started.elapsed() > bound {
                 return Err(locks::still_held(kind, vmid, &name, &lock, holder.as_deref(), started.elapsed().as_secs()));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
