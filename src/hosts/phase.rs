@@ -203,7 +203,7 @@ where
         let changes = ops::compute(&d, &f, &pending(state, &name));
         let mut old_content = BTreeMap::new();
         if gather.old_content {
-            for fc in changes.files.iter().filter(|c| c.content_changed && !c.file.content_is_private()) {
+            for fc in changes.files.iter().filter(|c| c.content_changed) {
                 if let Ok(out) = sessions[&name].sudo(&format!("cat {} 2>/dev/null", crate::hosts::remote::session::sh_quote(&fc.file.path)), None).await {
                     old_content.insert(fc.file.path.clone(), out.stdout);
                 }

@@ -13,13 +13,61 @@ const MASK: &str = "(sensitive)";
 /// show the start of the diff, not all of it.
 const MAX_DIFF_LINES: usize = 60;
 
-/// Replace every secret value in `text` by a mask.
+/// Replace every secret value in `text` by a mask, as written and in the
+/// forms templates write it: JSON-escaped (patroni.yml), percent-encoded
+/// (database and Redis URLs), backslash-escaped (curl's config).
 pub fn mask(text: &str, secrets: &BTreeMap<String, String>) -> String {
     let mut out = text.to_string();
     for v in secrets.values().filter(|v| v.len() >= 6) {
-        out = out.replace(v.as_str(), MASK);
+        for form in written_forms(v) {
+            out = out.replace(form.as_str(), MASK);
+        }
     }
     out
+}
+
+fn written_forms(secret: &str) -> Vec<String> {
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let percent: String = secret
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    let mut forms = vec![secret.to_string(), json[1..json.len() - 1].to_string(), percent, secret.replace('\\', "\\\\").replace('"', "\\\"")];
+    // Longest first: a form that contains another is masked whole.
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    forms.dedup();
+    forms
+}
+
+/// A file's change as unified-diff lines, secrets masked. Of a file others
+/// may not read (ManagedFile::content_is_private) the lines of the live copy
+/// are never shown, only counted: they may hold secrets the state no longer
+/// knows (a TLS key being replaced, a rotated password, a state made anew).
+/// The new lines and the context come from what rigger renders, whose
+/// secrets it knows and masks.
+fn diff_lines(old: &str, new: &str, private: bool, secrets: &BTreeMap<String, String>) -> Vec<String> {
+    let diff = TextDiff::from_lines(old, new);
+    let mut lines = Vec::new();
+    for hunk in diff.unified_diff().context_radius(2).iter_hunks() {
+        lines.push(hunk.header().to_string());
+        let mut withheld = 0;
+        for change in hunk.iter_changes() {
+            let text = change.value().trim_end_matches('\n');
+            if change.tag() == similar::ChangeTag::Delete && private {
+                withheld += 1;
+                continue;
+            }
+            if withheld > 0 {
+                lines.push(format!("-(… {withheld} line(s) of the live file, not shown: it may hold secrets)"));
+                withheld = 0;
+            }
+            lines.push(format!("{}{}", change.tag(), mask(text, secrets)));
+        }
+        if withheld > 0 {
+            lines.push(format!("-(… {withheld} line(s) of the live file, not shown: it may hold secrets)"));
+        }
+    }
+    lines
 }
 
 #[derive(Serialize, Default)]
@@ -77,15 +125,11 @@ pub fn render_human(cp: &ConfigPlan, secrets: &BTreeMap<String, String>, paint: 
         }
         for fc in &c.files {
             out.push_str(&format!("      {} {} ({})\n", paint.yellow("~"), fc.file.path, fc.reasons.join(", ")));
-            if fc.content_changed && fc.file.content_is_private() {
-                out.push_str(&format!("          {}\n", paint.dim(&format!("(content not shown: mode {:04o}, it may hold secrets)", fc.file.mode))));
-            } else if fc.content_changed {
-                let old = mask(hp.old_content.get(&fc.file.path).map(String::as_str).unwrap_or(""), secrets);
-                let new = mask(&fc.file.content, secrets);
-                let diff = TextDiff::from_lines(&old, &new);
-                let text = diff.unified_diff().context_radius(2).to_string();
-                let total = text.lines().count();
-                for (i, line) in text.lines().enumerate() {
+            if fc.content_changed {
+                let old = hp.old_content.get(&fc.file.path).map(String::as_str).unwrap_or("");
+                let lines = diff_lines(old, &fc.file.content, fc.file.content_is_private(), secrets);
+                let total = lines.len();
+                for (i, line) in lines.iter().enumerate() {
                     if i == MAX_DIFF_LINES && total > MAX_DIFF_LINES + 10 {
                         out.push_str(&format!("          {}\n", paint.dim(&format!("… {} more diff lines", total - i))));
                         break;
@@ -233,6 +277,26 @@ pub fn json(cp: &ConfigPlan) -> Vec<HostChangeJson> {
 mod tests {
     use super::*;
     use crate::hosts::phase::HostPlan;
+
+    #[test]
+    fn a_secret_is_masked_in_every_form_the_templates_write_it() {
+        let secrets: BTreeMap<String, String> = [("app_db_password".to_string(), r#"p@ss/w0rd"!\x"#.to_string())].into();
+        let text = "DATABASE_URL=postgresql://app:p%40ss%2Fw0rd%22%21%5Cx@10.0.0.5:5000/app\npassword: \"p@ss/w0rd\\\"!\\\\x\"\nuser = \"rigger:p@ss/w0rd\\\"!\\\\x\"\nraw p@ss/w0rd\"!\\x\n";
+        let masked = mask(text, &secrets);
+        assert!(!masked.contains("w0rd"), "{masked}");
+        assert_eq!(masked.matches(MASK).count(), 4, "{masked}");
+    }
+
+    #[test]
+    fn a_public_files_old_lines_show_and_a_private_files_are_counted() {
+        let secrets = BTreeMap::new();
+        let old = "a\nb\nold-1\nold-2\nc\n";
+        let new = "a\nb\nnew\nc\n";
+        let public = diff_lines(old, new, false, &secrets);
+        assert_eq!(public, ["@@ -1,5 +1,4 @@", " a", " b", "-old-1", "-old-2", "+new", " c"]);
+        let private = diff_lines(old, new, true, &secrets);
+        assert_eq!(private, ["@@ -1,5 +1,4 @@", " a", " b", "-(… 2 line(s) of the live file, not shown: it may hold secrets)", "+new", " c"]);
+    }
 
     #[test]
     fn a_service_that_only_needs_enabling_is_a_change_shown_and_counted() {
