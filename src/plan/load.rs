@@ -115,6 +115,7 @@ impl Reader<'_> {
         let provider = provider?;
         self.refuse_unused_keys(root, &provider);
         let hosts = self.expand_hosts(&raw_hosts, &network, &firewall_groups, &defaults, &provider, root);
+        self.check_cloud_names(&project.v, &network, &firewall_groups, &hosts, &provider, root);
         self.check_roles(&hosts, &raw_hosts, &services, &network, root);
         let ssh = ssh?;
         if let Some(b) = &ssh.bastion {
@@ -517,6 +518,35 @@ impl Reader<'_> {
 
     // ---- meaning ---------------------------------------------------------
 
+    /// Where the cloud limits a resource's name (`<project>-<name>`), every
+    /// name the plan makes fits, said at the name that makes it too long.
+    fn check_cloud_names(&mut self, project: &str, network: &Network, firewall: &[FirewallGroup], hosts: &[Host], provider: &ProviderConfig, root: &Node) {
+        let Some(limit) = rules_of(provider).cloud_name_limit() else { return };
+        let named = |list: &str, name: &str| {
+            let items = root.get(list).and_then(|n| if list == "network" { n.get("subnets") } else { Some(n) }).and_then(Node::as_seq);
+            items.and_then(|items| items.iter().find(|i| i.get("name").and_then(Node::as_scalar) == Some(name))).and_then(|i| i.get("name")).map(|n| n.pos)
+        };
+        let mut names: Vec<(String, Pos)> = Vec::new();
+        names.push((network.name.clone(), root.get("network").and_then(|n| n.get("name")).map_or(root.pos, |n| n.pos)));
+        names.extend(network.subnets.iter().map(|s| (s.name.clone(), named("network", &s.name).unwrap_or(root.pos))));
+        names.extend(firewall.iter().map(|g| (g.name.clone(), named("firewall", &g.name).unwrap_or(root.pos))));
+        // One error per host entry: its longest name (the last of a count).
+        let mut entries: Vec<&str> = Vec::new();
+        for h in hosts.iter().rev() {
+            if entries.contains(&h.group.as_str()) {
+                continue;
+            }
+            entries.push(&h.group);
+            names.push((h.name.clone(), named("hosts", &h.group).unwrap_or(root.pos)));
+        }
+        for (name, pos) in names {
+            let cloud_name = format!("{project}-{name}");
+            if cloud_name.len() > limit {
+                self.d.error(pos, format!("`{cloud_name}` ({} characters) is longer than the {limit} the cloud allows a name (project `{project}` + `-` + `{name}`) — shorten the project or this name", cloud_name.len()));
+            }
+        }
+    }
+
     fn expand_hosts(
         &mut self,
         raw: &[HostEntry],
@@ -569,6 +599,14 @@ impl Reader<'_> {
             let core_fraction = h.core_fraction(defaults);
             let count = h.count();
             let Some(subnet) = subnet else { continue };
+            let reserved = rules_of(provider).reserved_addresses(&subnet.cidr);
+            // Where the cloud has zones (its rules give a default one).
+            let zoned = rules_of(provider).default_zone(provider).is_some();
+            if let (Some(zone), Some(subnet_zone), true) = (&h.zone, &subnet.zone, zoned) {
+                if zone != subnet_zone {
+                    self.d.error(h.name.pos, format!("host `{}` is in zone {zone}, but its subnet `{}` is in zone {subnet_zone} — a machine is in its subnet's zone: drop `zone`, or put the host in a subnet of {zone}", h.name.v, subnet.name));
+                }
+            }
             let mut range_ok = true;
             if let Some(ip) = &h.ip {
                 let last = u32::from(ip.v).checked_add(count - 1).map(Ipv4Addr::from);
@@ -595,6 +633,8 @@ impl Reader<'_> {
                             self.d.error(at.pos, format!("ip {addr} of `{name}` is the network or broadcast address of {} — use a host address", subnet.cidr));
                         } else if addr == subnet.gateway {
                             self.d.error(at.pos, format!("ip {addr} of `{name}` is the gateway of subnet `{}` — pick another address", subnet.name));
+                        } else if let Some((_, what)) = reserved.iter().find(|(r, _)| *r == addr) {
+                            self.d.error(at.pos, format!("ip {addr} of `{name}` is kept by the cloud in subnet `{}` ({what}) — start the hosts' addresses higher", subnet.name));
                         } else if let Some((other, _)) = ip_owner.get(&addr) {
                             self.d.error(at.pos, format!("ip {addr} of `{name}` is already `{other}`'s — move one of the ranges"));
                         }
@@ -632,7 +672,7 @@ impl Reader<'_> {
             let start = u32::from(subnet.cidr.network()) + 10.min(subnet.cidr.hosts().count() as u32 / 2);
             let free = (start..u32::from(subnet.cidr.broadcast()))
                 .map(Ipv4Addr::from)
-                .find(|a| *a != subnet.gateway && Some(*a) != vip && !ip_owner.contains_key(a));
+                .find(|a| *a != subnet.gateway && Some(*a) != vip && !ip_owner.contains_key(a) && !rules_of(provider).reserved_addresses(&subnet.cidr).iter().any(|(r, _)| r == a));
             match free {
                 Some(a) => {
                     ip_owner.insert(a, (hosts[idx].name.clone(), Pos::default()));

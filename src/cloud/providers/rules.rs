@@ -53,6 +53,18 @@ pub trait PlanRules: Sync {
     /// the provider refuses the keys only it reads).
     fn check_hosts(&self, _hosts: &[HostEntry], _defaults: &HostDefaults, _in_use: bool, _d: &mut Diags) {}
 
+    /// Addresses of a subnet the cloud keeps for itself (beyond the network,
+    /// broadcast and gateway addresses every subnet has), with what they are.
+    fn reserved_addresses(&self, _cidr: &Ipv4Net) -> Vec<(std::net::Ipv4Addr, &'static str)> {
+        Vec::new()
+    }
+
+    /// The longest name the cloud gives a resource (`<project>-<name>`), if
+    /// it limits it.
+    fn cloud_name_limit(&self) -> Option<usize> {
+        None
+    }
+
     /// Whether rigger's SSH reaches these machines from the gateway of their
     /// subnet (the control host on the bridge), which the host firewall always
     /// lets in (roles::firewall). Elsewhere it comes from where the plan cannot say.

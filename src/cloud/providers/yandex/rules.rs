@@ -68,6 +68,17 @@ impl PlanRules for YandexRules {
     /// instance_service.proto: ResourcesSpec, AttachedDiskSpec.DiskSpec;
     /// image_service.proto: GetImageLatestByFamilyRequest.family), so a plan
     /// the cloud would refuse is refused here, before anything is created.
+    /// VPC keeps a subnet's first two host addresses: .1 its gateway, .2 its DNS server.
+    fn reserved_addresses(&self, cidr: &Ipv4Net) -> Vec<(std::net::Ipv4Addr, &'static str)> {
+        let network = u32::from(cidr.network());
+        vec![(std::net::Ipv4Addr::from(network + 1), "Yandex Cloud's gateway"), (std::net::Ipv4Addr::from(network + 2), "Yandex Cloud's DNS server")]
+    }
+
+    /// A resource's `name`: `|[a-z]([-a-z0-9]{0,61}[a-z0-9])?` (compute and vpc protos).
+    fn cloud_name_limit(&self) -> Option<usize> {
+        Some(63)
+    }
+
     fn check_hosts(&self, hosts: &[HostEntry], defaults: &HostDefaults, in_use: bool, d: &mut Diags) {
         if !in_use {
             return;
