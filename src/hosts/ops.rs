@@ -46,10 +46,11 @@ impl std::fmt::Debug for ManagedFile {
 }
 
 impl ManagedFile {
-    /// A file others may not read holds, or may hold, secrets: its content is
-    /// never read back or shown. The live copy may hold secrets the state no
-    /// longer knows (a TLS key being replaced, a password being rotated, a
-    /// state made anew), so masking the state's values cannot cover it.
+    /// A file others may not read holds, or may hold, secrets: the lines of
+    /// its live copy are never shown (ui::hosts). They may hold secrets the
+    /// state no longer knows (a TLS key being replaced, a password being
+    /// rotated, a state made anew), so masking the state's values cannot
+    /// cover them.
     pub fn content_is_private(&self) -> bool {
         self.mode & 0o004 == 0
     }

@@ -46,7 +46,10 @@ fn written_forms(secret: &str) -> Vec<String> {
 /// The new lines and the context come from what rigger renders, whose
 /// secrets it knows and masks.
 fn diff_lines(old: &str, new: &str, private: bool, secrets: &BTreeMap<String, String>) -> Vec<String> {
-    let diff = TextDiff::from_lines(old, new);
+    // Masked whole, before the lines part: a secret of several lines (a PEM
+    // key) matches no single line.
+    let (old, new) = (mask(old, secrets), mask(new, secrets));
+    let diff = TextDiff::from_lines(&old, &new);
     let mut lines = Vec::new();
     for hunk in diff.unified_diff().context_radius(2).iter_hunks() {
         lines.push(hunk.header().to_string());
@@ -61,7 +64,7 @@ fn diff_lines(old: &str, new: &str, private: bool, secrets: &BTreeMap<String, St
                 lines.push(format!("-(… {withheld} line(s) of the live file, not shown: it may hold secrets)"));
                 withheld = 0;
             }
-            lines.push(format!("{}{}", change.tag(), mask(text, secrets)));
+            lines.push(format!("{}{text}", change.tag()));
         }
         if withheld > 0 {
             lines.push(format!("-(… {withheld} line(s) of the live file, not shown: it may hold secrets)"));
@@ -285,6 +288,14 @@ mod tests {
         let masked = mask(text, &secrets);
         assert!(!masked.contains("w0rd"), "{masked}");
         assert_eq!(masked.matches(MASK).count(), 4, "{masked}");
+    }
+
+    #[test]
+    fn a_secret_of_several_lines_is_masked_whole() {
+        let key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\nKeyMaterialLine2KeyMaterialLine2KeyMaterialLine2\n-----END PRIVATE KEY-----\n";
+        let secrets: BTreeMap<String, String> = [("tls_key_pg-1".to_string(), key.to_string())].into();
+        let lines = diff_lines("", key, true, &secrets).join("\n");
+        assert!(!lines.contains("MIGHAgEA") && !lines.contains("KeyMaterial") && lines.contains("+(sensitive)"), "{lines}");
     }
 
     #[test]
