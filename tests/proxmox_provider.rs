@@ -470,6 +470,27 @@ async fn a_creation_longer_than_the_lock_wait_is_waited_out() {
     q.stop().await;
 }
 
+/// A creation another user started (another team's guest, its task not
+/// rigger's API token's) is never this machine: a create without a planned
+/// VMID does not wait for it, however long it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_creation_is_not_waited_for() {
+    let q = Quiet::start_with(Duration::from_secs(60), SLOW_CREATE_MS).await;
+    let mut plan = q.plan.clone();
+    plan.hosts[0].vmid = None;
+    let specs = q.provider.specs(&plan).unwrap();
+    let someone = ProxmoxClient::new(ClientOptions::new(q.handle.base_url(), Auth::Password { username: "root@pam".into(), password: q.handle.options.password.clone() }, q.tls.clone())).unwrap();
+    let params: Vec<(&str, String)> = vec![("vmid", "150".into()), ("ostemplate", sim::DEFAULT_LXC_TEMPLATE.into()), ("hostname", "their-ct".into()), ("rootfs", "local-lvm:8".into())];
+    someone.post("/nodes/pve/lxc", &params).await.unwrap();
+    assert!(q.handle.guests().iter().any(|g| g.vmid == 150 && g.lock.as_deref() == Some("create")));
+    let (events, mut rx) = recorded_events();
+    let live = q.provider.create(&specs[0], &Deps::new(), &events).await.unwrap();
+    assert_eq!(live.address.name, "pg-1");
+    let lines = progress_lines(&mut rx);
+    assert!(!lines.iter().any(|l| l.contains("CT 150")), "waited for another user's creation: {lines:?}");
+    q.stop().await;
+}
+
 /// A planned VMID held by a creation no task runs any more (pvedaemon was
 /// restarted mid-way): the error names the lock and the way out, not "pick a
 /// free vmid".

@@ -221,6 +221,15 @@ impl ProxmoxClient {
         &self.options
     }
 
+    /// Who PVE records as the user of the tasks this client starts (a
+    /// UPID's user field): the API token `USER@REALM!TOKENID`, or the user.
+    pub fn identity(&self) -> &str {
+        match &self.options.auth {
+            Auth::Token { id, .. } => id,
+            Auth::Password { username, .. } => username,
+        }
+    }
+
     pub async fn get(&self, path: &str, params: &[(&str, String)]) -> Result<Value, ApiError> {
         self.call(Method::GET, path, params).await
     }

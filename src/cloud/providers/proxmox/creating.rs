@@ -134,11 +134,13 @@ impl ProxmoxProvider {
         Ok(None)
     }
 
-    /// Wait (bounded by `timeouts.lock`) for the running creations of `kind`
-    /// guests that show no project tags yet and that this process did not
-    /// start for another machine. Returns the VMIDs whose creation ended, to
-    /// be checked by their configs. A creation no task runs any more is not
-    /// waited for: nothing will name that guest.
+    /// Wait (each as long as its task may run) for the running creations of
+    /// `kind` guests that show no project tags yet, that rigger's own API
+    /// identity started (another user's or team's creation is not this
+    /// machine, however long it runs) and that this process did not start for
+    /// another machine. Returns the VMIDs whose creation ended, to be checked
+    /// by their configs. A creation no task runs any more is not waited for:
+    /// nothing will name that guest.
     async fn wait_for_creations(&self, kind: &str, hostname: &str, subject: &str, events: &Events) -> Result<Vec<u64>> {
         let others = self.posted_for_others(subject);
         let creating: Vec<(u64, String)> = self
@@ -157,6 +159,9 @@ impl ProxmoxProvider {
         for (vmid, lock) in creating {
             let noun = locks::noun(kind);
             let Some(task) = locks::holder(&self.client, &self.node_of(vmid), vmid, &lock).await? else { continue };
+            if super::tasks::Upid::parse(&task).is_none_or(|upid| upid.user != self.client.identity()) {
+                continue;
+            }
             events.progress(
                 subject,
                 format!("waiting for the creation of {noun} {vmid} (task {task}) to end: it has no name yet and may be {hostname}, started by an interrupted run"),
