@@ -176,7 +176,6 @@ impl StateStore {
         use std::io::Seek;
         lock.seek(std::io::SeekFrom::Start(0))?;
         lock.write_all(serde_json::to_string(&info)?.as_bytes())?;
-        keep_backup(path)?;
         // The lock lives as long as this open file: the store keeps it.
         Ok(StateStore { path: path.to_path_buf(), _lock: lock })
     }
@@ -193,6 +192,7 @@ impl StateStore {
     /// Write atomically, with the serial moved on. Never leaves a half-written file.
     pub fn save(&self, state: &mut State) -> Result<()> {
         state.serial += 1;
+        keep_backup(&self.path)?;
         write_atomic(&self.path, &serde_json::to_vec_pretty(state)?)
     }
 }
@@ -203,7 +203,7 @@ pub fn read_state(path: &Path) -> Result<Option<State>> {
         Ok(bytes) => {
             let state: State = serde_json::from_slice(&bytes).with_context(|| {
                 let backup = backup_path(path);
-                let what_to_do = if backup.exists() { format!("restore it from {} (the state as the last run found it)", backup.display()) } else { "there is no backup of it; mend it by hand".to_string() };
+                let what_to_do = if backup.exists() { format!("restore it from {} (the state before rigger's last write)", backup.display()) } else { "there is no backup of it; mend it by hand".to_string() };
                 format!("the state file {} is not valid — {what_to_do}", path.display())
             })?;
             if state.version != STATE_VERSION {
@@ -216,15 +216,16 @@ pub fn read_state(path: &Path) -> Result<Option<State>> {
     }
 }
 
-/// The state as this run found it, kept beside it (`<state>.backup`, 0600)
-/// once per locked run: what to go back to after a hand edit gone wrong. A
-/// state that does not read as one is not copied over the last good backup.
+/// The state before rigger's last write, kept beside it (`<state>.backup`,
+/// 0600), as Terraform keeps terraform.tfstate.backup: what to go back to
+/// when the state is damaged. The run that writes has read the state it
+/// replaces, so a state that does not read never gets here.
 fn keep_backup(path: &Path) -> Result<()> {
-    let Ok(bytes) = fs::read(path) else { return Ok(()) };
-    if serde_json::from_slice::<State>(&bytes).is_err() {
-        return Ok(());
+    match fs::read(path) {
+        Ok(bytes) => write_atomic(&backup_path(path), &bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {} to keep a backup of it", path.display())),
     }
-    write_atomic(&backup_path(path), &bytes)
 }
 
 pub fn backup_path(path: &Path) -> PathBuf {
@@ -283,24 +284,25 @@ mod tests {
     }
 
     #[test]
-    fn each_run_keeps_the_state_it_found_and_a_broken_state_names_that_backup() {
+    fn each_write_keeps_the_state_before_it_and_a_broken_state_names_that_backup() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".rigger/p.state.json");
         let store = StateStore::open(&path, "rigger apply").unwrap();
-        assert!(!backup_path(&path).exists(), "nothing to keep on a first run");
         let mut state = State::new("p", "local");
         store.save(&mut state).unwrap();
-        drop(store);
-        drop(StateStore::open(&path, "rigger apply").unwrap());
+        assert!(!backup_path(&path).exists(), "nothing before the first write");
+        let first = fs::read(&path).unwrap();
+        store.save(&mut state).unwrap();
         let backup = backup_path(&path);
-        assert_eq!(fs::read(&backup).unwrap(), fs::read(&path).unwrap());
+        assert_eq!(fs::read(&backup).unwrap(), first);
         assert_eq!(fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
-        // A hand edit breaks the state: the next run keeps the good backup and names it.
+        drop(store);
+        // The state is damaged: loading it fails and names the backup to restore.
         fs::write(&path, b"{ broken").unwrap();
         let store = StateStore::open(&path, "rigger apply").unwrap();
         let err = format!("{:#}", store.load().err().unwrap());
         assert!(err.contains(&format!("restore it from {}", backup.display())), "{err}");
-        assert!(serde_json::from_slice::<State>(&fs::read(&backup).unwrap()).is_ok(), "the good backup was not overwritten");
+        assert_eq!(fs::read(&backup).unwrap(), first, "the backup is untouched");
     }
 
     #[test]
