@@ -30,13 +30,25 @@ pub fn specs(provider: &dyn Provider, project: &Project) -> Result<Vec<ResourceS
 pub async fn refresh(provider: &dyn Provider, state: &State, refresh: bool, events: &Events) -> Result<Vec<LiveResource>> {
     let known: Vec<LiveResource> = state.resources.values().cloned().collect();
     if !refresh {
-        return Ok(known);
+        return Ok(known.into_iter().map(status_as_attribute).collect());
     }
     let started = Instant::now();
     events.started("refresh", "reading what exists");
     let live = provider.refresh(&known, events).await?;
     events.finished("refresh", &format!("{} resources found", live.len()), started);
     Ok(live)
+}
+
+/// States saved before a machine's `status` was an attribute (Yandex) hold
+/// it only among the outputs: without a refresh, read it from there, or
+/// every machine would show a status change.
+fn status_as_attribute(mut r: LiveResource) -> LiveResource {
+    if r.address.kind == Kind::Machine && !r.attrs.contains_key("status") {
+        if let Some(status) = r.outputs.get("status").cloned() {
+            r.attrs.insert("status".into(), status);
+        }
+    }
+    r
 }
 
 /// `refresh`, for a plan: what the provider cannot plan against (one machine

@@ -82,10 +82,12 @@ const RESERVED_UNITS: &[&str] = &[
     "irc", "gnats", "nobody", "nogroup", "ssh", "sshd", "openssh", "systemd", "dbus", "messagebus", "cron", "rsyslog",
     "syslog", "networking", "network", "getty", "polkit", "udev", "kmod", "apt", "ntp", "chrony", "sudo", "login",
     "users", "init", "ssl", "default", "emergency", "rescue", "multi-user", "graphical", "basic", "local-fs", "remote-fs",
+    // systemd's per-user units (user@.service, user-runtime-dir@.service)
+    "user", "user-runtime-dir",
 ];
 
 /// Prefixes of whole families of units (`systemd-networkd`, `saleor-api`, …).
-const RESERVED_UNIT_PREFIXES: &[&str] = &["systemd-", "saleor-", "dbus-", "getty", "serial-getty", "user-", "etcd-", "patroni-", "pgbackrest-", "storefront-", "redis-", "nginx-", "haproxy-"];
+const RESERVED_UNIT_PREFIXES: &[&str] = &["systemd-", "saleor-", "dbus-", "getty", "serial-getty", "etcd-", "patroni-", "pgbackrest-", "storefront-", "redis-", "nginx-", "haproxy-"];
 
 /// The rule of a name that is a systemd unit, a system user and a folder.
 pub fn unit_name_ok(s: &str) -> bool {

@@ -129,6 +129,10 @@ pub async fn ensure_image_in(root: &Path, name: &str, events: &Events) -> Result
         return Ok(rootfs);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The run's own parallel creates wait for its one build here, quietly;
+    // the file lock below is for other processes, and says so.
+    let builds = build_in_this_process(&dir);
+    let _one_build = builds.lock().await;
     let lock = lock_exclusive(dir.join(".lock"), &format!("image {name}"), IMAGE_LOCK_WAIT, events).await?;
     let result = async {
         if is_complete(&dir, &wanted) {
@@ -153,6 +157,14 @@ fn is_complete(dir: &Path, wanted: &Manifest) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join("manifest.json")) else { return false };
     let Ok(found) = serde_json::from_str::<Manifest>(&text) else { return false };
     found.same_recipe(wanted) && dir.join("rootfs/usr/lib/systemd/systemd").exists()
+}
+
+/// One mutex per image folder for this process's builds.
+fn build_in_this_process(dir: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    type Builds = std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>>>;
+    static BUILDS: std::sync::LazyLock<Builds> = std::sync::LazyLock::new(Default::default);
+    let mut builds = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+    builds.entry(dir.to_path_buf()).or_default().clone()
 }
 
 /// How long a run waits for another process building the same image (a

@@ -64,10 +64,6 @@ impl PlanRules for YandexRules {
         }
     }
 
-    /// What standard-v3 sells and the Compute API takes (compute/v1
-    /// instance_service.proto: ResourcesSpec, AttachedDiskSpec.DiskSpec;
-    /// image_service.proto: GetImageLatestByFamilyRequest.family), so a plan
-    /// the cloud would refuse is refused here, before anything is created.
     /// VPC keeps a subnet's first two host addresses: .1 its gateway, .2 its DNS server.
     fn reserved_addresses(&self, cidr: &Ipv4Net) -> Vec<(std::net::Ipv4Addr, &'static str)> {
         let network = u32::from(cidr.network());
@@ -79,6 +75,10 @@ impl PlanRules for YandexRules {
         Some(63)
     }
 
+    /// What standard-v3 sells and the Compute API takes (compute/v1
+    /// instance_service.proto: ResourcesSpec, AttachedDiskSpec.DiskSpec;
+    /// image_service.proto: GetImageLatestByFamilyRequest.family), so a plan
+    /// the cloud would refuse is refused here, before anything is created.
     fn check_hosts(&self, hosts: &[HostEntry], defaults: &HostDefaults, in_use: bool, d: &mut Diags) {
         if !in_use {
             return;
