@@ -279,3 +279,23 @@ pub fn effective(changes: &[Change]) -> Vec<Change> {
 }
 
 pub use diff::Summary;
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_machine_saved_without_a_status_attribute_takes_it_from_its_outputs() {
+        let old = LiveResource {
+            address: Address::new(Kind::Machine, "pg-1"),
+            id: "fhm1".into(),
+            attrs: [("cores".to_string(), json!(2))].into_iter().collect(),
+            outputs: [("status".to_string(), json!("RUNNING"))].into_iter().collect(),
+        };
+        assert_eq!(status_as_attribute(old.clone()).attrs.get("status"), Some(&json!("RUNNING")));
+        let mut newer = old;
+        newer.attrs.insert("status".into(), json!("STOPPED"));
+        assert_eq!(status_as_attribute(newer).attrs.get("status"), Some(&json!("STOPPED")), "an attribute already there stands");
+    }
+}
