@@ -66,7 +66,7 @@ impl Project {
             );
         }
         if let Some(dir) = ssh.private_key_file.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::state::private_dir(dir)?;
         }
         let out = std::process::Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C"])
@@ -141,4 +141,23 @@ fn with_pub(p: &Path) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(".pub");
     PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The local provider's project key pair is made in a folder closed to
+    /// others from the start (it is where the state goes too).
+    #[test]
+    fn a_generated_key_pairs_folder_is_closed_to_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "version: 1\nproject: keydir\nprovider: { kind: local }\nnetwork: { name: main, subnets: [ { name: app, cidr: 10.9.7.0/24 } ] }\nhosts:\n  - { name: cache, roles: [redis], ip: 10.9.7.31 }\n";
+        let plan = crate::plan::load_str(&dir.path().join("plan.yaml"), text).unwrap_or_else(|e| panic!("{e:#}"));
+        let project = Project { state_path: dir.path().join(".rigger/keydir.state.json"), plan };
+        project.ensure_ssh_key().unwrap();
+        let folder = project.plan.ssh.private_key_file.parent().unwrap().to_path_buf();
+        assert_eq!(std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777, 0o700, "{}", folder.display());
+    }
 }

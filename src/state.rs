@@ -134,13 +134,7 @@ impl StateStore {
     /// Take the lock (failing at once, naming the holder, if another run has it).
     pub fn open(path: &Path, command: &str) -> Result<StateStore> {
         let dir = path.parent().context("state path has no folder")?;
-        // Only a folder made here is closed to others: `--state /tmp/x.json`
-        // must not take /tmp (or the user's current folder) away from them.
-        let made = !dir.exists();
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        if made {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot close {} to other users", dir.display()))?;
-        }
+        private_dir(dir)?;
         let lock_path = lock_path(path);
         let mut lock = OpenOptions::new()
             .read(true)
@@ -216,6 +210,14 @@ pub fn read_state(path: &Path) -> Result<Option<State>> {
     }
 }
 
+/// Make `dir` (and its missing parents) closed to other users (0700). Only
+/// folders made here are: `--state /tmp/x.json` must not take /tmp (or the
+/// user's current folder) away from them.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
 /// The state before rigger's last write, kept beside it (`<state>.backup`,
 /// 0600), as Terraform keeps terraform.tfstate.backup: what to go back to
 /// when the state is damaged. The run that writes has read the state it
@@ -279,8 +281,10 @@ mod tests {
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
         drop(StateStore::open(&shared.join("p.state.json"), "rigger plan").unwrap());
         assert_eq!(fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o1777, "a folder the user named keeps its mode");
-        drop(StateStore::open(&dir.path().join("made/p.state.json"), "rigger plan").unwrap());
-        assert_eq!(fs::metadata(dir.path().join("made")).unwrap().permissions().mode() & 0o777, 0o700);
+        drop(StateStore::open(&dir.path().join("made/deeper/p.state.json"), "rigger plan").unwrap());
+        for made in ["made", "made/deeper"] {
+            assert_eq!(fs::metadata(dir.path().join(made)).unwrap().permissions().mode() & 0o777, 0o700, "{made}");
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ fn note_path(ssh_config: &Path, suffix: &str, host: &str) -> PathBuf {
 /// cannot be written is removed rather than left half-written.
 fn write_note(record: &Path, ctl: &Path) {
     if let Some(dir) = record.parent() {
-        let _ = std::fs::create_dir_all(dir);
+        let _ = crate::state::private_dir(dir);
     }
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
