@@ -87,17 +87,27 @@ impl ProxmoxProvider {
     /// name lags on PVE): named `hostname`, and the project's by its tags or,
     /// for a clone not configured yet, its description.
     pub(super) async fn is_this_machine(&self, kind: &str, vmid: u64, hostname: &str) -> Result<bool> {
+        let Some(guest) = self.guest_identity(kind, vmid).await? else { return Ok(false) };
+        let named = guest.name.as_deref() == Some(hostname);
+        let ours = owned_by(guest.tags.as_deref(), &self.project) || Meta::parse(&guest.description).project.as_deref() == Some(self.project.as_str());
+        Ok(named && ours)
+    }
+
+    /// A guest's name, tags and description as its config holds them (the
+    /// listing's name lags on PVE: pvestatd fills it in on its next pass);
+    /// None when the guest is gone.
+    pub(super) async fn guest_identity(&self, kind: &str, vmid: u64) -> Result<Option<GuestIdentity>> {
         let config = match self.client.get(&format!("{}/config", self.guest_path(kind, vmid)), &[]).await {
             Ok(config) => config,
-            Err(e) if e.is_missing_guest() => return Ok(false),
+            Err(e) if e.is_missing_guest() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let name_key = if kind == "lxc" { "hostname" } else { "name" };
-        let named = config.get(name_key).and_then(Value::as_str) == Some(hostname);
-        let description = config.get("description").and_then(Value::as_str).unwrap_or("");
-        let ours = owned_by(config.get("tags").and_then(Value::as_str), &self.project)
-            || Meta::parse(description).project.as_deref() == Some(self.project.as_str());
-        Ok(named && ours)
+        let text = |key: &str| config.get(key).and_then(Value::as_str).map(str::to_string);
+        Ok(Some(GuestIdentity {
+            name: text(if kind == "lxc" { "hostname" } else { "name" }),
+            tags: text("tags"),
+            description: text("description").unwrap_or_default(),
+        }))
     }
 
     /// Without a planned VMID: the guest that is this machine, if one exists
@@ -199,6 +209,13 @@ impl ProxmoxProvider {
             Settled::Unlocked(_) => Ok(self.find_by_vmid(vmid).await?),
         }
     }
+}
+
+/// What a guest's config says it is.
+pub struct GuestIdentity {
+    pub name: Option<String>,
+    pub tags: Option<String>,
+    pub description: String,
 }
 
 /// Before a plan: each machine is one guest. Two of the project's guests with one

@@ -9,7 +9,8 @@
 //!
 //! Ownership: every guest carries the tags `rigger` and the project's tag;
 //! refresh lists `/cluster/resources?type=vm` once and reads configs only for
-//! the guests so tagged, and refuses two of them with one name. A create
+//! the guests so tagged (a plan refuses two of them with one name:
+//! `refuse_to_plan`; a destroy removes both). A create
 //! adopts an existing guest with the same VMID (or, without one, the same
 //! name), the same kind and the project's tags, and refuses a VMID that
 //! belongs to anything else; a guest still being created has no name or tags
@@ -207,14 +208,9 @@ impl ProxmoxProvider {
         let mut their_name = entry.get("name").and_then(Value::as_str).unwrap_or("?").to_string();
         let mut tags = entry.get("tags").and_then(Value::as_str).map(str::to_string);
         if their_kind == kind {
-            match self.client.get(&format!("{}/config", self.guest_path(kind, vmid)), &[]).await {
-                Ok(config) => {
-                    let name_key = if kind == "lxc" { "hostname" } else { "name" };
-                    their_name = config.get(name_key).and_then(Value::as_str).unwrap_or("?").to_string();
-                    tags = config.get("tags").and_then(Value::as_str).map(str::to_string);
-                }
-                Err(e) if e.is_missing_guest() => {}
-                Err(e) => return Err(e.into()),
+            if let Some(guest) = self.guest_identity(kind, vmid).await? {
+                their_name = guest.name.unwrap_or_else(|| "?".into());
+                tags = guest.tags;
             }
         }
         let tags = tags.as_deref();
@@ -533,13 +529,9 @@ impl ProxmoxProvider {
         // Only a guest rigger can prove is this machine: tagged as the
         // project's and named as the machine (its config's name, since the
         // listing's lags), else a reused VMID could take another guest down.
-        let config = match self.client.get(&format!("{}/config", self.guest_path(kind, vmid)), &[]).await {
-            Ok(config) => config,
-            Err(e) if e.is_missing_guest() => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let name = config.get(if kind == "lxc" { "hostname" } else { "name" }).and_then(Value::as_str).unwrap_or("");
-        if !owned_by(config.get("tags").and_then(Value::as_str), &self.project) {
+        let Some(guest) = self.guest_identity(kind, vmid).await? else { return Ok(()) };
+        let name = guest.name.as_deref().unwrap_or("");
+        if !owned_by(guest.tags.as_deref(), &self.project) {
             bail!("refusing to delete VMID {vmid} ('{name}'): it is not tagged as project {}'s", self.project);
         }
         if name != live.address.name {
