@@ -556,6 +556,7 @@ impl Reader<'_> {
         provider: &ProviderConfig,
         root: &Node,
     ) -> Vec<Host> {
+        let rules = rules_of(provider);
         let subnet_names: Vec<&str> = network.subnets.iter().map(|s| s.name.as_str()).collect();
         let group_names: Vec<&str> = firewall.iter().map(|g| g.name.as_str()).collect();
         let mut hosts: Vec<Host> = Vec::new();
@@ -599,9 +600,9 @@ impl Reader<'_> {
             let core_fraction = h.core_fraction(defaults);
             let count = h.count();
             let Some(subnet) = subnet else { continue };
-            let reserved = rules_of(provider).reserved_addresses(&subnet.cidr);
+            let reserved = rules.reserved_addresses(&subnet.cidr);
             // Where the cloud has zones (its rules give a default one).
-            let zoned = rules_of(provider).default_zone(provider).is_some();
+            let zoned = rules.default_zone(provider).is_some();
             if let (Some(zone), Some(subnet_zone), true) = (&h.zone, &subnet.zone, zoned) {
                 if zone != subnet_zone {
                     self.d.error(h.name.pos, format!("host `{}` is in zone {zone}, but its subnet `{}` is in zone {subnet_zone} — a machine is in its subnet's zone: drop `zone`, or put the host in a subnet of {zone}", h.name.v, subnet.name));
@@ -670,9 +671,10 @@ impl Reader<'_> {
         for idx in to_allocate {
             let subnet = network.subnets.iter().find(|s| s.name == hosts[idx].subnet).expect("checked above");
             let start = u32::from(subnet.cidr.network()) + 10.min(subnet.cidr.hosts().count() as u32 / 2);
+            let reserved = rules.reserved_addresses(&subnet.cidr);
             let free = (start..u32::from(subnet.cidr.broadcast()))
                 .map(Ipv4Addr::from)
-                .find(|a| *a != subnet.gateway && Some(*a) != vip && !ip_owner.contains_key(a) && !rules_of(provider).reserved_addresses(&subnet.cidr).iter().any(|(r, _)| r == a));
+                .find(|a| *a != subnet.gateway && Some(*a) != vip && !ip_owner.contains_key(a) && !reserved.iter().any(|(r, _)| r == a));
             match free {
                 Some(a) => {
                     ip_owner.insert(a, (hosts[idx].name.clone(), Pos::default()));
