@@ -12,8 +12,9 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// 2: the host changes are saved too (`hosts`).
-pub const FORMAT: &str = "rigger-saved-plan/2";
+/// 2: the host changes are saved too (`hosts`). 3: their files by a keyed hash
+/// (`content_hmac`), no longer a plain sha256.
+pub const FORMAT: &str = "rigger-saved-plan/3";
 const FORMAT_FAMILY: &str = "rigger-saved-plan/";
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -171,7 +172,7 @@ mod tests {
         let path = dir.path().join("saved.json");
         std::fs::write(&path, r#"{ "format": "rigger-saved-plan/1", "changes": [] }"#).unwrap();
         let err = format!("{:#}", SavedPlan::read_if_saved(&path).unwrap_err());
-        assert!(err.contains("another format (rigger-saved-plan/1; this rigger reads rigger-saved-plan/2)") && err.contains("rigger plan --out"), "{err}");
+        assert!(err.contains("another format (rigger-saved-plan/1; this rigger reads rigger-saved-plan/3)") && err.contains("rigger plan --out"), "{err}");
         // A plan file is not a saved plan.
         std::fs::write(&path, "version: 1\n").unwrap();
         assert!(SavedPlan::read_if_saved(&path).unwrap().is_none());

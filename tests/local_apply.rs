@@ -116,7 +116,7 @@ fn a_saved_plan_carries_the_host_changes_and_is_refused_when_a_host_changed() {
     }
     let out = rigger(&["apply", &fix]);
     assert!(out.status.success(), "apply FILE (host changes as saved):\n{}", out.text());
-    assert!(out.stdout_text().contains(&format!("~ {CONF} (content) 0640 redis:redis sha256 "))
+    assert!(out.stdout_text().contains(&format!("~ {CONF} (content) 0640 redis:redis hmac "))
         && out.stdout_text().contains("This plan holds the host changes of 1 host(s): applied only if the hosts need exactly them."), "{}", out.stdout_text());
     assert!(!plan.ssh(&ip, &format!("sudo -n cat {CONF}")).contains("edited by hand"), "apply put the file back");
 
@@ -142,6 +142,59 @@ fn a_saved_plan_carries_the_host_changes_and_is_refused_when_a_host_changed() {
     let out = rigger(&["apply", plan.path(), "--auto-approve"]);
     assert!(out.status.success(), "apply:\n{}", out.text());
     assert!(!plan.ssh(&ip, &format!("sudo -n cat {CONF}")).contains("edited by hand"));
+}
+
+/// A role added to a built host needs a secret rigger generates (here Redis's
+/// password): `plan --out` keeps what it generated in the state, so the
+/// saved plan's file hashes are the files `apply FILE` writes. (Before, each
+/// command generated its own password and `apply FILE` refused every such plan
+/// as "the hosts changed".) The saved plan holds keyed hashes only.
+#[test]
+fn a_saved_plan_keeps_the_secrets_it_generated_for_a_new_role() {
+    if !common::machines() {
+        return;
+    }
+    let plan = LocalPlan::from_text("t-hg", |project, cidr, net| {
+        format!(
+            "version: 1\nproject: {project}\nprovider: {{ kind: local }}\n\
+             ssh: {{ user: rigger, private_key_file: ./id_ed25519 }}\n\
+             network:\n  name: main\n  subnets:\n    - {{ name: app, cidr: {cidr} }}\n\
+             firewall:\n  - name: inside\n    rules:\n      - {{ direction: ingress, protocol: tcp, ports: \"22,6379\", from: {cidr} }}\n\
+             defaults: {{ cores: 1, memory: 512MiB, disk: 2GiB }}\n\
+             hosts:\n  - {{ name: cache, roles: [], ip: {net}.32, firewall: [inside] }}\n"
+        )
+    });
+    let ip = format!("{}.32", plan.net_prefix);
+    let out = rigger(&["apply", plan.path(), "--auto-approve"]);
+    assert!(out.status.success(), "apply (no role):\n{}", out.text());
+
+    let text = std::fs::read_to_string(plan.path()).unwrap();
+    assert!(text.contains("roles: []"), "{text}");
+    std::fs::write(plan.path(), text.replace("roles: []", "roles: [redis]") + "services:\n  redis: { port: 6379 }\n").unwrap();
+    let saved = plan.dir().join("grown.json").display().to_string();
+    let out = rigger(&["plan", plan.path(), "--out", &saved]);
+    assert!(out.status.success(), "plan --out: {}", out.text());
+    let saved_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert_eq!(saved_json["hosts"]["status"], "planned", "{saved_json}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(plan.state_path()).unwrap()).unwrap();
+    let password = state["secrets"]["redis_password"].as_str().expect("plan --out keeps the password it generated in the state").to_string();
+    let files = saved_json["hosts"]["summary"]["hosts"]["cache"]["files"].as_array().unwrap().clone();
+    let conf = files.iter().find(|f| f["path"] == "/etc/redis/redis.conf").unwrap_or_else(|| panic!("redis.conf in {files:?}"));
+    // Keyed: the hash of the file as written cannot be recomputed without the state.
+    let text_hash = |text: &str| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    };
+
+    let out = rigger(&["apply", &saved]);
+    assert!(out.status.success(), "apply FILE (a role added):\n{}", out.text());
+    assert_eq!(plan.ssh(&ip, "sudo -n systemctl is-active redis-server").trim(), "active");
+    let written = plan.ssh(&ip, "sudo -n cat /etc/redis/redis.conf");
+    assert!(written.contains(&password), "the password planned is the one written");
+    assert_ne!(conf["content_hmac"].as_str(), Some(text_hash(&written).as_str()));
+    assert!(conf.get("sha256").is_none(), "{conf}");
+    let out = rigger(&["plan", plan.path(), "--detailed-exitcode"]);
+    assert_eq!(out.code(), 0, "nothing left to do:\n{}", out.text());
 }
 
 /// `apply --target HOST` changes that host and nothing else: a hand edit on

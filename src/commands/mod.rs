@@ -48,6 +48,9 @@ pub struct LoadedState {
     pub state: State,
     pub lineage: Option<String>,
     pub serial: u64,
+    /// Whether something was generated (or taken from `RIGGER_SECRET_*`) that
+    /// the saved state does not hold yet.
+    pub generated: bool,
 }
 
 pub fn load_state(project: &Project, provider_kind: &str, command: &str) -> Result<LoadedState> {
@@ -55,8 +58,10 @@ pub fn load_state(project: &Project, provider_kind: &str, command: &str) -> Resu
     let mut state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider_kind));
     let lineage = (state.serial > 0).then(|| state.lineage.clone());
     let serial = state.serial;
+    let before = (state.secrets.clone(), state.pki.clone());
     ensure_generated(&mut state, &project.plan)?;
-    Ok(LoadedState { store, state, lineage, serial })
+    let generated = before != (state.secrets.clone(), state.pki.clone());
+    Ok(LoadedState { store, state, lineage, serial, generated })
 }
 
 /// Everything rigger generates into the state for a plan's roles: passwords,
@@ -66,6 +71,7 @@ pub fn ensure_generated(state: &mut State, plan: &crate::plan::model::Plan) -> R
     for name in secret_names(&plan.roles()) {
         state.ensure_secret(name);
     }
+    state.ensure_secret(crate::hosts::summary::PLAN_HASH_KEY);
     crate::hosts::roles::backup::ensure_key_pairs(state, plan)?;
     crate::hosts::roles::backup::ensure_s3_keys(state, plan)?;
     crate::pki::ensure(state, plan)?;

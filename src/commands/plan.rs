@@ -14,8 +14,9 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let project = Project::load(&args.plan, state_override)?;
     project.ensure_ssh_key()?;
     let provider = project.provider()?;
-    // A plan never writes the state; the lock is held while it reads.
-    let super::LoadedState { store: _lock, mut state, lineage, serial } = super::load_state(&project, provider.kind(), "rigger plan")?;
+    // A plan writes the state only to keep what a saved plan needs (below);
+    // the lock is held while it reads.
+    let super::LoadedState { store, mut state, mut lineage, mut serial, generated } = super::load_state(&project, provider.kind(), "rigger plan")?;
     let specs = engine::specs(provider.as_ref(), &project)?;
     let (events, printer) = ui::printer::Printer::start(verbose);
     let live = engine::refresh_to_plan(provider.as_ref(), &state, args.refresh, &events).await;
@@ -68,6 +69,13 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     }
     ui::print_security_warnings(&project.plan, &paint);
     if let Some(out) = &args.out {
+        let hosts = SavedHosts::of(config_plan.as_ref(), &changes, &state.secrets);
+        if generated && matches!(hosts, SavedHosts::Planned { .. }) {
+            (lineage, serial) = keep_generated(&store, &state)?;
+            if !args.json {
+                println!("\nKept the passwords, keys and certificates this plan generated in the state: `apply` of the saved plan writes the files it shows.");
+            }
+        }
         let saved = SavedPlan {
             format: saved_plan::FORMAT.into(),
             plan_file: std::fs::canonicalize(&args.plan)?,
@@ -77,7 +85,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
             state_serial: serial,
             infra_only: args.infra_only,
             changes: engine::effective(&changes),
-            hosts: SavedHosts::of(config_plan.as_ref(), &changes, &state.secrets),
+            hosts,
         };
         saved.write(out)?;
         if !args.json {
@@ -93,11 +101,28 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     Ok(if args.detailed_exitcode && (!summary.is_empty() || host_changes) { 2 } else { 0 })
 }
 
+/// Save what this plan generated (secrets, key pairs, certificates) into the
+/// state as it was read — not the refreshed resources: a plan changes nothing
+/// else. A saved plan's file hashes were made with them; `apply FILE` would
+/// otherwise generate other values, write other files and refuse the plan.
+/// Returns the state's lineage and serial after the save.
+fn keep_generated(store: &crate::state::StateStore, planned: &crate::state::State) -> Result<(Option<String>, u64)> {
+    let mut kept = store.load()?.unwrap_or_else(|| {
+        let mut fresh = crate::state::State::new(&planned.project, &planned.provider);
+        fresh.lineage = planned.lineage.clone();
+        fresh
+    });
+    kept.secrets = planned.secrets.clone();
+    kept.pki = planned.pki.clone();
+    store.save(&mut kept)?;
+    Ok((Some(kept.lineage.clone()), kept.serial))
+}
+
 /// What the saved plan holds of the hosts, in one line.
 fn saved_hosts_line(hosts: &SavedHosts) -> String {
     match hosts {
         SavedHosts::Planned { summary } => format!(
-            "It holds the host changes of {} host(s) (files by sha256, packages, services): `apply` refuses it if the hosts need anything else by then.",
+            "It holds the host changes of {} host(s) (files by a keyed hash, packages, services): `apply` refuses it if the hosts need anything else by then.",
             summary.hosts.len()
         ),
         SavedHosts::AfterCloudStep { machines, .. } => {

@@ -1,9 +1,13 @@
 //! The host plan as data: what `plan --out` saves of the host changes the user
 //! saw, and what `apply FILE` compares the hosts' plan of the moment with
 //! before it changes any host. Files are summarised by path, mode, owner and
-//! the sha256 of the desired content — never the content (files hold secrets).
+//! a keyed hash of the desired content — never the content (files hold
+//! secrets), and not a plain hash either: with the rest of a config file known
+//! from the plan, a plain sha256 would let whoever holds the saved plan test
+//! guesses of a weak password offline. The key is a state secret
+//! (`PLAN_HASH_KEY`), so only a holder of the state can recompute one.
 
-use super::ops::{sha256_hex, HostChanges};
+use super::ops::HostChanges;
 use super::phase::ConfigPlan;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -44,8 +48,8 @@ pub struct FileSummary {
     pub mode: String,
     pub owner: String,
     pub group: String,
-    /// sha256 of the content to write.
-    pub sha256: String,
+    /// HMAC-SHA256 of the content to write, keyed by the state's `PLAN_HASH_KEY`.
+    pub content_hmac: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,18 +59,31 @@ pub struct ParameterChange {
     pub wanted: String,
 }
 
+/// The state secret that keys the saved plan's file hashes (generated with the others).
+pub const PLAN_HASH_KEY: &str = "plan_hash_key";
+
+/// The keyed hash a saved plan holds of a file's content.
+pub fn content_hmac(key: &str, content: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(content);
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// The one way a host plan becomes data. `secrets` are masked out of the few
-/// values kept as text (parameter values), in case a plan puts one there.
+/// values kept as text (parameter values), in case a plan puts one there, and
+/// key the file hashes.
 pub fn summarize(cp: &ConfigPlan, secrets: &BTreeMap<String, String>) -> HostPlanSummary {
     let mask = |v: &str| crate::ui::hosts::mask(v, secrets);
+    let key = secrets.get(PLAN_HASH_KEY).map(String::as_str).unwrap_or_default();
     HostPlanSummary {
-        hosts: cp.hosts.iter().map(|(name, hp)| (name.clone(), summarize_host(&hp.changes))).collect(),
+        hosts: cp.hosts.iter().map(|(name, hp)| (name.clone(), summarize_host(&hp.changes, key))).collect(),
         parameter_changes: cp.parameter_changes.iter().map(|(name, now, wanted)| ParameterChange { name: name.clone(), now: now.as_deref().map(mask), wanted: mask(wanted) }).collect(),
         pending_restarts: cp.pending_restarts.clone(),
     }
 }
 
-fn summarize_host(c: &HostChanges) -> HostChangeSummary {
+fn summarize_host(c: &HostChanges, key: &str) -> HostChangeSummary {
     HostChangeSummary {
         install: c.install.clone(),
         files: c
@@ -78,7 +95,7 @@ fn summarize_host(c: &HostChanges) -> HostChangeSummary {
                 mode: format!("{:04o}", fc.file.mode),
                 owner: fc.file.owner.clone(),
                 group: fc.file.group.clone(),
-                sha256: sha256_hex(fc.file.content.as_bytes()),
+                content_hmac: content_hmac(key, fc.file.content.as_bytes()),
             })
             .collect(),
         start: c.start.clone(),
@@ -139,7 +156,7 @@ fn host_differences(host: &str, saved: &HostChangeSummary, now: &HostChangeSumma
 }
 
 fn describe(f: &FileSummary) -> String {
-    format!("({}) mode {} {}:{} sha256 {}", f.reasons.join(", "), f.mode, f.owner, f.group, &f.sha256[..f.sha256.len().min(12)])
+    format!("({}) mode {} {}:{} hmac {}", f.reasons.join(", "), f.mode, f.owner, f.group, &f.content_hmac[..f.content_hmac.len().min(12)])
 }
 
 fn list_differences(who: &str, saved: &[String], now: &[String], out: &mut Vec<String>) {
@@ -221,7 +238,7 @@ mod tests {
     }
 
     fn secrets() -> BTreeMap<String, String> {
-        [("redis_password".to_string(), SECRET.to_string())].into()
+        [("redis_password".to_string(), SECRET.to_string()), (PLAN_HASH_KEY.to_string(), "k".repeat(32))].into()
     }
 
     fn converged() -> String {
@@ -234,7 +251,12 @@ mod tests {
         let s = summarize(&cp, &secrets());
         let f = &s.hosts["cache-1"].files[0];
         assert_eq!((f.path.as_str(), f.mode.as_str(), f.owner.as_str(), f.reasons.clone()), ("/etc/redis/redis.conf", "0640", "redis", vec!["content".to_string()]));
-        assert_eq!(f.sha256, ops::sha256_hex(converged().as_bytes()));
+        assert_eq!(f.content_hmac, content_hmac(&"k".repeat(32), converged().as_bytes()));
+        // Keyed: not the plain hash, and another state's key gives another one.
+        assert_ne!(f.content_hmac, ops::sha256_hex(converged().as_bytes()));
+        let mut others = secrets();
+        others.insert(PLAN_HASH_KEY.into(), "x".repeat(32));
+        assert_ne!(summarize(&cp, &others).hosts["cache-1"].files[0].content_hmac, f.content_hmac);
         assert_eq!(s.hosts["cache-1"].restart, vec!["redis-server"]);
         let json = serde_json::to_string(&s).unwrap();
         assert!(!json.contains(SECRET) && !json.contains("requirepass"), "{json}");
@@ -286,10 +308,10 @@ mod tests {
 
         // The plan file would render other content: the same path, another hash.
         let mut other = summarize(&config_plan(facts("old\n")), &secrets());
-        other.hosts.get_mut("cache-1").unwrap().files[0].sha256 = ops::sha256_hex(b"other");
+        other.hosts.get_mut("cache-1").unwrap().files[0].content_hmac = content_hmac("k", b"other");
         let d = differences(&saved, &other);
         assert_eq!(d.len(), 1, "{d:?}");
-        assert!(d[0].starts_with("cache-1: /etc/redis/redis.conf: saved (content) mode 0640 redis:redis sha256 "), "{d:?}");
+        assert!(d[0].starts_with("cache-1: /etc/redis/redis.conf: saved (content) mode 0640 redis:redis hmac "), "{d:?}");
     }
 
     #[test]

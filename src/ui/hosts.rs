@@ -219,7 +219,7 @@ pub fn render_saved(s: &crate::hosts::summary::HostPlanSummary, paint: &Paint) -
             out.push_str(&format!("      {} stop and disable {svc}\n", paint.red("-")));
         }
         for f in &h.files {
-            out.push_str(&format!("      {} {} ({}) {} {}:{} {}\n", paint.yellow("~"), f.path, f.reasons.join(", "), f.mode, f.owner, f.group, paint.dim(&format!("sha256 {}", f.sha256))));
+            out.push_str(&format!("      {} {} ({}) {} {}:{} {}\n", paint.yellow("~"), f.path, f.reasons.join(", "), f.mode, f.owner, f.group, paint.dim(&format!("hmac {}", &f.content_hmac[..f.content_hmac.len().min(12)]))));
         }
         for (what, list) in [("start", &h.start), ("restart", &h.restart), ("reload", &h.reload), ("reload", &h.custom), ("enable at boot", &h.enable)] {
             for svc in list {
@@ -333,12 +333,12 @@ mod tests {
     #[test]
     fn saved_host_changes_are_shown_by_hash_and_an_unchanged_host_is_not_listed() {
         use crate::hosts::summary::{FileSummary, HostChangeSummary, HostPlanSummary};
-        let file = FileSummary { path: "/etc/redis/redis.conf".into(), reasons: vec!["content".into()], mode: "0640".into(), owner: "redis".into(), group: "redis".into(), sha256: "d155".into() };
+        let file = FileSummary { path: "/etc/redis/redis.conf".into(), reasons: vec!["content".into()], mode: "0640".into(), owner: "redis".into(), group: "redis".into(), content_hmac: "d155".into() };
         let mut s = HostPlanSummary::default();
         s.hosts.insert("cache".into(), HostChangeSummary { files: vec![file], restart: vec!["redis-server".into()], ..Default::default() });
         s.hosts.insert("idle".into(), HostChangeSummary::default());
         let text = render_saved(&s, &Paint { on: false });
-        assert!(text.contains("~ /etc/redis/redis.conf (content) 0640 redis:redis sha256 d155\n      ↻ restart redis-server"), "{text}");
+        assert!(text.contains("~ /etc/redis/redis.conf (content) 0640 redis:redis hmac d155\n      ↻ restart redis-server"), "{text}");
         assert!(!text.contains("idle"), "{text}");
         s.hosts.remove("cache");
         assert!(render_saved(&s, &Paint { on: false }).starts_with("No host changes."));
