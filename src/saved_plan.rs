@@ -130,10 +130,9 @@ impl SavedPlan {
 mod tests {
     use super::*;
     use crate::cloud::resource::Address;
-    use std::time::Instant;
 
     fn cp(not_built: Vec<String>) -> ConfigPlan {
-        ConfigPlan { hosts: BTreeMap::new(), not_built, parameter_changes: vec![], pending_restarts: vec![], unread: vec![], sessions: BTreeMap::new(), gathered: Instant::now(), scope: None }
+        ConfigPlan::of_hosts(BTreeMap::new(), not_built)
     }
 
     fn change(kind: Kind, name: &str, action: Action) -> Change {

@@ -78,10 +78,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 state.resources = live.iter().map(|l| (l.address.clone(), l.clone())).collect();
                 crate::hosts::remote::access::write(&project, &state)?;
                 if !infra_only && state.machines().next().is_some() {
-                    prepared = Some(phase::prepare(&project.with_cloud_addresses(&state), &state, args.parallelism, phase::Gather::APPLY_PREVIEW, &events).await.map(|mut cp| {
-                        cp.limit_to(&project.plan, &args.targets);
-                        cp
-                    }));
+                    prepared = Some(prepare_targets(&project.with_cloud_addresses(&state), &state, args, phase::Gather::APPLY_PREVIEW, &events).await);
                 }
             }
             drop(events);
@@ -177,11 +174,8 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                 old.close().await;
             }
             let state = shared.lock().await.state.clone();
-            config_plan = match phase::prepare(&project, &state, args.parallelism, phase::Gather::APPLY, &events).await {
-                Ok(mut cp) => {
-                    cp.limit_to(&project.plan, &args.targets);
-                    Some(cp)
-                }
+            config_plan = match prepare_targets(&project, &state, args, phase::Gather::APPLY, &events).await {
+                Ok(cp) => Some(cp),
                 Err(e) => {
                     result = Err(e);
                     None
@@ -228,6 +222,14 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
 
 /// Whether this apply drains what leaves. `--no-ssh-wait` promises not to dial
 /// the machines, so machines it deletes go undrained (said here).
+/// The hosts' facts and changes, limited to `--target` (the other hosts keep
+/// their facts and sessions but change nothing).
+async fn prepare_targets(project: &Project, state: &crate::state::State, args: &ApplyCmd, gather: phase::Gather, events: &rigger_events::Events) -> Result<phase::ConfigPlan> {
+    let mut cp = phase::prepare(project, state, args.parallelism, gather, events).await?;
+    cp.limit_to(&project.plan, &args.targets);
+    Ok(cp)
+}
+
 fn drains(infra_only: bool, no_ssh_wait: bool, changes: &[crate::cloud::diff::Change], paint: &Paint) -> bool {
     if infra_only && no_ssh_wait {
         let leaving = crate::reshape::drain::leaving(changes);

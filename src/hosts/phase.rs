@@ -92,6 +92,14 @@ impl ConfigPlan {
     }
 }
 
+#[cfg(test)]
+impl ConfigPlan {
+    /// A plan of these hosts with no cluster-wide change and no session (tests).
+    pub fn of_hosts(hosts: BTreeMap<String, HostPlan>, not_built: Vec<String>) -> ConfigPlan {
+        ConfigPlan { hosts, not_built, parameter_changes: vec![], pending_restarts: vec![], unread: vec![], sessions: BTreeMap::new(), gathered: Instant::now(), scope: None }
+    }
+}
+
 /// Hosts that have at least one role rigger configures.
 fn configured_hosts(plan: &Plan) -> Vec<&Host> {
     plan.hosts.iter().filter(|h| roles::registry::all().any(|r| r.applies_to(h))).collect()

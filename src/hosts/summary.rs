@@ -225,16 +225,7 @@ mod tests {
         let d = desired();
         let changes = ops::compute(&d, &facts, &BTreeSet::new());
         let hp = HostPlan { desired: d, facts, changes, old_content: BTreeMap::new() };
-        ConfigPlan {
-            hosts: [("cache-1".to_string(), hp)].into(),
-            not_built: vec![],
-            parameter_changes: vec![],
-            pending_restarts: vec![],
-            unread: vec![],
-            sessions: BTreeMap::new(),
-            gathered: std::time::Instant::now(),
-            scope: None,
-        }
+        ConfigPlan::of_hosts([("cache-1".to_string(), hp)].into(), vec![])
     }
 
     fn secrets() -> BTreeMap<String, String> {

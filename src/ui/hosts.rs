@@ -313,16 +313,7 @@ mod tests {
     fn a_service_that_only_needs_enabling_is_a_change_shown_and_counted() {
         let changes = crate::hosts::ops::HostChanges { host: "web".into(), enable: vec!["nginx".into()], ..Default::default() };
         let hp = HostPlan { desired: Default::default(), facts: Default::default(), changes, old_content: BTreeMap::new() };
-        let cp = ConfigPlan {
-            hosts: [("web".to_string(), hp)].into(),
-            not_built: vec![],
-            parameter_changes: vec![],
-            pending_restarts: vec![],
-            unread: vec![],
-            sessions: BTreeMap::new(),
-            gathered: std::time::Instant::now(),
-            scope: None,
-        };
+        let cp = ConfigPlan::of_hosts([("web".to_string(), hp)].into(), vec![]);
         // One `is_empty` decides `plan --detailed-exitcode` and apply's confirmation.
         assert!(!cp.is_empty());
         let text = render_human(&cp, &BTreeMap::new(), &Paint { on: false });
