@@ -322,7 +322,8 @@ async fn carry_out(
     let t1 = Instant::now();
     let pg_ctl = format!("/usr/lib/postgresql/{version}/bin/pg_ctl -D {}", sh_quote(&data));
     let log = "/var/log/postgresql/rigger-restore.log";
-    let out = ls.sudo(&format!("cd /tmp && runuser -u postgres -- {pg_ctl} -l {log} -w -t 3600 start"), None).await?;
+    // pg_ctl waits up to an hour for recovery to open the server: so may this command.
+    let out = ls.within(Duration::from_secs(3600 + 5 * 60)).sudo(&format!("cd /tmp && runuser -u postgres -- {pg_ctl} -l {log} -w -t 3600 start"), None).await?;
     if !out.ok() {
         let tail = ls.sudo(&format!("tail -n 15 {log}"), None).await.map(|o| o.stdout).unwrap_or_default();
         bail!("{leader}: PostgreSQL did not recover from the restored data:\n    {}", tail.trim().replace('\n', "\n    "));
@@ -352,7 +353,7 @@ async fn carry_out(
     for stmt in reset.split_inclusive(';') {
         ls.sudo_ok("resetting the recovery settings", &psql(stmt)).await?;
     }
-    ls.sudo_ok("stopping the recovered PostgreSQL", &format!("cd /tmp && runuser -u postgres -- {pg_ctl} -m fast -w -t 300 stop")).await?;
+    ls.within(Duration::from_secs(300 + 5 * 60)).sudo_ok("stopping the recovered PostgreSQL", &format!("cd /tmp && runuser -u postgres -- {pg_ctl} -m fast -w -t 300 stop")).await?;
     let recovery_secs = t1.elapsed().as_secs_f64();
 
     // 6. Patroni on the restored member: it finds no cluster in the DCS and takes it over with its data.

@@ -12,7 +12,7 @@ use crate::cloud::engine::Shared;
 use rigger_events::Events;
 use crate::plan::model::{Host, Plan};
 use crate::project::Project;
-use crate::hosts::remote::session::HostSession;
+use crate::hosts::remote::session::{HostSession, INSTALL_LIMIT};
 use crate::render::Renderer;
 use crate::hosts::roles;
 use crate::state::State;
@@ -408,7 +408,7 @@ async fn stage(session: &HostSession, ch: &HostChanges, (packages, once): (&Vec<
             .get_or_init(|| async {
                 events.progress(&subject, format!("installing {}", packages.join(" ")));
                 let script = format!("DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y {} 2>&1", packages.join(" "));
-                session.sudo_ok("installing packages", &script).await.map(|_| ()).map_err(|e| format!("{e:#}"))
+                session.within(INSTALL_LIMIT).sudo_ok("installing packages", &script).await.map(|_| ()).map_err(|e| format!("{e:#}"))
             })
             .await;
         installed.clone().map_err(|e| anyhow!(e))?;

@@ -7,8 +7,8 @@ use super::phase::{self, ConfigPlan};
 use crate::cloud::engine::Shared;
 use rigger_events::Events;
 use crate::project::Project;
-use crate::hosts::remote::scripted::{fail, ok, Action, HostView, Rule, ScriptedHost};
-use crate::hosts::remote::session::RunOutput;
+use crate::hosts::remote::scripted::{fail, ok, Action, Hang, HostView, Rule, ScriptedHost};
+use crate::hosts::remote::session::{RunOutput, COMMAND_LIMIT, INSTALL_LIMIT};
 use crate::cloud::resource::{Address, Kind, LiveResource};
 use crate::state::{State, StateStore};
 use anyhow::Result;
@@ -143,6 +143,13 @@ async fn a_first_run_builds_every_role_and_a_second_run_only_gathers_facts() {
     let installed = first.iter().position(|a| matches!(a, Action::Install(p) if p.contains(&"redis-server".to_string()))).expect("redis installed");
     let started = first.iter().position(|a| *a == systemctl("start", "redis-server")).expect("redis started");
     assert!(installed < started, "{first:?}");
+    // Installs may take their own long limit on the host; everything else the default.
+    for (name, h) in &w.hosts {
+        for sent in h.sent() {
+            let limit = if matches!(sent.action, Action::Install(_)) { INSTALL_LIMIT } else { COMMAND_LIMIT };
+            assert_eq!(sent.limit, limit, "{name}: {:?}", sent.action);
+        }
+    }
     // The services were started, and nothing is left owing a restart.
     let state = w.shared.lock().await.state.clone();
     assert_eq!(state.hosts["cache"]["pending"], serde_json::json!([]));
@@ -225,6 +232,28 @@ async fn a_role_starts_only_after_the_roles_it_needs_are_up() {
     assert!(!lb.running("keepalived"));
     // The independent role on the other host still came up.
     assert!(w.host("cache").view().running("redis-server"));
+}
+
+/// A package install that never ends (apt waiting on a lock) fails the
+/// apply at its limit, naming the host and the command, instead of hanging
+/// it; the roles of the other hosts still come up.
+#[tokio::test(start_paused = true)]
+async fn a_hung_install_fails_the_apply_at_its_limit() {
+    let w = World::new(PLAN, |name| {
+        let h = ScriptedHost::new(name, fresh_debian(), daemons(name));
+        if name == "cache" {
+            h.hang("apt-get", Hang::UntilTheLimit);
+        }
+        h
+    });
+    let started = tokio::time::Instant::now();
+    let ran = tokio::time::timeout(INSTALL_LIMIT * 10, w.run()).await.expect("the apply is bounded");
+    let err = format!("{:#}", ran.unwrap_err());
+    assert!(started.elapsed() >= INSTALL_LIMIT, "{:?}", started.elapsed());
+    assert!(err.contains("role redis: cache: `DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y nftables redis-server 2>&1` did not finish within 30 min, so it was ended on the host"), "{err}");
+    assert!(err.contains("RIGGER_COMMAND_TIMEOUT"), "{err}");
+    assert!(!w.host("cache").view().running("redis-server"));
+    assert!(w.host("lb-1").view().running("keepalived"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -66,6 +66,8 @@ pub enum Action {
     Read(String),
     /// Answered by the test's rule of this name.
     Rule(String),
+    /// Never ended by itself (`ScriptedHost::hang`).
+    Hung,
     Unanswered,
 }
 
@@ -85,6 +87,8 @@ pub struct Sent {
     pub who: As,
     pub script: String,
     pub stdin: Option<Vec<u8>>,
+    /// How long the host was told to let it run.
+    pub limit: std::time::Duration,
     pub action: Action,
 }
 
@@ -118,17 +122,35 @@ pub struct ScriptedHost {
     rules: Vec<Rule>,
     /// Paths whose checker refuses the candidate, with what it says.
     rejects: BTreeMap<String, String>,
+    /// Scripts that never end by themselves (`hang`).
+    hangs: Mutex<Vec<(String, Hang)>>,
     sent: Mutex<Vec<Sent>>,
+}
+
+/// How a command that never ends by itself ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hang {
+    /// The host's `timeout` ends it at its limit: exit 124, as GNU timeout's.
+    UntilTheLimit,
+    /// Nothing comes back at all (a connection that hangs).
+    Silent,
 }
 
 impl ScriptedHost {
     pub fn new(name: &str, view: HostView, rules: Vec<Rule>) -> Arc<ScriptedHost> {
-        Arc::new(ScriptedHost { name: name.into(), view: Mutex::new(view), rules, rejects: BTreeMap::new(), sent: Mutex::new(Vec::new()) })
+        Arc::new(ScriptedHost { name: name.into(), view: Mutex::new(view), rules, rejects: BTreeMap::new(), hangs: Mutex::default(), sent: Mutex::new(Vec::new()) })
     }
 
     /// The same host whose daemon checker refuses `path` with `message`.
     pub fn rejecting(name: &str, view: HostView, rules: Vec<Rule>, path: &str, message: &str) -> Arc<ScriptedHost> {
-        Arc::new(ScriptedHost { name: name.into(), view: Mutex::new(view), rules, rejects: [(path.to_string(), message.to_string())].into(), sent: Mutex::new(Vec::new()) })
+        Arc::new(ScriptedHost { name: name.into(), view: Mutex::new(view), rules, rejects: [(path.to_string(), message.to_string())].into(), hangs: Mutex::default(), sent: Mutex::new(Vec::new()) })
+    }
+
+    /// From now on, scripts containing `contains` never end by themselves
+    /// (apt waiting on a lock, a unit whose start never ends): they end as
+    /// `how` says.
+    pub fn hang(&self, contains: &str, how: Hang) {
+        self.hangs.lock().expect("hangs").push((contains.into(), how));
     }
 
     /// A `HostSession` over this host.
@@ -153,7 +175,22 @@ impl ScriptedHost {
         self.sent.lock().expect("sent scripts").clear();
     }
 
-    fn answer(&self, who: As, script: &str, stdin: Option<&[u8]>) -> RunOutput {
+    /// Run `script` as the host would: a hanging one as `hang` says, the
+    /// others answered at once.
+    async fn run_script(&self, who: As, script: &str, stdin: Option<&[u8]>, limit: std::time::Duration) -> RunOutput {
+        let hang = self.hangs.lock().expect("hangs").iter().find(|(c, _)| script.contains(c.as_str())).map(|(_, how)| *how);
+        let Some(how) = hang else { return self.answer(who, script, stdin, limit) };
+        self.sent.lock().expect("sent scripts").push(Sent { who, script: script.into(), stdin: stdin.map(<[u8]>::to_vec), limit, action: Action::Hung });
+        match how {
+            Hang::UntilTheLimit => {
+                tokio::time::sleep(limit).await;
+                fail(124, "")
+            }
+            Hang::Silent => std::future::pending().await,
+        }
+    }
+
+    fn answer(&self, who: As, script: &str, stdin: Option<&[u8]>, limit: std::time::Duration) -> RunOutput {
         let mut view = self.view.lock().expect("host view");
         // An upload batch writes several files in one script: one record per file.
         let (actions, out) = match upload_batch(script) {
@@ -166,7 +203,7 @@ impl ScriptedHost {
         drop(view);
         let mut sent = self.sent.lock().expect("sent scripts");
         for action in actions {
-            sent.push(Sent { who, script: script.into(), stdin: stdin.map(<[u8]>::to_vec), action });
+            sent.push(Sent { who, script: script.into(), stdin: stdin.map(<[u8]>::to_vec), limit, action });
         }
         out
     }
@@ -479,16 +516,16 @@ fn unquote(s: &str) -> String {
 
 #[async_trait]
 impl Transport for Arc<ScriptedHost> {
-    async fn run(&self, who: As, script: &str, stdin: Option<&[u8]>) -> Result<RunOutput> {
+    async fn run(&self, who: As, script: &str, stdin: Option<&[u8]>, limit: std::time::Duration) -> Result<RunOutput> {
         // Let other hosts' work interleave, as it would over the network.
         tokio::task::yield_now().await;
-        Ok(self.answer(who, script, stdin))
+        Ok(self.run_script(who, script, stdin, limit).await)
     }
 
-    async fn run_streamed(&self, script: &str, input: &mut (dyn AsyncRead + Unpin + Send)) -> Result<RunOutput> {
+    async fn run_streamed(&self, script: &str, input: &mut (dyn AsyncRead + Unpin + Send), limit: std::time::Duration) -> Result<RunOutput> {
         let mut data = Vec::new();
         input.read_to_end(&mut data).await?;
-        Ok(self.answer(As::Root, script, Some(&data)))
+        Ok(self.run_script(As::Root, script, Some(&data), limit).await)
     }
 
     async fn close(self: Box<Self>) {}

@@ -4,10 +4,38 @@
 
 use super::ahead::{Ask, FRESH};
 use super::transport::{As, SshTransport, Transport};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use openssh::{KnownHosts, SessionBuilder};
 use std::path::Path;
 use std::time::Duration;
+
+/// How long a remote command may run when its caller says nothing else
+/// (`HostSession::within` gives longer): a restart waits at most for a
+/// unit's stop and start (systemd's default is 90 s each), a check answers in
+/// seconds. Past it, a command hangs (apt waiting on a lock, a unit whose
+/// start never ends, a stuck psql) and is ended on the host.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(5 * 60);
+
+/// Package installs: apt-get and dpkg over the network (the hosts' mirror,
+/// `docker pull`, pip from an index) or from uploaded wheels and .debs.
+pub const INSTALL_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// Uploads of large artifacts streamed to a host and unpacked there (wheels,
+/// Saleor's source, Node, the Storefront and dashboard builds: hundreds of MB
+/// through a bastion).
+pub const UPLOAD_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// Every limit is at least this many seconds when set (a restore of a large
+/// database, a slow mirror): `RIGGER_COMMAND_TIMEOUT=<seconds>`.
+pub const LIMIT_ENV: &str = "RIGGER_COMMAND_TIMEOUT";
+
+/// A command past its limit is sent TERM on the host (its whole process
+/// group), and KILL this long after if it is still there.
+pub const KILL_AFTER: Duration = Duration::from_secs(10);
+
+/// The client waits this long past a command's limit for the host to report
+/// it ended; after that the connection (or the host) is taken to hang.
+pub const NO_ANSWER_GRACE: Duration = Duration::from_secs(30);
 
 pub struct HostSession {
     pub name: String,
@@ -92,44 +120,80 @@ impl HostSession {
         Some(answers.swap_remove(i).1)
     }
 
-    /// Run a shell script as root (sudo -n), optionally feeding `stdin`.
+    /// Run a shell script as root (sudo -n), optionally feeding `stdin`,
+    /// within `COMMAND_LIMIT`.
     pub async fn sudo(&self, script: &str, stdin: Option<&[u8]>) -> Result<RunOutput> {
-        if let Some(out) = self.answered(true, script, stdin) {
-            return Ok(out);
-        }
-        self.run(As::Root, script, stdin).await
+        self.within(COMMAND_LIMIT).sudo(script, stdin).await
     }
 
     /// Run a shell script as root with `input` streamed to its stdin (large
-    /// uploads: nothing is held in memory).
-    pub async fn sudo_stream(&self, script: &str, mut input: impl tokio::io::AsyncRead + Unpin + Send) -> Result<RunOutput> {
-        self.transport.run_streamed(script, &mut input).await
+    /// uploads: nothing is held in memory), within `COMMAND_LIMIT` (an upload
+    /// of a large artifact says `within(UPLOAD_LIMIT)`).
+    pub async fn sudo_stream(&self, script: &str, input: impl tokio::io::AsyncRead + Unpin + Send) -> Result<RunOutput> {
+        self.within(COMMAND_LIMIT).sudo_stream(script, input).await
     }
 
-    /// Run a shell script as the SSH user.
+    /// Run a shell script as the SSH user, within `COMMAND_LIMIT`.
     pub async fn sh(&self, script: &str) -> Result<RunOutput> {
-        if let Some(out) = self.answered(false, script, None) {
-            return Ok(out);
-        }
-        self.run(As::User, script, None).await
-    }
-
-    async fn run(&self, who: As, script: &str, stdin: Option<&[u8]>) -> Result<RunOutput> {
-        let started = std::time::Instant::now();
-        let out = self.transport.run(who, script, stdin).await;
-        // RUST_LOG=rigger::hosts::remote=debug: every live round trip with its host
-        // and duration (where a run's time goes).
-        tracing::debug!(host = self.name.as_str(), ms = started.elapsed().as_millis() as u64, code = out.as_ref().map(|o| o.code).unwrap_or(-1), command = trace_label(script), "round trip");
-        out
+        self.within(COMMAND_LIMIT).sh(script).await
     }
 
     /// Like `sudo`, but a non-zero exit is an error carrying the remote stderr.
     pub async fn sudo_ok(&self, what: &str, script: &str) -> Result<String> {
-        let out = self.sudo(script, None).await?;
-        if !out.ok() {
-            bail!("{}: {what} failed (exit {}): {}", self.name, out.code, out.stderr.trim());
+        self.within(COMMAND_LIMIT).sudo_ok(what, script).await
+    }
+
+    /// The same commands with a limit of their own, for work that is
+    /// legitimately long (package installs, uploads, backups, restores).
+    pub fn within(&self, limit: Duration) -> Within<'_> {
+        Within { session: self, limit }
+    }
+
+    /// Run `run` (the transport running `script` with `limit` on the host)
+    /// and wait for it at most a little past `limit`. Past the limit the
+    /// host's `timeout` ends the command (exit 124, or 137 after KILL): that
+    /// is an error naming the host, the command and the limit, as is a
+    /// connection that brings no answer at all.
+    async fn bounded(&self, script: &str, limit: Duration, run: impl std::future::Future<Output = Result<RunOutput>>) -> Result<RunOutput> {
+        let started = tokio::time::Instant::now();
+        let ms = || started.elapsed().as_millis() as u64;
+        match tokio::time::timeout(limit + NO_ANSWER_GRACE, run).await {
+            Err(_) => {
+                tracing::debug!(host = self.name.as_str(), ms = ms(), command = trace_label(script), "no answer");
+                bail!(
+                    "{}: `{}` gave no answer within {} (its limit, {}, and {} for the host to report it ended) — the connection or the host hangs; \
+                     the host ends the command at its limit if it still runs. Check that {} answers over SSH and is not overloaded; \
+                     if the command is only slow, {LIMIT_ENV}=<seconds> gives every command at least that long",
+                    self.name,
+                    trace_label(script),
+                    human(limit + NO_ANSWER_GRACE),
+                    human(limit),
+                    human(NO_ANSWER_GRACE),
+                    self.name
+                )
+            }
+            Ok(out) => {
+                // RUST_LOG=rigger::hosts::remote=debug: every live round trip with its host
+                // and duration (where a run's time goes).
+                tracing::debug!(host = self.name.as_str(), ms = ms(), code = out.as_ref().map(|o| o.code).unwrap_or(-1), command = trace_label(script), "round trip");
+                // A command that exits 124 by itself (an inner `timeout 8 psql`)
+                // does so before the limit: only one that ran that long was ended.
+                match out {
+                    Ok(o) if matches!(o.code, 124 | 137) && started.elapsed() >= limit => bail!(
+                        "{}: `{}` did not finish within {}, so it was ended on the host (TERM, then KILL after {}). \
+                         If it is only slow (a large database, a slow package mirror), run again with {LIMIT_ENV}=<seconds> above {}; \
+                         if it hangs, see what it waits for on {} (`ps -ef --forest`, `journalctl -n 50`)",
+                        self.name,
+                        trace_label(script),
+                        human(limit),
+                        human(KILL_AFTER),
+                        limit.as_secs(),
+                        self.name
+                    ),
+                    out => out,
+                }
+            }
         }
-        Ok(out.stdout)
     }
 
     pub async fn close(self) {
@@ -137,11 +201,86 @@ impl HostSession {
     }
 }
 
-/// A command as a trace line names it: its first line, cut short (secrets
-/// travel on stdin, never in a script's text).
+/// A session's commands with a limit of their own (`HostSession::within`).
+#[derive(Clone, Copy)]
+pub struct Within<'a> {
+    session: &'a HostSession,
+    limit: Duration,
+}
+
+impl Within<'_> {
+    /// Run a shell script as root (sudo -n), optionally feeding `stdin`.
+    pub async fn sudo(self, script: &str, stdin: Option<&[u8]>) -> Result<RunOutput> {
+        if let Some(out) = self.session.answered(true, script, stdin) {
+            return Ok(out);
+        }
+        self.run(As::Root, script, stdin).await
+    }
+
+    /// Run a shell script as root with `input` streamed to its stdin.
+    pub async fn sudo_stream(self, script: &str, mut input: impl tokio::io::AsyncRead + Unpin + Send) -> Result<RunOutput> {
+        let limit = self.limit()?;
+        let s = self.session;
+        s.bounded(script, limit, s.transport.run_streamed(script, &mut input, limit)).await
+    }
+
+    /// Run a shell script as the SSH user.
+    pub async fn sh(self, script: &str) -> Result<RunOutput> {
+        if let Some(out) = self.session.answered(false, script, None) {
+            return Ok(out);
+        }
+        self.run(As::User, script, None).await
+    }
+
+    /// Like `sudo`, but a non-zero exit is an error carrying the remote stderr.
+    pub async fn sudo_ok(self, what: &str, script: &str) -> Result<String> {
+        let out = self.sudo(script, None).await?;
+        if !out.ok() {
+            bail!("{}: {what} failed (exit {}): {}", self.session.name, out.code, out.stderr.trim());
+        }
+        Ok(out.stdout)
+    }
+
+    async fn run(self, who: As, script: &str, stdin: Option<&[u8]>) -> Result<RunOutput> {
+        let limit = self.limit()?;
+        let s = self.session;
+        s.bounded(script, limit, s.transport.run(who, script, stdin, limit)).await
+    }
+
+    /// The limit, raised to `RIGGER_COMMAND_TIMEOUT` when that is longer.
+    fn limit(&self) -> Result<Duration> {
+        effective_limit(self.limit, std::env::var(LIMIT_ENV).ok().as_deref())
+    }
+}
+
+/// `limit`, or the floor `env` (seconds) gives when it is longer.
+fn effective_limit(limit: Duration, env: Option<&str>) -> Result<Duration> {
+    let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(limit) };
+    let floor: u64 = v.parse().ok().filter(|s| *s > 0).with_context(|| format!("{LIMIT_ENV}={v:?} is not a number of seconds — set it to how long a remote command may run at least (e.g. 7200), or unset it"))?;
+    Ok(limit.max(Duration::from_secs(floor)))
+}
+
+/// A limit as people say it: `5 min`, `6 h`, `5 min 30 s`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    let parts = [(s / 3600, "h"), (s / 60 % 60, "min"), (s % 60, "s")];
+    let said: Vec<String> = parts.iter().filter(|(n, _)| *n > 0).map(|(n, unit)| format!("{n} {unit}")).collect();
+    if said.is_empty() {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        said.join(" ")
+    }
+}
+
+/// A command as a trace line or a deadline's error names it: its first
+/// line, cut short (secrets travel on stdin, never in a script's text).
 fn trace_label(script: &str) -> String {
+    const MAX: usize = 120;
     let first = script.trim_start().lines().next().unwrap_or("");
-    first.chars().take(60).collect()
+    match first.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &first[..cut]),
+        None => first.to_string(),
+    }
 }
 
 /// Quote a string for sh.
@@ -150,4 +289,91 @@ pub fn sh_quote(s: &str) -> String {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hosts::remote::scripted::{fail, ok, Action, Hang, HostView, Rule, ScriptedHost};
+    use tokio::time::Instant;
+
+    /// Far past any limit here: a test whose command is not bounded fails
+    /// at this instead of hanging.
+    const NEVER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// Whether `elapsed` (tokio's paused clock) is `at`, within its timer tick.
+    fn about(elapsed: Duration, at: Duration) -> bool {
+        elapsed >= at && elapsed < at + Duration::from_millis(10)
+    }
+
+    /// A command that never ends by itself (here apt waiting on a lock) is
+    /// ended by the host's `timeout` at its limit, and the error names the
+    /// host, the command, the limit and what to do.
+    #[tokio::test(start_paused = true)]
+    async fn a_command_that_never_ends_is_an_error_at_its_limit() {
+        let host = ScriptedHost::new("db-1", HostView::default(), vec![]);
+        host.hang("apt-get", Hang::UntilTheLimit);
+        let s = host.session();
+        let started = Instant::now();
+        let ran = tokio::time::timeout(NEVER, s.sudo_ok("installing packages", "DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server 2>&1")).await.expect("bounded by the session");
+        let err = format!("{:#}", ran.unwrap_err());
+        assert!(about(started.elapsed(), COMMAND_LIMIT), "{:?}", started.elapsed());
+        assert!(err.starts_with("db-1: `DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server 2>&1` did not finish within 5 min, so it was ended on the host"), "{err}");
+        assert!(err.contains("RIGGER_COMMAND_TIMEOUT=<seconds> above 300") && err.contains("ps -ef --forest"), "{err}");
+        // A longer limit of its own is what the host is told, and waited for.
+        let started = Instant::now();
+        let ran = tokio::time::timeout(NEVER, s.within(INSTALL_LIMIT).sudo("apt-get install -y x", None)).await.expect("bounded by the session");
+        assert!(format!("{:#}", ran.unwrap_err()).contains("did not finish within 30 min"));
+        assert!(about(started.elapsed(), INSTALL_LIMIT), "{:?}", started.elapsed());
+        assert_eq!(host.sent().iter().map(|x| (x.limit, x.action.clone())).collect::<Vec<_>>(), [(COMMAND_LIMIT, Action::Hung), (INSTALL_LIMIT, Action::Hung)]);
+    }
+
+    /// A connection that brings nothing back (not even the host's end of
+    /// the command) is given up a little after the limit, and said so.
+    #[tokio::test(start_paused = true)]
+    async fn a_command_that_gives_no_answer_is_an_error_shortly_after_its_limit() {
+        let host = ScriptedHost::new("lb-1", HostView::default(), vec![]);
+        host.hang("systemctl restart", Hang::Silent);
+        let s = host.session();
+        let started = Instant::now();
+        let ran = tokio::time::timeout(NEVER, s.sh("systemctl restart haproxy")).await.expect("bounded by the session");
+        let err = format!("{:#}", ran.unwrap_err());
+        assert!(about(started.elapsed(), COMMAND_LIMIT + NO_ANSWER_GRACE), "{:?}", started.elapsed());
+        assert!(err.starts_with("lb-1: `systemctl restart haproxy` gave no answer within 5 min 30 s (its limit, 5 min, and 30 s for the host to report it ended)"), "{err}");
+        let started = Instant::now();
+        let ran = tokio::time::timeout(NEVER, s.within(UPLOAD_LIMIT).sudo_stream("systemctl restart haproxy", std::io::Cursor::new(vec![1u8; 10]))).await.expect("bounded by the session");
+        let err = format!("{:#}", ran.unwrap_err());
+        assert!(about(started.elapsed(), UPLOAD_LIMIT + NO_ANSWER_GRACE), "{:?}", started.elapsed());
+        assert!(err.contains("gave no answer within 30 min 30 s"), "{err}");
+    }
+
+    /// An ordinary command is answered as before, told the default limit; one
+    /// that exits 124 by itself (an inner `timeout 8 psql` that gave up) is
+    /// its output, not a deadline of rigger's.
+    #[tokio::test(start_paused = true)]
+    async fn a_normal_command_is_unaffected() {
+        let rules = vec![Rule::new("login", "timeout 8 psql", |_, _| fail(124, "")), Rule::new("hello", "echo hi", |_, _| ok("hi\n"))];
+        let host = ScriptedHost::new("app-1", HostView::default(), rules);
+        let s = host.session();
+        let started = Instant::now();
+        assert_eq!(s.sh("echo hi").await.unwrap().stdout, "hi\n");
+        assert_eq!(s.sudo_ok("greeting", "echo hi").await.unwrap(), "hi\n");
+        let out = s.sudo("timeout 8 psql -c 'select 1'", None).await.unwrap();
+        assert_eq!(out.code, 124);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(host.sent().iter().all(|x| x.limit == COMMAND_LIMIT), "{:?}", host.sent().iter().map(|x| x.limit).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_environment_raises_limits_and_never_lowers_them() {
+        let (five_min, six_h) = (COMMAND_LIMIT, Duration::from_secs(6 * 3600));
+        assert_eq!(effective_limit(five_min, None).unwrap(), five_min);
+        assert_eq!(effective_limit(five_min, Some("")).unwrap(), five_min);
+        assert_eq!(effective_limit(five_min, Some("7200")).unwrap(), Duration::from_secs(7200));
+        assert_eq!(effective_limit(six_h, Some("7200")).unwrap(), six_h);
+        let err = format!("{:#}", effective_limit(five_min, Some("2h")).unwrap_err());
+        assert!(err.starts_with("RIGGER_COMMAND_TIMEOUT=\"2h\" is not a number of seconds"), "{err}");
+        assert!(effective_limit(five_min, Some("0")).is_err());
+        assert_eq!([human(COMMAND_LIMIT), human(six_h), human(Duration::from_secs(90)), human(Duration::from_secs(12 * 3600 + 600))], ["5 min", "6 h", "1 min 30 s", "12 h 10 min"]);
+    }
 }

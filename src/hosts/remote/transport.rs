@@ -4,10 +4,11 @@
 //! (remote::scripted) in its place, so the phase's own code runs unchanged
 //! without machines.
 
-use super::session::RunOutput;
+use super::session::{sh_quote, RunOutput, KILL_AFTER};
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use openssh::{Session, Stdio};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 /// Who a script runs as on the host.
@@ -22,10 +23,13 @@ pub enum As {
 #[async_trait]
 pub trait Transport: Send + Sync {
     /// Run a shell script, feeding it `stdin` (or nothing), and wait for it.
-    async fn run(&self, who: As, script: &str, stdin: Option<&[u8]>) -> Result<RunOutput>;
+    /// The host ends it after `limit` (exit 124, or 137 when it needed KILL);
+    /// `HostSession` bounds the wait on this side.
+    async fn run(&self, who: As, script: &str, stdin: Option<&[u8]>, limit: Duration) -> Result<RunOutput>;
 
-    /// Run a shell script as root with `input` streamed to its stdin.
-    async fn run_streamed(&self, script: &str, input: &mut (dyn AsyncRead + Unpin + Send)) -> Result<RunOutput>;
+    /// Run a shell script as root with `input` streamed to its stdin, ended
+    /// by the host after `limit` as `run`'s are.
+    async fn run_streamed(&self, script: &str, input: &mut (dyn AsyncRead + Unpin + Send), limit: Duration) -> Result<RunOutput>;
 
     /// End the connection (or, for SSH with RIGGER_SSH_PERSIST, leave it for the next run).
     async fn close(self: Box<Self>);
@@ -45,22 +49,31 @@ pub struct SshTransport {
 }
 
 impl SshTransport {
-    fn command(&self, who: As, script: &str) -> openssh::OwningCommand<&Session> {
-        let mut cmd = match who {
-            As::Root => {
-                let mut c = self.session.command("sudo");
-                c.args(["-n", "sh", "-c", script]);
-                c
-            }
-            As::User => {
-                let mut c = self.session.command("sh");
-                c.args(["-c", script]);
-                c
-            }
-        };
+    fn command(&self, who: As, script: &str, limit: Duration) -> openssh::OwningCommand<&Session> {
+        let mut cmd = self.session.raw_command(remote_command_line(who, script, limit, KILL_AFTER));
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     }
+}
+
+/// The command line the host's login shell runs for a script: `sh -c
+/// <script>` (after `sudo -n` for root) under GNU `timeout`, which ends it
+/// after `limit` — TERM to its whole process group, KILL `kill_after`
+/// later — so a command rigger gave up on is not left running. `timeout`
+/// is one more exec per command, none per ask (the facts script's asks
+/// run inside it), and the script's text is unchanged (answers asked ahead
+/// still match it). The trailing `exit` keeps the login shell from
+/// exec'ing the command (a fork, no exec): a KILL reaches `timeout`
+/// itself, and the shell then reports exit 137 where ssh would otherwise
+/// report no exit status at all.
+pub fn remote_command_line(who: As, script: &str, limit: Duration, kill_after: Duration) -> String {
+    // Whole seconds, rounded up: the host never ends a command before its limit.
+    let secs = |d: Duration| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1);
+    let sudo = match who {
+        As::Root => "sudo -n ",
+        As::User => "",
+    };
+    format!("{sudo}timeout -k {} {} sh -c {}; exit", secs(kill_after), secs(limit), sh_quote(script))
 }
 
 fn output(out: std::process::Output) -> RunOutput {
@@ -69,8 +82,8 @@ fn output(out: std::process::Output) -> RunOutput {
 
 #[async_trait]
 impl Transport for SshTransport {
-    async fn run(&self, who: As, script: &str, stdin: Option<&[u8]>) -> Result<RunOutput> {
-        let mut cmd = self.command(who, script);
+    async fn run(&self, who: As, script: &str, stdin: Option<&[u8]>, limit: Duration) -> Result<RunOutput> {
+        let mut cmd = self.command(who, script, limit);
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         let mut child = cmd.spawn().await.with_context(|| format!("{}: cannot start a remote command", self.name))?;
         if let Some(data) = stdin {
@@ -83,8 +96,8 @@ impl Transport for SshTransport {
         Ok(output(out))
     }
 
-    async fn run_streamed(&self, script: &str, input: &mut (dyn AsyncRead + Unpin + Send)) -> Result<RunOutput> {
-        let mut cmd = self.command(As::Root, script);
+    async fn run_streamed(&self, script: &str, input: &mut (dyn AsyncRead + Unpin + Send), limit: Duration) -> Result<RunOutput> {
+        let mut cmd = self.command(As::Root, script, limit);
         cmd.stdin(Stdio::piped());
         let mut child = cmd.spawn().await.with_context(|| format!("{}: cannot start a remote command", self.name))?;
         let mut pipe = child.stdin().take().ok_or_else(|| anyhow!("{}: no stdin", self.name))?;
@@ -109,5 +122,52 @@ impl Transport for SshTransport {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_runs_the_script_unchanged_under_timeout() {
+        let script = "echo 'a b' && sleep 1";
+        assert_eq!(remote_command_line(As::Root, script, Duration::from_secs(300), KILL_AFTER), "sudo -n timeout -k 10 300 sh -c 'echo '\\''a b'\\'' && sleep 1'; exit");
+        assert_eq!(remote_command_line(As::User, "true", Duration::from_millis(1500), KILL_AFTER), "timeout -k 10 2 sh -c true; exit");
+        // What the host's shell makes of it: the script's own words, exit code and output.
+        let line = remote_command_line(As::User, "printf '%s|' \"$0\" 'it'\\''s'; echo; exit 3", Duration::from_secs(60), KILL_AFTER);
+        let out = std::process::Command::new("sh").args(["-c", &line]).output().unwrap();
+        assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(3), "sh|it's|\n"));
+    }
+
+    /// The command line a host runs, run here by sh as the host's login
+    /// shell would (the SSH user's form; root's only puts `sudo -n` before
+    /// it): past its limit the script and everything it started are gone —
+    /// children that ignore TERM too (KILL follows) — and the shell exits
+    /// 124 or 137, which the session reports as a deadline.
+    #[test]
+    fn past_its_limit_the_command_and_its_children_are_gone() {
+        use std::os::unix::process::CommandExt;
+        // Children inherit the ignored TERM: only KILL ends them.
+        let script = "trap '' TERM; sleep 4711 & sleep 4712 & sleep 4713; wait";
+        let line = remote_command_line(As::User, script, Duration::from_secs(1), Duration::from_secs(1));
+        // In a process group of its own, so that whatever this test started can be ended by it.
+        let mut child = std::process::Command::new("sh").args(["-c", &line]).stdin(std::process::Stdio::null()).process_group(0).spawn().unwrap();
+        let group = child.id() as i32;
+        let left = || std::process::Command::new("pgrep").args(["-f", "sleep 471[123]"]).output().unwrap().stdout;
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            match child.try_wait().unwrap() {
+                Some(status) if left().is_empty() => break Some(status),
+                _ if std::time::Instant::now() > until => break None,
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        if status.is_none() {
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+            let _ = child.wait();
+        }
+        let status = status.expect("the command and its children were still running 20 s past a 1 s limit");
+        assert!(matches!(status.code(), Some(124 | 137)), "{status:?}");
     }
 }

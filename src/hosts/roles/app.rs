@@ -15,7 +15,7 @@ use crate::hosts::ops::{HostDesired, OnChange};
 use crate::hosts::run::{start, wait_for, RoleRun};
 use crate::plan::load::resolve_path;
 use crate::plan::model::{Host, Plan};
-use crate::hosts::remote::session::HostSession;
+use crate::hosts::remote::session::{HostSession, INSTALL_LIMIT};
 use crate::render::Renderer;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
@@ -148,7 +148,7 @@ async fn prepare_host(run: &RoleRun<'_>, h: &Host, s: &HostSession) -> Result<()
         let satisfied = s.sudo(&format!("{pip} --no-index --no-deps --dry-run -r {dir}/src/requirements.txt"), None).await?.ok();
         if !satisfied {
             run.events.progress(&subject, "installing requirements into the virtualenv");
-            let out = s.sudo(&format!("{pip} --timeout 20 --retries 2 -r {dir}/src/requirements.txt 2>&1"), None).await?;
+            let out = s.within(INSTALL_LIMIT).sudo(&format!("{pip} --timeout 20 --retries 2 -r {dir}/src/requirements.txt 2>&1"), None).await?;
             if !out.ok() {
                 bail!("{}: pip install -r requirements.txt failed (no package index reachable? add the distro packages to services.app.packages):\n{}", h.name, crate::hosts::run::indent(out.stdout.trim()));
             }

@@ -21,7 +21,7 @@ use super::{database, endpoints, file, service};
 use crate::hosts::ops::{HostDesired, OnChange};
 use crate::hosts::run::{wait_for, RoleRun};
 use crate::plan::model::Plan;
-use crate::hosts::remote::session::{sh_quote, HostSession};
+use crate::hosts::remote::session::{sh_quote, HostSession, INSTALL_LIMIT};
 use crate::render::Renderer;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
@@ -212,7 +212,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
             for image in &images {
                 let q = sh_quote(image);
                 run.events.progress(&format!("saleor {}", h.name), format!("docker pull {image}"));
-                s.sudo_ok(&format!("docker pull {image}"), &format!("docker image inspect {q} >/dev/null 2>&1 || docker pull -q {q} 2>&1")).await?;
+                s.within(INSTALL_LIMIT).sudo_ok(&format!("docker pull {image}"), &format!("docker image inspect {q} >/dev/null 2>&1 || docker pull -q {q} 2>&1")).await?;
             }
             Ok(())
         }
@@ -238,7 +238,7 @@ async fn migrate_once(run: &RoleRun<'_>, image: &str) -> Result<()> {
     }
     run.events.progress(&format!("saleor {}", first.name), format!("manage.py migrate for {image}"));
     let q = sh_quote(image);
-    let out = s.sudo(&format!("docker run --rm --env-file {ENV} {q} python3 manage.py migrate --no-input > /var/log/saleor-migrate.log 2>&1 || {{ tail -n 20 /var/log/saleor-migrate.log; exit 1; }}"), None).await?;
+    let out = s.within(super::saleor_source::MIGRATE_LIMIT).sudo(&format!("docker run --rm --env-file {ENV} {q} python3 manage.py migrate --no-input > /var/log/saleor-migrate.log 2>&1 || {{ tail -n 20 /var/log/saleor-migrate.log; exit 1; }}"), None).await?;
     if !out.ok() {
         bail!("{}: manage.py migrate failed:\n{}", first.name, crate::hosts::run::indent(&out.stdout));
     }

@@ -14,7 +14,7 @@ use crate::hosts::run::{indent, wait_for, RoleRun};
 use rigger_events::Events;
 use crate::plan::load::resolve_path;
 use crate::plan::model::Plan;
-use crate::hosts::remote::session::HostSession;
+use crate::hosts::remote::session::{HostSession, UPLOAD_LIMIT};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -123,7 +123,7 @@ pub async fn push(s: &HostSession, d: &Dashboard, built: &PathBuf, events: &Even
     events.progress(&format!("saleor {}", s.name), format!("uploading dashboard build {}", d.build));
     let mut tar = tokio::process::Command::new("tar").arg("-C").arg(built).args(["-cf", "-", "."]).stdout(std::process::Stdio::piped()).spawn().context("running tar")?;
     let stdout = tar.stdout.take().expect("tar stdout");
-    let out = s.sudo_stream(&format!("rm -rf {root}.partial && mkdir -p {root}.partial && tar -xf - -C {root}.partial && chmod -R a+rX {root}.partial && mv {root}.partial {root}"), stdout).await?;
+    let out = s.within(UPLOAD_LIMIT).sudo_stream(&format!("rm -rf {root}.partial && mkdir -p {root}.partial && tar -xf - -C {root}.partial && chmod -R a+rX {root}.partial && mv {root}.partial {root}"), stdout).await?;
     tar.wait().await?;
     if !out.ok() {
         bail!("{}: unpacking the dashboard failed: {}", s.name, out.stderr.trim());

@@ -23,7 +23,7 @@ use crate::hosts::run::{indent, wait_for, RoleRun};
 use rigger_events::Events;
 use crate::plan::load::resolve_path;
 use crate::plan::model::{Host, Plan};
-use crate::hosts::remote::session::{sh_quote, HostSession};
+use crate::hosts::remote::session::{sh_quote, HostSession, INSTALL_LIMIT, UPLOAD_LIMIT};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -261,7 +261,7 @@ async fn ship_libraries(s: &HostSession, debs: &(PathBuf, Vec<String>), events: 
     events.progress(&format!("saleor {}", s.name), format!("installing {} from .debs fetched on the control host", HOST_LIBRARIES.join(", ")));
     let mut tar = tokio::process::Command::new("tar").arg("-C").arg(&dir).args(["-cf", "-", "--"]).args(debs.iter()).stdout(std::process::Stdio::piped()).spawn().context("running tar")?;
     let stdout = tar.stdout.take().expect("tar stdout");
-    let out = s.sudo_stream("d=$(mktemp -d) && tar -xf - -C \"$d\" && dpkg -i \"$d\"/*.deb 2>&1; rc=$?; rm -rf \"$d\"; exit $rc", stdout).await?;
+    let out = s.within(UPLOAD_LIMIT).sudo_stream("d=$(mktemp -d) && tar -xf - -C \"$d\" && dpkg -i \"$d\"/*.deb 2>&1; rc=$?; rm -rf \"$d\"; exit $rc", stdout).await?;
     tar.wait().await?;
     if !out.ok() {
         bail!("{}: dpkg -i {} failed:\n{}", s.name, HOST_LIBRARIES.join(" "), indent(out.stdout.trim()));
@@ -300,6 +300,7 @@ pub async fn install(s: &HostSession, src: &Source, wh: &Wheelhouse, libraries: 
             .context("running tar")?;
         let stdout = tar.stdout.take().expect("tar stdout");
         let up = s
+            .within(UPLOAD_LIMIT)
             .sudo_stream(&format!("mkdir -p {HOST_WHEELS}.partial && tar -xf - -C {HOST_WHEELS}.partial && mkdir -p {HOST_WHEELS} && mv -f {HOST_WHEELS}.partial/* {HOST_WHEELS}/ && rmdir {HOST_WHEELS}.partial"), stdout)
             .await?;
         tar.wait().await?;
@@ -335,12 +336,12 @@ pub async fn install(s: &HostSession, src: &Source, wh: &Wheelhouse, libraries: 
             .spawn()
             .context("running tar")?;
         let stdout = tar.stdout.take().expect("tar stdout");
-        let up = s.sudo_stream(&prepare, stdout).await?;
+        let up = s.within(UPLOAD_LIMIT).sudo_stream(&prepare, stdout).await?;
         tar.wait().await?;
         up
     } else {
         let f = tokio::fs::File::open(&src.path).await.with_context(|| format!("reading {}", src.path.display()))?;
-        s.sudo_stream(&prepare, f).await?
+        s.within(UPLOAD_LIMIT).sudo_stream(&prepare, f).await?
     };
     if !up.ok() {
         bail!("{}: unpacking Saleor's source failed: {}", s.name, up.stderr.trim());
@@ -349,6 +350,7 @@ pub async fn install(s: &HostSession, src: &Source, wh: &Wheelhouse, libraries: 
     s.sudo(&format!("cat > {rel}/requirements.txt"), Some(&requirements)).await?;
     events.progress(&subject, format!("installing the venv offline (pip install --no-index --find-links {HOST_WHEELS})"));
     let out = s
+        .within(INSTALL_LIMIT)
         .sudo(
             &format!(
                 "python3 -m venv {rel}/venv 2>&1 || exit 1\n\
@@ -384,6 +386,12 @@ from django.db import connection; from django.core.management import call_comman
 connection.cursor().execute(\"SELECT pg_advisory_lock(5316801)\"); print(\"rigger: migration lock taken\", flush=True); \
 call_command(\"migrate\", interactive=False)";
 
+/// How long `manage.py migrate` may run: it waits up to 30 min for another
+/// host's migration (the lock below), and a fresh database's migration took
+/// ~13 min on a loaded machine here; a large shop's may take longer
+/// (`RIGGER_COMMAND_TIMEOUT` raises it).
+pub const MIGRATE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
+
 /// `manage.py migrate` once per release, on `s` (the first Saleor host).
 pub async fn migrate_once(s: &HostSession, src: &Source, events: &Events) -> Result<()> {
     let rel = src.dir();
@@ -399,7 +407,7 @@ pub async fn migrate_once(s: &HostSession, src: &Source, events: &Events) -> Res
         "mkdir -p /var/log/saleor\nflock -w 1800 /run/saleor-migrate.lock {} > {log} 2>&1\nrc=$?\nif [ $rc -ne 0 ]; then tail -n 25 {log}; exit $rc; fi\ntouch {marker}\n",
         as_saleor(src, &format!("saleor-migrate-{}", src.release), &format!("python -c {}", sh_quote(MIGRATE_PY)))
     );
-    let out = s.sudo(&script, None).await?;
+    let out = s.within(MIGRATE_LIMIT).sudo(&script, None).await?;
     if !out.ok() {
         bail!(
             "{}: manage.py migrate of release {} failed — the rollout stops here and the running release keeps serving (full log: {log}):\n{}",

@@ -25,7 +25,7 @@ use crate::hosts::run::{indent, wait_for, RoleRun};
 use rigger_events::Events;
 use crate::plan::load::resolve_path;
 use crate::plan::model::Plan;
-use crate::hosts::remote::session::{sh_quote, HostSession};
+use crate::hosts::remote::session::{sh_quote, HostSession, UPLOAD_LIMIT};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -205,7 +205,7 @@ pub async fn push(s: &HostSession, b: &Build, built: &Path, node: &Toolchain, ev
         // -h: the toolchain's bin/node is a link to the unpacked binary.
         let mut tar = tokio::process::Command::new("tar").arg("-chf").arg("-").arg("-C").arg(&node.bin).arg("node").stdout(std::process::Stdio::piped()).spawn().context("running tar")?;
         let stdout = tar.stdout.take().expect("tar stdout");
-        let out = s.sudo_stream(&format!("rm -rf {node_dir}.partial && mkdir -p {node_dir}.partial && tar -xf - -C {node_dir}.partial && {node_dir}.partial/node --version && rm -rf {node_dir} && mv {node_dir}.partial {node_dir}"), stdout).await?;
+        let out = s.within(UPLOAD_LIMIT).sudo_stream(&format!("rm -rf {node_dir}.partial && mkdir -p {node_dir}.partial && tar -xf - -C {node_dir}.partial && {node_dir}.partial/node --version && rm -rf {node_dir} && mv {node_dir}.partial {node_dir}"), stdout).await?;
         tar.wait().await?;
         if !out.ok() {
             bail!("{}: installing Node {} failed: {}{}", s.name, b.node_version, out.stdout.trim(), out.stderr.trim());
@@ -218,6 +218,7 @@ pub async fn push(s: &HostSession, b: &Build, built: &Path, node: &Toolchain, ev
         // The code stays root's; .next (its page and fetch cache, rewritten on
         // revalidation) belongs to the service user.
         let out = s
+            .within(UPLOAD_LIMIT)
             .sudo_stream(
                 &format!("rm -rf {dir}.partial && mkdir -p {dir}.partial && tar -xf - -C {dir}.partial && chown -R root:root {dir}.partial && chmod -R a+rX {dir}.partial && chown -R storefront:storefront {dir}.partial/.next && mv {dir}.partial {dir}"),
                 stdout,
