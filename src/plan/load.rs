@@ -711,7 +711,8 @@ impl Reader<'_> {
             let mut values = BTreeMap::new();
             for setting in services::settings(role) {
                 let what = format!("services.{role}.{}", setting.key);
-                let value = match section.and_then(|s| s.get(setting.key)).filter(|n| !n.is_null()) {
+                // An empty value (`ttl:` alone) is refused by the typed readers, at the key.
+                let value = match section.and_then(|s| s.get(setting.key)) {
                     Some(n) => self.setting_value(n, setting.ty, &what),
                     None => {
                         if setting.required {
@@ -756,6 +757,9 @@ impl Reader<'_> {
             SettingType::Ip => self.ip(node, what).map(|a| Value::String(a.v.to_string())),
             SettingType::List => Some(Value::Array(self.string_list(node, what).into_iter().filter_map(|s| self.text(s, SettingType::Str, what)).map(Value::String).collect())),
             SettingType::Map => {
+                if self.empty(node, what, "a mapping such as `{ max_connections: 200 }`") {
+                    return None;
+                }
                 let entries = node.as_map();
                 if entries.is_none() {
                     self.d.at(node, format!("{what} must be a mapping, e.g. `{{ max_connections: 200 }}`"));
