@@ -107,15 +107,19 @@ impl Reader<'_> {
             Some(n) => self.list(n, "hosts").iter().filter_map(|h| self.host(h)).collect(),
             None => Vec::new(),
         };
-        let ssh = self.ssh(root.get("ssh"), project.as_ref().map(|p| p.v.as_str()).unwrap_or("rigger"));
-        let project = project?;
-        let services = self.services(root.get("services"), &project.v, &raw_hosts);
+        // A missing or bad project is reported with every other error: the
+        // checks go on with a stand-in name, and the plan is refused at the end.
+        let project_name = project.as_ref().map_or("rigger", |p| p.v.as_str()).to_string();
+        let ssh = self.ssh(root.get("ssh"), &project_name);
+        let services = self.services(root.get("services"), &project_name, &raw_hosts);
 
         let (network, firewall_groups) = (network?, firewall);
         let provider = provider?;
         self.refuse_unused_keys(root, &provider);
         let hosts = self.expand_hosts(&raw_hosts, &network, &firewall_groups, &defaults, &provider, root);
-        self.check_cloud_names(&project.v, &network, &firewall_groups, &hosts, &provider, root);
+        if let Some(project) = &project {
+            self.check_cloud_names(&project.v, &network, &firewall_groups, &hosts, &provider, root);
+        }
         self.check_roles(&hosts, &raw_hosts, &services, &network, root);
         let ssh = ssh?;
         if let Some(b) = &ssh.bastion {
@@ -131,7 +135,7 @@ impl Reader<'_> {
             file: file.to_path_buf(),
             dir: self.dir.to_path_buf(),
             version: 1,
-            project: project.v,
+            project: project_name,
             provider,
             ssh,
             network,
@@ -145,7 +149,7 @@ impl Reader<'_> {
         if self.d.is_empty() {
             self.check_flows(&plan, root);
         }
-        Some(plan)
+        project.map(|_| plan)
     }
 
     /// Keys the plan's provider has no use for (`PlanRules::unused_keys`), at the key.
