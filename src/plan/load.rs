@@ -158,11 +158,17 @@ impl Reader<'_> {
         let entries = |list: Option<&Node>| list.and_then(|l| l.as_seq()).map(<[Node]>::to_vec).unwrap_or_default();
         let hosts = entries(root.get("hosts"));
         let subnets = entries(root.get("network").and_then(|n| n.get("subnets")));
+        let defaults: Vec<Node> = root.get("defaults").into_iter().cloned().collect();
         for (place, key) in rules.unused_keys() {
-            let (list, what) = if *place == "host" { (&hosts, "a host") } else { (&subnets, "a subnet") };
+            let (list, what) = match *place {
+                "host" => (&hosts, "a host"),
+                "subnet" => (&subnets, "a subnet"),
+                _ => (&defaults, "defaults"),
+            };
+            let users = rules::who_uses(&rules::users_of(place, key));
             for entry in list {
                 if let Some((k, _)) = entry.as_map().and_then(|m| m.iter().find(|(k, _)| k.as_scalar() == Some(key))) {
-                    self.d.at(k, format!("the {} provider does not use `{key}` in {what} — remove it", rules.kind()));
+                    self.d.at(k, format!("the {} provider does not use `{key}` in {what} ({users}) — remove it", rules.kind()));
                 }
             }
         }
@@ -279,6 +285,9 @@ impl Reader<'_> {
             }
             if let Some(p) = provider {
                 rules_of(p).check_subnet(&cidr, self.d);
+                if let Some(g) = &gateway {
+                    rules_of(p).check_gateway(&cidr.v, g, self.d);
+                }
             }
             for (other, _, other_pos) in &subnets {
                 if other.cidr.contains(&cidr.v.network()) || cidr.v.contains(&other.cidr.network()) {

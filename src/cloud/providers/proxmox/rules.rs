@@ -62,7 +62,7 @@ impl PlanRules for ProxmoxRules {
     }
 
     fn read_block(&self, node: &Node, r: &mut Reader) -> Option<ProviderConfig> {
-        r.map(node, "provider (proxmox)", BLOCK_KEYS)?;
+        crate::cloud::providers::rules::read_block_keys(r, node, self.kind(), BLOCK_KEYS)?;
         let endpoint = r.provider_string(node, "endpoint");
         if let (Some(e), Some(n)) = (&endpoint, node.get("endpoint")) {
             if !(e.starts_with("https://") || e.starts_with("http://")) {
@@ -97,6 +97,17 @@ impl PlanRules for ProxmoxRules {
             bridge: r.provider_string(node, "bridge").unwrap_or_else(|| "vmbr0".into()),
             template: r.provider_string(node, "template").unwrap_or_else(|| "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst".into()),
         }))
+    }
+
+    fn block_keys(&self) -> &'static [&'static str] {
+        BLOCK_KEYS
+    }
+
+    /// A guest is placed on `provider.node` (no zones), its address is on the
+    /// bridge (no public address of the cloud's), and a container or VM gets
+    /// whole cores (no core fraction): these keys would be read by nothing.
+    fn unused_keys(&self) -> &'static [(&'static str, &'static str)] {
+        &[("host", "zone"), ("host", "public_ip"), ("host", "core_fraction"), ("subnet", "zone"), ("defaults", "core_fraction")]
     }
 
     /// A guest is cloned from the block's template.
