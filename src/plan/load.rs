@@ -742,6 +742,7 @@ impl Reader<'_> {
             }
             out.insert(role.to_string(), values);
         }
+        self.check_shared_logins(&out, given);
         if let Some(p) = out.get_mut(patroni::NAME) {
             let section = given.and_then(|n| n.get(patroni::NAME)).filter(|n| !n.is_null());
             super::rto::apply_preset(self.d, section, p);
@@ -761,6 +762,34 @@ impl Reader<'_> {
             }
         }
         Some(out)
+    }
+
+    /// A database setting (`SettingType::Identifier`) names the database and
+    /// its owner's login role (`database::ensure`). Two roles naming one
+    /// would each set that login's password to their own secret, and every
+    /// apply would undo the other's: refused, naming both places.
+    fn check_shared_logins(&mut self, out: &BTreeMap<String, BTreeMap<String, Value>>, given: Option<&Node>) {
+        let mut seen: Vec<(String, String, Option<Pos>)> = Vec::new();
+        for (role, values) in out {
+            for setting in services::settings(role).iter().filter(|s| s.ty == SettingType::Identifier) {
+                let Some(name) = values.get(setting.key).and_then(Value::as_str) else { continue };
+                let what = format!("services.{role}.{}", setting.key);
+                let pos = given.and_then(|n| n.get(role)).and_then(|s| s.get(setting.key)).map(|n| n.pos);
+                match seen.iter().find(|(n, ..)| n == name) {
+                    Some((_, other, other_pos)) => {
+                        let place = |p: &Option<Pos>| p.map_or("its default".to_string(), |p| format!("line {}", p.line));
+                        let message = format!(
+                            "{what} `{name}` ({}) is also {other} ({}) — a database is its owner's login role too, and the two roles would each set that login's password to their own secret, undoing each other on every apply; give {} another name",
+                            place(&pos),
+                            place(other_pos),
+                            if pos.is_some() { &what } else { other }
+                        );
+                        self.d.error(pos.or(*other_pos).unwrap_or_default(), message);
+                    }
+                    None => seen.push((name.to_string(), what, pos)),
+                }
+            }
+        }
     }
 
     fn setting_value(&mut self, node: &Node, ty: SettingType, what: &str) -> Option<Value> {
