@@ -107,15 +107,19 @@ impl Reader<'_> {
             Some(n) => self.list(n, "hosts").iter().filter_map(|h| self.host(h)).collect(),
             None => Vec::new(),
         };
-        let ssh = self.ssh(root.get("ssh"), project.as_ref().map(|p| p.v.as_str()).unwrap_or("rigger"));
-        let project = project?;
-        let services = self.services(root.get("services"), &project.v, &raw_hosts);
+        // A missing or bad project is reported with every other error: the
+        // checks go on with a stand-in name, and the plan is refused at the end.
+        let project_name = project.as_ref().map_or("rigger", |p| p.v.as_str()).to_string();
+        let ssh = self.ssh(root.get("ssh"), &project_name);
+        let services = self.services(root.get("services"), &project_name, &raw_hosts);
 
         let (network, firewall_groups) = (network?, firewall);
         let provider = provider?;
         self.refuse_unused_keys(root, &provider);
         let hosts = self.expand_hosts(&raw_hosts, &network, &firewall_groups, &defaults, &provider, root);
-        self.check_cloud_names(&project.v, &network, &firewall_groups, &hosts, &provider, root);
+        if let Some(project) = &project {
+            self.check_cloud_names(&project.v, &network, &firewall_groups, &hosts, &provider, root);
+        }
         self.check_roles(&hosts, &raw_hosts, &services, &network, root);
         let ssh = ssh?;
         if let Some(b) = &ssh.bastion {
@@ -131,7 +135,7 @@ impl Reader<'_> {
             file: file.to_path_buf(),
             dir: self.dir.to_path_buf(),
             version: 1,
-            project: project.v,
+            project: project_name,
             provider,
             ssh,
             network,
@@ -145,7 +149,7 @@ impl Reader<'_> {
         if self.d.is_empty() {
             self.check_flows(&plan, root);
         }
-        Some(plan)
+        project.map(|_| plan)
     }
 
     /// Keys the plan's provider has no use for (`PlanRules::unused_keys`), at the key.
@@ -154,11 +158,17 @@ impl Reader<'_> {
         let entries = |list: Option<&Node>| list.and_then(|l| l.as_seq()).map(<[Node]>::to_vec).unwrap_or_default();
         let hosts = entries(root.get("hosts"));
         let subnets = entries(root.get("network").and_then(|n| n.get("subnets")));
+        let defaults: Vec<Node> = root.get("defaults").into_iter().cloned().collect();
         for (place, key) in rules.unused_keys() {
-            let (list, what) = if *place == "host" { (&hosts, "a host") } else { (&subnets, "a subnet") };
+            let (list, what) = match *place {
+                "host" => (&hosts, "a host"),
+                "subnet" => (&subnets, "a subnet"),
+                _ => (&defaults, "defaults"),
+            };
+            let users = rules::who_uses(&rules::users_of(place, key));
             for entry in list {
                 if let Some((k, _)) = entry.as_map().and_then(|m| m.iter().find(|(k, _)| k.as_scalar() == Some(key))) {
-                    self.d.at(k, format!("the {} provider does not use `{key}` in {what} — remove it", rules.kind()));
+                    self.d.at(k, format!("the {} provider does not use `{key}` in {what} ({users}) — remove it", rules.kind()));
                 }
             }
         }
@@ -275,6 +285,9 @@ impl Reader<'_> {
             }
             if let Some(p) = provider {
                 rules_of(p).check_subnet(&cidr, self.d);
+                if let Some(g) = &gateway {
+                    rules_of(p).check_gateway(&cidr.v, g, self.d);
+                }
             }
             for (other, _, other_pos) in &subnets {
                 if other.cidr.contains(&cidr.v.network()) || cidr.v.contains(&other.cidr.network()) {
@@ -711,7 +724,8 @@ impl Reader<'_> {
             let mut values = BTreeMap::new();
             for setting in services::settings(role) {
                 let what = format!("services.{role}.{}", setting.key);
-                let value = match section.and_then(|s| s.get(setting.key)).filter(|n| !n.is_null()) {
+                // An empty value (`ttl:` alone) is refused by the typed readers, at the key.
+                let value = match section.and_then(|s| s.get(setting.key)) {
                     Some(n) => self.setting_value(n, setting.ty, &what),
                     None => {
                         if setting.required {
@@ -728,6 +742,7 @@ impl Reader<'_> {
             }
             out.insert(role.to_string(), values);
         }
+        self.check_shared_logins(&out, given);
         if let Some(p) = out.get_mut(patroni::NAME) {
             let section = given.and_then(|n| n.get(patroni::NAME)).filter(|n| !n.is_null());
             super::rto::apply_preset(self.d, section, p);
@@ -749,6 +764,34 @@ impl Reader<'_> {
         Some(out)
     }
 
+    /// A database setting (`SettingType::Identifier`) names the database and
+    /// its owner's login role (`database::ensure`). Two roles naming one
+    /// would each set that login's password to their own secret, and every
+    /// apply would undo the other's: refused, naming both places.
+    fn check_shared_logins(&mut self, out: &BTreeMap<String, BTreeMap<String, Value>>, given: Option<&Node>) {
+        let mut seen: Vec<(String, String, Option<Pos>)> = Vec::new();
+        for (role, values) in out {
+            for setting in services::settings(role).iter().filter(|s| s.ty == SettingType::Identifier) {
+                let Some(name) = values.get(setting.key).and_then(Value::as_str) else { continue };
+                let what = format!("services.{role}.{}", setting.key);
+                let pos = given.and_then(|n| n.get(role)).and_then(|s| s.get(setting.key)).map(|n| n.pos);
+                match seen.iter().find(|(n, ..)| n == name) {
+                    Some((_, other, other_pos)) => {
+                        let place = |p: &Option<Pos>| p.map_or("its default".to_string(), |p| format!("line {}", p.line));
+                        let message = format!(
+                            "{what} `{name}` ({}) is also {other} ({}) — a database is its owner's login role too, and the two roles would each set that login's password to their own secret, undoing each other on every apply; give {} another name",
+                            place(&pos),
+                            place(other_pos),
+                            if pos.is_some() { &what } else { other }
+                        );
+                        self.d.error(pos.or(*other_pos).unwrap_or_default(), message);
+                    }
+                    None => seen.push((name.to_string(), what, pos)),
+                }
+            }
+        }
+    }
+
     fn setting_value(&mut self, node: &Node, ty: SettingType, what: &str) -> Option<Value> {
         match ty {
             SettingType::Int { min, max } => self.int(node, what, min, max).map(|a| json!(a.v)),
@@ -756,6 +799,9 @@ impl Reader<'_> {
             SettingType::Ip => self.ip(node, what).map(|a| Value::String(a.v.to_string())),
             SettingType::List => Some(Value::Array(self.string_list(node, what).into_iter().filter_map(|s| self.text(s, SettingType::Str, what)).map(Value::String).collect())),
             SettingType::Map => {
+                if self.empty(node, what, "a mapping such as `{ max_connections: 200 }`") {
+                    return None;
+                }
                 let entries = node.as_map();
                 if entries.is_none() {
                     self.d.at(node, format!("{what} must be a mapping, e.g. `{{ max_connections: 200 }}`"));

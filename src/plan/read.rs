@@ -128,11 +128,26 @@ impl Reader<'_> {
         }
     }
 
+    /// The value of `key` if the plan writes the key — an empty one too
+    /// (`cores:` with nothing after it), which the typed readers below refuse
+    /// at the key rather than take it for a left-out key.
     pub fn optional<'n>(&mut self, parent: &'n Node, key: &str) -> Option<&'n Node> {
-        parent.get(key).filter(|n| !n.is_null())
+        parent.get(key)
+    }
+
+    /// Whether `node` is empty (a key with nothing after it, `~`, `null`);
+    /// if so, the error says what the key takes.
+    pub fn empty(&mut self, node: &Node, what: &str, expected: &str) -> bool {
+        if node.is_null() {
+            self.d.at(node, format!("{what} is empty — give it {expected}, or remove it"));
+        }
+        node.is_null()
     }
 
     pub fn string(&mut self, node: &Node, what: &str) -> Option<At<String>> {
+        if self.empty(node, what, "a value") {
+            return None;
+        }
         match &node.value {
             Y::Scalar(s, _) => Some(At { v: s.clone(), pos: node.pos }),
             _ => {
@@ -143,6 +158,9 @@ impl Reader<'_> {
     }
 
     pub fn int(&mut self, node: &Node, what: &str, min: i64, max: i64) -> Option<At<i64>> {
+        if self.empty(node, what, &format!("a whole number from {min} to {max}")) {
+            return None;
+        }
         let s = self.string(node, what)?;
         match s.v.trim().parse::<i64>() {
             Ok(n) if (min..=max).contains(&n) => Some(At { v: n, pos: s.pos }),
@@ -158,6 +176,9 @@ impl Reader<'_> {
     }
 
     pub fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        if self.empty(node, what, "true or false") {
+            return None;
+        }
         let s = self.string(node, what)?;
         match s.v.as_str() {
             "true" => Some(true),
@@ -170,6 +191,9 @@ impl Reader<'_> {
     }
 
     pub fn size(&mut self, node: &Node, what: &str) -> Option<At<u64>> {
+        if self.empty(node, what, "a size such as 2GiB") {
+            return None;
+        }
         let s = self.string(node, what)?;
         match parse_size(&s.v) {
             Ok(b) => Some(At { v: b, pos: s.pos }),
@@ -181,6 +205,9 @@ impl Reader<'_> {
     }
 
     pub fn ip(&mut self, node: &Node, what: &str) -> Option<At<Ipv4Addr>> {
+        if self.empty(node, what, "an IPv4 address such as 10.20.0.21") {
+            return None;
+        }
         let s = self.string(node, what)?;
         match s.v.parse::<Ipv4Addr>() {
             Ok(ip) => Some(At { v: ip, pos: s.pos }),
@@ -192,6 +219,9 @@ impl Reader<'_> {
     }
 
     pub fn cidr(&mut self, node: &Node, what: &str) -> Option<At<Ipv4Net>> {
+        if self.empty(node, what, "a CIDR block such as 10.20.0.0/24") {
+            return None;
+        }
         let s = self.string(node, what)?;
         match s.v.parse::<Ipv4Net>() {
             Ok(net) if net.network() != net.addr() => {
@@ -207,6 +237,9 @@ impl Reader<'_> {
     }
 
     pub fn list<'n>(&mut self, node: &'n Node, what: &str) -> &'n [Node] {
+        if self.empty(node, what, "a list such as `[a, b]`") {
+            return &[];
+        }
         match &node.value {
             Y::Seq(items) => items,
             _ => {
@@ -222,6 +255,9 @@ impl Reader<'_> {
     }
 
     pub fn name(&mut self, node: &Node, what: &str) -> Option<At<String>> {
+        if self.empty(node, what, "a name such as `main` (lower-case letters, digits and dashes)") {
+            return None;
+        }
         let s = self.string(node, what)?;
         if !valid_name(&s.v) {
             self.d.error(
@@ -234,6 +270,9 @@ impl Reader<'_> {
     }
 
     pub fn path(&mut self, node: &Node, what: &str) -> Option<PathBuf> {
+        if self.empty(node, what, "a file's path") {
+            return None;
+        }
         self.string(node, what).map(|s| resolve_path(self.dir, &s.v))
     }
 }

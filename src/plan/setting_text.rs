@@ -139,6 +139,30 @@ fn size(what: &str, text: &str, units: &[&str], ignore_case: bool) -> Result<(),
 mod tests {
     use super::*;
 
+    /// The login roles rigger's own templates use (Patroni's superuser,
+    /// replication and rewind users; pgBackRest's) are names an app's
+    /// database — also its login role — may not take.
+    #[test]
+    fn every_login_role_of_the_stack_is_kept_from_the_apps() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+        let mut users = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for line in text.lines().map(str::trim) {
+                let user = line.strip_prefix("username:").or_else(|| line.split_once("-user=").map(|(_, u)| u));
+                if let Some(u) = user.map(str::trim).filter(|u| identifier_ok(u)) {
+                    users.push(u.to_string());
+                }
+            }
+        }
+        for u in ["postgres", "replicator", "rewinder"] {
+            assert!(users.iter().any(|x| x == u), "templates/ no longer name {u}: update this test");
+        }
+        for u in &users {
+            assert!(check(SettingType::Identifier, "services.app.database", u).is_err(), "{u} is a login role of the stack's, yet an app may take it");
+        }
+    }
+
     #[test]
     fn each_kind_takes_its_own_and_refuses_the_rest() {
         assert!(check(SettingType::Str, "x", "anything: at all").is_ok());

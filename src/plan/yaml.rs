@@ -148,6 +148,13 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(text, style, anchor, _tag) => {
                 self.nodes += 1;
                 let quoted = !matches!(style, TScalarStyle::Plain);
+                // A key with nothing after it (`cores:`) has an empty value whose
+                // marker is the next token, often on the next line: the value
+                // is where its key is.
+                let pos = match self.stack.last() {
+                    Some(Frame::Map(_, _, _, Some(key))) if !quoted && text.is_empty() => key.pos,
+                    _ => pos,
+                };
                 let value = if !quoted && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL") {
                     Value::Null
                 } else {
@@ -232,6 +239,17 @@ mod tests {
         let c = n.get("b").unwrap().get("c").unwrap();
         assert_eq!(c.pos, Pos { line: 3, col: 6 });
         assert_eq!(c.as_scalar(), Some("x"));
+    }
+
+    #[test]
+    fn an_empty_value_is_where_its_key_is() {
+        let n = parse("a:\nb: 1\nc:\n  d:\ne: { f: }\ng:").unwrap();
+        assert_eq!(n.get("a").unwrap().pos, Pos { line: 1, col: 1 });
+        assert_eq!(n.get("c").unwrap().get("d").unwrap().pos, Pos { line: 4, col: 3 });
+        assert_eq!(n.get("e").unwrap().get("f").unwrap().pos, Pos { line: 5, col: 6 });
+        assert_eq!(n.get("g").unwrap().pos, Pos { line: 6, col: 1 }, "at the end of the file too");
+        // A written `~` is a value of its own, at its place.
+        assert_eq!(parse("a: ~\n").unwrap().get("a").unwrap().pos, Pos { line: 1, col: 4 });
     }
 
     #[test]

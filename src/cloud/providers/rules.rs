@@ -10,6 +10,7 @@ use crate::plan::model::ProviderConfig;
 use crate::plan::read::{At, HostDefaults, HostEntry, Reader};
 use crate::plan::yaml::Node;
 use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
 
 pub trait PlanRules: Sync {
     /// The word in `provider: { kind: … }`.
@@ -18,6 +19,9 @@ pub trait PlanRules: Sync {
     /// Read the `provider:` block (its `kind` already read and found to be
     /// this one) into this provider's typed config.
     fn read_block(&self, node: &Node, r: &mut Reader) -> Option<ProviderConfig>;
+
+    /// The keys its `provider:` block takes (`kind` among them).
+    fn block_keys(&self) -> &'static [&'static str];
 
     /// The image of a host when neither the host nor `defaults:` names one.
     fn default_image(&self, config: &ProviderConfig) -> String;
@@ -31,9 +35,13 @@ pub trait PlanRules: Sync {
     /// have run). Only when the plan uses this provider.
     fn check_subnet(&self, _cidr: &At<Ipv4Net>, _d: &mut Diags) {}
 
+    /// A subnet's `gateway:` (written in the plan) against what this cloud
+    /// gives the subnet. Only when the plan uses this provider.
+    fn check_gateway(&self, _cidr: &Ipv4Net, _gateway: &At<Ipv4Addr>, _d: &mut Diags) {}
+
     /// Generic plan keys this provider has no use for, as (where, key) with
-    /// where `host` or `subnet`: refused where the plan writes them, since a
-    /// key read by nothing would look like it took effect.
+    /// where `host`, `subnet` or `defaults`: refused where the plan writes
+    /// them, since a key read by nothing would look like it took effect.
     fn unused_keys(&self) -> &'static [(&'static str, &'static str)] {
         &[]
     }
@@ -102,6 +110,36 @@ pub fn kinds() -> Vec<&'static str> {
     RULES.iter().map(|r| r.kind()).collect()
 }
 
+/// The providers that use the generic key `key` in `place` (`host`,
+/// `subnet`, `defaults`): those that do not list it as unused.
+pub fn users_of(place: &str, key: &str) -> Vec<&'static str> {
+    RULES.iter().filter(|r| !r.unused_keys().contains(&(place, key))).map(|r| r.kind()).collect()
+}
+
+/// `the yandex provider does` / `the yandex and proxmox providers do`.
+pub fn who_uses(kinds: &[&str]) -> String {
+    match kinds {
+        [one] => format!("the {one} provider does"),
+        many => format!("the {} providers do", many.join(" and ")),
+    }
+}
+
+/// A `provider:` block's keys, `allowed` the ones its kind takes: a key of
+/// another provider's block is refused naming the provider that takes it,
+/// any other unknown key with a "did you mean".
+pub fn read_block_keys<'n>(r: &mut Reader, node: &'n Node, kind: &str, allowed: &[&str]) -> Option<&'n [(Node, Node)]> {
+    let mut known: Vec<&str> = allowed.to_vec();
+    for (k, _) in node.as_map().unwrap_or_default() {
+        let Some(key) = k.as_scalar().filter(|key| !allowed.contains(key)) else { continue };
+        let takers: Vec<&str> = RULES.iter().filter(|o| o.block_keys().contains(&key)).map(|o| o.kind()).collect();
+        if !takers.is_empty() {
+            r.d.at(k, format!("the {kind} provider does not use `{key}` in its block ({}) — remove it; provider (kind: {kind}) takes {}", who_uses(&takers), allowed.join(", ")));
+            known.push(key);
+        }
+    }
+    r.map(node, &format!("provider ({kind})"), &known)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +151,17 @@ mod tests {
             assert_eq!(rules_for(kind).map(|r| r.kind()), Some(kind));
         }
         assert!(rules_for("yandx").is_none());
+    }
+
+    #[test]
+    fn every_unused_key_is_used_by_some_provider() {
+        for r in all() {
+            for (place, key) in r.unused_keys() {
+                assert!(["host", "subnet", "defaults"].contains(place), "{}: unknown place {place}", r.kind());
+                assert!(!users_of(place, key).is_empty(), "`{key}` in {place} is used by no provider: drop it from the plan file instead");
+            }
+        }
+        assert_eq!(users_of("host", "zone"), ["yandex"]);
+        assert_eq!(users_of("host", "cores"), ["yandex", "proxmox", "local"]);
     }
 }

@@ -26,7 +26,7 @@ impl PlanRules for LocalRules {
     }
 
     fn read_block(&self, node: &Node, r: &mut Reader) -> Option<ProviderConfig> {
-        r.map(node, "provider (local)", BLOCK_KEYS)?;
+        crate::cloud::providers::rules::read_block_keys(r, node, self.kind(), BLOCK_KEYS)?;
         let image = r.provider_string(node, "image").unwrap_or_else(|| IMAGE.into());
         if image != IMAGE {
             let pos = node.get("image").map(|n| n.pos).unwrap_or(node.pos);
@@ -34,6 +34,10 @@ impl PlanRules for LocalRules {
         }
         // Reported once, here: the hosts that would inherit it are not refused again.
         Some(ProviderConfig::Local(LocalConfig { image: IMAGE.into() }))
+    }
+
+    fn block_keys(&self) -> &'static [&'static str] {
+        BLOCK_KEYS
     }
 
     fn default_image(&self, config: &ProviderConfig) -> String {
@@ -68,7 +72,8 @@ impl PlanRules for LocalRules {
     }
 
     fn unused_keys(&self) -> &'static [(&'static str, &'static str)] {
-        &[("host", "zone"), ("host", "public_ip"), ("subnet", "zone")]
+        // Cores, memory and disk are recorded (not enforced); nothing reads a core fraction.
+        &[("host", "zone"), ("host", "public_ip"), ("host", "core_fraction"), ("subnet", "zone"), ("defaults", "core_fraction")]
     }
 
     /// Every machine boots the one image the provider builds.
@@ -110,7 +115,8 @@ mod tests {
 
     #[test]
     fn a_key_of_another_provider_is_refused_with_what_the_block_takes() {
-        assert_eq!(load("{ kind: local, zone: a }").unwrap_err(), "p.yaml:3:26: unknown key `zone` in provider (local) — allowed: kind, image");
+        assert_eq!(load("{ kind: local, zone: a }").unwrap_err(), "p.yaml:3:26: the local provider does not use `zone` in its block (the yandex provider does) — remove it; provider (kind: local) takes kind, image");
+        assert_eq!(load("{ kind: local, imag: a }").unwrap_err(), "p.yaml:3:26: unknown key `imag` in provider (local) — did you mean `image`?");
     }
 
     #[test]

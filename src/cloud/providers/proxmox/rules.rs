@@ -32,12 +32,29 @@ pub const MAX_VMID: u32 = 999_999_999;
 /// The least memory PVE gives a container or a VM (apidata: memory, minimum 16 MiB).
 pub const MIN_MEMORY_MIB: u64 = 16;
 
+/// A new guest volume's size unit: PVE allocates `STORAGE_ID:SIZE_IN_GiB`
+/// (apidata: rootfs, scsi[n]), and a disk is resized in whole G too.
+const GIB: u64 = 1 << 30;
+
 /// What one entry's guests must be for PVE to create them as the plan says.
 fn check_guest(h: &HostEntry, defaults: &HostDefaults, d: &mut Diags) {
     let memory = h.memory(defaults);
     if memory < MIN_MEMORY_MIB << 20 {
         let pos = h.memory.as_ref().map_or(h.name.pos, |m| m.pos);
         d.error(pos, format!("host `{}` asks for {memory} bytes of memory, below Proxmox's minimum of {MIN_MEMORY_MIB}MiB — give it at least 512MiB", h.name.v));
+    }
+    // Anything else would be rounded up to the next GiB (at least 1) without a word.
+    let disk = h.disk(defaults);
+    if disk % GIB != 0 {
+        let (pos, from) = match &h.disk {
+            Some(at) => (at.pos, String::new()),
+            None => (h.name.pos, " (from defaults.disk)".to_string()),
+        };
+        let whole = disk.div_ceil(GIB).max(1);
+        d.error(
+            pos,
+            format!("host `{}`: a disk of {}{from} is not a whole number of GiB, and Proxmox makes a guest's disk in whole GiB (STORAGE_ID:SIZE_IN_GiB), so it would become {whole}GiB — write `disk: {whole}GiB` (or another whole GiB)", h.name.v, crate::plan::size::format_size(disk)),
+        );
     }
     match h.guest_kind() {
         // A VM is cloned from a template VM (its name or VMID); a container
@@ -62,7 +79,7 @@ impl PlanRules for ProxmoxRules {
     }
 
     fn read_block(&self, node: &Node, r: &mut Reader) -> Option<ProviderConfig> {
-        r.map(node, "provider (proxmox)", BLOCK_KEYS)?;
+        crate::cloud::providers::rules::read_block_keys(r, node, self.kind(), BLOCK_KEYS)?;
         let endpoint = r.provider_string(node, "endpoint");
         if let (Some(e), Some(n)) = (&endpoint, node.get("endpoint")) {
             if !(e.starts_with("https://") || e.starts_with("http://")) {
@@ -97,6 +114,17 @@ impl PlanRules for ProxmoxRules {
             bridge: r.provider_string(node, "bridge").unwrap_or_else(|| "vmbr0".into()),
             template: r.provider_string(node, "template").unwrap_or_else(|| "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst".into()),
         }))
+    }
+
+    fn block_keys(&self) -> &'static [&'static str] {
+        BLOCK_KEYS
+    }
+
+    /// A guest is placed on `provider.node` (no zones), its address is on the
+    /// bridge (no public address of the cloud's), and a container or VM gets
+    /// whole cores (no core fraction): these keys would be read by nothing.
+    fn unused_keys(&self) -> &'static [(&'static str, &'static str)] {
+        &[("host", "zone"), ("host", "public_ip"), ("host", "core_fraction"), ("subnet", "zone"), ("defaults", "core_fraction")]
     }
 
     /// A guest is cloned from the block's template.
@@ -180,6 +208,22 @@ mod tests {
             "p.yaml:6:23: `vmid` is only used by the proxmox provider — remove it from host `pg`\n\
              p.yaml:6:34: `kind` (lxc|qemu) is only used by the proxmox provider — remove it from host `pg`"
         );
+    }
+
+    #[test]
+    fn a_disk_of_no_whole_gib_is_refused_not_rounded_up() {
+        let e = load("{ kind: proxmox }", "  - { name: pg, disk: 100M }\n").unwrap_err();
+        assert_eq!(e, "p.yaml:6:23: host `pg`: a disk of 100MiB is not a whole number of GiB, and Proxmox makes a guest's disk in whole GiB (STORAGE_ID:SIZE_IN_GiB), so it would become 1GiB — write `disk: 1GiB` (or another whole GiB)");
+        assert!(load("{ kind: proxmox }", "  - { name: pg, disk: 2.5GiB }\n").unwrap_err().contains("so it would become 3GiB — write `disk: 3GiB`"));
+        assert!(load("{ kind: proxmox }", "  - { name: pg, disk: 1B }\n").unwrap_err().contains("a disk of 1B is not a whole number of GiB"));
+        let e = crate::plan::load_str(
+            std::path::Path::new("p.yaml"),
+            "version: 1\nproject: t\nprovider: { kind: proxmox }\ndefaults: { disk: 1536MiB }\nnetwork: { name: main, subnets: [{ name: a, cidr: 10.20.0.0/24 }] }\nhosts: [{ name: pg }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("p.yaml:6:17: host `pg`: a disk of 1536MiB (from defaults.disk) is not a whole number of GiB"), "{e}");
+        assert!(load("{ kind: proxmox }", "  - { name: pg, disk: 2048MiB }\n").is_ok());
     }
 
     #[test]

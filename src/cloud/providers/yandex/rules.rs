@@ -30,7 +30,7 @@ impl PlanRules for YandexRules {
     }
 
     fn read_block(&self, node: &Node, r: &mut Reader) -> Option<ProviderConfig> {
-        r.map(node, "provider (yandex)", BLOCK_KEYS)?;
+        crate::cloud::providers::rules::read_block_keys(r, node, self.kind(), BLOCK_KEYS)?;
         let folder_id = r.required(node, "folder_id", "provider", "b1gexample").and_then(|n| r.string(n, "provider.folder_id"));
         let zone = r.required(node, "zone", "provider", "ru-central1-a").and_then(|n| r.string(n, "provider.zone"));
         let key_file = r.optional(node, "service_account_key_file").and_then(|n| r.path(n, "provider.service_account_key_file"));
@@ -44,6 +44,10 @@ impl PlanRules for YandexRules {
         }
         let platform = r.provider_string(node, "platform").unwrap_or_else(|| "standard-v3".into());
         Some(ProviderConfig::Yandex(YandexConfig { folder_id: folder_id?.v, zone: zone?.v, service_account_key_file: key_file, endpoint, platform }))
+    }
+
+    fn block_keys(&self) -> &'static [&'static str] {
+        BLOCK_KEYS
     }
 
     fn default_image(&self, _config: &ProviderConfig) -> String {
@@ -61,6 +65,15 @@ impl PlanRules for YandexRules {
     fn check_subnet(&self, cidr: &At<Ipv4Net>, d: &mut Diags) {
         if !(16..=28).contains(&cidr.v.prefix_len()) {
             d.error(cidr.pos, format!("Yandex Cloud subnets must be between /16 and /28, {} is not — change the prefix length", cidr.v));
+        }
+    }
+
+    /// VPC takes no gateway: a subnet's is always its first host address
+    /// (`reserved_addresses`). Another one would be read by nothing.
+    fn check_gateway(&self, cidr: &Ipv4Net, gateway: &At<std::net::Ipv4Addr>, d: &mut Diags) {
+        let first = std::net::Ipv4Addr::from(u32::from(cidr.network()) + 1);
+        if gateway.v != first {
+            d.error(gateway.pos, format!("Yandex Cloud gives subnet {cidr} the gateway {first}, and takes no other — remove `gateway`, or write {first}"));
         }
     }
 
