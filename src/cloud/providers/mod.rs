@@ -3,6 +3,7 @@
 //! resource at a time. The core does the diffing, ordering, parallelism and state.
 
 pub mod endpoint;
+pub mod poll;
 pub mod local;
 pub mod yandex;
 pub mod proxmox;
