@@ -4,6 +4,7 @@
 //! same-named resource still being deleted, which must not be adopted.
 
 use super::{api, YandexProvider};
+use crate::cloud::diff::{Action, Change};
 use crate::cloud::resource::Kind;
 use anyhow::{bail, Context, Result};
 use reqwest::Method;
@@ -56,6 +57,19 @@ fn stuck(id: &str, status: &str) -> String {
         DELETING => format!("instance {id} is being deleted; re-run once it is gone and it is created anew"),
         other => format!("instance {id} has status {other:?}, which rigger does not know how to change"),
     }
+}
+
+/// Why an update of this instance will not be made: its status is one no
+/// wait ends (ERROR, or one rigger does not know), so `settle` would refuse
+/// it. Said at plan time, in the same words. A replacement or a delete is not
+/// blocked: the plan asks for that instance to go.
+pub(super) fn blocked_update(change: &Change) -> Option<String> {
+    if change.address.kind != Kind::Machine || change.action != Action::Update {
+        return None;
+    }
+    let live = change.live.as_ref()?;
+    let status = live.attrs.get("status").and_then(Value::as_str)?;
+    (phase(status) == Phase::Stuck).then(|| stuck(&live.id, status))
 }
 
 impl YandexProvider {

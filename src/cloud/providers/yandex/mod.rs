@@ -12,6 +12,7 @@ pub mod rules;
 
 use rigger_events::Events;
 use crate::plan::model::{Plan, YandexConfig};
+use crate::cloud::diff::Change;
 use crate::cloud::providers::{Deps, Provider};
 use crate::cloud::resource::{Address, Kind, LiveResource, ResourceSpec};
 use anyhow::{anyhow, bail, Context, Result};
@@ -515,6 +516,10 @@ impl Provider for YandexProvider {
             out.push(live);
         }
         Ok(out)
+    }
+
+    fn blocks(&self, change: &Change) -> Option<String> {
+        lifecycle::blocked_update(change)
     }
 
     async fn create(&self, spec: &ResourceSpec, deps: &Deps, events: &Events) -> Result<LiveResource> {
