@@ -136,7 +136,7 @@ mod tests {
     }
 
     fn change(kind: Kind, name: &str, action: Action) -> Change {
-        Change { address: Address::new(kind, name), action, spec: None, live: None, changed: vec![], replace_because: vec![] }
+        Change { address: Address::new(kind, name), action, spec: None, live: None, changed: vec![], replace_because: vec![], blocked: None }
     }
 
     #[test]

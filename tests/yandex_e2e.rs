@@ -206,6 +206,63 @@ fn an_instance_left_stopped_is_started_by_the_next_apply() {
     assert_empty(&sim.inventory());
 }
 
+/// An instance in ERROR: `rigger plan` shows it apart from the changes, as
+/// left as it is, with why and what to do, counts no change for it and exits
+/// 1 (the plan cannot be applied as it is) — not "will be updated in place"
+/// with exit 2. `--json` says the same. `apply` refuses it and keeps it; once
+/// it runs again the plan is empty.
+#[test]
+fn an_instance_in_error_is_planned_as_blocked_not_as_an_update() {
+    let dir = temp_dir("rigger-yc-error-");
+    let sim = SimProcess::start(dir.path(), &["--op-time", "20", "--seed", "6"]);
+    let plan = SimPlan::new("yerr", &sim, dir, "10.20.0.0/24", "10.20.0", API_ONLY_HOSTS, None);
+    let out = plan.rigger(&["apply", "--infra-only", "--no-ssh-wait", "--auto-approve"]);
+    assert!(out.status.success(), "first apply:\n{}", out.text());
+    let id = instance_id(&sim.inventory(), "yerr-pg-2");
+    sim.post(&format!("/_sim/instances/{id}/status?status=ERROR"));
+
+    for args in [&["plan", "--infra-only", "--detailed-exitcode"][..], &["plan", "--infra-only"][..]] {
+        let out = plan.rigger(args);
+        assert_eq!(out.code(), 1, "{args:?}: a plan that cannot be applied as it is exits 1:\n{}", out.text());
+        let shown = out.stdout_text();
+        assert!(!shown.contains("will be updated in place") && !shown.contains("rigger will perform"), "{args:?}: {shown}");
+        assert!(shown.contains("rigger will NOT change these") && shown.contains("machine.pg-2 is left as it is"), "{args:?}: {shown}");
+        assert!(shown.contains(&format!("instance {id} is ERROR")) && shown.contains(&format!("yc compute instance delete {id}")), "{args:?}: {shown}");
+        assert!(shown.contains("0 to add, 0 to change, 0 to destroy"), "{args:?}: {shown}");
+        assert!(out.stderr_text().contains("rigger will not change machine.pg-2"), "{args:?}: {}", out.stderr_text());
+    }
+
+    let out = plan.rigger(&["plan", "--infra-only", "--json"]);
+    assert_eq!(out.code(), 1, "--json:\n{}", out.text());
+    let doc: Value = serde_json::from_str(&out.stdout_text()).unwrap_or_else(|e| panic!("--json is not JSON ({e}):\n{}", out.text()));
+    let pg2 = doc["resource_changes"].as_array().expect("resource_changes").iter().find(|c| c["address"] == "machine.pg-2").expect("machine.pg-2");
+    assert!(pg2["blocked"].as_str().is_some_and(|b| b.contains(&format!("instance {id} is ERROR"))), "{pg2}");
+    assert_eq!((doc["summary"]["change"].as_u64(), doc["summary"]["blocked"].as_u64()), (Some(0), Some(1)), "{}", doc["summary"]);
+    let others: Vec<&Value> = doc["resource_changes"].as_array().unwrap().iter().filter(|c| c["address"] != "machine.pg-2").collect();
+    assert!(others.iter().all(|c| c["action"] == "no-op" && c["blocked"].is_null()), "{others:?}");
+
+    // A saved plan is for applying exactly: this one is not saved.
+    let saved = plan.dir.path().join("error.plan");
+    let out = plan.rigger(&["plan", "--infra-only", "--out", saved.to_str().unwrap()]);
+    assert_eq!(out.code(), 1, "--out:\n{}", out.text());
+    assert!(!saved.exists(), "a plan that cannot be applied was saved");
+
+    let out = plan.rigger(&["apply", "--infra-only", "--no-ssh-wait", "--auto-approve"]);
+    assert!(!out.status.success(), "apply must refuse the instance in ERROR:\n{}", out.text());
+    assert!(out.text().contains(&format!("instance {id} is ERROR")), "{}", out.text());
+    let inventory = sim.inventory();
+    assert_eq!(instance_id(&inventory, "yerr-pg-2"), id, "kept, not replaced");
+    assert_no_duplicates(&inventory);
+
+    sim.post(&format!("/_sim/instances/{id}/status?status=RUNNING"));
+    let out = plan.rigger(&["plan", "--infra-only", "--detailed-exitcode"]);
+    assert_eq!(out.code(), 0, "running again, nothing to do:\n{}", out.text());
+
+    let out = plan.rigger(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "destroy:\n{}", out.text());
+    assert_empty(&sim.inventory());
+}
+
 #[test]
 fn local_machines_answer_ssh_with_verified_host_keys() {
     if !common::machines() {

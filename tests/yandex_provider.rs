@@ -503,6 +503,14 @@ async fn an_instance_in_error_fails_clearly_and_is_kept() {
     let e = p.update(spec, c.live.as_ref().unwrap(), &deps_of(spec, &live), &Events::silent()).await.unwrap_err();
     let text = format!("{e:#}");
     assert!(text.contains(&format!("instance {id} is ERROR")) && text.contains(&format!("yc compute instance delete {id}")), "{text}");
+    // The plan marks that change blocked, in the words the update fails with; nothing else is.
+    let marked = rigger::cloud::engine::changes(&p, &specs, &p.refresh(&known, &Events::silent()).await.unwrap());
+    for c in &marked {
+        match &c.blocked {
+            Some(why) => assert!(c.address == pg2 && c.is_blocked() && text.contains(why.as_str()), "{}: {why}\nupdate said: {text}", c.address),
+            None => assert!(c.address != pg2, "{pg2} is not marked blocked"),
+        }
+    }
     let after = plan_changes(&p, &specs, &known).await;
     assert_eq!(after[&pg2].live.as_ref().map(|l| l.id.clone()), Some(id), "the instance is kept");
     assert_eq!(after[&pg2].live.as_ref().and_then(|l| l.output_str("status").map(str::to_string)).as_deref(), Some("ERROR"));

@@ -39,6 +39,11 @@ pub struct Change {
     pub changed: Vec<String>,
     /// The subset of `changed` that cannot be changed in place.
     pub replace_because: Vec<String>,
+    /// Why rigger will not carry this change out, and what the user can do
+    /// (the provider's words, e.g. an instance in ERROR): the plan shows it
+    /// apart from the changes rigger makes, and cannot be applied as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 impl Change {
@@ -47,6 +52,10 @@ impl Change {
     }
     pub fn after(&self) -> Option<&Attrs> {
         self.spec.as_ref().map(|s| &s.attrs)
+    }
+    /// Something differs from the plan, and rigger will not change it.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.is_some() && self.action != Action::NoOp
     }
 }
 
@@ -58,7 +67,7 @@ pub fn compute(specs: &[ResourceSpec], live: &[LiveResource]) -> Vec<Change> {
     let mut changes = Vec::new();
     for spec in specs {
         let change = match live_by_addr.get(&spec.address) {
-            None => Change { address: spec.address.clone(), action: Action::Create, spec: Some(spec.clone()), live: None, changed: spec.attrs.keys().cloned().collect(), replace_because: vec![] },
+            None => Change { address: spec.address.clone(), action: Action::Create, spec: Some(spec.clone()), live: None, changed: spec.attrs.keys().cloned().collect(), replace_because: vec![], blocked: None },
             Some(l) => {
                 let changed: Vec<String> = spec.attrs.iter().filter(|(k, v)| l.attrs.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
                 let replace_because: Vec<String> = changed.iter().filter(|k| spec.replace_on.contains(*k)).cloned().collect();
@@ -69,32 +78,40 @@ pub fn compute(specs: &[ResourceSpec], live: &[LiveResource]) -> Vec<Change> {
                 } else {
                     Action::Update
                 };
-                Change { address: spec.address.clone(), action, spec: Some(spec.clone()), live: Some((*l).clone()), changed, replace_because }
+                Change { address: spec.address.clone(), action, spec: Some(spec.clone()), live: Some((*l).clone()), changed, replace_because, blocked: None }
             }
         };
         changes.push(change);
     }
     for l in live {
         if !specs.iter().any(|s| s.address == l.address) {
-            changes.push(Change { address: l.address.clone(), action: Action::Delete, spec: None, live: Some(l.clone()), changed: vec![], replace_because: vec![] });
+            changes.push(Change { address: l.address.clone(), action: Action::Delete, spec: None, live: Some(l.clone()), changed: vec![], replace_because: vec![], blocked: None });
         }
     }
     changes.sort_by(|a, b| (a.address.kind, &a.address.name).cmp(&(b.address.kind, &b.address.name)));
     changes
 }
 
-/// Terraform's counting: a replacement is one add and one destroy.
+/// Terraform's counting: a replacement is one add and one destroy. A blocked
+/// change is counted apart: rigger does not make it.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Summary {
     pub add: usize,
     pub change: usize,
     pub destroy: usize,
+    /// Resources that differ from the plan but that rigger will not change.
+    #[serde(default)]
+    pub blocked: usize,
 }
 
 impl Summary {
     pub fn of(changes: &[Change]) -> Summary {
         let mut s = Summary::default();
         for c in changes {
+            if c.is_blocked() {
+                s.blocked += 1;
+                continue;
+            }
             match c.action {
                 Action::Create => s.add += 1,
                 Action::Update => s.change += 1,
@@ -108,6 +125,7 @@ impl Summary {
         }
         s
     }
+    /// Nothing rigger would do (blocked changes are not done either).
     pub fn is_empty(&self) -> bool {
         self.add == 0 && self.change == 0 && self.destroy == 0
     }
@@ -165,6 +183,11 @@ mod tests {
         assert_eq!(action("gone"), Action::Delete);
         let r = changes.iter().find(|c| c.address.name == "new-image").unwrap();
         assert_eq!(r.replace_because, vec!["image".to_string()]);
-        assert_eq!(Summary::of(&changes), Summary { add: 2, change: 1, destroy: 2 });
+        assert_eq!(Summary::of(&changes), Summary { add: 2, change: 1, destroy: 2, blocked: 0 });
+
+        // A blocked change is counted apart, not as a change rigger makes.
+        let mut blocked = changes.clone();
+        blocked.iter_mut().find(|c| c.address.name == "more-cores").unwrap().blocked = Some("instance is ERROR".into());
+        assert_eq!(Summary::of(&blocked), Summary { add: 2, change: 0, destroy: 2, blocked: 1 });
     }
 }

@@ -60,6 +60,16 @@ pub async fn refresh_to_plan(provider: &dyn Provider, state: &State, refresh: bo
     Ok(live)
 }
 
+/// The changes from what exists to what the plan wants, each marked with
+/// the provider's reason when it will not carry it out (`Change::blocked`).
+pub fn changes(provider: &dyn Provider, specs: &[ResourceSpec], live: &[LiveResource]) -> Vec<Change> {
+    let mut changes = diff::compute(specs, live);
+    for c in changes.iter_mut().filter(|c| c.action != Action::NoOp) {
+        c.blocked = provider.blocks(c);
+    }
+    changes
+}
+
 /// Restrict changes to the given hosts' machines and what they depend on.
 pub fn restrict_to_targets(changes: Vec<Change>, specs: &[ResourceSpec], targets: &[String]) -> Result<Vec<Change>> {
     if targets.is_empty() {

@@ -65,7 +65,7 @@ impl Cloud {
     async fn destroy(&self) -> Result<()> {
         let state = self.applier.shared.lock().await.state.clone();
         let live = engine::refresh(self.applier.provider.as_ref(), &state, true, &Events::silent()).await?;
-        let changes: Vec<Change> = live.into_iter().map(|l| Change { address: l.address.clone(), action: Action::Delete, spec: None, live: Some(l), changed: vec![], replace_because: vec![] }).collect();
+        let changes: Vec<Change> = live.into_iter().map(|l| Change { address: l.address.clone(), action: Action::Delete, spec: None, live: Some(l), changed: vec![], replace_because: vec![], blocked: None }).collect();
         self.applier.apply(&changes).await
     }
 

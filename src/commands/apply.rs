@@ -94,7 +94,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
                     None
                 }
             };
-            let changes = engine::restrict_to_targets(crate::cloud::diff::compute(&specs, &live), &specs, &args.targets)?;
+            let changes = engine::restrict_to_targets(engine::changes(provider.as_ref(), &specs, &live), &specs, &args.targets)?;
             print!("{}", ui::plan::render_human(&changes, &paint));
             if drains(infra_only, args.no_ssh_wait, &changes, &paint) {
                 let d = match crate::reshape::drain::compute(&project, &state, &changes, infra_only, &rigger_events::Events::silent()).await {

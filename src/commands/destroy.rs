@@ -21,7 +21,7 @@ pub async fn run(args: &DestroyCmd, state_override: Option<&Path>, verbose: bool
     let live = live?;
     let changes: Vec<Change> = live
         .iter()
-        .map(|l| Change { address: l.address.clone(), action: Action::Delete, spec: None, live: Some(l.clone()), changed: vec![], replace_because: vec![] })
+        .map(|l| Change { address: l.address.clone(), action: Action::Delete, spec: None, live: Some(l.clone()), changed: vec![], replace_because: vec![], blocked: None })
         .collect();
     print!("{}", ui::plan::render_human(&changes, &Paint { on: ui::color_enabled() }));
     if changes.is_empty() {

@@ -4,7 +4,7 @@ use crate::cloud::engine;
 use crate::project::Project;
 use crate::saved_plan::{self, SavedHosts, SavedPlan};
 use crate::ui::{self, plan::StateRef, Paint};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::path::Path;
 
 /// Hosts asked for facts at once (plan has no --parallelism; the same default as apply).
@@ -30,7 +30,9 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     };
     drop(events);
     printer.finish().await;
-    let changes = crate::cloud::diff::compute(&specs, &live?);
+    let changes = engine::changes(provider.as_ref(), &specs, &live?);
+    // What differs but rigger will not change: shown in the plan, and the plan cannot be applied as it is.
+    let blocked: Vec<String> = changes.iter().filter(|c| c.is_blocked()).map(|c| c.address.to_string()).collect();
     let config_plan = config_plan.transpose()?;
     // Host-side steps before machines are deleted (drain before destroy); refused here when unsafe.
     // `--infra-only` plans dial no host: the drain `apply` runs is not looked at.
@@ -68,7 +70,8 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
         }
     }
     ui::print_security_warnings(&project.plan, &paint);
-    if let Some(out) = &args.out {
+    // A saved plan is there to be applied exactly; one that cannot be is not saved.
+    if let Some(out) = args.out.as_ref().filter(|_| blocked.is_empty()) {
         let hosts = SavedHosts::of(config_plan.as_ref(), &changes, &state.secrets);
         if generated && matches!(hosts, SavedHosts::Planned { .. }) {
             (lineage, serial) = keep_generated(&store, &state)?;
@@ -96,6 +99,13 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let host_changes = config_plan.as_ref().is_some_and(|cp| !cp.is_empty()) || drain.as_ref().is_some_and(|d| !d.is_empty());
     if let Some(cp) = config_plan {
         cp.close().await;
+    }
+    if !blocked.is_empty() {
+        let unsaved = args.out.as_ref().map(|out| format!("; nothing was saved to {}", out.display())).unwrap_or_default();
+        bail!(
+            "the plan cannot be applied as it is: rigger will not change {} (the plan above says why and what to do){unsaved}",
+            blocked.join(", ")
+        );
     }
     let summary = Summary::of(&changes);
     Ok(if args.detailed_exitcode && (!summary.is_empty() || host_changes) { 2 } else { 0 })

@@ -23,17 +23,20 @@ fn sensitive(c: &Change) -> BTreeSet<String> {
     c.spec.as_ref().map(|s| s.sensitive.clone()).unwrap_or_default()
 }
 
-/// The human plan: one block per resource that changes, fields aligned.
+/// The human plan: one block per resource that changes, fields aligned;
+/// then, apart, what differs from the plan but rigger will not change, with
+/// the reason and what to do.
 pub fn render_human(changes: &[Change], paint: &Paint) -> String {
     let mut out = String::new();
-    let effective: Vec<&Change> = changes.iter().filter(|c| c.action != Action::NoOp).collect();
-    if effective.is_empty() {
+    let (blocked, effective): (Vec<&Change>, Vec<&Change>) = changes.iter().filter(|c| c.action != Action::NoOp).partition(|c| c.is_blocked());
+    if effective.is_empty() && blocked.is_empty() {
         out.push_str(&format!("{} The infrastructure matches the plan.\n", paint.green("No changes.")));
         return out;
     }
-    out.push_str("rigger will perform these actions:\n\n");
+    if !effective.is_empty() {
+        out.push_str("rigger will perform these actions:\n\n");
+    }
     for c in effective {
-        let masked = sensitive(c);
         let (sym, head) = match c.action {
             Action::Create => (paint.green("+"), format!("{} will be created", paint.bold(&c.address.to_string()))),
             Action::Update => (paint.yellow("~"), format!("{} will be updated in place", paint.bold(&c.address.to_string()))),
@@ -45,31 +48,55 @@ pub fn render_human(changes: &[Change], paint: &Paint) -> String {
             Action::NoOp => continue,
         };
         out.push_str(&format!("  {sym} {head}\n"));
-        let empty = Attrs::new();
-        let (before, after) = (c.before().unwrap_or(&empty), c.after().unwrap_or(&empty));
-        let keys: Vec<&String> = match c.action {
-            Action::Create => after.keys().collect(),
-            Action::Delete => vec![],
-            _ => c.changed.iter().collect(),
-        };
-        let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
-        for k in keys {
-            let m = masked.contains(k);
-            let line = match c.action {
-                Action::Create => format!("      {} {k:<width$} = {}", paint.green("+"), show(after.get(k), m)),
-                _ => {
-                    let note = if c.replace_because.contains(k) { paint.red("  # forces replacement") } else { String::new() };
-                    format!("      {} {k:<width$} = {} -> {}{note}", paint.yellow("~"), show(before.get(k), m), show(after.get(k), m))
-                }
-            };
-            out.push_str(&line);
-            out.push('\n');
-        }
+        push_fields(&mut out, c, paint);
         out.push('\n');
+    }
+    if !blocked.is_empty() {
+        out.push_str(&format!("{}\n\n", paint.red("rigger will NOT change these, though they differ from the plan:")));
+    }
+    for c in &blocked {
+        out.push_str(&format!("  {} {} is left as it is\n", paint.red("!"), paint.bold(&c.address.to_string())));
+        push_fields(&mut out, c, paint);
+        out.push_str(&format!("      {}\n\n", c.blocked.as_deref().unwrap_or_default()));
     }
     let s = Summary::of(changes);
     out.push_str(&format!("{} {} to add, {} to change, {} to destroy.\n", paint.bold("Plan:"), s.add, s.change, s.destroy));
+    if !blocked.is_empty() {
+        let names: Vec<String> = blocked.iter().map(|c| c.address.to_string()).collect();
+        out.push_str(&format!(
+            "{} {} resource(s) rigger will not change ({}): `apply` cannot bring the infrastructure to the plan until they are dealt with, as said above.\n",
+            paint.red("Blocked:"),
+            names.len(),
+            names.join(", ")
+        ));
+    }
     out
+}
+
+/// A change's fields: all of a creation's, the changed ones otherwise.
+fn push_fields(out: &mut String, c: &Change, paint: &Paint) {
+    let masked = sensitive(c);
+    let empty = Attrs::new();
+    let (before, after) = (c.before().unwrap_or(&empty), c.after().unwrap_or(&empty));
+    let keys: Vec<&String> = match c.action {
+        Action::Create => after.keys().collect(),
+        Action::Delete => vec![],
+        _ => c.changed.iter().collect(),
+    };
+    let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
+    for k in keys {
+        let m = masked.contains(k);
+        let line = match c.action {
+            _ if c.is_blocked() => format!("        {k:<width$} = {}  (the plan wants {})", show(before.get(k), m), show(after.get(k), m)),
+            Action::Create => format!("      {} {k:<width$} = {}", paint.green("+"), show(after.get(k), m)),
+            _ => {
+                let note = if c.replace_because.contains(k) { paint.red("  # forces replacement") } else { String::new() };
+                format!("      {} {k:<width$} = {} -> {}{note}", paint.yellow("~"), show(before.get(k), m), show(after.get(k), m))
+            }
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
 }
 
 /// `rigger plan --json`: the stable, documented shape (format_version "1").
@@ -80,10 +107,13 @@ pub fn render_human(changes: &[Change], paint: &Paint) -> String {
 ///   "resource_changes": [ { "address": "machine.pg-1", "kind": "machine", "name": "pg-1",
 ///       "action": "create|update|replace|delete|no-op",
 ///       "before": {…}|null, "after": {…}|null,
-///       "changed": ["cores"], "replace_because": ["image"] } ],
-///   "summary": { "add": 1, "change": 0, "destroy": 0 } }
+///       "changed": ["cores"], "replace_because": ["image"],
+///       "blocked": null|"why rigger will not make this change, and what to do" } ],
+///   "summary": { "add": 1, "change": 0, "destroy": 0, "blocked": 0 } }
 /// ```
 /// Sensitive values are replaced by "(sensitive)". Fields are only ever added.
+/// A blocked change keeps the action the diff found, is not counted in
+/// add/change/destroy, and makes `rigger plan` exit 1.
 #[derive(Serialize)]
 pub struct PlanJson<'a> {
     pub format_version: &'static str,
@@ -110,6 +140,7 @@ pub struct ResourceChangeJson {
     pub after: Option<Attrs>,
     pub changed: Vec<String>,
     pub replace_because: Vec<String>,
+    pub blocked: Option<String>,
 }
 
 fn masked(attrs: Option<&Attrs>, sensitive: &BTreeSet<String>) -> Option<Attrs> {
@@ -135,6 +166,7 @@ pub fn json_document<'a>(project: &'a str, provider: &'a str, state: StateRef, c
                     after: masked(c.after(), &s),
                     changed: c.changed.clone(),
                     replace_because: c.replace_because.clone(),
+                    blocked: c.blocked.clone().filter(|_| c.is_blocked()),
                 }
             })
             .collect(),

@@ -3,6 +3,7 @@
 //! resource at a time. The core does the diffing, ordering, parallelism and state.
 
 pub mod endpoint;
+pub mod poll;
 pub mod local;
 pub mod yandex;
 pub mod proxmox;
@@ -12,6 +13,7 @@ pub mod mock;
 
 use rigger_events::Events;
 use crate::plan::model::Plan;
+use crate::cloud::diff::Change;
 use crate::cloud::resource::{Address, LiveResource, ResourceSpec};
 use anyhow::Result;
 use async_trait::async_trait;
@@ -40,6 +42,15 @@ pub trait Provider: Send + Sync {
     fn refuse_to_plan(&self, live: &[LiveResource], known: &[LiveResource]) -> Result<()> {
         let _ = (live, known);
         Ok(())
+    }
+
+    /// Why the provider will not carry out this change (one the diff found),
+    /// and what the user can do about it: e.g. an instance in ERROR, which no
+    /// update can start and a replacement would take its disk with. The plan
+    /// shows the reason; `None` (the default) when the change can be made.
+    fn blocks(&self, change: &Change) -> Option<String> {
+        let _ = change;
+        None
     }
 
     /// Create one resource. Must be safe to call again after a lost answer:

@@ -70,8 +70,9 @@ pub enum ApiError {
     Tls { method: String, path: String, detail: String },
     #[error("Proxmox task {upid} failed: {exitstatus}{}", log_tail(.log))]
     TaskFailed { upid: String, exitstatus: String, log: Vec<String> },
-    #[error("Proxmox task {upid} still running after {waited:?}")]
-    TaskTimeout { upid: String, waited: Duration },
+    /// A task still running when the wait for it (`task_timeout`) ended.
+    #[error(transparent)]
+    TaskTimeout(#[from] crate::cloud::providers::poll::TimedOut),
     #[error("Proxmox {path}: unexpected answer: {detail}")]
     Decode { path: String, detail: String },
     #[error("Proxmox client setup: {0}")]

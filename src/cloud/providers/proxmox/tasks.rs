@@ -4,7 +4,9 @@
 
 use super::client::{ApiError, ProxmoxClient};
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use crate::cloud::providers::poll::{Backoff, Check, Waiting};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 /// A stopped task's `exitstatus` (or the task list's `status`) that means it
 /// succeeded: `OK`, or `WARNINGS: N` (done, with warnings in its log).
@@ -48,32 +50,32 @@ impl ProxmoxClient {
             .map(|u| u.node)
             .ok_or_else(|| ApiError::Decode { path: "task".into(), detail: format!("not a UPID: {upid}") })?;
         let path = format!("/nodes/{node}/tasks/{upid}/status");
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(100);
-        let mut unknown = 0;
-        loop {
-            match self.get(&path, &[]).await {
-                Ok(status) => {
-                    if status.get("status").and_then(Value::as_str) == Some("stopped") {
+        let unknown = AtomicU32::new(0);
+        let backoff = Backoff { first: Duration::from_millis(100), max: Duration::from_secs(2), limit: self.options().task_timeout };
+        backoff
+            .until(Waiting { for_what: "it to stop", advice: None }, || async {
+                match self.get(&path, &[]).await {
+                    Ok(status) => {
+                        let state = status.get("status").and_then(Value::as_str).unwrap_or("unknown");
+                        if state != "stopped" {
+                            return Ok(Check::NotYet(format!("Proxmox task {upid} is still {state}")));
+                        }
                         let exit = status.get("exitstatus").and_then(Value::as_str).unwrap_or("unknown").to_string();
                         if succeeded(&exit) {
-                            return Ok(());
+                            return Ok(Check::Done(()));
                         }
                         let log = self.task_log_tail(&node, upid, 10).await;
-                        return Err(ApiError::TaskFailed { upid: upid.to_string(), exitstatus: exit, log });
+                        Err(ApiError::TaskFailed { upid: upid.to_string(), exitstatus: exit, log })
                     }
+                    // The task index may not list a task forked a moment ago
+                    // (PVE answers 400 with `errors.upid = "no such task"`).
+                    Err(e) if e.is_unknown_task() && unknown.fetch_add(1, Ordering::Relaxed) < UNKNOWN_TASK_TOLERANCE => {
+                        Ok(Check::NotYet(format!("node {node} does not list Proxmox task {upid} yet")))
+                    }
+                    Err(e) => Err(e),
                 }
-                // The task index may not list a task forked a moment ago
-                // (PVE answers 400 with `errors.upid = "no such task"`).
-                Err(e) if e.is_unknown_task() && unknown < UNKNOWN_TASK_TOLERANCE => unknown += 1,
-                Err(e) => return Err(e),
-            }
-            if started.elapsed() > self.options().task_timeout {
-                return Err(ApiError::TaskTimeout { upid: upid.to_string(), waited: started.elapsed() });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 3 / 2).min(Duration::from_secs(2));
-        }
+            })
+            .await
     }
 
     /// The last `lines` of a task's log (best effort: empty if unreadable).

@@ -4,6 +4,7 @@
 use super::auth::Credentials;
 use super::error::{codes, ApiError, YandexError};
 use super::operations::Operation;
+use crate::cloud::providers::poll::{Backoff, Check, Waiting};
 use rand::Rng;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -64,6 +65,13 @@ pub struct PollPolicy {
 impl Default for PollPolicy {
     fn default() -> Self {
         PollPolicy { first: Duration::from_millis(100), max: Duration::from_secs(3), timeout: Duration::from_secs(30 * 60) }
+    }
+}
+
+impl PollPolicy {
+    /// A bounded wait: from `first`, backing off up to `max`, for at most `limit`.
+    pub fn backoff(&self, first: Duration, limit: Duration) -> Backoff {
+        Backoff { first, max: self.max, limit }
     }
 }
 
@@ -305,10 +313,21 @@ impl YandexClient {
 
     /// Poll `GET /operations/{id}` until `done` (fast at first, then backing off).
     /// An `error` fails the wait even while the operation still runs (a rollback).
-    pub async fn wait(&self, mut op: Operation) -> Result<Operation> {
-        let started = Instant::now();
-        let mut delay = self.poll.first;
-        loop {
+    pub async fn wait(&self, op: Operation) -> Result<Operation> {
+        let waited_for = format!("{} to finish", op.description);
+        let path = format!("/operations/{}", op.id);
+        // The first look is at the operation in hand; later ones read it anew.
+        let in_hand = std::sync::Mutex::new(Some(op));
+        let waiting = Waiting { for_what: &waited_for, advice: Some("it may still finish: re-run to pick up its result") };
+        self.poll.backoff(self.poll.first, self.poll.timeout).until(waiting, || async {
+            let held = in_hand.lock().map(|mut h| h.take()).unwrap_or_default();
+            let op = match held {
+                Some(op) => op,
+                None => {
+                    let answer = self.get(Service::Operation, &path, &[]).await?;
+                    Operation::from_json(&answer).ok_or_else(|| YandexError::Other(format!("GET {path}: the answer is not an Operation")))?
+                }
+            };
             if let Some(status) = &op.error {
                 return Err(YandexError::Operation {
                     what: op.description.clone(),
@@ -317,22 +336,11 @@ impl YandexClient {
                 });
             }
             if op.done {
-                return Ok(op);
+                return Ok(Check::Done(op));
             }
-            if started.elapsed() > self.poll.timeout {
-                return Err(YandexError::Other(format!(
-                    "{}: operation {} is still running after {:?}; it may still finish: re-run to pick up its result",
-                    op.description,
-                    op.id,
-                    self.poll.timeout
-                )));
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 3 / 2).min(self.poll.max);
-            let path = format!("/operations/{}", op.id);
-            let answer = self.get(Service::Operation, &path, &[]).await?;
-            op = Operation::from_json(&answer).ok_or_else(|| YandexError::Other(format!("GET {path}: the answer is not an Operation")))?;
-        }
+            Ok(Check::NotYet(format!("operation {} is still running", op.id)))
+        })
+        .await
     }
 }
 

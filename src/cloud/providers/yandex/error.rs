@@ -16,6 +16,9 @@ pub enum YandexError {
     /// No answer at all (connection refused, reset, timed out).
     #[error("{what}: no answer from {url}: {message}")]
     Transport { what: String, url: String, message: String },
+    /// A bounded wait (for an operation) that reached its limit.
+    #[error(transparent)]
+    TimedOut(#[from] crate::cloud::providers::poll::TimedOut),
     #[error("{0}")]
     Other(String),
 }

@@ -4,12 +4,15 @@
 //! same-named resource still being deleted, which must not be adopted.
 
 use super::{api, YandexProvider};
+use crate::cloud::diff::{Action, Change};
 use crate::cloud::resource::Kind;
 use anyhow::{bail, Context, Result};
 use reqwest::Method;
 use rigger_events::Events;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use crate::cloud::providers::poll::{Check, Waiting};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use super::client::Service;
 
@@ -56,6 +59,19 @@ fn stuck(id: &str, status: &str) -> String {
     }
 }
 
+/// Why an update of this instance will not be made: its status is one no
+/// wait ends (ERROR, or one rigger does not know), so `settle` would refuse
+/// it. Said at plan time, in the same words. A replacement or a delete is not
+/// blocked: the plan asks for that instance to go.
+pub(super) fn blocked_update(change: &Change) -> Option<String> {
+    if change.address.kind != Kind::Machine || change.action != Action::Update {
+        return None;
+    }
+    let live = change.live.as_ref()?;
+    let status = live.attrs.get("status").and_then(Value::as_str)?;
+    (phase(status) == Phase::Stuck).then(|| stuck(&live.id, status))
+}
+
 impl YandexProvider {
     pub(super) async fn instance_status(&self, id: &str) -> Result<String> {
         let v = self.client.get(Service::Compute, &format!("/compute/v1/instances/{id}"), &[]).await?;
@@ -66,26 +82,27 @@ impl YandexProvider {
     /// instance — an adopted create's operation may still run, a CRASHED one
     /// comes back by itself — and return its status then.
     pub(super) async fn settle(&self, id: &str, subject: &str, events: &Events) -> Result<String> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
-        let mut shown = String::new();
-        loop {
-            let status = self.instance_status(id).await?;
-            match phase(&status) {
-                Phase::Settled => return Ok(status),
-                Phase::Stuck => bail!(stuck(id, &status)),
-                Phase::Moving => {}
-            }
-            if started.elapsed() > self.client.poll.timeout {
-                bail!("instance {id} is still {status} after {:?}; re-run once it is RUNNING or STOPPED", self.client.poll.timeout);
-            }
-            if status != shown {
-                events.progress(subject, format!("instance {id} is {status}; waiting"));
-                shown = status;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 3 / 2).min(self.client.poll.max);
-        }
+        // The last status shown, so each one is said once.
+        let shown = std::sync::Mutex::new(String::new());
+        let waiting = Waiting { for_what: "it to be RUNNING or STOPPED", advice: Some("re-run once it is") };
+        let poll = &self.client.poll;
+        poll.backoff(Duration::from_millis(100), poll.timeout)
+            .until(waiting, || async {
+                let status = self.instance_status(id).await?;
+                match phase(&status) {
+                    Phase::Settled => return Ok(Check::Done(status)),
+                    Phase::Stuck => bail!(stuck(id, &status)),
+                    Phase::Moving => {}
+                }
+                if let Ok(mut shown) = shown.lock() {
+                    if *shown != status {
+                        events.progress(subject, format!("instance {id} is {status}; waiting"));
+                        shown.clone_from(&status);
+                    }
+                }
+                Ok(Check::NotYet(format!("instance {id} is still {status}")))
+            })
+            .await
     }
 
     /// Settle the instance and start it if it is stopped: afterwards it runs.
@@ -107,25 +124,22 @@ impl YandexProvider {
     /// id about to vanish (a replacement killed while its delete ran, then
     /// re-run: the refresh skips the dying instance, the plan says create).
     pub(super) async fn find_to_adopt(&self, kind: Kind, cloud_name: &str, subject: &str, events: &Events) -> Result<Option<Value>> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(200);
-        let mut shown = false;
-        loop {
-            let found = self.find_by_name(kind, cloud_name).await?;
-            let Some(dying) = found.as_ref().filter(|r| r.get("status").and_then(Value::as_str) == Some(DELETING)) else {
-                return Ok(found);
-            };
-            let (what, id) = (api(kind).what, dying.get("id").and_then(Value::as_str).unwrap_or_default());
-            if started.elapsed() > self.client.poll.timeout {
-                bail!("{what} {cloud_name} ({id}) is still being deleted after {:?}; re-run once it is gone", self.client.poll.timeout);
-            }
-            if !shown {
-                events.progress(subject, format!("{what} {cloud_name} ({id}) is still being deleted; waiting until it is gone to create it anew"));
-                shown = true;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 3 / 2).min(self.client.poll.max);
-        }
+        let shown = AtomicBool::new(false);
+        let waiting = Waiting { for_what: "it to be gone, to create it anew", advice: Some("re-run once it is gone") };
+        let poll = &self.client.poll;
+        poll.backoff(Duration::from_millis(200), poll.timeout)
+            .until(waiting, || async {
+                let found = self.find_by_name(kind, cloud_name).await?;
+                let Some(dying) = found.as_ref().filter(|r| r.get("status").and_then(Value::as_str) == Some(DELETING)) else {
+                    return Ok(Check::Done(found));
+                };
+                let (what, id) = (api(kind).what, dying.get("id").and_then(Value::as_str).unwrap_or_default());
+                if !shown.swap(true, Ordering::Relaxed) {
+                    events.progress(subject, format!("{what} {cloud_name} ({id}) is still being deleted; waiting until it is gone to create it anew"));
+                }
+                Ok(Check::NotYet(format!("{what} {cloud_name} ({id}) is still being deleted")))
+            })
+            .await
     }
 }
 

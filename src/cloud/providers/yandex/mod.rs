@@ -12,6 +12,7 @@ pub mod rules;
 
 use rigger_events::Events;
 use crate::plan::model::{Plan, YandexConfig};
+use crate::cloud::diff::Change;
 use crate::cloud::providers::{Deps, Provider};
 use crate::cloud::resource::{Address, Kind, LiveResource, ResourceSpec};
 use anyhow::{anyhow, bail, Context, Result};
@@ -23,7 +24,8 @@ use reqwest::Method;
 use resources::{Names, Naming, IMAGE_LABEL, METADATA_LABEL};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use crate::cloud::providers::poll::{Check, Waiting};
+use std::time::Duration;
 
 /// How long an instance may take from RUNNING until cloud-init has printed its
 /// SSH host keys to the serial console.
@@ -315,23 +317,21 @@ impl YandexProvider {
     /// Wait until the instance's console shows its host keys: rigger checks
     /// hosts strictly, so a machine whose keys cannot be read is an error.
     async fn wait_host_keys(&self, id: &str, subject: &str, events: &Events) -> Result<Vec<String>> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(200);
         events.progress(subject, "reading SSH host keys from the serial console");
-        loop {
-            if let Some(keys) = self.console_host_keys(id).await? {
-                return Ok(keys);
-            }
-            if started.elapsed() > HOST_KEYS_TIMEOUT {
-                bail!(
-                    "instance {id} shows no SSH host keys on its serial console after {}s (cloud-init prints them between \
-                     -----BEGIN SSH HOST KEY KEYS----- and -----END SSH HOST KEY KEYS-----); rigger does not trust unknown host keys",
-                    HOST_KEYS_TIMEOUT.as_secs()
-                );
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 3 / 2).min(self.client.poll.max);
-        }
+        let waiting = Waiting {
+            for_what: "cloud-init to print them between -----BEGIN SSH HOST KEY KEYS----- and -----END SSH HOST KEY KEYS-----",
+            advice: Some("rigger does not trust unknown host keys"),
+        };
+        self.client
+            .poll
+            .backoff(Duration::from_millis(200), HOST_KEYS_TIMEOUT)
+            .until(waiting, || async {
+                Ok(match self.console_host_keys(id).await? {
+                    Some(keys) => Check::Done(keys),
+                    None => Check::NotYet(format!("instance {id} shows no SSH host keys on its serial console")),
+                })
+            })
+            .await
     }
 
     /// A machine read back, with the host keys its console showed.
@@ -516,6 +516,10 @@ impl Provider for YandexProvider {
             out.push(live);
         }
         Ok(out)
+    }
+
+    fn blocks(&self, change: &Change) -> Option<String> {
+        lifecycle::blocked_update(change)
     }
 
     async fn create(&self, spec: &ResourceSpec, deps: &Deps, events: &Events) -> Result<LiveResource> {
