@@ -250,6 +250,7 @@ fn an_instance_in_error_is_planned_as_blocked_not_as_an_update() {
     let out = plan.rigger(&["apply", "--infra-only", "--no-ssh-wait", "--auto-approve"]);
     assert!(!out.status.success(), "apply must refuse the instance in ERROR:\n{}", out.text());
     assert!(out.text().contains(&format!("instance {id} is ERROR")), "{}", out.text());
+    assert!(out.stderr_text().contains("nothing was changed: rigger will not change machine.pg-2"), "refused before changing anything:\n{}", out.text());
     let inventory = sim.inventory();
     assert_eq!(instance_id(&inventory, "yerr-pg-2"), id, "kept, not replaced");
     assert_no_duplicates(&inventory);

@@ -96,6 +96,16 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             };
             let changes = engine::restrict_to_targets(engine::changes(provider.as_ref(), &specs, &live), &specs, &args.targets)?;
             print!("{}", ui::plan::render_human(&changes, &paint));
+            // A change the provider will not make (an instance in ERROR) fails
+            // the plan; applying the rest around it would leave a stack half
+            // changed for a reason known now. Nothing is changed.
+            let blocked: Vec<String> = changes.iter().filter(|c| c.is_blocked()).map(|c| c.address.to_string()).collect();
+            if !blocked.is_empty() {
+                if let Some(cp) = config_plan_ok {
+                    cp.close().await;
+                }
+                anyhow::bail!("nothing was changed: rigger will not change {} (the plan above says why and what to do)", blocked.join(", "));
+            }
             if drains(infra_only, args.no_ssh_wait, &changes, &paint) {
                 let d = match crate::reshape::drain::compute(&project, &state, &changes, infra_only, &rigger_events::Events::silent()).await {
                     Ok(d) => d,
