@@ -51,6 +51,31 @@ fn apply_ssh_replan_destroy_leaves_nothing() {
     let out = rigger(&["state", "list", plan.path()]);
     assert_eq!(out.stdout_text().lines().count(), 5, "{}", out.stdout_text());
 
+    // A remote command past its limit, through the real sshd, sudo and ssh
+    // master: an error naming host, command and limit, and on the host the
+    // command and its children are gone — even ones that ignore TERM (KILL
+    // follows). An ordinary command's output and exit code come back as before.
+    let (first_name, _) = plan.hosts()[0].clone();
+    let config = plan.dir().join(".rigger").join(format!("{}.ssh_config", plan.project));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (answer, hung, took) = runtime.block_on(async {
+        use rigger::hosts::remote::session::HostSession;
+        let s = HostSession::connect(&config, &first_name).await.expect("ssh master");
+        let answer = s.sudo("read -r x; echo \"$x $(id -un)\"; exit 3", Some(b"hello\n")).await.expect("an ordinary command");
+        let started = std::time::Instant::now();
+        let hung = s.within(std::time::Duration::from_secs(2)).sudo("trap '' TERM; sleep 4711 & sleep 4712; wait", None).await;
+        let took = started.elapsed();
+        s.close().await;
+        (answer, hung, took)
+    });
+    assert_eq!((answer.code, answer.stdout.as_str()), (3, "hello root\n"));
+    let err = format!("{:#}", hung.expect_err("a command past its limit is an error"));
+    assert!(err.starts_with(&format!("{first_name}: `trap '' TERM; sleep 4711 & sleep 4712; wait` did not finish within 2 s, so it was ended on the host")), "{err}");
+    assert!(took < std::time::Duration::from_secs(30), "ended at 2 s, KILL 10 s later: took {took:?}");
+    let (_, first_ip) = plan.hosts()[0].clone();
+    let left = plan.ssh(&first_ip, "pgrep -af 'sleep 471[12]' || true");
+    assert!(left.trim().is_empty(), "left running on the host: {left}");
+
     let out = rigger(&["destroy", plan.path(), "--auto-approve"]);
     assert!(out.status.success(), "destroy failed:\n{}", out.text());
     plan.assert_nothing_left();
