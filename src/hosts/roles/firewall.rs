@@ -42,6 +42,14 @@ pub fn ruleset(plan: &Plan, host: &Host) -> String {
         let who = if plan.ssh.bastion.as_ref().is_some_and(|b| *b != host.name) { "the bastion" } else { "the control host" };
         out.push_str(&format!("\t\t# rigger's own SSH path, from {who}\n\t\tip saddr {src} tcp dport 22 accept\n"));
     }
+    if let Some(behind) = jump_targets(plan, host) {
+        // The bastion's own connections to the hosts behind it (the SSH jumps)
+        // were made before this ruleset; conntrack starts with it, so their
+        // replies would come in as "new" and be dropped, cutting every jump
+        // until it reconnects. Only replies of that path are let in: from
+        // those hosts' SSH port, never a SYN (nothing can open a connection).
+        out.push_str(&format!("\t\t# replies on rigger's SSH path through this bastion (jumps made before this ruleset)\n\t\tip saddr {behind} tcp sport 22 tcp flags & syn == 0 accept\n"));
+    }
     for (group, rule) in ingress_rules(plan, host) {
         out.push_str(&format!("\t\t# group {group}{}\n", rule.description.as_ref().map(|d| format!(": {}", d.replace('\n', " "))).unwrap_or_default()));
         match render_rule(plan, rule) {
@@ -51,6 +59,22 @@ pub fn ruleset(plan: &Plan, host: &Host) -> String {
     }
     out.push_str("\t}\n}\n");
     out
+}
+
+/// On the plan's bastion: the addresses of the hosts rigger reaches through
+/// it, as an nftables set (or one address); `None` on any other host.
+fn jump_targets(plan: &Plan, host: &Host) -> Option<String> {
+    if plan.ssh.bastion.as_deref() != Some(host.name.as_str()) {
+        return None;
+    }
+    let mut ips: Vec<String> = plan.hosts.iter().filter(|h| h.name != host.name).map(|h| h.ip.to_string()).collect();
+    ips.sort();
+    ips.dedup();
+    match ips.len() {
+        0 => None,
+        1 => ips.pop(),
+        _ => Some(format!("{{ {} }}", ips.join(", "))),
+    }
 }
 
 /// One plan rule as an nftables statement; `None` when its group has no member.
@@ -200,6 +224,20 @@ mod tests {
         assert!(text.contains("ip saddr 10.9.0.11 accept"), "{text}");
         assert!(text.contains("ip saddr 10.9.0.1 tcp dport 22 accept"), "the control host's SSH: {text}");
         assert!(!text.contains("0.0.0.0/0"), "egress is not rendered: {text}");
+    }
+
+    /// On the bastion, the replies of its jumps to the hosts behind it come
+    /// in although its firewall loads after those connections were made
+    /// (conntrack would call them new); never a SYN. Other hosts get no such rule.
+    #[test]
+    fn the_bastion_lets_in_the_replies_of_its_ssh_jumps() {
+        let plan = load_str(Path::new("/tmp/fw.yaml"), &PLAN.replace("ssh: { user: rigger, private_key_file: ./k }", "ssh: { user: rigger, private_key_file: ./k, bastion: lb }")
+            .replace("rules: []", "rules: [ { direction: ingress, protocol: tcp, ports: 22, from: 0.0.0.0/0 } ]")).unwrap();
+        let text = super::ruleset(&plan, plan.host("lb").unwrap());
+        assert!(text.contains("ip saddr { 10.9.0.21, 10.9.0.22, 10.9.0.99 } tcp sport 22 tcp flags & syn == 0 accept"), "{text}");
+        let text = super::ruleset(&plan, plan.host("pg-1").unwrap());
+        assert!(!text.contains("sport 22"), "{text}");
+        assert!(text.contains("ip saddr 10.9.0.11 tcp dport 22 accept"), "SSH from the bastion: {text}");
     }
 
     #[test]
