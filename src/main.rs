@@ -27,6 +27,8 @@ fn main() -> ExitCode {
     };
     let state = cli.state.as_deref();
     let result = runtime.block_on(async {
+        // A bad RIGGER_COMMAND_TIMEOUT is refused before anything is done, not at the first remote command.
+        rigger::hosts::remote::session::check_environment()?;
         match &cli.command {
             Command::Validate(a) => commands::validate::run(a),
             Command::Plan(a) => commands::plan::run(a, state, cli.verbose).await,

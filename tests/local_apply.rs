@@ -53,8 +53,9 @@ fn apply_ssh_replan_destroy_leaves_nothing() {
 
     // A remote command past its limit, through the real sshd, sudo and ssh
     // master: an error naming host, command and limit, and on the host the
-    // command and its children are gone — even ones that ignore TERM (KILL
-    // follows). An ordinary command's output and exit code come back as before.
+    // command and its children are gone — also when the script's shell
+    // ignores TERM (KILL follows). An ordinary command's output and exit code
+    // come back as before.
     let (first_name, _) = plan.hosts()[0].clone();
     let config = plan.dir().join(".rigger").join(format!("{}.ssh_config", plan.project));
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -72,8 +73,19 @@ fn apply_ssh_replan_destroy_leaves_nothing() {
     let err = format!("{:#}", hung.expect_err("a command past its limit is an error"));
     assert!(err.starts_with(&format!("{first_name}: `trap '' TERM; sleep 4711 & sleep 4712; wait` did not finish within 2 s, so it was ended on the host")), "{err}");
     assert!(took < std::time::Duration::from_secs(30), "ended at 2 s, KILL 10 s later: took {took:?}");
+    // An upload the host stops reading (here: never reads) ends at its limit
+    // as a deadline, not as a broken pipe.
+    let upload = runtime.block_on(async {
+        use rigger::hosts::remote::session::HostSession;
+        let s = HostSession::connect(&config, &first_name).await.expect("ssh master");
+        let out = s.within(std::time::Duration::from_secs(2)).sudo_stream("sleep 4713", tokio::io::repeat(b'x')).await;
+        s.close().await;
+        out
+    });
+    let err = format!("{:#}", upload.expect_err("an upload past its limit is an error"));
+    assert!(err.contains("`sleep 4713` did not finish within 2 s"), "{err}");
     let (_, first_ip) = plan.hosts()[0].clone();
-    let left = plan.ssh(&first_ip, "pgrep -af 'sleep 471[12]' || true");
+    let left = plan.ssh(&first_ip, "pgrep -af 'sleep 471[123]' || true");
     assert!(left.trim().is_empty(), "left running on the host: {left}");
 
     let out = rigger(&["destroy", plan.path(), "--auto-approve"]);
@@ -220,6 +232,31 @@ fn a_saved_plan_keeps_the_secrets_it_generated_for_a_new_role() {
     assert!(conf.get("sha256").is_none(), "{conf}");
     let out = rigger(&["plan", plan.path(), "--detailed-exitcode"]);
     assert_eq!(out.code(), 0, "nothing left to do:\n{}", out.text());
+
+    // A rotation previewed with `plan --out` is not made the state's by the
+    // plan (the hosts do not have it yet): the saved plan names the variable
+    // `apply FILE` needs, refuses without it, applies with it. The JSON
+    // document names the state's serial the saved plan was made at.
+    let rotated = plan.dir().join("rotated.json").display().to_string();
+    let with_env = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rigger")).args(args).env("RIGGER_SECRET_REDIS_PASSWORD", "rotated-password-4711").env("NO_COLOR", "1").output().unwrap()
+    };
+    let out = with_env(&["plan", plan.path(), "--json", "--out", &rotated]);
+    assert!(out.status.success(), "plan --out with a rotation: {}", out.text());
+    assert!(out.stderr_text().contains("writes the values of RIGGER_SECRET_REDIS_PASSWORD given to this run"), "{}", out.text());
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout_text()).expect("one JSON document on stdout");
+    let saved_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rotated).unwrap()).unwrap();
+    assert_eq!(doc["state"]["serial"], saved_json["state_serial"], "{doc}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(plan.state_path()).unwrap()).unwrap();
+    assert_eq!(state["secrets"]["redis_password"].as_str(), Some(password.as_str()), "a plan does not rotate the state's password");
+    let out = rigger(&["apply", &rotated]);
+    assert!(!out.status.success() && out.stderr_text().contains("the hosts changed since this plan was saved"), "without the variable: {}", out.text());
+    // (A refused apply moves the state on: that saved plan is spent, a new one is made.)
+    let out = with_env(&["plan", plan.path(), "--out", &rotated]);
+    assert!(out.status.success(), "plan --out with a rotation: {}", out.text());
+    let out = with_env(&["apply", &rotated]);
+    assert!(out.status.success(), "apply FILE with the variable: {}", out.text());
+    assert!(plan.ssh(&ip, "sudo -n cat /etc/redis/redis.conf").contains("rotated-password-4711"));
 }
 
 /// `apply --target HOST` changes that host and nothing else: a hand edit on

@@ -70,6 +70,11 @@ pub fn changes(provider: &dyn Provider, specs: &[ResourceSpec], live: &[LiveReso
     changes
 }
 
+/// The changes the provider will not make (`Change::blocked`), by address.
+pub fn blocked(changes: &[Change]) -> Vec<String> {
+    changes.iter().filter(|c| c.is_blocked()).map(|c| c.address.to_string()).collect()
+}
+
 /// Restrict changes to the given hosts' machines and what they depend on.
 pub fn restrict_to_targets(changes: Vec<Change>, specs: &[ResourceSpec], targets: &[String]) -> Result<Vec<Change>> {
     if targets.is_empty() {

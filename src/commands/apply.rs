@@ -99,7 +99,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
             // A change the provider will not make (an instance in ERROR) fails
             // the plan; applying the rest around it would leave a stack half
             // changed for a reason known now. Nothing is changed.
-            let blocked: Vec<String> = changes.iter().filter(|c| c.is_blocked()).map(|c| c.address.to_string()).collect();
+            let blocked = engine::blocked(&changes);
             if !blocked.is_empty() {
                 if let Some(cp) = config_plan_ok {
                     cp.close().await;

@@ -64,6 +64,18 @@ pub fn load_state(project: &Project, provider_kind: &str, command: &str) -> Resu
     Ok(LoadedState { store, state, lineage, serial, generated })
 }
 
+/// The environment variable that gives this run the secret `name` in place
+/// of the state's, when one is set (`RIGGER_SECRET_<NAME>`, the backup's S3 keys).
+pub fn secret_from_environment(name: &str) -> Option<String> {
+    use crate::hosts::roles::backup::{S3_KEY_ENV, S3_KEY_SECRET_ENV};
+    let var = match name {
+        "backup_s3_key" => S3_KEY_ENV.to_string(),
+        "backup_s3_key_secret" => S3_KEY_SECRET_ENV.to_string(),
+        other => format!("RIGGER_SECRET_{}", other.to_ascii_uppercase()),
+    };
+    std::env::var(&var).is_ok_and(|v| !v.is_empty()).then_some(var)
+}
+
 /// Everything rigger generates into the state for a plan's roles: passwords,
 /// the backup role's SSH key pairs, the project CA and the hosts' certificates.
 /// Kept ones stay; only what is missing (or due for renewal) is made.

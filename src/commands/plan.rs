@@ -32,11 +32,25 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     printer.finish().await;
     let changes = engine::changes(provider.as_ref(), &specs, &live?);
     // What differs but rigger will not change: shown in the plan, and the plan cannot be applied as it is.
-    let blocked: Vec<String> = changes.iter().filter(|c| c.is_blocked()).map(|c| c.address.to_string()).collect();
+    let blocked = engine::blocked(&changes);
     let config_plan = config_plan.transpose()?;
     // Host-side steps before machines are deleted (drain before destroy); refused here when unsafe.
     // `--infra-only` plans dial no host: the drain `apply` runs is not looked at.
     let drain = if args.infra_only { None } else { Some(crate::reshape::drain::compute(&project, &state, &changes, false, &rigger_events::Events::silent()).await?) };
+
+    // A saved plan is there to be applied exactly; one that cannot be is not
+    // saved. What it needs kept in the state is kept before anything is shown
+    // (the JSON document names the state's serial).
+    let saving = args.out.as_ref().filter(|_| blocked.is_empty()).map(|out| (out, SavedHosts::of(config_plan.as_ref(), &changes, &state.secrets)));
+    let mut kept = Kept::default();
+    if let Some((_, hosts)) = &saving {
+        if generated && matches!(hosts, SavedHosts::Planned { .. }) {
+            kept = keep_generated(&store, &state)?;
+            if let Some(at) = &kept.saved_at {
+                (lineage, serial) = (Some(at.0.clone()), at.1);
+            }
+        }
+    }
 
     let paint = Paint { on: ui::color_enabled() };
     if args.json {
@@ -70,14 +84,17 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
         }
     }
     ui::print_security_warnings(&project.plan, &paint);
-    // A saved plan is there to be applied exactly; one that cannot be is not saved.
-    if let Some(out) = args.out.as_ref().filter(|_| blocked.is_empty()) {
-        let hosts = SavedHosts::of(config_plan.as_ref(), &changes, &state.secrets);
-        if generated && matches!(hosts, SavedHosts::Planned { .. }) {
-            (lineage, serial) = keep_generated(&store, &state)?;
-            if !args.json {
-                println!("\nKept the passwords, keys and certificates this plan generated in the state: `apply` of the saved plan writes the files it shows.");
-            }
+    if let Some((out, hosts)) = saving {
+        if !args.json && kept.saved_at.is_some() {
+            println!("\nKept the passwords, keys and certificates this plan generated in the state: `apply` of the saved plan writes the files it shows.");
+        }
+        if !kept.from_environment.is_empty() {
+            // Not kept: a rotation is the apply's to save. Said on stderr, so `--json` stays one document.
+            eprintln!(
+                "note: this plan writes the values of {} given to this run, which the state does not hold: run `rigger apply {}` with the same variables set, or it refuses the plan",
+                kept.from_environment.join(", "),
+                out.display()
+            );
         }
         let saved = SavedPlan {
             format: saved_plan::FORMAT.into(),
@@ -111,21 +128,47 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     Ok(if args.detailed_exitcode && (!summary.is_empty() || host_changes) { 2 } else { 0 })
 }
 
+/// What `keep_generated` did.
+#[derive(Default)]
+struct Kept {
+    /// The state's lineage and serial after the save (None: nothing to save).
+    saved_at: Option<(String, u64)>,
+    /// Secrets whose value this run takes from the environment in place of
+    /// the state's (a rotation): not kept, the variables name them.
+    from_environment: Vec<String>,
+}
+
 /// Save what this plan generated (secrets, key pairs, certificates) into the
 /// state as it was read — not the refreshed resources: a plan changes nothing
 /// else. A saved plan's file hashes were made with them; `apply FILE` would
 /// otherwise generate other values, write other files and refuse the plan.
-/// Returns the state's lineage and serial after the save.
-fn keep_generated(store: &crate::state::StateStore, planned: &crate::state::State) -> Result<(Option<String>, u64)> {
-    let mut kept = store.load()?.unwrap_or_else(|| {
+/// A value the environment puts in place of one the state holds is not
+/// kept: previewing a rotation must not make it the state's (only `apply`
+/// does that, once the hosts have it).
+fn keep_generated(store: &crate::state::StateStore, planned: &crate::state::State) -> Result<Kept> {
+    let stored = store.load()?;
+    let mut kept = stored.clone().unwrap_or_else(|| {
         let mut fresh = crate::state::State::new(&planned.project, &planned.provider);
         fresh.lineage = planned.lineage.clone();
         fresh
     });
-    kept.secrets = planned.secrets.clone();
+    let mut from_environment = Vec::new();
+    for (name, value) in &planned.secrets {
+        match kept.secrets.get(name) {
+            Some(old) if old != value && super::secret_from_environment(name).is_some() => from_environment.extend(super::secret_from_environment(name)),
+            _ => {
+                kept.secrets.insert(name.clone(), value.clone());
+            }
+        }
+    }
     kept.pki = planned.pki.clone();
-    store.save(&mut kept)?;
-    Ok((Some(kept.lineage.clone()), kept.serial))
+    let saved_at = if stored.as_ref() == Some(&kept) {
+        None
+    } else {
+        store.save(&mut kept)?;
+        Some((kept.lineage.clone(), kept.serial))
+    };
+    Ok(Kept { saved_at, from_environment })
 }
 
 /// What the saved plan holds of the hosts, in one line.

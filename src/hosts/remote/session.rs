@@ -25,6 +25,10 @@ pub const INSTALL_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// through a bastion).
 pub const UPLOAD_LIMIT: Duration = Duration::from_secs(30 * 60);
 
+/// Builds run on a host (the Storefront's `build_command`: a pnpm install and
+/// a Next.js production build, many minutes on a small machine).
+pub const BUILD_LIMIT: Duration = Duration::from_secs(60 * 60);
+
 /// Every limit is at least this many seconds when set (a restore of a large
 /// database, a slow mirror): `RIGGER_COMMAND_TIMEOUT=<seconds>`.
 pub const LIMIT_ENV: &str = "RIGGER_COMMAND_TIMEOUT";
@@ -253,6 +257,19 @@ impl Within<'_> {
     }
 }
 
+/// Refuse a `RIGGER_COMMAND_TIMEOUT` that is not a number of seconds.
+pub fn check_environment() -> Result<()> {
+    effective_limit(COMMAND_LIMIT, std::env::var(LIMIT_ENV).ok().as_deref()).map(|_| ())
+}
+
+/// `limit` as a session applies it (raised by `RIGGER_COMMAND_TIMEOUT`), for
+/// work a command hands on to a process of its own that the host's `timeout`
+/// does not reach (a transient systemd unit's `RuntimeMaxSec`). A bad
+/// variable is reported when the command runs.
+pub fn effective(limit: Duration) -> Duration {
+    effective_limit(limit, std::env::var(LIMIT_ENV).ok().as_deref()).unwrap_or(limit)
+}
+
 /// `limit`, or the floor `env` (seconds) gives when it is longer.
 fn effective_limit(limit: Duration, env: Option<&str>) -> Result<Duration> {
     let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(limit) };
@@ -273,10 +290,12 @@ fn human(d: Duration) -> String {
 }
 
 /// A command as a trace line or a deadline's error names it: its first
-/// line, cut short (secrets travel on stdin, never in a script's text).
+/// line that does some work (not a `set -e` preamble), cut short (secrets
+/// travel on stdin, never in a script's text).
 fn trace_label(script: &str) -> String {
     const MAX: usize = 120;
-    let first = script.trim_start().lines().next().unwrap_or("");
+    let mut lines = script.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.clone().find(|l| !l.starts_with("set -")).or_else(|| lines.next()).unwrap_or("");
     match first.char_indices().nth(MAX) {
         Some((cut, _)) => format!("{}…", &first[..cut]),
         None => first.to_string(),
@@ -362,6 +381,13 @@ mod tests {
         assert_eq!(out.code, 124);
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(host.sent().iter().all(|x| x.limit == COMMAND_LIMIT), "{:?}", host.sent().iter().map(|x| x.limit).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_command_is_named_by_its_first_working_line() {
+        assert_eq!(trace_label("set -e\n  cd /opt && make\nmore"), "cd /opt && make");
+        assert_eq!(trace_label("set -eu"), "set -eu");
+        assert_eq!(trace_label(&"x".repeat(130)), format!("{}…", "x".repeat(120)));
     }
 
     #[test]

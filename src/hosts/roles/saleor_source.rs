@@ -23,7 +23,7 @@ use crate::hosts::run::{indent, wait_for, RoleRun};
 use rigger_events::Events;
 use crate::plan::load::resolve_path;
 use crate::plan::model::{Host, Plan};
-use crate::hosts::remote::session::{sh_quote, HostSession, INSTALL_LIMIT, UPLOAD_LIMIT};
+use crate::hosts::remote::session::{effective, sh_quote, HostSession, COMMAND_LIMIT, INSTALL_LIMIT, UPLOAD_LIMIT};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -372,10 +372,17 @@ pub async fn install(s: &HostSession, src: &Source, wh: &Wheelhouse, libraries: 
 /// the project CA's (see tls::TRUST_DIR; a missing directory is skipped).
 const SSL_CERT_DIR: &str = "/etc/ssl/certs:/etc/rigger/certs";
 
-pub fn as_saleor(src: &Source, unit: &str, command: &str) -> String {
+///
+/// `limit` bounds the unit (`RuntimeMaxSec`: stopped when it runs longer):
+/// the host's `timeout` ends `systemd-run`, but not the unit it started,
+/// which systemd runs on by itself. Callers pass their command's limit as
+/// the session applies it (`session::effective`), less any time the command
+/// spends before the unit starts.
+pub fn as_saleor(src: &Source, unit: &str, command: &str, limit: std::time::Duration) -> String {
     let rel = src.dir();
+    let max = limit.as_secs().max(1);
     format!(
-        "systemd-run --quiet --wait --collect --pipe --unit {unit} -p User=saleor -p Group=saleor -p EnvironmentFile={ENV} -p EnvironmentFile={RSA_ENV} \
+        "systemd-run --quiet --wait --collect --pipe --unit {unit} -p RuntimeMaxSec={max} -p User=saleor -p Group=saleor -p EnvironmentFile={ENV} -p EnvironmentFile={RSA_ENV} \
          -p WorkingDirectory={rel}/src -p Environment=PYTHONUNBUFFERED=1 -p Environment=SSL_CERT_DIR={SSL_CERT_DIR} {rel}/venv/bin/{command}"
     )
 }
@@ -392,6 +399,9 @@ call_command(\"migrate\", interactive=False)";
 /// (`RIGGER_COMMAND_TIMEOUT` raises it).
 pub const MIGRATE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
 
+/// How long a migrate waits for another host's (the lock file, before its unit starts).
+const MIGRATE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// `manage.py migrate` once per release, on `s` (the first Saleor host).
 pub async fn migrate_once(s: &HostSession, src: &Source, events: &Events) -> Result<()> {
     let rel = src.dir();
@@ -403,9 +413,12 @@ pub async fn migrate_once(s: &HostSession, src: &Source, events: &Events) -> Res
     let started = Instant::now();
     events.started(&subject, &format!("manage.py migrate for release {} (once, under a lock; minutes on a fresh database)", src.release));
     let log = format!("/var/log/saleor/migrate-{}.log", src.release);
+    // The unit may run for what the session's limit leaves after the lock wait.
+    let unit_limit = effective(MIGRATE_LIMIT).saturating_sub(MIGRATE_LOCK_WAIT);
     let script = format!(
-        "mkdir -p /var/log/saleor\nflock -w 1800 /run/saleor-migrate.lock {} > {log} 2>&1\nrc=$?\nif [ $rc -ne 0 ]; then tail -n 25 {log}; exit $rc; fi\ntouch {marker}\n",
-        as_saleor(src, &format!("saleor-migrate-{}", src.release), &format!("python -c {}", sh_quote(MIGRATE_PY)))
+        "mkdir -p /var/log/saleor\nflock -w {} /run/saleor-migrate.lock {} > {log} 2>&1\nrc=$?\nif [ $rc -ne 0 ]; then tail -n 25 {log}; exit $rc; fi\ntouch {marker}\n",
+        MIGRATE_LOCK_WAIT.as_secs(),
+        as_saleor(src, &format!("saleor-migrate-{}", src.release), &format!("python -c {}", sh_quote(MIGRATE_PY)), unit_limit)
     );
     let out = s.within(MIGRATE_LIMIT).sudo(&script, None).await?;
     if !out.ok() {
@@ -450,7 +463,7 @@ pub async fn cache_gate(s: &HostSession, src: &Source) -> Result<()> {
     let py = "import os, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'saleor.settings'); django.setup(); \
               from django.core.cache import cache; cache.set('rigger-gate', 'stored', 30); print('cache', cache.get('rigger-gate'))";
     let unit = format!("saleor-cache-gate-{}", std::process::id());
-    let out = s.sudo(&format!("{} 2>&1", as_saleor(src, &unit, &format!("python -c {}", sh_quote(py)))), None).await?;
+    let out = s.sudo(&format!("{} 2>&1", as_saleor(src, &unit, &format!("python -c {}", sh_quote(py)), effective(COMMAND_LIMIT))), None).await?;
     if !(out.ok() && out.stdout.contains("cache stored")) {
         bail!("{}: Saleor's cache does not store through Redis: {}", s.name, out.stdout.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
     }
@@ -465,7 +478,7 @@ pub async fn worker_gate(s: &HostSession, src: &Source) -> Result<()> {
               r.get(timeout=20); print('completed', r.id)";
     let unit = format!("saleor-worker-gate-{}", std::process::id());
     wait_for(&format!("{}: the Celery worker completes a task", s.name), Duration::from_secs(120), || async {
-        let out = s.sudo(&format!("{} 2>&1", as_saleor(src, &unit, &format!("python -c {}", sh_quote(py)))), None).await?;
+        let out = s.sudo(&format!("{} 2>&1", as_saleor(src, &unit, &format!("python -c {}", sh_quote(py)), effective(COMMAND_LIMIT))), None).await?;
         Ok(if out.ok() && out.stdout.contains("completed") { Ok(()) } else { Err(out.stdout.lines().last().unwrap_or_default().to_string()) })
     })
     .await

@@ -124,7 +124,7 @@ pub async fn converge(run: &RoleRun<'_>) -> Result<()> {
                  cp -a /opt/storefront/src/. /opt/storefront/build/ && chown -R storefront:storefront /opt/storefront/build\n\
                  cd /opt/storefront/build && runuser -u storefront -- sh -c 'set -a; . {ENV}; set +a; export HOME=/opt/storefront/build; {build}' > /var/log/storefront-build.log 2>&1 || {{ tail -n 30 /var/log/storefront-build.log; exit 1; }}\n"
             );
-            let out = s.sudo(&script, None).await?;
+            let out = s.within(crate::hosts::remote::session::BUILD_LIMIT).sudo(&script, None).await?;
             if !out.ok() {
                 bail!("{}: the Storefront build failed:\n{}", h.name, indent(&out.stdout));
             }

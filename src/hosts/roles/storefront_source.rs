@@ -245,7 +245,7 @@ async fn ensure_channel(run: &RoleRun<'_>) -> Result<()> {
          print('channel', 'created' if made else 'exists', c.slug)"
     );
     let unit = format!("storefront-channel-{}", std::process::id());
-    let out = s.sudo(&format!("{} 2>&1", saleor_source::as_saleor(&src, &unit, &format!("python -c {}", sh_quote(&py)))), None).await?;
+    let out = s.sudo(&format!("{} 2>&1", saleor_source::as_saleor(&src, &unit, &format!("python -c {}", sh_quote(&py)), crate::hosts::remote::session::effective(crate::hosts::remote::session::COMMAND_LIMIT))), None).await?;
     if !(out.ok() && out.stdout.contains("channel ")) {
         bail!("{}: making sure Saleor has the channel {CHANNEL}: {}", first.name, out.stdout.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
     }
