@@ -96,6 +96,19 @@ fn apply_ssh_replan_destroy_leaves_nothing() {
     assert_eq!(out.code(), 2, "after destroy everything is to be created again:\n{}", out.text());
 }
 
+/// One machine `cache` at `ip`, with the Redis role or with none.
+fn cache_plan(project: &str, cidr: &str, ip: &str, redis: bool) -> String {
+    let (roles, services) = if redis { ("redis", "services:\n  redis: { port: 6379 }\n") } else { ("", "") };
+    format!(
+        "version: 1\nproject: {project}\nprovider: {{ kind: local }}\n\
+         ssh: {{ user: rigger, private_key_file: ./id_ed25519 }}\n\
+         network:\n  name: main\n  subnets:\n    - {{ name: app, cidr: {cidr} }}\n\
+         firewall:\n  - name: inside\n    rules:\n      - {{ direction: ingress, protocol: tcp, ports: \"22,6379\", from: {cidr} }}\n\
+         defaults: {{ cores: 1, memory: 512MiB, disk: 2GiB }}\n\
+         hosts:\n  - {{ name: cache, roles: [{roles}], ip: {ip}, firewall: [inside] }}\n{services}"
+    )
+}
+
 /// `plan --out` saves the host changes the user saw; `apply FILE` applies them
 /// when the hosts still need exactly them, and refuses (changing nothing) when
 /// a host changed since.
@@ -104,17 +117,7 @@ fn a_saved_plan_carries_the_host_changes_and_is_refused_when_a_host_changed() {
     if !common::machines() {
         return;
     }
-    let plan = LocalPlan::from_text("t-hp", |project, cidr, net| {
-        format!(
-            "version: 1\nproject: {project}\nprovider: {{ kind: local }}\n\
-             ssh: {{ user: rigger, private_key_file: ./id_ed25519 }}\n\
-             network:\n  name: main\n  subnets:\n    - {{ name: app, cidr: {cidr} }}\n\
-             firewall:\n  - name: inside\n    rules:\n      - {{ direction: ingress, protocol: tcp, ports: \"22,6379\", from: {cidr} }}\n\
-             defaults: {{ cores: 1, memory: 512MiB, disk: 2GiB }}\n\
-             hosts:\n  - {{ name: cache, roles: [redis], ip: {net}.31, firewall: [inside] }}\n\
-             services:\n  redis: {{ port: 6379 }}\n"
-        )
-    });
+    let plan = LocalPlan::from_text("t-hp", |project, cidr, net| cache_plan(project, cidr, &format!("{net}.31"), true));
     let ip = format!("{}.31", plan.net_prefix);
     let saved = |name: &str| plan.dir().join(name).display().to_string();
     let read_saved = |path: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap() };
@@ -191,16 +194,7 @@ fn a_saved_plan_keeps_the_secrets_it_generated_for_a_new_role() {
     if !common::machines() {
         return;
     }
-    let plan = LocalPlan::from_text("t-hg", |project, cidr, net| {
-        format!(
-            "version: 1\nproject: {project}\nprovider: {{ kind: local }}\n\
-             ssh: {{ user: rigger, private_key_file: ./id_ed25519 }}\n\
-             network:\n  name: main\n  subnets:\n    - {{ name: app, cidr: {cidr} }}\n\
-             firewall:\n  - name: inside\n    rules:\n      - {{ direction: ingress, protocol: tcp, ports: \"22,6379\", from: {cidr} }}\n\
-             defaults: {{ cores: 1, memory: 512MiB, disk: 2GiB }}\n\
-             hosts:\n  - {{ name: cache, roles: [], ip: {net}.32, firewall: [inside] }}\n"
-        )
-    });
+    let plan = LocalPlan::from_text("t-hg", |project, cidr, net| cache_plan(project, cidr, &format!("{net}.32"), false));
     let ip = format!("{}.32", plan.net_prefix);
     let out = rigger(&["apply", plan.path(), "--auto-approve"]);
     assert!(out.status.success(), "apply (no role):\n{}", out.text());
