@@ -86,7 +86,19 @@ pub async fn wait_for_ssh(config: &Path, name: &str, limit: Duration, events: &E
         // (Not with RIGGER_SSH_PERSIST: its masters idle out on their own.)
         let handing_off = persist::idle_seconds().is_none();
         let options = if handing_off { vec!["ControlMaster=yes".to_string(), "ControlPersist=yes".to_string(), format!("ControlPath={}", ctl.display())] } else { vec![] };
-        let out = ssh_command_with(config, name, "true", &options).output().await?;
+        // ConnectTimeout bounds the TCP connect and the banner; a host that
+        // stalls later in the handshake or the login would hold the probe
+        // forever: it gets what is left of the limit (at least 5 s), then is killed.
+        let left = limit.saturating_sub(started.elapsed()).max(Duration::from_secs(5));
+        let mut probe = ssh_command_with(config, name, "true", &options);
+        probe.kill_on_drop(true);
+        let out = match tokio::time::timeout(left, probe.output()).await {
+            Ok(out) => out?,
+            Err(_) => {
+                last_error = format!("ssh did not finish logging in within {}s: the host takes connections but does not complete the SSH handshake or the login", left.as_secs());
+                continue;
+            }
+        };
         if out.status.success() {
             if handing_off && ctl.exists() {
                 persist::note_handoff(&persist::handoff_record(config, name), &ctl);
@@ -109,12 +121,42 @@ pub async fn wait_for_ssh(config: &Path, name: &str, limit: Duration, events: &E
     }
     // ssh's quiet mode hides why a session closes: ask once more, verbosely.
     let mut verbose = ssh_command(config, name, "true");
-    verbose.args(["-o", "LogLevel=VERBOSE"]);
-    if let Ok(out) = verbose.output().await {
+    verbose.args(["-o", "LogLevel=VERBOSE"]).kill_on_drop(true);
+    if let Ok(Ok(out)) = tokio::time::timeout(Duration::from_secs(10), verbose.output()).await {
         let text = String::from_utf8_lossy(&out.stderr).into_owned();
         let lines: Vec<&str> = text.lines().collect();
         last_error.push_str(&format!("\n  ssh -v says:\n    {}", lines[lines.len().saturating_sub(6)..].join("\n    ")));
     }
     events.failed(&subject, "ssh", &last_error);
     bail!("{name}: no SSH after {}s — last error: {last_error}", limit.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host that takes the connection and sends its banner, then never
+    /// goes on with the handshake (ssh's ConnectTimeout is over by then):
+    /// the wait still ends at its limit and says what it saw.
+    #[tokio::test]
+    async fn a_host_that_stalls_in_the_handshake_ends_the_wait_at_its_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((mut c, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = c.write_all(b"SSH-2.0-stalls\r\n").await;
+                conns.push(c);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("ssh_config");
+        std::fs::write(&config, format!("Host stall\n  HostName 127.0.0.1\n  Port {port}\n  User nobody\n  StrictHostKeyChecking yes\n  UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile /dev/null\n")).unwrap();
+        let started = Instant::now();
+        let err = wait_for_ssh(&config, "stall", Duration::from_secs(3), &Events::silent()).await.unwrap_err().to_string();
+        held.abort();
+        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+        assert!(err.starts_with("stall: no SSH after 3s") && err.contains("does not complete the SSH handshake"), "{err}");
+    }
 }
