@@ -253,13 +253,13 @@ impl Within<'_> {
 
     /// The limit, raised to `RIGGER_COMMAND_TIMEOUT` when that is longer.
     fn limit(&self) -> Result<Duration> {
-        effective_limit(self.limit, std::env::var(LIMIT_ENV).ok().as_deref())
+        raised(self.limit)
     }
 }
 
 /// Refuse a `RIGGER_COMMAND_TIMEOUT` that is not a number of seconds.
 pub fn check_environment() -> Result<()> {
-    effective_limit(COMMAND_LIMIT, std::env::var(LIMIT_ENV).ok().as_deref()).map(|_| ())
+    raised(COMMAND_LIMIT).map(|_| ())
 }
 
 /// `limit` as a session applies it (raised by `RIGGER_COMMAND_TIMEOUT`), for
@@ -267,7 +267,12 @@ pub fn check_environment() -> Result<()> {
 /// does not reach (a transient systemd unit's `RuntimeMaxSec`). A bad
 /// variable is reported when the command runs.
 pub fn effective(limit: Duration) -> Duration {
-    effective_limit(limit, std::env::var(LIMIT_ENV).ok().as_deref()).unwrap_or(limit)
+    raised(limit).unwrap_or(limit)
+}
+
+/// `limit`, raised to `RIGGER_COMMAND_TIMEOUT` when that is longer.
+fn raised(limit: Duration) -> Result<Duration> {
+    effective_limit(limit, std::env::var(LIMIT_ENV).ok().as_deref())
 }
 
 /// `limit`, or the floor `env` (seconds) gives when it is longer.
