@@ -851,7 +851,8 @@ impl Reader<'_> {
     }
 }
 
-fn first_host(net: &Ipv4Net) -> Ipv4Addr {
+/// A subnet's first host address (its usual gateway).
+pub(crate) fn first_host(net: &Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + 1)
 }
 

@@ -71,7 +71,7 @@ impl PlanRules for YandexRules {
     /// VPC takes no gateway: a subnet's is always its first host address
     /// (`reserved_addresses`). Another one would be read by nothing.
     fn check_gateway(&self, cidr: &Ipv4Net, gateway: &At<std::net::Ipv4Addr>, d: &mut Diags) {
-        let first = std::net::Ipv4Addr::from(u32::from(cidr.network()) + 1);
+        let first = crate::plan::load::first_host(cidr);
         if gateway.v != first {
             d.error(gateway.pos, format!("Yandex Cloud gives subnet {cidr} the gateway {first}, and takes no other — remove `gateway`, or write {first}"));
         }
@@ -79,8 +79,8 @@ impl PlanRules for YandexRules {
 
     /// VPC keeps a subnet's first two host addresses: .1 its gateway, .2 its DNS server.
     fn reserved_addresses(&self, cidr: &Ipv4Net) -> Vec<(std::net::Ipv4Addr, &'static str)> {
-        let network = u32::from(cidr.network());
-        vec![(std::net::Ipv4Addr::from(network + 1), "Yandex Cloud's gateway"), (std::net::Ipv4Addr::from(network + 2), "Yandex Cloud's DNS server")]
+        let gateway = crate::plan::load::first_host(cidr);
+        vec![(gateway, "Yandex Cloud's gateway"), (std::net::Ipv4Addr::from(u32::from(gateway) + 1), "Yandex Cloud's DNS server")]
     }
 
     /// A resource's `name`: `|[a-z]([-a-z0-9]{0,61}[a-z0-9])?` (compute and vpc protos).
