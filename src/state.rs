@@ -58,7 +58,7 @@ impl State {
     /// The secret `name`: from env `RIGGER_SECRET_<NAME>` if set, else the one kept
     /// in the state, else a new random one (kept from now on). Returns whether the state changed.
     pub fn ensure_secret(&mut self, name: &str) -> bool {
-        let env_name = format!("RIGGER_SECRET_{}", name.to_ascii_uppercase());
+        let env_name = secret_env_var(name);
         let wanted = match std::env::var(&env_name) {
             Ok(v) if !v.is_empty() => v,
             _ => match self.secrets.get(name) {
@@ -72,6 +72,11 @@ impl State {
         self.secrets.insert(name.to_string(), wanted);
         true
     }
+}
+
+/// The environment variable that sets the secret `name`: `RIGGER_SECRET_<NAME>`.
+pub fn secret_env_var(name: &str) -> String {
+    format!("RIGGER_SECRET_{}", name.to_ascii_uppercase())
 }
 
 /// A new value for the secret `name`: an RSA private key (PEM, PKCS#8) for

@@ -38,7 +38,7 @@ pub async fn run(args: &ApplyCmd, state_override: Option<&Path>, verbose: bool) 
         r?;
     }
     let provider = project.provider()?;
-    let super::LoadedState { store, mut state, lineage, serial, .. } = super::load_state(&project, provider.kind(), "rigger apply")?;
+    let super::LoadedState { store, mut state, lineage, serial } = super::load_state(&project, provider.kind(), "rigger apply")?;
     let specs = engine::specs(provider.as_ref(), &project)?;
     let paint = Paint { on: ui::color_enabled() };
 

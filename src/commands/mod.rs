@@ -48,9 +48,6 @@ pub struct LoadedState {
     pub state: State,
     pub lineage: Option<String>,
     pub serial: u64,
-    /// Whether something was generated (or taken from `RIGGER_SECRET_*`) that
-    /// the saved state does not hold yet.
-    pub generated: bool,
 }
 
 pub fn load_state(project: &Project, provider_kind: &str, command: &str) -> Result<LoadedState> {
@@ -58,10 +55,8 @@ pub fn load_state(project: &Project, provider_kind: &str, command: &str) -> Resu
     let mut state = store.load()?.unwrap_or_else(|| State::new(&project.plan.project, provider_kind));
     let lineage = (state.serial > 0).then(|| state.lineage.clone());
     let serial = state.serial;
-    let before = (state.secrets.clone(), state.pki.clone());
     ensure_generated(&mut state, &project.plan)?;
-    let generated = before != (state.secrets.clone(), state.pki.clone());
-    Ok(LoadedState { store, state, lineage, serial, generated })
+    Ok(LoadedState { store, state, lineage, serial })
 }
 
 /// The environment variable that gives this run the secret `name` in place
@@ -71,7 +66,7 @@ pub fn secret_from_environment(name: &str) -> Option<String> {
     let var = match name {
         "backup_s3_key" => S3_KEY_ENV.to_string(),
         "backup_s3_key_secret" => S3_KEY_SECRET_ENV.to_string(),
-        other => format!("RIGGER_SECRET_{}", other.to_ascii_uppercase()),
+        other => crate::state::secret_env_var(other),
     };
     std::env::var(&var).is_ok_and(|v| !v.is_empty()).then_some(var)
 }

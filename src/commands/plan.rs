@@ -16,7 +16,7 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let provider = project.provider()?;
     // A plan writes the state only to keep what a saved plan needs (below);
     // the lock is held while it reads.
-    let super::LoadedState { store, mut state, mut lineage, mut serial, generated } = super::load_state(&project, provider.kind(), "rigger plan")?;
+    let super::LoadedState { store, mut state, mut lineage, mut serial } = super::load_state(&project, provider.kind(), "rigger plan")?;
     let specs = engine::specs(provider.as_ref(), &project)?;
     let (events, printer) = ui::printer::Printer::start(verbose);
     let live = engine::refresh_to_plan(provider.as_ref(), &state, args.refresh, &events).await;
@@ -44,7 +44,8 @@ pub async fn run(args: &PlanCmd, state_override: Option<&Path>, verbose: bool) -
     let saving = args.out.as_ref().filter(|_| blocked.is_empty()).map(|out| (out, SavedHosts::of(config_plan.as_ref(), &changes, &state.secrets)));
     let mut kept = Kept::default();
     if let Some((_, hosts)) = &saving {
-        if generated && matches!(hosts, SavedHosts::Planned { .. }) {
+        // (Only host changes hash files made with generated secrets.)
+        if matches!(hosts, SavedHosts::Planned { .. }) {
             kept = keep_generated(&store, &state)?;
             if let Some(at) = &kept.saved_at {
                 (lineage, serial) = (Some(at.0.clone()), at.1);
@@ -154,9 +155,10 @@ fn keep_generated(store: &crate::state::StateStore, planned: &crate::state::Stat
     });
     let mut from_environment = Vec::new();
     for (name, value) in &planned.secrets {
-        match kept.secrets.get(name) {
-            Some(old) if old != value && super::secret_from_environment(name).is_some() => from_environment.extend(super::secret_from_environment(name)),
-            _ => {
+        let rotated = kept.secrets.get(name).is_some_and(|old| old != value);
+        match rotated.then(|| super::secret_from_environment(name)).flatten() {
+            Some(var) => from_environment.push(var),
+            None => {
                 kept.secrets.insert(name.clone(), value.clone());
             }
         }
